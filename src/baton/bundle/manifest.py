@@ -1,0 +1,229 @@
+"""The bundle manifest, ``baton.toml``: identity, runner, locked environment, contract, samples."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import tomli_w
+
+from baton.contract.spec import Contract
+from baton.errors import ContractError, ManifestError
+
+MANIFEST_NAME = "baton.toml"
+BUILTIN_SKLEARN = "builtin:sklearn"
+RUNNERS = ("python",)
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+_ENTRYPOINT = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+_PIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9,._-]+\])?==[A-Za-z0-9.+!_-]+"
+                  r"(\s*;\s*[^;]+)?$")
+_PYTHON = re.compile(r"^3\.\d{1,2}$")
+_SECTIONS = {"bundle", "model", "environment", "contract", "samples", "serving"}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How the runner loads the model: an entrypoint, and for built-ins an artifact."""
+
+    runner: str = "python"
+    entrypoint: str = BUILTIN_SKLEARN
+    artifact: str | None = None
+    method: str = "predict_proba"
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"runner": self.runner, "entrypoint": self.entrypoint}
+        if self.artifact is not None:
+            out["artifact"] = self.artifact
+        out["method"] = self.method
+        return out
+
+
+@dataclass(frozen=True)
+class EnvironmentSpec:
+    """The interpreter version and the exact, pinned requirements the model runs with."""
+
+    python: str
+    requirements: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SamplesSpec:
+    input: str
+    expected: str
+    tolerance: float = 1e-6
+
+
+@dataclass(frozen=True)
+class ServingSpec:
+    """Defaults the bundle suggests; a deployment may override them."""
+
+    workers: int = 1
+    timeout: float = 30.0
+    max_batch_rows: int = 256
+
+
+@dataclass(frozen=True)
+class BundleManifest:
+    name: str
+    version: str
+    model: ModelSpec
+    environment: EnvironmentSpec
+    contract: Contract
+    samples: SamplesSpec | None = None
+    serving: ServingSpec = field(default_factory=ServingSpec)
+    description: str = ""
+    owner: str = ""
+
+    @classmethod
+    def load(cls, bundle_dir: Path) -> BundleManifest:
+        path = Path(bundle_dir) / MANIFEST_NAME
+        if not path.is_file():
+            raise ManifestError(f"no {MANIFEST_NAME} in {bundle_dir}: is this a bundle folder? "
+                                "('baton init' creates one)")
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ManifestError(f"{MANIFEST_NAME} is not valid TOML: {exc}") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BundleManifest:
+        unknown = sorted(set(data) - _SECTIONS)
+        if unknown:
+            raise ManifestError(f"unknown sections in {MANIFEST_NAME}: {', '.join(unknown)}",
+                                details={"fields": unknown})
+        b = _table(data, "bundle")
+        name, version = _text(b, "bundle.name"), _text(b, "bundle.version")
+        if not _NAME.match(name):
+            raise _invalid("bundle.name", "lower-case letters, digits, '.', '_' or '-', "
+                           "starting with a letter or digit", name)
+        if not _VERSION.match(version):
+            raise _invalid("bundle.version", "letters, digits, '.', '_', '+' or '-'", version)
+        try:
+            contract = Contract.from_dict(_table(data, "contract"))
+        except ContractError as exc:
+            raise ManifestError(f"[contract] is invalid: {exc}",
+                                details={"field": "contract"}) from None
+        samples = None
+        if "samples" in data:
+            s = _table(data, "samples")
+            samples = SamplesSpec(_relpath(s, "samples.input"), _relpath(s, "samples.expected"),
+                                  _number(s.get("tolerance", 1e-6), "samples.tolerance", lo=0))
+        serving = _serving(data.get("serving", {}))
+        return cls(name=name, version=version, model=_model(_table(data, "model")),
+                   environment=_environment(_table(data, "environment")), contract=contract,
+                   samples=samples, serving=serving,
+                   description=str(b.get("description", "")), owner=str(b.get("owner", "")))
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "bundle": {"name": self.name, "version": self.version,
+                       "description": self.description, "owner": self.owner},
+            "model": self.model.to_dict(),
+            "environment": {"python": self.environment.python,
+                            "requirements": list(self.environment.requirements)},
+            "serving": {"workers": self.serving.workers, "timeout": self.serving.timeout,
+                        "max_batch_rows": self.serving.max_batch_rows},
+        }
+        if self.samples:
+            out["samples"] = {"input": self.samples.input, "expected": self.samples.expected,
+                              "tolerance": self.samples.tolerance}
+        out["contract"] = self.contract.to_dict()
+        return out
+
+    def dumps(self) -> str:
+        return tomli_w.dumps(self.to_dict())
+
+    def write(self, bundle_dir: Path) -> Path:
+        path = Path(bundle_dir) / MANIFEST_NAME
+        path.write_text(self.dumps(), encoding="utf-8")
+        return path
+
+
+def _invalid(name: str, expected: str, got: Any) -> ManifestError:
+    return ManifestError(f"{MANIFEST_NAME}: {name} must be {expected}, got {got!r}",
+                         details={"field": name, "expected": expected, "got": got})
+
+
+def _table(data: dict[str, Any], name: str) -> dict[str, Any]:
+    if name not in data:
+        raise ManifestError(f"{MANIFEST_NAME} lacks the [{name}] section",
+                            details={"field": name})
+    value = data[name]
+    if not isinstance(value, dict):
+        raise _invalid(name, "a table", value)
+    return value
+
+
+def _text(table: dict[str, Any], dotted: str) -> str:
+    key = dotted.rsplit(".", 1)[-1]
+    if key not in table:
+        raise ManifestError(f"{MANIFEST_NAME} lacks required field {dotted}",
+                            details={"field": dotted})
+    value = table[key]
+    if not isinstance(value, str) or not value:
+        raise _invalid(dotted, "a non-empty string", value)
+    return value
+
+
+def _number(value: Any, name: str, *, lo: float, integer: bool = False) -> Any:
+    ok = isinstance(value, int) if integer else isinstance(value, int | float)
+    if isinstance(value, bool) or not ok or value < lo:
+        raise _invalid(name, f"{'an integer' if integer else 'a number'} >= {lo}", value)
+    return value
+
+
+def _relpath(table: dict[str, Any], dotted: str) -> str:
+    value = _text(table, dotted)
+    p = PurePosixPath(value)
+    if p.is_absolute() or ".." in p.parts or "\\" in value:
+        raise _invalid(dotted, "a relative path inside the bundle", value)
+    return value
+
+
+def _model(m: dict[str, Any]) -> ModelSpec:
+    runner = m.get("runner", "python")
+    if runner not in RUNNERS:
+        raise _invalid("model.runner", "one of " + ", ".join(RUNNERS), runner)
+    entry = _text(m, "model.entrypoint")
+    if entry != BUILTIN_SKLEARN and not _ENTRYPOINT.match(entry):
+        raise _invalid("model.entrypoint", f"'{BUILTIN_SKLEARN}' or 'module.path:Class'", entry)
+    artifact = _relpath(m, "model.artifact") if "artifact" in m else None
+    if entry == BUILTIN_SKLEARN and artifact is None:
+        raise ManifestError(f"{MANIFEST_NAME}: model.artifact is required for {BUILTIN_SKLEARN}",
+                            details={"field": "model.artifact"})
+    method = m.get("method", "predict_proba")
+    if method not in ("predict", "predict_proba"):
+        raise _invalid("model.method", "'predict' or 'predict_proba'", method)
+    return ModelSpec(runner, entry, artifact, method)
+
+
+def _environment(e: dict[str, Any]) -> EnvironmentSpec:
+    python = _text(e, "environment.python")
+    if not _PYTHON.match(python):
+        raise _invalid("environment.python", "a version such as '3.11'", python)
+    reqs = e.get("requirements", [])
+    if not isinstance(reqs, list) or not all(isinstance(r, str) for r in reqs):
+        raise _invalid("environment.requirements", "a list of strings", reqs)
+    unpinned = [r for r in reqs if not _PIN.match(r.strip())]
+    if unpinned:
+        raise ManifestError(
+            f"{MANIFEST_NAME}: environment.requirements must be exact pins "
+            f"(name==version); not pinned: {', '.join(unpinned)}",
+            details={"field": "environment.requirements", "unpinned": unpinned})
+    return EnvironmentSpec(python, tuple(r.strip() for r in reqs))
+
+
+def _serving(s: Any) -> ServingSpec:
+    if not isinstance(s, dict):
+        raise _invalid("serving", "a table", s)
+    d = ServingSpec()
+    return ServingSpec(
+        workers=_number(s.get("workers", d.workers), "serving.workers", lo=1, integer=True),
+        timeout=float(_number(s.get("timeout", d.timeout), "serving.timeout", lo=0.001)),
+        max_batch_rows=_number(s.get("max_batch_rows", d.max_batch_rows),
+                               "serving.max_batch_rows", lo=1, integer=True))

@@ -1,0 +1,172 @@
+"""The ``baton`` command. Heavy imports happen inside commands, so ``baton --help`` is instant."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from baton import __version__
+from baton.errors import BatonError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Exit codes of ``baton check`` by failed stage (see docs/cli.md).
+STAGE_EXIT = {"manifest": 2, "dependency_resolution": 4, "import": 5, "load": 5, "model": 5,
+              "input_contract": 3, "output_contract": 3, "sample_mismatch": 3}
+
+
+def _fail(err: BatonError) -> None:
+    click.secho(f"error [{err.code}]: {err.message}", fg="red", err=True)
+    for f in err.details.get("failures", []):
+        click.echo(f"  - {f['requirement']}: {f['reason']}", err=True)
+    for v in err.details.get("violations", [])[:10]:
+        click.echo(f"  - record {v.get('record')}, field {v.get('field')!r}: expected "
+                   f"{v.get('expected')}, got {v.get('got')!r}", err=True)
+    sys.exit(err.exit_code)
+
+
+def errors_to_exit(fn: F) -> F:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except BatonError as err:
+            _fail(err)
+    return wrapper  # type: ignore[return-value]
+
+
+def _settings(**overrides: Any) -> Any:
+    from baton.settings import Settings
+
+    return Settings.from_env(**overrides)
+
+
+env_options = [
+    click.option("--wheelhouse", type=click.Path(path_type=Path, file_okay=False),
+                 help="Install from this folder of wheels only (air-gapped)."),
+    click.option("--offline", is_flag=True, default=None,
+                 help="Never reach a package index: use uv's cache or --wheelhouse."),
+]
+
+
+def with_env_options(fn: F) -> F:
+    for opt in reversed(env_options):
+        fn = opt(fn)
+    return fn
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="baton")
+def main() -> None:
+    """Baton: package a model, check it in an isolated environment, serve it."""
+
+
+@main.command()
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--name", help="Model name (default: the folder's name).")
+@errors_to_exit
+def init(directory: Path, name: str | None) -> None:
+    """Scaffold a bundle with a custom Python model in DIRECTORY."""
+    from baton.bundle.scaffold import scaffold
+
+    path = scaffold(directory, name or directory.resolve().name)
+    click.echo(f"created bundle {path}/ — edit model/predict.py and baton.toml, then run:")
+    click.echo(f"  baton check {directory}")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--output", "-o", type=click.Path(path_type=Path), default=Path("."),
+              show_default=True, help="Folder (or .baton file) to write the archive to.")
+@errors_to_exit
+def build(bundle: Path, output: Path) -> None:
+    """Write BUNDLE as a reproducible archive and print its content digest."""
+    from baton.bundle.archive import build_archive
+
+    built = build_archive(bundle, output)
+    click.echo(f"built {built.manifest.name} {built.manifest.version} -> {built.path}")
+    click.echo(built.digest)
+
+
+@main.command()
+@click.argument("archive", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--digest", help="Refuse the archive unless its digest is this one.")
+@errors_to_exit
+def extract(archive: Path, directory: Path, digest: str | None) -> None:
+    """Verify ARCHIVE and extract it into DIRECTORY (refusing unsafe or altered content)."""
+    from baton.bundle.archive import extract_archive
+
+    if directory.exists():
+        raise BatonError(f"{directory} already exists", code="TARGET_EXISTS")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    click.echo(extract_archive(archive, directory, digest))
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(exists=True, path_type=Path))
+@click.option("--side", type=click.Choice(["inputs", "outputs"]), default="inputs",
+              show_default=True)
+@errors_to_exit
+def contract(bundle: Path, side: str) -> None:
+    """Print BUNDLE's contract as JSON Schema."""
+    from baton.bundle.loader import open_bundle
+    from baton.contract.jsonschema import contract_to_json_schema
+
+    b = open_bundle(bundle, _settings().bundles_dir)
+    click.echo(json.dumps(contract_to_json_schema(b.manifest.contract, side), indent=2))
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(exists=True, path_type=Path))
+@click.option("--report", type=click.Path(path_type=Path), default=Path("check-report.json"),
+              show_default=True, help="Where to write the JSON report.")
+@click.option("--iterations", default=200, show_default=True,
+              help="Calls per latency measurement.")
+@with_env_options
+@errors_to_exit
+def check(bundle: Path, report: Path, iterations: int, wheelhouse: Path | None,
+          offline: bool | None) -> None:
+    """Build BUNDLE's environment, load it, run its samples, measure it; exit 0 on a pass."""
+    from baton.check import run_check
+    from baton.cli.render import render_check
+
+    result = run_check(bundle, _settings(wheelhouse=wheelhouse, offline=offline),
+                       iterations=iterations)
+    result.write(report)
+    render_check(result)
+    click.echo(f"report written to {report}")
+    if not result.passed:
+        sys.exit(STAGE_EXIT.get(result.failed_stage or "", 1))
+
+
+@main.command()
+@click.argument("bundles", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--host", help="Address to bind (default 127.0.0.1).")
+@click.option("--port", type=int, help="Port to bind (default 8000).")
+@click.option("--workers", type=int, help="Worker processes per model (default: bundle's).")
+@click.option("--timeout", type=float, help="Seconds a batch may take before its worker is "
+              "killed and restarted (default: bundle's).")
+@click.option("--max-body-bytes", type=int, help="Largest request body (default 8 MiB).")
+@click.option("--unknown-fields", type=click.Choice(["reject", "ignore"]),
+              help="Override the contracts' policy for unknown input fields.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+@with_env_options
+@errors_to_exit
+def serve(bundles: tuple[Path, ...], **options: Any) -> None:
+    """Serve one or more BUNDLES, each in its own environment, over HTTP."""
+    from baton.cli.serve import run_server
+
+    run_server(list(bundles), _settings(**options))
+
+
+if __name__ == "__main__":
+    logging.basicConfig()
+    main()

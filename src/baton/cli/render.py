@@ -1,0 +1,42 @@
+"""Readable terminal output for check reports."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from baton.check import CheckReport
+
+
+def render_check(report: CheckReport) -> None:
+    console = Console(stderr=False, highlight=False)
+    b = report.bundle
+    if b:
+        console.print(f"[bold]{b['name']} {b['version']}[/bold]  {b['digest']}")
+    table = Table(show_header=True, header_style="bold")
+    table.add_column("stage")
+    table.add_column("result")
+    table.add_column("seconds", justify="right")
+    table.add_column("note")
+    for s in report.stages:
+        table.add_row(s["stage"], "[green]ok[/green]" if s["ok"] else "[red]FAILED[/red]",
+                      f"{s['seconds']:.3f}", s["note"])
+    console.print(table)
+    m = report.measurements
+    if "latency" in m:
+        env = m["environment"]
+        console.print(f"environment: {'cached' if env['cached'] else 'built'} "
+                      f"({env['build_seconds']:.2f}s)   start+load: {m['load_seconds']:.2f}s   "
+                      f"memory: {m.get('memory_mb', {}).get('worker_rss_mb', '?')} MB "
+                      f"(peak {m.get('memory_mb', {}).get('worker_peak_rss_mb', '?')} MB)")
+        for label, lat in m["latency"].items():
+            console.print(f"latency {label.replace('_', ' ')}: p50 {lat['p50_ms']:.2f} ms, "
+                          f"p99 {lat['p99_ms']:.2f} ms")
+    for mm in report.mismatches[:10]:
+        console.print(f"  mismatch: record {mm['record']}, field {mm['field']!r}: expected "
+                      f"{mm['expected']!r}, got {mm['got']!r}")
+    if report.passed:
+        console.print("[bold green]PASS[/bold green]")
+    else:
+        console.print(f"[bold red]FAIL[/bold red] at stage [bold]{report.failed_stage}"
+                      f"[/bold]: {report.error['message'] if report.error else ''}")

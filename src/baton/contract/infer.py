@@ -1,0 +1,69 @@
+"""Infer a contract from a sample: a pandas DataFrame (records) or a numpy array (tensors)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from baton.contract.spec import TENSOR_DATATYPES, FieldSpec, TensorSpec
+from baton.errors import ContractError
+
+#: String columns with at most this many distinct values get their categories enforced.
+MAX_INFERRED_CATEGORIES = 50
+
+_NUMPY_TO_V2 = {np.dtype(v).name: k for k, v in TENSOR_DATATYPES.items() if v != "object"}
+
+
+def infer_fields(frame: Any, *, max_categories: int = MAX_INFERRED_CATEGORIES,
+                 ranges: bool = False) -> tuple[FieldSpec, ...]:
+    """One :class:`FieldSpec` per column of a pandas DataFrame.
+
+    Types come from the dtypes; a field is nullable when the sample has missing values;
+    string columns with few distinct values, and categorical columns, get their categories.
+    Ranges are inferred only with ``ranges=True``: a training sample's extremes are rarely
+    the limits of valid production data.
+    """
+    import pandas as pd
+    from pandas.api import types as ptypes
+
+    specs = []
+    for name in frame.columns:
+        col = frame[name]
+        nullable = bool(col.isna().any())
+        where = f"column {name!r}"
+        if not isinstance(name, str):
+            raise ContractError(f"{where}: column names must be strings")
+        if isinstance(col.dtype, pd.CategoricalDtype):
+            cats = tuple(c.item() if hasattr(c, "item") else c for c in col.cat.categories)
+            ftype = "integer" if ptypes.is_integer_dtype(col.cat.categories.dtype) else "string"
+            specs.append(FieldSpec(name, ftype, nullable, categories=cats))
+        elif ptypes.is_bool_dtype(col.dtype):
+            specs.append(FieldSpec(name, "boolean", nullable))
+        elif ptypes.is_integer_dtype(col.dtype) or ptypes.is_float_dtype(col.dtype):
+            ftype = "integer" if ptypes.is_integer_dtype(col.dtype) else "float"
+            lo = hi = None
+            if ranges and col.notna().any():
+                lo, hi = (col.min().item(), col.max().item())
+            specs.append(FieldSpec(name, ftype, nullable, min=lo, max=hi))
+        elif ptypes.is_string_dtype(col.dtype) or ptypes.is_object_dtype(col.dtype):
+            present = col.dropna()
+            if not all(isinstance(v, str) for v in present):
+                raise ContractError(f"{where} mixes strings with other values; "
+                                    "convert it to one type before packaging")
+            uniques = sorted(set(present))
+            cats = tuple(uniques) if 0 < len(uniques) <= max_categories else None
+            specs.append(FieldSpec(name, "string", nullable, categories=cats))
+        else:
+            raise ContractError(f"{where} has dtype {col.dtype}, which a contract cannot "
+                                "express yet; convert it to numbers or strings")
+    return tuple(specs)
+
+
+def infer_tensor(array: Any, name: str = "input-0") -> TensorSpec:
+    """A :class:`TensorSpec` for a numpy array whose first axis is the batch axis."""
+    arr = np.asarray(array)
+    datatype = _NUMPY_TO_V2.get(arr.dtype.name)
+    if datatype is None:
+        raise ContractError(f"array dtype {arr.dtype} has no Open Inference Protocol datatype")
+    return TensorSpec(name, datatype, (-1, *arr.shape[1:]))

@@ -1,0 +1,1 @@
+"""Runtime: the language-neutral worker protocol, the Python runner, workers and pools."""

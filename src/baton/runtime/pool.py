@@ -1,0 +1,227 @@
+"""A pool of workers for one model: greedy batching, crash and hang recovery, draining.
+
+Requests queue per model. Whenever a worker is free it takes everything queued, up to
+``max_batch_rows``, as one batch: under load batches grow by themselves, and an idle model
+answers a single request at once, with no timer (see ../shared/HOTPATH.md, section 5).
+When a merged batch fails inside the model, its requests are retried one by one so that
+one bad request never fails its neighbours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from baton.batch import Batch, concat_batches, split_batch
+from baton.errors import BatonError, ModelError, ModelNotReady, WorkerError
+from baton.runtime.worker import Worker, WorkerSpec
+
+log = logging.getLogger("baton.pool")
+
+
+@dataclass(eq=False)
+class _Item:
+    batch: Batch
+    future: asyncio.Future[Batch]
+    solo: bool = False
+
+
+@dataclass
+class PoolStats:
+    restarts: int = 0
+    batches: int = 0
+    rows: int = 0
+    last_failure: dict[str, Any] | None = None
+    failures: collections.deque[dict[str, Any]] = field(
+        default_factory=lambda: collections.deque(maxlen=20))
+
+
+class WorkerPool:
+    def __init__(self, spec: WorkerSpec, *, workers: int = 1, timeout: float = 30.0,
+                 max_batch_rows: int = 256, max_queue_rows: int = 65536,
+                 backoff: tuple[float, float] = (0.2, 10.0)) -> None:
+        self.spec = spec
+        self.size = workers
+        self.timeout = timeout
+        self.max_batch_rows = max_batch_rows
+        self.max_queue_rows = max_queue_rows
+        self.backoff = backoff
+        self.stats = PoolStats()
+        self.workers: list[Worker | None] = [None] * workers
+        self._idle: list[Worker] = []
+        self._queue: collections.deque[_Item] = collections.deque()
+        self._queued_rows = 0
+        self._busy = 0
+        self._closing = False
+        self._failures_in_row = [0] * workers
+        self._restarts: set[asyncio.Task[None]] = set()
+        self._drained = asyncio.Event()
+        self.load_error: BatonError | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start every worker; raise the first load error if none of them came up."""
+        results = await asyncio.gather(*(self._start_slot(i) for i in range(self.size)),
+                                       return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if len(errors) == self.size:
+            err = errors[0]
+            self.load_error = err if isinstance(err, BatonError) else WorkerError(str(err))
+            raise self.load_error
+        for slot, result in enumerate(results):  # some came up: the rest retry in background
+            if isinstance(result, BaseException):
+                self._schedule_restart(slot, result)
+
+    async def _start_slot(self, slot: int) -> None:
+        worker = Worker(self.spec, slot)
+        self.workers[slot] = worker
+        await worker.start()
+        asyncio.get_running_loop().create_task(self._watch(worker))
+        self.load_error = None
+        self._idle.append(worker)
+        self._dispatch()
+
+    async def _watch(self, worker: Worker) -> None:
+        await worker.exited.wait()
+        if worker in self._idle:
+            self._idle.remove(worker)
+        if self._closing:
+            return
+        self.stats.restarts += 1
+        self._record_failure(worker.slot, f"worker {worker.pid} {worker.exit_reason}")
+        if not self.ready:
+            self._fail_queue(ModelNotReady(f"{self.spec.model}: no worker is available; "
+                                           f"restarting after: {worker.exit_reason}"))
+        self._schedule_restart(worker.slot, None)
+
+    def _schedule_restart(self, slot: int, err: BaseException | None) -> None:
+        if err is not None:
+            self._record_failure(slot, str(err))
+        fails = self._failures_in_row[slot]
+        self._failures_in_row[slot] = fails + 1
+        delay = min(self.backoff[0] * (2 ** fails), self.backoff[1])
+        task = asyncio.get_running_loop().create_task(self._restart(slot, delay))
+        self._restarts.add(task)
+        task.add_done_callback(self._restarts.discard)
+
+    async def _restart(self, slot: int, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if self._closing:
+            return
+        log.warning("%s: restarting worker slot %d after %.1fs", self.spec.model, slot, delay)
+        try:
+            await self._start_slot(slot)
+        except BatonError as exc:
+            if not self._closing:
+                self._schedule_restart(slot, exc)
+
+    def _record_failure(self, slot: int, reason: str) -> None:
+        event = {"time": time.time(), "slot": slot, "reason": reason}
+        self.stats.last_failure = event
+        self.stats.failures.append(event)
+        log.warning("%s: worker slot %d failed: %s", self.spec.model, slot, reason)
+
+    async def close(self, drain_timeout: float = 30.0) -> None:
+        """Stop taking requests, let queued and in-flight work finish, stop the workers."""
+        self._closing = True
+        for task in list(self._restarts):
+            task.cancel()
+        if self._queue or self._busy:
+            self._drained.clear()
+            try:
+                await asyncio.wait_for(self._drained.wait(), drain_timeout)
+            except TimeoutError:
+                log.warning("%s: drain timed out after %.0fs", self.spec.model, drain_timeout)
+        self._fail_queue(ModelNotReady(f"{self.spec.model} is shutting down"))
+        await asyncio.gather(*(w.stop() for w in self.workers if w is not None))
+
+    # -- state -------------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return any(w is not None and w.state == "ready" for w in self.workers)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "workers": [{"slot": i, "pid": w.pid if w else None,
+                         "state": w.state if w else "absent"}
+                        for i, w in enumerate(self.workers)],
+            "restarts": self.stats.restarts,
+            "queued_rows": self._queued_rows,
+            "last_failure": self.stats.last_failure,
+        }
+
+    # -- requests ----------------------------------------------------------------------
+    async def predict(self, batch: Batch) -> Batch:
+        if self._closing:
+            raise ModelNotReady(f"{self.spec.model} is shutting down")
+        if not self.ready:
+            why = f": {self.load_error.message}" if self.load_error else ""
+            raise ModelNotReady(f"{self.spec.model} is not ready{why}")
+        if self._queued_rows + batch.rows > self.max_queue_rows:
+            raise ModelNotReady(f"{self.spec.model}: queue is full "
+                                f"({self._queued_rows} rows waiting)", code="QUEUE_FULL")
+        fut: asyncio.Future[Batch] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Item(batch, fut))
+        self._queued_rows += batch.rows
+        self._dispatch()
+        return await fut
+
+    def _dispatch(self) -> None:
+        while self._queue and self._idle:
+            worker = self._idle.pop()
+            if worker.state != "ready":
+                continue
+            items = [self._queue.popleft()]
+            rows = items[0].batch.rows
+            while (self._queue and not items[0].solo and not self._queue[0].solo
+                   and rows + self._queue[0].batch.rows <= self.max_batch_rows):
+                nxt = self._queue.popleft()
+                items.append(nxt)
+                rows += nxt.batch.rows
+            self._queued_rows -= rows
+            live = [it for it in items if not it.future.done()]  # callers may have left
+            if not live:
+                self._idle.append(worker)
+                continue
+            self._busy += 1
+            merged = concat_batches([it.batch for it in live])
+            fut = worker.predict(merged, self.timeout)
+            fut.add_done_callback(lambda f, w=worker, its=live: self._done(w, its, f))
+
+    def _done(self, worker: Worker, items: list[_Item], fut: asyncio.Future[Batch]) -> None:
+        self._busy -= 1
+        if worker.state == "ready":
+            self._idle.append(worker)
+        exc = fut.exception()
+        if exc is None:
+            result = fut.result()
+            self.stats.batches += 1
+            self.stats.rows += result.rows
+            self._failures_in_row[worker.slot] = 0
+            parts = split_batch(result, [it.batch.rows for it in items])
+            for it, part in zip(items, parts, strict=True):
+                if not it.future.done():
+                    it.future.set_result(part)
+        elif isinstance(exc, ModelError) and len(items) > 1:
+            for it in reversed(items):  # isolate the request that broke the model
+                it.solo = True
+                self._queue.appendleft(it)
+                self._queued_rows += it.batch.rows
+        else:
+            for it in items:
+                if not it.future.done():
+                    it.future.set_exception(exc)
+        self._dispatch()
+        if not self._queue and not self._busy:
+            self._drained.set()
+
+    def _fail_queue(self, exc: Exception) -> None:
+        while self._queue:
+            it = self._queue.popleft()
+            if not it.future.done():
+                it.future.set_exception(exc)
+        self._queued_rows = 0

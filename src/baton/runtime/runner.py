@@ -1,0 +1,281 @@
+"""Baton's Python runner: hosts one model inside its own environment.
+
+This file runs with the *model's* interpreter (``python -I -B runner.py``) and imports only
+the standard library; numpy and pandas are used when the model's environment has them. It
+speaks the worker protocol (docs/protocol.md) over its standard input and output:
+
+    frame   = uint32 big-endian length of the rest, then
+              uint32 big-endian header length, UTF-8 JSON header, binary payload
+
+Standard output is claimed for the protocol at start-up: anything the model prints goes to
+standard error instead, so model code can never corrupt the stream.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+import pickle
+import struct
+import sys
+import time
+import traceback
+from typing import Any, BinaryIO
+
+PROTOCOL_VERSION = 1
+_LEN = struct.Struct(">I")
+#: Open Inference Protocol datatypes carried as raw little-endian buffers.
+RAW_DTYPES = {
+    "BOOL": "|b1", "UINT8": "|u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8",
+    "INT8": "|i1", "INT16": "<i2", "INT32": "<i4", "INT64": "<i8",
+    "FP16": "<f2", "FP32": "<f4", "FP64": "<f8",
+}
+_KIND_TO_DATATYPE = {(k, int(v[2:])): n for n, v in RAW_DTYPES.items() for k in [v[1]]}
+
+
+def pack_frame(header: bytes, payload: bytes = b"") -> bytes:
+    return _LEN.pack(4 + len(header) + len(payload)) + _LEN.pack(len(header)) + header + payload
+
+
+def read_frame(stream: BinaryIO) -> tuple[dict[str, Any], bytes] | None:
+    head = stream.read(4)
+    if len(head) < 4:
+        return None
+    (size,) = _LEN.unpack(head)
+    body = stream.read(size)
+    if len(body) < size:
+        return None
+    (hlen,) = _LEN.unpack_from(body)
+    return json.loads(body[4:4 + hlen]), body[4 + hlen:]
+
+
+class Runner:
+    """Loads the model and answers ``predict`` requests, one at a time."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.out = out
+        self.model: Any = None
+        self.config: dict[str, Any] = {}
+        try:
+            import numpy
+            self.np: Any = numpy
+        except ImportError:
+            self.np = None
+        self.pd: Any = None
+
+    # -- messages ------------------------------------------------------------------------
+    def send(self, header: dict[str, Any], payload: bytes = b"") -> None:
+        data = json.dumps(header, allow_nan=False, separators=(",", ":")).encode()
+        self.out.write(pack_frame(data, payload))
+        self.out.flush()
+
+    def hello(self) -> None:
+        encodings = ["json", "raw"] if self.np is not None else ["json"]
+        self.send({"op": "hello", "protocol": PROTOCOL_VERSION, "runner": "python",
+                   "pid": os.getpid(), "python": sys.version.split()[0],
+                   "encodings": encodings})
+
+    def handle(self, header: dict[str, Any], payload: bytes) -> bool:
+        op = header.get("op")
+        if op == "load":
+            self.on_load(header)
+        elif op == "predict":
+            self.on_predict(header, payload)
+        elif op == "shutdown":
+            return False
+        else:
+            self.send({"op": "error", "id": header.get("id"),
+                       "error": {"code": "UNKNOWN_OP", "message": f"unknown op {op!r}"}})
+        return True
+
+    # -- load ----------------------------------------------------------------------------
+    def on_load(self, header: dict[str, Any]) -> None:
+        started = time.perf_counter()
+        self.config = header
+        bundle = header["bundle_dir"]
+        os.chdir(bundle)
+        if bundle not in sys.path:
+            sys.path.insert(0, bundle)
+        try:
+            self.model = self._load(header["model"], bundle)
+        except _StageError as exc:
+            self.send({"op": "loaded", "ok": False, "error": exc.to_dict()})
+            return
+        self.send({"op": "loaded", "ok": True, "seconds": time.perf_counter() - started})
+
+    def _load(self, spec: dict[str, Any], bundle: str) -> Any:
+        if self.config.get("kind") == "records":
+            try:
+                import pandas
+                self.pd = pandas
+            except ImportError:
+                self.pd = None
+        entry = spec["entrypoint"]
+        if entry == "builtin:sklearn":
+            path = os.path.join(bundle, spec["artifact"])
+            try:
+                with open(path, "rb") as f:
+                    return pickle.load(f)
+            except (ImportError, AttributeError) as exc:
+                raise _StageError("import", "IMPORT_FAILED", exc) from None
+            except Exception as exc:
+                raise _StageError("load", "LOAD_FAILED", exc) from None
+        module_name, _, attr = entry.partition(":")
+        try:
+            target: Any = importlib.import_module(module_name)
+            for part in attr.split("."):
+                target = getattr(target, part)
+        except Exception as exc:
+            raise _StageError("import", "IMPORT_FAILED", exc) from None
+        try:
+            model = target() if isinstance(target, type) else target
+            if hasattr(model, "load"):
+                model.load(bundle)
+        except Exception as exc:
+            raise _StageError("load", "LOAD_FAILED", exc) from None
+        if not callable(getattr(model, "predict", None)):
+            raise _StageError("load", "LOAD_FAILED",
+                              TypeError(f"{entry} has no predict(inputs) method"))
+        return model
+
+    # -- predict -------------------------------------------------------------------------
+    def on_predict(self, header: dict[str, Any], payload: bytes) -> None:
+        rid = header.get("id")
+        started = time.perf_counter()
+        try:
+            columns = self.decode_columns(header["columns"], payload)
+            outputs = self.predict(columns, header["rows"])
+            meta, blob = self.encode_columns(outputs)
+        except Exception as exc:
+            self.send({"op": "result", "id": rid, "ok": False,
+                       "error": _StageError("model", "MODEL_ERROR", exc).to_dict()})
+            return
+        self.send({"op": "result", "id": rid, "ok": True, "rows": header["rows"],
+                   "seconds": time.perf_counter() - started, "columns": meta}, blob)
+
+    def decode_columns(self, metas: list[dict[str, Any]], payload: bytes) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for m in metas:
+            if m["datatype"] == "JSON":
+                out[m["name"]] = m["values"]
+            else:
+                arr = self.np.frombuffer(payload, dtype=RAW_DTYPES[m["datatype"]],
+                                         count=m["nbytes"] // self.np.dtype(
+                                             RAW_DTYPES[m["datatype"]]).itemsize,
+                                         offset=m["offset"])
+                out[m["name"]] = arr.reshape(m["shape"])
+        return out
+
+    def predict(self, columns: dict[str, Any], rows: int) -> dict[str, Any]:
+        cfg = self.config
+        names, outputs = cfg["inputs"], cfg["outputs"]
+        if cfg["kind"] == "records":
+            inputs: Any = self._frame(columns, names)
+        else:
+            inputs = {n: columns[n] for n in names}
+        if cfg["model"]["entrypoint"] != "builtin:sklearn":
+            return self._as_columns(self.model.predict(inputs), outputs)
+        if cfg["kind"] == "tensors":
+            x = inputs[names[0]]
+            return {outputs[0]: getattr(self.model, cfg["model"]["method"])(x)}
+        if cfg["model"]["method"] == "predict_proba":
+            proba = self.model.predict_proba(inputs)
+            classes = self.model.classes_
+            result = {"prediction": classes[proba.argmax(axis=1)]}
+            for i, c in enumerate(classes):
+                result[f"proba_{c}"] = proba[:, i]
+            return result
+        return {"prediction": self.model.predict(inputs)}
+
+    def _frame(self, columns: dict[str, Any], names: list[str]) -> Any:
+        if self.pd is None:
+            return {n: columns[n] for n in names}
+        data = {}
+        for n in names:
+            col = columns[n]
+            # Missing values reach pandas and scikit-learn as NaN, their convention.
+            data[n] = [math.nan if v is None else v for v in col] if isinstance(col, list) \
+                else col
+        return self.pd.DataFrame(data, columns=names)
+
+    def _as_columns(self, result: Any, outputs: list[str]) -> dict[str, Any]:
+        if self.pd is not None and isinstance(result, self.pd.DataFrame):
+            return {c: result[c].to_numpy() for c in result.columns}
+        if isinstance(result, dict):
+            return result
+        if len(outputs) == 1:
+            return {outputs[0]: result}
+        raise TypeError("predict() must return a DataFrame or a dict of columns, "
+                        f"got {type(result).__name__}")
+
+    def encode_columns(self, outputs: dict[str, Any]) -> tuple[list[dict[str, Any]], bytes]:
+        metas, parts, offset = [], [], 0
+        np = self.np
+        for name, value in outputs.items():
+            if np is not None and not isinstance(value, list | tuple):
+                value = np.asarray(value)
+                key = (value.dtype.kind, value.dtype.itemsize)
+                datatype = _KIND_TO_DATATYPE.get(key) if value.dtype.kind in "biuf" else None
+                if datatype is not None:
+                    buf = np.ascontiguousarray(value, dtype=RAW_DTYPES[datatype]).tobytes()
+                    metas.append({"name": name, "datatype": datatype,
+                                  "shape": list(value.shape), "offset": offset,
+                                  "nbytes": len(buf)})
+                    parts.append(buf)
+                    offset += len(buf)
+                    continue
+                value = value.tolist()
+            metas.append({"name": name, "datatype": "JSON", "values": _json_safe(list(value))})
+        return metas, b"".join(parts)
+
+
+def _json_safe(values: list[Any]) -> list[Any]:
+    out = []
+    for v in values:
+        if isinstance(v, float) and not math.isfinite(v):
+            v = None
+        elif hasattr(v, "item"):
+            v = v.item()
+            if isinstance(v, float) and not math.isfinite(v):
+                v = None
+        out.append(v)
+    return out
+
+
+class _StageError(Exception):
+    def __init__(self, stage: str, code: str, exc: BaseException) -> None:
+        super().__init__(str(exc))
+        self.stage, self.code, self.exc = stage, code, exc
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stage": self.stage, "code": self.code,
+                "message": f"{type(self.exc).__name__}: {self.exc}",
+                "traceback": "".join(traceback.format_exception(self.exc))[-4000:]}
+
+
+def _claim_stdio() -> tuple[BinaryIO, BinaryIO]:
+    """Keep stdin/stdout for the protocol; point fd 0 at /dev/null and fd 1 at stderr."""
+    proto_in = os.fdopen(os.dup(0), "rb")
+    proto_out = os.fdopen(os.dup(1), "wb")
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return proto_in, proto_out
+
+
+def main() -> int:
+    proto_in, proto_out = _claim_stdio()
+    runner = Runner(proto_out)
+    runner.hello()
+    while True:
+        frame = read_frame(proto_in)
+        if frame is None or not runner.handle(*frame):
+            return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,252 @@
+"""One worker process: the model's interpreter running the runner, spoken to over its stdio."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from baton.batch import Batch
+from baton.errors import ModelError, ModelLoadError, WorkerCrashed, WorkerError, WorkerTimeout
+from baton.runtime import runner
+from baton.runtime.protocol import FrameReader, decode_columns, encode_predict, pack_frame
+
+log = logging.getLogger("baton.worker")
+RUNNER_PATH = Path(runner.__file__)
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything needed to start a worker for one model."""
+
+    model: str
+    python: Path
+    bundle_dir: Path
+    #: The ``load`` message: entrypoint, artifact, method, contract kind, input/output names.
+    load: dict[str, Any]
+    env: dict[str, str] = field(default_factory=dict)
+    load_timeout: float = 120.0
+
+    def command(self) -> list[str]:
+        # -I: no user site, no PYTHON* variables, no script folder on sys.path (so Baton
+        # itself is never importable); -B: never write bytecode into the bundle.
+        return [str(self.python), "-I", "-B", str(RUNNER_PATH)]
+
+
+class _Pipes(asyncio.SubprocessProtocol):
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.reader = FrameReader()
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        if fd == 1:
+            for header, payload in self.reader.feed(data):
+                self.worker._on_frame(header, payload)
+        else:
+            self.worker._on_stderr(data)
+
+    def process_exited(self) -> None:
+        self.worker._on_exit()
+
+
+class Worker:
+    """A running worker. ``start()`` spawns and loads; ``predict()`` sends one batch."""
+
+    def __init__(self, spec: WorkerSpec, slot: int) -> None:
+        self.spec = spec
+        self.slot = slot
+        self.state = "new"
+        self.pid: int | None = None
+        self.started_at = 0.0
+        self.info: dict[str, Any] = {}
+        self.raw = False
+        self.exited = asyncio.Event()
+        self._transport: asyncio.SubprocessTransport | None = None
+        self._stdin: asyncio.WriteTransport | None = None
+        self._pending: dict[int, asyncio.Future[Batch]] = {}
+        self._timers: dict[int, asyncio.TimerHandle] = {}
+        self._control: asyncio.Future[dict[str, Any]] | None = None
+        self._next_id = 0
+        self._stderr = collections.deque[str](maxlen=40)
+        self._partial = b""
+        self.exit_reason = ""
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        env = {**os.environ, **self.spec.env}
+        env.pop("VIRTUAL_ENV", None)
+        self.state = "starting"
+        self.started_at = time.monotonic()
+        self._control = loop.create_future()
+        try:
+            transport, _ = await loop.subprocess_exec(
+                lambda: _Pipes(self), *self.spec.command(), cwd=str(self.spec.bundle_dir),
+                env=env, start_new_session=True)
+        except OSError as exc:
+            self.state = "dead"
+            raise WorkerError(f"{self.spec.model}: cannot start worker: {exc}") from None
+        self._transport = transport
+        self._stdin = transport.get_pipe_transport(0)  # type: ignore[assignment]
+        self.pid = transport.get_pid()
+        try:
+            hello = await self._await_control("hello")
+            self.info = hello
+            self.raw = "raw" in hello.get("encodings", [])
+            self._send(pack_frame(orjson.dumps({"op": "load", "bundle_dir": str(self.spec.bundle_dir),
+                                          **self.spec.load})))
+            loaded = await self._await_control("loaded")
+        except BaseException:
+            self.kill()
+            raise
+        if not loaded.get("ok"):
+            self.kill()
+            err = loaded.get("error", {})
+            raise ModelLoadError(f"{self.spec.model}: {err.get('stage', 'load')} failed: "
+                                 f"{err.get('message', 'unknown error')}",
+                                 details={"stage": err.get("stage", "load"),
+                                          "traceback": err.get("traceback", "")})
+        self.info["load_seconds"] = loaded.get("seconds")
+        self.state = "ready"
+
+    async def _await_control(self, op: str) -> dict[str, Any]:
+        assert self._control is not None
+        try:
+            msg = await asyncio.wait_for(asyncio.shield(self._control),
+                                         self.spec.load_timeout)
+        except TimeoutError:
+            raise WorkerTimeout(f"{self.spec.model}: worker sent no '{op}' within "
+                                f"{self.spec.load_timeout:.0f}s") from None
+        if msg.get("op") != op:
+            raise WorkerError(f"{self.spec.model}: expected '{op}' from worker, got {msg}")
+        self._control = asyncio.get_running_loop().create_future()
+        return msg
+
+    def kill(self) -> None:
+        if self._transport is not None and self.pid is not None and not self.exited.is_set():
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Ask the worker to exit; kill it if it has not after ``grace`` seconds."""
+        if self._transport is None or self.exited.is_set():
+            return
+        self.state = "stopping"
+        try:
+            self._send(pack_frame(orjson.dumps({"op": "shutdown"})))
+            assert self._stdin is not None
+            self._stdin.close()
+        except (RuntimeError, OSError):
+            pass
+        try:
+            await asyncio.wait_for(self.exited.wait(), grace)
+        except TimeoutError:
+            self.kill()
+            await self.exited.wait()
+
+    # -- requests ----------------------------------------------------------------------
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    def predict(self, batch: Batch, timeout: float) -> asyncio.Future[Batch]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Batch] = loop.create_future()
+        if self.state != "ready":
+            fut.set_exception(WorkerCrashed(f"{self.spec.model}: worker is {self.state}"))
+            return fut
+        self._next_id += 1
+        rid = self._next_id
+        self._pending[rid] = fut
+        self._timers[rid] = loop.call_later(timeout, self._on_timeout, rid, timeout)
+        self._send(encode_predict(rid, batch, self.raw))
+        return fut
+
+    def _send(self, frame: bytes) -> None:
+        assert self._stdin is not None
+        self._stdin.write(frame)
+
+    # -- events from the pipes ---------------------------------------------------------
+    def _on_frame(self, header: dict[str, Any], payload: bytes) -> None:
+        if header.get("op") != "result":
+            if self._control is not None and not self._control.done():
+                self._control.set_result(header)
+            return
+        rid = header.get("id")
+        fut = self._pending.pop(rid, None)  # type: ignore[arg-type]
+        timer = self._timers.pop(rid, None)  # type: ignore[arg-type]
+        if timer:
+            timer.cancel()
+        if fut is None or fut.done():
+            return
+        if header.get("ok"):
+            try:
+                fut.set_result(decode_columns(header["columns"], payload, header["rows"]))
+            except ModelError as exc:
+                fut.set_exception(exc)
+        else:
+            err = header.get("error", {})
+            fut.set_exception(ModelError(err.get("message", "model failed"),
+                                         code=err.get("code", "MODEL_ERROR"),
+                                         details={"stage": err.get("stage", "model")}))
+
+    def _on_stderr(self, data: bytes) -> None:
+        text = (self._partial + data).split(b"\n")
+        self._partial = text.pop()
+        for line in text:
+            decoded = line.decode("utf-8", "replace")
+            self._stderr.append(decoded)
+            log.info("[%s#%d pid %s] %s", self.spec.model, self.slot, self.pid, decoded)
+
+    def _on_timeout(self, rid: int, timeout: float) -> None:
+        self.exit_reason = f"hung: no answer within {timeout:g}s"
+        self.state = "hung"
+        self._fail_all(WorkerTimeout(f"{self.spec.model}: worker {self.pid} gave no answer "
+                                     f"within {timeout:g}s; it is being restarted"))
+        self.kill()
+
+    def _on_exit(self) -> None:
+        code = self._transport.get_returncode() if self._transport else None
+        if not self.exit_reason:
+            self.exit_reason = (f"killed by signal {signal.Signals(-code).name}"
+                                if code is not None and code < 0 else f"exited with code {code}")
+        was = self.state
+        self.state = "dead"
+        tail = " | ".join(list(self._stderr)[-5:])
+        self._fail_all(WorkerCrashed(
+            f"{self.spec.model}: worker {self.pid} {self.exit_reason} while handling this "
+            "request" + (f"; its last output: {tail}" if tail else ""),
+            details={"pid": self.pid, "reason": self.exit_reason}))
+        if self._control is not None and not self._control.done():
+            self._control.set_exception(WorkerCrashed(
+                f"{self.spec.model}: worker {self.exit_reason} during start-up"
+                + (f": {tail}" if tail else ""), details={"stage": "import" if was ==
+                                                          "starting" else "model"}))
+            self._control.exception()  # mark retrieved: start() may already have given up
+        if self._transport is not None:
+            self._transport.close()
+        self.exited.set()
+
+    def _fail_all(self, exc: Exception) -> None:
+        for rid, fut in list(self._pending.items()):
+            if not fut.done():
+                fut.set_exception(exc)
+            timer = self._timers.pop(rid, None)
+            if timer:
+                timer.cancel()
+        self._pending.clear()
+
+    @property
+    def last_output(self) -> list[str]:
+        return list(self._stderr)
+

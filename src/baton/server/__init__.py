@@ -1,0 +1,1 @@
+"""HTTP: the ASGI app, routes, error mapping, OpenAPI."""

@@ -1,0 +1,174 @@
+"""HTTP only: a raw ASGI application over the engine (no framework on the hot path).
+
+Routes follow the Open Inference Protocol V2 REST API, plus a records endpoint and an
+OpenAPI document. Every error is JSON: ``{"error": message, "code": CODE, "details": ...}``
+(``error`` stays a string so existing V2 clients can read it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from baton import __version__
+from baton.errors import (
+    BatonError,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    RouteNotFound,
+)
+from baton.server.openapi import openapi_document
+from baton.serving.service import Engine
+
+log = logging.getLogger("baton.server")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+_JSON = [(b"content-type", b"application/json")]
+
+
+class _Response(Exception):
+    """Raised by a handler that answers with a non-200 status and a body."""
+
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        self.status, self.body = status, body
+
+
+def error_body(err: BatonError) -> bytes:
+    body: dict[str, Any] = {"error": err.message, "code": err.code}
+    if err.details:
+        body["details"] = err.details
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+class BatonApp:
+    """The ASGI callable. ``on_ready`` runs once every model has started (or failed)."""
+
+    def __init__(self, engine: Engine, *, max_body_bytes: int,
+                 on_ready: Callable[[Engine], None] | None = None) -> None:
+        self.engine = engine
+        self.max_body_bytes = max_body_bytes
+        self.on_ready = on_ready
+        self._starting: asyncio.Task[None] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    # -- lifespan ----------------------------------------------------------------------
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            msg = await receive()
+            if msg["type"] == "lifespan.startup":
+                # Listen at once (liveness answers); models become ready in the background.
+                self._starting = asyncio.get_running_loop().create_task(self._start_models())
+                await send({"type": "lifespan.startup.complete"})
+            elif msg["type"] == "lifespan.shutdown":
+                if self._starting is not None and not self._starting.done():
+                    self._starting.cancel()
+                await self.engine.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _start_models(self) -> None:
+        await self.engine.start()
+        if self.on_ready is not None:
+            self.on_ready(self.engine)
+
+    # -- http --------------------------------------------------------------------------
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        status, body = 200, b""
+        try:
+            body = await self._route(scope, receive)
+        except _Response as r:
+            status, body = r.status, orjson.dumps(r.body)
+        except BatonError as err:
+            status, body = err.http_status, error_body(err)
+        except Exception:
+            log.exception("internal error on %s %s", scope["method"], scope["path"])
+            status = 500
+            body = orjson.dumps({"error": "internal error in the engine; see its log",
+                                 "code": "INTERNAL_ERROR"})
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [*_JSON, (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _route(self, scope: Scope, receive: Receive) -> bytes:
+        method, path = scope["method"], scope["path"].rstrip("/") or "/"
+        parts = path.strip("/").split("/")
+        if parts[0] == "v2":
+            return await self._v2(method, parts[1:], scope, receive)
+        if parts[:2] == ["v1", "models"]:
+            if len(parts) == 2:
+                _only(method, "GET")
+                return orjson.dumps({"models": self.engine.describe()})
+            if len(parts) == 4 and parts[3] == "predict":
+                _only(method, "POST")
+                svc = self.engine.get(parts[2])
+                return await svc.predict_records(await self._body(scope, receive))
+        if path == "/openapi.json":
+            _only(method, "GET")
+            return orjson.dumps(openapi_document(self.engine))
+        raise RouteNotFound(f"no route {method} {path}; see /openapi.json")
+
+    async def _v2(self, method: str, parts: list[str], scope: Scope, receive: Receive) -> bytes:
+        if not parts:
+            _only(method, "GET")
+            return orjson.dumps({"name": "baton", "version": __version__, "extensions": []})
+        if parts[0] == "health" and len(parts) == 2 and parts[1] in ("live", "ready"):
+            _only(method, "GET")
+            if parts[1] == "live":
+                return orjson.dumps({"live": True})
+            ready = self.engine.ready
+            if not ready:
+                raise _Response(503, {"ready": False})
+            return orjson.dumps({"ready": True})
+        if parts[0] != "models" or len(parts) < 2:
+            raise RouteNotFound(f"no route {method} /v2/{'/'.join(parts)}")
+        name, rest, version = parts[1], parts[2:], None
+        if rest[:1] == ["versions"] and len(rest) >= 2:
+            version, rest = rest[1], rest[2:]
+        svc = self.engine.get(name, version)
+        if not rest:
+            _only(method, "GET")
+            return orjson.dumps(svc.metadata(), option=orjson.OPT_SERIALIZE_NUMPY)
+        if rest == ["ready"]:
+            _only(method, "GET")
+            if not svc.ready:
+                raise _Response(503, {"name": name, "ready": False})
+            return orjson.dumps({"name": name, "ready": True})
+        if rest == ["infer"]:
+            _only(method, "POST")
+            return await svc.infer(await self._body(scope, receive))
+        raise RouteNotFound(f"no route {method} /v2/{'/'.join(parts)}")
+
+    async def _body(self, scope: Scope, receive: Receive) -> bytes:
+        limit = self.max_body_bytes
+        for key, value in scope["headers"]:
+            if key == b"content-length" and value.isdigit() and int(value) > limit:
+                raise PayloadTooLarge(f"request body of {int(value)} bytes exceeds the "
+                                      f"limit of {limit} bytes", details={"limit": limit})
+        chunks, size = [], 0
+        while True:
+            msg = await receive()
+            chunk = msg.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes",
+                                      details={"limit": limit})
+            chunks.append(chunk)
+            if not msg.get("more_body"):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _only(method: str, allowed: str) -> None:
+    if method != allowed:
+        raise MethodNotAllowed(f"method {method} not allowed here; use {allowed}",
+                               details={"allowed": allowed})

@@ -1,0 +1,1 @@
+"""Serving: transport-agnostic inference over worker pools."""

@@ -1,0 +1,138 @@
+"""Transport-agnostic serving: one ModelService per bundle, an Engine holding them all."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+import orjson
+
+from baton.batch import Batch
+from baton.bundle.loader import Bundle
+from baton.contract.validate import RecordsDecoder, check_outputs
+from baton.env.builder import Environment
+from baton.errors import BatonError, ModelNotFound
+from baton.runtime.pool import WorkerPool
+from baton.runtime.worker import WorkerSpec
+from baton.serving import v2
+from baton.settings import Settings
+
+log = logging.getLogger("baton.serving")
+
+
+def worker_spec(bundle: Bundle, env: Environment, settings: Settings) -> WorkerSpec:
+    m = bundle.manifest
+    threads = str(settings.worker_threads)
+    return WorkerSpec(
+        model=m.name, python=env.python, bundle_dir=bundle.path,
+        load={"model": m.model.to_dict(), "kind": m.contract.kind,
+              "inputs": m.contract.input_names, "outputs": m.contract.output_names},
+        env={"OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads,
+             "MKL_NUM_THREADS": threads, "PYTHONUNBUFFERED": "1"},
+        load_timeout=settings.load_timeout)
+
+
+class ModelService:
+    """A bundle being served: contract checks on both sides of its worker pool."""
+
+    def __init__(self, bundle: Bundle, env: Environment, settings: Settings) -> None:
+        m = bundle.manifest
+        self.bundle = bundle
+        self.env = env
+        self.name, self.version = m.name, m.version
+        contract = m.contract
+        if settings.unknown_fields:
+            contract = contract.with_unknown_fields(settings.unknown_fields)  # type: ignore[arg-type]
+        self.contract = contract
+        self.records = RecordsDecoder(contract) if contract.kind == "records" else None
+        self.pool = WorkerPool(
+            worker_spec(bundle, env, settings),
+            workers=settings.workers or m.serving.workers,
+            timeout=settings.timeout or m.serving.timeout,
+            max_batch_rows=m.serving.max_batch_rows,
+            max_queue_rows=settings.max_queue_rows)
+
+    @property
+    def ready(self) -> bool:
+        return self.pool.ready
+
+    async def predict(self, batch: Batch) -> Batch:
+        out = await self.pool.predict(batch)
+        check_outputs(self.contract, out, batch.rows)
+        return out
+
+    async def predict_records(self, body: bytes) -> bytes:
+        if self.records is None:
+            raise BatonError(f"{self.name} has a tensor contract: use "
+                             f"/v2/models/{self.name}/infer", code="WRONG_ENDPOINT",
+                             details={"endpoint": f"/v2/models/{self.name}/infer"})
+        out = await self.predict(self.records.decode(body))
+        return orjson.dumps({"model_name": self.name, "model_version": self.version,
+                             "predictions": out.to_records()})
+
+    async def infer(self, body: bytes) -> bytes:
+        req = v2.parse_request(body)
+        out = await self.predict(v2.decode_request(self.contract, req))
+        return v2.encode_response(self.contract, self.name, self.version, req.id, out,
+                                  req.outputs)
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "versions": [self.version], "platform": "baton-python",
+            "inputs": [v2.spec_metadata(s) for s in self.contract.inputs],
+            "outputs": [v2.spec_metadata(s) for s in self.contract.outputs],
+            "parameters": {
+                "digest": self.bundle.digest, "contract": self.contract.kind,
+                "description": self.bundle.manifest.description,
+                "owner": self.bundle.manifest.owner, "ready": self.ready,
+                "environment": self.env.key,
+                "load_error": self.pool.load_error.to_dict() if self.pool.load_error else None,
+                **self.pool.describe()},
+        }
+
+
+class Engine:
+    """Every model served by one process; started and stopped as a whole."""
+
+    def __init__(self, services: list[ModelService], settings: Settings) -> None:
+        self.settings = settings
+        self.models = {s.name: s for s in services}
+        if len(self.models) != len(services):
+            names = [s.name for s in services]
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            raise BatonError(f"two bundles share the name {dupes[0]!r}", code="DUPLICATE_MODEL")
+        self._start: asyncio.Task[None] | None = None
+
+    def get(self, name: str, version: str | None = None) -> ModelService:
+        svc = self.models.get(name)
+        if svc is None or (version is not None and version != svc.version):
+            what = f"{name} version {version}" if version else name
+            raise ModelNotFound(f"no model named {what}; serving: "
+                                f"{', '.join(f'{s.name}@{s.version}' for s in self.models.values())}",
+                                details={"model": name, "version": version})
+        return svc
+
+    @property
+    def ready(self) -> bool:
+        return all(s.ready for s in self.models.values())
+
+    async def start(self) -> None:
+        """Start every model's workers; a model that fails to load is reported, not fatal."""
+        results = await asyncio.gather(*(s.pool.start() for s in self.models.values()),
+                                       return_exceptions=True)
+        for svc, res in zip(self.models.values(), results, strict=True):
+            if isinstance(res, BaseException):
+                log.error("%s failed to load: %s", svc.name, res)
+            else:
+                log.info("%s@%s ready (%s, pid %s)", svc.name, svc.version, svc.bundle.digest,
+                         ",".join(str(w.pid) for w in svc.pool.workers if w))
+
+    async def close(self) -> None:
+        await asyncio.gather(*(s.pool.close(self.settings.drain_timeout)
+                               for s in self.models.values()))
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [{"name": s.name, "version": s.version, "ready": s.ready,
+                 "digest": s.bundle.digest, "pid": os.getpid()} for s in self.models.values()]

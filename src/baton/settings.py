@@ -1,0 +1,86 @@
+"""Operator settings: one object, read once at the edge (CLI or app factory), passed down.
+
+Every field can be set by an environment variable ``BATON_<FIELD>`` (upper case); CLI
+options override those. A plain dataclass keeps start-up fast and the engine light
+(pydantic-settings would add ~25 MB and ~150 ms to every start).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from baton.errors import BatonError
+
+
+def _default_home() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "baton"
+
+
+@dataclass(frozen=True)
+class Settings:
+    #: Folder for environments, extracted bundles and build locks.
+    home: Path = field(default_factory=_default_home)
+    #: Folder of wheels to install from, with no index (air-gapped production).
+    wheelhouse: Path | None = None
+    #: Install without network access, from uv's cache or ``wheelhouse`` only.
+    offline: bool = False
+    #: Address and port the HTTP server binds to.
+    host: str = "127.0.0.1"
+    port: int = 8000
+    #: Largest request body accepted, in bytes; larger ones get 413.
+    max_body_bytes: int = 8 * 1024 * 1024
+    #: Worker processes per model; 0 means the bundle's own default.
+    workers: int = 0
+    #: Seconds a worker may spend on one batch before it is killed and restarted; 0: bundle's.
+    timeout: float = 0.0
+    #: Seconds a worker may take to start and load its model.
+    load_timeout: float = 120.0
+    #: Unknown fields in input records: 'reject' or 'ignore'; empty: the bundle's contract.
+    unknown_fields: str = ""
+    #: Most rows queued per model before requests get 503 (backpressure).
+    max_queue_rows: int = 65536
+    #: Seconds shutdown waits for in-flight work to drain.
+    drain_timeout: float = 30.0
+    #: Threads each worker's numeric libraries may use (OMP, BLAS).
+    worker_threads: int = 1
+    log_level: str = "info"
+
+    @property
+    def envs_dir(self) -> Path:
+        return self.home / "envs"
+
+    @property
+    def bundles_dir(self) -> Path:
+        return self.home / "bundles"
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
+        environ = dict(os.environ) if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = environ.get(f"BATON_{f.name.upper()}")
+            if raw is not None and raw != "":
+                values[f.name] = _parse(f.name, f.type, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return replace(cls(), **values)
+
+
+def _parse(name: str, kind: Any, raw: str) -> Any:
+    kind = str(kind)
+    try:
+        if "Path" in kind:
+            return Path(raw)
+        if kind == "bool":
+            return raw.lower() in ("1", "true", "yes", "on")
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError:
+        raise BatonError(f"environment variable BATON_{name.upper()}={raw!r} is not a valid "
+                         f"{kind}", code="INVALID_SETTING") from None
+    return raw
