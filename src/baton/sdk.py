@@ -60,7 +60,7 @@ def package(model: Any, sample: Any, *, name: str, version: str = "0.1.0",
         raise BundleError(f"{target} exists and is not empty (pass overwrite=True to replace)")
 
     records = _is_frame(sample)
-    head = sample.head(sample_rows) if records else sample[:sample_rows]
+    head = _pick_samples(sample, sample_rows) if records else sample[:sample_rows]
     if records:
         inputs: tuple[Any, ...] = infer_fields(sample, max_categories=max_categories,
                                                ranges=ranges)
@@ -118,6 +118,13 @@ def package(model: Any, sample: Any, *, name: str, version: str = "0.1.0",
 
 def _is_frame(sample: Any) -> bool:
     return type(sample).__name__ == "DataFrame" and hasattr(sample, "dtypes")
+
+
+def _pick_samples(frame: Any, n: int) -> Any:
+    """The first rows, plus up to a quarter of ``n`` rows with missing values if any."""
+    missing = frame[frame.isna().any(axis=1)].head(max(1, n // 4))
+    rest = frame.drop(index=missing.index).head(n - len(missing))
+    return frame.loc[list(missing.index) + list(rest.index)]
 
 
 def _json(obj: Any) -> str:
