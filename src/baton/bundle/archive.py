@@ -55,6 +55,9 @@ def list_files(bundle_dir: Path) -> list[str]:
     out = []
     for root, dirs, files in os.walk(bundle_dir):
         dirs[:] = sorted(d for d in dirs if d not in _EXCLUDED_DIRS)
+        # os.walk lists a link to a folder among the folders and does not enter it: without
+        # this check its files would silently be missing from the bundle.
+        files = files + [d for d in dirs if Path(root, d).is_symlink()]
         for name in files:
             if name in _EXCLUDED_NAMES or name.endswith(_EXCLUDED_SUFFIXES):
                 continue
@@ -85,6 +88,8 @@ def parse_index(data: bytes) -> list[IndexEntry]:
     for n, line in enumerate(data.decode("utf-8").splitlines(), 1):
         try:
             sha, mode, path = line.split("  ", 2)
+            if mode not in ("644", "755"):  # never setuid, setgid or world-writable
+                raise ValueError(mode)
             entries.append(IndexEntry(path, sha, int(mode, 8)))
         except ValueError:
             raise BundleError(f"{INDEX_NAME} line {n} is malformed") from None
@@ -241,7 +246,8 @@ def _extract_verified(archive: Path, dest: Path, expected_digest: str | None) ->
                 details={"expected": expected_digest, "actual": digest})
         index = {e.path: e for e in parse_index(raw_index)}
         seen: set[str] = set()
-        for member in tar:
+        # tar.next(), not iteration: iterating a TarFile starts again at the index entry.
+        while (member := tar.next()) is not None:
             rel = _safe_member(member)
             entry = index.get(rel)
             if entry is None:
@@ -253,7 +259,7 @@ def _extract_verified(archive: Path, dest: Path, expected_digest: str | None) ->
             src = tar.extractfile(member)
             assert src is not None
             with out.open("wb") as f:
-                for chunk in iter(lambda: src.read(1 << 20), b""):
+                while chunk := src.read(1 << 20):
                     h.update(chunk)
                     f.write(chunk)
             if h.hexdigest() != entry.sha256:

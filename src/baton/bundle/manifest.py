@@ -23,6 +23,13 @@ _PIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9,._-]+\])?==[A-Za-z0
                   r"(\s*;\s*[^;]+)?$")
 _PYTHON = re.compile(r"^3\.\d{1,2}$")
 _SECTIONS = {"bundle", "model", "environment", "contract", "samples", "serving"}
+#: Keys each section accepts ([contract] checks its own): a misspelt key is an error, not
+#: a silently ignored setting (``requirement = [...]`` would build an empty environment).
+_KEYS = {"bundle": {"name", "version", "description", "owner"},
+         "model": {"runner", "entrypoint", "artifact", "method"},
+         "environment": {"python", "requirements"},
+         "samples": {"input", "expected", "tolerance"},
+         "serving": {"workers", "timeout", "max_batch_rows"}}
 
 
 @dataclass(frozen=True)
@@ -96,6 +103,7 @@ class BundleManifest:
         if unknown:
             raise ManifestError(f"unknown sections in {MANIFEST_NAME}: {', '.join(unknown)}",
                                 details={"fields": unknown})
+        _check_keys(data)
         b = _table(data, "bundle")
         name, version = _text(b, "bundle.name"), _text(b, "bundle.version")
         if not _NAME.match(name):
@@ -147,6 +155,17 @@ class BundleManifest:
 def _invalid(name: str, expected: str, got: Any) -> ManifestError:
     return ManifestError(f"{MANIFEST_NAME}: {name} must be {expected}, got {got!r}",
                          details={"field": name, "expected": expected, "got": got})
+
+
+def _check_keys(data: dict[str, Any]) -> None:
+    for section, allowed in _KEYS.items():
+        table = data.get(section)
+        extra = sorted(set(table) - allowed) if isinstance(table, dict) else []
+        if extra:
+            names = [f"{section}.{k}" for k in extra]
+            raise ManifestError(f"unknown fields in {MANIFEST_NAME}: {', '.join(names)} "
+                                f"([{section}] takes {', '.join(sorted(allowed))})",
+                                details={"field": names[0], "fields": names})
 
 
 def _table(data: dict[str, Any], name: str) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import time
 from pathlib import Path
 
@@ -69,4 +70,11 @@ def run_server(refs: list[Path], settings: Settings) -> None:
                             http="httptools", lifespan="on", access_log=False,
                             log_level=settings.log_level, timeout_graceful_shutdown=int(
                                 settings.drain_timeout))
+    # uvicorn drains, then re-raises the signal it caught; a drained shutdown exits 0.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
+    signal.signal(signal.SIGINT, _exit_cleanly)
     uvicorn.Server(config).run()
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)

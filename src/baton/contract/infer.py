@@ -37,6 +37,10 @@ def infer_fields(frame: Any, *, max_categories: int = MAX_INFERRED_CATEGORIES,
         if isinstance(col.dtype, pd.CategoricalDtype):
             cats = tuple(c.item() if hasattr(c, "item") else c for c in col.cat.categories)
             ftype = "integer" if ptypes.is_integer_dtype(col.cat.categories.dtype) else "string"
+            if ftype == "string" and not all(isinstance(c, str) for c in cats):
+                raise ContractError(f"{where} is categorical with {col.cat.categories.dtype} "
+                                    "categories; a contract takes string or integer categories "
+                                    "only: convert them before packaging")
             specs.append(FieldSpec(name, ftype, nullable, categories=cats))
         elif ptypes.is_bool_dtype(col.dtype):
             specs.append(FieldSpec(name, "boolean", nullable))

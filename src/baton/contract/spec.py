@@ -53,6 +53,13 @@ class FieldSpec:
                 raise ContractError(f"{where}: categories apply to string and integer fields only")
             if len(self.categories) == 0:
                 raise ContractError(f"{where}: categories must not be empty")
+            # The decoder turns categories into a Literal: a wrong-typed category would let
+            # values of the wrong type through (or fail only when a server starts).
+            want = str if self.type == "string" else int
+            wrong = [c for c in self.categories if isinstance(c, bool) or not isinstance(c, want)]
+            if wrong:
+                raise ContractError(f"{where}: categories of this {self.type} field must all "
+                                    f"be {self.type}s, got {wrong[0]!r}")
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "type": self.type}
@@ -179,7 +186,12 @@ def _field_from_dict(item: Any, side: str, i: int) -> FieldSpec:
     if "type" not in d or "name" not in d:
         raise ContractError(f"{where} needs 'name' and 'type'")
     cats = d.get("categories")
-    return FieldSpec(name=d["name"], type=d["type"], nullable=bool(d.get("nullable", False)),
+    if cats is not None and not isinstance(cats, list):
+        raise ContractError(f"{where}: categories must be a list, got {cats!r}")
+    nullable = d.get("nullable", False)
+    if not isinstance(nullable, bool):
+        raise ContractError(f"{where}: nullable must be true or false, got {nullable!r}")
+    return FieldSpec(name=d["name"], type=d["type"], nullable=nullable,
                      min=d.get("min"), max=d.get("max"),
                      categories=tuple(cats) if cats is not None else None,
                      description=d.get("description", ""))

@@ -8,12 +8,13 @@ A violation names the record index, the field, what was expected and what came.
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from typing import Annotated, Any, Literal
 
 import msgspec
 import numpy as np
-import orjson
 
 from baton.batch import Batch, Column
 from baton.contract.spec import Contract, FieldSpec, TensorSpec
@@ -141,10 +142,21 @@ class RecordsDecoder:
 def _lookup(body: bytes, index: int, field: str | None) -> Any:
     """The offending value, read again on the error path only."""
     try:
-        record = orjson.loads(body)[index]
+        record = _reparse(body)[index]
         return record if field is None else record.get(field)
     except Exception:
         return None
+
+
+def _reparse(body: bytes) -> Any:
+    # The standard library, not orjson: orjson refuses numbers beyond float range
+    # (1e999) and rounds huge integers; the sender should see what they sent.
+    return json.loads(body, parse_float=_float_or_text)
+
+
+def _float_or_text(text: str) -> float | str:
+    value = float(text)
+    return value if math.isfinite(value) else text
 
 
 # -- Columns (Open Inference Protocol inputs for a records contract) -----------------------
@@ -160,7 +172,7 @@ def decode_field_column(spec: FieldSpec, raw: bytes, rows: int) -> Column:
         index = int(im.group(1)) if im else None
         got = None
         if index is not None:
-            got = orjson.loads(raw)[index]
+            got = _reparse(raw)[index]
         raise ContractViolation(
             f"input contract violated at record {index}, field {spec.name!r}: "
             f"expected {describe(spec)}, got {got!r}",

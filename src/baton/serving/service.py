@@ -7,10 +7,12 @@ import logging
 import os
 from typing import Any
 
+import numpy as np
 import orjson
 
 from baton.batch import Batch
 from baton.bundle.loader import Bundle
+from baton.contract.spec import Contract, TensorSpec
 from baton.contract.validate import RecordsDecoder, check_outputs
 from baton.env.builder import Environment
 from baton.errors import BatonError, ModelNotFound
@@ -60,6 +62,8 @@ class ModelService:
 
     async def predict(self, batch: Batch) -> Batch:
         out = await self.pool.predict(batch)
+        if self.contract.kind == "tensors":
+            _tensors_from_json(self.contract, out)
         check_outputs(self.contract, out, batch.rows)
         return out
 
@@ -91,6 +95,17 @@ class ModelService:
                 "load_error": self.pool.load_error.to_dict() if self.pool.load_error else None,
                 **self.pool.describe()},
         }
+
+
+def _tensors_from_json(contract: Contract, out: Batch) -> None:
+    """Runners without numpy send tensors as nested JSON lists: make them arrays."""
+    for spec in contract.outputs:
+        col = out.columns.get(spec.name)
+        if isinstance(col, list) and isinstance(spec, TensorSpec) and spec.datatype != "BYTES":
+            try:
+                out.columns[spec.name] = np.asarray(col, dtype=spec.dtype)
+            except (ValueError, TypeError):
+                pass  # left as a list: the output check reports it
 
 
 class Engine:

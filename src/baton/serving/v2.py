@@ -59,13 +59,13 @@ def spec_metadata(spec: FieldSpec | TensorSpec) -> dict[str, Any]:
 def parse_request(body: bytes) -> InferenceRequest:
     try:
         req = _decoder.decode(body)
-    except msgspec.DecodeError as exc:
-        raise RequestError(f"request body is not valid JSON: {exc}", code="INVALID_JSON") from None
-    except msgspec.ValidationError as exc:
+    except msgspec.ValidationError as exc:  # a subclass of DecodeError: catch it first
         text = str(exc)
         field = text.split("at `$", 1)[1].rstrip("`") if "at `$" in text else ""
         raise RequestError(f"not an inference request: {text}", code="BAD_REQUEST",
                            details={"field": field.lstrip(".") or "inputs"}) from None
+    except msgspec.DecodeError as exc:
+        raise RequestError(f"request body is not valid JSON: {exc}", code="INVALID_JSON") from None
     if not req.inputs:
         raise RequestError("'inputs' must hold at least one input", code="EMPTY_REQUEST",
                            details={"field": "inputs"})

@@ -1,0 +1,238 @@
+"""Shared fixtures: real bundles, real uv environments, real `baton serve` processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BATON = [sys.executable, "-m", "baton.cli.main"]
+EXAMPLE = ROOT / "examples" / "penguins" / "bundle"
+
+
+@pytest.fixture(scope="session")
+def baton_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One Baton home per test session: environments are built once and shared."""
+    return tmp_path_factory.mktemp("baton-home")
+
+
+@pytest.fixture(scope="session")
+def baton_env(baton_home: Path) -> dict[str, str]:
+    env = dict(os.environ, BATON_HOME=str(baton_home), UV_PYTHON_DOWNLOADS="never")
+    env.pop("VIRTUAL_ENV", None)
+    return env
+
+
+def run_baton(*args: str | Path, env: dict[str, str], timeout: float = 300,
+              cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*BATON, *map(str, args)], env=env, capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd, stdin=subprocess.DEVNULL)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """A real `baton serve` process on a free loopback port."""
+
+    def __init__(self, bundles: list[Path], env: dict[str, str], args: list[str]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(Path(env["BATON_HOME"]) / f"serve-{self.port}.log", "w+")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [*BATON, "serve", *map(str, bundles), "--port", str(self.port), *args],
+            env=env, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True)
+        self.client = httpx.Client(base_url=self.url, timeout=30)
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"baton serve exited early:\n{self.output()}")
+            try:
+                if self.client.get("/v2/health/ready").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"baton serve not ready after {timeout}s:\n{self.output()}")
+
+    def output(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
+
+    def model(self, name: str) -> dict[str, Any]:
+        return self.client.get(f"/v2/models/{name}").json()
+
+    def worker_pids(self, name: str) -> list[int]:
+        return [w["pid"] for w in self.model(name)["parameters"]["workers"]
+                if w["state"] == "ready"]
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.client.close()
+        self.log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def serve(baton_env: dict[str, str]) -> Iterator[Callable[..., Server]]:
+    """Factory: ``serve([bundle, ...], "--workers", "2")`` starts a ready server."""
+    servers: list[Server] = []
+
+    def start(bundles: list[Path], *args: str, ready: bool = True) -> Server:
+        server = Server(bundles, baton_env, list(args))
+        servers.append(server)
+        if ready:
+            server.wait_ready()
+        return server
+
+    yield start
+    for s in servers:
+        s.stop()
+
+
+# -- Bundles written by the tests ----------------------------------------------------------
+
+CHAOS_CODE = '''
+import os, time
+
+class Model:
+    """Behaves as the 'action' column says: the tool to induce every worker fault."""
+
+    def load(self, bundle_dir):
+        if os.path.exists(os.path.join(bundle_dir, "FAIL_LOAD")):
+            raise RuntimeError("load failed on purpose")
+
+    def predict(self, inputs):
+        out = []
+        for action, x in zip(inputs["action"], inputs["x"]):
+            if action == "crash":
+                os._exit(3)
+            if action == "hang":
+                time.sleep(3600)
+            if action == "sleep":
+                time.sleep(1.0)
+            if action == "raise":
+                raise ValueError("boom: the model refused x=%r" % x)
+            out.append(1000.0 if action == "bad_output" else x * 2)
+        return {"y": out, "pid": [os.getpid()] * len(out)}
+'''
+
+
+def write_bundle(path: Path, *, name: str, manifest_extra: str = "", code: str = "",
+                 requirements: list[str] | None = None, contract: str, samples: tuple[Any, Any]
+                 | None = None, entrypoint: str = "model.predict:Model") -> Path:
+    (path / "model").mkdir(parents=True, exist_ok=True)
+    (path / "model" / "__init__.py").write_text("")
+    (path / "model" / "predict.py").write_text(textwrap.dedent(code))
+    sample_section = ""
+    if samples is not None:
+        (path / "samples").mkdir(exist_ok=True)
+        (path / "samples" / "input.json").write_text(json.dumps(samples[0]))
+        (path / "samples" / "expected.json").write_text(json.dumps(samples[1]))
+        sample_section = ('[samples]\ninput = "samples/input.json"\n'
+                          'expected = "samples/expected.json"\ntolerance = 1e-9\n')
+    reqs = json.dumps(requirements or [])
+    (path / "baton.toml").write_text(
+        f'[bundle]\nname = "{name}"\nversion = "1.0.0"\nowner = "tests"\n\n'
+        f'[model]\nrunner = "python"\nentrypoint = "{entrypoint}"\n\n'
+        f'[environment]\npython = "3.11"\nrequirements = {reqs}\n\n'
+        f'{sample_section}{manifest_extra}\n{textwrap.dedent(contract)}')
+    return path
+
+
+CHAOS_CONTRACT = '''
+[contract]
+kind = "records"
+
+[[contract.inputs]]
+name = "action"
+type = "string"
+categories = ["ok", "crash", "hang", "sleep", "raise", "bad_output"]
+
+[[contract.inputs]]
+name = "x"
+type = "float"
+min = -100.0
+max = 100.0
+
+[[contract.outputs]]
+name = "y"
+type = "float"
+min = -200.0
+max = 200.0
+
+[[contract.outputs]]
+name = "pid"
+type = "integer"
+'''
+
+
+@pytest.fixture(scope="session")
+def chaos_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A pure-Python model (no dependencies) whose input chooses its behaviour."""
+    return write_bundle(tmp_path_factory.mktemp("bundles") / "chaos", name="chaos",
+                        code=CHAOS_CODE, contract=CHAOS_CONTRACT)
+
+
+TENSOR_CODE = '''
+class Model:
+    def predict(self, inputs):
+        x = inputs["x"]
+        return {"sum": x.sum(axis=1, keepdims=True)}
+'''
+
+TENSOR_CONTRACT = '''
+[contract]
+kind = "tensors"
+
+[[contract.inputs]]
+name = "x"
+datatype = "FP64"
+shape = [-1, 3]
+
+[[contract.outputs]]
+name = "sum"
+datatype = "FP64"
+shape = [-1, 1]
+'''
+
+
+@pytest.fixture(scope="session")
+def numpy_pin() -> str:
+    import numpy
+
+    return f"numpy=={numpy.__version__}"
+
+
+@pytest.fixture(scope="session")
+def tensor_bundle(tmp_path_factory: pytest.TempPathFactory, numpy_pin: str) -> Path:
+    """A numpy model with a tensor contract: row sums of an [n, 3] FP64 input."""
+    return write_bundle(tmp_path_factory.mktemp("bundles") / "tensor", name="rowsum",
+                        code=TENSOR_CODE, contract=TENSOR_CONTRACT, requirements=[numpy_pin],
+                        samples=({"x": [[1.0, 2.0, 3.0], [0.5, 0.5, 0.0]]},
+                                 {"sum": [[6.0], [1.0]]}))
