@@ -1,0 +1,170 @@
+"""The `baton` command: output, JSON reports and exit codes, on real bundles."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_baton
+
+
+@pytest.fixture
+def scaffolded(tmp_path: Path, baton_env: dict[str, str]) -> Path:
+    result = run_baton("init", tmp_path / "demo", env=baton_env)
+    assert result.returncode == 0, result.stderr
+    assert "created bundle" in result.stdout
+    return tmp_path / "demo"
+
+
+def check(bundle: Path, env: dict[str, str]) -> tuple[int, dict, str]:
+    report = bundle.parent / "report.json"
+    r = run_baton("check", bundle, "--report", report, "--iterations", "5", env=env)
+    return r.returncode, json.loads(report.read_text()), r.stdout + r.stderr
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new))
+
+
+def test_help_and_version(baton_env: dict[str, str]) -> None:
+    r = run_baton("--help", env=baton_env)
+    assert r.returncode == 0
+    for cmd in ("init", "build", "check", "serve", "contract", "extract"):
+        assert cmd in r.stdout
+    assert run_baton("--version", env=baton_env).stdout.startswith("baton, version")
+
+
+def test_init_then_check_passes_and_measures(scaffolded: Path, baton_env: dict[str, str]) -> None:
+    code, report, out = check(scaffolded, baton_env)
+    assert code == 0, out
+    assert report["passed"] is True and report["failed_stage"] is None
+    assert [s["stage"] for s in report["stages"]] == [
+        "manifest", "dependency_resolution", "import", "load", "input_contract", "model",
+        "output_contract", "sample_mismatch"]
+    m = report["measurements"]
+    assert m["environment"]["build_seconds"] >= 0 and "cached" in m["environment"]
+    assert m["load_seconds"] > 0
+    assert set(m["latency"]) == {"rows_1", "rows_100"}
+    assert m["latency"]["rows_100"]["calls"] == 5
+    assert m["memory_mb"]["worker_rss_mb"] > 1
+    assert "PASS" in out and report["bundle"]["digest"].startswith("sha256:")
+
+
+def test_check_fails_on_manifest(scaffolded: Path, baton_env: dict[str, str]) -> None:
+    edit(scaffolded / "baton.toml", 'version = "0.1.0"', 'version = ""')
+    code, report, out = check(scaffolded, baton_env)
+    assert (code, report["failed_stage"]) == (2, "manifest")
+    assert "bundle.version" in report["error"]["message"] and "FAIL" in out
+
+
+def test_check_fails_on_dependency_resolution(scaffolded: Path,
+                                              baton_env: dict[str, str]) -> None:
+    edit(scaffolded / "baton.toml", "requirements = []", 'requirements = ["six==999.0.0"]')
+    code, report, out = check(scaffolded, baton_env)
+    assert (code, report["failed_stage"]) == (4, "dependency_resolution")
+    failures = report["error"]["details"]["failures"]
+    assert failures[0]["requirement"] == "six==999.0.0"
+    assert "six==999.0.0" in out
+
+
+def test_check_fails_on_import(scaffolded: Path, baton_env: dict[str, str]) -> None:
+    edit(scaffolded / "baton.toml", "model.predict:Model", "model.missing:Model")
+    code, report, _ = check(scaffolded, baton_env)
+    assert (code, report["failed_stage"]) == (5, "import")
+    assert "model.missing" in report["error"]["message"]
+
+
+def test_check_fails_on_load(scaffolded: Path, baton_env: dict[str, str]) -> None:
+    edit(scaffolded / "model" / "predict.py", "self.scale = 1000.0",
+         "raise RuntimeError('artifact is corrupt')")
+    code, report, _ = check(scaffolded, baton_env)
+    assert (code, report["failed_stage"]) == (5, "load")
+    assert "artifact is corrupt" in report["error"]["message"]
+
+
+def test_check_fails_on_input_contract(scaffolded: Path, baton_env: dict[str, str]) -> None:
+    edit(scaffolded / "samples" / "input.json", '"FR"', '"XX"')
+    code, report, _ = check(scaffolded, baton_env)
+    assert (code, report["failed_stage"]) == (3, "input_contract")
+    v = report["error"]["details"]["violations"][0]
+    assert (v["record"], v["field"], v["got"]) == (2, "country", "XX")
+
+
+def test_check_fails_on_output_contract(scaffolded: Path, baton_env: dict[str, str]) -> None:
+    edit(scaffolded / "model" / "predict.py", "min(1.0, ", "(1.5 + ")
+    code, report, _ = check(scaffolded, baton_env)
+    assert (code, report["failed_stage"]) == (3, "output_contract")
+    assert report["error"]["details"]["violations"][0]["field"] == "score"
+
+
+def test_check_fails_on_sample_mismatch(scaffolded: Path, baton_env: dict[str, str]) -> None:
+    edit(scaffolded / "samples" / "expected.json", "0.75", "0.7")
+    code, report, out = check(scaffolded, baton_env)
+    assert (code, report["failed_stage"]) == (3, "sample_mismatch")
+    assert report["sample_mismatches"] == [
+        {"record": 1, "field": "score", "expected": 0.7, "got": 0.75}]
+    assert "record 1" in out
+
+
+def test_build_is_reproducible_and_extract_verifies(scaffolded: Path, tmp_path: Path,
+                                                    baton_env: dict[str, str]) -> None:
+    first = run_baton("build", scaffolded, "-o", tmp_path / "a", env=baton_env)
+    second = run_baton("build", scaffolded, "-o", tmp_path / "b", env=baton_env)
+    assert first.returncode == 0, first.stderr
+    digest = first.stdout.split()[-1]
+    assert digest.startswith("sha256:") and second.stdout.split()[-1] == digest
+    archive = tmp_path / "a" / "demo-0.1.0.baton"
+    assert archive.read_bytes() == (tmp_path / "b" / "demo-0.1.0.baton").read_bytes()
+    ok = run_baton("extract", archive, tmp_path / "out", "--digest", digest, env=baton_env)
+    assert ok.returncode == 0 and ok.stdout.strip() == digest
+    assert (tmp_path / "out" / "model" / "predict.py").is_file()
+    wrong = run_baton("extract", archive, tmp_path / "out2", "--digest", "sha256:" + "0" * 64,
+                      env=baton_env)
+    assert wrong.returncode == 2 and "DIGEST_MISMATCH" in wrong.stderr
+
+
+def test_tampered_archive_is_refused(scaffolded: Path, tmp_path: Path,
+                                     baton_env: dict[str, str]) -> None:
+    run_baton("build", scaffolded, "-o", tmp_path, env=baton_env)
+    archive = tmp_path / "demo-0.1.0.baton"
+    out = io.BytesIO()
+    with tarfile.open(archive, "r:gz") as src, tarfile.open(fileobj=out, mode="w") as dst:
+        for member in src:
+            data = src.extractfile(member).read()  # type: ignore[union-attr]
+            if member.name == "model/predict.py":
+                data = data.replace(b"0.5", b"0.9")
+                member.size = len(data)
+            dst.addfile(member, io.BytesIO(data))
+    archive.write_bytes(gzip.compress(out.getvalue()))
+    r = run_baton("extract", archive, tmp_path / "x", env=baton_env)
+    assert r.returncode == 2
+    assert "DIGEST_MISMATCH" in r.stderr and "model/predict.py" in r.stderr
+    assert not (tmp_path / "x").exists()
+    r = run_baton("check", archive, "--report", tmp_path / "r.json", env=baton_env)
+    assert r.returncode == 2
+    assert json.loads((tmp_path / "r.json").read_text())["failed_stage"] == "manifest"
+
+
+def test_contract_prints_json_schema(scaffolded: Path, baton_env: dict[str, str]) -> None:
+    r = run_baton("contract", scaffolded, env=baton_env)
+    schema = json.loads(r.stdout)
+    assert schema["properties"]["age"] == {"type": ["integer", "null"], "minimum": 0,
+                                           "maximum": 150}
+    assert schema["required"] == ["amount", "country"]
+    out = json.loads(run_baton("contract", scaffolded, "--side", "outputs",
+                               env=baton_env).stdout)
+    assert out["properties"]["score"]["maximum"] == 1.0
+
+
+def test_serve_refuses_an_invalid_manifest(scaffolded: Path, baton_env: dict[str, str]) -> None:
+    edit(scaffolded / "baton.toml", "[model]", "[modle]")
+    r = run_baton("serve", scaffolded, "--port", "1", env=baton_env, timeout=60)
+    assert r.returncode == 2
+    assert "INVALID_MANIFEST" in r.stderr and "modle" in r.stderr
