@@ -177,7 +177,7 @@ def test_unknown_model_route_and_method(server: Server) -> None:
 
 
 def test_records_endpoint_on_a_tensor_model_points_to_v2(server: Server) -> None:
-    body = assert_error(predict(server, [{"x": 1}], model="rowsum"), 500, "WRONG_ENDPOINT")
+    body = assert_error(predict(server, [{"x": 1}], model="rowsum"), 400, "WRONG_ENDPOINT")
     assert body["details"]["endpoint"] == "/v2/models/rowsum/infer"
 
 

@@ -43,7 +43,7 @@ class PoolStats:
 class WorkerPool:
     def __init__(self, spec: WorkerSpec, *, workers: int = 1, timeout: float = 30.0,
                  max_batch_rows: int = 256, max_queue_rows: int = 65536,
-                 backoff: tuple[float, float] = (0.2, 10.0)) -> None:
+                 backoff: tuple[float, float] = (0.2, 30.0)) -> None:
         self.spec = spec
         self.size = workers
         self.timeout = timeout
@@ -68,13 +68,13 @@ class WorkerPool:
         results = await asyncio.gather(*(self._start_slot(i) for i in range(self.size)),
                                        return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
+        for slot, result in enumerate(results):  # failed slots retry in the background
+            if isinstance(result, BaseException):
+                self._schedule_restart(slot, result)
         if len(errors) == self.size:
             err = errors[0]
             self.load_error = err if isinstance(err, BatonError) else WorkerError(str(err))
             raise self.load_error
-        for slot, result in enumerate(results):  # some came up: the rest retry in background
-            if isinstance(result, BaseException):
-                self._schedule_restart(slot, result)
 
     async def _start_slot(self, slot: int) -> None:
         worker = Worker(self.spec, slot)
@@ -116,6 +116,7 @@ class WorkerPool:
         try:
             await self._start_slot(slot)
         except BatonError as exc:
+            self.load_error = exc if not self.ready else None
             if not self._closing:
                 self._schedule_restart(slot, exc)
 

@@ -101,8 +101,8 @@ class Worker:
             hello = await self._await_control("hello")
             self.info = hello
             self.raw = "raw" in hello.get("encodings", [])
-            self._send(pack_frame(orjson.dumps({"op": "load", "bundle_dir": str(self.spec.bundle_dir),
-                                          **self.spec.load})))
+            load = {"op": "load", "bundle_dir": str(self.spec.bundle_dir), **self.spec.load}
+            self._send(pack_frame(orjson.dumps(load)))
             loaded = await self._await_control("loaded")
         except BaseException:
             self.kill()

@@ -15,7 +15,7 @@ from baton.bundle.loader import Bundle
 from baton.contract.spec import Contract, TensorSpec
 from baton.contract.validate import RecordsDecoder, check_outputs
 from baton.env.builder import Environment
-from baton.errors import BatonError, ModelNotFound
+from baton.errors import BatonError, ModelNotFound, RequestError
 from baton.runtime.pool import WorkerPool
 from baton.runtime.worker import WorkerSpec
 from baton.serving import v2
@@ -69,9 +69,9 @@ class ModelService:
 
     async def predict_records(self, body: bytes) -> bytes:
         if self.records is None:
-            raise BatonError(f"{self.name} has a tensor contract: use "
-                             f"/v2/models/{self.name}/infer", code="WRONG_ENDPOINT",
-                             details={"endpoint": f"/v2/models/{self.name}/infer"})
+            raise RequestError(f"{self.name} has a tensor contract: use "
+                               f"/v2/models/{self.name}/infer", code="WRONG_ENDPOINT",
+                               details={"endpoint": f"/v2/models/{self.name}/infer"})
         out = await self.predict(self.records.decode(body))
         return orjson.dumps({"model_name": self.name, "model_version": self.version,
                              "predictions": out.to_records()})
@@ -124,8 +124,8 @@ class Engine:
         svc = self.models.get(name)
         if svc is None or (version is not None and version != svc.version):
             what = f"{name} version {version}" if version else name
-            raise ModelNotFound(f"no model named {what}; serving: "
-                                f"{', '.join(f'{s.name}@{s.version}' for s in self.models.values())}",
+            serving = ", ".join(f"{s.name}@{s.version}" for s in self.models.values())
+            raise ModelNotFound(f"no model named {what}; serving: {serving}",
                                 details={"model": name, "version": version})
         return svc
 
