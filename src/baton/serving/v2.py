@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -134,11 +135,12 @@ def _decode_tensor(spec: TensorSpec, inp: RequestInput) -> np.ndarray:
         _check_datatype(spec.name, inp.datatype, (declared,), declared)
     element = _ELEMENT.get(declared, float if declared.startswith("FP") else int)
     raw = bytes(inp.data)
-    typ: Any = element
-    for _ in range(_nesting(raw)):
-        typ = list[typ]
+    depth = _nesting(raw)
+    if depth > max(len(spec.shape), len(inp.shape), 1):
+        raise _violation(spec.name, f"data nested at most {len(inp.shape)} deep", depth,
+                         f"input {spec.name!r}: data nests deeper than its shape {inp.shape}")
     try:
-        values = msgspec.json.decode(raw, type=typ)
+        values = _data_decoder(element, depth).decode(raw)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         text = str(exc)
         where = text.split(" - at `$", 1)[1].rstrip("`") if " - at `$" in text else ""
@@ -160,6 +162,15 @@ def _decode_tensor(spec: TensorSpec, inp: RequestInput) -> np.ndarray:
         raise ContractViolation(f"input contract violated: {problem['message']}",
                                 violations=[problem])
     return arr
+
+
+@functools.cache
+def _data_decoder(element: type, depth: int) -> msgspec.json.Decoder[Any]:
+    """A strict decoder for ``depth`` nested lists of ``element`` (bool is not a number)."""
+    typ: Any = element
+    for _ in range(depth):
+        typ = list[typ]
+    return msgspec.json.Decoder(typ)
 
 
 def _nesting(raw: bytes) -> int:
