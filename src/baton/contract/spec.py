@@ -156,6 +156,8 @@ class Contract:
         if not isinstance(data, dict):
             raise ContractError("contract must be a table")
         kind = data.get("kind", "records")
+        if kind not in ("records", "tensors"):  # before the tables are read as one or other
+            raise ContractError(f"contract kind must be 'records' or 'tensors', got {kind!r}")
         known = {"kind", "unknown_fields", "inputs", "outputs"}
         extra = sorted(set(data) - known)
         if extra:
