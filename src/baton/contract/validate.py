@@ -132,8 +132,8 @@ class RecordsDecoder:
             v = _violation(index, None, "a JSON object (record)", _lookup(body, index, None), msg)
         else:
             spec = self._by_name.get(field)
-            v = _violation(index, field, describe(spec) if spec else "", _lookup(body, index, field),
-                           msg)
+            got = _lookup(body, index, field)
+            v = _violation(index, field, describe(spec) if spec else "", got, msg)
         where = f"record {index}" + (f", field {field!r}" if field else "")
         return ContractViolation(f"input contract violated at {where}: expected {v['expected']},"
                                  f" got {v['got']!r}", violations=[v])

@@ -42,9 +42,16 @@ class Environment:
 
 def lock_key(spec: EnvironmentSpec) -> str:
     """The cache key: a digest of the Python version and the normalised, sorted pins."""
-    norm = sorted(re.sub(r"\s+", "", r).lower().replace("_", "-") for r in spec.requirements)
+    norm = sorted(_normalise(r) for r in spec.requirements)
     text = f"python={spec.python}\n" + "\n".join(norm)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _normalise(pin: str) -> str:
+    """``Foo_Bar.baz == 1.0`` and ``foo-bar-baz==1.0`` name the same thing (PEP 503)."""
+    pin = re.sub(r"\s+", "", pin)
+    name, sep, rest = pin.partition("==")
+    return re.sub(r"[-_.]+", "-", name).lower() + sep + rest
 
 
 def uv_binary() -> str:
