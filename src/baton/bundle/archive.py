@@ -228,7 +228,12 @@ def read_archive_digest(archive: Path) -> str:
         raise BundleError(f"{archive} is not a readable bundle archive: {exc}") from None
 
 
-def _extract_verified(archive: Path, dest: Path, expected_digest: str | None) -> str:
+def verify_archive(archive: Path, expected_digest: str | None = None) -> str:
+    """Check every file of an archive against its index, writing nothing; return the digest."""
+    return _extract_verified(Path(archive), None, expected_digest)
+
+
+def _extract_verified(archive: Path, dest: Path | None, expected_digest: str | None) -> str:
     try:
         tar = tarfile.open(archive, "r:gz")
     except (tarfile.TarError, OSError, EOFError) as exc:
@@ -253,20 +258,25 @@ def _extract_verified(archive: Path, dest: Path, expected_digest: str | None) ->
             if entry is None:
                 raise UnsafeArchiveError(f"archive entry {rel!r} is not in {INDEX_NAME}",
                                          details={"entry": rel})
-            out = dest / rel
-            out.parent.mkdir(parents=True, exist_ok=True)
             h = hashlib.sha256()
             src = tar.extractfile(member)
             assert src is not None
-            with out.open("wb") as f:
+            out = None if dest is None else dest / rel
+            if out is None:
                 while chunk := src.read(1 << 20):
                     h.update(chunk)
-                    f.write(chunk)
+            else:
+                out.parent.mkdir(parents=True, exist_ok=True)
+                with out.open("wb") as f:
+                    while chunk := src.read(1 << 20):
+                        h.update(chunk)
+                        f.write(chunk)
             if h.hexdigest() != entry.sha256:
                 raise DigestMismatchError(f"file {rel!r} was altered: its content does not "
                                           "match the bundle's index",
                                           details={"path": rel})
-            out.chmod(entry.mode)
+            if out is not None:
+                out.chmod(entry.mode)
             seen.add(rel)
         missing = sorted(set(index) - seen)
         if missing:

@@ -1,0 +1,1 @@
+"""The registry: bundles and their lifecycle, approvals, users and an append-only audit log."""

@@ -1,0 +1,54 @@
+"""Users, roles and API tokens. Tokens are random, shown once, and stored as sha256."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import secrets
+
+from baton.errors import BatonError
+
+#: What each role may do. Reading (list, show, pull, history) is open to every role.
+PERMISSIONS: dict[str, frozenset[str]] = {
+    "read": frozenset({"viewer", "data-scientist", "operator", "approver", "admin"}),
+    "push": frozenset({"data-scientist", "admin"}),
+    "validate": frozenset({"data-scientist", "operator", "admin"}),
+    "promote": frozenset({"operator", "admin"}),
+    "approve": frozenset({"approver", "admin"}),
+    "admin": frozenset({"admin"}),
+}
+TOKEN_PREFIX = "bt_"
+
+
+class Unauthorized(BatonError):
+    code = "UNAUTHORIZED"
+    http_status = 401
+    exit_code = 6
+
+
+class Forbidden(BatonError):
+    code = "FORBIDDEN"
+    http_status = 403
+    exit_code = 6
+
+
+def new_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def require(role: str, permission: str, user: str) -> None:
+    allowed = PERMISSIONS[permission]
+    if role not in allowed:
+        raise Forbidden(f"{user} has role {role!r}; {permission} needs one of "
+                        f"{', '.join(sorted(allowed))}",
+                        details={"role": role, "permission": permission})
+
+
+def expiry(days: float | None) -> dt.datetime | None:
+    if days is None:
+        return None
+    return dt.datetime.now(dt.UTC) + dt.timedelta(days=days)

@@ -1,0 +1,116 @@
+"""The registry's metadata schema (SQLAlchemy 2). Content lives in the blob store, by digest.
+
+Schema changes go through Alembic migrations (``registry/migrations``); the same schema
+runs on SQLite (the zero-configuration default) and PostgreSQL (production).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+STAGES = ("draft", "validated", "staging", "production", "archived")
+ROLES = ("viewer", "data-scientist", "operator", "approver", "admin")
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dt.datetime: DateTime(timezone=True), dict[str, Any]: JSON}
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    role: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    disabled: Mapped[bool] = mapped_column(default=False)
+
+
+class Token(Base):
+    """An API token; only its sha256 is stored."""
+
+    __tablename__ = "tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    label: Mapped[str] = mapped_column(String(100), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+    user: Mapped[User] = relationship(lazy="joined")
+
+
+class Model(Base):
+    """One row per model name: the row that stage changes lock, so they serialise."""
+
+    __tablename__ = "models"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class BundleVersion(Base):
+    __tablename__ = "bundle_versions"
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_bundle_name_version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(ForeignKey("models.name"), index=True)
+    version: Mapped[str] = mapped_column(String(64))
+    digest: Mapped[str] = mapped_column(String(71), index=True)
+    stage: Mapped[str] = mapped_column(String(16), default="draft")
+    author: Mapped[str] = mapped_column(String(100))
+    description: Mapped[str] = mapped_column(Text, default="")
+    size: Mapped[int] = mapped_column(Integer)
+    manifest: Mapped[dict[str, Any]] = mapped_column()
+    check_report: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    approvals: Mapped[list[Approval]] = relationship(
+        back_populates="bundle", order_by="Approval.id", lazy="selectin")
+
+
+class Approval(Base):
+    __tablename__ = "approvals"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    bundle_id: Mapped[int] = mapped_column(ForeignKey("bundle_versions.id"), index=True)
+    user: Mapped[str] = mapped_column(String(100))
+    decision: Mapped[str] = mapped_column(String(16))  # approve | reject
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    bundle: Mapped[BundleVersion] = relationship(back_populates="approvals")
+
+
+class AuditEvent(Base):
+    """Append-only: a database trigger refuses updates and deletes (see the migration)."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    time: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(100))
+    action: Mapped[str] = mapped_column(String(32))
+    name: Mapped[str | None] = mapped_column(String(64), index=True, default=None)
+    version: Mapped[str | None] = mapped_column(String(64), default=None)
+    digest: Mapped[str | None] = mapped_column(String(71), default=None)
+    from_stage: Mapped[str | None] = mapped_column(String(16), default=None)
+    to_stage: Mapped[str | None] = mapped_column(String(16), default=None)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    details: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "time": self.time.isoformat(), "actor": self.actor,
+                "action": self.action, "name": self.name, "version": self.version,
+                "digest": self.digest, "from": self.from_stage, "to": self.to_stage,
+                "reason": self.reason, "details": self.details or {}}
