@@ -48,6 +48,12 @@ class Settings:
     #: Threads each worker's numeric libraries may use (OMP, BLAS).
     worker_threads: int = 1
     log_level: str = "info"
+    #: Registry metadata database URL; empty: SQLite under ``home``.
+    registry_db: str = ""
+    #: Registry content folder; empty: ``home``/registry/blobs.
+    registry_storage: Path | None = None
+    #: Approvals a bundle needs before production.
+    approvals: int = 1
 
     @property
     def envs_dir(self) -> Path:
@@ -56,6 +62,14 @@ class Settings:
     @property
     def bundles_dir(self) -> Path:
         return self.home / "bundles"
+
+    @property
+    def registry_url(self) -> str:
+        return self.registry_db or f"sqlite:///{self.home / 'registry' / 'registry.db'}"
+
+    @property
+    def registry_blobs(self) -> Path:
+        return self.registry_storage or self.home / "registry" / "blobs"
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:

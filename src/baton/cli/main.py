@@ -167,6 +167,8 @@ def serve(bundles: tuple[Path, ...], **options: Any) -> None:
     run_server(list(bundles), _settings(**options))
 
 
+from baton.cli import registry as _registry_commands  # noqa: E402,F401  (registers verbs)
+
 if __name__ == "__main__":
     logging.basicConfig()
     main()

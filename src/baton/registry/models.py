@@ -110,7 +110,8 @@ class AuditEvent(Base):
     details: Mapped[dict[str, Any] | None] = mapped_column(default=None)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "time": self.time.isoformat(), "actor": self.actor,
+        t = self.time if self.time.tzinfo else self.time.replace(tzinfo=dt.UTC)  # SQLite
+        return {"id": self.id, "time": t.isoformat(), "actor": self.actor,
                 "action": self.action, "name": self.name, "version": self.version,
                 "digest": self.digest, "from": self.from_stage, "to": self.to_stage,
                 "reason": self.reason, "details": self.details or {}}

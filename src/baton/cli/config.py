@@ -1,0 +1,51 @@
+"""The CLI's user configuration: registry URL and token, in a file only the user can read."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from baton.errors import BatonError
+
+
+def config_path() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "baton" / "config.toml"
+
+
+def load() -> dict[str, Any]:
+    path = config_path()
+    if not path.exists():
+        return {}
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise BatonError(f"{path} is not valid TOML: {exc}", code="INVALID_CONFIG") from None
+
+
+def save_login(url: str, token: str) -> Path:
+    path = config_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = load()
+    data["registry"] = {"url": url, "token": token}
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(tomli_w.dumps(data))
+    os.chmod(path, 0o600)
+    return path
+
+
+def registry_credentials(url: str | None) -> tuple[str, str | None]:
+    """URL and token: options and BATON_REGISTRY / BATON_TOKEN first, then the config file."""
+    saved = load().get("registry", {})
+    url = url or os.environ.get("BATON_REGISTRY") or saved.get("url")
+    if not url:
+        raise BatonError("no registry given: pass --registry URL, set BATON_REGISTRY, or run "
+                         "'baton login URL --token TOKEN'", code="NO_REGISTRY")
+    token = os.environ.get("BATON_TOKEN") or (saved.get("token")
+                                               if saved.get("url") == url else None)
+    return url, token

@@ -1,0 +1,257 @@
+"""Registry verbs of the ``baton`` command: login, push, pull, list, show, promote, approve."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import click
+
+from baton.cli.main import errors_to_exit, main
+
+registry_option = click.option("--registry", "registry_url", envvar="BATON_REGISTRY",
+                               help="Registry URL (default: the one saved by 'baton login').")
+
+
+def _client(url: str | None) -> Any:
+    from baton.cli.config import registry_credentials
+    from baton.registry.client import RegistryClient
+
+    return RegistryClient(*registry_credentials(url))
+
+
+def _print(data: Any, as_json: bool, fmt: Any) -> None:
+    click.echo(json.dumps(data, indent=2) if as_json else fmt(data))
+
+
+def _line(b: dict[str, Any]) -> str:
+    return f"{b['name']}@{b['version']:<12} {b['stage']:<10} {b['digest'][:19]}…  by {b['author']}"
+
+
+@main.command()
+@click.argument("url")
+@click.option("--token", required=True, envvar="BATON_TOKEN", help="Your API token.")
+@errors_to_exit
+def login(url: str, token: str) -> None:
+    """Check TOKEN against the registry at URL and save both for later commands."""
+    from baton.cli.config import save_login
+    from baton.registry.client import RegistryClient
+
+    me = RegistryClient(url, token).whoami()
+    path = save_login(url, token)
+    click.echo(f"logged in to {url} as {me['name']} ({me['role']}); saved to {path}")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(exists=True, path_type=Path))
+@registry_option
+@errors_to_exit
+def push(bundle: Path, registry_url: str | None) -> None:
+    """Push BUNDLE (a folder or a .baton archive) to the registry as a draft."""
+    from baton.bundle.archive import build_archive
+
+    client = _client(registry_url)
+    with tempfile.TemporaryDirectory(prefix="baton-push-") as tmp:
+        archive = build_archive(bundle, Path(tmp)).path if bundle.is_dir() else bundle
+        info, created = client.push(archive)
+    state = "pushed" if created else "already present (same digest)"
+    click.echo(f"{info['name']}@{info['version']} {state}: {info['digest']} [{info['stage']}]")
+
+
+@main.command()
+@click.argument("ref")
+@click.option("--output", "-o", type=click.Path(path_type=Path), default=Path("."),
+              show_default=True, help="Folder to write NAME-VERSION.baton into.")
+@registry_option
+@errors_to_exit
+def pull(ref: str, output: Path, registry_url: str | None) -> None:
+    """Download REF (NAME@VERSION or NAME@sha256:...), verified against its digest."""
+    path, digest = _client(registry_url).pull(ref, output)
+    click.echo(f"{path}\n{digest}")
+
+
+@main.command("list")
+@click.option("--name", help="Only this model.")
+@click.option("--stage", help="Only this stage.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@registry_option
+@errors_to_exit
+def list_cmd(name: str | None, stage: str | None, as_json: bool, registry_url: str | None) -> None:
+    """List bundles in the registry."""
+    rows = _client(registry_url).list(name, stage)
+    _print(rows, as_json, lambda rs: "\n".join(map(_line, rs)) or "(no bundles)")
+
+
+@main.command()
+@click.argument("ref")
+@click.option("--json", "as_json", is_flag=True)
+@registry_option
+@errors_to_exit
+def show(ref: str, as_json: bool, registry_url: str | None) -> None:
+    """Show REF (NAME, NAME@VERSION or NAME@sha256:...): stage, approvals, check result."""
+    info = _client(registry_url).show(ref)
+
+    def fmt(b: dict[str, Any]) -> str:
+        lines = [_line(b), f"  {b['description']}"]
+        report = b.get("check_report")
+        if report:
+            verdict = "passed" if report.get("passed") else f"FAILED at {report['failed_stage']}"
+            lines.append(f"  check: {verdict}")
+        for a in b.get("approvals", []):
+            lines.append(f"  {a['decision']}d by {a['user']} at {a['time']}: {a['reason']}")
+        return "\n".join(lines)
+
+    _print(info, as_json, fmt)
+
+
+@main.command()
+@click.argument("ref")
+@click.option("--to", "stage", required=True,
+              type=click.Choice(["validated", "staging", "production", "archived"]))
+@click.option("--reason", default="", help="Why (kept in the audit log).")
+@registry_option
+@errors_to_exit
+def promote(ref: str, stage: str, reason: str, registry_url: str | None) -> None:
+    """Move REF to STAGE. 'validated' makes the registry run 'baton check' on it."""
+    info = _client(registry_url).promote(ref, stage, reason)
+    click.echo(_line(info))
+    report = info.get("check_report")
+    if stage == "validated" and report and not report.get("passed"):
+        raise click.ClickException(f"check failed at stage {report.get('failed_stage')}: "
+                                   f"{(report.get('error') or {}).get('message', '')}")
+
+
+def _decide(decision: str) -> Any:
+    @click.argument("ref")
+    @click.option("--reason", required=True, help="Why (kept in the audit log).")
+    @registry_option
+    @errors_to_exit
+    def command(ref: str, reason: str, registry_url: str | None) -> None:
+        info = _client(registry_url).decide(ref, decision, reason)
+        click.echo(f"{decision}d {info['name']}@{info['version']} "
+                   f"({sum(a['decision'] == 'approve' for a in info['approvals'])} approvals)")
+
+    command.__doc__ = f"{decision.capitalize()} REF, with a reason (approvers only)."
+    return command
+
+
+main.command("approve")(_decide("approve"))
+main.command("reject")(_decide("reject"))
+
+
+@main.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+@registry_option
+@errors_to_exit
+def history(name: str, as_json: bool, registry_url: str | None) -> None:
+    """Every audit event of model NAME: who, when, what, from and to, why."""
+    events = _client(registry_url).history(name)
+
+    def fmt(es: list[dict[str, Any]]) -> str:
+        return "\n".join(f"{e['time']}  {e['actor']:<12} {e['action']:<9} {e['version']:<10} "
+                         f"{e['from'] or '-':>10} -> {e['to'] or '-':<10} {e['reason']}"
+                         for e in es)
+
+    _print(events, as_json, fmt)
+
+
+@main.command()
+@click.option("--output", "-o", type=click.Path(path_type=Path), help="File (default: stdout).")
+@registry_option
+@errors_to_exit
+def audit(output: Path | None, registry_url: str | None) -> None:
+    """Export the whole audit log as JSON Lines."""
+    text = _client(registry_url).audit_jsonl()
+    if output:
+        output.write_text(text)
+    else:
+        click.echo(text, nl=False)
+
+
+@main.group()
+def users() -> None:
+    """Manage registry users and tokens (admins)."""
+
+
+@users.command("create")
+@click.argument("name")
+@click.option("--role", required=True,
+              type=click.Choice(["viewer", "data-scientist", "operator", "approver", "admin"]))
+@registry_option
+@errors_to_exit
+def users_create(name: str, role: str, registry_url: str | None) -> None:
+    """Create user NAME with ROLE."""
+    _client(registry_url).create_user(name, role)
+    click.echo(f"created {name} ({role})")
+
+
+@users.command("token")
+@click.argument("name")
+@click.option("--days", type=float, default=90, show_default=True, help="Validity in days.")
+@registry_option
+@errors_to_exit
+def users_token(name: str, days: float, registry_url: str | None) -> None:
+    """Issue a new API token for NAME (printed once)."""
+    click.echo(_client(registry_url).create_token(name, days))
+
+
+@main.group()
+def registry() -> None:
+    """Run the registry service."""
+
+
+def _open_registry(db: str | None, storage: Path | None, approvals: int | None) -> Any:
+    from baton.registry.app import subprocess_check_runner
+    from baton.registry.blobs import BlobStore
+    from baton.registry.db import Database
+    from baton.registry.service import Registry
+    from baton.settings import Settings
+
+    s = Settings.from_env(registry_db=db, registry_storage=storage, approvals=approvals)
+    database = Database(s.registry_url)
+    database.migrate()
+    return Registry(database, BlobStore(s.registry_blobs), approvals_required=s.approvals,
+                    check_runner=subprocess_check_runner(s.home)), s
+
+
+db_option = click.option("--db", help="Database URL (default: SQLite in the Baton home; "
+                         "production: postgresql+psycopg://...).")
+storage_option = click.option("--storage", type=click.Path(path_type=Path),
+                              help="Content folder (default: in the Baton home).")
+
+
+@registry.command("serve")
+@db_option
+@storage_option
+@click.option("--approvals", type=int, help="Approvals production needs (default 1).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8700, show_default=True)
+@errors_to_exit
+def registry_serve(db: str | None, storage: Path | None, approvals: int | None, host: str,
+                   port: int) -> None:
+    """Serve the registry API (migrating the database first)."""
+    import uvicorn
+
+    from baton.registry.app import create_app
+
+    reg, s = _open_registry(db, storage, approvals)
+    click.echo(f"Baton registry at http://{host}:{port} (db {s.registry_url.split('@')[-1]}, "
+               f"content {s.registry_blobs}, {s.approvals} approval(s) for production)",
+               err=True)
+    uvicorn.run(create_app(reg), host=host, port=port, log_level="warning",
+                access_log=False)
+
+
+@registry.command("bootstrap-admin")
+@click.argument("name")
+@db_option
+@storage_option
+@click.option("--days", type=float, default=90, show_default=True)
+@errors_to_exit
+def registry_bootstrap(name: str, db: str | None, storage: Path | None, days: float) -> None:
+    """Create admin NAME directly in the database and print a token (first start)."""
+    reg, _ = _open_registry(db, storage, None)
+    click.echo(reg.bootstrap_admin(name, days))

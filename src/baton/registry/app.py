@@ -1,0 +1,190 @@
+"""The registry's HTTP API (Starlette). Every route checks the caller's token and role.
+
+The registry is not on the serving hot path, so it uses Starlette's routing for clarity;
+the service methods are synchronous and Starlette runs them in its thread pool.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from baton.errors import BatonError, PayloadTooLarge, RequestError
+from baton.registry.service import Actor, Registry
+
+API = "/api/v1"
+
+
+def _token(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    return value.strip() if scheme.lower() == "bearer" else None
+
+
+def _ref(request: Request) -> str:
+    p = request.path_params
+    return f"{p['name']}@{p['version']}" if "version" in p else p["name"]
+
+
+async def _json(request: Request) -> dict[str, Any]:
+    body = await request.body()
+    if not body:
+        return {}
+    try:
+        data = json.loads(body)
+    except ValueError as exc:
+        raise RequestError(f"request body is not valid JSON: {exc}", code="INVALID_JSON") from None
+    if not isinstance(data, dict):
+        raise RequestError("request body must be a JSON object", code="BAD_REQUEST")
+    return data
+
+
+def _text(data: dict[str, Any], key: str, default: str | None = None) -> str:
+    value = data.get(key, default)
+    if not isinstance(value, str):
+        raise RequestError(f"field {key!r} must be a string", code="BAD_REQUEST",
+                           details={"field": key})
+    return value
+
+
+def create_app(registry: Registry, *, max_upload_bytes: int = 1 << 30) -> Starlette:
+    def actor(request: Request) -> Actor:
+        return registry.authenticate(_token(request))
+
+    async def whoami(request: Request) -> Response:
+        a = actor(request)
+        return JSONResponse({"name": a.name, "role": a.role})
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"ok": True})
+
+    def list_bundles(request: Request) -> Response:
+        q = request.query_params
+        return JSONResponse({"bundles": registry.list(actor(request), q.get("name"),
+                                                      q.get("stage"))})
+
+    async def push(request: Request) -> Response:
+        a = actor(request)
+        fd, tmp = tempfile.mkstemp(prefix="baton-upload-", suffix=".baton")
+        try:
+            size = 0
+            with os.fdopen(fd, "wb") as f:
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > max_upload_bytes:
+                        raise PayloadTooLarge(f"bundle archive exceeds {max_upload_bytes} bytes",
+                                              details={"limit": max_upload_bytes})
+                    f.write(chunk)
+            if size == 0:
+                raise RequestError("send the bundle archive (.baton) as the request body",
+                                   code="EMPTY_REQUEST")
+            desc, created = await run_in_threadpool(registry.push, a, Path(tmp))
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        return JSONResponse(desc, status_code=201 if created else 200)
+
+    def show(request: Request) -> Response:
+        return JSONResponse(registry.show(actor(request), _ref(request)))
+
+    def archive(request: Request) -> Response:
+        desc, path = registry.archive_path(actor(request), _ref(request))
+        return FileResponse(path, media_type="application/octet-stream",
+                            filename=f"{desc['name']}-{desc['version']}.baton",
+                            headers={"x-baton-digest": desc["digest"]})
+
+    async def promote(request: Request) -> Response:
+        data = await _json(request)
+        a = actor(request)
+        result = await run_in_threadpool(registry.promote, a, _ref(request),
+                                         _text(data, "to", ""), _text(data, "reason", ""))
+        return JSONResponse(result)
+
+    async def decide(request: Request) -> Response:
+        data = await _json(request)
+        decision = "approve" if request.url.path.endswith("/approve") else "reject"
+        return JSONResponse(await run_in_threadpool(
+            registry.decide, actor(request), _ref(request), decision, _text(data, "reason", "")))
+
+    def history(request: Request) -> Response:
+        return JSONResponse({"events": registry.history(actor(request),
+                                                        request.path_params["name"])})
+
+    def audit(request: Request) -> Response:
+        events = registry.audit_log(actor(request))
+        if request.query_params.get("format") == "jsonl":
+            return PlainTextResponse("".join(json.dumps(e) + "\n" for e in events),
+                                     media_type="application/x-ndjson")
+        return JSONResponse({"events": events})
+
+    async def create_user(request: Request) -> Response:
+        data = await _json(request)
+        return JSONResponse(registry.create_user(actor(request), _text(data, "name"),
+                                                 _text(data, "role")), status_code=201)
+
+    async def create_token(request: Request) -> Response:
+        data = await _json(request)
+        days = data.get("days", 90)
+        if days is not None and (isinstance(days, bool) or not isinstance(days, int | float)
+                                 or days <= 0):
+            raise RequestError("field 'days' must be a positive number or null",
+                               details={"field": "days"})
+        token = registry.create_token(actor(request), request.path_params["name"], days=days,
+                                      label=_text(data, "label", ""))
+        return JSONResponse({"token": token, "user": request.path_params["name"],
+                             "days": days}, status_code=201)
+
+    async def on_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, BatonError)
+        body: dict[str, Any] = {"error": exc.message, "code": exc.code}
+        if exc.details:
+            body["details"] = exc.details
+        return JSONResponse(body, status_code=exc.http_status)
+
+    routes = [
+        Route(f"{API}/health", health),
+        Route(f"{API}/whoami", whoami),
+        Route(f"{API}/bundles", list_bundles, methods=["GET"]),
+        Route(f"{API}/bundles", push, methods=["POST"]),
+        Route(f"{API}/bundles/{{name}}", show),
+        Route(f"{API}/bundles/{{name}}/{{version}}", show),
+        Route(f"{API}/bundles/{{name}}/{{version}}/archive", archive),
+        Route(f"{API}/bundles/{{name}}/{{version}}/promote", promote, methods=["POST"]),
+        Route(f"{API}/bundles/{{name}}/{{version}}/approve", decide, methods=["POST"]),
+        Route(f"{API}/bundles/{{name}}/{{version}}/reject", decide, methods=["POST"]),
+        Route(f"{API}/history/{{name}}", history),
+        Route(f"{API}/audit", audit),
+        Route(f"{API}/users", create_user, methods=["POST"]),
+        Route(f"{API}/users/{{name}}/tokens", create_token, methods=["POST"]),
+    ]
+    return Starlette(routes=routes, exception_handlers={BatonError: on_error})
+
+
+def subprocess_check_runner(home: Path) -> Any:
+    """Run ``baton check`` in a child process with the registry's own Baton home."""
+
+    def run(bundle_dir: Path) -> dict[str, Any]:
+        with tempfile.TemporaryDirectory(prefix="baton-report-") as tmp:
+            report = Path(tmp) / "report.json"
+            env = dict(os.environ, BATON_HOME=str(home))
+            proc = subprocess.run(
+                [sys.executable, "-m", "baton.cli.main", "check", str(bundle_dir),
+                 "--report", str(report), "--iterations", "50"],
+                capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
+            if not report.exists():
+                return {"passed": False, "failed_stage": "check",
+                        "error": {"code": "CHECK_CRASHED", "message": proc.stderr[-2000:]}}
+            result: dict[str, Any] = json.loads(report.read_text())
+            return result
+
+    return run

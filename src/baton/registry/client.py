@@ -1,0 +1,121 @@
+"""An HTTP client for the registry API, used by the CLI and by engines serving from it."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from baton.bundle.archive import verify_archive
+from baton.errors import BatonError, DigestMismatchError
+
+_EXIT = {400: 2, 401: 6, 403: 6, 404: 2, 409: 7, 413: 2, 422: 2}
+
+
+class RegistryError(BatonError):
+    """An error the registry answered with; keeps its code, status and details."""
+
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        super().__init__(str(body.get("error", f"registry answered HTTP {status}")),
+                         code=str(body.get("code", "REGISTRY_ERROR")),
+                         details=body.get("details") or {})
+        self.http_status = status
+        self.exit_code = _EXIT.get(status, 1)
+
+
+class RegistryClient:
+    def __init__(self, url: str, token: str | None, *, timeout: float = 600.0) -> None:
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        self.url = url.rstrip("/")
+        self.http = httpx.Client(base_url=self.url + "/api/v1", headers=headers,
+                                 timeout=timeout)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            resp = self.http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise BatonError(f"cannot reach the registry at {self.url}: {exc}",
+                             code="REGISTRY_UNREACHABLE") from None
+        if resp.status_code >= 400:
+            try:
+                body = resp.json()
+            except ValueError:
+                body = {"error": resp.text[:500]}
+            raise RegistryError(resp.status_code, body)
+        return resp
+
+    def whoami(self) -> dict[str, Any]:
+        return self._call("GET", "/whoami").json()  # type: ignore[no-any-return]
+
+    def push(self, archive: Path) -> tuple[dict[str, Any], bool]:
+        with open(archive, "rb") as f:
+            resp = self._call("POST", "/bundles", content=f,
+                              headers={"content-type": "application/octet-stream"})
+        return resp.json(), resp.status_code == 201
+
+    def list(self, name: str | None = None, stage: str | None = None) -> list[dict[str, Any]]:
+        params = {k: v for k, v in {"name": name, "stage": stage}.items() if v}
+        return self._call("GET", "/bundles", params=params).json()["bundles"]  # type: ignore[no-any-return]
+
+    def show(self, ref: str) -> dict[str, Any]:
+        path = _path(ref) if "@" in ref else ref  # a bare name: its latest version
+        return self._call("GET", "/bundles/" + path).json()  # type: ignore[no-any-return]
+
+    def pull(self, ref: str, dest: Path) -> tuple[Path, str]:
+        """Download ``ref`` into the folder ``dest``, verified; return the file and digest."""
+        info = self.show(ref)
+        want = ref.partition("@")[2] if "@sha256:" in ref else info["digest"]
+        dest.mkdir(parents=True, exist_ok=True)
+        target = dest / f"{info['name']}-{info['version']}.baton"
+        fd, tmp = tempfile.mkstemp(dir=dest, prefix=".pull-")
+        try:
+            with os.fdopen(fd, "wb") as f, self.http.stream(
+                    "GET", f"/bundles/{info['name']}/{info['version']}/archive") as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    raise RegistryError(resp.status_code, resp.json())
+                for chunk in resp.iter_bytes():
+                    f.write(chunk)
+            got = verify_archive(Path(tmp))
+            if got != want:
+                raise DigestMismatchError(f"downloaded archive has digest {got}, expected "
+                                          f"{want}", details={"expected": want, "actual": got})
+            os.replace(tmp, target)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        return target, want
+
+    def promote(self, ref: str, to: str, reason: str = "") -> dict[str, Any]:
+        return self._call("POST", f"/bundles/{_path(ref)}/promote",  # type: ignore[no-any-return]
+                          json={"to": to, "reason": reason}).json()
+
+    def decide(self, ref: str, decision: str, reason: str) -> dict[str, Any]:
+        return self._call("POST", f"/bundles/{_path(ref)}/{decision}",  # type: ignore[no-any-return]
+                          json={"reason": reason}).json()
+
+    def history(self, name: str) -> list[dict[str, Any]]:
+        return self._call("GET", f"/history/{name}").json()["events"]  # type: ignore[no-any-return]
+
+    def audit_jsonl(self) -> str:
+        return self._call("GET", "/audit", params={"format": "jsonl"}).text
+
+    def create_user(self, name: str, role: str) -> dict[str, Any]:
+        return self._call("POST", "/users", json={"name": name, "role": role}).json()  # type: ignore[no-any-return]
+
+    def create_token(self, user: str, days: float | None) -> str:
+        return self._call("POST", f"/users/{user}/tokens",  # type: ignore[no-any-return]
+                          json={"days": days}).json()["token"]
+
+
+def _path(ref: str) -> str:
+    name, _, version = ref.partition("@")
+    if not version:
+        raise BatonError(f"{ref!r} needs a version: NAME@VERSION or NAME@sha256:...",
+                         code="INVALID_REFERENCE")
+    return f"{name}/{version}"
