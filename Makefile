@@ -7,7 +7,7 @@ PORT    ?= 8000
 EXAMPLE := examples/penguins/bundle
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: install run test lint bench clean
+.PHONY: install services run test lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -23,8 +23,12 @@ run: install
 	$(BATON) check $(EXAMPLE) --report build/check-report.json
 	$(BATON) serve $(EXAMPLE) --host $(HOST) --port $(PORT)
 
-## The whole test suite against real uv environments and real worker processes.
-test: install
+## Real services the tests use (PostgreSQL for the registry), started when not answering.
+services:
+	scripts/ensure-services.sh
+
+## The whole test suite against real uv environments, real worker processes, real PostgreSQL.
+test: install services
 	$(VENV)/bin/pytest -q
 
 lint: install
