@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 import psutil
 
 from baton.bundle.loader import Bundle, open_bundle
 from baton.env.builder import EnvBuilder
 from baton.errors import BatonError, ContractViolation, ModelError, ModelLoadError, WorkerError
 from baton.serving import v2
+from baton.serving.samples import call, load_samples, request_body
 from baton.serving.service import ModelService
 from baton.settings import Settings
 
@@ -112,45 +112,9 @@ async def _check_running(svc: ModelService, bundle: Bundle, report: CheckReport,
         await svc.pool.close(5.0)
 
 
-def _sample_files(bundle: Bundle) -> tuple[Any, Any, float]:
-    s = bundle.manifest.samples
-    if s is None:
-        return None, None, 0.0
-    try:
-        inputs = json.loads((bundle.path / s.input).read_text())
-        expected = json.loads((bundle.path / s.expected).read_text())
-    except (OSError, ValueError) as exc:
-        raise BatonError(f"cannot read samples: {exc}", code="INVALID_SAMPLES") from None
-    return inputs, expected, s.tolerance
-
-
-def _body(svc: ModelService, inputs: Any, repeat_to: int | None = None) -> bytes:
-    """A request body for the bundle's contract kind, optionally grown to ``repeat_to`` rows."""
-    if svc.contract.kind == "records":
-        rows = inputs if repeat_to is None else (inputs * math.ceil(repeat_to / len(inputs)))[
-            :repeat_to]
-        return orjson.dumps(rows)
-    tensors = []
-    for spec in svc.contract.inputs:
-        arr = np.asarray(inputs[spec.name], dtype=spec.dtype)
-        if repeat_to is not None:
-            reps = math.ceil(repeat_to / arr.shape[0])
-            arr = np.concatenate([arr] * reps)[:repeat_to]
-        tensors.append({"name": spec.name, "datatype": spec.datatype, "shape": list(arr.shape),
-                        "data": arr.reshape(-1).tolist()})
-    return orjson.dumps({"inputs": tensors})
-
-
-async def _call(svc: ModelService, body: bytes) -> Any:
-    if svc.contract.kind == "records":
-        return orjson.loads(await svc.predict_records(body))["predictions"]
-    out = orjson.loads(await svc.infer(body))["outputs"]
-    return {o["name"]: np.asarray(o["data"]).reshape(o["shape"]).tolist() for o in out}
-
-
 async def _run_samples(svc: ModelService, bundle: Bundle, report: CheckReport) -> None:
     try:
-        inputs, expected, tol = _sample_files(bundle)
+        inputs, expected, tol = load_samples(bundle)
     except BatonError as exc:
         report.fail("input_contract", exc)
         return
@@ -158,7 +122,7 @@ async def _run_samples(svc: ModelService, bundle: Bundle, report: CheckReport) -
         report.stage("samples", 0.0, note="bundle declares no samples")
         return
     started = time.perf_counter()
-    body = _body(svc, inputs)
+    body = request_body(svc.contract, inputs)
     try:
         batch = (svc.records.decode(body) if svc.records is not None
                  else v2.decode_request(svc.contract, v2.parse_request(body)))
@@ -168,7 +132,7 @@ async def _run_samples(svc: ModelService, bundle: Bundle, report: CheckReport) -
     report.stage("input_contract", time.perf_counter() - started, note=f"{batch.rows} rows")
     started = time.perf_counter()
     try:
-        actual = await _call(svc, body)
+        actual = await call(svc, body)
     except ContractViolation as exc:
         if exc.direction == "output":
             report.stage("model", time.perf_counter() - started)
@@ -227,17 +191,19 @@ def compare(expected: Any, actual: Any, tol: float) -> list[dict[str, Any]]:
 
 async def _measure(svc: ModelService, bundle: Bundle, report: CheckReport,
                    iterations: int) -> None:
-    inputs, _, _ = _sample_files(bundle)
+    inputs, _, _ = load_samples(bundle)
     if inputs is None:
         return
     first = inputs[:1] if isinstance(inputs, list) else {k: v[:1] for k, v in inputs.items()}
     latency = {}
-    for label, body in (("rows_1", _body(svc, first)), ("rows_100", _body(svc, inputs, 100))):
-        await _call(svc, body)  # warm
+    bodies = (("rows_1", request_body(svc.contract, first)),
+              ("rows_100", request_body(svc.contract, inputs, 100)))
+    for label, body in bodies:
+        await call(svc, body)  # warm
         times = []
         for _ in range(iterations):
             t0 = time.perf_counter()
-            await _call(svc, body)
+            await call(svc, body)
             times.append((time.perf_counter() - t0) * 1000)
         times.sort()
         latency[label] = {"p50_ms": round(statistics.median(times), 3),
