@@ -142,6 +142,10 @@ class WorkerPool:
 
     # -- state -------------------------------------------------------------------------
     @property
+    def closing(self) -> bool:
+        return self._closing
+
+    @property
     def ready(self) -> bool:
         return any(w is not None and w.state == "ready" for w in self.workers)
 

@@ -53,6 +53,10 @@ class _Pipes(asyncio.SubprocessProtocol):
         else:
             self.worker._on_stderr(data)
 
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        if fd in (0, 1) and self.worker.state == "ready":
+            self.worker.state = "exiting"  # its pipes are gone: send it nothing more
+
     def process_exited(self) -> None:
         self.worker._on_exit()
 
@@ -169,7 +173,14 @@ class Worker:
         rid = self._next_id
         self._pending[rid] = fut
         self._timers[rid] = loop.call_later(timeout, self._on_timeout, rid, timeout)
-        self._send(encode_predict(rid, batch, self.raw))
+        try:
+            self._send(encode_predict(rid, batch, self.raw))
+        except (RuntimeError, OSError) as exc:  # the pipe closed before the exit was seen
+            self.state = "exiting"
+            self._timers.pop(rid).cancel()
+            self._pending.pop(rid)
+            fut.set_exception(WorkerCrashed(f"{self.spec.model}: worker {self.pid} is gone "
+                                            f"({exc})", details={"pid": self.pid}))
         return fut
 
     def _send(self, frame: bytes) -> None:
