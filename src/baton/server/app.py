@@ -111,8 +111,9 @@ class BatonApp:
                 return orjson.dumps({"models": self.engine.describe()})
             if len(parts) == 4 and parts[3] == "predict":
                 _only(method, "POST")
-                svc = self.engine.get(parts[2])
-                return await svc.predict_records(await self._body(scope, receive))
+                self.engine.lookup(parts[2])  # 404 before reading the body
+                body = await self._body(scope, receive)
+                return await self.engine.get(parts[2]).predict_records(body)
         if path == "/openapi.json":
             _only(method, "GET")
             return orjson.dumps(openapi_document(self.engine))
@@ -135,7 +136,7 @@ class BatonApp:
         name, rest, version = parts[1], parts[2:], None
         if rest[:1] == ["versions"] and len(rest) >= 2:
             version, rest = rest[1], rest[2:]
-        svc = self.engine.get(name, version)
+        svc = self.engine.lookup(name, version)
         if not rest:
             _only(method, "GET")
             return orjson.dumps(svc.metadata(), option=orjson.OPT_SERIALIZE_NUMPY)
@@ -146,7 +147,8 @@ class BatonApp:
             return orjson.dumps({"name": name, "ready": True})
         if rest == ["infer"]:
             _only(method, "POST")
-            return await svc.infer(await self._body(scope, receive))
+            body = await self._body(scope, receive)
+            return await self.engine.get(name, version).infer(body)
         raise RouteNotFound(f"no route {method} /v2/{'/'.join(parts)}")
 
     async def _body(self, scope: Scope, receive: Receive) -> bytes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,8 @@ from baton.errors import BatonError, ModelNotFound, RequestError
 from baton.runtime.pool import WorkerPool
 from baton.runtime.worker import WorkerSpec
 from baton.serving import v2
+from baton.serving.samples import call, load_samples, request_body
+from baton.serving.traffic import Canary, Shadow
 from baton.settings import Settings
 
 log = logging.getLogger("baton.serving")
@@ -55,17 +58,32 @@ class ModelService:
             timeout=settings.timeout or m.serving.timeout,
             max_batch_rows=m.serving.max_batch_rows,
             max_queue_rows=settings.max_queue_rows)
+        #: The version replacing this one; requests that reach a closing pool go there.
+        self.successor: ModelService | None = None
+        #: A candidate version receiving a copy of this version's traffic.
+        self.shadow: Shadow | None = None
 
     @property
     def ready(self) -> bool:
         return self.pool.ready
 
     async def predict(self, batch: Batch) -> Batch:
+        if self.pool.closing and self.successor is not None \
+                and self.successor.contract.inputs == self.contract.inputs:
+            return await self.successor.predict(batch)
         out = await self.pool.predict(batch)
         if self.contract.kind == "tensors":
             _tensors_from_json(self.contract, out)
         check_outputs(self.contract, out, batch.rows)
+        if self.shadow is not None:
+            self.shadow.submit(batch, out)
         return out
+
+    async def warm_up(self) -> None:
+        """Score the bundle's samples once; raise if the version cannot serve them."""
+        inputs, _, _ = load_samples(self.bundle)
+        if inputs is not None:
+            await call(self, request_body(self.contract, inputs))
 
     async def predict_records(self, body: bytes) -> bytes:
         if self.records is None:
@@ -93,8 +111,14 @@ class ModelService:
                 "owner": self.bundle.manifest.owner, "ready": self.ready,
                 "environment": self.env.key,
                 "load_error": self.pool.load_error.to_dict() if self.pool.load_error else None,
-                **self.pool.describe()},
+                **self.pool.describe(),
+                **({"traffic": self.shadow.describe()} if self.shadow else {})},
         }
+
+    async def close(self, drain_timeout: float) -> None:
+        await self.pool.close(drain_timeout)
+        if self.shadow is not None:
+            await self.shadow.drain()
 
 
 def _tensors_from_json(contract: Contract, out: Batch) -> None:
@@ -118,36 +142,86 @@ class Engine:
             names = [s.name for s in services]
             dupes = sorted({n for n in names if names.count(n) > 1})
             raise BatonError(f"two bundles share the name {dupes[0]!r}", code="DUPLICATE_MODEL")
-        self._start: asyncio.Task[None] | None = None
+        #: Canary splits by model name.
+        self.canaries: dict[str, Canary] = {}
+        #: Long-running helpers (e.g. a registry follower) started with the engine.
+        self.background: list[Callable[[], Awaitable[None]]] = []
+        #: False until the background helpers' first pass is done (e.g. first registry sync).
+        self.synced = True
+        self._tasks: list[asyncio.Task[None]] = []
 
     def get(self, name: str, version: str | None = None) -> ModelService:
+        """The version that answers a request: a canary split applies to unversioned ones."""
+        canary = self.canaries.get(name)
+        if version is None and canary is not None and name in self.models:
+            return canary.choose(self.models[name])
+        return self.lookup(name, version)
+
+    def lookup(self, name: str, version: str | None = None) -> ModelService:
+        """The live version of ``name``, or exactly ``version`` (live or canary candidate)."""
         svc = self.models.get(name)
+        canary = self.canaries.get(name)
+        if svc is not None and canary is not None and version == canary.candidate.version:
+            return canary.candidate
         if svc is None or (version is not None and version != svc.version):
             what = f"{name} version {version}" if version else name
             serving = ", ".join(f"{s.name}@{s.version}" for s in self.models.values())
-            raise ModelNotFound(f"no model named {what}; serving: {serving}",
+            raise ModelNotFound(f"no model named {what}; serving: {serving or 'nothing'}",
                                 details={"model": name, "version": version})
         return svc
 
     @property
     def ready(self) -> bool:
-        return all(s.ready for s in self.models.values())
+        return self.synced and all(s.ready for s in self.models.values())
 
     async def start(self) -> None:
         """Start every model's workers; a model that fails to load is reported, not fatal."""
-        results = await asyncio.gather(*(s.pool.start() for s in self.models.values()),
+        services = [*self.models.values(), *(c.candidate for c in self.canaries.values()),
+                    *(s.shadow.candidate for s in self.models.values() if s.shadow)]
+        results = await asyncio.gather(*(s.pool.start() for s in services),
                                        return_exceptions=True)
-        for svc, res in zip(self.models.values(), results, strict=True):
+        for svc, res in zip(services, results, strict=True):
             if isinstance(res, BaseException):
-                log.error("%s failed to load: %s", svc.name, res)
+                log.error("%s@%s failed to load: %s", svc.name, svc.version, res)
             else:
                 log.info("%s@%s ready (%s, pid %s)", svc.name, svc.version, svc.bundle.digest,
                          ",".join(str(w.pid) for w in svc.pool.workers if w))
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(job()) for job in self.background]
+
+    async def replace(self, new: ModelService) -> ModelService | None:
+        """Serve ``new`` in place of the live version of its model, with no failed request.
+
+        ``new`` must already be started and warmed up. Requests already queued on the old
+        version finish there; any that reach it while it closes are handed to ``new``.
+        """
+        old = self.models.get(new.name)
+        self.models[new.name] = new
+        if old is not None:
+            old.successor = new
+            await old.close(self.settings.drain_timeout)
+        return old
+
+    async def remove(self, name: str) -> None:
+        old = self.models.pop(name, None)
+        if old is not None:
+            await old.close(self.settings.drain_timeout)
 
     async def close(self) -> None:
-        await asyncio.gather(*(s.pool.close(self.settings.drain_timeout)
-                               for s in self.models.values()))
+        for task in self._tasks:
+            task.cancel()
+        services = [*self.models.values(), *(c.candidate for c in self.canaries.values()),
+                    *(s.shadow.candidate for s in self.models.values() if s.shadow)]
+        await asyncio.gather(*(s.close(self.settings.drain_timeout) for s in services))
 
     def describe(self) -> list[dict[str, Any]]:
-        return [{"name": s.name, "version": s.version, "ready": s.ready,
-                 "digest": s.bundle.digest, "pid": os.getpid()} for s in self.models.values()]
+        out = []
+        for s in self.models.values():
+            item: dict[str, Any] = {"name": s.name, "version": s.version, "ready": s.ready,
+                                    "digest": s.bundle.digest, "pid": os.getpid()}
+            if s.name in self.canaries:
+                item["traffic"] = self.canaries[s.name].describe()
+            elif s.shadow is not None:
+                item["traffic"] = s.shadow.describe()
+            out.append(item)
+        return out
