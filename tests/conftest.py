@@ -139,7 +139,7 @@ class Model:
             if action == "raise":
                 raise ValueError("boom: the model refused x=%r" % x)
             out.append(1000.0 if action == "bad_output" else x * 2)
-        return {"y": out, "pid": [os.getpid()] * len(out)}
+        return {"y": out, "pid": [os.getpid()] * len(out), "debug": ["internal"] * len(out)}
 '''
 
 

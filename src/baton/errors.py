@@ -35,6 +35,13 @@ class BatonError(Exception):
         return self.message
 
 
+class SettingsError(BatonError):
+    """An operator setting (option or BATON_* variable) has an invalid value."""
+
+    code = "INVALID_SETTING"
+    exit_code = 2
+
+
 class ManifestError(BatonError):
     """A manifest (baton.toml) is missing, unreadable or has invalid fields."""
 

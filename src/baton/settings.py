@@ -12,7 +12,9 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from baton.errors import BatonError
+from baton.errors import SettingsError
+
+_LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
 def _default_home() -> Path:
@@ -55,6 +57,27 @@ class Settings:
     #: Approvals a bundle needs before production.
     approvals: int = 1
 
+    def __post_init__(self) -> None:
+        checks = [
+            ("workers", self.workers >= 0, "an integer >= 0 (0: the bundle's default)"),
+            ("timeout", self.timeout >= 0, "a number of seconds >= 0 (0: the bundle's)"),
+            ("load_timeout", self.load_timeout > 0, "a number of seconds > 0"),
+            ("max_body_bytes", self.max_body_bytes > 0, "a positive number of bytes"),
+            ("max_queue_rows", self.max_queue_rows > 0, "a positive number of rows"),
+            ("drain_timeout", self.drain_timeout >= 0, "a number of seconds >= 0"),
+            ("worker_threads", self.worker_threads > 0, "a positive integer"),
+            ("port", 0 <= self.port <= 65535, "a TCP port (0-65535)"),
+            ("approvals", self.approvals >= 1, "an integer >= 1"),
+            ("unknown_fields", self.unknown_fields in ("", "reject", "ignore"),
+             "'reject' or 'ignore'"),
+            ("log_level", self.log_level.lower() in _LOG_LEVELS, ", ".join(_LOG_LEVELS)),
+        ]
+        for name, ok, expected in checks:
+            if not ok:
+                raise SettingsError(f"setting {name} (BATON_{name.upper()}) must be "
+                                    f"{expected}, got {getattr(self, name)!r}",
+                                    details={"field": name})
+
     @property
     def envs_dir(self) -> Path:
         return self.home / "envs"
@@ -95,6 +118,6 @@ def _parse(name: str, kind: Any, raw: str) -> Any:
         if kind == "float":
             return float(raw)
     except ValueError:
-        raise BatonError(f"environment variable BATON_{name.upper()}={raw!r} is not a valid "
-                         f"{kind}", code="INVALID_SETTING") from None
+        raise SettingsError(f"environment variable BATON_{name.upper()}={raw!r} is not a "
+                            f"valid {kind}", details={"field": name}) from None
     return raw

@@ -71,6 +71,19 @@ def test_records_endpoint_scores_each_record_in_order(server: Server) -> None:
     assert [p["y"] for p in body["predictions"]] == [2.0, -5.0, 80.0]
 
 
+def test_only_contract_outputs_leave_the_engine(server: Server) -> None:
+    resp = predict(server, [rec(x=1.0)])
+    assert set(resp.json()["predictions"][0]) == {"y", "pid"}  # the model also sent "debug"
+
+
+def test_v2_column_may_be_shaped_n_by_1(server: Server) -> None:
+    resp = server.client.post("/v2/models/chaos/infer", json={"inputs": [
+        {"name": "action", "shape": [2, 1], "datatype": "BYTES", "data": [["ok"], ["ok"]]},
+        {"name": "x", "shape": [2, 1], "datatype": "FP32", "data": [[1.0], [2.5]]}]})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["outputs"][0]["data"] == [2.0, 5.0]
+
+
 def test_v2_infer_on_a_records_contract_takes_columns(server: Server) -> None:
     resp = server.client.post("/v2/models/chaos/infer", json={"id": "r1", "inputs": [
         {"name": "action", "shape": [2], "datatype": "BYTES", "data": ["ok", "ok"]},
@@ -140,6 +153,29 @@ def test_missing_and_null_fields(server: Server) -> None:
 def test_unknown_field_rejected_by_default(server: Server) -> None:
     v = violation(predict(server, [rec(colour="red")]))
     assert (v["record"], v["field"], v["got"]) == (0, "colour", "red")
+
+
+def test_integer_beyond_64_bits_gets_a_json_error(serve: Callable[..., Server],
+                                                  tmp_path: Path) -> None:
+    from tests.conftest import write_bundle
+
+    bundle = write_bundle(tmp_path / "ints", name="ints", code='''
+    class Model:
+        def predict(self, inputs):
+            return {"n": list(inputs["n"])}
+    ''', contract='''
+    [contract]
+    kind = "records"
+    [[contract.inputs]]
+    name = "n"
+    type = "integer"
+    [[contract.outputs]]
+    name = "n"
+    type = "integer"
+    ''')
+    server = serve([bundle])
+    v = violation(predict(server, b'[{"n": 99999999999999999999}]', model="ints"))
+    assert v["field"] == "n" and str(v["got"]) == "99999999999999999999"
 
 
 def test_nan_and_infinity_are_refused(server: Server) -> None:

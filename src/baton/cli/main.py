@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import click
 
 from baton import __version__
-from baton.errors import BatonError
+from baton.errors import BatonError, BundleError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -105,7 +105,7 @@ def extract(archive: Path, directory: Path, digest: str | None) -> None:
     from baton.bundle.archive import extract_archive
 
     if directory.exists():
-        raise BatonError(f"{directory} already exists", code="TARGET_EXISTS")
+        raise BundleError(f"{directory} already exists", code="TARGET_EXISTS")
     directory.parent.mkdir(parents=True, exist_ok=True)
     click.echo(extract_archive(archive, directory, digest))
 

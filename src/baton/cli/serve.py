@@ -12,6 +12,7 @@ import click
 
 from baton.bundle.loader import open_bundle
 from baton.env.builder import EnvBuilder
+from baton.errors import BatonError
 from baton.serving.service import Engine, ModelService
 from baton.settings import Settings
 
@@ -60,7 +61,11 @@ def run_server(refs: list[Path], settings: Settings) -> None:
             state = "ready" if svc.ready else "NOT READY (see /v2/models/" + svc.name + ")"
             lines.append(f"  {svc.name} {svc.version}: {state}")
         lines.append(f"  OpenAPI: {base}/openapi.json")
-        first = next(iter(engine.models.values()))
+        ready = [s for s in engine.models.values() if s.ready]
+        if not ready:
+            click.echo("\n".join(lines), err=True)
+            return
+        first = ready[0]
         lines.append("Try:")
         lines.append("  " + _example_request(first, base))
         click.echo("\n".join(lines), err=True)
@@ -73,7 +78,11 @@ def run_server(refs: list[Path], settings: Settings) -> None:
     # uvicorn drains, then re-raises the signal it caught; a drained shutdown exits 0.
     signal.signal(signal.SIGTERM, _exit_cleanly)
     signal.signal(signal.SIGINT, _exit_cleanly)
-    uvicorn.Server(config).run()
+    server = uvicorn.Server(config)
+    server.run()
+    if not server.started:
+        raise BatonError(f"the HTTP server could not start on {base} (see the log above: "
+                         "is the port in use?)", code="SERVER_START_FAILED")
 
 
 def _exit_cleanly(signum: int, frame: object) -> None:

@@ -111,8 +111,8 @@ class Registry:
     def create_user(self, actor: Actor, name: str, role: str) -> dict[str, Any]:
         require(actor.role, "admin", actor.name)
         if role not in ROLES:
-            raise BatonError(f"role must be one of {', '.join(ROLES)}, got {role!r}",
-                             code="INVALID_ROLE", details={"field": "role"})
+            raise RequestError(f"role must be one of {', '.join(ROLES)}, got {role!r}",
+                               code="INVALID_ROLE", details={"field": "role"})
         with self.db.session() as s:
             if s.scalar(select(User).where(User.name == name)) is not None:
                 raise Conflict(f"user {name} already exists", code="USER_EXISTS")
@@ -253,8 +253,8 @@ class Registry:
 
     def promote(self, actor: Actor, ref: str, to: str, reason: str = "") -> dict[str, Any]:
         if to not in STAGES:
-            raise BatonError(f"stage must be one of {', '.join(STAGES)}, got {to!r}",
-                             code="INVALID_STAGE", details={"field": "to"})
+            raise RequestError(f"stage must be one of {', '.join(STAGES)}, got {to!r}",
+                               code="INVALID_STAGE", details={"field": "to"})
         if to == "validated":
             return self.validate(actor, ref)
         require(actor.role, "promote", actor.name)

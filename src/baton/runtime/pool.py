@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from baton.batch import Batch, concat_batches, split_batch
-from baton.errors import BatonError, ModelError, ModelNotReady, WorkerError
+from baton.errors import BatonError, ModelError, ModelNotReady, PayloadTooLarge, WorkerError
 from baton.runtime.worker import Worker, WorkerSpec
 
 log = logging.getLogger("baton.pool")
@@ -166,6 +166,10 @@ class WorkerPool:
         if not self.ready:
             why = f": {self.load_error.message}" if self.load_error else ""
             raise ModelNotReady(f"{self.spec.model} is not ready{why}")
+        if batch.rows > self.max_queue_rows:
+            raise PayloadTooLarge(f"{self.spec.model}: a request of {batch.rows} rows exceeds "
+                                  f"the {self.max_queue_rows} rows a model queues; split it",
+                                  details={"rows": batch.rows, "limit": self.max_queue_rows})
         if self._queued_rows + batch.rows > self.max_queue_rows:
             raise ModelNotReady(f"{self.spec.model}: queue is full "
                                 f"({self._queued_rows} rows waiting)", code="QUEUE_FULL")

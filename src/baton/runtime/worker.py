@@ -207,6 +207,8 @@ class Worker:
                 fut.set_exception(exc)
         else:
             err = header.get("error", {})
+            log.warning("%s: model raised: %s\n%s", self.spec.model, err.get("message"),
+                        err.get("traceback", ""))
             fut.set_exception(ModelError(err.get("message", "model failed"),
                                          code=err.get("code", "MODEL_ERROR"),
                                          details={"stage": err.get("stage", "model")}))

@@ -8,6 +8,7 @@ OpenAPI document. Every error is JSON: ``{"error": message, "code": CODE, "detai
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -43,7 +44,10 @@ def error_body(err: BatonError) -> bytes:
     body: dict[str, Any] = {"error": err.message, "code": err.code}
     if err.details:
         body["details"] = err.details
-    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+    try:
+        return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+    except TypeError:  # e.g. an offending integer beyond 64 bits, echoed back in 'got'
+        return json.dumps(body, default=str).encode()
 
 
 class BatonApp:

@@ -75,6 +75,8 @@ class ModelService:
         if self.contract.kind == "tensors":
             _tensors_from_json(self.contract, out)
         check_outputs(self.contract, out, batch.rows)
+        if len(out.columns) != len(self.contract.outputs):  # extra columns never leave
+            out.columns = {n: out.columns[n] for n in self.contract.output_names}
         if self.shadow is not None:
             self.shadow.submit(batch, out)
         return out

@@ -102,7 +102,14 @@ def decode_request(contract: Contract, req: InferenceRequest) -> Batch:
                 raise _violation(spec.name, "shape [n] or [n, 1]", inp.shape,
                                  f"input {spec.name!r} must be one column")
             _check_datatype(spec.name, inp.datatype, _ACCEPTS[spec.type], field_datatype(spec))
-            col = decode_field_column(spec, bytes(inp.data), n)
+            raw = bytes(inp.data)
+            if _nesting(raw) == 2:  # [[v], [v], ...] for a declared [n, 1] column
+                rows_of = orjson.loads(raw)
+                if not all(isinstance(r, list) and len(r) == 1 for r in rows_of):
+                    raise _violation(spec.name, "one value per row", "rows of other lengths",
+                                     f"input {spec.name!r} must hold one value per row")
+                raw = orjson.dumps([r[0] for r in rows_of])
+            col = decode_field_column(spec, raw, n)
         if rows is not None and n != rows:
             raise _violation(spec.name, f"{rows} rows like the other inputs", n,
                              "inputs differ in their number of rows")
