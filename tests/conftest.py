@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-BATON = [sys.executable, "-m", "baton.cli.main"]
+BATON = [sys.executable, "-m", "baton"]
 EXAMPLE = ROOT / "examples" / "penguins" / "bundle"
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -148,7 +147,7 @@ def check(bundle: Path, report: Path, iterations: int, wheelhouse: Path | None,
 
 
 @main.command()
-@click.argument("bundles", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.argument("bundles", nargs=-1)
 @click.option("--host", help="Address to bind (default 127.0.0.1).")
 @click.option("--port", type=int, help="Port to bind (default 8000).")
 @click.option("--workers", type=int, help="Worker processes per model (default: bundle's).")
@@ -158,17 +157,26 @@ def check(bundle: Path, report: Path, iterations: int, wheelhouse: Path | None,
 @click.option("--unknown-fields", type=click.Choice(["reject", "ignore"]),
               help="Override the contracts' policy for unknown input fields.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--registry", "registry_url", help="Serve from this registry: with no BUNDLES, "
+              "every model in --stage, following promotions and rollbacks.")
+@click.option("--stage", default="production", show_default=True,
+              help="The registry stage this engine serves (its policy).")
+@click.option("--poll", type=float, default=2.0, show_default=True,
+              help="Seconds between registry checks.")
+@click.option("--canary", help="REF=PERCENT: send PERCENT of unversioned requests to REF "
+              "(a bundle path, or NAME@VERSION in the registry).")
+@click.option("--shadow", help="REF: mirror traffic to REF, compare, never return its output.")
 @with_env_options
 @errors_to_exit
-def serve(bundles: tuple[Path, ...], **options: Any) -> None:
-    """Serve one or more BUNDLES, each in its own environment, over HTTP."""
-    from baton.cli.serve import run_server
+def serve(bundles: tuple[str, ...], registry_url: str | None, stage: str, poll: float,
+          canary: str | None, shadow: str | None, **options: Any) -> None:
+    """Serve BUNDLES (folders, archives, or registry refs), each in its own environment."""
+    from baton.cli.serve import ServeOptions, run_server
 
-    run_server(list(bundles), _settings(**options))
+    if not bundles and not registry_url:
+        raise click.UsageError("give one or more BUNDLES, or --registry URL")
+    opts = ServeOptions(list(bundles), registry_url, stage, poll, canary, shadow)
+    run_server(opts, _settings(**options))
 
 
 from baton.cli import registry as _registry_commands  # noqa: E402,F401  (registers verbs)
-
-if __name__ == "__main__":
-    logging.basicConfig()
-    main()

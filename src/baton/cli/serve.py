@@ -6,7 +6,9 @@ import json
 import logging
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -14,6 +16,7 @@ from baton.bundle.loader import open_bundle
 from baton.env.builder import EnvBuilder
 from baton.errors import BatonError
 from baton.serving.service import Engine, ModelService
+from baton.serving.traffic import Canary, Shadow
 from baton.settings import Settings
 
 
@@ -30,21 +33,85 @@ def _example_request(svc: ModelService, base: str) -> str:
             f"-H 'content-type: application/json' -d '{body}'")
 
 
-def build_engine(refs: list[Path], settings: Settings) -> Engine:
+def _local_service(ref: Path, settings: Settings, builder: EnvBuilder) -> ModelService:
+    bundle = open_bundle(ref, settings.bundles_dir)
+    env = builder.ensure(bundle.manifest.environment)
+    how = "cached" if env.cached else f"built in {env.build_seconds:.1f}s"
+    click.echo(f"{bundle.name} {bundle.version} {bundle.digest[:19]}…  environment "
+               f"{env.key[:12]} ({how})", err=True)
+    return ModelService(bundle, env, settings)
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """What ``baton serve`` was asked for besides the engine settings."""
+
+    bundles: list[str]
+    registry: str | None = None
+    stage: str = "production"
+    poll: float = 2.0
+    canary: str | None = None
+    shadow: str | None = None
+
+
+def _candidate(ref: str, settings: Settings, builder: EnvBuilder, client: Any) -> ModelService:
+    """A canary or shadow candidate: a local bundle, or a staging/production registry ref."""
+    if Path(ref).exists():
+        return _local_service(Path(ref), settings, builder)
+    if client is None:
+        raise BatonError(f"no bundle at {ref} (give a path, or --registry to use NAME@VERSION)",
+                         code="BUNDLE_NOT_FOUND")
+    from baton.serving.follow import prepare_from_registry
+
+    return prepare_from_registry(client, ref, settings, ("staging", "production"))
+
+
+def build_engine(opts: ServeOptions, settings: Settings) -> Engine:
     builder = EnvBuilder(settings.envs_dir, wheelhouse=settings.wheelhouse,
                          offline=settings.offline)
+    client = None
+    if opts.registry:
+        from baton.cli.config import registry_credentials
+        from baton.registry.client import RegistryClient
+
+        client = RegistryClient(*registry_credentials(opts.registry))
     services = []
-    for ref in refs:
-        bundle = open_bundle(ref, settings.bundles_dir)
-        env = builder.ensure(bundle.manifest.environment)
-        how = "cached" if env.cached else f"built in {env.build_seconds:.1f}s"
-        click.echo(f"{bundle.name} {bundle.version} {bundle.digest[:19]}…  environment "
-                   f"{env.key[:12]} ({how})", err=True)
-        services.append(ModelService(bundle, env, settings))
-    return Engine(services, settings)
+    for ref in opts.bundles:
+        if Path(ref).exists():
+            services.append(_local_service(Path(ref), settings, builder))
+        elif client is not None:
+            from baton.serving.follow import prepare_from_registry
+
+            services.append(prepare_from_registry(client, ref, settings, (opts.stage,)))
+        else:
+            raise BatonError(f"no bundle at {ref}", code="BUNDLE_NOT_FOUND")
+    engine = Engine(services, settings)
+    if client is not None and not opts.bundles:
+        from baton.serving.follow import RegistryFollower
+
+        follower = RegistryFollower(engine, client, settings, stage=opts.stage,
+                                    interval=opts.poll)
+        engine.background.append(follower.run)
+        engine.source = follower
+        engine.synced = False
+    if opts.canary:
+        ref, _, percent = opts.canary.rpartition("=")
+        try:
+            weight = float(percent) / 100
+        except ValueError:
+            weight = -1.0
+        if not ref or not 0 <= weight <= 1:
+            raise BatonError(f"--canary takes REF=PERCENT with PERCENT in 0..100, got "
+                             f"{opts.canary!r}", code="INVALID_SETTING")
+        cand = _candidate(ref, settings, builder, client)
+        engine.canaries[cand.name] = Canary(cand, weight)
+    if opts.shadow:
+        cand = _candidate(opts.shadow, settings, builder, client)
+        engine.shadows[cand.name] = Shadow(cand)
+    return engine
 
 
-def run_server(refs: list[Path], settings: Settings) -> None:
+def run_server(opts: ServeOptions, settings: Settings) -> None:
     import uvicorn
 
     from baton.server.app import BatonApp
@@ -52,7 +119,7 @@ def run_server(refs: list[Path], settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     started = time.perf_counter()
-    engine = build_engine(refs, settings)
+    engine = build_engine(opts, settings)
     base = f"http://{settings.host}:{settings.port}"
 
     def announce(engine: Engine) -> None:

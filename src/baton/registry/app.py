@@ -178,7 +178,7 @@ def subprocess_check_runner(home: Path) -> Any:
             report = Path(tmp) / "report.json"
             env = dict(os.environ, BATON_HOME=str(home))
             proc = subprocess.run(
-                [sys.executable, "-m", "baton.cli.main", "check", str(bundle_dir),
+                [sys.executable, "-m", "baton", "check", str(bundle_dir),
                  "--report", str(report), "--iterations", "50"],
                 capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
             if not report.exists():

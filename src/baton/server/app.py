@@ -112,7 +112,10 @@ class BatonApp:
         if parts[:2] == ["v1", "models"]:
             if len(parts) == 2:
                 _only(method, "GET")
-                return orjson.dumps({"models": self.engine.describe()})
+                body: dict[str, Any] = {"models": self.engine.describe()}
+                if self.engine.source is not None:
+                    body["source"] = self.engine.source.describe()
+                return orjson.dumps(body)
             if len(parts) == 4 and parts[3] == "predict":
                 _only(method, "POST")
                 self.engine.lookup(parts[2])  # 404 before reading the body

@@ -144,12 +144,15 @@ class Engine:
             names = [s.name for s in services]
             dupes = sorted({n for n in names if names.count(n) > 1})
             raise BatonError(f"two bundles share the name {dupes[0]!r}", code="DUPLICATE_MODEL")
-        #: Canary splits by model name.
+        #: Canary splits and shadow mirrors by model name; they survive version switches.
         self.canaries: dict[str, Canary] = {}
+        self.shadows: dict[str, Shadow] = {}
         #: Long-running helpers (e.g. a registry follower) started with the engine.
         self.background: list[Callable[[], Awaitable[None]]] = []
         #: False until the background helpers' first pass is done (e.g. first registry sync).
         self.synced = True
+        #: Where models come from, when not from the command line (e.g. a registry follower).
+        self.source: Any = None
         self._tasks: list[asyncio.Task[None]] = []
 
     def get(self, name: str, version: str | None = None) -> ModelService:
@@ -178,8 +181,9 @@ class Engine:
 
     async def start(self) -> None:
         """Start every model's workers; a model that fails to load is reported, not fatal."""
-        services = [*self.models.values(), *(c.candidate for c in self.canaries.values()),
-                    *(s.shadow.candidate for s in self.models.values() if s.shadow)]
+        for svc in self.models.values():
+            svc.shadow = self.shadows.get(svc.name)
+        services = self._all_services()
         results = await asyncio.gather(*(s.pool.start() for s in services),
                                        return_exceptions=True)
         for svc, res in zip(services, results, strict=True):
@@ -198,11 +202,16 @@ class Engine:
         version finish there; any that reach it while it closes are handed to ``new``.
         """
         old = self.models.get(new.name)
+        new.shadow = self.shadows.get(new.name)
         self.models[new.name] = new
         if old is not None:
             old.successor = new
             await old.close(self.settings.drain_timeout)
         return old
+
+    def _all_services(self) -> list[ModelService]:
+        return [*self.models.values(), *(c.candidate for c in self.canaries.values()),
+                *(m.candidate for m in self.shadows.values())]
 
     async def remove(self, name: str) -> None:
         old = self.models.pop(name, None)
@@ -212,8 +221,7 @@ class Engine:
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
-        services = [*self.models.values(), *(c.candidate for c in self.canaries.values()),
-                    *(s.shadow.candidate for s in self.models.values() if s.shadow)]
+        services = self._all_services()
         await asyncio.gather(*(s.close(self.settings.drain_timeout) for s in services))
 
     def describe(self) -> list[dict[str, Any]]:

@@ -123,19 +123,28 @@ def compare_batches(live: Batch, shadow: Batch, tol: float) -> tuple[int, float]
     """Rows whose outputs differ (numbers beyond ``tol``, anything else unequal), max diff."""
     bad = np.zeros(live.rows, dtype=bool)
     max_diff = 0.0
-    for name, a in live.columns.items():
-        b = shadow.columns.get(name)
-        if b is None:
+    for name, col in live.columns.items():
+        other = shadow.columns.get(name)
+        if other is None:
             return live.rows, math.inf
-        if isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.dtype.kind in "fiub" \
-                and b.dtype.kind in "fiub" and a.shape == b.shape:
-            diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
+        a, b = _numeric(col), _numeric(other)
+        if a is not None and b is not None and a.shape == b.shape:
+            diff = np.abs(a - b)
             rows = diff.reshape(live.rows, -1).max(axis=1) if diff.size else diff
             max_diff = max(max_diff, float(np.nanmax(rows)) if rows.size else 0.0)
             bad |= rows > tol
         else:
-            la = a.tolist() if isinstance(a, np.ndarray) else a
-            lb = b.tolist() if isinstance(b, np.ndarray) else b
+            la = col.tolist() if isinstance(col, np.ndarray) else col
+            lb = other.tolist() if isinstance(other, np.ndarray) else other
             bad |= np.array([x != y for x, y in zip(la, lb, strict=False)] +
                             [True] * (live.rows - min(len(la), len(lb))), dtype=bool)[:live.rows]
     return int(bad.sum()), max_diff
+
+
+def _numeric(col: Any) -> np.ndarray | None:
+    """A column as float64, if it holds numbers (runners without numpy send lists)."""
+    if isinstance(col, np.ndarray):
+        return col.astype(np.float64) if col.dtype.kind in "fiub" else None
+    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in col):
+        return np.asarray(col, dtype=np.float64)
+    return None
