@@ -139,9 +139,13 @@ class Registry:
         """The first admin, created from the server's own machine (no token exists yet)."""
         local = Actor("local-admin", "admin")
         with self.db.session() as s:
-            exists = s.scalar(select(User).where(User.name == name)) is not None
-        if not exists:
+            role = s.scalar(select(User.role).where(User.name == name))
+        if role is None:
             self.create_user(local, name, "admin")
+        elif role != "admin":
+            raise Conflict(f"user {name} exists with role {role!r}; bootstrap-admin gives "
+                           "tokens to admins only", code="NOT_AN_ADMIN",
+                           details={"role": role})
         return self.create_token(local, name, days=days, label="bootstrap")
 
     # -- content -----------------------------------------------------------------------
