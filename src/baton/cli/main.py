@@ -166,16 +166,27 @@ def check(bundle: Path, report: Path, iterations: int, wheelhouse: Path | None,
 @click.option("--canary", help="REF=PERCENT: send PERCENT of unversioned requests to REF "
               "(a bundle path, or NAME@VERSION in the registry).")
 @click.option("--shadow", help="REF: mirror traffic to REF, compare, never return its output.")
+@click.option("--input", "input_url", help="Stream records in from this URL "
+              "(kafka://, redis://, nats://, amqp://, mqtt://, file://).")
+@click.option("--output", "output_url", help="Stream scores out to this URL.")
+@click.option("--dead-letter", "dead_letter_url", help="Where records that fail go, with "
+              "their reason.")
+@click.option("--group", help="Consumer group / durable name (default baton-MODEL).")
+@click.option("--max-batch", type=int, default=256, show_default=True,
+              help="Records per micro-batch into the model.")
 @with_env_options
 @errors_to_exit
 def serve(bundles: tuple[str, ...], registry_url: str | None, stage: str, poll: float,
-          canary: str | None, shadow: str | None, **options: Any) -> None:
+          canary: str | None, shadow: str | None, input_url: str | None,
+          output_url: str | None, dead_letter_url: str | None, group: str | None,
+          max_batch: int, **options: Any) -> None:
     """Serve BUNDLES (folders, archives, or registry refs), each in its own environment."""
     from baton.cli.serve import ServeOptions, run_server
 
     if not bundles and not registry_url:
         raise click.UsageError("give one or more BUNDLES, or --registry URL")
-    opts = ServeOptions(list(bundles), registry_url, stage, poll, canary, shadow)
+    opts = ServeOptions(list(bundles), registry_url, stage, poll, canary, shadow, input_url,
+                        output_url, dead_letter_url, group, max_batch)
     run_server(opts, _settings(**options))
 
 

@@ -52,6 +52,11 @@ class ServeOptions:
     poll: float = 2.0
     canary: str | None = None
     shadow: str | None = None
+    input: str | None = None
+    output: str | None = None
+    dead_letter: str | None = None
+    group: str | None = None
+    max_batch: int = 256
 
 
 def _candidate(ref: str, settings: Settings, builder: EnvBuilder, client: Any) -> ModelService:
@@ -108,7 +113,32 @@ def build_engine(opts: ServeOptions, settings: Settings) -> Engine:
     if opts.shadow:
         cand = _candidate(opts.shadow, settings, builder, client)
         engine.shadows[cand.name] = Shadow(cand)
+    if opts.input or opts.output or opts.dead_letter:
+        _bind_stream(engine, opts)
     return engine
+
+
+def _bind_stream(engine: Engine, opts: ServeOptions) -> None:
+    from baton.streams.base import parse_url
+    from baton.streams.pipeline import StreamBinding, StreamPipeline
+
+    missing = [n for n, v in (("--input", opts.input), ("--output", opts.output),
+                              ("--dead-letter", opts.dead_letter)) if not v]
+    if missing:
+        raise BatonError(f"a stream binding needs --input, --output and --dead-letter; "
+                         f"missing {', '.join(missing)}", code="INVALID_SETTING")
+    if len(engine.models) != 1:
+        raise BatonError("--input/--output bind one model: serve exactly one bundle "
+                         "(several models: use a deployment file)", code="INVALID_SETTING")
+    for url in (opts.input, opts.output, opts.dead_letter):
+        parse_url(url or "")
+    [svc] = engine.models.values()
+    if svc.records is None:
+        raise BatonError(f"{svc.name} has a tensor contract; streams carry records",
+                         code="INVALID_SETTING")
+    binding = StreamBinding(svc.name, opts.input or "", opts.output or "",
+                            opts.dead_letter or "", opts.group or "", opts.max_batch)
+    engine.streams.append(StreamPipeline(binding, lambda: engine.get(svc.name)))
 
 
 def run_server(opts: ServeOptions, settings: Settings) -> None:

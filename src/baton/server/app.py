@@ -115,6 +115,8 @@ class BatonApp:
                 body: dict[str, Any] = {"models": self.engine.describe()}
                 if self.engine.source is not None:
                     body["source"] = self.engine.source.describe()
+                if self.engine.streams:
+                    body["streams"] = [st.describe() for st in self.engine.streams]
                 return orjson.dumps(body)
             if len(parts) == 4 and parts[3] == "predict":
                 _only(method, "POST")

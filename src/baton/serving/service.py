@@ -153,6 +153,8 @@ class Engine:
         self.synced = True
         #: Where models come from, when not from the command line (e.g. a registry follower).
         self.source: Any = None
+        #: Stream bindings: anything with ``run()``, ``stop()`` and ``describe()``.
+        self.streams: list[Any] = []
         self._tasks: list[asyncio.Task[None]] = []
 
     def get(self, name: str, version: str | None = None) -> ModelService:
@@ -193,7 +195,8 @@ class Engine:
                 log.info("%s@%s ready (%s, pid %s)", svc.name, svc.version, svc.bundle.digest,
                          ",".join(str(w.pid) for w in svc.pool.workers if w))
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(job()) for job in self.background]
+        jobs = [*self.background, *(stream.run for stream in self.streams)]
+        self._tasks = [loop.create_task(job()) for job in jobs]
 
     async def replace(self, new: ModelService) -> ModelService | None:
         """Serve ``new`` in place of the live version of its model, with no failed request.
@@ -219,6 +222,13 @@ class Engine:
             await old.close(self.settings.drain_timeout)
 
     async def close(self) -> None:
+        """Drain streams first (their batches finish and are acknowledged), then models."""
+        if self.streams:
+            try:
+                await asyncio.wait_for(asyncio.gather(*(s.stop() for s in self.streams)),
+                                       self.settings.drain_timeout)
+            except TimeoutError:
+                log.warning("streams did not drain within %.0fs", self.settings.drain_timeout)
         for task in self._tasks:
             task.cancel()
         services = self._all_services()

@@ -1,0 +1,1 @@
+"""Streams: production data in, scores out, with nothing lost."""

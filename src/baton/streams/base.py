@@ -1,0 +1,128 @@
+"""The one small interface every connector implements, and the table that names them.
+
+A connector is one module exposing ``open_source(url, options)`` and ``open_sink(url,
+options)``. Sources hand out :class:`Message` batches and take acknowledgements; sinks
+write :class:`OutRecord` batches and return only once the records are durable. The
+pipeline acknowledges an input only after its output (or dead letter) was written, which
+is what makes delivery at-least-once. A new connector is one module plus a line in
+:data:`CONNECTORS`, and passes the shared conformance suite (tests/streams).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from baton.errors import BatonError
+
+#: URL scheme -> connector module (resolved late, so unused clients are never imported).
+CONNECTORS: dict[str, str] = {
+    "file": "baton.streams.connectors.files",
+    "redis": "baton.streams.connectors.redis_streams",
+    "nats": "baton.streams.connectors.nats_jetstream",
+    "amqp": "baton.streams.connectors.rabbitmq",
+    "mqtt": "baton.streams.connectors.mqtt",
+    "kafka": "baton.streams.connectors.kafka",
+}
+
+
+class StreamError(BatonError):
+    """A stream could not be opened, read or written (broker down, bad URL, refused write)."""
+
+    code = "STREAM_ERROR"
+    exit_code = 8
+
+
+@dataclass(slots=True)
+class Message:
+    """One input record: its key, its raw bytes and the connector's acknowledgement handle."""
+
+    key: str | None
+    value: bytes
+    position: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class OutRecord:
+    key: str | None
+    value: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StreamURL:
+    """``scheme://host:port/path?option=value``, parsed once."""
+
+    raw: str
+    scheme: str
+    host: str
+    port: int | None
+    path: str
+    options: dict[str, str]
+    username: str | None = None
+    password: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The path without its leading slash: a topic, stream, subject, queue or file."""
+        return self.path.lstrip("/")
+
+    def option(self, key: str, default: str) -> str:
+        return self.options.get(key, default)
+
+
+def parse_url(raw: str) -> StreamURL:
+    parts = urlsplit(raw)
+    if parts.scheme not in CONNECTORS:
+        raise StreamError(f"unknown stream scheme in {raw!r}; known: "
+                          f"{', '.join(sorted(CONNECTORS))}", code="UNKNOWN_SCHEME",
+                          details={"url": raw})
+    options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    path = unquote(parts.path)
+    if parts.scheme == "file" and parts.netloc:  # file://relative/path.jsonl
+        path = parts.netloc + path
+    return StreamURL(raw, parts.scheme, parts.hostname or "", parts.port, path, options,
+                     parts.username, parts.password)
+
+
+class Source(Protocol):
+    async def open(self) -> None:
+        """Connect; raise :class:`StreamError` with a clear message if impossible."""
+
+    async def read(self, max_records: int, timeout: float) -> list[Message]:
+        """Up to ``max_records`` messages, waiting at most ``timeout`` seconds for the first."""
+
+    async def ack(self, messages: Sequence[Message]) -> None:
+        """Mark messages done: they will not be delivered again after a restart."""
+
+    async def close(self) -> None: ...
+
+
+class Sink(Protocol):
+    async def open(self) -> None: ...
+
+    async def write(self, records: Sequence[OutRecord]) -> None:
+        """Write records; return only once they are durable. Raise StreamError if refused."""
+
+    async def close(self) -> None: ...
+
+
+def _module(url: StreamURL) -> Any:
+    return importlib.import_module(CONNECTORS[url.scheme])
+
+
+def open_source(raw: str, *, group: str) -> Source:
+    """The source for ``raw``; ``group`` names the consumer group / durable consumer."""
+    url = parse_url(raw)
+    source: Source = _module(url).open_source(url, group=group)
+    return source
+
+
+def open_sink(raw: str) -> Sink:
+    url = parse_url(raw)
+    sink: Sink = _module(url).open_sink(url)
+    return sink

@@ -1,0 +1,1 @@
+"""Stream connectors: one module each, behind the interface in streams/base.py."""

@@ -1,0 +1,128 @@
+"""``redis://HOST:PORT/STREAM``: Redis Streams with consumer groups.
+
+Source: ``XREADGROUP`` in group ``?group=`` (default: the binding's), consumer
+``?consumer=`` (default ``GROUP-1``). On start it first re-reads its own pending entries
+(delivered before a crash, never acknowledged), then new ones; ``XACK`` acknowledges.
+The group is created at ``?start=`` (default ``0``: the whole stream). A record is the
+entry's ``value`` field; its key is the ``key`` field, or the entry id.
+Sink: ``XADD`` with ``key`` and ``value`` fields, in one pipelined round trip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from baton.streams.base import Message, OutRecord, StreamError, StreamURL
+
+
+def _client(url: StreamURL) -> Any:
+    import redis.asyncio as redis
+
+    return redis.Redis(host=url.host or "127.0.0.1", port=url.port or 6379,
+                       password=url.password, db=int(url.option("db", "0")),
+                       socket_connect_timeout=5)
+
+
+def _error(what: str, url: StreamURL, exc: Exception) -> StreamError:
+    return StreamError(f"redis {what} on {url.raw} failed: {exc}", details={"url": url.raw})
+
+
+class RedisSource:
+    def __init__(self, url: StreamURL, group: str) -> None:
+        self.url = url
+        self.stream = url.name
+        self.group = url.option("group", group)
+        self.consumer = url.option("consumer", f"{self.group}-1")
+        self.redis: Any = None
+        self._pending = True  # first drain our own unacknowledged entries
+
+    async def open(self) -> None:
+        from redis.exceptions import RedisError, ResponseError
+
+        self.redis = _client(self.url)
+        try:
+            await self.redis.xgroup_create(self.stream, self.group,
+                                           id=self.url.option("start", "0"), mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise _error("XGROUP CREATE", self.url, exc) from None
+        except (RedisError, OSError) as exc:
+            raise _error("connect", self.url, exc) from None
+
+    async def read(self, max_records: int, timeout: float) -> list[Message]:
+        from redis.exceptions import RedisError
+
+        try:
+            if self._pending:
+                got = await self.redis.xreadgroup(self.group, self.consumer,
+                                                  {self.stream: "0"}, count=max_records)
+                entries = got[0][1] if got else []
+                if entries:
+                    return [self._message(i, f) for i, f in entries]
+                self._pending = False
+            got = await self.redis.xreadgroup(self.group, self.consumer, {self.stream: ">"},
+                                              count=max_records,
+                                              block=max(1, int(timeout * 1000)))
+        except (RedisError, OSError) as exc:
+            self._pending = True  # after a reconnect, re-read what we were given
+            raise _error("XREADGROUP", self.url, exc) from None
+        return [self._message(i, f) for i, f in (got[0][1] if got else [])]
+
+    def _message(self, entry_id: bytes, fields: dict[bytes, bytes]) -> Message:
+        key = fields.get(b"key")
+        return Message(key.decode() if key else entry_id.decode(), fields.get(b"value", b""),
+                       entry_id)
+
+    async def ack(self, messages: Sequence[Message]) -> None:
+        from redis.exceptions import RedisError
+
+        if not messages:
+            return
+        try:
+            await self.redis.xack(self.stream, self.group, *[m.position for m in messages])
+        except (RedisError, OSError) as exc:
+            raise _error("XACK", self.url, exc) from None
+
+    async def close(self) -> None:
+        if self.redis is not None:
+            await self.redis.aclose()
+
+
+class RedisSink:
+    def __init__(self, url: StreamURL) -> None:
+        self.url = url
+        self.stream = url.name
+        self.redis: Any = None
+
+    async def open(self) -> None:
+        from redis.exceptions import RedisError
+
+        self.redis = _client(self.url)
+        try:
+            await self.redis.ping()
+        except (RedisError, OSError) as exc:
+            raise _error("connect", self.url, exc) from None
+
+    async def write(self, records: Sequence[OutRecord]) -> None:
+        from redis.exceptions import RedisError
+
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for r in records:
+                    pipe.xadd(self.stream, {"key": r.key or "", "value": r.value})
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise _error("XADD", self.url, exc) from None
+
+    async def close(self) -> None:
+        if self.redis is not None:
+            await self.redis.aclose()
+
+
+def open_source(url: StreamURL, *, group: str) -> RedisSource:
+    return RedisSource(url, group)
+
+
+def open_sink(url: StreamURL) -> RedisSink:
+    return RedisSink(url)

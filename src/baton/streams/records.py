@@ -1,0 +1,85 @@
+"""Messages to checked batches, outputs to records, failures to dead letters.
+
+The whole micro-batch is decoded in one pass when every record is good (the usual case);
+only when that fails is each record decoded alone, so one bad record costs the others
+nothing but the retry, and goes to the dead-letter destination with its reason.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from baton.batch import Batch, concat_batches
+from baton.contract.validate import RecordsDecoder
+from baton.errors import BatonError, ContractViolation
+from baton.streams.base import Message, OutRecord
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    name: str
+    version: str
+    digest: str
+
+
+def dead_letter(msg: Message, stage: str, err: BatonError, model: ModelIdentity) -> OutRecord:
+    """The dead-letter record: original payload, stage, error code and message, digest, time."""
+    try:
+        payload, encoding = msg.value.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        payload, encoding = base64.b64encode(msg.value).decode(), "base64"
+    body: dict[str, Any] = {
+        "key": msg.key, "stage": stage, "code": err.code, "message": err.message,
+        "payload": payload, "payload_encoding": encoding, "model": model.name,
+        "version": model.version, "digest": model.digest, "time": time.time(),
+    }
+    if isinstance(err, ContractViolation):
+        body["violations"] = err.violations
+    return OutRecord(msg.key, orjson.dumps(body, default=str),
+                     {"baton-stage": stage, "baton-code": err.code})
+
+
+def output_record(msg: Message, outputs: dict[str, Any], model: ModelIdentity) -> OutRecord:
+    body = {"key": msg.key, "model": model.name, "version": model.version, "output": outputs}
+    return OutRecord(msg.key, orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY))
+
+
+@dataclass
+class Decoded:
+    """Good messages with their checked batch, and dead letters for the rest."""
+
+    good: list[Message]
+    batch: Batch | None
+    dead: list[OutRecord]
+
+
+def decode_messages(messages: Sequence[Message], decoder: RecordsDecoder,
+                    model: ModelIdentity) -> Decoded:
+    if not messages:
+        return Decoded([], None, [])
+    try:
+        batch = decoder.decode(b"[" + b",".join(m.value for m in messages) + b"]")
+        if batch.rows == len(messages):
+            return Decoded(list(messages), batch, [])
+    except BatonError:
+        pass  # at least one bad record: decode one by one
+    good, parts, dead = [], [], []
+    for m in messages:
+        try:
+            one = decoder.decode(b"[" + m.value + b"]")
+            if one.rows != 1:
+                raise BatonError("a message must hold exactly one JSON record",
+                                 code="NOT_ONE_RECORD")
+            parts.append(one)
+            good.append(m)
+        except ContractViolation as exc:
+            dead.append(dead_letter(m, "contract", exc, model))
+        except BatonError as exc:
+            dead.append(dead_letter(m, "decode", exc, model))
+    return Decoded(good, concat_batches(parts) if parts else None, dead)
