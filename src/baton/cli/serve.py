@@ -6,13 +6,14 @@ import json
 import logging
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import click
 
 from baton.bundle.loader import open_bundle
+from baton.deployment import DeploymentSpec, StreamSpec, load_deployments
 from baton.env.builder import EnvBuilder
 from baton.errors import BatonError
 from baton.serving.service import Engine, ModelService
@@ -57,6 +58,7 @@ class ServeOptions:
     dead_letter: str | None = None
     group: str | None = None
     max_batch: int = 256
+    deployment: Path | None = None
 
 
 def _candidate(ref: str, settings: Settings, builder: EnvBuilder, client: Any) -> ModelService:
@@ -80,18 +82,15 @@ def build_engine(opts: ServeOptions, settings: Settings) -> Engine:
         from baton.registry.client import RegistryClient
 
         client = RegistryClient(*registry_credentials(opts.registry))
-    services = []
-    for ref in opts.bundles:
-        if Path(ref).exists():
-            services.append(_local_service(Path(ref), settings, builder))
-        elif client is not None:
-            from baton.serving.follow import prepare_from_registry
-
-            services.append(prepare_from_registry(client, ref, settings, (opts.stage,)))
-        else:
-            raise BatonError(f"no bundle at {ref}", code="BUNDLE_NOT_FOUND")
+    deployments = [DeploymentSpec(ref) for ref in opts.bundles]
+    if opts.deployment is not None:
+        deployments += load_deployments(opts.deployment)
+    services = [_deployed(d, settings, builder, client, opts.stage) for d in deployments]
     engine = Engine(services, settings)
-    if client is not None and not opts.bundles:
+    for d, svc in zip(deployments, services, strict=True):
+        if d.stream is not None:
+            _add_stream(engine, svc, d.stream)
+    if client is not None and not deployments:
         from baton.serving.follow import RegistryFollower
 
         follower = RegistryFollower(engine, client, settings, stage=opts.stage,
@@ -118,10 +117,20 @@ def build_engine(opts: ServeOptions, settings: Settings) -> Engine:
     return engine
 
 
-def _bind_stream(engine: Engine, opts: ServeOptions) -> None:
-    from baton.streams.base import parse_url
-    from baton.streams.pipeline import StreamBinding, StreamPipeline
+def _deployed(d: DeploymentSpec, settings: Settings, builder: EnvBuilder, client: Any,
+              stage: str) -> ModelService:
+    overrides = {k: v for k, v in (("workers", d.workers), ("timeout", d.timeout)) if v}
+    own = replace(settings, **overrides) if overrides else settings
+    if Path(d.bundle).exists():
+        return _local_service(Path(d.bundle), own, builder)
+    if client is not None:
+        from baton.serving.follow import prepare_from_registry
 
+        return prepare_from_registry(client, d.bundle, own, (stage,))
+    raise BatonError(f"no bundle at {d.bundle}", code="BUNDLE_NOT_FOUND")
+
+
+def _bind_stream(engine: Engine, opts: ServeOptions) -> None:
     missing = [n for n, v in (("--input", opts.input), ("--output", opts.output),
                               ("--dead-letter", opts.dead_letter)) if not v]
     if missing:
@@ -130,14 +139,23 @@ def _bind_stream(engine: Engine, opts: ServeOptions) -> None:
     if len(engine.models) != 1:
         raise BatonError("--input/--output bind one model: serve exactly one bundle "
                          "(several models: use a deployment file)", code="INVALID_SETTING")
-    for url in (opts.input, opts.output, opts.dead_letter):
-        parse_url(url or "")
     [svc] = engine.models.values()
+    _add_stream(engine, svc, StreamSpec(opts.input or "", opts.output or "",
+                                        opts.dead_letter or "", opts.group or "",
+                                        opts.max_batch))
+
+
+def _add_stream(engine: Engine, svc: ModelService, spec: StreamSpec) -> None:
+    from baton.streams.base import parse_url
+    from baton.streams.pipeline import StreamBinding, StreamPipeline
+
+    for url in (spec.input, spec.output, spec.dead_letter):
+        parse_url(url)
     if svc.records is None:
         raise BatonError(f"{svc.name} has a tensor contract; streams carry records",
                          code="INVALID_SETTING")
-    binding = StreamBinding(svc.name, opts.input or "", opts.output or "",
-                            opts.dead_letter or "", opts.group or "", opts.max_batch)
+    binding = StreamBinding(svc.name, spec.input, spec.output, spec.dead_letter, spec.group,
+                            spec.max_batch)
     engine.streams.append(StreamPipeline(binding, lambda: engine.get(svc.name)))
 
 
