@@ -193,3 +193,4 @@ def serve(bundles: tuple[str, ...], registry_url: str | None, stage: str, poll: 
 
 
 from baton.cli import registry as _registry_commands  # noqa: E402,F401  (registers verbs)
+from baton.cli import streams as _stream_commands  # noqa: E402,F401
