@@ -24,7 +24,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -215,6 +214,7 @@ class Server:
                                      stdout=logf, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         logf.close()
+        self.remember()  # its new session is its own scheduling group: renice that too
 
     def wait_first_prediction(self, body: bytes, timeout: float = 120.0,
                               every: float = 0.02) -> float:
@@ -225,7 +225,9 @@ class Server:
             try:
                 status, _ = post(self.port, body, timeout=2.0)
                 if status == 200:
-                    return time.perf_counter() - self.started
+                    elapsed = time.perf_counter() - self.started
+                    self.remember()
+                    return elapsed
             except (OSError, http.client.HTTPException):
                 pass
             if self.proc.poll() is not None:
@@ -252,21 +254,28 @@ class Server:
         except psutil.NoSuchProcess:
             return []
         for p in procs:
-            self._known.setdefault(p.pid, p)
+            if p.pid not in self._known:
+                self._known[p.pid] = p
+                set_autogroup_nice(p.pid, NICE)
         return procs
 
     def remember(self) -> None:
         self.tree()
 
-    def cpu_seconds(self) -> float:
-        total = 0.0
+    def cpu_seconds(self) -> tuple[float, float]:
+        """CPU seconds used so far by the server process itself and by its descendants
+        (Baton: engine and worker; MLServer: main process and its workers)."""
+        root = children = 0.0
         for p in self.tree():
             try:
                 t = p.cpu_times()
-                total += t.user + t.system
             except psutil.NoSuchProcess:
-                pass
-        return total
+                continue
+            if self.proc is not None and p.pid == self.proc.pid:
+                root += t.user + t.system
+            else:
+                children += t.user + t.system
+        return root, children
 
     def memory(self) -> dict[str, Any]:
         """VmHWM (peak RSS) and VmRSS of every process in the tree, in MB."""
@@ -300,12 +309,9 @@ class Server:
             try:
                 self.proc.wait(self.grace)
             except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(pid, signal.SIGKILL)  # whatever is left in its group
-        except ProcessLookupError:
-            pass
-        self.proc.wait()
+                # The leader is alive and not reaped, so its group id is still ours.
+                os.killpg(pid, signal.SIGKILL)
+                self.proc.wait()
         leftovers = [p for p in self._known.values() if p.is_running()]
         for p in leftovers:
             try:
@@ -315,6 +321,21 @@ class Server:
         psutil.wait_procs(leftovers, timeout=5)
         self.proc = None
         self._known.clear()
+
+
+#: Niceness of the benchmark, its servers and wrk (set by --nice).
+NICE = 0
+
+
+def set_autogroup_nice(pid: int | str, nice: int) -> None:
+    """With sched_autogroup on, each session (setsid) is scheduled as one group and a
+    process's own niceness counts only inside its group: give the group the niceness too."""
+    if not nice:
+        return
+    try:
+        Path(f"/proc/{pid}/autogroup").write_text(f"{nice}\n")
+    except OSError:
+        pass
 
 
 def make_server(system: str, paths: dict[str, Path], ml_env: Path | None) -> Server:
@@ -372,9 +393,9 @@ def write_lua(rows: int, body: bytes) -> Path:
     return lua
 
 
-def run_wrk(wrk: str, port: int, lua: Path, duration: float, threads: int,
+def run_wrk(wrk: str, port: int, lua: Path, duration: int, threads: int,
             connections: int) -> dict[str, Any]:
-    cmd = [wrk, f"-t{threads}", f"-c{connections}", f"-d{duration:g}s", "--latency",
+    cmd = [wrk, f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency",
            "-s", str(lua), f"http://127.0.0.1:{port}{INFER_PATH}"]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
@@ -388,7 +409,7 @@ def run_wrk(wrk: str, port: int, lua: Path, duration: float, threads: int,
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     secs = s["duration_us"] / 1e6
-    errors = {"non_2xx": int(non2xx.group(1)) if non2xx else 0,
+    errors = {"non_2xx": max(int(non2xx.group(1)) if non2xx else 0, s["status"]),
               "connect": s["connect"], "read": s["read"], "write": s["write"],
               "timeout": s["timeout"]}
     if sock:  # the text summary and the Lua summary must agree
@@ -424,16 +445,28 @@ def bench_system(system: str, server: Server, wrk: str, bodies: dict[int, bytes]
                 raise RuntimeError(f"{system} answered {rows}-row request wrongly: {why}")
         result["correct"] = True
         for rows in bodies:
+            if args.quiet_wait > 0:
+                quiet = wait_for_quiet(args.quiet_wait)
+                if quiet["background_before_pct"] >= 25:
+                    log(f"the machine is still busy ({quiet['background_before_pct']:.0f}% of "
+                        f"a core) after {quiet['quiet_wait_s']:.0f}s: measuring anyway")
             if args.warmup > 0:
                 run_wrk(wrk, server.port, luas[rows], args.warmup, args.threads,
                         args.connections)
-            cpu0 = server.cpu_seconds()
+            (root0, kids0), sys0 = server.cpu_seconds(), psutil.cpu_times()
             r = run_wrk(wrk, server.port, luas[rows], args.duration, args.threads,
                         args.connections)
-            r["server_cpu_s"] = round(server.cpu_seconds() - cpu0, 2)
+            root1, kids1 = server.cpu_seconds()
+            r["server_cpu_s"] = round(root1 - root0 + kids1 - kids0, 2)
+            r["main_process_cpu_pct"] = round(100 * (root1 - root0) / r["seconds"], 1)
+            r["child_processes_cpu_pct"] = round(100 * (kids1 - kids0) / r["seconds"], 1)
+            r.update(machine_cpu(sys0, psutil.cpu_times(), r["seconds"],
+                                 r["server_cpu_s"] + r["wrk_cpu_s"]))
             r["server_cpu_pct"] = round(100 * r["server_cpu_s"] / r["seconds"], 1)
             r["server_cpu_us_per_req"] = round(1e6 * r["server_cpu_s"] / max(r["requests"], 1),
                                                1)
+            if args.quiet_wait > 0:
+                r.update(quiet)
             r["rows"] = rows
             r["rows_per_s"] = round(r["rps"] * rows, 1)
             r["flagged"] = r["error_count"] > 0
@@ -449,11 +482,65 @@ def bench_system(system: str, server: Server, wrk: str, bodies: dict[int, bytes]
             flag = "  ** FLAGGED: errors **" if r["flagged"] else ""
             log(f"{system} {rows:>3} rows: {r['rps']:>9,.0f} req/s  p50 {r['p50_ms']:.2f} ms  "
                 f"p99 {r['p99_ms']:.2f} ms  errors {r['error_count']}  server CPU "
-                f"{r['server_cpu_pct']:.0f}%{flag}")
+                f"{r['server_cpu_pct']:.0f}% ({r['server_cpu_us_per_req']:.0f} us/req)  "
+                f"background CPU {r['background_cpu_pct']:.0f}%{flag}")
         result["processes"] = len(server.tree())
     finally:
         server.stop()
     return result
+
+
+def machine_cpu(t0: Any, t1: Any, seconds: float, ours: float) -> dict[str, float]:
+    """CPU the rest of the machine used during a run (other tenants, noisy neighbours), in
+    % of one core, and the hypervisor's steal time: both make a run less trustworthy."""
+    total = _busy(t1) - _busy(t0)  # process time only: softirq (loopback TCP) is ours too
+    return {"machine_cpu_pct": round(100 * total / seconds, 1),
+            "background_cpu_pct": round(max(0.0, 100 * (total - ours) / seconds), 1),
+            "softirq_pct": round(100 * (t1.softirq - t0.softirq) / seconds, 1),
+            "steal_pct": round(100 * (t1.steal - t0.steal) / seconds, 1)}
+
+
+def _busy(t: Any) -> float:
+    return t.user + t.nice + t.system
+
+
+def wait_for_quiet(max_wait: float, threshold: float = 25.0) -> dict[str, float]:
+    """Wait (up to ``max_wait`` s) until the rest of the machine uses < ``threshold`` % of a
+    core over one second: this machine is shared, and a neighbour's burst skews a run."""
+    started = time.perf_counter()
+    while True:
+        t0 = psutil.cpu_times()
+        time.sleep(1.0)
+        busy = 100 * (_busy(psutil.cpu_times()) - _busy(t0))
+        waited = time.perf_counter() - started
+        if busy < threshold or waited >= max_wait:
+            return {"quiet_wait_s": round(waited, 1), "background_before_pct": round(busy, 1)}
+
+
+def merge_rounds(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One figure per system and size: the round with the median req/s (every round's
+    req/s, p99 and background CPU are kept beside it)."""
+    ok = [r for r in runs if "error" not in r]
+    if not ok:
+        return runs[-1]
+    out: dict[str, Any] = {
+        "rounds": len(runs), "failed_rounds": len(runs) - len(ok),
+        "errors": [r["error"] for r in runs if "error" in r],
+        "correct": all(r.get("correct") for r in ok),
+        "first_prediction_s": round(statistics.median(r["first_prediction_s"] for r in ok), 3),
+        "first_prediction_all_s": [r["first_prediction_s"] for r in ok],
+        "processes": ok[0].get("processes"), "sizes": {}}
+    for size in ok[0]["sizes"]:
+        per = sorted((r["sizes"][size] for r in ok if size in r["sizes"]),
+                     key=lambda x: x["rps"])
+        chosen = dict(per[(len(per) - 1) // 2])
+        chosen["all_rounds"] = [{k: x[k] for k in ("rps", "p50_ms", "p99_ms", "error_count",
+                                                   "server_cpu_us_per_req",
+                                                   "background_cpu_pct", "steal_pct")}
+                                for x in per]
+        chosen["flagged"] = any(x["flagged"] for x in per)
+        out["sizes"][size] = chosen
+    return out
 
 
 # -- Baton extras ----------------------------------------------------------------------
@@ -550,28 +637,48 @@ def verdicts(ratios: dict[str, Any], extras: dict[str, Any]) -> dict[str, Any]:
 
 
 def render(results: dict[str, Any]) -> str:
-    lines = [f"Measured {results['date']} on {results['machine']['description']}; wrk "
+    src = results.get("baton_source", {})
+    dirty = src.get("uncommitted_changes") or []
+    lines = [f"Baton at commit {src.get('commit', '?')[:12]}"
+             + (f" plus uncommitted changes to {', '.join(dirty)}" if dirty else "") + ".",
+             f"Measured {results['date']} on {results['machine']['description']}; wrk "
              f"-t{results['settings']['threads']} -c{results['settings']['connections']} "
              f"-d{results['settings']['duration_s']:g}s --latency (after a "
-             f"{results['settings']['warmup_s']:g}s warm-up), same bodies for every system.", "",
-             "| system | rows/req | req/s | rows/s | p50 ms | p99 ms | errors | server CPU % |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             f"{results['settings']['warmup_s']:g}s warm-up), same bodies for every system; "
+             f"median of {results['settings']['repeat']} round(s); niceness "
+             f"{results['settings']['nice']}. 'other CPU' is what the rest of the machine "
+             "used during the run, in % of one core.", "",
+             "| system | rows/req | req/s | rows/s | p50 ms | p99 ms | errors | server CPU % "
+             "(main + children) | server CPU µs/req | other CPU % |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for system, res in results["systems"].items():
         for rows, r in res.get("sizes", {}).items():
             err = f"{r['error_count']}" + (" FLAGGED" if r["flagged"] else "")
             lines.append(f"| {system} | {rows} | {r['rps']:,.0f} | {r['rows_per_s']:,.0f} | "
                          f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {err} | "
-                         f"{r['server_cpu_pct']:.0f} |")
+                         f"{r['server_cpu_pct']:.0f} ({r['main_process_cpu_pct']:.0f} + "
+                         f"{r['child_processes_cpu_pct']:.0f}) | "
+                         f"{r['server_cpu_us_per_req']:.0f} | "
+                         f"{r['background_cpu_pct']:.0f} |")
     lines += ["", "| target | measured | target | met |", "|---|---:|---:|---|"]
     for name, v in results["targets"].items():
         met = {True: "yes", False: "**NO**", None: "not measured"}[v["met"]]
         meas = "—" if v["measured"] is None else f"{v['measured']:g}"
         lines.append(f"| {name} | {meas} | {v['target']} | {met} |")
     r = results["ratios"]
-    lines += ["", "Baton vs floor: 1-row req/s "
-              f"{r.get('rps_1_baton_over_floor')}x, p99 {r.get('p99_1_baton_over_floor')}x; "
-              f"100-row req/s {r.get('rps_100_baton_over_floor')}x, p99 "
-              f"{r.get('p99_100_baton_over_floor')}x (Baton / floor)."]
+    def x(key: str) -> str:
+        return "—" if r.get(key) is None else f"{r[key]}"
+
+    lines += ["", f"Baton / floor: 1-row req/s {x('rps_1_baton_over_floor')}, p99 "
+              f"{x('p99_1_baton_over_floor')}; 100-row req/s {x('rps_100_baton_over_floor')}, "
+              f"p99 {x('p99_100_baton_over_floor')}."]
+    by_round = results.get("ratios_by_round", [])
+    if len(by_round) > 1:
+        keys = [("rps_1_baton_over_mlserver", "1-row req/s Baton/MLServer"),
+                ("p99_1_mlserver_over_baton", "1-row p99 MLServer/Baton"),
+                ("rows_100_baton_over_mlserver", "100-row rows/s Baton/MLServer")]
+        lines.append("Same ratios round by round: " + "; ".join(
+            f"{label} {[x.get(k) for x in by_round]}" for k, label in keys) + ".")
     ex = results.get("baton_extras", {})
     if ex.get("memory"):
         procs = ", ".join(f"pid {p['pid']} {p['hwm_mb']} MB" for p in ex["memory"]["processes"])
@@ -585,8 +692,13 @@ def render(results: dict[str, Any]) -> str:
         lines.append(f"Penguins environment, cold uv cache: build_seconds "
                      f"{cb.get('build_seconds')} s (whole check {cb.get('check_wall_s')} s, "
                      f"exit {cb.get('exit_code')}).")
+    for system, res in results["systems"].items():
+        mem = res.get("sizes", {}).get("1", {}).get("memory")
+        if mem and system != "baton":
+            lines.append(f"{system} peak RSS (VmHWM, all {len(mem['processes'])} processes) "
+                         f"during the 1-row run: {mem['peak_rss_mb']} MB.")
     firsts = {s: r.get("first_prediction_s") for s, r in results["systems"].items()}
-    lines.append("Launch to first prediction (load-test start): "
+    lines.append("Launch to first prediction (load-test starts, median of rounds): "
                  + ", ".join(f"{s} {v} s" for s, v in firsts.items()) + ".")
     return "\n".join(lines)
 
@@ -618,15 +730,35 @@ def versions(ml_env: Path | None, wrk: str) -> dict[str, str]:
     return v
 
 
+def source_state() -> dict[str, Any]:
+    """Which Baton was measured: the commit, and any uncommitted change to its source."""
+    def git(*args: str) -> str:
+        res = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+        return res.stdout.rstrip() if res.returncode == 0 else ""
+
+    dirty = [line[3:] for line in git("status", "--porcelain", "--", "src",
+                                      "pyproject.toml").splitlines()]
+    return {"commit": git("rev-parse", "HEAD"), "uncommitted_changes": dirty}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run (10)")
-    ap.add_argument("--warmup", type=float, default=2.0,
+    ap.add_argument("--duration", type=int, default=10, help="seconds per wrk run (10)")
+    ap.add_argument("--warmup", type=int, default=2,
                     help="seconds of unmeasured wrk load before each run (2; 0: none)")
     ap.add_argument("--only", default="baton,mlserver,floor",
                     help="systems to measure, comma-separated (baton,mlserver,floor)")
     ap.add_argument("--sizes", default="1,100", help="rows per request, comma-separated (1,100)")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="rounds over every system; the median round is reported (3)")
+    ap.add_argument("--quiet-wait", type=float, default=0.0,
+                    help="before each run, wait up to this many seconds for other processes "
+                         "to use < 25%% of a core (0: don't wait)")
+    ap.add_argument("--nice", type=int, default=-10 if os.geteuid() == 0 else 0,
+                    help="run the benchmark, every server and wrk at this niceness, so that "
+                         "other tenants of a shared machine disturb it less (-10 as root; "
+                         "0: unchanged)")
     ap.add_argument("--connections", type=int, default=16, help="wrk -c (16)")
     ap.add_argument("--threads", type=int, default=1, help="wrk -t (1)")
     ap.add_argument("--startup-runs", type=int, default=3,
@@ -641,9 +773,16 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"unknown system(s): {', '.join(sorted(unknown))}")
     sizes = sorted({int(s) for s in args.sizes.split(",") if s.strip()})
+    if args.duration < 1 or args.warmup < 0 or args.repeat < 1:
+        ap.error("--duration and --repeat must be >= 1, --warmup >= 0 (whole seconds)")
     if not sizes or min(sizes) < 1:
         ap.error("--sizes needs positive row counts")
 
+    global NICE
+    if args.nice:
+        os.setpriority(os.PRIO_PROCESS, 0, args.nice)  # inherited by every child
+        set_autogroup_nice("self", args.nice)  # wrk runs in this session's group
+        NICE = args.nice
     WORK.mkdir(parents=True, exist_ok=True)
     wrk = ensure_wrk()
     log("training LogisticRegression on make_classification(2000, 20, random_state=42)")
@@ -661,29 +800,36 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[str, Any] = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": machine(), "versions": versions(ml_env, wrk),
+        "machine": machine(), "versions": versions(ml_env, wrk), "baton_source": source_state(),
+        "load_before": list(os.getloadavg()),
         "settings": {"duration_s": args.duration, "warmup_s": args.warmup,
+                     "repeat": args.repeat, "nice": os.getpriority(os.PRIO_PROCESS, 0),
                      "threads": args.threads, "connections": args.connections,
                      "sizes": sizes, "request": "V2 infer, FP64 [N,20], flat data",
                      "body_bytes": {str(n): len(b) for n, b in bodies.items()}},
         "systems": {}, "baton_extras": {},
     }
     failed = False
-    for system in systems:
-        server = make_server(system, paths, ml_env)
-        log(f"starting {system} on port {server.port}")
-        try:
-            results["systems"][system] = bench_system(system, server, wrk, bodies, expected,
-                                                      luas, args)
-        except Exception as exc:  # noqa: BLE001 - report it and go on with the others
-            failed = True
-            log(f"{system} FAILED: {exc}")
-            results["systems"][system] = {"error": str(exc), "sizes": {}}
+    rounds: dict[str, list[dict[str, Any]]] = {s: [] for s in systems}
+    for n in range(args.repeat):  # whole rounds, so that noise spreads over every system
+        for system in systems:
+            server = make_server(system, paths, ml_env)
+            log(f"round {n + 1}/{args.repeat}: starting {system} on port {server.port}")
+            try:
+                rounds[system].append(bench_system(system, server, wrk, bodies, expected,
+                                                   luas, args))
+            except Exception as exc:  # noqa: BLE001 - report it and go on with the others
+                failed = True
+                log(f"{system} FAILED: {exc}")
+                rounds[system].append({"error": str(exc), "sizes": {}})
+    for system, runs in rounds.items():
+        results["systems"][system] = merge_rounds(runs)
     extras = results["baton_extras"]
-    baton_1 = results["systems"].get("baton", {}).get("sizes", {}).get("1")
-    if baton_1:
-        extras["memory"] = baton_1["memory"]
-        extras["peak_rss_mb"] = baton_1["memory"]["peak_rss_mb"]
+    mems = [r["sizes"]["1"]["memory"] for r in rounds.get("baton", []) if "1" in r["sizes"]]
+    if mems:
+        worst = max(mems, key=lambda m: m["peak_rss_mb"])  # the largest peak of any round
+        extras["memory"] = worst
+        extras["peak_rss_mb"] = worst["peak_rss_mb"]
     if args.startup_runs > 0:
         extras["startup"] = measure_startup(paths, bodies[min(sizes)], args.startup_runs)
     if not args.no_cold_build:
@@ -692,6 +838,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"cold build: {extras['cold_build']}")
 
     results["ratios"] = compute_ratios(results["systems"])
+    results["ratios_by_round"] = [compute_ratios({s: rounds[s][i] for s in systems})
+                                  for i in range(args.repeat)]
     results["targets"] = verdicts(results["ratios"], extras)
     flagged = [f"{s} {n}" for s, r in results["systems"].items()
                for n, x in r.get("sizes", {}).items() if x["flagged"]]
