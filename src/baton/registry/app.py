@@ -62,7 +62,7 @@ def create_app(registry: Registry, *, max_upload_bytes: int = 1 << 30) -> Starle
     def actor(request: Request) -> Actor:
         return registry.authenticate(_token(request))
 
-    async def whoami(request: Request) -> Response:
+    def whoami(request: Request) -> Response:
         a = actor(request)
         return JSONResponse({"name": a.name, "role": a.role})
 
@@ -75,7 +75,7 @@ def create_app(registry: Registry, *, max_upload_bytes: int = 1 << 30) -> Starle
                                                       q.get("stage"))})
 
     async def push(request: Request) -> Response:
-        a = actor(request)
+        a = await run_in_threadpool(actor, request)
         fd, tmp = tempfile.mkstemp(prefix="baton-upload-", suffix=".baton")
         try:
             size = 0
@@ -105,7 +105,7 @@ def create_app(registry: Registry, *, max_upload_bytes: int = 1 << 30) -> Starle
 
     async def promote(request: Request) -> Response:
         data = await _json(request)
-        a = actor(request)
+        a = await run_in_threadpool(actor, request)
         result = await run_in_threadpool(registry.promote, a, _ref(request),
                                          _text(data, "to", ""), _text(data, "reason", ""))
         return JSONResponse(result)
@@ -113,8 +113,9 @@ def create_app(registry: Registry, *, max_upload_bytes: int = 1 << 30) -> Starle
     async def decide(request: Request) -> Response:
         data = await _json(request)
         decision = "approve" if request.url.path.endswith("/approve") else "reject"
+        a = await run_in_threadpool(actor, request)
         return JSONResponse(await run_in_threadpool(
-            registry.decide, actor(request), _ref(request), decision, _text(data, "reason", "")))
+            registry.decide, a, _ref(request), decision, _text(data, "reason", "")))
 
     def history(request: Request) -> Response:
         return JSONResponse({"events": registry.history(actor(request),
@@ -129,7 +130,8 @@ def create_app(registry: Registry, *, max_upload_bytes: int = 1 << 30) -> Starle
 
     async def create_user(request: Request) -> Response:
         data = await _json(request)
-        return JSONResponse(registry.create_user(actor(request), _text(data, "name"),
+        a = await run_in_threadpool(actor, request)
+        return JSONResponse(await run_in_threadpool(registry.create_user, a, _text(data, "name"),
                                                  _text(data, "role")), status_code=201)
 
     async def create_token(request: Request) -> Response:
@@ -139,8 +141,9 @@ def create_app(registry: Registry, *, max_upload_bytes: int = 1 << 30) -> Starle
                                  or days <= 0):
             raise RequestError("field 'days' must be a positive number or null",
                                details={"field": "days"})
-        token = registry.create_token(actor(request), request.path_params["name"], days=days,
-                                      label=_text(data, "label", ""))
+        a = await run_in_threadpool(actor, request)
+        token = await run_in_threadpool(lambda: registry.create_token(
+            a, request.path_params["name"], days=days, label=_text(data, "label", "")))
         return JSONResponse({"token": token, "user": request.path_params["name"],
                              "days": days}, status_code=201)
 
@@ -170,17 +173,23 @@ def create_app(registry: Registry, *, max_upload_bytes: int = 1 << 30) -> Starle
     return Starlette(routes=routes, exception_handlers={BatonError: on_error})
 
 
-def subprocess_check_runner(home: Path) -> Any:
+def subprocess_check_runner(home: Path, timeout: float = 900.0) -> Any:
     """Run ``baton check`` in a child process with the registry's own Baton home."""
 
     def run(bundle_dir: Path) -> dict[str, Any]:
         with tempfile.TemporaryDirectory(prefix="baton-report-") as tmp:
             report = Path(tmp) / "report.json"
             env = dict(os.environ, BATON_HOME=str(home))
-            proc = subprocess.run(
-                [sys.executable, "-m", "baton", "check", str(bundle_dir),
-                 "--report", str(report), "--iterations", "50"],
-                capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
+            try:
+                proc = subprocess.run(
+                    [sys.executable, "-m", "baton", "check", str(bundle_dir),
+                     "--report", str(report), "--iterations", "50"],
+                    capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL,
+                    timeout=timeout)
+            except subprocess.TimeoutExpired:
+                return {"passed": False, "failed_stage": "check",
+                        "error": {"code": "CHECK_TIMEOUT",
+                                  "message": f"baton check took over {timeout:.0f}s"}}
             if not report.exists():
                 return {"passed": False, "failed_stage": "check",
                         "error": {"code": "CHECK_CRASHED", "message": proc.stderr[-2000:]}}

@@ -9,6 +9,7 @@ sees the other's result.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -65,6 +66,7 @@ TRANSITIONS = {
 }
 
 CheckRunner = Callable[[Path], dict[str, Any]]
+_USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,99}$")
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,10 @@ class Registry:
         if role not in ROLES:
             raise RequestError(f"role must be one of {', '.join(ROLES)}, got {role!r}",
                                code="INVALID_ROLE", details={"field": "role"})
+        if not _USER_NAME.match(name):
+            raise RequestError("user names are 1-100 letters, digits, '.', '_', '@' or '-', "
+                               f"starting with a letter or digit; got {name!r}",
+                               code="INVALID_USER_NAME", details={"field": "name"})
         with self.db.session() as s:
             if s.scalar(select(User).where(User.name == name)) is not None:
                 raise Conflict(f"user {name} already exists", code="USER_EXISTS")

@@ -257,7 +257,7 @@ class _StageError(Exception):
 
 def _claim_stdio() -> tuple[BinaryIO, BinaryIO]:
     """Keep stdin/stdout for the protocol; point fd 0 at /dev/null and fd 1 at stderr."""
-    proto_in = os.fdopen(os.dup(0), "rb")
+    proto_in = os.fdopen(os.dup(0), "rb", buffering=1 << 16)
     proto_out = os.fdopen(os.dup(1), "wb")
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
