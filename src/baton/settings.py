@@ -50,6 +50,8 @@ class Settings:
     #: Threads each worker's numeric libraries may use (OMP, BLAS).
     worker_threads: int = 1
     log_level: str = "info"
+    #: Expose Prometheus metrics at /metrics (and count every request).
+    metrics: bool = True
     #: Registry metadata database URL; empty: SQLite under ``home``.
     registry_db: str = ""
     #: Registry content folder; empty: ``home``/registry/blobs.

@@ -16,6 +16,7 @@ from baton.bundle.loader import open_bundle
 from baton.deployment import DeploymentSpec, StreamSpec, load_deployments
 from baton.env.builder import EnvBuilder
 from baton.errors import BatonError
+from baton.monitor.metrics import EngineMetrics
 from baton.serving.service import Engine, ModelService
 from baton.serving.traffic import Canary, Shadow
 from baton.settings import Settings
@@ -86,7 +87,7 @@ def build_engine(opts: ServeOptions, settings: Settings) -> Engine:
     if opts.deployment is not None:
         deployments += load_deployments(opts.deployment)
     services = [_deployed(d, settings, builder, client, opts.stage) for d in deployments]
-    engine = Engine(services, settings)
+    engine = Engine(services, settings, EngineMetrics() if settings.metrics else None)
     for d, svc in zip(deployments, services, strict=True):
         if d.stream is not None:
             _add_stream(engine, svc, d.stream)

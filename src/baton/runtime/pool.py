@@ -13,6 +13,7 @@ import asyncio
 import collections
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +62,8 @@ class WorkerPool:
         self._restarts: set[asyncio.Task[None]] = set()
         self._drained = asyncio.Event()
         self.load_error: BatonError | None = None
+        #: Called with the row count of every batch sent to a worker (metrics).
+        self.on_batch: Callable[[int], None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -146,6 +149,14 @@ class WorkerPool:
         return self._closing
 
     @property
+    def queued_rows(self) -> int:
+        return self._queued_rows
+
+    @property
+    def in_flight(self) -> int:
+        return self._busy
+
+    @property
     def ready(self) -> bool:
         return any(w is not None and w.state == "ready" for w in self.workers)
 
@@ -198,6 +209,8 @@ class WorkerPool:
                 continue
             self._busy += 1
             merged = concat_batches([it.batch for it in live])
+            if self.on_batch is not None:
+                self.on_batch(merged.rows)
             fut = worker.predict(merged, self.timeout)
             fut.add_done_callback(lambda f, w=worker, its=live: self._done(w, its, f))
 

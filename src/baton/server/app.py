@@ -22,6 +22,7 @@ from baton.errors import (
     PayloadTooLarge,
     RouteNotFound,
 )
+from baton.monitor.metrics import CONTENT_TYPE
 from baton.server.openapi import openapi_document
 from baton.serving.service import Engine
 
@@ -38,6 +39,13 @@ class _Response(Exception):
 
     def __init__(self, status: int, body: dict[str, Any]) -> None:
         self.status, self.body = status, body
+
+
+class _Metrics(Exception):  # noqa: N818 - a response, like _Response
+    """The Prometheus exposition, which is not JSON."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
 
 
 def error_body(err: BatonError) -> bytes:
@@ -93,6 +101,12 @@ class BatonApp:
             body = await self._route(scope, receive)
         except _Response as r:
             status, body = r.status, orjson.dumps(r.body)
+        except _Metrics as r:
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", CONTENT_TYPE.encode()),
+                                    (b"content-length", str(len(r.body)).encode())]})
+            await send({"type": "http.response.body", "body": r.body})
+            return
         except BatonError as err:
             status, body = err.http_status, error_body(err)
         except Exception:
@@ -123,6 +137,11 @@ class BatonApp:
                 self.engine.lookup(parts[2])  # 404 before reading the body
                 body = await self._body(scope, receive)
                 return await self.engine.get(parts[2]).predict_records(body)
+        if path == "/metrics":
+            _only(method, "GET")
+            if self.engine.metrics is None:
+                raise RouteNotFound("metrics are off (BATON_METRICS=false)")
+            raise _Metrics(self.engine.metrics.render())
         if path == "/openapi.json":
             _only(method, "GET")
             return orjson.dumps(openapi_document(self.engine))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -17,6 +18,8 @@ from baton.contract.spec import Contract, TensorSpec
 from baton.contract.validate import RecordsDecoder, check_outputs
 from baton.env.builder import Environment
 from baton.errors import BatonError, ModelNotFound, RequestError
+from baton.monitor.errors import error_stage
+from baton.monitor.metrics import EngineMetrics, ModelMetrics
 from baton.runtime.pool import WorkerPool
 from baton.runtime.worker import WorkerSpec
 from baton.serving import v2
@@ -62,24 +65,52 @@ class ModelService:
         self.successor: ModelService | None = None
         #: A candidate version receiving a copy of this version's traffic.
         self.shadow: Shadow | None = None
+        self.metrics: ModelMetrics | None = None
 
     @property
     def ready(self) -> bool:
         return self.pool.ready
 
+    def instrument(self, metrics: EngineMetrics) -> None:
+        self.metrics = metrics.model(self.name, self.version)
+        self.pool.on_batch = self.metrics.batch_rows.observe
+
     async def predict(self, batch: Batch) -> Batch:
+        """Score a checked batch; the output contract is enforced before anything returns."""
         if self.pool.closing and self.successor is not None \
                 and self.successor.contract.inputs == self.contract.inputs:
             return await self.successor.predict(batch)
+        m = self.metrics
+        start = time.perf_counter()
         out = await self.pool.predict(batch)
+        checked = time.perf_counter()
         if self.contract.kind == "tensors":
             _tensors_from_json(self.contract, out)
         check_outputs(self.contract, out, batch.rows)
         if len(out.columns) != len(self.contract.outputs):  # extra columns never leave
             out.columns = {n: out.columns[n] for n in self.contract.output_names}
+        if m is not None:
+            m.model.observe(checked - start)
+            m.output.observe(time.perf_counter() - checked)
         if self.shadow is not None:
             self.shadow.submit(batch, out)
         return out
+
+    async def _measured(self, endpoint: str, body: bytes,
+                        handle: Callable[[bytes], Awaitable[tuple[bytes, int]]]) -> bytes:
+        """Run one request, counting it and its failure stage when metrics are on."""
+        m = self.metrics
+        if m is None:
+            return (await handle(body))[0]
+        start = time.perf_counter()
+        try:
+            result, rows = await handle(body)
+        except BatonError as exc:
+            m.error(error_stage(exc), exc.code)
+            m.request(endpoint, exc.http_status, 0, time.perf_counter() - start)
+            raise
+        m.request(endpoint, 200, rows, time.perf_counter() - start)
+        return result
 
     async def warm_up(self) -> None:
         """Score the bundle's samples once; raise if the version cannot serve them."""
@@ -88,19 +119,33 @@ class ModelService:
             await call(self, request_body(self.contract, inputs))
 
     async def predict_records(self, body: bytes) -> bytes:
+        return await self._measured("predict", body, self._predict_records)
+
+    async def infer(self, body: bytes) -> bytes:
+        return await self._measured("infer", body, self._infer)
+
+    async def _predict_records(self, body: bytes) -> tuple[bytes, int]:
         if self.records is None:
             raise RequestError(f"{self.name} has a tensor contract: use "
                                f"/v2/models/{self.name}/infer", code="WRONG_ENDPOINT",
                                details={"endpoint": f"/v2/models/{self.name}/infer"})
-        out = await self.predict(self.records.decode(body))
+        start = time.perf_counter()
+        batch = self.records.decode(body)
+        if self.metrics is not None:
+            self.metrics.decode.observe(time.perf_counter() - start)
+        out = await self.predict(batch)
         return orjson.dumps({"model_name": self.name, "model_version": self.version,
-                             "predictions": out.to_records()})
+                             "predictions": out.to_records()}), batch.rows
 
-    async def infer(self, body: bytes) -> bytes:
+    async def _infer(self, body: bytes) -> tuple[bytes, int]:
+        start = time.perf_counter()
         req = v2.parse_request(body)
-        out = await self.predict(v2.decode_request(self.contract, req))
+        batch = v2.decode_request(self.contract, req)
+        if self.metrics is not None:
+            self.metrics.decode.observe(time.perf_counter() - start)
+        out = await self.predict(batch)
         return v2.encode_response(self.contract, self.name, self.version, req.id, out,
-                                  req.outputs)
+                                  req.outputs), batch.rows
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -137,8 +182,10 @@ def _tensors_from_json(contract: Contract, out: Batch) -> None:
 class Engine:
     """Every model served by one process; started and stopped as a whole."""
 
-    def __init__(self, services: list[ModelService], settings: Settings) -> None:
+    def __init__(self, services: list[ModelService], settings: Settings,
+                 metrics: EngineMetrics | None = None) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.models = {s.name: s for s in services}
         if len(self.models) != len(services):
             names = [s.name for s in services]
@@ -186,6 +233,10 @@ class Engine:
         for svc in self.models.values():
             svc.shadow = self.shadows.get(svc.name)
         services = self._all_services()
+        if self.metrics is not None:
+            self.metrics.watch(self)
+            for svc in services:
+                svc.instrument(self.metrics)
         results = await asyncio.gather(*(s.pool.start() for s in services),
                                        return_exceptions=True)
         for svc, res in zip(services, results, strict=True):
@@ -206,6 +257,8 @@ class Engine:
         """
         old = self.models.get(new.name)
         new.shadow = self.shadows.get(new.name)
+        if self.metrics is not None:
+            new.instrument(self.metrics)
         self.models[new.name] = new
         if old is not None:
             old.successor = new

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from baton.errors import BatonError, ContractViolation, ModelError, ModelNotReady, WorkerError
-from baton.streams.base import Message, OutRecord, Sink, Source, open_sink, open_source
+from baton.streams.base import Message, OutRecord, Sink, Source, open_sink, open_source, redact_url
 from baton.streams.records import ModelIdentity, dead_letter, decode_messages, output_record
 
 log = logging.getLogger("baton.streams")
@@ -103,8 +103,8 @@ class StreamPipeline:
         for name, part in (("input", self.source), ("output", self.sink),
                            ("dead letter", self.dead)):
             await self._retry(f"open {name}", part.open)
-        log.info("%s: streaming %s -> %s (dead letters: %s)", b.model, b.input, b.output,
-                 b.dead_letter)
+        log.info("%s: streaming %s -> %s (dead letters: %s)", b.model, redact_url(b.input),
+                 redact_url(b.output), redact_url(b.dead_letter))
 
     async def _read(self) -> list[Message]:
         assert self.source is not None
@@ -113,7 +113,12 @@ class StreamPipeline:
             self.binding.max_batch, self.binding.read_timeout))
 
     async def handle(self, messages: Sequence[Message]) -> None:
-        outputs, dead = await self._score(messages)
+        svc, outputs, dead = await self._score(messages)
+        if svc.metrics is not None:
+            for letter in dead:
+                stage = letter.headers["baton-stage"]
+                svc.metrics.error("output" if stage == "output_contract" else stage,
+                                  letter.headers["baton-code"])
         assert self.sink is not None and self.dead is not None
         sink, dead_sink = self.sink, self.dead
         if outputs:
@@ -128,22 +133,25 @@ class StreamPipeline:
         self.stats.dead_lettered += len(dead)
         self.stats.batches += 1
 
-    async def _score(self, messages: Sequence[Message]) -> tuple[list[OutRecord],
+    async def _score(self, messages: Sequence[Message]) -> tuple[Any, list[OutRecord],
                                                                  list[OutRecord]]:
         svc = await self._ready_service()
         model = ModelIdentity(svc.name, svc.version, svc.bundle.digest)
         decoded = decode_messages(messages, svc.records, model)
         outputs: list[OutRecord] = []
         dead = list(decoded.dead)
+        m = svc.metrics
         if decoded.batch is None:
-            return outputs, dead
+            return svc, outputs, dead
         try:
             out = await self._predict(svc, decoded.batch)
-            return [output_record(m, r, model) for m, r in
-                    zip(decoded.good, out.to_records(), strict=True)], dead
+            if m is not None:
+                m.records("stream", out.rows)
+            return svc, [output_record(msg, r, model) for msg, r in
+                         zip(decoded.good, out.to_records(), strict=True)], dead
         except (ModelError, WorkerError, ContractViolation) as exc:
             if len(decoded.good) == 1:
-                return [], [*dead, dead_letter(decoded.good[0], _stage(exc), exc, model)]
+                return svc, [], [*dead, dead_letter(decoded.good[0], _stage(exc), exc, model)]
         for i, msg in enumerate(decoded.good):  # isolate the record(s) that broke the model
             one = decoded.batch.slice(i, i + 1)
             try:
@@ -151,7 +159,9 @@ class StreamPipeline:
                 outputs.append(output_record(msg, out.to_records()[0], model))
             except (ModelError, WorkerError, ContractViolation) as exc:
                 dead.append(dead_letter(msg, _stage(exc), exc, model))
-        return outputs, dead
+        if m is not None and outputs:
+            m.records("stream", len(outputs))
+        return svc, outputs, dead
 
     async def _predict(self, svc: Any, batch: Any) -> Any:
         backoff = Backoff()
@@ -204,8 +214,9 @@ class StreamPipeline:
 
     def describe(self) -> dict[str, Any]:
         b, s = self.binding, self.stats
-        return {"model": b.model, "input": b.input, "output": b.output,
-                "dead_letter": b.dead_letter, "group": b.consumer_group,
+        return {"model": b.model, "input": redact_url(b.input),
+                "output": redact_url(b.output), "dead_letter": redact_url(b.dead_letter),
+                "group": b.consumer_group,
                 "consumed": s.consumed, "produced": s.produced,
                 "dead_lettered": s.dead_lettered, "batches": s.batches, "retries": s.retries,
                 "last_error": s.last_error}

@@ -1,0 +1,1 @@
+"""Monitoring: metrics for IT, quality and drift for data scientists."""
