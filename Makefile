@@ -23,8 +23,10 @@ run: install
 	$(BATON) check $(EXAMPLE) --report build/check-report.json
 	$(BATON) serve $(EXAMPLE) --host $(HOST) --port $(PORT)
 
-## Real services the tests use (PostgreSQL for the registry), started when not answering.
+## Real services the tests use (PostgreSQL, brokers), started when not answering, and the
+## Debian packages they need (Prometheus).
 services:
+	scripts/ensure-packages.sh
 	scripts/ensure-services.sh
 
 ## The whole test suite against real uv environments, real worker processes, real PostgreSQL.

@@ -82,16 +82,21 @@ class ModelService:
             return await self.successor.predict(batch)
         m = self.metrics
         start = time.perf_counter()
-        out = await self.pool.predict(batch)
+        try:
+            out = await self.pool.predict(batch)
+        finally:
+            if m is not None:  # failures take time too
+                m.model.observe(time.perf_counter() - start)
         checked = time.perf_counter()
-        if self.contract.kind == "tensors":
-            _tensors_from_json(self.contract, out)
-        check_outputs(self.contract, out, batch.rows)
+        try:
+            if self.contract.kind == "tensors":
+                _tensors_from_json(self.contract, out)
+            check_outputs(self.contract, out, batch.rows)
+        finally:
+            if m is not None:
+                m.output.observe(time.perf_counter() - checked)
         if len(out.columns) != len(self.contract.outputs):  # extra columns never leave
             out.columns = {n: out.columns[n] for n in self.contract.output_names}
-        if m is not None:
-            m.model.observe(checked - start)
-            m.output.observe(time.perf_counter() - checked)
         if self.shadow is not None:
             self.shadow.submit(batch, out)
         return out
