@@ -224,6 +224,8 @@ def test_canary_splits_and_shadow_compares(serve: Callable[..., Server],
     live = scorer(tmp_path, "1.0.0", 2.0).parent.parent / "scorer-1.0.0"
     cand = scorer(tmp_path, "2.0.0", 3.0).parent.parent / "scorer-2.0.0"
     server = serve([live], "--canary", f"{cand}=30")
+    wait_for(lambda: server.client.get("/v1/models").json()["models"][0]["traffic"][
+        "candidate_ready"])
     versions = collections.Counter(version_of(server) for _ in range(300))
     assert set(versions) == {"1.0.0", "2.0.0"}
     assert 40 <= versions["2.0.0"] <= 140, versions  # ~30% of 300, loosely
@@ -234,6 +236,7 @@ def test_canary_splits_and_shadow_compares(serve: Callable[..., Server],
     assert traffic["mode"] == "canary" and traffic["to_candidate"] == versions["2.0.0"]
 
     shadowed = serve([live], "--shadow", str(cand))
+    wait_for(lambda: shadowed.model("scorer")["parameters"]["traffic"]["candidate_ready"])
     for i in range(20):
         resp = shadowed.client.post("/v1/models/scorer/predict", json=[{"x": float(i)}])
         assert resp.json()["predictions"][0]["v"] == "1.0.0"  # never the candidate's output

@@ -31,7 +31,7 @@ def save_login(url: str, token: str) -> Path:
     path = config_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     data = load()
-    data["registry"] = {"url": url, "token": token}
+    data["registry"] = {"url": url.rstrip("/"), "token": token}
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(tomli_w.dumps(data))
@@ -42,10 +42,10 @@ def save_login(url: str, token: str) -> Path:
 def registry_credentials(url: str | None) -> tuple[str, str | None]:
     """URL and token: options and BATON_REGISTRY / BATON_TOKEN first, then the config file."""
     saved = load().get("registry", {})
-    url = url or os.environ.get("BATON_REGISTRY") or saved.get("url")
+    url = (url or os.environ.get("BATON_REGISTRY") or saved.get("url") or "").rstrip("/")
     if not url:
         raise BatonError("no registry given: pass --registry URL, set BATON_REGISTRY, or run "
                          "'baton login URL --token TOKEN'", code="NO_REGISTRY")
-    token = os.environ.get("BATON_TOKEN") or (saved.get("token")
-                                               if saved.get("url") == url else None)
+    token = os.environ.get("BATON_TOKEN") or (
+        saved.get("token") if str(saved.get("url", "")).rstrip("/") == url else None)
     return url, token

@@ -157,7 +157,8 @@ def check(bundle: Path, report: Path, iterations: int, wheelhouse: Path | None,
 @click.option("--unknown-fields", type=click.Choice(["reject", "ignore"]),
               help="Override the contracts' policy for unknown input fields.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
-@click.option("--registry", "registry_url", help="Serve from this registry: with no BUNDLES, "
+@click.option("--registry", "registry_url", envvar="BATON_REGISTRY",
+              help="Serve from this registry: with no BUNDLES, "
               "every model in --stage, following promotions and rollbacks.")
 @click.option("--stage", default="production", show_default=True,
               help="The registry stage this engine serves (its policy).")
@@ -193,4 +194,5 @@ def serve(bundles: tuple[str, ...], registry_url: str | None, stage: str, poll: 
 
 
 from baton.cli import registry as _registry_commands  # noqa: E402,F401  (registers verbs)
+from baton.cli import score as _score_command  # noqa: E402,F401
 from baton.cli import streams as _stream_commands  # noqa: E402,F401

@@ -15,7 +15,7 @@ import click
 from baton.bundle.loader import open_bundle
 from baton.deployment import DeploymentSpec, StreamSpec, load_deployments
 from baton.env.builder import EnvBuilder
-from baton.errors import BatonError
+from baton.errors import BatonError, BundleError, SettingsError
 from baton.monitor.metrics import EngineMetrics
 from baton.serving.service import Engine, ModelService
 from baton.serving.traffic import Canary, Shadow
@@ -67,8 +67,8 @@ def _candidate(ref: str, settings: Settings, builder: EnvBuilder, client: Any) -
     if Path(ref).exists():
         return _local_service(Path(ref), settings, builder)
     if client is None:
-        raise BatonError(f"no bundle at {ref} (give a path, or --registry to use NAME@VERSION)",
-                         code="BUNDLE_NOT_FOUND")
+        raise BundleError(f"no bundle at {ref} (give a path, or --registry to use "
+                          "NAME@VERSION)", code="BUNDLE_NOT_FOUND")
     from baton.serving.follow import prepare_from_registry
 
     return prepare_from_registry(client, ref, settings, ("staging", "production"))
@@ -106,16 +106,25 @@ def build_engine(opts: ServeOptions, settings: Settings) -> Engine:
         except ValueError:
             weight = -1.0
         if not ref or not 0 <= weight <= 1:
-            raise BatonError(f"--canary takes REF=PERCENT with PERCENT in 0..100, got "
-                             f"{opts.canary!r}", code="INVALID_SETTING")
+            raise SettingsError(f"--canary takes REF=PERCENT with PERCENT in 0..100, got "
+                                f"{opts.canary!r}")
         cand = _candidate(ref, settings, builder, client)
+        _check_candidate(engine, cand, "--canary")
         engine.canaries[cand.name] = Canary(cand, weight)
     if opts.shadow:
         cand = _candidate(opts.shadow, settings, builder, client)
+        _check_candidate(engine, cand, "--shadow")
         engine.shadows[cand.name] = Shadow(cand)
     if opts.input or opts.output or opts.dead_letter:
         _bind_stream(engine, opts)
     return engine
+
+
+def _check_candidate(engine: Engine, cand: ModelService, option: str) -> None:
+    if engine.source is None and cand.name not in engine.models:
+        raise SettingsError(f"{option} names {cand.name}@{cand.version}, but no version of "
+                            f"{cand.name} is served here (serving: "
+                            f"{', '.join(engine.models) or 'nothing'})")
 
 
 def _deployed(d: DeploymentSpec, settings: Settings, builder: EnvBuilder, client: Any,
@@ -128,18 +137,18 @@ def _deployed(d: DeploymentSpec, settings: Settings, builder: EnvBuilder, client
         from baton.serving.follow import prepare_from_registry
 
         return prepare_from_registry(client, d.bundle, own, (stage,))
-    raise BatonError(f"no bundle at {d.bundle}", code="BUNDLE_NOT_FOUND")
+    raise BundleError(f"no bundle at {d.bundle}", code="BUNDLE_NOT_FOUND")
 
 
 def _bind_stream(engine: Engine, opts: ServeOptions) -> None:
     missing = [n for n, v in (("--input", opts.input), ("--output", opts.output),
                               ("--dead-letter", opts.dead_letter)) if not v]
     if missing:
-        raise BatonError(f"a stream binding needs --input, --output and --dead-letter; "
-                         f"missing {', '.join(missing)}", code="INVALID_SETTING")
+        raise SettingsError(f"a stream binding needs --input, --output and --dead-letter; "
+                            f"missing {', '.join(missing)}")
     if len(engine.models) != 1:
-        raise BatonError("--input/--output bind one model: serve exactly one bundle "
-                         "(several models: use a deployment file)", code="INVALID_SETTING")
+        raise SettingsError("--input/--output bind one model: serve exactly one bundle "
+                            "(several models: use a deployment file)")
     [svc] = engine.models.values()
     _add_stream(engine, svc, StreamSpec(opts.input or "", opts.output or "",
                                         opts.dead_letter or "", opts.group or "",
@@ -153,8 +162,7 @@ def _add_stream(engine: Engine, svc: ModelService, spec: StreamSpec) -> None:
     for url in (spec.input, spec.output, spec.dead_letter):
         parse_url(url)
     if svc.records is None:
-        raise BatonError(f"{svc.name} has a tensor contract; streams carry records",
-                         code="INVALID_SETTING")
+        raise SettingsError(f"{svc.name} has a tensor contract; streams carry records")
     binding = StreamBinding(svc.name, spec.input, spec.output, spec.dead_letter, spec.group,
                             spec.max_batch)
     engine.streams.append(StreamPipeline(binding, lambda: engine.get(svc.name)))
@@ -194,8 +202,13 @@ def run_server(opts: ServeOptions, settings: Settings) -> None:
     # uvicorn drains, then re-raises the signal it caught; a drained shutdown exits 0.
     signal.signal(signal.SIGTERM, _exit_cleanly)
     signal.signal(signal.SIGINT, _exit_cleanly)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per registry poll
     server = uvicorn.Server(config)
-    server.run()
+    try:
+        server.run()
+    except SystemExit:
+        if server.started:
+            raise
     if not server.started:
         raise BatonError(f"the HTTP server could not start on {base} (see the log above: "
                          "is the port in use?)", code="SERVER_START_FAILED")

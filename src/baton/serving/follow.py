@@ -79,16 +79,18 @@ class RegistryFollower:
             try:
                 await self.sync()
                 self.last_error = None
+                self.engine.synced = True  # ready only once the registry has answered
             except BatonError as exc:
                 self.last_error = exc.message
                 log.warning("registry sync failed: %s", exc.message)
             self.syncs += 1
-            self.engine.synced = True
             await asyncio.sleep(self.interval)
 
     async def sync(self) -> None:
         rows = await asyncio.to_thread(self.client.list, None, self.stage)
         wanted = {row["name"]: row for row in rows}
+        digests = {row["digest"] for row in rows}
+        self.failed = {d: f for d, f in self.failed.items() if d in digests}
         for name, info in wanted.items():
             live = self.engine.models.get(name)
             if live is not None and live.bundle.digest == info["digest"]:

@@ -47,7 +47,8 @@ class Canary:
 
     def describe(self) -> dict[str, Any]:
         return {"mode": "canary", "candidate": self.candidate.version,
-                "candidate_digest": self.candidate.bundle.digest, "weight": self.weight,
+                "candidate_digest": self.candidate.bundle.digest,
+                "candidate_ready": self.candidate.ready, "weight": self.weight,
                 "requests": self.total, "to_candidate": self.sent}
 
 
@@ -113,7 +114,8 @@ class Shadow:
     def describe(self) -> dict[str, Any]:
         s = self.stats
         return {"mode": "shadow", "candidate": self.candidate.version,
-                "candidate_digest": self.candidate.bundle.digest, "requests": s.requests,
+                "candidate_digest": self.candidate.bundle.digest,
+                "candidate_ready": self.candidate.ready, "requests": s.requests,
                 "compared_rows": s.compared_rows, "mismatched_rows": s.mismatched_rows,
                 "max_abs_diff": s.max_abs_diff, "candidate_errors": s.candidate_errors,
                 "skipped": s.skipped, "recent": list(s.recent)[-10:]}

@@ -103,7 +103,7 @@ def decode_request(contract: Contract, req: InferenceRequest) -> Batch:
                                  f"input {spec.name!r} must be one column")
             _check_datatype(spec.name, inp.datatype, _ACCEPTS[spec.type], field_datatype(spec))
             raw = bytes(inp.data)
-            if _nesting(raw) == 2:  # [[v], [v], ...] for a declared [n, 1] column
+            if _nesting(raw) == 2 and len(inp.shape) == 2:  # [[v], ...] for an [n, 1] column
                 rows_of = orjson.loads(raw)
                 if not all(isinstance(r, list) and len(r) == 1 for r in rows_of):
                     raise _violation(spec.name, "one value per row", "rows of other lengths",
