@@ -49,6 +49,22 @@ class Hist:
         self.counts[bisect_left(self.bounds, value)] += 1
         self.sum += value
 
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def quantile(self, q: float) -> float | None:
+        """An upper bound of the q-quantile: the first bucket holding it (None if empty)."""
+        total = self.count
+        if total == 0:
+            return None
+        seen = 0
+        for bound, n in zip(self.bounds, self.counts, strict=False):
+            seen += n
+            if seen >= q * total:
+                return bound
+        return float("inf")
+
     def buckets(self) -> list[tuple[str, float]]:
         out, total = [], 0
         for bound, n in zip((*map(str, self.bounds), "+Inf"), self.counts, strict=True):
@@ -84,6 +100,25 @@ class ModelMetrics:
     def error(self, stage: str, code: str) -> None:
         key = (stage, code)
         self.errors[key] = self.errors.get(key, 0) + 1
+
+    def snapshot(self) -> dict[str, Any]:
+        """Counters and latency quantiles as plain data (for /v1/stats and the terminal)."""
+        by_stage = {stage: 0 for stage in STAGES}
+        for (stage, _), n in self.errors.items():
+            by_stage[stage] = by_stage.get(stage, 0) + n
+        return {
+            "requests": sum(self.requests.values()),
+            "records": sum(self.record_counts.values()),
+            "errors": sum(self.errors.values()),
+            "errors_by_stage": by_stage,
+            "errors_by_code": {f"{st}/{code}": n for (st, code), n in self.errors.items()},
+            "latency_seconds": {q: self.total.quantile(v) for q, v in
+                                (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))},
+            "stage_mean_seconds": {k: (h.sum / h.count if h.count else None)
+                                   for k, h in self.stages.items()},
+            "batch_rows_mean": (self.batch_rows.sum / self.batch_rows.count
+                                if self.batch_rows.count else None),
+        }
 
 
 class EngineMetrics:

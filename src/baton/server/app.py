@@ -123,6 +123,9 @@ class BatonApp:
         parts = path.strip("/").split("/")
         if parts[0] == "v2":
             return await self._v2(method, parts[1:], scope, receive)
+        if path == "/v1/stats":
+            _only(method, "GET")
+            return orjson.dumps(self.engine.stats(), option=orjson.OPT_SERIALIZE_NUMPY)
         if parts[:2] == ["v1", "models"]:
             if len(parts) == 2:
                 _only(method, "GET")

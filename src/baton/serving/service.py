@@ -292,6 +292,36 @@ class Engine:
         services = self._all_services()
         await asyncio.gather(*(s.close(self.settings.drain_timeout) for s in services))
 
+    def stats(self) -> dict[str, Any]:
+        """Live figures per model: traffic, errors by stage, latency, workers, resources."""
+        import psutil
+
+        models = []
+        for svc in self.models.values():
+            workers = []
+            for w in svc.pool.workers:
+                entry: dict[str, Any] = {"slot": w.slot if w else None,
+                                         "pid": w.pid if w else None,
+                                         "state": w.state if w else "absent"}
+                if w is not None and w.pid and w.state == "ready":
+                    try:
+                        p = psutil.Process(w.pid)
+                        with p.oneshot():
+                            t = p.cpu_times()
+                            entry["cpu_seconds"] = t.user + t.system
+                            entry["rss_bytes"] = p.memory_info().rss
+                    except psutil.Error:
+                        pass
+                workers.append(entry)
+            models.append({"name": svc.name, "version": svc.version, "ready": svc.ready,
+                           "digest": svc.bundle.digest, "queued_rows": svc.pool.queued_rows,
+                           "in_flight": svc.pool.in_flight,
+                           "restarts": svc.pool.stats.restarts,
+                           "last_failure": svc.pool.stats.last_failure, "workers": workers,
+                           "metrics": svc.metrics.snapshot() if svc.metrics else None})
+        return {"time": time.time(), "models": models,
+                "streams": [st.describe() for st in self.streams]}
+
     def describe(self) -> list[dict[str, Any]]:
         out = []
         for s in self.models.values():
