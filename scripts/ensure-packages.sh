@@ -5,6 +5,7 @@ set -euo pipefail
 missing=()
 command -v prometheus >/dev/null || missing+=(prometheus)
 command -v curl >/dev/null || missing+=(curl)
+command -v chromium >/dev/null || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
