@@ -52,6 +52,12 @@ class Settings:
     log_level: str = "info"
     #: Expose Prometheus metrics at /metrics (and count every request).
     metrics: bool = True
+    #: Share of predictions whose inputs and outputs are logged (0 turns the log off).
+    prediction_log_sample: float = 1.0
+    #: Days a logged prediction (and its label) is kept.
+    prediction_log_days: float = 7.0
+    #: Labelled predictions the quality figures are computed over.
+    quality_window: int = 1000
     #: Registry metadata database URL; empty: SQLite under ``home``.
     registry_db: str = ""
     #: Registry content folder; empty: ``home``/registry/blobs.
@@ -70,6 +76,10 @@ class Settings:
             ("worker_threads", self.worker_threads > 0, "a positive integer"),
             ("port", 0 <= self.port <= 65535, "a TCP port (0-65535)"),
             ("approvals", self.approvals >= 1, "an integer >= 1"),
+            ("prediction_log_sample", 0.0 <= self.prediction_log_sample <= 1.0,
+             "a share between 0 and 1"),
+            ("prediction_log_days", self.prediction_log_days > 0, "a number of days > 0"),
+            ("quality_window", self.quality_window > 0, "a positive number of labels"),
             ("unknown_fields", self.unknown_fields in ("", "reject", "ignore"),
              "'reject' or 'ignore'"),
             ("log_level", self.log_level.lower() in _LOG_LEVELS, ", ".join(_LOG_LEVELS)),
@@ -87,6 +97,10 @@ class Settings:
     @property
     def bundles_dir(self) -> Path:
         return self.home / "bundles"
+
+    @property
+    def prediction_log_path(self) -> Path:
+        return self.home / "predictions.sqlite"
 
     @property
     def registry_url(self) -> str:

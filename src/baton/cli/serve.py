@@ -17,6 +17,7 @@ from baton.deployment import DeploymentSpec, StreamSpec, load_deployments
 from baton.env.builder import EnvBuilder
 from baton.errors import BatonError, BundleError, SettingsError
 from baton.monitor.metrics import EngineMetrics
+from baton.monitor.predlog import PredictionLog
 from baton.serving.service import Engine, ModelService
 from baton.serving.traffic import Canary, Shadow
 from baton.settings import Settings
@@ -87,7 +88,10 @@ def build_engine(opts: ServeOptions, settings: Settings) -> Engine:
     if opts.deployment is not None:
         deployments += load_deployments(opts.deployment)
     services = [_deployed(d, settings, builder, client, opts.stage) for d in deployments]
-    engine = Engine(services, settings, EngineMetrics() if settings.metrics else None)
+    predlog = PredictionLog(settings.prediction_log_path, sample=settings.prediction_log_sample,
+                            retention_days=settings.prediction_log_days) \
+        if settings.prediction_log_sample > 0 else None
+    engine = Engine(services, settings, EngineMetrics() if settings.metrics else None, predlog)
     for d, svc in zip(deployments, services, strict=True):
         if d.stream is not None:
             _add_stream(engine, svc, d.stream)

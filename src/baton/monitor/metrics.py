@@ -86,6 +86,8 @@ class ModelMetrics:
         self.requests: dict[tuple[str, str], int] = {}
         self.record_counts: dict[str, int] = {}
         self.errors: dict[tuple[str, str], int] = {}
+        #: Set when predictions are logged and labels can arrive (a QualityTracker).
+        self.quality: Any = None
 
     def request(self, endpoint: str, status: int, rows: int, seconds: float) -> None:
         key = (endpoint, str(status))
@@ -118,6 +120,9 @@ class ModelMetrics:
                                    for k, h in self.stages.items()},
             "batch_rows_mean": (self.batch_rows.sum / self.batch_rows.count
                                 if self.batch_rows.count else None),
+            "quality": ({"labelled": self.quality.labelled, **self.quality.current,
+                         "history": list(self.quality.history)[-100:]}
+                        if self.quality is not None else None),
         }
 
 
@@ -160,6 +165,11 @@ class _TrafficCollector(Collector):
                                         "total.", labels=[*mv, "stage"])
         rows = HistogramMetricFamily("baton_batch_rows", "Rows per batch sent to a worker.",
                                      labels=mv)
+        quality = GaugeMetricFamily("baton_quality", "Model quality over the latest labelled "
+                                    "predictions (accuracy; or mae and rmse).",
+                                    labels=[*mv, "metric"])
+        labelled = GaugeMetricFamily("baton_quality_labelled_predictions", "Labelled "
+                                     "predictions the quality figures cover.", labels=mv)
         for m in list(self.models.values()):
             lv = [m.name, m.version]
             for (endpoint, status), n in m.requests.items():
@@ -171,7 +181,11 @@ class _TrafficCollector(Collector):
             for stage, h in m.stages.items():
                 latency.add_metric([*lv, stage], h.buckets(), h.sum)
             rows.add_metric(lv, m.batch_rows.buckets(), m.batch_rows.sum)
-        yield from (requests, records, errors, latency, rows)
+            if m.quality is not None and m.quality.labelled:
+                labelled.add_metric(lv, m.quality.labelled)
+                for metric, v in m.quality.current.items():
+                    quality.add_metric([*lv, metric], v)
+        yield from (requests, records, errors, latency, rows, quality, labelled)
 
 
 class _EngineCollector(Collector):

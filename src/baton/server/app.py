@@ -135,6 +135,10 @@ class BatonApp:
                 if self.engine.streams:
                     body["streams"] = [st.describe() for st in self.engine.streams]
                 return orjson.dumps(body)
+            if len(parts) == 4 and parts[3] == "feedback":
+                _only(method, "POST")
+                svc = self.engine.lookup(parts[2])
+                return await svc.feedback(await self._body(scope, receive))
             if len(parts) == 4 and parts[3] == "predict":
                 _only(method, "POST")
                 self.engine.lookup(parts[2])  # 404 before reading the body

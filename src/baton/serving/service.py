@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,6 +20,8 @@ from baton.env.builder import Environment
 from baton.errors import BatonError, ModelNotFound, RequestError
 from baton.monitor.errors import error_stage
 from baton.monitor.metrics import EngineMetrics, ModelMetrics
+from baton.monitor.predlog import PredictionLog, new_ids
+from baton.monitor.quality import QualityTracker, parse_feedback, prediction_field
 from baton.runtime.pool import WorkerPool
 from baton.runtime.worker import WorkerSpec
 from baton.serving import v2
@@ -66,14 +68,49 @@ class ModelService:
         #: A candidate version receiving a copy of this version's traffic.
         self.shadow: Shadow | None = None
         self.metrics: ModelMetrics | None = None
+        self.predlog: PredictionLog | None = None
+        self.quality: QualityTracker | None = None
 
     @property
     def ready(self) -> bool:
         return self.pool.ready
 
-    def instrument(self, metrics: EngineMetrics) -> None:
-        self.metrics = metrics.model(self.name, self.version)
-        self.pool.on_batch = self.metrics.batch_rows.observe
+    def instrument(self, metrics: EngineMetrics | None, predlog: PredictionLog | None,
+                   quality_window: int = 1000) -> None:
+        if metrics is not None:
+            self.metrics = metrics.model(self.name, self.version)
+            self.pool.on_batch = self.metrics.batch_rows.observe
+        self.predlog = predlog
+        spec = prediction_field(self.contract)
+        if predlog is not None and spec is not None:
+            self.quality = QualityTracker(spec, quality_window)
+            if self.metrics is not None:
+                self.metrics.quality = self.quality
+
+    def log_predictions(self, ids: Sequence[str], inputs: Batch, outputs: Batch) -> None:
+        if self.predlog is not None:
+            self.predlog.record(self.name, self.version, ids, inputs, outputs)
+
+    async def feedback(self, body: bytes) -> bytes:
+        """Join true values to logged predictions; recompute the quality figures."""
+        if self.predlog is None or self.quality is None:
+            raise RequestError(f"{self.name} takes no feedback: the prediction log is off or "
+                               "the model has no records prediction field",
+                               code="FEEDBACK_UNAVAILABLE")
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise RequestError(f"request body is not valid JSON: {exc}",
+                               code="INVALID_JSON") from None
+        labels = parse_feedback(data, self.quality.spec)
+        await self.predlog.flush()  # predictions made a moment ago are in the log
+        result = await asyncio.to_thread(self.predlog.add_labels, self.name, labels)
+        pairs = await asyncio.to_thread(self.predlog.labelled, self.name, self.version,
+                                        self.quality.window)
+        current = self.quality.update(pairs)
+        return orjson.dumps({"accepted": len(result.accepted), "unknown": result.unknown,
+                             "duplicates": result.duplicates, "quality": current,
+                             "labelled": self.quality.labelled})
 
     async def predict(self, batch: Batch) -> Batch:
         """Score a checked batch; the output contract is enforced before anything returns."""
@@ -139,8 +176,10 @@ class ModelService:
         if self.metrics is not None:
             self.metrics.decode.observe(time.perf_counter() - start)
         out = await self.predict(batch)
+        ids = new_ids(batch.rows)
+        self.log_predictions(ids, batch, out)
         return orjson.dumps({"model_name": self.name, "model_version": self.version,
-                             "predictions": out.to_records()}), batch.rows
+                             "predictions": out.to_records(), "ids": ids}), batch.rows
 
     async def _infer(self, body: bytes) -> tuple[bytes, int]:
         start = time.perf_counter()
@@ -149,8 +188,10 @@ class ModelService:
         if self.metrics is not None:
             self.metrics.decode.observe(time.perf_counter() - start)
         out = await self.predict(batch)
+        ids = new_ids(batch.rows)
+        self.log_predictions(ids, batch, out)
         return v2.encode_response(self.contract, self.name, self.version, req.id, out,
-                                  req.outputs), batch.rows
+                                  req.outputs, ids), batch.rows
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -188,9 +229,11 @@ class Engine:
     """Every model served by one process; started and stopped as a whole."""
 
     def __init__(self, services: list[ModelService], settings: Settings,
-                 metrics: EngineMetrics | None = None) -> None:
+                 metrics: EngineMetrics | None = None,
+                 predlog: PredictionLog | None = None) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.predlog = predlog
         self.models = {s.name: s for s in services}
         if len(self.models) != len(services):
             names = [s.name for s in services]
@@ -240,8 +283,11 @@ class Engine:
         services = self._all_services()
         if self.metrics is not None:
             self.metrics.watch(self)
-            for svc in services:
-                svc.instrument(self.metrics)
+        if self.predlog is not None:
+            self.predlog.open()
+            self.background.append(self.predlog.run)
+        for svc in services:
+            self._instrument(svc)
         results = await asyncio.gather(*(s.pool.start() for s in services),
                                        return_exceptions=True)
         for svc, res in zip(services, results, strict=True):
@@ -262,13 +308,15 @@ class Engine:
         """
         old = self.models.get(new.name)
         new.shadow = self.shadows.get(new.name)
-        if self.metrics is not None:
-            new.instrument(self.metrics)
+        self._instrument(new)
         self.models[new.name] = new
         if old is not None:
             old.successor = new
             await old.close(self.settings.drain_timeout)
         return old
+
+    def _instrument(self, svc: ModelService) -> None:
+        svc.instrument(self.metrics, self.predlog, self.settings.quality_window)
 
     def _all_services(self) -> list[ModelService]:
         return [*self.models.values(), *(c.candidate for c in self.canaries.values()),
@@ -289,6 +337,9 @@ class Engine:
                 log.warning("streams did not drain within %.0fs", self.settings.drain_timeout)
         for task in self._tasks:
             task.cancel()
+        if self.predlog is not None:
+            await self.predlog.flush()
+            self.predlog.close()
         services = self._all_services()
         await asyncio.gather(*(s.close(self.settings.drain_timeout) for s in services))
 

@@ -201,7 +201,8 @@ def _tensor_out(name: str, datatype: str, col: Column) -> dict[str, Any]:
 
 
 def encode_response(contract: Contract, model: str, version: str, request_id: str | None,
-                    outputs: Batch, wanted: list[RequestOutput] | None) -> bytes:
+                    outputs: Batch, wanted: list[RequestOutput] | None,
+                    prediction_ids: list[str] | None = None) -> bytes:
     specs = contract.outputs
     if wanted:
         names = {o.name for o in wanted}
@@ -217,4 +218,6 @@ def encode_response(contract: Contract, model: str, version: str, request_id: st
     body: dict[str, Any] = {"model_name": model, "model_version": version, "outputs": tensors}
     if request_id is not None:
         body["id"] = request_id
+    if prediction_ids is not None:
+        body["parameters"] = {"prediction_ids": prediction_ids}
     return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)

@@ -147,6 +147,7 @@ class StreamPipeline:
             out = await self._predict(svc, decoded.batch)
             if m is not None:
                 m.records("stream", out.rows)
+            svc.log_predictions([msg.key or "" for msg in decoded.good], decoded.batch, out)
             return svc, [output_record(msg, r, model) for msg, r in
                          zip(decoded.good, out.to_records(), strict=True)], dead
         except (ModelError, WorkerError, ContractViolation) as exc:

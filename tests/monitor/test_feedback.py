@@ -1,0 +1,100 @@
+"""Prediction ids, the prediction log, ground truth feedback and quality metrics."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import Server, write_bundle
+
+CLASSIFIER = '''
+class Model:
+    def predict(self, inputs):
+        return {"prediction": ["neg" if x < 0 else "pos" for x in inputs["x"]]}
+'''
+CLASSIFIER_CONTRACT = '''
+[contract]
+kind = "records"
+[[contract.inputs]]
+name = "x"
+type = "float"
+[[contract.outputs]]
+name = "prediction"
+type = "string"
+categories = ["neg", "pos"]
+'''
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_bundle(tmp_path_factory.mktemp("fb") / "sign", name="sign", code=CLASSIFIER,
+                        contract=CLASSIFIER_CONTRACT)
+
+
+def quality_metric(server: Server, metric: str) -> float:
+    for fam in text_string_to_metric_families(server.client.get("/metrics").text):
+        for s in fam.samples:
+            if s.name == "baton_quality" and s.labels.get("metric") == metric:
+                return s.value
+    raise AssertionError(f"no baton_quality{{metric={metric!r}}}")
+
+
+def test_accuracy_from_feedback_joined_to_logged_predictions(
+        serve: Callable[..., Server], classifier: Path) -> None:
+    server = serve([classifier])
+    resp = server.client.post("/v1/models/sign/predict",
+                              json=[{"x": -1.0}, {"x": 2.0}, {"x": 3.0}, {"x": -4.0}])
+    body = resp.json()
+    ids = body["ids"]
+    assert len(ids) == 4 and len(set(ids)) == 4
+    assert [p["prediction"] for p in body["predictions"]] == ["neg", "pos", "pos", "neg"]
+    labels = [{"id": ids[0], "label": "neg"}, {"id": ids[1], "label": "pos"},
+              {"id": ids[2], "label": "neg"}, {"id": "nope-0", "label": "pos"}]
+    fb = server.client.post("/v1/models/sign/feedback", json=labels)
+    assert fb.status_code == 200, fb.text
+    out = fb.json()
+    assert out["accepted"] == 3 and out["unknown"] == ["nope-0"] and out["duplicates"] == []
+    assert out["quality"] == {"accuracy": pytest.approx(2 / 3)} and out["labelled"] == 3
+    assert quality_metric(server, "accuracy") == pytest.approx(2 / 3)
+
+    again = server.client.post("/v1/models/sign/feedback",
+                               json=[{"id": ids[0], "label": "pos"}, {"id": ids[3],
+                                                                       "label": "neg"}])
+    assert again.json()["duplicates"] == [ids[0]] and again.json()["accepted"] == 1
+    assert again.json()["quality"]["accuracy"] == pytest.approx(3 / 4)
+    stats = server.client.get("/v1/stats").json()["models"][0]["metrics"]["quality"]
+    assert stats["labelled"] == 4 and stats["accuracy"] == pytest.approx(0.75)
+    assert len(stats["history"]) == 2
+
+
+def test_bad_feedback_gets_a_clear_error_and_serving_goes_on(
+        serve: Callable[..., Server], classifier: Path) -> None:
+    server = serve([classifier])
+    ids = server.client.post("/v1/models/sign/predict", json=[{"x": 1.0}]).json()["ids"]
+    wrong = server.client.post("/v1/models/sign/feedback", json=[{"id": ids[0], "label": 1}])
+    assert wrong.status_code == 422
+    v = wrong.json()["details"]["violations"][0]
+    assert (v["record"], v["field"], v["expected"], v["got"]) == (0, "label", "string", 1)
+    shape = server.client.post("/v1/models/sign/feedback", json={"id": ids[0]})
+    assert shape.status_code == 400 and shape.json()["code"] == "BAD_SHAPE"
+    missing = server.client.post("/v1/models/sign/feedback", json=[{"label": "pos"}])
+    assert missing.status_code == 400 and missing.json()["details"]["record"] == 0
+    assert server.client.post("/v1/models/nope/feedback", json=[]).status_code == 404
+    assert server.client.post("/v1/models/sign/predict", json=[{"x": 1.0}]).status_code == 200
+
+
+def test_regression_quality_and_v2_prediction_ids(serve: Callable[..., Server],
+                                                  chaos_bundle: Path) -> None:
+    server = serve([chaos_bundle])
+    resp = server.client.post("/v2/models/chaos/infer", json={"inputs": [
+        {"name": "action", "shape": [2], "datatype": "BYTES", "data": ["ok", "ok"]},
+        {"name": "x", "shape": [2], "datatype": "FP64", "data": [1.0, 2.0]}]})
+    ids = resp.json()["parameters"]["prediction_ids"]  # y = 2.0 and 4.0
+    fb = server.client.post("/v1/models/chaos/feedback", json=[
+        {"id": ids[0], "label": 2.5}, {"id": ids[1], "label": 4}]).json()
+    assert fb["quality"]["mae"] == pytest.approx(0.25)
+    assert fb["quality"]["rmse"] == pytest.approx(math.sqrt(0.125))
