@@ -1,0 +1,112 @@
+"""``baton status`` and ``baton top``: the engine's live figures in the terminal."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import click
+import httpx
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+
+from baton.cli.main import errors_to_exit, main
+from baton.errors import BatonError
+
+url_option = click.option("--url", default="http://127.0.0.1:8000", show_default=True,
+                          envvar="BATON_URL", help="The engine to ask.")
+
+
+def fetch(url: str) -> dict[str, Any]:
+    try:
+        resp = httpx.get(url.rstrip("/") + "/v1/stats", timeout=5)
+        resp.raise_for_status()
+        return resp.json()  # type: ignore[no-any-return]
+    except httpx.HTTPError as exc:
+        raise BatonError(f"cannot read {url}/v1/stats: {exc}", code="ENGINE_UNREACHABLE") \
+            from None
+
+
+def _ms(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return ">10s" if seconds == float("inf") else f"{seconds * 1000:.1f}"
+
+
+def render(now: dict[str, Any], before: dict[str, Any] | None) -> Group:
+    """One table of models (with rates when ``before`` is given) and one of streams."""
+    dt = (now["time"] - before["time"]) if before else 0.0
+    prev = {(m["name"], m["version"]): m for m in (before or {}).get("models", [])}
+    table = Table(title="models", title_justify="left")
+    for col in ("model", "version", "ready", "workers", "restarts", "req/s", "rec/s",
+                "requests", "errors", "failing stage", "p50 ms", "p99 ms", "queue",
+                "cpu %", "memory MB", "quality"):
+        table.add_column(col, justify="left" if col in ("model", "version",
+                                                        "failing stage") else "right")
+    for m in now["models"]:
+        met = m.get("metrics") or {}
+        old = (prev.get((m["name"], m["version"])) or {}).get("metrics") or {}
+        def rate(key: str, met: dict[str, Any] = met, old: dict[str, Any] = old) -> str:
+            return f"{(met.get(key, 0) - old.get(key, 0)) / dt:.1f}" if dt > 0 else "-"
+
+        errors = met.get("errors_by_stage", {})
+        old_errors = old.get("errors_by_stage", {})
+        failing = max(errors, key=lambda s: errors[s] - old_errors.get(s, 0), default="")
+        rising = failing and errors[failing] - old_errors.get(failing, 0) > 0
+        workers = m["workers"]
+        cpu = sum(w.get("cpu_seconds", 0) for w in workers)
+        old_cpu = sum(w.get("cpu_seconds", 0) for w in
+                      (prev.get((m["name"], m["version"])) or {}).get("workers", []))
+        quality = met.get("quality") or {}
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in quality.items()
+                          if k not in ("labelled", "history") and isinstance(v, float))
+        table.add_row(
+            m["name"], m["version"], "yes" if m["ready"] else "[red]NO[/red]",
+            f"{sum(w['state'] == 'ready' for w in workers)}/{len(workers)}",
+            str(m["restarts"]), rate("requests"), rate("records"),
+            str(met.get("requests", 0)), str(met.get("errors", 0)),
+            f"[red]{failing}[/red]" if rising else "-",
+            _ms((met.get("latency_seconds") or {}).get("p50")),
+            _ms((met.get("latency_seconds") or {}).get("p99")), str(m["queued_rows"]),
+            f"{(cpu - old_cpu) / dt * 100:.0f}" if dt > 0 else "-",
+            f"{sum(w.get('rss_bytes', 0) for w in workers) / 2**20:.0f}", shown or "-")
+    parts: list[Any] = [table]
+    if now.get("streams"):
+        st = Table(title="streams", title_justify="left")
+        for col in ("model", "input", "consumed", "produced", "dead letters", "retries",
+                    "last error"):
+            st.add_column(col)
+        for s in now["streams"]:
+            st.add_row(s["model"], s["input"], str(s["consumed"]), str(s["produced"]),
+                       str(s["dead_lettered"]), str(s["retries"]), s["last_error"] or "-")
+        parts.append(st)
+    return Group(*parts)
+
+
+@main.command()
+@url_option
+@errors_to_exit
+def status(url: str) -> None:
+    """The engine's models, workers, traffic, errors and latency, once."""
+    first = fetch(url)
+    time.sleep(1.0)
+    Console().print(render(fetch(url), first))
+
+
+@main.command()
+@url_option
+@click.option("--interval", type=float, default=1.0, show_default=True)
+@errors_to_exit
+def top(url: str, interval: float) -> None:
+    """The same figures, live (Ctrl-C to quit)."""
+    before = fetch(url)
+    with Live(render(before, None), refresh_per_second=4, screen=False) as live:
+        try:
+            while True:
+                time.sleep(interval)
+                now = fetch(url)
+                live.update(render(now, before))
+                before = now
+        except KeyboardInterrupt:
+            pass
