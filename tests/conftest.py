@@ -103,8 +103,9 @@ def serve(baton_env: dict[str, str]) -> Iterator[Callable[..., Server]]:
     """Factory: ``serve([bundle, ...], "--workers", "2")`` starts a ready server."""
     servers: list[Server] = []
 
-    def start(bundles: list[Path], *args: str, ready: bool = True) -> Server:
-        server = Server(bundles, baton_env, list(args))
+    def start(bundles: list[Path], *args: str, ready: bool = True,
+              env: dict[str, str] | None = None) -> Server:
+        server = Server(bundles, {**baton_env, **(env or {})}, list(args))
         servers.append(server)
         if ready:
             server.wait_ready()

@@ -77,8 +77,8 @@ def _json(path: Path) -> Any:
 def test_the_bundle_has_a_manifest_a_model_and_samples(packaged: Path) -> None:
     files = sorted(p.relative_to(packaged).as_posix() for p in packaged.rglob("*")
                    if p.is_file())
-    assert files == ["baton.toml", "model/model.pkl", "samples/expected.json",
-                     "samples/input.json"]
+    assert files == ["baton.toml", "model/model.pkl", "monitoring/reference.json",
+                     "samples/expected.json", "samples/input.json"]
     m = BundleManifest.load(packaged)
     assert (m.name, m.version, m.owner) == ("penguins", "1.2.0", "ds@example.com")
     assert (m.model.entrypoint, m.model.artifact, m.model.method) == \

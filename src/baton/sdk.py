@@ -29,14 +29,17 @@ from baton.bundle.manifest import (
     BundleManifest,
     EnvironmentSpec,
     ModelSpec,
+    MonitoringSpec,
     SamplesSpec,
     ServingSpec,
 )
 from baton.contract.infer import MAX_INFERRED_CATEGORIES, infer_fields, infer_tensor
 from baton.contract.spec import Contract, FieldSpec
 from baton.errors import BundleError
+from baton.monitor.drift import reference_profile
 
 ARTIFACT = "model/model.pkl"
+REFERENCE = "monitoring/reference.json"
 _SKIP_DISTS = {"pip", "setuptools", "wheel", "baton"}
 
 
@@ -89,7 +92,8 @@ def package(model: Any, sample: Any, *, name: str, version: str = "0.1.0",
                                     tuple(requirements)),
         contract=contract,
         samples=SamplesSpec("samples/input.json", "samples/expected.json", tolerance),
-        serving=ServingSpec(workers=workers))
+        serving=ServingSpec(workers=workers),
+        monitoring=MonitoringSpec(REFERENCE if records else None))
     BundleManifest.from_dict(manifest.to_dict())  # the same checks a reader applies
 
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -100,6 +104,9 @@ def package(model: Any, sample: Any, *, name: str, version: str = "0.1.0",
         (tmp / "samples").mkdir()
         (tmp / "samples/input.json").write_text(_json(sample_in))
         (tmp / "samples/expected.json").write_text(_json(sample_out))
+        if records:
+            (tmp / "monitoring").mkdir()
+            (tmp / REFERENCE).write_text(_json(reference_profile(sample, inputs)))
         for src in map(Path, code):
             dest = tmp / src.name
             if src.is_dir():

@@ -58,6 +58,10 @@ class Settings:
     prediction_log_days: float = 7.0
     #: Labelled predictions the quality figures are computed over.
     quality_window: int = 1000
+    #: Seconds between drift checks; a feature that starts drifting raises an alert.
+    drift_interval: float = 10.0
+    #: URL that receives each drift alert as a JSON POST (empty: alerts are logged only).
+    drift_webhook: str = ""
     #: Registry metadata database URL; empty: SQLite under ``home``.
     registry_db: str = ""
     #: Registry content folder; empty: ``home``/registry/blobs.
@@ -80,6 +84,7 @@ class Settings:
              "a share between 0 and 1"),
             ("prediction_log_days", self.prediction_log_days > 0, "a number of days > 0"),
             ("quality_window", self.quality_window > 0, "a positive number of labels"),
+            ("drift_interval", self.drift_interval > 0, "a number of seconds > 0"),
             ("unknown_fields", self.unknown_fields in ("", "reject", "ignore"),
              "'reject' or 'ignore'"),
             ("log_level", self.log_level.lower() in _LOG_LEVELS, ", ".join(_LOG_LEVELS)),

@@ -172,6 +172,7 @@ def _check_references(bundle_dir: Path, manifest: BundleManifest, files: set[str
     if manifest.samples:
         refs += [("samples.input", manifest.samples.input),
                  ("samples.expected", manifest.samples.expected)]
+    refs.append(("monitoring.reference", manifest.monitoring.reference))
     for name, rel in refs:
         if rel is not None and rel not in files:
             raise BundleError(f"{MANIFEST_NAME} names {name} = {rel!r}, which is not in "

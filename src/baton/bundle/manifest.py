@@ -22,14 +22,15 @@ _ENTRYPOINT = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _PIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9,._-]+\])?==[A-Za-z0-9.+!_-]+"
                   r"(\s*;\s*[^;]+)?$")
 _PYTHON = re.compile(r"^3\.\d{1,2}$")
-_SECTIONS = {"bundle", "model", "environment", "contract", "samples", "serving"}
+_SECTIONS = {"bundle", "model", "environment", "contract", "samples", "serving", "monitoring"}
 #: Keys each section accepts ([contract] checks its own): a misspelt key is an error, not
 #: a silently ignored setting (``requirement = [...]`` would build an empty environment).
 _KEYS = {"bundle": {"name", "version", "description", "owner"},
          "model": {"runner", "entrypoint", "artifact", "method"},
          "environment": {"python", "requirements"},
          "samples": {"input", "expected", "tolerance"},
-         "serving": {"workers", "timeout", "max_batch_rows"}}
+         "serving": {"workers", "timeout", "max_batch_rows"},
+         "monitoring": {"reference", "drift_threshold"}}
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,15 @@ class ServingSpec:
 
 
 @dataclass(frozen=True)
+class MonitoringSpec:
+    """Drift reference (per-feature distributions of the training sample) and its alarm."""
+
+    reference: str | None = None
+    #: Population stability index above which a feature is reported as drifting.
+    drift_threshold: float = 0.2
+
+
+@dataclass(frozen=True)
 class BundleManifest:
     name: str
     version: str
@@ -84,6 +94,7 @@ class BundleManifest:
     serving: ServingSpec = field(default_factory=ServingSpec)
     description: str = ""
     owner: str = ""
+    monitoring: MonitoringSpec = field(default_factory=MonitoringSpec)
 
     @classmethod
     def load(cls, bundle_dir: Path) -> BundleManifest:
@@ -122,10 +133,18 @@ class BundleManifest:
             samples = SamplesSpec(_relpath(s, "samples.input"), _relpath(s, "samples.expected"),
                                   _number(s.get("tolerance", 1e-6), "samples.tolerance", lo=0))
         serving = _serving(data.get("serving", {}))
+        monitoring = MonitoringSpec()
+        if "monitoring" in data:
+            mon = _table(data, "monitoring")
+            monitoring = MonitoringSpec(
+                _relpath(mon, "monitoring.reference") if "reference" in mon else None,
+                float(_number(mon.get("drift_threshold", 0.2), "monitoring.drift_threshold",
+                              lo=0)))
         return cls(name=name, version=version, model=_model(_table(data, "model")),
                    environment=_environment(_table(data, "environment")), contract=contract,
                    samples=samples, serving=serving,
-                   description=str(b.get("description", "")), owner=str(b.get("owner", "")))
+                   description=str(b.get("description", "")), owner=str(b.get("owner", "")),
+                   monitoring=monitoring)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -140,6 +159,11 @@ class BundleManifest:
         if self.samples:
             out["samples"] = {"input": self.samples.input, "expected": self.samples.expected,
                               "tolerance": self.samples.tolerance}
+        if self.monitoring != MonitoringSpec():
+            mon: dict[str, Any] = {"drift_threshold": self.monitoring.drift_threshold}
+            if self.monitoring.reference is not None:
+                mon["reference"] = self.monitoring.reference
+            out["monitoring"] = mon
         out["contract"] = self.contract.to_dict()
         return out
 

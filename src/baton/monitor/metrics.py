@@ -234,6 +234,7 @@ class _EngineCollector(Collector):
         for pid in set(self._procs) - live:
             del self._procs[pid]
         yield from (queued, inflight, alive, ready, restarts, cpu, rss)
+        yield from _drift_metrics(self._services())
         yield from _stream_metrics(self.engine.streams)
 
     def _sample(self, pid: int) -> tuple[float, float] | None:
@@ -244,6 +245,26 @@ class _EngineCollector(Collector):
                 return t.user + t.system, float(proc.memory_info().rss)
         except psutil.Error:
             return None
+
+
+def _drift_metrics(services: list[ModelService]) -> Iterable[Metric]:
+    labels = ["model", "version", "feature"]
+    psi = GaugeMetricFamily("baton_drift_psi", "Population stability index of recent inputs "
+                            "against the training reference, per feature.", labels=labels)
+    ks = GaugeMetricFamily("baton_drift_ks", "Kolmogorov-Smirnov distance of recent inputs "
+                           "to the training reference (numeric features).", labels=labels)
+    drifting = GaugeMetricFamily("baton_drift_alert", "1 when a feature's PSI is above the "
+                                 "bundle's drift threshold.", labels=labels)
+    for svc in services:
+        if svc.drift is None:
+            continue
+        for feature, d in svc.drift.compute().items():
+            lv = [svc.name, svc.version, feature]
+            psi.add_metric(lv, d["psi"])
+            drifting.add_metric(lv, 1.0 if d["drifting"] else 0.0)
+            if "ks" in d:
+                ks.add_metric(lv, d["ks"])
+    yield from (psi, ks, drifting)
 
 
 def _stream_metrics(streams: list[Any]) -> Iterable[Metric]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import time
@@ -18,6 +19,7 @@ from baton.contract.spec import Contract, TensorSpec
 from baton.contract.validate import RecordsDecoder, check_outputs
 from baton.env.builder import Environment
 from baton.errors import BatonError, ModelNotFound, RequestError
+from baton.monitor.drift import DriftMonitor
 from baton.monitor.errors import error_stage
 from baton.monitor.metrics import EngineMetrics, ModelMetrics
 from baton.monitor.predlog import PredictionLog, new_ids
@@ -70,6 +72,8 @@ class ModelService:
         self.metrics: ModelMetrics | None = None
         self.predlog: PredictionLog | None = None
         self.quality: QualityTracker | None = None
+        self.drift = _drift_monitor(bundle)
+        self.drift_alerts: collections.deque[dict[str, Any]] = collections.deque(maxlen=100)
 
     @property
     def ready(self) -> bool:
@@ -88,8 +92,11 @@ class ModelService:
                 self.metrics.quality = self.quality
 
     def log_predictions(self, ids: Sequence[str], inputs: Batch, outputs: Batch) -> None:
+        """Every scored batch: into the prediction log (sampled) and the drift window."""
         if self.predlog is not None:
             self.predlog.record(self.name, self.version, ids, inputs, outputs)
+        if self.drift is not None:
+            self.drift.observe(inputs)
 
     async def feedback(self, body: bytes) -> bytes:
         """Join true values to logged predictions; recompute the quality figures."""
@@ -214,6 +221,30 @@ class ModelService:
             await self.shadow.drain()
 
 
+async def _post_alert(url: str, alert: dict[str, Any]) -> None:
+    import httpx
+
+    try:
+        async with httpx.AsyncClient(timeout=5) as client:
+            resp = await client.post(url, content=orjson.dumps(alert),
+                                     headers={"content-type": "application/json"})
+            resp.raise_for_status()
+    except httpx.HTTPError as exc:
+        log.warning("drift webhook %s failed: %s", url, exc)
+
+
+def _drift_monitor(bundle: Bundle) -> DriftMonitor | None:
+    mon = bundle.manifest.monitoring
+    if mon.reference is None:
+        return None
+    try:
+        reference = orjson.loads((bundle.path / mon.reference).read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        log.warning("%s: drift reference unreadable, drift is off: %s", bundle.name, exc)
+        return None
+    return DriftMonitor(reference, mon.drift_threshold)
+
+
 def _tensors_from_json(contract: Contract, out: Batch) -> None:
     """Runners without numpy send tensors as nested JSON lists: make them arrays."""
     for spec in contract.outputs:
@@ -286,6 +317,7 @@ class Engine:
         if self.predlog is not None:
             self.predlog.open()
             self.background.append(self.predlog.run)
+        self.background.append(self._watch_drift)
         for svc in services:
             self._instrument(svc)
         results = await asyncio.gather(*(s.pool.start() for s in services),
@@ -314,6 +346,25 @@ class Engine:
             old.successor = new
             await old.close(self.settings.drain_timeout)
         return old
+
+    async def _watch_drift(self) -> None:
+        """Raise an alert (log, webhook) when a feature starts drifting."""
+        while True:
+            await asyncio.sleep(self.settings.drift_interval)
+            for svc in list(self.models.values()):
+                if svc.drift is None:
+                    continue
+                result = svc.drift.compute(max_age=0)
+                for feature in svc.drift.newly_drifting(result):
+                    alert = {"model": svc.name, "version": svc.version, "feature": feature,
+                             "threshold": svc.drift.threshold, "time": time.time(),
+                             **{k: v for k, v in result[feature].items() if k != "drifting"}}
+                    svc.drift_alerts.append(alert)
+                    log.warning("%s@%s: input feature %r is drifting (PSI %.3f > %.3f)",
+                                svc.name, svc.version, feature, result[feature]["psi"],
+                                svc.drift.threshold)
+                    if self.settings.drift_webhook:
+                        await _post_alert(self.settings.drift_webhook, alert)
 
     def _instrument(self, svc: ModelService) -> None:
         svc.instrument(self.metrics, self.predlog, self.settings.quality_window)
@@ -369,7 +420,9 @@ class Engine:
                            "in_flight": svc.pool.in_flight,
                            "restarts": svc.pool.stats.restarts,
                            "last_failure": svc.pool.stats.last_failure, "workers": workers,
-                           "metrics": svc.metrics.snapshot() if svc.metrics else None})
+                           "metrics": svc.metrics.snapshot() if svc.metrics else None,
+                           "drift": svc.drift.compute() if svc.drift else None,
+                           "drift_alerts": list(svc.drift_alerts)})
         return {"time": time.time(), "models": models,
                 "streams": [st.describe() for st in self.streams]}
 
