@@ -1,0 +1,208 @@
+"""``baton score``: score a file with a bundle, in chunks, through the model's workers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from baton.cli.main import _settings, errors_to_exit, main, with_env_options
+from baton.errors import BatonError
+
+FORMAT_CHOICES = ("csv", "jsonl", "parquet")
+
+
+@main.command()
+@click.argument("bundle")
+@click.option("--input", "input_path", required=True, type=click.Path(path_type=Path),
+              help="File to score: .csv, .jsonl or .parquet.")
+@click.option("--output", "output_path", required=True, type=click.Path(path_type=Path),
+              help="Scores: the id column, then the model's outputs (.csv, .jsonl, .parquet).")
+@click.option("--dead-letter", "dead_letter", type=click.Path(path_type=Path),
+              help="Rows that fail, with their reason (JSON Lines; default: OUTPUT's name "
+              "with .dead-letter.jsonl).")
+@click.option("--id-column", help="Input column copied to the output so scores join back "
+              "(default: a 0-based row number column 'row').")
+@click.option("--chunk-rows", type=click.IntRange(min=1),
+              help="Rows read, checked and sent to a worker at a time (default: about "
+              "4 MiB of input values, e.g. 26,214 rows of 20 fields).")
+@click.option("--workers", type=click.IntRange(min=1),
+              help="Worker processes (default: the bundle's); one chunk in flight each.")
+@click.option("--format", "fmt", type=click.Choice(FORMAT_CHOICES),
+              help="Input format (default: from its extension); the output's comes from its "
+              "extension, else it is the input's.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
+              help="Seconds a worker may spend on one chunk (default: the bundle's batch "
+              "timeout scaled to the chunk size).")
+@click.option("--registry", "registry_url", help="Take BUNDLE as NAME@VERSION from this "
+              "registry (staging or production only).")
+@click.option("--report", type=click.Path(path_type=Path),
+              help="Write the summary as JSON here.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
+@with_env_options
+@errors_to_exit
+def score(bundle: str, input_path: Path, output_path: Path, dead_letter: Path | None,
+          id_column: str | None, chunk_rows: int | None, workers: int | None, fmt: str | None,
+          timeout: float | None, registry_url: str | None, report: Path | None, quiet: bool,
+          wheelhouse: Path | None, offline: bool | None) -> None:
+    """Score the rows of a file with BUNDLE (a folder, an archive or, with --registry,
+    NAME@VERSION). Rows that fail go to the dead-letter file and the job goes on; it exits 0
+    once every row is either scored or dead-lettered."""
+    from baton.scoring.base import file_format
+    from baton.scoring.job import ScoreJob, ScoreSpec
+
+    started = time.perf_counter()
+    in_fmt = file_format(input_path, fmt)
+    dead_path = dead_letter or output_path.with_name(
+        output_path.name.removesuffix(output_path.suffix) + ".dead-letter.jsonl")
+    _distinct(input_path, output_path, dead_path)
+    spec = ScoreSpec(input_path, output_path, dead_path, in_fmt,
+                     file_format(output_path, default=in_fmt), id_column, chunk_rows, timeout)
+    settings = _settings(workers=workers, wheelhouse=wheelhouse, offline=offline)
+    _quiet_logs(quiet)
+    _arrow_memory()
+    svc, job = _prepare(bundle, registry_url, settings, spec, ScoreJob, quiet)
+    try:
+        summary = _run(job, svc, started, quiet)
+    except KeyboardInterrupt:
+        raise click.Abort() from None
+    if report is not None:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
+    if not quiet:
+        _print_summary(summary)
+
+
+def _distinct(*paths: Path) -> None:
+    resolved = [p.resolve() for p in paths]
+    if len(set(resolved)) != len(resolved):
+        raise BatonError("--input, --output and --dead-letter must be three different files",
+                         code="INVALID_SETTING")
+
+
+def _quiet_logs(quiet: bool) -> None:
+    # A model's exception on a row is a dead letter, not a log line; worker crashes and
+    # restarts stay visible unless --quiet.
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("baton.worker").setLevel(logging.ERROR)
+    logging.getLogger("baton").setLevel(logging.ERROR if quiet else logging.WARNING)
+
+
+def _arrow_memory() -> None:
+    # jemalloc hands freed chunks back sooner than Arrow's default (mimalloc): measured
+    # 35 MB less peak memory for the same job, at the same speed.
+    import pyarrow as pa
+
+    try:
+        pa.set_memory_pool(pa.jemalloc_memory_pool())
+    except (NotImplementedError, pa.ArrowNotImplementedError):  # a build without it
+        pass
+
+
+def _prepare(ref: str, registry_url: str | None, settings: Any, spec: Any, job_type: Any,
+             quiet: bool) -> tuple[Any, Any]:
+    """The model's service (not started) and the opened job: bad input fails before workers."""
+    from baton.bundle.loader import open_bundle
+    from baton.env.builder import EnvBuilder
+    from baton.serving.service import ModelService
+
+    if Path(ref).exists():
+        bundle = open_bundle(ref, settings.bundles_dir)
+        job = job_type(spec, bundle.manifest.contract)
+        job.open(_identity(bundle))
+        try:
+            builder = EnvBuilder(settings.envs_dir, wheelhouse=settings.wheelhouse,
+                                 offline=settings.offline)
+            env = builder.ensure(bundle.manifest.environment)
+        except BaseException:
+            job.close(publish=False)
+            raise
+        svc = ModelService(bundle, env, settings)
+        how = "cached" if env.cached else f"built in {env.build_seconds:.1f}s"
+    elif registry_url is not None:
+        from baton.cli.config import registry_credentials
+        from baton.registry.client import RegistryClient
+        from baton.serving.follow import prepare_from_registry
+
+        client = RegistryClient(*registry_credentials(registry_url))
+        svc = prepare_from_registry(client, ref, settings, ("staging", "production"))
+        job = job_type(spec, svc.contract)
+        job.open(_identity(svc.bundle))
+        how = "cached" if svc.env.cached else f"built in {svc.env.build_seconds:.1f}s"
+    else:
+        raise BatonError(f"no bundle at {ref} (give a folder or an archive, or --registry URL "
+                         "to score NAME@VERSION)", code="BUNDLE_NOT_FOUND", details={"ref": ref})
+    if not quiet:
+        click.echo(f"{svc.name} {svc.version} {svc.bundle.digest[:19]}…  environment "
+                   f"{svc.env.key[:12]} ({how}), {svc.pool.size} worker(s)", err=True)
+    return svc, job
+
+
+def _identity(bundle: Any) -> dict[str, str]:
+    return {"name": bundle.name, "version": bundle.version, "digest": bundle.digest}
+
+
+def _run(job: Any, svc: Any, started: float, quiet: bool) -> Any:
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        runner = asyncio.Runner()
+    with runner:
+        if quiet:
+            return runner.run(job.run(svc, started))
+        with _ProgressBar() as bar:
+            return runner.run(job.run(svc, started, bar.update))
+
+
+class _ProgressBar:
+    """Rows, rows/s and an ETA from the share of the input's bytes read."""
+
+    def __enter__(self) -> _ProgressBar:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn("scoring"), BarColumn(), TaskProgressColumn(),
+            TextColumn("{task.fields[rows]:>12,} rows"),
+            TextColumn("{task.fields[rate]:>9,.0f} rows/s"),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            console=Console(stderr=True), transient=False)
+        self.progress.start()
+        self.task = self.progress.add_task("score", total=None, rows=0, rate=0.0)
+        return self
+
+    def update(self, p: Any) -> None:
+        rate = p.rows / p.seconds if p.seconds > 0 else 0.0
+        self.progress.update(self.task, total=p.total_bytes or None, completed=p.bytes_done,
+                             rows=p.rows, rate=rate)
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+
+def _print_summary(s: Any) -> None:
+    click.echo(f"scored {s.scored:,} of {s.rows_in:,} rows in {s.seconds:.2f}s "
+               f"({s.rows_per_s:,.0f} rows/s; {s.steady_rows_per_s:,.0f} rows/s after "
+               f"{s.startup_seconds:.2f}s of start-up) -> {s.output}")
+    if s.dead_lettered:
+        stages = ", ".join(f"{k}: {v:,}" for k, v in sorted(s.dead_by_stage.items()))
+        click.echo(f"dead-lettered {s.dead_lettered:,} rows ({stages}) -> {s.dead_letter}")
+    else:
+        click.echo("dead-lettered 0 rows")
+    m = s.peak_rss_mb
+    click.echo(f"peak memory {m.get('total', 0):,.0f} MiB (baton {m.get('baton', 0):,.0f} + "
+               f"{s.workers} worker(s) {m.get('workers', 0):,.0f})")
