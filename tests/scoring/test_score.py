@@ -254,6 +254,7 @@ def test_a_bad_cell_deep_in_a_large_csv(scorer_bundle: Path, baton_env: dict[str
     and row numbers stay right around malformed lines before and after."""
     rows: list[Any] = [{**r, "pad": "p" * 100} for r in good_rows(40_000)]
     rows[1_000] = ["1.0"]  # malformed, in the first block
+    rows[29_990] = ["2.0"]  # malformed, in the block that fails (so reported twice)
     rows[30_000]["x"] = "n/a?"  # the first cell that does not convert
     rows[30_001]["x"] = "NA"  # a missing value
     rows[35_000] = ["1.0", "b", "1", "true", "pad", "extra"]
@@ -263,8 +264,10 @@ def test_a_bad_cell_deep_in_a_large_csv(scorer_bundle: Path, baton_env: dict[str
                       "--chunk-rows", "5000")
     assert r.returncode == 0, r.stderr
     dead = dead_by_row(tmp_path / "out.dead-letter.jsonl")
-    assert {k: d["stage"] for k, d in dead.items()} == {1_000: "decode", 30_000: "contract",
-                                                        30_001: "contract", 35_000: "decode"}
+    assert {k: d["stage"] for k, d in dead.items()} == {
+        1_000: "decode", 29_990: "decode", 30_000: "contract", 30_001: "contract",
+        35_000: "decode"}
+    assert len(read_jsonl(tmp_path / "out.dead-letter.jsonl")) == 5
     assert dead[30_001]["violations"][0]["message"].startswith("missing value")
     ids = pq.read_table(tmp_path / "out.parquet").column("row").to_pylist()
     assert ids == [i for i in range(40_000) if i not in dead]
@@ -348,3 +351,16 @@ def test_empty_inputs_and_a_malformed_last_line(scorer_bundle: Path, baton_env: 
     assert r.returncode == 0, r.stderr
     assert [d["row"] for d in read_jsonl(tmp_path / "tail-out.dead-letter.jsonl")] == [3]
     assert report["rows_in"] == 4 and report["scored"] == 3
+
+
+def test_a_model_that_fails_on_everything_stops_the_job(
+        scorer_bundle: Path, baton_env: dict[str, str], tmp_path: Path) -> None:
+    rows = good_rows(40)
+    for r in rows:
+        r["x"] = 13.0
+    inp = write_csv(tmp_path / "in.csv", rows)
+    r, _ = score(scorer_bundle, inp, tmp_path / "out.csv", baton_env, "--chunk-rows", "20")
+    assert r.returncode == 5, r.stderr
+    assert "error [MODEL_FAILS_EVERY_ROW]" in r.stderr and "unlucky x=13" in r.stderr
+    assert not (tmp_path / "out.csv").exists()
+    assert not (tmp_path / "out.dead-letter.jsonl").exists()

@@ -1,4 +1,4 @@
-"""Whole-column contract checks for tabular files (CSV, Parquet), with no per-row Python.
+"""Whole-column contract checks for file inputs (CSV, Parquet, JSON Lines), no per-row Python.
 
 Each field's Arrow column is parsed (text -> numbers by Arrow's own parser), then checked
 with numpy masks: type, null, infinity, min/max, categories. Rows that fail any check are
@@ -31,7 +31,6 @@ _FLOAT = (r"^[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
           r"|[Ii][Nn][Ff](?:[Ii][Nn][Ii][Tt][Yy])?|[Nn][Aa][Nn])$")
 _INT = r"^-?[0-9]+$"
 _BOOL = r"^(?:[Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee]|1|0)$"
-_INT64_MAX = 2.0**63
 _EXACT = 2.0**53  # integral floats above this are not trusted to be the integer meant
 
 

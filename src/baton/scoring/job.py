@@ -32,6 +32,9 @@ from baton.scoring.writers import DeadLetterWriter, OutputWriter
 
 #: Seconds the job waits for a model with no worker ready before it gives up.
 NOT_READY_LIMIT = 120.0
+#: Rows that fail in the model, with none ever scored, after which the job stops: a model
+#: that fails on every row is broken, and isolating each row of a large file would take hours.
+GIVE_UP_AFTER = 16
 #: Input values per chunk when the chunk size is not given, in bytes (8 per value): small
 #: enough that the few chunks alive at once stay far below a model's own memory, big
 #: enough that per-chunk costs vanish (measured: 26k rows of 20 floats run as fast as 50k
@@ -124,6 +127,7 @@ class ScoreJob:
         self.dead: DeadLetterWriter | None = None
         self._bytes_done = 0
         self._ready_at = 0.0
+        self._model_worked = False
 
     def open(self, model: dict[str, str]) -> None:
         """Open the input and create the outputs: fails fast, before any worker starts."""
@@ -210,8 +214,8 @@ class ScoreJob:
     def progress(self) -> Progress:
         s = self.summary
         total = self.reader.total_bytes if self.reader is not None else 0
-        return Progress(s.rows_in, self._bytes_done, total, s.scored, s.dead_lettered,
-                        time.perf_counter() - self._ready_at)
+        since = time.perf_counter() - self._ready_at if self._ready_at else 0.0
+        return Progress(s.rows_in, self._bytes_done, total, s.scored, s.dead_lettered, since)
 
     async def _score(self, svc: Any, chunk: Chunk, window: asyncio.Semaphore) -> _Scored:
         try:
@@ -220,6 +224,15 @@ class ScoreJob:
             parts: list[tuple[int, Batch]] = []
             failed: list[tuple[int, str, BatonError]] = []
             await self._isolate(svc, chunk.batch, 0, parts, failed)
+            if parts:
+                self._model_worked = True
+            elif not self._model_worked and len(failed) >= GIVE_UP_AFTER:
+                # Not a bad row or two: the model fails on everything it is given. Stop
+                # now rather than isolate every row of the file one by one.
+                _, _, first = failed[0]
+                raise ModelError(f"the model failed on all {len(failed)} rows of the first "
+                                 f"chunk it was given, and has scored none: {first.message}",
+                                 code="MODEL_FAILS_EVERY_ROW")
             return _Scored(chunk, parts, failed)
         finally:
             window.release()
@@ -253,6 +266,13 @@ class ScoreJob:
                 waited, delay = waited + delay, min(delay * 2, 2.0)
 
     def _write(self, scored: _Scored) -> None:
+        try:
+            self._write_chunk(scored)
+        except OSError as exc:
+            raise ScoringError(f"cannot write the results: {exc}",
+                               code="OUTPUT_WRITE_FAILED") from None
+
+    def _write_chunk(self, scored: _Scored) -> None:
         assert self.output is not None and self.dead is not None
         chunk = scored.chunk
         s = self.summary

@@ -63,32 +63,33 @@ class JsonlReader:
             self._ids = msgspec.json.Decoder(list[only_id])  # type: ignore[valid-type]
 
     def chunks(self) -> Iterator[Chunk]:
-        lines: list[bytes] = []
-        seq, row = 0, 0
-        pos = 0
-        for line, pos in self._lines():
-            lines.append(line)
-            if len(lines) == self.chunk_rows:
-                yield self.decode(seq, lines, row, pos)
-                seq, row, lines = seq + 1, row + len(lines), []
-        if lines:
-            yield self.decode(seq, lines, row, pos)
+        held: list[bytes] = []
+        seq, row, pos = 0, 0, 0
+        n = self.chunk_rows
+        for lines, pos in self._blocks():
+            held.extend(lines)
+            start = 0
+            while len(held) - start >= n:
+                yield self.decode(seq, held[start:start + n], row, pos)
+                seq, row, start = seq + 1, row + n, start + n
+            del held[:start]
+        if held:
+            yield self.decode(seq, held, row, pos)
 
     def close(self) -> None:
         """Nothing to release: each pass opens and closes the file itself."""
 
-    def _lines(self) -> Iterator[tuple[bytes, int]]:
+    def _blocks(self) -> Iterator[tuple[list[bytes], int]]:
+        """The non-blank lines of each block read, and the bytes read so far."""
         try:
             with open(self.path, "rb") as f:
                 rest, pos = b"", 0
                 while block := f.read(_BLOCK):
                     pos += len(block)
                     *complete, rest = (rest + block).split(b"\n")
-                    for line in complete:
-                        if line.strip():
-                            yield line, pos
-                if rest.strip():
-                    yield rest, pos
+                    yield [line for line in complete if line and not line.isspace()], pos
+                if rest and not rest.isspace():
+                    yield [rest], pos
         except OSError as exc:
             raise ScoringError(f"cannot read {self.path}: {exc}", code="INPUT_UNREADABLE",
                                details={"path": str(self.path)}) from None

@@ -90,10 +90,17 @@ class _Source(Protocol):
 
 @dataclass(frozen=True)
 class _BadLine:
-    number: int | None
+    """A CSV line with the wrong number of cells, as Arrow reported it."""
+
+    number: int | None  # line number, the header being line 1
     text: str
     expected: int
     actual: int
+
+    @property
+    def row(self) -> int | None:
+        """Its data row number, if each record is one line (a quoted newline breaks this)."""
+        return None if self.number is None else self.number - 2
 
 
 def _csv_header(path: Path) -> list[str]:
@@ -118,7 +125,6 @@ class CsvSource:
         self.columns = _needed(specs, id_column, _csv_header(path), path)
         self._file: pa.NativeFile | None = None
         self._pending: list[_BadLine] = []
-        self._placed: set[int] = set()
 
     def _open(self, typed: bool, skip: int) -> Any:
         types = {s.name: ARROW_TYPES[s.type] if typed else pa.string() for s in self.specs}
@@ -140,6 +146,8 @@ class CsvSource:
             if typed and "conversion error" in str(exc):
                 return None
             raise self._unreadable(exc) from None
+        except OSError as exc:
+            raise self._unreadable(exc) from None
 
     def _invalid(self, row: Any) -> str:
         # Called as Arrow parses, possibly ahead of the batch being returned: placed by
@@ -154,7 +162,7 @@ class CsvSource:
 
     def batches(self) -> Iterator[tuple[pa.RecordBatch, np.ndarray, list[DeadRow], int]]:
         typed, first = True, 0  # first: data line number of the next batch's first row
-        self._pending, self._placed = [], set()
+        self._pending = []
         reader = self._open(typed, 0)
         while True:
             if reader is None:  # a block did not convert: from ``first`` on, read text
@@ -169,6 +177,8 @@ class CsvSource:
                     raise self._unreadable(exc) from None
                 reader = None
                 continue
+            except OSError as exc:
+                raise self._unreadable(exc) from None
             rows, dead = self._place(first, batch.num_rows)
             first += batch.num_rows + len(dead)
             assert self._file is not None
@@ -180,31 +190,28 @@ class CsvSource:
     def _place(self, first: int, n: int, last: bool = False) -> tuple[np.ndarray, list[DeadRow]]:
         """Row numbers of a batch's ``n`` rows, and the malformed lines among them.
 
-        A malformed line inside the batch's span of lines pushes the span one further.
-        Lines reported twice (Arrow re-reads after the switch to text) count once.
+        Each malformed line inside the batch's span of lines pushes its end one further;
+        those beyond wait for the next batch (all go into the ``last`` one). A line Arrow
+        reported twice (it re-reads after the switch to text) counts once.
         """
-        pending = sorted(self._pending, key=lambda b: -1 if b.number is None else b.number)
-        end, inside, later = first + n, [], []
-        for bad in pending:
-            row = None if bad.number is None else bad.number - 2  # line 1 is the header
-            if row is not None and row in self._placed or row is not None and row < first:
-                continue
-            if row is None or row < end or last:
-                inside.append((row, bad))
+        known = {b.row: b for b in self._pending if b.row is not None and b.row >= first}
+        unknown = [b for b in self._pending if b.row is None]
+        end, inside, self._pending = first + n, [*unknown], []
+        end += len(unknown)
+        for row in sorted(known):
+            if row < end or last:
+                inside.append(known[row])
                 end += 1
-                if row is not None:
-                    self._placed.add(row)
             else:
-                later.append(bad)
-        self._pending = later
+                self._pending.append(known[row])
         span = np.arange(first, end, dtype=np.int64)
-        holes = [r - first for r, _ in inside if r is not None and r < end]
-        rows = np.delete(span, holes) if len(holes) == len(inside) else span[:n]
-        dead = [DeadRow(r, r if self.id_column is None else None, "decode",
-                        RequestError(f"row {r}: expected {b.expected} cells, got {b.actual}",
-                                     code="MALFORMED_ROW"), b.text.encode())
-                for r, b in inside]
-        return rows[:n], dead
+        if not unknown:
+            span = np.delete(span, [b.row - first for b in inside if b.row is not None])
+        dead = [DeadRow(b.row, b.row if self.id_column is None else None, "decode",
+                        RequestError(f"row {b.row}: expected {b.expected} cells, got "
+                                     f"{b.actual}", code="MALFORMED_ROW"), b.text.encode())
+                for b in inside]
+        return span[:n], dead
 
     def close(self) -> None:
         if self._file is not None:
