@@ -98,3 +98,50 @@ def test_regression_quality_and_v2_prediction_ids(serve: Callable[..., Server],
         {"id": ids[0], "label": 2.5}, {"id": ids[1], "label": 4}]).json()
     assert fb["quality"]["mae"] == pytest.approx(0.25)
     assert fb["quality"]["rmse"] == pytest.approx(math.sqrt(0.125))
+
+
+METRICS_CODE = '''
+def precision_pos(y_true, y_pred):
+    chosen = [t for t, p in zip(y_true, y_pred) if p["prediction"] == "pos"]
+    return sum(1 for t in chosen if t == "pos") / len(chosen) if chosen else 0.0
+
+
+def broken(y_true, y_pred):
+    raise ValueError("this metric is broken on purpose")
+'''
+
+
+def test_declared_metric_functions_run_in_the_models_worker(
+        serve: Callable[..., Server], tmp_path: Path) -> None:
+    bundle = write_bundle(tmp_path / "sign2", name="sign2", code=CLASSIFIER,
+                          contract=CLASSIFIER_CONTRACT, manifest_extra=(
+                              '[monitoring]\nmetrics = ["accuracy", '
+                              '"model.metrics:precision_pos", "model.metrics:broken"]\n'))
+    (bundle / "model" / "metrics.py").write_text(METRICS_CODE)
+    server = serve([bundle])
+    ids = server.client.post("/v1/models/sign2/predict",
+                             json=[{"x": 1.0}, {"x": 2.0}, {"x": -1.0}]).json()["ids"]
+    fb = server.client.post("/v1/models/sign2/feedback", json=[
+        {"id": ids[0], "label": "pos"}, {"id": ids[1], "label": "neg"},
+        {"id": ids[2], "label": "neg"}])
+    assert fb.status_code == 200, fb.text
+    out = fb.json()
+    assert out["quality"] == {"accuracy": pytest.approx(2 / 3),
+                              "model.metrics:precision_pos": pytest.approx(0.5)}
+    assert "this metric is broken on purpose" in out["metric_errors"]["model.metrics:broken"]
+    text = server.client.get("/metrics").text
+    assert ('baton_quality_metric_failures_total{metric="model.metrics:broken",'
+            'model="sign2",version="1.0.0"} 1.0') in text
+    assert server.client.post("/v1/models/sign2/predict", json=[{"x": 1.0}]).status_code == 200
+
+
+def test_an_undeclarable_metric_is_refused_in_the_manifest(tmp_path: Path) -> None:
+    from baton.bundle.manifest import BundleManifest
+    from baton.errors import ManifestError
+
+    bundle = write_bundle(tmp_path / "sign3", name="sign3", code=CLASSIFIER,
+                          contract=CLASSIFIER_CONTRACT,
+                          manifest_extra='[monitoring]\nmetrics = ["f1 score"]\n')
+    with pytest.raises(ManifestError) as err:
+        BundleManifest.load(bundle)
+    assert err.value.details["field"] == "monitoring.metrics"

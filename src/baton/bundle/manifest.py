@@ -16,6 +16,7 @@ from baton.errors import ContractError, ManifestError
 MANIFEST_NAME = "baton.toml"
 BUILTIN_SKLEARN = "builtin:sklearn"
 RUNNERS = ("python",)
+BUILTIN_METRICS = ("accuracy", "mae", "rmse")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 _ENTRYPOINT = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
@@ -30,7 +31,7 @@ _KEYS = {"bundle": {"name", "version", "description", "owner"},
          "environment": {"python", "requirements"},
          "samples": {"input", "expected", "tolerance"},
          "serving": {"workers", "timeout", "max_batch_rows"},
-         "monitoring": {"reference", "drift_threshold"}}
+         "monitoring": {"reference", "drift_threshold", "metrics"}}
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,9 @@ class MonitoringSpec:
     reference: str | None = None
     #: Population stability index above which a feature is reported as drifting.
     drift_threshold: float = 0.2
+    #: Quality metrics: built-in names (accuracy, mae, rmse) or 'module:function' in the
+    #: bundle's code, called as ``fn(y_true, y_pred) -> float`` inside the model's worker.
+    metrics: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -136,10 +140,17 @@ class BundleManifest:
         monitoring = MonitoringSpec()
         if "monitoring" in data:
             mon = _table(data, "monitoring")
+            metrics = mon.get("metrics", [])
+            bad = [m for m in metrics if not isinstance(m, str) or
+                   (m not in BUILTIN_METRICS and not _ENTRYPOINT.match(m))] \
+                if isinstance(metrics, list) else [metrics]
+            if bad:
+                raise _invalid("monitoring.metrics", "a list of built-in metric names ("
+                               + ", ".join(BUILTIN_METRICS) + ") or 'module:function'", bad[0])
             monitoring = MonitoringSpec(
                 _relpath(mon, "monitoring.reference") if "reference" in mon else None,
                 float(_number(mon.get("drift_threshold", 0.2), "monitoring.drift_threshold",
-                              lo=0)))
+                              lo=0)), tuple(metrics))
         return cls(name=name, version=version, model=_model(_table(data, "model")),
                    environment=_environment(_table(data, "environment")), contract=contract,
                    samples=samples, serving=serving,
@@ -163,6 +174,8 @@ class BundleManifest:
             mon: dict[str, Any] = {"drift_threshold": self.monitoring.drift_threshold}
             if self.monitoring.reference is not None:
                 mon["reference"] = self.monitoring.reference
+            if self.monitoring.metrics:
+                mon["metrics"] = list(self.monitoring.metrics)
             out["monitoring"] = mon
         out["contract"] = self.contract.to_dict()
         return out

@@ -121,6 +121,8 @@ class ModelMetrics:
             "batch_rows_mean": (self.batch_rows.sum / self.batch_rows.count
                                 if self.batch_rows.count else None),
             "quality": ({"labelled": self.quality.labelled, **self.quality.current,
+                         "metric_failures": self.quality.failures,
+                         "metric_errors": self.quality.last_errors,
                          "history": list(self.quality.history)[-100:]}
                         if self.quality is not None else None),
         }
@@ -170,6 +172,9 @@ class _TrafficCollector(Collector):
                                     labels=[*mv, "metric"])
         labelled = GaugeMetricFamily("baton_quality_labelled_predictions", "Labelled "
                                      "predictions the quality figures cover.", labels=mv)
+        metric_failures = CounterMetricFamily("baton_quality_metric_failures", "Times a "
+                                              "declared metric function raised.",
+                                              labels=[*mv, "metric"])
         for m in list(self.models.values()):
             lv = [m.name, m.version]
             for (endpoint, status), n in m.requests.items():
@@ -185,7 +190,11 @@ class _TrafficCollector(Collector):
                 labelled.add_metric(lv, m.quality.labelled)
                 for metric, v in m.quality.current.items():
                     quality.add_metric([*lv, metric], v)
-        yield from (requests, records, errors, latency, rows, quality, labelled)
+            if m.quality is not None:
+                for metric, n in m.quality.failures.items():
+                    metric_failures.add_metric([*lv, metric], n)
+        yield from (requests, records, errors, latency, rows, quality, labelled,
+                    metric_failures)
 
 
 class _EngineCollector(Collector):

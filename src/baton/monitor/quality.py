@@ -68,17 +68,39 @@ def compute(spec: FieldSpec, pairs: list[tuple[dict[str, Any], Any]]) -> dict[st
 
 
 class QualityTracker:
-    """The latest quality figures of one model version, and their history."""
+    """The latest quality figures of one model version, and their history.
 
-    def __init__(self, spec: FieldSpec, window: int = 1000, history: int = 500) -> None:
+    ``declared`` are the bundle's metrics: built-in names are computed here, and
+    ``module:function`` ones by the caller in the model's own worker (see ``custom``).
+    """
+
+    def __init__(self, spec: FieldSpec, window: int = 1000, history: int = 500,
+                 declared: tuple[str, ...] = ()) -> None:
         self.spec = spec
         self.window = window
+        self.declared = declared
+        self.custom = [m for m in declared if ":" in m]
         self.current: dict[str, float] = {}
         self.labelled = 0
+        self.failures: dict[str, int] = {}
+        self.last_errors: dict[str, str] = {}
         self.history: deque[dict[str, Any]] = deque(maxlen=history)
 
-    def update(self, pairs: list[tuple[dict[str, Any], Any]]) -> dict[str, float]:
-        self.current = compute(self.spec, pairs)
+    def builtin(self, pairs: list[tuple[dict[str, Any], Any]]) -> dict[str, float]:
+        values = compute(self.spec, pairs)
+        if self.declared:
+            wanted = set(self.declared)
+            values = {k: v for k, v in values.items() if k in wanted}
+        return values
+
+    def failed(self, errors: dict[str, str]) -> None:
+        for name, message in errors.items():
+            self.failures[name] = self.failures.get(name, 0) + 1
+            self.last_errors[name] = message
+
+    def update(self, pairs: list[tuple[dict[str, Any], Any]],
+               custom: dict[str, float] | None = None) -> dict[str, float]:
+        self.current = {**self.builtin(pairs), **(custom or {})}
         self.labelled = len(pairs)
         self.history.append({"time": time.time(), "labelled": len(pairs), **self.current})
         return self.current

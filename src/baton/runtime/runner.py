@@ -83,6 +83,8 @@ class Runner:
             self.on_load(header)
         elif op == "predict":
             self.on_predict(header, payload)
+        elif op == "metrics":
+            self.on_metrics(header)
         elif op == "shutdown":
             return False
         else:
@@ -154,6 +156,25 @@ class Runner:
             return
         self.send({"op": "result", "id": rid, "ok": True, "rows": header["rows"],
                    "seconds": time.perf_counter() - started, "columns": meta}, blob)
+
+    def on_metrics(self, header: dict[str, Any]) -> None:
+        """Run the data scientist's metric functions ``fn(y_true, y_pred) -> float``."""
+        values: dict[str, float] = {}
+        errors: dict[str, str] = {}
+        for name in header["functions"]:
+            module_name, _, attr = name.partition(":")
+            try:
+                fn: Any = importlib.import_module(module_name)
+                for part in attr.split("."):
+                    fn = getattr(fn, part)
+                value = float(fn(header["y_true"], header["y_pred"]))
+                if not math.isfinite(value):
+                    raise ValueError(f"returned {value}")
+                values[name] = value
+            except Exception as exc:
+                errors[name] = f"{type(exc).__name__}: {exc}"
+        self.send({"op": "result", "id": header.get("id"), "ok": True, "values": values,
+                   "errors": errors})
 
     def decode_columns(self, metas: list[dict[str, Any]], payload: bytes) -> dict[str, Any]:
         out: dict[str, Any] = {}

@@ -183,6 +183,24 @@ class Worker:
                                             f"({exc})", details={"pid": self.pid}))
         return fut
 
+    def metrics(self, functions: list[str], y_true: list[Any], y_pred: list[Any],
+                timeout: float) -> asyncio.Future[Any]:
+        """Ask the runner to compute the bundle's metric functions; resolves to a header."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        if self.state != "ready":
+            fut.set_exception(WorkerCrashed(f"{self.spec.model}: worker is {self.state}"))
+            return fut
+        self._next_id += 1
+        rid = self._next_id
+        self._pending[rid] = fut
+        self._timers[rid] = loop.call_later(timeout, self._on_timeout, rid, timeout)
+        self._send(pack_frame(orjson.dumps({"op": "metrics", "id": rid,
+                                            "functions": functions, "y_true": y_true,
+                                            "y_pred": y_pred},
+                                           option=orjson.OPT_SERIALIZE_NUMPY)))
+        return fut
+
     def _send(self, frame: bytes) -> None:
         assert self._stdin is not None
         self._stdin.write(frame)
@@ -200,7 +218,9 @@ class Worker:
             timer.cancel()
         if fut is None or fut.done():
             return
-        if header.get("ok"):
+        if header.get("ok") and "values" in header:
+            fut.set_result(header)
+        elif header.get("ok"):
             try:
                 fut.set_result(decode_columns(header["columns"], payload, header["rows"]))
             except ModelError as exc:

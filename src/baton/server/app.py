@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from baton import __version__
+from baton.dashboard import Dashboard
 from baton.errors import (
     BatonError,
     MethodNotAllowed,
@@ -67,9 +68,13 @@ class BatonApp:
         self.max_body_bytes = max_body_bytes
         self.on_ready = on_ready
         self._starting: asyncio.Task[None] | None = None
+        self.dashboard = Dashboard(engine)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
+            if scope["path"] == "/ui" or scope["path"].startswith("/ui/"):
+                await self.dashboard(scope, receive, send)  # the web UI: pages, registry proxy
+                return
             await self._http(scope, receive, send)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
@@ -90,7 +95,11 @@ class BatonApp:
                 return
 
     async def _start_models(self) -> None:
-        await self.engine.start()
+        try:
+            await self.engine.start()
+        except Exception:  # never silently: the engine would just stay unready
+            log.exception("the engine failed to start its models")
+            raise
         if self.on_ready is not None:
             self.on_ready(self.engine)
 

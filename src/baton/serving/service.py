@@ -87,7 +87,8 @@ class ModelService:
         self.predlog = predlog
         spec = prediction_field(self.contract)
         if predlog is not None and spec is not None:
-            self.quality = QualityTracker(spec, quality_window)
+            self.quality = QualityTracker(spec, quality_window,
+                                          declared=self.bundle.manifest.monitoring.metrics)
             if self.metrics is not None:
                 self.metrics.quality = self.quality
 
@@ -114,10 +115,20 @@ class ModelService:
         result = await asyncio.to_thread(self.predlog.add_labels, self.name, labels)
         pairs = await asyncio.to_thread(self.predlog.labelled, self.name, self.version,
                                         self.quality.window)
-        current = self.quality.update(pairs)
+        custom: dict[str, float] = {}
+        if self.quality.custom and pairs:
+            try:
+                res = await self.pool.metrics(self.quality.custom, [t for _, t in pairs],
+                                              [o for o, _ in pairs])
+                custom = res["values"]
+                self.quality.failed(res.get("errors") or {})
+            except BatonError as exc:  # a metric never fails the feedback, nor serving
+                self.quality.failed({m: exc.message for m in self.quality.custom})
+        current = self.quality.update(pairs, custom)
         return orjson.dumps({"accepted": len(result.accepted), "unknown": result.unknown,
                              "duplicates": result.duplicates, "quality": current,
-                             "labelled": self.quality.labelled})
+                             "labelled": self.quality.labelled,
+                             "metric_errors": self.quality.last_errors})
 
     async def predict(self, batch: Batch) -> Batch:
         """Score a checked batch; the output contract is enforced before anything returns."""
