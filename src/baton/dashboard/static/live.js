@@ -1,0 +1,438 @@
+// Models served and live figures. Polls the engine's own APIs once a second:
+// /v1/stats (counters, workers), /v1/models (traffic split, registry source),
+// /v2/health/ready, and /metrics for latency histograms. Rates are computed here, from
+// counter deltas between polls.
+
+import { COLORS, LineChart } from "./charts.js";
+import {
+  el, fmtAgo, fmtBytes, fmtPercent, fmtRate, fmtSeconds, setFigure, shortDigest,
+} from "./dom.js";
+
+const POLL_MS = 1000;
+const WINDOW_S = 5; // rates and latency quantiles are over this many seconds
+const SPAN_S = 120; // charts show this much history
+const STAGES = ["decode", "contract", "queue", "model", "output"];
+const STAGE_COLORS = {
+  decode: COLORS.purple, contract: COLORS.amber, queue: COLORS.gray, model: COLORS.red,
+  output: COLORS.pink,
+};
+
+const state = {
+  samples: new Map(), // model name -> raw samples of its live version within the window
+  points: new Map(), // model name -> chart points, oldest first
+  stats: null,
+  models: [],
+  source: null,
+  selected: null,
+  metricsOn: true, // false once /metrics answers 404 (BATON_METRICS=false)
+  charts: null,
+  quality: { chart: null, keys: "" },
+};
+
+async function getJSON(url) {
+  const resp = await fetch(url, { cache: "no-store" });
+  if (!resp.ok) throw new Error(`${url} answered HTTP ${resp.status}`);
+  return resp.json();
+}
+
+async function getMetricsText() {
+  if (!state.metricsOn) return null;
+  const resp = await fetch("/metrics", { cache: "no-store" });
+  if (resp.status === 404) { state.metricsOn = false; return null; }
+  return resp.ok ? resp.text() : null;
+}
+
+async function getReady() {
+  const resp = await fetch("/v2/health/ready", { cache: "no-store" });
+  return resp.status === 200;
+}
+
+// -- latency from the Prometheus histogram -------------------------------------------------
+const BUCKET_LINE = /^baton_stage_duration_seconds_bucket\{(.*)\}\s+(\S+)/;
+const LABEL = /(\w+)="((?:[^"\\]|\\.)*)"/g;
+
+/** "name@version" -> [[upper bound, cumulative count], ...] for the "total" stage. */
+export function parseLatencyBuckets(text) {
+  const out = new Map();
+  for (const line of text.split("\n")) {
+    const m = BUCKET_LINE.exec(line);
+    if (!m) continue;
+    const labels = {};
+    for (const [, k, v] of m[1].matchAll(LABEL)) labels[k] = v.replace(/\\(.)/g, "$1");
+    if (labels.stage !== "total") continue;
+    const key = `${labels.model}@${labels.version}`;
+    if (!out.has(key)) out.set(key, []);
+    out.get(key).push([labels.le === "+Inf" ? Infinity : Number(labels.le), Number(m[2])]);
+  }
+  for (const list of out.values()) list.sort((a, b) => a[0] - b[0]);
+  return out;
+}
+
+/** The q-quantile of what was observed between two bucket snapshots (as Prometheus does). */
+export function windowQuantile(before, after, q) {
+  if (!before || !after || before.length !== after.length) return null;
+  const counts = after.map(([le, n], i) => [le, n - before[i][1]]);
+  const total = counts[counts.length - 1][1];
+  if (!(total > 0)) return null;
+  const rank = q * total;
+  let lower = 0;
+  let below = 0;
+  for (const [le, n] of counts) {
+    if (n >= rank) {
+      if (le === Infinity) return lower; // past the last bound: that bound is all we know
+      return lower + (le - lower) * ((rank - below) / Math.max(n - below, 1e-12));
+    }
+    lower = le;
+    below = n;
+  }
+  return lower;
+}
+
+// -- samples and rates ----------------------------------------------------------------------
+function sampleOf(m, t, buckets) {
+  const metrics = m.metrics;
+  const cpu = new Map();
+  let rss = null;
+  for (const w of m.workers) {
+    if (w.pid != null && w.cpu_seconds != null) cpu.set(w.pid, w.cpu_seconds);
+    if (w.rss_bytes != null) rss = (rss ?? 0) + w.rss_bytes;
+  }
+  return {
+    t, version: m.version, cpu, rss,
+    requests: metrics?.requests ?? null,
+    records: metrics?.records ?? null,
+    errors: metrics?.errors ?? null,
+    byStage: metrics?.errors_by_stage ?? {},
+    byCode: metrics?.errors_by_code ?? {},
+    buckets: buckets?.get(`${m.name}@${m.version}`) ?? null,
+  };
+}
+
+function ingest(m, t, buckets) {
+  const sample = sampleOf(m, t, buckets);
+  let list = state.samples.get(m.name) ?? [];
+  if (list.length && list[list.length - 1].version !== m.version) list = []; // counters restart
+  list.push(sample);
+  while (list.length > 1 && list[0].t < t - WINDOW_S - 0.25) list.shift();
+  state.samples.set(m.name, list);
+
+  const base = list[0];
+  const dt = t - base.t;
+  const rate = (a, b) => (dt > 0 && a != null && b != null && b >= a ? (b - a) / dt : null);
+  const point = { t, version: m.version };
+  point.rps = rate(base.requests, sample.requests);
+  point.recps = rate(base.records, sample.records);
+  point.errps = rate(base.errors, sample.errors);
+  point.codes = {};
+  if (sample.errors != null) {
+    for (const s of STAGES) point[`err_${s}`] = rate(base.byStage[s] ?? 0, sample.byStage[s] ?? 0);
+    for (const [key, n] of Object.entries(sample.byCode)) {
+      const r = rate(base.byCode[key] ?? 0, n);
+      if (r > 0) point.codes[key] = r;
+    }
+  }
+  if (base !== sample) {
+    point.p50 = windowQuantile(base.buckets, sample.buckets, 0.5);
+    point.p90 = windowQuantile(base.buckets, sample.buckets, 0.9);
+    point.p99 = windowQuantile(base.buckets, sample.buckets, 0.99);
+  }
+  let cpuSeconds = 0;
+  let cpuKnown = false;
+  for (const [pid, seconds] of sample.cpu) {
+    const before = base.cpu.get(pid);
+    if (before != null && seconds >= before) { cpuSeconds += seconds - before; cpuKnown = true; }
+  }
+  point.cpu = cpuKnown && dt > 0 ? (cpuSeconds / dt) * 100 : null;
+  point.mem = sample.rss;
+  point.memMiB = sample.rss == null ? null : sample.rss / 1048576;
+
+  const points = state.points.get(m.name) ?? [];
+  points.push(point);
+  while (points.length && points[0].t < t - SPAN_S - 2) points.shift();
+  state.points.set(m.name, points);
+}
+
+function latestPoint(name) {
+  const points = state.points.get(name);
+  return points && points.length ? points[points.length - 1] : null;
+}
+
+// -- views ----------------------------------------------------------------------------------
+function healthCell(m) {
+  const ready = m.workers.filter((w) => w.state === "ready").length;
+  return el("td", {},
+    el("span", { class: `badge ${m.ready ? "ok" : "bad"}`, "data-testid": "health" },
+      m.ready ? "ready" : "not ready"),
+    el("div", { class: "small muted" }, `${ready}/${m.workers.length} workers ready`));
+}
+
+function workersCell(m) {
+  return el("td", {}, el("div", { class: "workers" }, m.workers.map((w) => el("span", {
+    class: `badge ${w.state === "ready" ? "ok" : w.state === "absent" ? "bad" : "warn"}`,
+    title: `slot ${w.slot}`,
+  }, `${w.pid != null ? `pid ${w.pid}` : `slot ${w.slot}`} · ${w.state}`))));
+}
+
+function failureCell(m) {
+  const f = m.last_failure;
+  if (!f) return el("td", { class: "muted" }, "none");
+  return el("td", { class: "small" }, el("strong", {}, fmtAgo(f.time)), el("div", {}, f.reason));
+}
+
+function trafficCell(t) {
+  if (!t) return el("td", { class: "muted" }, "—");
+  const ready = t.candidate_ready ? "ready" : "not ready";
+  if (t.mode === "canary") {
+    return el("td", { class: "small", "data-testid": "traffic" },
+      el("strong", {}, `canary ${(t.weight * 100).toFixed(0)}% → ${t.candidate}`),
+      ` (${ready})`, el("div", {}, `${t.to_candidate} of ${t.requests} requests sent to it`));
+  }
+  return el("td", { class: "small", "data-testid": "traffic" },
+    el("strong", {}, `shadow → ${t.candidate}`), ` (${ready})`,
+    el("div", {}, `${t.compared_rows} rows compared, ${t.mismatched_rows} differ` +
+      ` (max diff ${t.max_abs_diff}), ${t.candidate_errors} candidate errors`));
+}
+
+function stageCell() {
+  const s = state.source;
+  if (!s) return el("td", { class: "muted" }, "local bundle");
+  return el("td", {}, el("span", { class: `badge stage-${s.stage}` }, s.stage),
+    el("div", { class: "small muted" }, "from the registry"));
+}
+
+function renderModels() {
+  const body = document.getElementById("models-body");
+  const traffic = new Map(state.models.map((m) => [m.name, m.traffic]));
+  const rows = state.stats.models.map((m) => {
+    const p = latestPoint(m.name);
+    const tr = el("tr", {
+      "data-testid": `model-row-${m.name}`, "data-model": m.name,
+      class: m.name === state.selected ? "selected" : null,
+    },
+    el("td", {}, el("strong", { "data-testid": "model-name" }, m.name)),
+    el("td", { "data-testid": "model-version" }, m.version),
+    stageCell(),
+    el("td", {}, el("code", { title: m.digest }, shortDigest(m.digest))),
+    healthCell(m), workersCell(m),
+    el("td", { class: "num" }, String(m.restarts)),
+    failureCell(m), trafficCell(traffic.get(m.name)),
+    el("td", { class: "num" }, fmtRate(p?.rps)),
+    el("td", { class: `num${p?.errps > 0 ? " bad" : ""}` }, fmtRate(p?.errps)));
+    tr.addEventListener("click", () => select(m.name));
+    return tr;
+  });
+  if (!rows.length) {
+    rows.push(el("tr", {}, el("td", { colspan: 11, class: "muted" },
+      state.source ? "No model in the followed stage yet." : "This engine serves no model.")));
+  }
+  body.replaceChildren(...rows);
+
+  const src = document.getElementById("source");
+  if (state.source) {
+    const s = state.source;
+    const failed = Object.entries(s.failed ?? {});
+    src.textContent = `Serving the ${s.stage} stage of a registry (${s.syncs} syncs)` +
+      (s.last_error ? ` — last sync failed: ${s.last_error}` : "") +
+      failed.map(([d, why]) => ` — not serving ${shortDigest(d)}: ${why}`).join("");
+  } else {
+    src.textContent = "Serving bundles given on the command line.";
+  }
+}
+
+function renderSelect() {
+  const select = document.getElementById("model-select");
+  const names = state.stats.models.map((m) => m.name);
+  if (!names.includes(state.selected)) state.selected = names[0] ?? null;
+  const have = [...select.options].map((o) => o.value).join("\n");
+  if (have !== names.join("\n")) {
+    select.replaceChildren(...names.map((n) => el("option", { value: n }, n)));
+  }
+  if (state.selected) select.value = state.selected;
+}
+
+function renderFigures() {
+  const p = state.selected ? latestPoint(state.selected) : null;
+  const m = state.stats.models.find((x) => x.name === state.selected);
+  setFigure("figure-rps", p?.rps ?? null, fmtRate);
+  setFigure("figure-recps", p?.recps ?? null, fmtRate);
+  setFigure("figure-p50", p?.p50 ?? null, fmtSeconds);
+  setFigure("figure-p99", p?.p99 ?? null, fmtSeconds);
+  setFigure("figure-errps", p?.errps ?? null, fmtRate, p?.errps > 0);
+  setFigure("figure-cpu", p?.cpu ?? null, fmtPercent);
+  setFigure("figure-mem", p?.mem ?? null, fmtBytes);
+  setFigure("figure-total", m?.metrics?.requests ?? null, (v) => (v == null ? "—" : String(v)));
+  const note = document.getElementById("latency-note");
+  const all = m?.metrics?.latency_seconds;
+  if (!state.metricsOn) {
+    note.textContent = "— metrics are off (BATON_METRICS=false)";
+  } else {
+    note.textContent = `— last ${WINDOW_S} s` + (all && all.p50 != null
+      ? `; since start p50 ≤ ${fmtSeconds(all.p50)}, p99 ≤ ${fmtSeconds(all.p99)}` : "");
+  }
+}
+
+function renderCharts() {
+  const points = state.points.get(state.selected) ?? [];
+  for (const chart of Object.values(state.charts)) chart.update(points);
+}
+
+/** The failing stage in plain words, for each model whose errors rose in the window. */
+function renderErrorBanner() {
+  const banner = document.getElementById("error-banner");
+  const failing = [];
+  for (const m of state.stats.models) {
+    const p = latestPoint(m.name);
+    if (!p || !(p.errps > 0)) continue;
+    const byStage = STAGES.map((s) => [s, p[`err_${s}`] ?? 0]).filter(([, r]) => r > 0)
+      .sort((a, b) => b[1] - a[1]);
+    for (const [stage, r] of byStage) {
+      const codes = Object.entries(p.codes).filter(([k]) => k.startsWith(`${stage}/`))
+        .sort((a, b) => b[1] - a[1]).map(([k]) => k.slice(stage.length + 1));
+      failing.push({ model: m.name, version: m.version, stage, rate: r, codes, rps: p.rps });
+    }
+  }
+  failing.sort((a, b) => b.rate - a.rate);
+  banner.hidden = failing.length === 0;
+  if (!failing.length) { delete banner.dataset.stage; delete banner.dataset.code; return; }
+  const top = failing[0];
+  banner.dataset.stage = top.stage;
+  banner.dataset.code = top.codes[0] ?? "";
+  banner.dataset.model = top.model;
+  banner.replaceChildren(...failing.map((f) => el("p", {
+    "data-testid": "error-line", "data-stage": f.stage, "data-model": f.model,
+  }, `Errors at stage: ${f.stage}${f.codes.length ? ` (${f.codes.join(", ")})` : ""}` +
+    ` — ${fmtRate(f.rate)}/s`,
+  el("span", { class: "detail" }, ` on ${f.model} ${f.version}` +
+    (f.rps > 0 ? `, ${Math.min(100, (f.rate / f.rps) * 100).toFixed(0)}% of requests` : "") +
+    ` in the last ${WINDOW_S} s`))));
+}
+
+function renderQuality() {
+  const panel = document.getElementById("quality-panel");
+  const m = state.stats.models.find((x) => x.name === state.selected);
+  const q = m?.metrics?.quality;
+  const empty = document.getElementById("quality-empty");
+  const data = document.getElementById("quality-data");
+  const why = document.getElementById("quality-why");
+  const has = q && q.labelled > 0;
+  panel.dataset.state = has ? "data" : "empty";
+  empty.hidden = has;
+  data.hidden = !has;
+  if (!has) {
+    why.textContent = !m ? "No model is selected."
+      : !q ? `${m.name} has no quality tracking: the prediction log is off, or its outputs ` +
+        "cannot be compared with labels."
+        : `No ground-truth labels have arrived for ${m.name} ${m.version}. Send them to ` +
+          `/v1/models/${m.name}/feedback as [{"id": prediction id, "label": true value}].`;
+    return;
+  }
+  const keys = Object.keys(q).filter((k) => k !== "labelled" && typeof q[k] === "number");
+  const figures = document.getElementById("quality-figures");
+  figures.replaceChildren(
+    el("div", { class: "figure", "data-testid": "quality-labelled", "data-value": q.labelled },
+      el("span", { class: "label" }, "Labelled predictions"),
+      el("span", { class: "value" }, String(q.labelled))),
+    ...keys.map((k) => el("div", {
+      class: "figure", "data-testid": `quality-${k}`, "data-value": q[k],
+    }, el("span", { class: "label" }, k), el("span", { class: "value" }, q[k].toFixed(4)))));
+  if (state.quality.keys !== keys.join(",")) {
+    const palette = [COLORS.blue, COLORS.amber, COLORS.green, COLORS.purple];
+    state.quality.keys = keys.join(",");
+    state.quality.chart?.observer.disconnect();
+    state.quality.chart = new LineChart(document.getElementById("chart-quality"), {
+      series: keys.map((k, i) => ({ key: k, label: k, color: palette[i % palette.length] })),
+      format: (v) => String(parseFloat(v.toFixed(3))),
+    });
+  }
+  const history = (q.history ?? []).map((h) => ({ ...h, t: h.time }));
+  const chart = state.quality.chart;
+  chart.span = Math.max(SPAN_S, history.length ? state.stats.time - history[0].t : 0);
+  chart.update(history, state.stats.time);
+}
+
+function select(name) {
+  state.selected = name;
+  renderAll();
+}
+
+function renderAll() {
+  if (!state.stats) return;
+  renderSelect();
+  renderModels();
+  renderFigures();
+  renderCharts();
+  renderErrorBanner();
+  renderQuality();
+}
+
+function setStatus(kind, text) {
+  const pill = document.getElementById("engine-status");
+  pill.dataset.state = kind;
+  pill.textContent = text;
+}
+
+async function tick() {
+  const offline = document.getElementById("offline-banner");
+  try {
+    const [stats, models, ready, metrics] = await Promise.all([
+      getJSON("/v1/stats"), getJSON("/v1/models"), getReady(), getMetricsText()]);
+    const buckets = metrics ? parseLatencyBuckets(metrics) : null;
+    for (const m of stats.models) ingest(m, stats.time, buckets);
+    for (const name of [...state.points.keys()]) {
+      if (!stats.models.some((m) => m.name === name)) {
+        state.points.delete(name);
+        state.samples.delete(name);
+      }
+    }
+    state.stats = stats;
+    state.models = models.models;
+    state.source = models.source ?? null;
+    offline.hidden = true;
+    setStatus(ready ? "ready" : "not-ready", ready ? "engine ready" : "engine not ready");
+    document.getElementById("updated").textContent =
+      `updated ${new Date(stats.time * 1000).toLocaleTimeString()}`;
+    renderAll();
+  } catch (err) {
+    offline.hidden = false;
+    offline.textContent = `Cannot reach the engine at ${location.origin}: ${err.message}. ` +
+      "Retrying every second.";
+    setStatus("offline", "engine unreachable");
+  }
+}
+
+export function startLive() {
+  const stageSeries = STAGES.map((s) => ({ key: `err_${s}`, label: s, color: STAGE_COLORS[s] }));
+  state.charts = {
+    throughput: new LineChart(document.getElementById("chart-throughput"), {
+      series: [{ key: "rps", label: "requests/s", color: COLORS.blue },
+        { key: "recps", label: "records/s", color: COLORS.green }],
+      format: fmtRate,
+    }),
+    latency: new LineChart(document.getElementById("chart-latency"), {
+      empty: `no requests in the last ${WINDOW_S} s`,
+      series: [{ key: "p50", label: "p50", color: COLORS.green },
+        { key: "p90", label: "p90", color: COLORS.amber },
+        { key: "p99", label: "p99", color: COLORS.red }],
+      format: fmtSeconds,
+    }),
+    errors: new LineChart(document.getElementById("chart-errors"), {
+      series: stageSeries, format: fmtRate,
+    }),
+    cpu: new LineChart(document.getElementById("chart-cpu"), {
+      series: [{ key: "cpu", label: "CPU", color: COLORS.blue }], format: fmtPercent,
+    }),
+    memory: new LineChart(document.getElementById("chart-memory"), {
+      series: [{ key: "memMiB", label: "resident memory", color: COLORS.purple }],
+      format: (v) => `${v >= 10 || v === 0 ? v.toFixed(0) : v.toFixed(1)} MiB`,
+    }),
+  };
+  document.getElementById("model-select").addEventListener("change", (e) => {
+    select(e.target.value);
+  });
+  const loop = async () => {
+    const started = performance.now();
+    await tick();
+    setTimeout(loop, Math.max(0, POLL_MS - (performance.now() - started)));
+  };
+  loop();
+}

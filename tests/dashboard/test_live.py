@@ -1,0 +1,147 @@
+"""The dashboard in a real browser against a real engine: models, live charts, errors."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import pytest
+
+from tests.conftest import Server
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
+
+pytestmark = pytest.mark.slow
+
+
+def figure(page: Page, testid: str) -> float | None:
+    value = page.get_by_test_id(testid).get_attribute("data-value")
+    return float(value) if value else None
+
+
+def wait_until(page: Page, cond: Callable[[], bool], timeout: float = 20) -> None:
+    """Poll ``cond`` while the page runs (its timers keep firing between checks)."""
+    for _ in range(int(timeout / 0.2)):
+        if cond():
+            return
+        page.wait_for_timeout(200)
+    raise AssertionError("condition not met in time")
+
+
+@contextmanager
+def traffic(server: Server, bodies: list[list[dict[str, Any]]]) -> Iterator[list[int]]:
+    """Send the bodies round-robin from a thread until the block ends; yield the statuses."""
+    stop = threading.Event()
+    statuses: list[int] = []
+
+    def send() -> None:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            i = 0
+            while not stop.is_set():
+                resp = client.post("/v1/models/chaos/predict", json=bodies[i % len(bodies)])
+                statuses.append(resp.status_code)
+                i += 1
+                stop.wait(0.01)
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    try:
+        yield statuses
+    finally:
+        stop.set()
+        thread.join(30)
+
+
+def test_page_lists_the_model_with_its_health(serve: Callable[..., Server], chaos_bundle: Path,
+                                              page: Page, shot: Callable[..., Path]) -> None:
+    from playwright.sync_api import expect
+
+    server = serve([chaos_bundle], "--workers", "2")
+    pids = server.worker_pids("chaos")
+    digest = server.model("chaos")["parameters"]["digest"]
+    page.goto(f"{server.url}/ui")
+    row = page.get_by_test_id("model-row-chaos")
+    expect(row.get_by_test_id("model-name")).to_have_text("chaos")
+    expect(row.get_by_test_id("model-version")).to_have_text("1.0.0")
+    expect(row.get_by_test_id("health")).to_have_text("ready")
+    for pid in pids:
+        expect(row).to_contain_text(f"pid {pid} · ready")
+    expect(row).to_contain_text("local bundle")
+    expect(row.locator("code")).to_have_attribute("title", digest)
+    expect(page.get_by_test_id("engine-status")).to_have_attribute("data-state", "ready")
+    # A second poll gives the first rates: no traffic yet, so 0, and no error banner.
+    expect(page.get_by_test_id("figure-rps")).to_have_attribute("data-value", "0")
+    expect(page.get_by_test_id("error-banner")).to_be_hidden()
+    expect(page.get_by_test_id("figure-mem")).not_to_have_attribute("data-value", "")
+    quality = page.get_by_test_id("quality-panel")
+    expect(quality).to_have_attribute("data-state", "empty")
+    expect(quality).to_contain_text("No quality data yet")
+    expect(page.get_by_test_id("drift-panel")).to_contain_text("No drift data yet")
+    expect(page.get_by_test_id("registry-off")).to_contain_text("not from a registry")
+    shot(page, "01-models")
+
+
+def test_charts_move_with_traffic(serve: Callable[..., Server], chaos_bundle: Path,
+                                  page: Page, shot: Callable[..., Path]) -> None:
+    from playwright.sync_api import expect
+
+    server = serve([chaos_bundle])
+    page.goto(f"{server.url}/ui")
+    expect(page.get_by_test_id("figure-rps")).to_have_attribute("data-value", "0")
+    batch = [{"action": "ok", "x": float(i)} for i in range(4)]
+    with traffic(server, [batch]) as statuses:
+        wait_until(page, lambda: (figure(page, "figure-rps") or 0) > 5)
+        wait_until(page, lambda: figure(page, "figure-p50") is not None)
+        rps, recps = figure(page, "figure-rps"), figure(page, "figure-recps")
+        assert rps is not None and recps is not None
+        assert recps == pytest.approx(4 * rps, rel=0.25)  # four records per request
+        legend = page.get_by_test_id("chart-throughput").locator("li[data-series=rps]")
+        assert float(legend.get_attribute("data-value") or 0) > 0
+        total = figure(page, "figure-total")
+        wait_until(page, lambda: (figure(page, "figure-total") or 0) > (total or 0))
+        shot(page, "02-traffic")
+    assert statuses and set(statuses) == {200}
+
+    # Ground truth for a few predictions: the quality panel shows real figures.
+    body = server.client.post("/v1/models/chaos/predict", json=batch).json()
+    labels = [{"id": pid, "label": p["y"] + 1.0} for pid, p in zip(body["ids"],
+                                                                    body["predictions"],
+                                                                    strict=True)]
+    assert server.client.post("/v1/models/chaos/feedback", json=labels).status_code == 200
+    expect(page.get_by_test_id("quality-panel")).to_have_attribute("data-state", "data")
+    expect(page.get_by_test_id("quality-mae")).to_have_attribute("data-value", "1")
+    expect(page.get_by_test_id("quality-labelled")).to_have_attribute("data-value", "4")
+    shot(page, "03-quality", "#quality")
+
+
+def test_errors_show_the_failing_stage(serve: Callable[..., Server], chaos_bundle: Path,
+                                       page: Page, shot: Callable[..., Path]) -> None:
+    from playwright.sync_api import expect
+
+    server = serve([chaos_bundle])
+    page.goto(f"{server.url}/ui")
+    expect(page.get_by_test_id("figure-errps")).to_have_attribute("data-value", "0")
+    ok = [{"action": "ok", "x": 1.0}]
+    model_error = [{"action": "raise", "x": 1.0}]  # the model raises
+    contract_error = [{"action": "ok", "x": 1000.0}]  # x is out of the contract's range
+    with traffic(server, [ok, model_error, model_error, contract_error]):
+        banner = page.get_by_test_id("error-banner")
+        expect(banner).to_be_visible(timeout=15000)
+        wait_until(page, lambda: page.get_by_test_id("error-line").count() == 2)
+        expect(banner).to_have_attribute("data-stage", "model")
+        expect(banner).to_have_attribute("data-code", "MODEL_ERROR")
+        first, second = page.get_by_test_id("error-line").all()
+        expect(first).to_contain_text("Errors at stage: model (MODEL_ERROR) — ")
+        expect(first).to_contain_text("/s on chaos 1.0.0")
+        expect(second).to_contain_text("Errors at stage: contract (CONTRACT_VIOLATION)")
+        legend = page.get_by_test_id("chart-errors")
+        assert float(legend.locator("li[data-series=err_model]").get_attribute("data-value")
+                     or 0) > 0
+        assert legend.locator("li[data-series=err_decode]").get_attribute("data-value") == "0"
+        expect(page.get_by_test_id("figure-errps")).to_have_class("figure alert")
+        shot(page, "04-errors")
