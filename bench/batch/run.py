@@ -180,6 +180,7 @@ def run_baton(bundle: Path, data: Path, tag: str) -> dict[str, Any]:
     m = measure(baton_cmd(bundle, data, WORK / f"baton-{tag}.parquet", report), child_env(),
                 "baton score")
     r = json.loads(report.read_text())
+    m.pop("stdout")
     m.update(steady_rows_per_s=round(r["steady_rows_per_s"]), rows=r["rows_in"],
              scored=r["scored"], startup_s=round(r["startup_seconds"], 3),
              scoring_s=round(r["scoring_seconds"], 3), reported_peak_mb=r["peak_rss_mb"],

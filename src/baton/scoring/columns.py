@@ -260,12 +260,13 @@ def _worker_column(spec: FieldSpec, values: np.ndarray | pa.Array, good: np.ndar
                    ) -> Column:
     """The column a worker receives, in ``to_column``'s conventions."""
     if isinstance(values, np.ndarray):
+        kept: np.ndarray = values if good is None else values[good]
         if spec.type == "integer" and spec.categories is not None and not spec.nullable:
-            return (values if good is None else values[good]).tolist()
-        return values if good is None else values[good]
+            return list(kept.tolist())
+        return kept
     if good is not None:
         values = values.filter(pa.array(good))
-    return values.to_pylist()
+    return list(values.to_pylist())
 
 
 def check_table(specs: Sequence[FieldSpec], table: pa.Table, rows: np.ndarray,

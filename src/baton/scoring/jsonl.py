@@ -100,7 +100,8 @@ class JsonlReader:
         if table is None:
             return self._line_by_line(seq, lines, rows, pos)
         if self._ids is not None:
-            keys = _id_array([r.v for r in self._ids.decode(b"[" + b",".join(lines) + b"]")])
+            records = self._ids.decode(b"[" + b",".join(lines) + b"]")
+            keys = _id_array([r.v for r in records])  # type: ignore[attr-defined]
         elif self.id_column is not None:
             keys = table.column(self.id_column).chunk(0)
         else:

@@ -257,7 +257,7 @@ class ParquetSource:
 class TableReader:
     """Cuts a source's record batches into chunks of ``chunk_rows`` and checks each one."""
 
-    def __init__(self, source: CsvSource | ParquetSource, specs: Sequence[FieldSpec],
+    def __init__(self, source: _Source, specs: Sequence[FieldSpec],
                  id_column: str | None, chunk_rows: int) -> None:
         self.source = source
         self.total_bytes = source.total_bytes
