@@ -45,7 +45,9 @@ def encode_predict(request_id: int, batch: Batch, raw: bool) -> bytes:
         offset += len(buf)
     header = orjson.dumps({"op": "predict", "id": request_id, "rows": batch.rows,
                            "columns": metas})
-    return pack_frame(header, b"".join(parts))
+    # One join builds the frame (see pack_frame): the column buffers are copied once.
+    return b"".join([_LEN.pack(4 + len(header) + offset), _LEN.pack(len(header)), header,
+                     *parts])
 
 
 def decode_columns(metas: list[dict[str, Any]], payload: bytes, rows: int) -> Batch:
