@@ -101,8 +101,9 @@ def test_regression_quality_and_v2_prediction_ids(serve: Callable[..., Server],
 
 
 METRICS_CODE = '''
-def precision_pos(y_true, y_pred):
-    chosen = [t for t, p in zip(y_true, y_pred) if p["prediction"] == "pos"]
+def precision_pos(y_true, y_pred, outputs):
+    assert [o["prediction"] for o in outputs] == list(y_pred)
+    chosen = [t for t, p in zip(y_true, y_pred) if p == "pos"]
     return sum(1 for t in chosen if t == "pos") / len(chosen) if chosen else 0.0
 
 

@@ -91,7 +91,10 @@ def status(url: str) -> None:
     """The engine's models, workers, traffic, errors and latency, once."""
     first = fetch(url)
     time.sleep(1.0)
-    Console().print(render(fetch(url), first))
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=220)  # piped: keep every column
+    console.print(render(fetch(url), first))
 
 
 @main.command()

@@ -190,14 +190,15 @@ class WorkerPool:
         self._dispatch()
         return await fut
 
-    async def metrics(self, functions: list[str], y_true: list[Any],
-                      y_pred: list[Any]) -> dict[str, Any]:
+    async def metrics(self, functions: list[str], y_true: list[Any], y_pred: list[Any],
+                      outputs: list[Any]) -> dict[str, Any]:
         """Run the bundle's metric functions in one of its workers (its own environment)."""
         ready = [w for w in self.workers if w is not None and w.state == "ready"]
         if not ready:
             raise ModelNotReady(f"{self.spec.model} has no worker to compute metrics")
         worker = min(ready, key=lambda w: w.in_flight)
-        result: dict[str, Any] = await worker.metrics(functions, y_true, y_pred, self.timeout)
+        result: dict[str, Any] = await worker.metrics(functions, y_true, y_pred, outputs,
+                                                      self.timeout)
         return result
 
     def _dispatch(self) -> None:

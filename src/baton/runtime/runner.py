@@ -158,7 +158,11 @@ class Runner:
                    "seconds": time.perf_counter() - started, "columns": meta}, blob)
 
     def on_metrics(self, header: dict[str, Any]) -> None:
-        """Run the data scientist's metric functions ``fn(y_true, y_pred) -> float``."""
+        """Run the data scientist's metric functions ``fn(y_true, y_pred[, outputs])``.
+
+        ``y_pred`` holds the model's predictions; a function with a third parameter also
+        gets the whole output records (e.g. class probabilities for an AUC).
+        """
         values: dict[str, float] = {}
         errors: dict[str, str] = {}
         for name in header["functions"]:
@@ -167,7 +171,10 @@ class Runner:
                 fn: Any = importlib.import_module(module_name)
                 for part in attr.split("."):
                     fn = getattr(fn, part)
-                value = float(fn(header["y_true"], header["y_pred"]))
+                args = [header["y_true"], header["y_pred"]]
+                if _arity(fn) >= 3:  # fn(y_true, y_pred, outputs): whole output records too
+                    args.append(header.get("outputs", []))
+                value = float(fn(*args))
                 if not math.isfinite(value):
                     raise ValueError(f"returned {value}")
                 values[name] = value
@@ -250,6 +257,15 @@ class Runner:
                 value = value.tolist()
             metas.append({"name": name, "datatype": "JSON", "values": _json_safe(list(value))})
         return metas, b"".join(parts)
+
+
+def _arity(fn: Any) -> int:
+    import inspect
+
+    try:
+        return len(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return 2
 
 
 def _json_safe(values: list[Any]) -> list[Any]:

@@ -184,7 +184,7 @@ class Worker:
         return fut
 
     def metrics(self, functions: list[str], y_true: list[Any], y_pred: list[Any],
-                timeout: float) -> asyncio.Future[Any]:
+                outputs: list[Any], timeout: float) -> asyncio.Future[Any]:
         """Ask the runner to compute the bundle's metric functions; resolves to a header."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
@@ -197,7 +197,7 @@ class Worker:
         self._timers[rid] = loop.call_later(timeout, self._on_timeout, rid, timeout)
         self._send(pack_frame(orjson.dumps({"op": "metrics", "id": rid,
                                             "functions": functions, "y_true": y_true,
-                                            "y_pred": y_pred},
+                                            "y_pred": y_pred, "outputs": outputs},
                                            option=orjson.OPT_SERIALIZE_NUMPY)))
         return fut
 

@@ -118,7 +118,9 @@ class ModelService:
         custom: dict[str, float] = {}
         if self.quality.custom and pairs:
             try:
+                field = self.quality.spec.name
                 res = await self.pool.metrics(self.quality.custom, [t for _, t in pairs],
+                                              [o.get(field) for o, _ in pairs],
                                               [o for o, _ in pairs])
                 custom = res["values"]
                 self.quality.failed(res.get("errors") or {})
