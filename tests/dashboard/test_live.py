@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import statistics
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -11,12 +13,29 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
-from tests.conftest import Server
+from tests.conftest import CHAOS_CODE, CHAOS_CONTRACT, Server, write_bundle
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def drift_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The chaos model with a training reference: x ~ N(0, 1), action always "ok"."""
+    path = write_bundle(tmp_path_factory.mktemp("drift") / "chaos", name="chaos",
+                        code=CHAOS_CODE, contract=CHAOS_CONTRACT,
+                        manifest_extra='[monitoring]\nreference = "monitoring/reference.json"\n')
+    normal = statistics.NormalDist()
+    x = {"kind": "numeric", "missing": 0.0, "proportions": [0.1] * 10,
+         "edges": [normal.inv_cdf(i / 10) for i in range(1, 10)],
+         "quantiles": [-4.0, *(normal.inv_cdf(i / 100) for i in range(1, 100)), 4.0]}
+    action = {"kind": "categorical", "missing": 0.0, "proportions": {"ok": 1.0}}
+    (path / "monitoring").mkdir()
+    (path / "monitoring" / "reference.json").write_text(json.dumps(
+        {"rows": 1000, "features": {"x": x, "action": action}}))
+    return path
 
 
 def figure(page: Page, testid: str) -> float | None:
@@ -81,7 +100,10 @@ def test_page_lists_the_model_with_its_health(serve: Callable[..., Server], chao
     quality = page.get_by_test_id("quality-panel")
     expect(quality).to_have_attribute("data-state", "empty")
     expect(quality).to_contain_text("No quality data yet")
-    expect(page.get_by_test_id("drift-panel")).to_contain_text("No drift data yet")
+    drift = page.get_by_test_id("drift-panel")
+    expect(drift).to_have_attribute("data-state", "empty")
+    expect(drift).to_contain_text("No drift data yet")
+    expect(drift).to_contain_text("no training reference profile")
     expect(page.get_by_test_id("registry-off")).to_contain_text("not from a registry")
     shot(page, "01-models")
 
@@ -145,3 +167,27 @@ def test_errors_show_the_failing_stage(serve: Callable[..., Server], chaos_bundl
         assert legend.locator("li[data-series=err_decode]").get_attribute("data-value") == "0"
         expect(page.get_by_test_id("figure-errps")).to_have_class("figure alert")
         shot(page, "04-errors")
+
+
+def test_drift_shows_each_feature_and_names_the_drifting_one(
+        serve: Callable[..., Server], drift_bundle: Path, page: Page,
+        shot: Callable[..., Path]) -> None:
+    from playwright.sync_api import expect
+
+    server = serve([drift_bundle])
+    page.goto(f"{server.url}/ui")
+    panel = page.get_by_test_id("drift-panel")
+    expect(panel).to_contain_text("once enough recent inputs have arrived")
+    shifted = [{"action": "ok", "x": 50.0 + i / 100} for i in range(150)]  # far from N(0, 1)
+    assert server.client.post("/v1/models/chaos/predict", json=shifted).status_code == 200
+    expect(panel).to_have_attribute("data-state", "data")
+    expect(page.get_by_test_id("drift-x")).to_have_attribute("data-drifting", "true")
+    expect(page.get_by_test_id("drift-action")).to_have_attribute("data-drifting", "false")
+    expect(page.get_by_test_id("drift-x")).to_contain_text("drifting")
+    banner = page.get_by_test_id("drift-banner")
+    expect(banner).to_contain_text("Input drift on chaos 1.0.0: x (PSI ")
+    expect(banner).not_to_contain_text("action")
+    wait_until(page, lambda: page.locator("#chart-drift li[data-series=x]")
+               .get_attribute("data-value") not in (None, ""))
+    shot(page, "05-drift", "#quality")
+    shot(page, "05-drift-page")

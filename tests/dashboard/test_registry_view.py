@@ -47,7 +47,7 @@ def test_approver_approves_from_the_ui_and_a_viewer_is_refused(
     expect(message).to_have_attribute("data-kind", "error")
     expect(message).to_contain_text("Refused by the registry")
     expect(message).to_contain_text("eve has role 'viewer'")
-    shot(page, "05-registry-viewer-refused", "#registry")
+    shot(page, "06-registry-viewer-refused", "#registry")
     assert registry_engine.approvals("scorer@2.0.0") == []
     assert registry_engine.decisions("2.0.0") == []
 
@@ -67,9 +67,11 @@ def test_approver_approves_from_the_ui_and_a_viewer_is_refused(
     expect(first_event).to_have_attribute("data-action", "approve")
     expect(first_event).to_have_attribute("data-actor", "abe")
     page.get_by_test_id("audit-filter").select_option("scorer")  # the model's own history
+    expect(page.get_by_test_id("audit-row").filter(has_text="create-user")).to_have_count(0)
     expect(page.get_by_test_id("audit-row").first).to_have_attribute("data-action", "approve")
-    shot(page, "06-registry-approved", "#registry")
-    shot(page, "07-registry-engine")
+    expect(page.get_by_test_id("audit-row")).to_have_count(len(reg.admin.history("scorer")))
+    shot(page, "07-registry-approved", "#registry")
+    shot(page, "08-registry-engine")
 
     [approval] = registry_engine.approvals("scorer@2.0.0")
     assert (approval["user"], approval["decision"], approval["reason"]) == (

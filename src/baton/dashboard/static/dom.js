@@ -41,7 +41,7 @@ export function fmtBytes(b) {
 }
 
 export function fmtPercent(v) {
-  return v == null ? "—" : `${v.toFixed(v >= 10 ? 0 : 1)}%`;
+  return v == null ? "—" : `${parseFloat(v.toFixed(v >= 10 ? 0 : 2))}%`;
 }
 
 export function fmtAgo(epochSeconds, now = Date.now() / 1000) {

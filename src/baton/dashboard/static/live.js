@@ -7,6 +7,7 @@ import { COLORS, LineChart } from "./charts.js";
 import {
   el, fmtAgo, fmtBytes, fmtPercent, fmtRate, fmtSeconds, setFigure, shortDigest,
 } from "./dom.js";
+import { MonitorView, driftingFeatures } from "./monitor.js";
 
 const POLL_MS = 1000;
 const WINDOW_S = 5; // rates and latency quantiles are over this many seconds
@@ -26,7 +27,7 @@ const state = {
   selected: null,
   metricsOn: true, // false once /metrics answers 404 (BATON_METRICS=false)
   charts: null,
-  quality: { chart: null, keys: "" },
+  monitor: null,
 };
 
 async function getJSON(url) {
@@ -273,6 +274,11 @@ function renderFigures() {
 
 function renderCharts() {
   const points = state.points.get(state.selected) ?? [];
+  const m = state.stats.models.find((x) => x.name === state.selected);
+  const off = m && m.metrics == null ? "metrics are off (BATON_METRICS=false)" : null;
+  state.charts.throughput.empty = off ?? "no data yet";
+  state.charts.errors.empty = off ?? "no data yet";
+  state.charts.latency.empty = off ?? `no requests in the last ${WINDOW_S} s`;
   for (const chart of Object.values(state.charts)) chart.update(points);
 }
 
@@ -307,49 +313,6 @@ function renderErrorBanner() {
     ` in the last ${WINDOW_S} s`))));
 }
 
-function renderQuality() {
-  const panel = document.getElementById("quality-panel");
-  const m = state.stats.models.find((x) => x.name === state.selected);
-  const q = m?.metrics?.quality;
-  const empty = document.getElementById("quality-empty");
-  const data = document.getElementById("quality-data");
-  const why = document.getElementById("quality-why");
-  const has = q && q.labelled > 0;
-  panel.dataset.state = has ? "data" : "empty";
-  empty.hidden = has;
-  data.hidden = !has;
-  if (!has) {
-    why.textContent = !m ? "No model is selected."
-      : !q ? `${m.name} has no quality tracking: the prediction log is off, or its outputs ` +
-        "cannot be compared with labels."
-        : `No ground-truth labels have arrived for ${m.name} ${m.version}. Send them to ` +
-          `/v1/models/${m.name}/feedback as [{"id": prediction id, "label": true value}].`;
-    return;
-  }
-  const keys = Object.keys(q).filter((k) => k !== "labelled" && typeof q[k] === "number");
-  const figures = document.getElementById("quality-figures");
-  figures.replaceChildren(
-    el("div", { class: "figure", "data-testid": "quality-labelled", "data-value": q.labelled },
-      el("span", { class: "label" }, "Labelled predictions"),
-      el("span", { class: "value" }, String(q.labelled))),
-    ...keys.map((k) => el("div", {
-      class: "figure", "data-testid": `quality-${k}`, "data-value": q[k],
-    }, el("span", { class: "label" }, k), el("span", { class: "value" }, q[k].toFixed(4)))));
-  if (state.quality.keys !== keys.join(",")) {
-    const palette = [COLORS.blue, COLORS.amber, COLORS.green, COLORS.purple];
-    state.quality.keys = keys.join(",");
-    state.quality.chart?.observer.disconnect();
-    state.quality.chart = new LineChart(document.getElementById("chart-quality"), {
-      series: keys.map((k, i) => ({ key: k, label: k, color: palette[i % palette.length] })),
-      format: (v) => String(parseFloat(v.toFixed(3))),
-    });
-  }
-  const history = (q.history ?? []).map((h) => ({ ...h, t: h.time }));
-  const chart = state.quality.chart;
-  chart.span = Math.max(SPAN_S, history.length ? state.stats.time - history[0].t : 0);
-  chart.update(history, state.stats.time);
-}
-
 function select(name) {
   state.selected = name;
   renderAll();
@@ -362,7 +325,9 @@ function renderAll() {
   renderFigures();
   renderCharts();
   renderErrorBanner();
-  renderQuality();
+  renderDriftBanner();
+  state.monitor.render(state.stats.models.find((m) => m.name === state.selected),
+    state.stats.time);
 }
 
 function setStatus(kind, text) {
@@ -378,6 +343,7 @@ async function tick() {
       getJSON("/v1/stats"), getJSON("/v1/models"), getReady(), getMetricsText()]);
     const buckets = metrics ? parseLatencyBuckets(metrics) : null;
     for (const m of stats.models) ingest(m, stats.time, buckets);
+    state.monitor.ingest(stats);
     for (const name of [...state.points.keys()]) {
       if (!stats.models.some((m) => m.name === name)) {
         state.points.delete(name);
@@ -400,7 +366,24 @@ async function tick() {
   }
 }
 
+function renderDriftBanner() {
+  const banner = document.getElementById("drift-banner");
+  const drifting = driftingFeatures(state.stats.models);
+  banner.hidden = drifting.length === 0;
+  const byModel = new Map();
+  for (const d of drifting) {
+    const key = `${d.model} ${d.version}`;
+    byModel.set(key, [...(byModel.get(key) ?? []), d]);
+  }
+  banner.replaceChildren(...[...byModel].map(([model, features]) => el("p", {
+    "data-testid": "drift-line",
+  }, `Input drift on ${model}: ` + features.map((d) =>
+    `${d.feature} (PSI ${Number.isFinite(d.psi) ? d.psi.toFixed(2) : "∞"})`).join(", "),
+  el("span", { class: "detail" }, " — above the bundle's drift threshold"))));
+}
+
 export function startLive() {
+  state.monitor = new MonitorView();
   const stageSeries = STAGES.map((s) => ({ key: `err_${s}`, label: s, color: STAGE_COLORS[s] }));
   state.charts = {
     throughput: new LineChart(document.getElementById("chart-throughput"), {

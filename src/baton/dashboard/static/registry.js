@@ -10,8 +10,9 @@ const DECIDERS = ["approver", "admin"]; // who the registry lets approve (it che
 const REFRESH_MS = 10000;
 const AUDIT_ROWS = 100;
 
-// session counts sign-ins and sign-outs: a refresh started before one is dropped.
-const reg = { me: null, timer: null, names: [], session: 0 };
+// session counts sign-ins and sign-outs, refreshes counts refreshes: the results of a
+// refresh overtaken by either are dropped, so a slow answer never paints over a newer one.
+const reg = { me: null, timer: null, names: [], session: 0, refreshes: 0 };
 
 class RegistryFailure extends Error {
   constructor(status, body) {
@@ -174,23 +175,27 @@ function renderAuditFilter(names) {
 async function refresh() {
   if (!reg.me) return;
   const session = reg.session;
+  const seq = ++reg.refreshes;
+  const stale = () => session !== reg.session || seq !== reg.refreshes;
   const token = sessionStorage.getItem(TOKEN_KEY);
   const get = (path) => call("GET", path, undefined, token);
   try {
     const { bundles } = await get("/bundles");
-    const decided = bundles.filter((b) => b.stage !== "draft");
+    // Approvals matter where a version is, or may go, live: fetch those versions' details.
+    const decided = bundles.filter((b) => ["validated", "staging", "production"]
+      .includes(b.stage));
     const shown = await Promise.all(decided.map((b) =>
       get(`/bundles/${enc(b.name)}/${enc(b.version)}`)));
-    if (session !== reg.session) return;
+    if (stale()) return;
     const details = new Map(shown.map((d) => [`${d.name}@${d.version}`, d]));
     renderBundles(bundles, details);
     renderAuditFilter([...new Set(bundles.map((b) => b.name))]);
     const name = document.getElementById("audit-filter").value;
     const { events } = await get(name ? `/history/${enc(name)}` : "/audit");
-    if (session !== reg.session) return;
+    if (stale()) return;
     renderAudit(events);
   } catch (err) {
-    if (session === reg.session) message("error", explain("Reading the registry", err), err.status);
+    if (!stale()) message("error", explain("Reading the registry", err), err.status);
   }
 }
 
