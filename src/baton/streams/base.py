@@ -14,7 +14,7 @@ import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 from baton.errors import BatonError
 
@@ -71,22 +71,43 @@ class StreamURL:
         """The path without its leading slash: a topic, stream, subject, queue or file."""
         return self.path.lstrip("/")
 
+    @property
+    def redacted(self) -> str:
+        """The URL with its password hidden: what logs, errors and ``/v1/models`` show."""
+        return redact_url(self.raw)
+
     def option(self, key: str, default: str) -> str:
         return self.options.get(key, default)
+
+
+def redact_url(raw: str) -> str:
+    """``amqp://user:secret@host/q`` -> ``amqp://user:***@host/q``; others unchanged."""
+    parts = urlsplit(raw)
+    if parts.password is None:
+        return raw
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostport}"))
 
 
 def parse_url(raw: str) -> StreamURL:
     parts = urlsplit(raw)
     if parts.scheme not in CONNECTORS:
-        raise StreamError(f"unknown stream scheme in {raw!r}; known: "
+        raise StreamError(f"unknown stream scheme in {redact_url(raw)!r}; known: "
                           f"{', '.join(sorted(CONNECTORS))}", code="UNKNOWN_SCHEME",
-                          details={"url": raw})
+                          details={"url": redact_url(raw)})
+    try:
+        port = parts.port
+    except ValueError as exc:  # a port that is not a number, or out of range
+        raise StreamError(f"bad stream URL {redact_url(raw)!r}: {exc}", code="BAD_STREAM_URL",
+                          details={"url": redact_url(raw)}) from None
     options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
     path = unquote(parts.path)
     if parts.scheme == "file" and parts.netloc:  # file://relative/path.jsonl
         path = parts.netloc + path
-    return StreamURL(raw, parts.scheme, parts.hostname or "", parts.port, path, options,
-                     parts.username, parts.password)
+    return StreamURL(raw, parts.scheme, parts.hostname or "", port, path, options,
+                     unquote(parts.username) if parts.username else None,
+                     unquote(parts.password) if parts.password else None)
 
 
 class Source(Protocol):

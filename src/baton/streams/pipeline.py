@@ -85,6 +85,9 @@ class StreamPipeline:
         except _Stopped:
             log.info("%s: stream stopped with a batch unacknowledged (it will be redelivered)",
                      self.binding.model)
+        except Exception as exc:  # nobody awaits this task: never let it die silently
+            self.stats.last_error = f"stream stopped: {exc}"
+            log.exception("%s: stream stopped by an unexpected error", self.binding.model)
         finally:
             await self._close()
             self._stopped.set()
@@ -196,13 +199,15 @@ class StreamPipeline:
                 if self.stats.last_error and self.stats.last_error.startswith(what):
                     self.stats.last_error = None
                 return result
-            except BatonError as exc:
+            except Exception as exc:  # a client may raise outside its documented errors
                 if self._stopping.is_set():
                     raise _Stopped() from None
+                message = exc.message if isinstance(exc, BatonError) else \
+                    f"unexpected {type(exc).__name__}: {exc}"
                 self.stats.retries += 1
-                self.stats.last_error = f"{what}: {exc.message}"
+                self.stats.last_error = f"{what}: {message}"
                 log.warning("%s: cannot %s (retrying in %.1fs): %s", self.binding.model, what,
-                            backoff.delay, exc.message)
+                            backoff.delay, message, exc_info=not isinstance(exc, BatonError))
                 await backoff.wait()
 
     async def _close(self) -> None:
@@ -210,8 +215,8 @@ class StreamPipeline:
             if part is not None:
                 try:
                     await part.close()
-                except BatonError as exc:
-                    log.warning("closing a stream failed: %s", exc.message)
+                except Exception as exc:
+                    log.warning("closing a stream failed: %s", exc)
 
     def describe(self) -> dict[str, Any]:
         b, s = self.binding, self.stats

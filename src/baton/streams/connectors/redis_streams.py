@@ -14,18 +14,24 @@ from collections.abc import Sequence
 from typing import Any
 
 from baton.streams.base import Message, OutRecord, StreamError, StreamURL
+from baton.streams.connectors._support import probe
 
 
 def _client(url: StreamURL) -> Any:
     import redis.asyncio as redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
 
+    # One immediate retry (a connection gone stale while idle); beyond that the pipeline
+    # retries with its own backoff, and reports the error meanwhile.
     return redis.Redis(host=url.host or "127.0.0.1", port=url.port or 6379,
                        password=url.password, db=int(url.option("db", "0")),
-                       socket_connect_timeout=5)
+                       socket_connect_timeout=5, retry=Retry(NoBackoff(), 1))
 
 
 def _error(what: str, url: StreamURL, exc: Exception) -> StreamError:
-    return StreamError(f"redis {what} on {url.raw} failed: {exc}", details={"url": url.raw})
+    return StreamError(f"redis {what} on {url.redacted} failed: {exc}",
+                       details={"url": url.redacted})
 
 
 class RedisSource:
@@ -40,7 +46,10 @@ class RedisSource:
     async def open(self) -> None:
         from redis.exceptions import RedisError, ResponseError
 
+        await self.close()  # a retried open must not leak the client of the failed one
+        await probe(self.url, 6379, "redis")  # the client would retry a refusal for seconds
         self.redis = _client(self.url)
+        self._pending = True  # reopened: what we were given before comes first again
         try:
             await self.redis.xgroup_create(self.stream, self.group,
                                            id=self.url.option("start", "0"), mkstream=True)
@@ -85,8 +94,9 @@ class RedisSource:
             raise _error("XACK", self.url, exc) from None
 
     async def close(self) -> None:
-        if self.redis is not None:
-            await self.redis.aclose()
+        client, self.redis = self.redis, None
+        if client is not None:
+            await client.aclose()
 
 
 class RedisSink:
@@ -98,6 +108,8 @@ class RedisSink:
     async def open(self) -> None:
         from redis.exceptions import RedisError
 
+        await self.close()
+        await probe(self.url, 6379, "redis")
         self.redis = _client(self.url)
         try:
             await self.redis.ping()
@@ -116,8 +128,9 @@ class RedisSink:
             raise _error("XADD", self.url, exc) from None
 
     async def close(self) -> None:
-        if self.redis is not None:
-            await self.redis.aclose()
+        client, self.redis = self.redis, None
+        if client is not None:
+            await client.aclose()
 
 
 def open_source(url: StreamURL, *, group: str) -> RedisSource:

@@ -1,0 +1,285 @@
+"""``kafka://HOST:PORT/TOPIC``: Apache Kafka (or a Kafka-compatible broker) via confluent-kafka.
+
+Source: a consumer of group ``?group=`` (default: the binding's) that is *assigned* every
+partition the topic has when it opens, instead of subscribing: no group membership, so no
+rebalance wait on start, and no partition split between engines either (run one engine per
+group and topic). It resumes from the group's committed offsets (``?start=earliest`` or
+``latest`` when the group has none; default ``earliest``) and, on ack, commits the next
+offset of each partition synchronously. Partitions added to the topic later are not picked
+up until the engine restarts. The record key is the Kafka key (UTF-8), or
+``PARTITION-OFFSET`` when a message has none; Kafka headers become message headers.
+A missing topic is created with ``?partitions=`` partitions (default 1).
+
+Sink: an idempotent producer (``acks=all``); ``write`` returns once every record is
+acknowledged by the broker (``flush``), keys and headers carried as Kafka keys and headers.
+A write that fails or times out (``?timeout=`` seconds, default 30) purges what is still
+queued, so the pipeline's retry sends each record again rather than piling up copies.
+
+confluent-kafka blocks, so every client call runs on one thread owned by the connector
+(calls stay in order and never overlap; the event loop never waits on the broker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from baton.streams.base import Message, OutRecord, StreamError, StreamURL
+from baton.streams.connectors._support import address, number, probe, reason, stream_error
+
+T = TypeVar("T")
+log = logging.getLogger("baton.streams.kafka")
+DEFAULT_PORT = 9092
+
+
+def _error(what: str, url: StreamURL, exc: BaseException | str) -> StreamError:
+    return stream_error("kafka", what, url, exc)
+
+
+class _Client:
+    """What source and sink share: the client thread, the connection check, the topic."""
+
+    def __init__(self, url: StreamURL) -> None:
+        self.url = url
+        self.topic = url.name
+        host, port = address(url, DEFAULT_PORT)
+        # librdkafka logs every refused reconnect as an error; what matters reaches the
+        # pipeline's log through error_cb and StreamError, so keep only critical lines.
+        self.config: dict[str, Any] = {
+            "bootstrap.servers": f"{host}:{port}", "logger": log, "log_level": 2,
+            "error_cb": self._on_error, "reconnect.backoff.max.ms": 2000}
+        self.timeout = number(url, "timeout", 30)
+        self._thread: ThreadPoolExecutor | None = None
+        self._last_error: str | None = None
+
+    def _on_error(self, err: Any) -> None:  # librdkafka thread-side errors, seen on poll
+        self._last_error = str(err)
+
+    def take_error(self) -> str | None:
+        err, self._last_error = self._last_error, None
+        return err
+
+    def create(self, client_type: Callable[[dict[str, Any]], T]) -> T:
+        try:
+            return client_type(self.config)
+        except Exception as exc:  # a bad option (?start=sometimes): say which URL
+            raise _error("configure", self.url, exc) from None
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._thread is None:
+            self._thread = ThreadPoolExecutor(1, thread_name_prefix="baton-kafka")
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    async def check_topic(self, client: Any) -> list[int]:
+        """Connect, make sure the topic exists (creating it), return its partitions."""
+        if not self.topic:
+            raise _error("open", self.url, "the URL names no topic (kafka://HOST:PORT/TOPIC)")
+        await probe(self.url, DEFAULT_PORT, "kafka")
+        try:
+            return await self.call(self._partitions, client)
+        except StreamError:
+            raise
+        except Exception as exc:  # KafkaException, or anything the client raises
+            raise _error("connect", self.url, exc) from None
+
+    def _partitions(self, client: Any) -> list[int]:
+        from confluent_kafka.admin import AdminClient, NewTopic
+
+        found = client.list_topics(self.topic, timeout=10).topics.get(self.topic)
+        if found is not None and found.error is None and found.partitions:
+            return sorted(found.partitions)
+        admin = AdminClient({k: v for k, v in self.config.items() if k != "error_cb"})
+        count = max(1, int(number(self.url, "partitions", 1)))
+        for future in admin.create_topics([NewTopic(self.topic, count)],
+                                          operation_timeout=10).values():
+            try:
+                future.result(timeout=15)
+            except Exception as exc:
+                if "TOPIC_ALREADY_EXISTS" not in str(exc):  # created meanwhile: fine
+                    raise _error("create topic", self.url, exc) from None
+        found = client.list_topics(self.topic, timeout=10).topics.get(self.topic)
+        if found is None or found.error is not None or not found.partitions:
+            raise _error("open", self.url, f"topic {self.topic!r} has no partitions "
+                                           f"({found.error if found else 'not found'})")
+        return sorted(found.partitions)
+
+    async def shutdown(self, last: Callable[[], Any] | None) -> None:
+        if self._thread is None:
+            return
+        try:
+            if last is not None:
+                await self.call(last)
+        except Exception as exc:
+            log.warning("closing %s: %s", self.url.redacted, reason(exc))
+        finally:
+            self._thread.shutdown(wait=False)
+            self._thread = None
+
+
+class KafkaSource:
+    def __init__(self, url: StreamURL, group: str) -> None:
+        self.client = _Client(url)
+        self.url = url
+        self.client.config.update({
+            "group.id": url.option("group", group), "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": url.option("start", "earliest")})
+        self.consumer: Any = None
+
+    async def open(self) -> None:
+        from confluent_kafka import Consumer, TopicPartition
+
+        await self.close()
+        self.consumer = self.client.create(Consumer)
+        try:
+            partitions = await self.client.check_topic(self.consumer)
+            # No offset given: each partition resumes from the group's committed offset.
+            await self.client.call(self.consumer.assign,
+                                   [TopicPartition(self.client.topic, p) for p in partitions])
+        except BaseException:
+            await self.close()
+            raise
+
+    async def read(self, max_records: int, timeout: float) -> list[Message]:
+        try:
+            got = await self.client.call(self._poll, max_records, timeout)
+        except Exception as exc:
+            raise _error("consume", self.url, exc) from None
+        messages, errors = [], []
+        for m in got:
+            if m.error() is None:
+                messages.append(self._message(m))
+            elif m.error().fatal():
+                raise _error("consume", self.url, str(m.error()))
+            else:
+                errors.append(str(m.error()))
+        pending = self.client.take_error()
+        if not messages and (errors or pending):  # never drop messages for a transient error
+            raise _error("consume", self.url, errors[0] if errors else str(pending))
+        return messages
+
+    def _poll(self, max_records: int, timeout: float) -> list[Any]:
+        first = self.consumer.poll(timeout)
+        if first is None:
+            return []
+        return [first, *self.consumer.consume(max_records - 1, 0)] if max_records > 1 \
+            else [first]
+
+    def _message(self, m: Any) -> Message:
+        key = m.key()
+        headers = {k: (v or b"").decode("utf-8", "replace") for k, v in (m.headers() or [])}
+        return Message(key.decode("utf-8", "replace") if key is not None
+                       else f"{m.partition()}-{m.offset()}", m.value() or b"",
+                       (m.partition(), m.offset()), headers)
+
+    async def ack(self, messages: Sequence[Message]) -> None:
+        from confluent_kafka import TopicPartition
+
+        if not messages:
+            return
+        upto: dict[int, int] = {}
+        for m in messages:
+            partition, offset = m.position
+            upto[partition] = max(upto.get(partition, -1), offset + 1)
+        offsets = [TopicPartition(self.client.topic, p, o) for p, o in sorted(upto.items())]
+        try:
+            done = await self.client.call(
+                lambda: self.consumer.commit(offsets=offsets, asynchronous=False))
+        except Exception as exc:
+            raise _error("commit", self.url, exc) from None
+        failed = [tp for tp in done or [] if tp.error is not None]
+        if failed:
+            raise _error("commit", self.url, str(failed[0].error))
+
+    async def close(self) -> None:
+        consumer, self.consumer = self.consumer, None
+        await self.client.shutdown(consumer.close if consumer is not None else None)
+
+
+class KafkaSink:
+    def __init__(self, url: StreamURL) -> None:
+        self.client = _Client(url)
+        self.url = url
+        self.client.config.update({"enable.idempotence": True, "acks": "all",
+                                   "linger.ms": 2})
+        self.producer: Any = None
+
+    async def open(self) -> None:
+        from confluent_kafka import Producer
+
+        await self.close()
+        self.producer = self.client.create(Producer)
+        try:
+            await self.client.check_topic(self.producer)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def write(self, records: Sequence[OutRecord]) -> None:
+        if not records:
+            return
+        if self.producer is None:
+            await self.open()
+        try:
+            failures = await self.client.call(self._produce, records)
+        except Exception as exc:
+            failures = [reason(exc)]
+        if failures:
+            # A fresh producer for the retry: after some errors (a fenced or otherwise
+            # fatal idempotent producer) the old one never delivers again.
+            await self.close()
+            raise _error("produce", self.url, failures[0])
+
+    def _produce(self, records: Sequence[OutRecord]) -> list[str]:
+        failures: list[str] = []
+        self.client.take_error()  # an error from before this write says nothing about it
+
+        def delivered(err: Any, _msg: Any) -> None:
+            if err is not None:
+                failures.append(str(err))
+
+        for r in records:
+            while True:
+                try:
+                    self.producer.produce(
+                        self.client.topic, r.value, r.key.encode() if r.key is not None
+                        else None, headers=list(r.headers.items()) or None,
+                        on_delivery=delivered)
+                    break
+                except BufferError:  # the local queue is full: let it drain, then go on
+                    self.producer.poll(0.1)
+        left, why = self._flush()
+        if left and not failures:
+            failures.append(f"{left} record(s) not acknowledged: {why}")
+        if left or failures:
+            # A retry sends these again: drop what is still queued so copies never pile up.
+            self.producer.purge(in_queue=True, in_flight=True)
+            self.producer.flush(0)
+        return failures
+
+    def _flush(self) -> tuple[int, str]:
+        """Wait for every delivery report; stop early once the client reports an error
+        (broker down, connection refused) rather than wait out the whole timeout."""
+        deadline = time.monotonic() + self.client.timeout
+        while (left := self.producer.flush(0.5)) and time.monotonic() < deadline:
+            error = self.client.take_error()
+            if error is not None:
+                return left, error
+        return left, f"no answer within {self.client.timeout:.0f}s"
+
+    async def close(self) -> None:
+        producer, self.producer = self.producer, None
+        await self.client.shutdown((lambda: producer.flush(1)) if producer is not None
+                                   else None)
+
+
+def open_source(url: StreamURL, *, group: str) -> KafkaSource:
+    return KafkaSource(url, group)
+
+
+def open_sink(url: StreamURL) -> KafkaSink:
+    return KafkaSink(url)

@@ -1,0 +1,325 @@
+"""``mqtt://HOST:PORT/TOPIC``: MQTT 5 with QoS 1, via paho-mqtt 2.
+
+Source: a persistent session (clean start off, ``?session_expiry=`` seconds, default 7
+days) under a client id derived from the group and the topic (``?client_id=`` to choose
+it), subscribed at QoS 1. Messages are acknowledged (PUBACK) only when the pipeline acks
+them (paho's ``manual_ack``), so a message delivered to an engine that dies before its
+output is written is sent again when the session reconnects. The record key is the MQTT 5
+user property ``key``; other user properties become headers.
+
+Limits that come from MQTT itself, not from this connector:
+
+- A session only receives what is published *after* its first subscription: start the
+  engine once (or open the source once) before publishing, or those messages are gone.
+- While the engine is away the broker queues for the session only up to its own limit
+  (Mosquitto: ``max_queued_messages``, default 1000; beyond it new messages are dropped) and
+  for ``session_expiry`` seconds. Size both for the longest outage you must survive.
+- The broker sends at most its in-flight window of unacknowledged messages (Mosquitto:
+  ``max_inflight_messages``, default 20), so a micro-batch holds at most that many records.
+- There is no replay: once acknowledged, a message cannot be read again.
+
+Sink: publishes at QoS 1 with the key as user property ``key`` and returns once the broker
+acknowledged every message (PUBACK). A failed write drops the client (and whatever it still
+queued) and reconnects on the next write, so retries never pile up copies.
+
+paho runs its network loop in its own thread; callbacks hand messages to the event loop
+with ``call_soon_threadsafe``, and nothing here blocks the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from baton.streams.base import Message, OutRecord, StreamError, StreamURL
+from baton.streams.connectors._support import (
+    KEY_HEADER,
+    Inbox,
+    address,
+    number,
+    reason,
+    safe_name,
+    stream_error,
+)
+
+DEFAULT_PORT = 1883
+CONNECT_TIMEOUT = 10.0
+
+
+def _error(what: str, url: StreamURL, exc: BaseException | str) -> StreamError:
+    return stream_error("mqtt", what, url, exc)
+
+
+def _settle(fut: asyncio.Future[None], error: str | None) -> None:
+    if not fut.done():
+        if error is None:
+            fut.set_result(None)
+        else:
+            fut.set_exception(StreamError(error))
+
+
+class _Session:
+    """One paho client: connect without blocking the loop, know whether it is connected."""
+
+    def __init__(self, url: StreamURL, client_id: str, persistent: bool) -> None:
+        self.url = url
+        self.client_id = client_id
+        self.persistent = persistent
+        self.client: Any = None
+        self.lock = threading.Lock()  # guards connected/generation against paho's thread
+        self.connected = False
+        self.generation = 0
+        self.lost = ""
+        self.gone = threading.Event()  # set by paho's thread when a connection ends
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready: asyncio.Future[None] | None = None
+
+    async def connect(self) -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        if not self.url.name:
+            raise _error("open", self.url, "the URL names no topic (mqtt://HOST:PORT/TOPIC)")
+        self._loop = asyncio.get_running_loop()
+        self._ready = self._loop.create_future()
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                             protocol=mqtt.MQTTv5, manual_ack=self.persistent)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.reconnect_delay_set(1, 5)
+        if self.url.username:
+            client.username_pw_set(self.url.username, self.url.password)
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = (int(number(self.url, "session_expiry", 604800))
+                                       if self.persistent else 0)
+        self.client = client
+        self.hook(client)
+        host, port = address(self.url, DEFAULT_PORT)
+        try:
+            await asyncio.to_thread(client.connect, host, port, 30,
+                                    clean_start=not self.persistent, properties=props)
+        except (OSError, ValueError) as exc:
+            self.client = None
+            raise StreamError(f"cannot reach the mqtt broker at {host}:{port} for "
+                              f"{self.url.redacted}: {reason(exc)}",
+                              details={"url": self.url.redacted}) from None
+        client.loop_start()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._ready), CONNECT_TIMEOUT)
+        except (StreamError, TimeoutError) as exc:
+            await self.close()
+            raise _error("connect", self.url, exc.message if isinstance(exc, StreamError)
+                         else f"no answer within {CONNECT_TIMEOUT:.0f}s") from None
+
+    def hook(self, client: Any) -> None:
+        """Set more callbacks before connecting (the source's subscription, its messages)."""
+
+    def after_connect(self, client: Any, session_present: bool) -> bool:
+        """Runs in paho's thread once connected; False when ready is signalled later."""
+        return True
+
+    def signal_ready(self, error: str | None = None) -> None:
+        if self._loop is not None and self._ready is not None:
+            try:
+                self._loop.call_soon_threadsafe(_settle, self._ready, error)
+            except RuntimeError:  # the loop is gone: nobody waits any more
+                pass
+
+    def _on_connect(self, client: Any, _ud: Any, flags: Any, rc: Any, _props: Any) -> None:
+        if rc.is_failure:
+            self.lost = f"connection refused by the broker: {rc}"
+            self.signal_ready(self.lost)
+            return
+        with self.lock:
+            self.generation += 1
+            self.connected = True
+        if self.after_connect(client, flags.session_present):
+            self.signal_ready()
+
+    def _settle_acks(self, client: Any) -> None:
+        """Return once the broker has processed every PUBACK sent so far.
+
+        PUBACK has no reply, and a broker that is still writing to a client that hangs up
+        can drop what it had not read yet (Mosquitto does: the acknowledged messages then
+        come again). The broker answers packets in order, so the UNSUBACK of a filter we
+        never subscribed to arrives only after it has handled every PUBACK before it.
+        """
+        done = threading.Event()
+        client.on_unsubscribe = lambda *_args: done.set()
+        client.unsubscribe(f"baton-sync/{self.client_id}")
+        done.wait(5)
+
+    def _on_disconnect(self, _c: Any, _ud: Any, _flags: Any, rc: Any, _props: Any) -> None:
+        with self.lock:
+            self.connected = False
+            self.lost = f"disconnected from the broker ({rc}); reconnecting"
+        self.gone.set()
+
+    async def close(self) -> None:
+        client, self.client = self.client, None
+        if client is None:
+            return
+        with self.lock:
+            was_connected, self.connected = self.connected, False
+        if was_connected:
+            if self.persistent:
+                await asyncio.to_thread(self._settle_acks, client)
+            # DISCONNECT goes out after every PUBACK queued before it; wait until it has
+            # left, since stopping paho's loop first would drop what is still queued.
+            self.gone.clear()
+            client.disconnect()
+            await asyncio.to_thread(self.gone.wait, 5)
+        await asyncio.to_thread(client.loop_stop)
+
+
+class _SourceSession(_Session):
+    def __init__(self, url: StreamURL, client_id: str, inbox: Inbox[Any]) -> None:
+        super().__init__(url, client_id, persistent=True)
+        self.inbox = inbox
+
+    def hook(self, client: Any) -> None:
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+
+    def after_connect(self, client: Any, session_present: bool) -> bool:
+        from paho.mqtt.subscribeoptions import SubscribeOptions
+
+        if session_present and self._loop is not None:
+            # The session kept every unacknowledged message and sends them all again now:
+            # drop the copies still waiting here, or each would be scored twice. (Without
+            # the session they are nowhere else, so they stay.) Runs before any message of
+            # this connection reaches the inbox: call_soon_threadsafe keeps the order.
+            generation = self.generation
+            self._loop.call_soon_threadsafe(
+                self.inbox.discard, lambda item: item[0] < generation)
+
+        # Every connect: harmless when the session kept the subscription, and it repairs
+        # a session the broker forgot (retained messages only for a new subscription).
+        client.subscribe(self.url.name, options=SubscribeOptions(qos=1, retainHandling=1))
+        return False  # ready once the SUBACK arrives
+
+    def _on_subscribe(self, _c: Any, _ud: Any, _mid: int, codes: list[Any], _p: Any) -> None:
+        failed = [c for c in codes if c.is_failure]
+        self.signal_ready(f"subscription to {self.url.name!r} refused: {failed[0]}"
+                          if failed else None)
+
+    def _on_message(self, _c: Any, _ud: Any, msg: Any) -> None:
+        with self.lock:
+            generation = self.generation
+        if self._loop is not None:
+            try:
+                self._loop.call_soon_threadsafe(self.inbox.put, (generation, msg))
+            except RuntimeError:  # closing: the broker sends it again to the next session
+                pass
+
+
+def _client_id(url: StreamURL, group: str) -> str:
+    digest = hashlib.sha256(url.name.encode()).hexdigest()[:10]
+    return url.option("client_id", f"{safe_name(group)[:40]}-{digest}")
+
+
+class MqttSource:
+    def __init__(self, url: StreamURL, group: str) -> None:
+        self.url = url
+        self.inbox: Inbox[Any] = Inbox()
+        self.session = _SourceSession(url, _client_id(url, url.option("group", group)),
+                                      self.inbox)
+
+    async def open(self) -> None:
+        await self.session.close()
+        self.inbox.clear()
+        await self.session.connect()
+
+    async def read(self, max_records: int, timeout: float) -> list[Message]:
+        # While disconnected, hand nothing out: an ack could not reach the broker, which
+        # sends those messages again if the session survives (then they are dropped here).
+        if not self.session.connected:
+            raise _error("receive", self.url, self.session.lost or "not connected")
+        got = await self.inbox.take(max_records, timeout)
+        return [self._message(generation, m) for generation, m in got]
+
+    def _message(self, generation: int, m: Any) -> Message:
+        props = getattr(m.properties, "UserProperty", None) or []
+        headers = {str(k): str(v) for k, v in props}
+        key = headers.pop(KEY_HEADER, None)
+        return Message(key, bytes(m.payload), (generation, m.mid, m.qos), headers)
+
+    async def ack(self, messages: Sequence[Message]) -> None:
+        s = self.session
+        with s.lock:  # paho's thread cannot start a new connection while we ack
+            if not s.connected or s.client is None:
+                return  # the broker sends them again on the next connection
+            for m in messages:
+                generation, mid, qos = m.position
+                if generation == s.generation and qos > 0:
+                    s.client.ack(mid, qos)
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
+class MqttSink:
+    def __init__(self, url: StreamURL) -> None:
+        self.url = url
+        self.timeout = number(url, "timeout", 30)
+        self.session = _Session(url, "", persistent=False)
+
+    async def open(self) -> None:
+        await self.session.close()
+        await self.session.connect()
+
+    async def write(self, records: Sequence[OutRecord]) -> None:
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        if not records:
+            return
+        if self.session.client is None:
+            await self.session.connect()
+        if not self.session.connected:  # paho would queue them until it reconnects
+            why = self.session.lost or "not connected"
+            await self.session.close()
+            raise _error("publish", self.url, why)
+        client = self.session.client
+        infos = []
+        for r in records:
+            props = Properties(PacketTypes.PUBLISH)
+            pairs = [*([(KEY_HEADER, r.key)] if r.key is not None else []),
+                     *r.headers.items()]
+            if pairs:
+                props.UserProperty = pairs
+            infos.append(client.publish(self.url.name, r.value, qos=1, properties=props))
+        try:
+            await asyncio.to_thread(_wait_published, infos, self.timeout, self.session)
+        except (RuntimeError, ValueError, TimeoutError) as exc:
+            why = reason(exc) if self.session.connected else self.session.lost or reason(exc)
+            await self.session.close()  # drop what paho still holds: the retry resends
+            raise _error("publish", self.url, why) from None
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
+def _wait_published(infos: list[Any], timeout: float, session: _Session) -> None:
+    """Wait for every PUBACK; give up at once when the connection drops."""
+    deadline = time.monotonic() + timeout
+    for info in infos:
+        while not info.is_published():
+            if not session.connected:
+                raise RuntimeError(session.lost or "disconnected")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"not acknowledged by the broker within {timeout:.0f}s")
+            info.wait_for_publish(0.1)
+
+
+def open_source(url: StreamURL, *, group: str) -> MqttSource:
+    return MqttSource(url, group)
+
+
+def open_sink(url: StreamURL) -> MqttSink:
+    return MqttSink(url)

@@ -1,0 +1,223 @@
+"""``nats://HOST:PORT/SUBJECT?stream=NAME``: NATS JetStream via nats-py.
+
+The stream (default name: the subject in capitals, ``.`` and other separators as ``_``) is
+created with file storage and the subject when it does not exist.
+
+Source: a durable pull consumer named after the group (``?group=``; characters NATS does
+not allow become ``_``), explicit acks, delivering the whole stream the first time. An ack
+waits for the server's confirmation (``ack_sync``). Messages handed out and not
+acknowledged are NAKed on close, so they come again at once; after a crash the server sends
+them again once ``ack_wait`` passes (``?ack_wait=`` seconds, default 30, applied when the
+consumer is created; change it by deleting the consumer). The record key is the ``key``
+header, else the stream sequence; other headers become message headers.
+
+Sink: JetStream publish with the key as ``key`` header, every publish acknowledged by the
+stream (``?timeout=`` seconds, default 10) before ``write`` returns.
+
+The client reconnects by itself (forever) after the server goes away; reads and writes in
+the meantime fail with a StreamError, which the pipeline retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from baton.streams.base import Message, OutRecord, StreamError, StreamURL
+from baton.streams.connectors._support import (
+    KEY_HEADER,
+    address,
+    number,
+    probe,
+    reason,
+    safe_name,
+    stream_error,
+)
+
+log = logging.getLogger("baton.streams.nats")
+DEFAULT_PORT = 4222
+
+
+def _error(what: str, url: StreamURL, exc: BaseException | str) -> StreamError:
+    return stream_error("nats", what, url, exc)
+
+
+def _failures() -> tuple[type[BaseException], ...]:
+    import nats.errors
+
+    return (nats.errors.Error, OSError, TimeoutError)
+
+
+class _Connection:
+    """A client connection plus the JetStream stream that holds the subject."""
+
+    def __init__(self, url: StreamURL, name: str) -> None:
+        self.url = url
+        self.name = name
+        self.subject = url.name
+        self.stream = url.option("stream", safe_name(self.subject).upper())
+        self.nc: Any = None
+        self.js: Any = None
+        self.lost = ""
+
+    async def open(self) -> None:
+        import nats
+
+        await self.close()
+        if not self.subject:
+            raise _error("open", self.url, "the URL names no subject (nats://HOST:PORT/SUBJECT)")
+        await probe(self.url, DEFAULT_PORT, "nats")
+        host, port = address(self.url, DEFAULT_PORT)
+        try:
+            self.nc = await asyncio.wait_for(nats.connect(
+                servers=[f"nats://{host}:{port}"], name=self.name, user=self.url.username,
+                password=self.url.password, connect_timeout=5, allow_reconnect=True,
+                max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+                error_cb=self._on_error, disconnected_cb=self._on_disconnect,
+                reconnected_cb=self._on_reconnect), 15)
+            self.js = self.nc.jetstream()
+            await self._ensure_stream()
+        except _failures() as exc:
+            await self.close()
+            raise _error("connect", self.url, exc) from None
+
+    async def _ensure_stream(self) -> None:
+        from nats.js.errors import NotFoundError
+
+        try:
+            await self.js.stream_info(self.stream)
+        except NotFoundError:
+            await self.js.add_stream(name=self.stream, subjects=[self.subject])
+            log.info("created JetStream stream %s for %s", self.stream, self.subject)
+
+    async def _on_error(self, exc: Exception) -> None:
+        self.lost = reason(exc)
+
+    async def _on_disconnect(self) -> None:
+        self.lost = f"disconnected from {self.url.redacted}; reconnecting"
+
+    async def _on_reconnect(self) -> None:
+        log.info("reconnected to %s", self.url.redacted)
+
+    def why(self, exc: BaseException) -> str:
+        if self.nc is not None and not self.nc.is_connected:
+            return self.lost or "not connected"
+        return reason(exc)
+
+    async def close(self) -> None:
+        nc, self.nc, self.js = self.nc, None, None
+        if nc is not None and not nc.is_closed:
+            try:
+                await nc.close()
+            except _failures() as exc:
+                log.debug("closing %s: %s", self.url.redacted, reason(exc))
+
+
+class NatsSource:
+    def __init__(self, url: StreamURL, group: str) -> None:
+        self.url = url
+        self.durable = safe_name(url.option("group", group))
+        self.conn = _Connection(url, f"baton {self.durable}")
+        self.ack_wait = number(url, "ack_wait", 30)
+        self.sub: Any = None
+        self.unacked: dict[int, Any] = {}
+
+    async def open(self) -> None:
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+        await self.close()
+        await self.conn.open()
+        config = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
+                                ack_wait=self.ack_wait)
+        try:
+            self.sub = await self.conn.js.pull_subscribe(
+                self.conn.subject, durable=self.durable, stream=self.conn.stream, config=config)
+        except _failures() as exc:
+            await self.close()
+            raise _error("create consumer", self.url, exc) from None
+
+    async def read(self, max_records: int, timeout: float) -> list[Message]:
+        try:
+            got = await self.sub.fetch(max_records, timeout=timeout)
+        except TimeoutError as exc:  # nats-py raises its own or asyncio's: nothing came
+            if not self.conn.nc.is_connected:
+                raise _error("fetch", self.url, self.conn.why(exc)) from None
+            return []
+        except _failures() as exc:
+            raise _error("fetch", self.url, self.conn.why(exc)) from None
+        for m in got:
+            self.unacked[id(m)] = m
+        return [self._message(m) for m in got]
+
+    def _message(self, m: Any) -> Message:
+        headers = dict(m.headers or {})
+        key = headers.pop(KEY_HEADER, None)
+        if key is None:
+            key = str(m.metadata.sequence.stream)
+        return Message(key, m.data, m, headers)
+
+    async def ack(self, messages: Sequence[Message]) -> None:
+        from nats.errors import MsgAlreadyAckdError
+
+        results = await asyncio.gather(*(m.position.ack_sync(timeout=5) for m in messages),
+                                       return_exceptions=True)
+        failed = []
+        for m, result in zip(messages, results, strict=True):
+            if isinstance(result, BaseException) and not isinstance(result,
+                                                                    MsgAlreadyAckdError):
+                failed.append(result)  # still unacknowledged: NAKed on close
+            else:
+                self.unacked.pop(id(m.position), None)
+        if failed:
+            if not isinstance(failed[0], _failures()):
+                raise failed[0]
+            raise _error("ack", self.url, self.conn.why(failed[0]))
+
+    async def close(self) -> None:
+        pending, self.unacked = list(self.unacked.values()), {}
+        if pending and self.conn.nc is not None and self.conn.nc.is_connected:
+            try:  # handed out, never processed: let the next consumer have them now
+                await asyncio.gather(*(m.nak() for m in pending))
+            except _failures() as exc:
+                log.info("NAK on close failed (redelivered after ack_wait): %s", reason(exc))
+        self.sub = None
+        await self.conn.close()
+
+
+class NatsSink:
+    def __init__(self, url: StreamURL) -> None:
+        self.url = url
+        self.timeout = number(url, "timeout", 10)
+        self.conn = _Connection(url, "baton sink")
+
+    async def open(self) -> None:
+        await self.conn.open()
+
+    async def write(self, records: Sequence[OutRecord]) -> None:
+        if not records:
+            return
+        if not self.conn.nc.is_connected:  # nats-py would buffer them until it reconnects
+            raise _error("publish", self.url, self.conn.lost or "not connected")
+        js = self.conn.js
+        results = await asyncio.gather(*(js.publish(
+            self.conn.subject, r.value, timeout=self.timeout,
+            headers={**r.headers, **({KEY_HEADER: r.key} if r.key is not None else {})}
+            or None) for r in records), return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            if not isinstance(failed[0], _failures()):
+                raise failed[0]
+            raise _error("publish", self.url, self.conn.why(failed[0]))
+
+    async def close(self) -> None:
+        await self.conn.close()
+
+
+def open_source(url: StreamURL, *, group: str) -> NatsSource:
+    return NatsSource(url, group)
+
+
+def open_sink(url: StreamURL) -> NatsSink:
+    return NatsSink(url)

@@ -1,0 +1,182 @@
+"""The contract every connector keeps, checked through the Source/Sink interface only.
+
+Each test runs once per connector (file, redis, nats, amqp, mqtt, kafka) against the real
+broker. A new connector is done when it passes this file unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+from baton.streams.base import Message, OutRecord, StreamError, open_sink, open_source
+from tests.conftest import free_port
+from tests.streams.conftest import Aio
+from tests.streams.kits import FileKit, Item, Kit
+
+
+def records(n: int, start: int = 0) -> list[Item]:
+    """Keyed JSON records; the key is in the value too, where the file connector reads it."""
+    return [(f"k{i:03d}", json.dumps({"key": f"k{i:03d}", "n": i}).encode())
+            for i in range(start, start + n)]
+
+
+def group() -> str:
+    return f"conformance-{uuid.uuid4().hex[:8]}"
+
+
+async def opened_source(kit: Kit, url: str, grp: str) -> Any:
+    source = open_source(url, group=grp)
+    await source.open()
+    return source
+
+
+async def read_n(source: Any, n: int, *, ack: bool, batch: int = 10,
+                 patience: float = 20) -> list[Message]:
+    """Read until ``n`` messages came (or ``patience`` seconds passed: then fewer).
+
+    With ``ack``, each batch is acknowledged before the next read, as the pipeline does:
+    a broker may hold back more than one batch of unacknowledged messages (AMQP prefetch,
+    MQTT in-flight window).
+    """
+    got: list[Message] = []
+    deadline = time.monotonic() + patience
+    while len(got) < n and time.monotonic() < deadline:
+        chunk = await source.read(batch, 0.5)
+        assert len(chunk) <= batch, f"read returned {len(chunk)} > max_records={batch}"
+        if ack:
+            await source.ack(chunk)
+        got += chunk
+    return got
+
+
+def pairs(messages: list[Message]) -> list[Item]:
+    return [(m.key, m.value) for m in messages]
+
+
+def test_read_returns_what_was_published_with_keys_in_order(broker: Kit, aio: Aio) -> None:
+    async def body() -> None:
+        stream, grp = broker.fresh(), group()
+        source = await opened_source(broker, broker.url(stream), grp)
+        try:
+            sent = records(25)
+            await broker.publish(stream, sent)
+            got = await read_n(source, 25, ack=True)
+            assert pairs(got) == sent
+        finally:
+            await source.close()
+
+    aio.run(body())
+
+
+def test_read_waits_about_timeout_when_empty(broker: Kit, aio: Aio) -> None:
+    async def body() -> None:
+        source = await opened_source(broker, broker.url(broker.fresh()), group())
+        try:
+            started = time.monotonic()
+            got = await source.read(10, 0.3)
+            waited = time.monotonic() - started
+        finally:
+            await source.close()
+        assert got == []
+        assert waited < 3.0, f"an empty read blocked {waited:.1f}s for a 0.3s timeout"
+
+    aio.run(body())
+
+
+def test_acknowledged_messages_are_not_delivered_again_after_reopen(broker: Kit,
+                                                                     aio: Aio) -> None:
+    async def body() -> None:
+        stream, grp = broker.fresh(), group()
+        url = broker.url(stream)
+        source = await opened_source(broker, url, grp)
+        await broker.publish(stream, records(12))
+        got = await read_n(source, 12, ack=True)
+        assert len(got) == 12
+        await source.close()
+        again = await opened_source(broker, url, grp)
+        try:
+            assert await again.read(50, 0.5) == []
+            assert await again.read(50, 0.5) == []
+        finally:
+            await again.close()
+
+    aio.run(body())
+
+
+def test_unacknowledged_messages_are_delivered_again_after_reopen(broker: Kit,
+                                                                   aio: Aio) -> None:
+    """At least once: what was read but never acknowledged comes again, and only that.
+
+    MQTT too: the connector acknowledges (PUBACK) only on ack, and its session persists.
+    """
+    async def body() -> None:
+        stream, grp = broker.fresh(), group()
+        url = broker.url(stream)
+        sent = records(10)
+        source = await opened_source(broker, url, grp)
+        await broker.publish(stream, sent)
+        got = await read_n(source, 10, ack=False)
+        assert pairs(got) == sent
+        await source.ack(got[:4])
+        await source.close()  # as a crash would: six read, never acknowledged
+
+        again = await opened_source(broker, url, grp)
+        redelivered = await read_n(again, 6, ack=True, patience=30)
+        assert pairs(redelivered) == sent[4:]
+        await again.close()
+
+        last = await opened_source(broker, url, grp)
+        try:
+            assert await last.read(50, 0.5) == []
+        finally:
+            await last.close()
+
+    aio.run(body())
+
+
+def test_sink_writes_are_readable_with_their_keys(broker: Kit, aio: Aio) -> None:
+    async def body() -> None:
+        stream = broker.fresh()
+        reader = broker.reader(stream)
+        await reader.start()  # an MQTT subscriber gets only what comes after it subscribed
+        sink = open_sink(broker.url(stream))
+        await sink.open()
+        sent = records(15)
+        try:
+            await sink.write([OutRecord(k, v) for k, v in sent[:5]])
+            await sink.write([OutRecord(k, v, {"origin": "test"}) for k, v in sent[5:]])
+            await sink.write([])
+        finally:
+            await sink.close()
+        deadline = time.monotonic() + 20
+        while len(await reader.poll()) < 15 and time.monotonic() < deadline:
+            pass
+        await reader.close()
+        assert reader.items == sent
+
+    aio.run(body())
+
+
+def test_opening_against_a_broker_that_is_down_is_a_clear_stream_error(broker: Kit,
+                                                                        aio: Aio) -> None:
+    if isinstance(broker, FileKit):
+        source_url, sink_url, named = broker.down_url()
+    else:
+        port = free_port()  # nothing listens there
+        source_url = sink_url = broker.url(broker.fresh(), port=port)
+        named = f"127.0.0.1:{port}"
+
+    async def body() -> None:
+        for part in (open_source(source_url, group=group()), open_sink(sink_url)):
+            with pytest.raises(StreamError) as err:
+                await part.open()
+            await part.close()
+            assert named in err.value.message, err.value.message
+            assert err.value.code == "STREAM_ERROR"
+
+    aio.run(body())
