@@ -44,8 +44,8 @@ def quality_metric(server: Server, metric: str) -> float:
 
 
 def test_accuracy_from_feedback_joined_to_logged_predictions(
-        serve: Callable[..., Server], classifier: Path) -> None:
-    server = serve([classifier])
+        serve: Callable[..., Server], classifier: Path, tmp_path: Path) -> None:
+    server = serve([classifier], env={"BATON_HOME": str(tmp_path / "home")})
     resp = server.client.post("/v1/models/sign/predict",
                               json=[{"x": -1.0}, {"x": 2.0}, {"x": 3.0}, {"x": -4.0}])
     body = resp.json()
@@ -88,8 +88,9 @@ def test_bad_feedback_gets_a_clear_error_and_serving_goes_on(
 
 
 def test_regression_quality_and_v2_prediction_ids(serve: Callable[..., Server],
-                                                  chaos_bundle: Path) -> None:
-    server = serve([chaos_bundle])
+                                                  chaos_bundle: Path, tmp_path: Path) -> None:
+    # Its own Baton home: the quality window must hold only this test's labels.
+    server = serve([chaos_bundle], env={"BATON_HOME": str(tmp_path / "home")})
     resp = server.client.post("/v2/models/chaos/infer", json={"inputs": [
         {"name": "action", "shape": [2], "datatype": "BYTES", "data": ["ok", "ok"]},
         {"name": "x", "shape": [2], "datatype": "FP64", "data": [1.0, 2.0]}]})
