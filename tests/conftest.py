@@ -53,6 +53,7 @@ class Server:
     def __init__(self, bundles: list[Path], env: dict[str, str], args: list[str]) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        Path(env["BATON_HOME"]).mkdir(parents=True, exist_ok=True)
         self.log = open(Path(env["BATON_HOME"]) / f"serve-{self.port}.log", "w+")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [*BATON, "serve", *map(str, bundles), "--port", str(self.port), *args],
