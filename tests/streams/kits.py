@@ -220,11 +220,13 @@ class NatsKit(Kit):
         return (f"nats://127.0.0.1:{port or self.port}/{stream}"
                 f"?stream={self.stream_name(stream)}&ack_wait=2")
 
-    async def connect(self) -> Any:
+    async def connect(self, patient: bool = True) -> Any:
+        """``patient``: reconnect forever (a reader across a restart); else give up soon."""
         import nats
 
         return await nats.connect(f"nats://127.0.0.1:{self.port}", connect_timeout=2,
-                                  max_reconnect_attempts=-1, reconnect_time_wait=0.3)
+                                  max_reconnect_attempts=-1 if patient else 1,
+                                  reconnect_time_wait=0.3)
 
     async def publish(self, stream: str, items: list[Item]) -> None:
         from nats.js.errors import NotFoundError
@@ -247,7 +249,7 @@ class NatsKit(Kit):
     async def cleanup(self) -> None:
         from nats.js.errors import NotFoundError
 
-        nc = await self.connect()
+        nc = await self.connect(patient=False)
         try:
             js = nc.jetstream()
             for stream in self.streams:
@@ -299,9 +301,10 @@ class AmqpKit(Kit):
     scheme = name = "amqp"
     default_port = 5672
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, cleanup_port: int | None = None) -> None:
         super().__init__(port)
         self.queues: list[str] = []
+        self.cleanup_port = cleanup_port or self.port
 
     def fresh(self) -> str:
         queue = super().fresh()
@@ -311,11 +314,11 @@ class AmqpKit(Kit):
     def url(self, stream: str, port: int | None = None) -> str:
         return f"amqp://guest:guest@127.0.0.1:{port or self.port}/{stream}"
 
-    async def connect(self) -> Any:
+    async def connect(self, port: int | None = None) -> Any:
         import aio_pika
 
-        return await aio_pika.connect(host="127.0.0.1", port=self.port, login="guest",
-                                      password="guest", timeout=5)
+        return await aio_pika.connect(host="127.0.0.1", port=port or self.port,
+                                      login="guest", password="guest", timeout=5)
 
     async def publish(self, stream: str, items: list[Item]) -> None:
         import aio_pika
@@ -335,7 +338,7 @@ class AmqpKit(Kit):
         return _AmqpReader(self, stream)
 
     async def cleanup(self) -> None:
-        conn = await self.connect()
+        conn = await self.connect(self.cleanup_port)
         try:
             channel = await conn.channel()
             for queue in self.queues:

@@ -7,19 +7,21 @@ fails the test; duplicates are at-least-once and only counted), dead letters say
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from baton.streams.base import redact_url
 from tests.conftest import Server, free_port, write_bundle
 from tests.streams.brokers import (
     PrivateMosquitto,
@@ -118,9 +120,9 @@ class Outcome:
         out, dead = self.poll()
         return {b["key"] for b in out} | {b["key"] for b in dead}
 
-    def close(self) -> None:
-        self.aio.run(self.out.close())
-        self.aio.run(self.dead.close())
+    async def close(self) -> None:
+        await self.out.close()
+        await self.dead.close()
 
 
 def wait_until(check: Callable[[], bool], what: str, server: Server | None = None,
@@ -138,20 +140,53 @@ def wait_until(check: Callable[[], bool], what: str, server: Server | None = Non
     raise AssertionError(f"{what}: not reached within {patience:.0f}s{tail}")
 
 
-def engine(bundle: Path, env: dict[str, str], kit: Kit, streams: tuple[str, str, str],
-           group: str, sleep: float) -> Server:
-    inp, out, dead = (kit.url(s) for s in streams)
-    server = Server([bundle], {**env, "BATON_TEST_SLEEP": str(sleep)},
-                    ["--input", inp, "--output", out, "--dead-letter", dead, "--group", group,
-                     "--max-batch", "20"])
-    server.wait_ready()
-    return server
+Engines = Callable[..., Server]
+
+
+@pytest.fixture
+def engines(bundle: Path, baton_env: dict[str, str]) -> Iterator[Engines]:
+    """Factory: ``engines(input_url, output_url, dead_letter_url, group, sleep)`` starts a
+    ready `baton serve` bound to those streams; whatever is still running at the end of
+    the test (a failed one included) is killed by PID."""
+    started: list[Server] = []
+
+    def start(inp: str, out: str, dead: str, group: str, sleep: float,
+              **env: str) -> Server:
+        server = Server([bundle], {**baton_env, "BATON_TEST_SLEEP": str(sleep), **env},
+                        ["--input", inp, "--output", out, "--dead-letter", dead,
+                         "--group", group, "--max-batch", "20"])
+        started.append(server)
+        server.wait_ready()
+        return server
+
+    yield start
+    for server in started:
+        if server.proc.poll() is None:
+            sigkill(server)
+        server.stop()
+
+
+Tidy = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
+
+
+@pytest.fixture
+def tidy(aio: Aio) -> Iterator[Tidy]:
+    """Register ``async`` clean-ups (delete test streams, close readers) run at teardown,
+    pass or fail; best effort: a broker that is gone by then is not an error."""
+    jobs: list[Callable[[], Coroutine[Any, Any, None]]] = []
+    yield jobs.append
+    for job in reversed(jobs):
+        with contextlib.suppress(Exception):
+            aio.run(job(), timeout=30)
+
+
+def urls(kit: Kit, streams: tuple[str, str, str]) -> tuple[str, str, str]:
+    return kit.url(streams[0]), kit.url(streams[1]), kit.url(streams[2])
 
 
 def sigkill(server: Server) -> None:
     os.killpg(server.proc.pid, signal.SIGKILL)  # the engine; its workers exit on EOF
     server.proc.wait()
-    server.stop()
 
 
 def stream_stats(server: Server) -> dict[str, Any]:
@@ -188,9 +223,10 @@ def check_complete(outcome: Outcome, items: list[Item], bad: dict[str, bytes],
 
 @pytest.mark.parametrize("scheme", BROKERS)
 def test_engine_killed_mid_stream_three_times_loses_nothing(
-        scheme: str, tmp_path: Path, tansu: Tansu, aio: Aio, bundle: Path,
-        baton_env: dict[str, str]) -> None:
+        scheme: str, tmp_path: Path, tansu: Tansu, aio: Aio, engines: Engines,
+        tidy: Tidy) -> None:
     kit = make_kit(scheme, tmp_path, tansu)
+    tidy(kit.cleanup)
     # Mosquitto queues at most 1000 messages for a session that is away (its default
     # max_queued_messages), and the engine is away between a kill and its restart.
     n = 900 if scheme == "mqtt" else 1200
@@ -198,27 +234,27 @@ def test_engine_killed_mid_stream_three_times_loses_nothing(
     group = f"faults-{suffix()}"
     aio.run(kit.prepare(kit.url(streams[0]), group))
     outcome = Outcome(aio, kit, streams[1], streams[2]).start()
+    tidy(outcome.close)
     items, bad = make_inputs(n)
     aio.run(kit.publish(streams[0], items))
 
     progress_at_kill = []
     for _ in range(3):
-        server = engine(bundle, baton_env, kit, streams, group, sleep=0.01)
+        server = engines(*urls(kit, streams), group, sleep=0.01)
         # Each run does some work (a fifth of the records), then dies without warning.
         wait_until(lambda s=server: stream_stats(s)["consumed"] >= n // 5,
                    f"{n // 5} records consumed", server)
         sigkill(server)
         progress_at_kill.append(len(outcome.seen()))
-    server = engine(bundle, baton_env, kit, streams, group, sleep=0.01)
+    server = engines(*urls(kit, streams), group, sleep=0.01)
     wait_until(lambda: len(outcome.seen()) == n, "every record done", server)
+    assert stream_stats(server)["input"] == redact_url(kit.url(streams[0]))  # no password
     digest = server.client.get("/v1/models").json()["models"][0]["digest"]
-    server.stop()
+    assert server.stop() == 0
 
     summary = check_complete(outcome, items, bad, digest)
     print(f"{scheme}: killed at {progress_at_kill} of {n} records done; {summary}")
     assert progress_at_kill[-1] < n, "the last kill did not land mid-stream"
-    outcome.close()
-    aio.run(kit.cleanup())
 
 
 # -- the broker goes away while the engine runs ------------------------------------------
@@ -252,7 +288,8 @@ def outage_broker(scheme: str, workdir: Path) -> Iterator[tuple[Kit, Callable[[]
     tansu = Tansu(workdir / "tansu", port=target, advertised=proxy.port).start() \
         if scheme == "kafka" else None
     proxy.start()
-    kit: Kit = AmqpKit(proxy.port) if scheme == "amqp" else KafkaKit(proxy.port)
+    kit: Kit = AmqpKit(proxy.port, cleanup_port=5672) if scheme == "amqp" \
+        else KafkaKit(proxy.port)
     try:
         yield kit, proxy.cut, proxy.restore, "cut off by a proxy"
     finally:
@@ -263,17 +300,18 @@ def outage_broker(scheme: str, workdir: Path) -> Iterator[tuple[Kit, Callable[[]
 
 @pytest.mark.parametrize("scheme", BROKERS)
 def test_broker_outage_while_the_engine_runs_loses_nothing(
-        scheme: str, tmp_path: Path, aio: Aio, bundle: Path,
-        baton_env: dict[str, str]) -> None:
+        scheme: str, tmp_path: Path, aio: Aio, engines: Engines, tidy: Tidy) -> None:
     with outage_broker(scheme, tmp_path) as (kit, down, up, how):
+        tidy(kit.cleanup)
         streams = (kit.fresh(), kit.fresh(), kit.fresh())
         group = f"outage-{suffix()}"
         aio.run(kit.prepare(kit.url(streams[0]), group))
         outcome = Outcome(aio, kit, streams[1], streams[2]).start()
+        tidy(outcome.close)
         items, bad = make_inputs(400)
         first, second = items[:240], items[240:]
         aio.run(kit.publish(streams[0], first))
-        server = engine(bundle, baton_env, kit, streams, group, sleep=0.03)
+        server = engines(*urls(kit, streams), group, sleep=0.03)
         wait_until(lambda: len(outcome.seen()) >= 80, "80 records done", server)
         seen_before = len(outcome.seen())
         down()
@@ -283,17 +321,15 @@ def test_broker_outage_while_the_engine_runs_loses_nothing(
         aio.run(kit.publish(streams[0], second))  # consumed only if the engine reconnected
         wait_until(lambda: len(outcome.seen()) == len(items), "every record done", server)
         digest = server.client.get("/v1/models").json()["models"][0]["digest"]
-        server.stop()
+        assert server.stop() == 0
         summary = check_complete(outcome, items, bad, digest)
         print(f"{scheme} {how} with {seen_before} of {len(first)} done; {summary}")
-        outcome.close()
-        aio.run(kit.cleanup())
 
 
 # -- a sink that refuses writes ------------------------------------------------------------
 
 def test_sink_refusing_writes_leaves_input_unacknowledged_and_loses_nothing(
-        tmp_path: Path, aio: Aio, bundle: Path, baton_env: dict[str, str]) -> None:
+        tmp_path: Path, aio: Aio, engines: Engines) -> None:
     """Scores go to a Redis that stops; input and dead letters stay on the shared one."""
     require_service("redis")
     shared = RedisKit()
@@ -304,11 +340,7 @@ def test_sink_refusing_writes_leaves_input_unacknowledged_and_loses_nothing(
         items, bad = make_inputs(300)
         aio.run(shared.publish(inp, items))
         out_reader, dead_reader = out_kit.reader(out), shared.reader(dead)
-        server = Server([bundle], {**baton_env, "BATON_TEST_SLEEP": "0.03"},
-                        ["--input", shared.url(inp), "--output", out_kit.url(out),
-                         "--dead-letter", shared.url(dead), "--group", group,
-                         "--max-batch", "20"])
-        server.wait_ready()
+        server = engines(shared.url(inp), out_kit.url(out), shared.url(dead), group, 0.03)
         wait_until(lambda: len(aio.run(out_reader.poll())) >= 60, "60 scores written", server)
         output.stop()
         wait_until(lambda: (stream_stats(server)["last_error"] or "").startswith(
@@ -325,7 +357,7 @@ def test_sink_refusing_writes_leaves_input_unacknowledged_and_loses_nothing(
         wait_until(lambda: len(done()) == len(items), "every record done", server)
         wait_until(lambda: aio.run(shared.pending(inp, group)) == 0, "all acknowledged",
                    server)
-        server.stop()
+        assert server.stop() == 0
         assert set(json.loads(v)["key"] for _, v in dead_reader.items) == set(bad)
         print(f"sink refused with {held} input(s) held unacknowledged; nothing lost")
     finally:
@@ -336,11 +368,11 @@ def test_sink_refusing_writes_leaves_input_unacknowledged_and_loses_nothing(
 # -- started while the input broker is down ------------------------------------------------
 
 def test_engine_started_while_its_broker_is_down_retries_with_backoff_then_consumes(
-        tmp_path: Path, aio: Aio, bundle: Path, baton_env: dict[str, str]) -> None:
+        tmp_path: Path, aio: Aio, engines: Engines, tidy: Tidy) -> None:
     port = free_port()  # Tansu starts here later
     kit = KafkaKit(port)
     streams = (kit.fresh(), kit.fresh(), kit.fresh())
-    server = engine(bundle, baton_env, kit, streams, "late", sleep=0)
+    server = engines(*urls(kit, streams), "late", sleep=0)
     tansu: Tansu | None = None
     try:
         wait_until(lambda: stream_stats(server)["retries"] >= 3, "three retries", server)
@@ -355,14 +387,27 @@ def test_engine_started_while_its_broker_is_down_retries_with_backoff_then_consu
 
         tansu = Tansu(tmp_path / "tansu", port=port).start()
         outcome = Outcome(aio, kit, streams[1], streams[2]).start()
+        tidy(outcome.close)
         items, bad = make_inputs(60)
         aio.run(kit.publish(streams[0], items))
         wait_until(lambda: len(outcome.seen()) == len(items), "every record done", server)
         digest = server.client.get("/v1/models").json()["models"][0]["digest"]
-        server.stop()
+        assert server.stop() == 0
         print(f"retried at {delays}; then {check_complete(outcome, items, bad, digest)}")
-        outcome.close()
     finally:
-        server.stop()
         if tansu is not None:
             tansu.stop()
+
+
+def test_engine_stuck_on_a_broker_that_is_down_stops_cleanly_when_asked(
+        aio: Aio, engines: Engines) -> None:
+    """SIGTERM while every step fails and backs off: the stream stops within the drain
+    budget (2s here, while a backoff grows to 10s), and the engine exits 0."""
+    kit = KafkaKit(free_port())  # nothing ever listens there
+    server = engines(*urls(kit, (kit.fresh(), kit.fresh(), kit.fresh())), "stuck", sleep=0,
+                     BATON_DRAIN_TIMEOUT="2")
+    wait_until(lambda: stream_stats(server)["retries"] >= 5, "five retries", server)
+    code = server.stop()
+    log = Path(server.log.name).read_text()
+    assert code == 0, log[-3000:]
+    assert "stream stopped" in log and "did not drain" not in log, log[-3000:]

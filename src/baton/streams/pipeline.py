@@ -208,7 +208,16 @@ class StreamPipeline:
                 self.stats.last_error = f"{what}: {message}"
                 log.warning("%s: cannot %s (retrying in %.1fs): %s", self.binding.model, what,
                             backoff.delay, message, exc_info=not isinstance(exc, BatonError))
-                await backoff.wait()
+                await self._pause(backoff)
+
+    async def _pause(self, backoff: Backoff) -> None:
+        """Back off before a retry, but leave at once when stop is asked meanwhile."""
+        try:
+            await asyncio.wait_for(self._stopping.wait(), backoff.delay)
+        except TimeoutError:
+            backoff.delay = min(backoff.delay * 2, backoff.cap)
+            return
+        raise _Stopped()
 
     async def _close(self) -> None:
         for part in (self.source, self.sink, self.dead):

@@ -12,8 +12,10 @@ A missing topic is created with ``?partitions=`` partitions (default 1).
 
 Sink: an idempotent producer (``acks=all``); ``write`` returns once every record is
 acknowledged by the broker (``flush``), keys and headers carried as Kafka keys and headers.
-A write that fails or times out (``?timeout=`` seconds, default 30) purges what is still
-queued, so the pipeline's retry sends each record again rather than piling up copies.
+A write fails as soon as the client reports an error (broker down), or after ``?timeout=``
+seconds (default 30) without every acknowledgement; it then purges what is still queued
+and drops the producer, so the pipeline's retry sends each record again with a fresh one
+(copies never pile up, and a producer the broker fenced is not reused).
 
 confluent-kafka blocks, so every client call runs on one thread owned by the connector
 (calls stay in order and never overlap; the event loop never waits on the broker).

@@ -14,9 +14,18 @@ Limits that come from MQTT itself, not from this connector:
 - While the engine is away the broker queues for the session only up to its own limit
   (Mosquitto: ``max_queued_messages``, default 1000; beyond it new messages are dropped) and
   for ``session_expiry`` seconds. Size both for the longest outage you must survive.
-- The broker sends at most its in-flight window of unacknowledged messages (Mosquitto:
-  ``max_inflight_messages``, default 20), so a micro-batch holds at most that many records.
-- There is no replay: once acknowledged, a message cannot be read again.
+- While connected, the broker sends at most its in-flight window of unacknowledged
+  messages (Mosquitto: ``max_inflight_messages``, default 20), so micro-batches stay that
+  small; a backlog queued while the engine was away arrives at once and waits in memory.
+- Acknowledgements belong to a connection. While disconnected, ``read`` hands nothing out
+  (its ack could not reach the broker); after a reconnect that kept the session, messages
+  of the old connection not yet handed out are dropped here, since the broker sends them
+  again. A batch in flight across a reconnect is therefore scored twice (at least once).
+- There is no replay: once acknowledged, a message cannot be read again (``baton replay``
+  from an MQTT dead-letter topic sees only what arrives after it subscribed).
+- Mosquitto may lose PUBACKs that it had not read yet when a client hangs up while it is
+  still writing to it; ``close`` waits for an UNSUBACK round trip first, so acknowledged
+  messages are not delivered again after a clean stop.
 
 Sink: publishes at QoS 1 with the key as user property ``key`` and returns once the broker
 acknowledged every message (PUBACK). A failed write drops the client (and whatever it still

@@ -1,0 +1,27 @@
+"""Stream URLs: parsed once, credentials never shown, bad ones refused as stream errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from baton.streams.base import StreamError, parse_url, redact_url
+
+
+def test_credentials_are_decoded_for_the_client_and_hidden_everywhere_else() -> None:
+    url = parse_url("amqp://guest:s%40cret@127.0.0.1:5672/orders?vhost=prod")
+    assert (url.username, url.password, url.host, url.port) == ("guest", "s@cret",
+                                                                 "127.0.0.1", 5672)
+    assert url.name == "orders" and url.option("vhost", "/") == "prod"
+    assert url.redacted == "amqp://guest:***@127.0.0.1:5672/orders?vhost=prod"
+    assert redact_url("kafka://127.0.0.1:9092/t") == "kafka://127.0.0.1:9092/t"
+
+
+@pytest.mark.parametrize(("raw", "code"), [
+    ("redis://127.0.0.1:notaport/s", "BAD_STREAM_URL"),
+    ("redis://127.0.0.1:99999/s", "BAD_STREAM_URL"),
+    ("pulsar://user:secret@127.0.0.1/t", "UNKNOWN_SCHEME"),
+])
+def test_a_bad_url_is_a_stream_error_that_shows_no_password(raw: str, code: str) -> None:
+    with pytest.raises(StreamError) as err:
+        parse_url(raw)
+    assert err.value.code == code and "secret" not in err.value.message
