@@ -43,7 +43,7 @@ def pg_admin() -> psycopg.Connection[Any]:
     except psycopg.OperationalError as exc:
         pytest.fail(f"PostgreSQL is not answering on 127.0.0.1:5432 ({exc}). The registry "
                     "tests need it: start it with scripts/ensure-services.sh (make test and "
-                    ".ci/run do), or see /work/shared/INFRA.md.", pytrace=False)
+                    ".ci/run do), or see the project's shared INFRA notes.", pytrace=False)
 
 
 def _migrate(url: str) -> None:
