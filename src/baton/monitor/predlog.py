@@ -28,11 +28,16 @@ from baton.batch import Batch
 log = logging.getLogger("baton.predlog")
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS predictions (
-    id TEXT PRIMARY KEY, model TEXT NOT NULL, version TEXT NOT NULL, time REAL NOT NULL,
-    inputs TEXT NOT NULL, outputs TEXT NOT NULL, label TEXT, label_time REAL);
-CREATE INDEX IF NOT EXISTS predictions_model_label ON predictions (model, label_time);
-CREATE INDEX IF NOT EXISTS predictions_time ON predictions (time);
+CREATE TABLE IF NOT EXISTS prediction_batches (
+    rid TEXT PRIMARY KEY, model TEXT NOT NULL, version TEXT NOT NULL, time REAL NOT NULL,
+    rows INTEGER NOT NULL, inputs BLOB NOT NULL, outputs BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS prediction_batches_time ON prediction_batches (time);
+CREATE TABLE IF NOT EXISTS prediction_keys (
+    id TEXT PRIMARY KEY, rid TEXT NOT NULL, idx INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS labels (
+    id TEXT PRIMARY KEY, model TEXT NOT NULL, version TEXT NOT NULL, rid TEXT NOT NULL,
+    idx INTEGER NOT NULL, label TEXT NOT NULL, time REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS labels_model_time ON labels (model, version, time);
 """
 
 
@@ -66,14 +71,15 @@ class PredictionLog:
 
     # -- hot path ------------------------------------------------------------------------
     def record(self, model: str, version: str, ids: Sequence[str], inputs: Batch,
-               outputs: Batch) -> None:
+               outputs: Batch, request_id: str | None = None) -> None:
+        """Queue one scored batch. ``request_id``: the ids are ``f"{request_id}-{i}"``;
+        without it the ids are arbitrary keys (streams) and are indexed one by one."""
         if self.sample <= 0.0 or (self.sample < 1.0 and self._rng.random() >= self.sample):
             return
         if len(self._pending) >= self.max_pending:
             self.dropped += len(ids)
             return
-        now = time.time()
-        self._pending.append((model, version, now, list(ids), inputs, outputs))
+        self._pending.append((model, version, time.time(), request_id, ids, inputs, outputs))
 
     # -- background ----------------------------------------------------------------------
     async def run(self, interval: float = 0.5) -> None:
@@ -94,27 +100,37 @@ class PredictionLog:
         await asyncio.to_thread(self._write, items)
 
     def _write(self, items: list[tuple[Any, ...]]) -> None:
-        rows = []
-        for model, version, now, ids, inputs, outputs in items:
-            ins = inputs.to_records()
-            outs = outputs.to_records()
-            for pid, i, o in zip(ids, ins, outs, strict=False):
-                rows.append((pid, model, version, now, orjson.dumps(i, option=_NP).decode(),
-                             orjson.dumps(o, option=_NP).decode()))
+        # One row per scored batch (columns as JSON): logging costs per request, not per row.
+        batches, keys = [], []
+        for model, version, now, request_id, ids, inputs, outputs in items:
+            rid = request_id or os.urandom(8).hex()
+            if request_id is None:
+                keys.extend((str(k), rid, i) for i, k in enumerate(ids))
+            batches.append((rid, model, version, now, inputs.rows,
+                            orjson.dumps(inputs.columns, option=_NP),
+                            orjson.dumps(outputs.columns, option=_NP)))
         with self._lock:
             assert self._db is not None
             self._db.execute("BEGIN")
-            self._db.executemany("INSERT OR IGNORE INTO predictions "
-                                 "(id, model, version, time, inputs, outputs) "
-                                 "VALUES (?, ?, ?, ?, ?, ?)", rows)
+            self._db.executemany("INSERT OR IGNORE INTO prediction_batches "
+                                 "(rid, model, version, time, rows, inputs, outputs) "
+                                 "VALUES (?, ?, ?, ?, ?, ?, ?)", batches)
+            if keys:
+                self._db.executemany("INSERT OR REPLACE INTO prediction_keys (id, rid, idx) "
+                                     "VALUES (?, ?, ?)", keys)
             self._db.execute("COMMIT")
-        self.written += len(rows)
+        self.written += sum(b[4] for b in batches)
 
     def _prune(self) -> None:
+        cutoff = time.time() - self.retention
         with self._lock:
             assert self._db is not None
-            self._db.execute("DELETE FROM predictions WHERE time < ?",
-                             (time.time() - self.retention,))
+            self._db.execute("BEGIN")
+            self._db.execute("DELETE FROM prediction_batches WHERE time < ?", (cutoff,))
+            self._db.execute("DELETE FROM labels WHERE time < ?", (cutoff,))
+            self._db.execute("DELETE FROM prediction_keys WHERE rid NOT IN "
+                             "(SELECT rid FROM prediction_batches)")
+            self._db.execute("COMMIT")
 
     # -- feedback ------------------------------------------------------------------------
     def add_labels(self, model: str, labels: Sequence[tuple[str, Any]]) -> FeedbackResult:
@@ -122,36 +138,68 @@ class PredictionLog:
         result = FeedbackResult([], [], [])
         now = time.time()
         with self._lock:
-            assert self._db is not None
-            self._db.execute("BEGIN IMMEDIATE")
+            db = self._db
+            assert db is not None
+            db.execute("BEGIN IMMEDIATE")
             try:
                 for pid, label in labels:
-                    row = self._db.execute("SELECT label_time FROM predictions WHERE id = ? "
-                                           "AND model = ?", (pid, model)).fetchone()
-                    if row is None:
+                    where = self._locate(db, model, pid)
+                    if where is None:
                         result.unknown.append(pid)
-                    elif row[0] is not None:
+                        continue
+                    rid, idx, version = where
+                    if db.execute("SELECT 1 FROM labels WHERE id = ?", (pid,)).fetchone():
                         result.duplicates.append(pid)
-                    else:
-                        self._db.execute("UPDATE predictions SET label = ?, label_time = ? "
-                                         "WHERE id = ?", (orjson.dumps(label).decode(), now,
-                                                          pid))
-                        result.accepted.append(pid)
-                self._db.execute("COMMIT")
+                        continue
+                    db.execute("INSERT INTO labels (id, model, version, rid, idx, label, time) "
+                               "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                               (pid, model, version, rid, idx, orjson.dumps(label).decode(),
+                                now))
+                    result.accepted.append(pid)
+                db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                db.execute("ROLLBACK")
                 raise
         return result
 
+    @staticmethod
+    def _locate(db: sqlite3.Connection, model: str, pid: str) -> tuple[str, int, str] | None:
+        row = db.execute("SELECT rid, idx FROM prediction_keys WHERE id = ?", (pid,)).fetchone()
+        if row is not None:
+            rid, idx = row
+        else:
+            rid, _, index = pid.rpartition("-")
+            if not rid or not index.isdigit():
+                return None
+            idx = int(index)
+        found = db.execute("SELECT version, rows FROM prediction_batches WHERE rid = ? AND "
+                           "model = ?", (rid, model)).fetchone()
+        if found is None or idx >= found[1]:
+            return None
+        return rid, idx, found[0]
+
     def labelled(self, model: str, version: str, window: int) -> list[tuple[Any, Any]]:
-        """The latest ``window`` (output, label) pairs of a model version."""
+        """The latest ``window`` (output record, label) pairs of a model version."""
         with self._lock:
             assert self._db is not None
             rows = self._db.execute(
-                "SELECT outputs, label FROM predictions WHERE model = ? AND version = ? AND "
-                "label_time IS NOT NULL ORDER BY label_time DESC LIMIT ?",
-                (model, version, window)).fetchall()
-        return [(orjson.loads(o), orjson.loads(lbl)) for o, lbl in rows]
+                "SELECT rid, idx, label FROM labels WHERE model = ? AND version = ? "
+                "ORDER BY time DESC, id LIMIT ?", (model, version, window)).fetchall()
+            rids = sorted({r for r, _, _ in rows})
+            outputs: dict[str, dict[str, Any]] = {}
+            for i in range(0, len(rids), 500):
+                chunk = rids[i:i + 500]
+                marks = ",".join("?" * len(chunk))
+                for rid, blob in self._db.execute(
+                        f"SELECT rid, outputs FROM prediction_batches WHERE rid IN ({marks})",
+                        chunk):
+                    outputs[rid] = orjson.loads(blob)
+        pairs = []
+        for rid, idx, label in rows:
+            cols = outputs.get(rid)
+            if cols is not None:
+                pairs.append(({k: v[idx] for k, v in cols.items()}, orjson.loads(label)))
+        return pairs
 
     def close(self) -> None:
         with self._lock:
@@ -163,7 +211,7 @@ class PredictionLog:
 _NP = orjson.OPT_SERIALIZE_NUMPY
 
 
-def new_ids(n: int) -> list[str]:
-    """Prediction ids: one random request part, then the row index."""
+def new_ids(n: int) -> tuple[str, list[str]]:
+    """A request id and its prediction ids: the request id, then the row index."""
     request = os.urandom(8).hex()
-    return [f"{request}-{i}" for i in range(n)]
+    return request, [f"{request}-{i}" for i in range(n)]

@@ -92,10 +92,11 @@ class ModelService:
             if self.metrics is not None:
                 self.metrics.quality = self.quality
 
-    def log_predictions(self, ids: Sequence[str], inputs: Batch, outputs: Batch) -> None:
+    def log_predictions(self, ids: Sequence[str], inputs: Batch, outputs: Batch,
+                        request_id: str | None = None) -> None:
         """Every scored batch: into the prediction log (sampled) and the drift window."""
         if self.predlog is not None:
-            self.predlog.record(self.name, self.version, ids, inputs, outputs)
+            self.predlog.record(self.name, self.version, ids, inputs, outputs, request_id)
         if self.drift is not None:
             self.drift.observe(inputs)
 
@@ -196,8 +197,8 @@ class ModelService:
         if self.metrics is not None:
             self.metrics.decode.observe(time.perf_counter() - start)
         out = await self.predict(batch)
-        ids = new_ids(batch.rows)
-        self.log_predictions(ids, batch, out)
+        request_id, ids = new_ids(batch.rows)
+        self.log_predictions(ids, batch, out, request_id)
         return orjson.dumps({"model_name": self.name, "model_version": self.version,
                              "predictions": out.to_records(), "ids": ids}), batch.rows
 
@@ -208,8 +209,8 @@ class ModelService:
         if self.metrics is not None:
             self.metrics.decode.observe(time.perf_counter() - start)
         out = await self.predict(batch)
-        ids = new_ids(batch.rows)
-        self.log_predictions(ids, batch, out)
+        request_id, ids = new_ids(batch.rows)
+        self.log_predictions(ids, batch, out, request_id)
         return v2.encode_response(self.contract, self.name, self.version, req.id, out,
                                   req.outputs, ids), batch.rows
 
