@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 
@@ -23,7 +22,7 @@ def test_labels_join_by_request_ids_and_by_stream_keys(tmp_path: Path) -> None:
     log.record("m", "1", ids, batch([1.0, 2.0]), Batch({"y": ["a", "b"]}, 2), rid)
     log.record("m", "1", ["k-7", "order:42"], batch([3.0, np.nan]),
                Batch({"y": ["c", "d"]}, 2))
-    asyncio.run(log.flush())
+    log.flush_now()
     result = log.add_labels("m", [(ids[1], "b"), ("order:42", "x"), (f"{rid}-9", "z"),
                                   ("nope", "z")])
     assert result.accepted == [ids[1], "order:42"]
@@ -40,13 +39,13 @@ def test_sampling_and_retention(tmp_path: Path) -> None:
     off = PredictionLog(tmp_path / "off.sqlite", sample=0.0)
     off.open()
     off.record("m", "1", ["a"], batch([1.0]), Batch({"y": [1]}, 1))
-    asyncio.run(off.flush())
+    off.flush_now()
     assert off.written == 0
     log = PredictionLog(tmp_path / "p.sqlite", retention_days=1 / 86400)  # one second
     log.open()
     rid, ids = new_ids(1)
     log.record("m", "1", ids, batch([1.0]), Batch({"y": [1.0]}, 1), rid)
-    asyncio.run(log.flush())
+    log.flush_now()
     assert log.written == 1
     time.sleep(1.1)
     log._prune()

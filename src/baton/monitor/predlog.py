@@ -91,13 +91,21 @@ class PredictionLog:
                 last_prune = time.monotonic()
                 await asyncio.to_thread(self._prune)
 
-    async def flush(self) -> None:
-        if not self._pending:
-            return
+    def _take(self) -> list[tuple[Any, ...]]:
         items = []
         while self._pending:
             items.append(self._pending.popleft())
-        await asyncio.to_thread(self._write, items)
+        return items
+
+    async def flush(self) -> None:
+        """Write what is queued, from a thread (the event loop never waits on SQLite)."""
+        if self._pending:
+            await asyncio.to_thread(self._write, self._take())
+
+    def flush_now(self) -> None:
+        """Write what is queued, in the caller's thread (tools and tests)."""
+        if self._pending:
+            self._write(self._take())
 
     def _write(self, items: list[tuple[Any, ...]]) -> None:
         # One row per scored batch (columns as JSON): logging costs per request, not per row.
