@@ -1,15 +1,19 @@
-"""Where Baton's stream binding spends its time: py-spy on the engine and on its worker.
+"""Where Baton's stream binding spends its time: py-spy, or timers around each step.
 
     .venv/bin/python bench/streams/profile.py [--only kafka,redis] [--records 100000]
+    .venv/bin/python bench/streams/profile.py --only kafka --stages [--systems baton,baton-nolog]
 
 For each broker it pre-loads the input like run.py does (more records, for a longer
-window), starts ``baton serve`` with the same arguments, and from the first output to the
-last records the engine and the worker with ``py-spy record --format raw --threads
+window) and starts ``baton serve`` with the same arguments. By default, from the first output
+to the last it records the engine and the worker with ``py-spy record --format raw --threads
 --nonblocking -r 200`` (py-spy is installed into a throwaway environment,
-build/bench-streams/envs/tools). The raw folded stacks go to
-build/bench-streams/profile-BROKER-SYSTEM-{engine,worker}.txt; it prints the share of samples per
-thread, per stage of the pipeline and per self (leaf) function. Shares are of the samples
-taken while a thread was running (not idle): py-spy's overhead is included.
+build/bench-streams/envs/tools); the raw folded stacks go to
+build/bench-streams/profile-BROKER-SYSTEM-{engine,worker}.txt and it prints the share of
+samples per thread, per stage of the pipeline and per self (leaf) function (shares of the
+samples taken while a thread was running; py-spy's overhead included; ``--idle`` samples
+waiting stacks too). With ``--stages`` it runs the floor and then each system with their own
+wall-clock timers (floor.py's Stages; stage_timer.py for Baton) and prints milliseconds per
+batch for each step of the loop (build/bench-streams/stages-BROKER-SYSTEM.json).
 """
 
 from __future__ import annotations

@@ -671,8 +671,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="before each run, wait up to this many seconds for the machine to "
                          "use < 25%% of a core (0: don't wait)")
     ap.add_argument("--mqtt-inflight", type=int, default=20,
-                    help="Mosquitto max_inflight_messages: unacknowledged messages the "
-                         "broker sends a consumer at once (20, Mosquitto's default)")
+                    help="max_inflight_messages of the private Mosquitto (20, its "
+                         "default)")
     ap.add_argument("--nice", type=int, default=-10 if os.geteuid() == 0 else 0,
                     help="run the benchmark and every process it starts at this niceness "
                          "(-10 as root; 0: unchanged); the shared brokers are left alone")
