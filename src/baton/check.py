@@ -11,7 +11,7 @@ import json
 import math
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +81,7 @@ def run_check(ref: str | Path, settings: Settings, *, iterations: int = 200) -> 
                  note="cached" if env.cached else f"built in {env.build_seconds:.2f}s")
     report.measurements["environment"] = {"key": env.key, "cached": env.cached,
                                           "build_seconds": round(env.build_seconds, 3)}
-    svc = ModelService(bundle, env, Settings(**{**settings.__dict__, "workers": 1}))
+    svc = ModelService(bundle, env, replace(settings, workers=1))
     asyncio.run(_check_running(svc, bundle, report, iterations))
     return report
 

@@ -197,10 +197,31 @@ class _TrafficCollector(Collector):
                     metric_failures)
 
 
+class ProcessSampler:
+    """CPU seconds and resident bytes of worker processes, reusing one handle per pid."""
+
+    def __init__(self) -> None:
+        self._procs: dict[int, psutil.Process] = {}
+
+    def sample(self, pid: int) -> tuple[float, float] | None:
+        try:
+            proc = self._procs.get(pid) or self._procs.setdefault(pid, psutil.Process(pid))
+            with proc.oneshot():
+                t = proc.cpu_times()
+                return t.user + t.system, float(proc.memory_info().rss)
+        except psutil.Error:
+            self._procs.pop(pid, None)
+            return None
+
+    def forget_except(self, live: set[int]) -> None:
+        for pid in set(self._procs) - live:
+            del self._procs[pid]
+
+
 class _EngineCollector(Collector):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._procs: dict[int, psutil.Process] = {}
+        self.sampler = ProcessSampler()
 
     def _services(self) -> list[ModelService]:
         e = self.engine
@@ -234,26 +255,16 @@ class _EngineCollector(Collector):
             for w in pool.workers:
                 if w is None or w.pid is None or w.state != "ready":
                     continue
-                sample = self._sample(w.pid)
+                sample = self.sampler.sample(w.pid)
                 if sample is None:
                     continue
                 live.add(w.pid)
                 cpu.add_metric([*lv, str(w.slot)], sample[0])
                 rss.add_metric([*lv, str(w.slot)], sample[1])
-        for pid in set(self._procs) - live:
-            del self._procs[pid]
+        self.sampler.forget_except(live)
         yield from (queued, inflight, alive, ready, restarts, cpu, rss)
         yield from _drift_metrics(self._services())
         yield from _stream_metrics(self.engine.streams)
-
-    def _sample(self, pid: int) -> tuple[float, float] | None:
-        try:
-            proc = self._procs.get(pid) or self._procs.setdefault(pid, psutil.Process(pid))
-            with proc.oneshot():
-                t = proc.cpu_times()
-                return t.user + t.system, float(proc.memory_info().rss)
-        except psutil.Error:
-            return None
 
 
 def _drift_metrics(services: list[ModelService]) -> Iterable[Metric]:

@@ -21,7 +21,7 @@ from baton.env.builder import Environment
 from baton.errors import BatonError, ModelNotFound, RequestError
 from baton.monitor.drift import DriftMonitor
 from baton.monitor.errors import error_stage
-from baton.monitor.metrics import EngineMetrics, ModelMetrics
+from baton.monitor.metrics import EngineMetrics, ModelMetrics, ProcessSampler
 from baton.monitor.predlog import PredictionLog, new_ids
 from baton.monitor.quality import QualityTracker, parse_feedback, prediction_field
 from baton.runtime.pool import WorkerPool
@@ -296,6 +296,7 @@ class Engine:
         #: Stream bindings: anything with ``run()``, ``stop()`` and ``describe()``.
         self.streams: list[Any] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._sampler = ProcessSampler()
 
     def get(self, name: str, version: str | None = None) -> ModelService:
         """The version that answers a request: a canary split applies to unversioned ones."""
@@ -410,8 +411,6 @@ class Engine:
 
     def stats(self) -> dict[str, Any]:
         """Live figures per model: traffic, errors by stage, latency, workers, resources."""
-        import psutil
-
         models = []
         for svc in self.models.values():
             workers = []
@@ -419,15 +418,10 @@ class Engine:
                 entry: dict[str, Any] = {"slot": w.slot if w else None,
                                          "pid": w.pid if w else None,
                                          "state": w.state if w else "absent"}
-                if w is not None and w.pid and w.state == "ready":
-                    try:
-                        p = psutil.Process(w.pid)
-                        with p.oneshot():
-                            t = p.cpu_times()
-                            entry["cpu_seconds"] = t.user + t.system
-                            entry["rss_bytes"] = p.memory_info().rss
-                    except psutil.Error:
-                        pass
+                sample = self._sampler.sample(w.pid) \
+                    if w is not None and w.pid and w.state == "ready" else None
+                if sample is not None:
+                    entry["cpu_seconds"], entry["rss_bytes"] = sample[0], int(sample[1])
                 workers.append(entry)
             models.append({"name": svc.name, "version": svc.version, "ready": svc.ready,
                            "digest": svc.bundle.digest, "queued_rows": svc.pool.queued_rows,
