@@ -161,3 +161,38 @@ class ModelError(BatonError):
     code = "MODEL_ERROR"
     http_status = 500
     exit_code = 5
+
+
+class Unauthorized(BatonError):
+    """A missing, invalid or expired API token."""
+
+    code = "UNAUTHORIZED"
+    http_status = 401
+    exit_code = 6
+
+
+class Forbidden(BatonError):
+    """The caller's role does not allow the action (or separation of duties forbids it)."""
+
+    code = "FORBIDDEN"
+    http_status = 403
+    exit_code = 6
+
+
+class NotFound(BatonError):
+    code = "NOT_FOUND"
+    http_status = 404
+    exit_code = 2
+
+
+class Conflict(BatonError):
+    """The action contradicts the current state (immutable version, stage, approvals)."""
+
+    code = "CONFLICT"
+    http_status = 409
+    exit_code = 7
+
+
+class Unavailable(BatonError):
+    code = "UNAVAILABLE"
+    http_status = 503

@@ -6,7 +6,10 @@ import datetime as dt
 import hashlib
 import secrets
 
-from baton.errors import BatonError
+from baton.errors import Forbidden, Unauthorized
+
+__all__ = ["PERMISSIONS", "TOKEN_PREFIX", "Forbidden", "Unauthorized", "expiry", "hash_token",
+           "new_token", "require"]
 
 #: What each role may do. Reading (list, show, pull, history) is open to every role.
 PERMISSIONS: dict[str, frozenset[str]] = {
@@ -18,18 +21,6 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "admin": frozenset({"admin"}),
 }
 TOKEN_PREFIX = "bt_"
-
-
-class Unauthorized(BatonError):
-    code = "UNAUTHORIZED"
-    http_status = 401
-    exit_code = 6
-
-
-class Forbidden(BatonError):
-    code = "FORBIDDEN"
-    http_status = 403
-    exit_code = 6
 
 
 def new_token() -> str:

@@ -23,8 +23,15 @@ from sqlalchemy.orm import Session
 
 from baton.bundle.archive import extract_archive
 from baton.bundle.manifest import BundleManifest
-from baton.errors import BatonError, RequestError
-from baton.registry.auth import Forbidden, Unauthorized, expiry, hash_token, new_token, require
+from baton.errors import (
+    Conflict,
+    Forbidden,
+    NotFound,
+    RequestError,
+    Unauthorized,
+    Unavailable,
+)
+from baton.registry.auth import expiry, hash_token, new_token, require
 from baton.registry.blobs import BlobStore
 from baton.registry.db import Database
 from baton.registry.models import (
@@ -37,24 +44,6 @@ from baton.registry.models import (
     Token,
     User,
 )
-
-
-class NotFound(BatonError):
-    code = "NOT_FOUND"
-    http_status = 404
-    exit_code = 2
-
-
-class Unavailable(BatonError):
-    code = "UNAVAILABLE"
-    http_status = 503
-
-
-class Conflict(BatonError):
-    code = "CONFLICT"
-    http_status = 409
-    exit_code = 7
-
 
 #: Promotions a user may ask for; ``draft -> validated`` happens only by a passing check.
 TRANSITIONS = {
