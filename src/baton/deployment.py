@@ -10,7 +10,8 @@
     output = "redis://127.0.0.1:6379/penguins-out"
     dead_letter = "file://dead/penguins.jsonl"
     group = "penguins"                    # optional (default baton-NAME)
-    max_batch = 256                       # optional
+    max_batch = 256                       # optional: records per micro-batch
+    in_flight = 3                         # optional: micro-batches read ahead, unacknowledged
 
 A deployment is separate from its bundle, so approving a bundle never rewrites it.
 """
@@ -37,6 +38,7 @@ class StreamSpec:
     dead_letter: str
     group: str = ""
     max_batch: int = 256
+    in_flight: int = 3
 
 
 @dataclass(frozen=True)
@@ -91,11 +93,16 @@ def load_deployments(path: Path) -> list[DeploymentSpec]:
             s, sw = d["stream"], f"{where}.stream"
             if not isinstance(s, dict):
                 raise DeploymentError(f"{sw} must be a table", details={"field": sw})
-            _only(s, {"input", "output", "dead_letter", "group", "max_batch"}, sw)
+            _only(s, {"input", "output", "dead_letter", "group", "max_batch", "in_flight"}, sw)
+            sizes = {key: _get(s, key, int, sw) for key in ("max_batch", "in_flight")}
+            for key, value in sizes.items():
+                if value is not None and value < 1:
+                    raise DeploymentError(f"{sw}.{key} must be >= 1",
+                                          details={"field": f"{sw}.{key}"})
             stream = StreamSpec(_get(s, "input", str, sw, True), _get(s, "output", str, sw, True),
                                 _get(s, "dead_letter", str, sw, True),
                                 _get(s, "group", str, sw) or "",
-                                _get(s, "max_batch", int, sw) or 256)
+                                sizes["max_batch"] or 256, sizes["in_flight"] or 3)
         out.append(DeploymentSpec(_get(d, "bundle", str, where, True), workers,
                                   float(timeout) if timeout is not None else None, stream))
     return out

@@ -147,3 +147,34 @@ def test_an_undeclarable_metric_is_refused_in_the_manifest(tmp_path: Path) -> No
     with pytest.raises(ManifestError) as err:
         BundleManifest.load(bundle)
     assert err.value.details["field"] == "monitoring.metrics"
+
+
+def test_stream_outputs_carry_per_event_ids_that_feedback_joins(
+        serve: Callable[..., Server], classifier: Path, tmp_path: Path) -> None:
+    """Keys name entities and repeat; each output's id names its event."""
+    import json
+
+    from tests.deploy.test_deployment import wait_lines
+
+    xs = [-1.0, 2.0, 3.0, -4.0]
+    (tmp_path / "in.jsonl").write_text("".join(
+        json.dumps({"x": x, "customer": "c1" if i < 2 else "c2"}) + "\n"
+        for i, x in enumerate(xs)))
+    server = serve([classifier], "--input", f"file://{tmp_path}/in.jsonl?key=customer",
+                   "--output", f"file://{tmp_path}/out.jsonl",
+                   "--dead-letter", f"file://{tmp_path}/dead.jsonl",
+                   env={"BATON_HOME": str(tmp_path / "home"),
+                        "BATON_UNKNOWN_FIELDS": "ignore"})  # "customer" is the key
+    out = wait_lines(tmp_path / "out.jsonl", 4)
+    assert [o["key"] for o in out] == ["c1", "c1", "c2", "c2"]
+    ids = [o["id"] for o in out]
+    assert len(set(ids)) == 4
+    # The first c1 event by its id; "c1" by key is its latest event; then "c2" twice.
+    fb = server.client.post("/v1/models/sign/feedback", json=[
+        {"id": ids[0], "label": "neg"}, {"id": "c1", "label": "neg"},
+        {"id": "c2", "label": "neg"}, {"id": ids[3], "label": "neg"}])
+    assert fb.status_code == 200, fb.text
+    body = fb.json()
+    assert body["accepted"] == 3 and body["duplicates"] == [ids[3]]  # "c2" named ids[3]
+    # Labelled: x=-1 -> neg (right), x=2 -> pos (labelled neg: wrong), x=-4 -> neg (right).
+    assert body["quality"]["accuracy"] == pytest.approx(2 / 3)

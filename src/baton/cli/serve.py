@@ -168,7 +168,7 @@ def _add_stream(engine: Engine, svc: ModelService, spec: StreamSpec) -> None:
     if svc.records is None:
         raise SettingsError(f"{svc.name} has a tensor contract; streams carry records")
     binding = StreamBinding(svc.name, spec.input, spec.output, spec.dead_letter, spec.group,
-                            spec.max_batch)
+                            spec.max_batch, in_flight=spec.in_flight)
     engine.streams.append(StreamPipeline(binding, lambda: engine.get(svc.name)))
 
 

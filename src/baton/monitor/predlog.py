@@ -1,6 +1,11 @@
 """The prediction log: sampled inputs and outputs by prediction id, and the labels that
 arrive later, joined to them so the data scientist's quality metrics can be computed.
 
+Every prediction has its own id, ``REQUEST-ROW``: the scored batch's random id and the row
+in it (HTTP callers get them back; stream outputs carry them in their ``id`` field). Stream
+records are also found by their key, which names the latest prediction made for that key
+(keys name entities, which repeat; ids name events).
+
 The hot path only appends to an in-memory queue (bounded: when full, entries are dropped
 and counted, serving is never slowed); a background task writes batches to SQLite from a
 thread, and deletes what is older than the retention.
@@ -33,7 +38,7 @@ CREATE TABLE IF NOT EXISTS prediction_batches (
     rows INTEGER NOT NULL, inputs BLOB NOT NULL, outputs BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS prediction_batches_time ON prediction_batches (time);
 CREATE TABLE IF NOT EXISTS prediction_keys (
-    id TEXT PRIMARY KEY, rid TEXT NOT NULL, idx INTEGER NOT NULL);
+    id TEXT PRIMARY KEY, rid TEXT NOT NULL, idx INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS labels (
     id TEXT PRIMARY KEY, model TEXT NOT NULL, version TEXT NOT NULL, rid TEXT NOT NULL,
     idx INTEGER NOT NULL, label TEXT NOT NULL, time REAL NOT NULL);
@@ -70,16 +75,17 @@ class PredictionLog:
         self._db.executescript(_SCHEMA)
 
     # -- hot path ------------------------------------------------------------------------
-    def record(self, model: str, version: str, ids: Sequence[str], inputs: Batch,
-               outputs: Batch, request_id: str | None = None) -> None:
-        """Queue one scored batch. ``request_id``: the ids are ``f"{request_id}-{i}"``;
-        without it the ids are arbitrary keys (streams) and are indexed one by one."""
+    def record(self, model: str, version: str, request_id: str, inputs: Batch,
+               outputs: Batch, keys: Sequence[str | None] | None = None) -> None:
+        """Queue one scored batch. Its prediction ids are ``f"{request_id}-{i}"``; ``keys``
+        (streams) are the records' keys, which labels may name instead of the id: a key
+        names the latest prediction logged with it."""
         if self.sample <= 0.0 or (self.sample < 1.0 and self._rng.random() >= self.sample):
             return
         if len(self._pending) >= self.max_pending:
-            self.dropped += len(ids)
+            self.dropped += inputs.rows
             return
-        self._pending.append((model, version, time.time(), request_id, ids, inputs, outputs))
+        self._pending.append((model, version, time.time(), request_id, keys, inputs, outputs))
 
     # -- background ----------------------------------------------------------------------
     async def run(self, interval: float = 0.5) -> None:
@@ -110,10 +116,9 @@ class PredictionLog:
     def _write(self, items: list[tuple[Any, ...]]) -> None:
         # One row per scored batch (columns as JSON): logging costs per request, not per row.
         batches, keys = [], []
-        for model, version, now, request_id, ids, inputs, outputs in items:
-            rid = request_id or os.urandom(8).hex()
-            if request_id is None:
-                keys.extend((str(k), rid, i) for i, k in enumerate(ids))
+        for model, version, now, rid, record_keys, inputs, outputs in items:
+            if record_keys:
+                keys.extend((k, rid, i) for i, k in enumerate(record_keys) if k)
             batches.append((rid, model, version, now, inputs.rows,
                             orjson.dumps(inputs.columns, option=_NP),
                             orjson.dumps(outputs.columns, option=_NP)))
@@ -142,7 +147,8 @@ class PredictionLog:
 
     # -- feedback ------------------------------------------------------------------------
     def add_labels(self, model: str, labels: Sequence[tuple[str, Any]]) -> FeedbackResult:
-        """Attach true values to logged predictions of ``model``; each id at most once."""
+        """Attach true values to logged predictions of ``model``; each prediction at most
+        once. An id is a prediction id, or a stream record's key (its latest prediction)."""
         result = FeedbackResult([], [], [])
         now = time.time()
         with self._lock:
@@ -150,20 +156,21 @@ class PredictionLog:
             assert db is not None
             db.execute("BEGIN IMMEDIATE")
             try:
-                for pid, label in labels:
-                    where = self._locate(db, model, pid)
+                for given, label in labels:
+                    where = self._locate(db, model, given)
                     if where is None:
-                        result.unknown.append(pid)
+                        result.unknown.append(given)
                         continue
                     rid, idx, version = where
+                    pid = f"{rid}-{idx}"
                     if db.execute("SELECT 1 FROM labels WHERE id = ?", (pid,)).fetchone():
-                        result.duplicates.append(pid)
+                        result.duplicates.append(given)
                         continue
                     db.execute("INSERT INTO labels (id, model, version, rid, idx, label, time) "
                                "VALUES (?, ?, ?, ?, ?, ?, ?)",
                                (pid, model, version, rid, idx, orjson.dumps(label).decode(),
                                 now))
-                    result.accepted.append(pid)
+                    result.accepted.append(given)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -171,20 +178,18 @@ class PredictionLog:
         return result
 
     @staticmethod
-    def _locate(db: sqlite3.Connection, model: str, pid: str) -> tuple[str, int, str] | None:
-        row = db.execute("SELECT rid, idx FROM prediction_keys WHERE id = ?", (pid,)).fetchone()
-        if row is not None:
-            rid, idx = row
-        else:
-            rid, _, index = pid.rpartition("-")
-            if not rid or not index.isdigit():
-                return None
-            idx = int(index)
-        found = db.execute("SELECT version, rows FROM prediction_batches WHERE rid = ? AND "
-                           "model = ?", (rid, model)).fetchone()
-        if found is None or idx >= found[1]:
-            return None
-        return rid, idx, found[0]
+    def _locate(db: sqlite3.Connection, model: str, given: str) -> tuple[str, int, str] | None:
+        """(batch id, row, version) of a prediction id, else of a record key."""
+        rid, _, index = given.rpartition("-")
+        if rid and index.isdigit():
+            found = db.execute("SELECT version, rows FROM prediction_batches WHERE rid = ? AND "
+                               "model = ?", (rid, model)).fetchone()
+            if found is not None and int(index) < found[1]:
+                return rid, int(index), found[0]
+        row = db.execute("SELECT k.rid, k.idx, b.version FROM prediction_keys k JOIN "
+                         "prediction_batches b ON b.rid = k.rid WHERE k.id = ? AND "
+                         "b.model = ?", (given, model)).fetchone()
+        return None if row is None else (row[0], row[1], row[2])
 
     def labelled(self, model: str, version: str, window: int) -> list[tuple[Any, Any]]:
         """The latest ``window`` (output record, label) pairs of a model version."""

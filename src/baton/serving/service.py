@@ -92,11 +92,11 @@ class ModelService:
             if self.metrics is not None:
                 self.metrics.quality = self.quality
 
-    def log_predictions(self, ids: Sequence[str], inputs: Batch, outputs: Batch,
-                        request_id: str | None = None) -> None:
+    def log_predictions(self, request_id: str, inputs: Batch, outputs: Batch,
+                        keys: Sequence[str | None] | None = None) -> None:
         """Every scored batch: into the prediction log (sampled) and the drift window."""
         if self.predlog is not None:
-            self.predlog.record(self.name, self.version, ids, inputs, outputs, request_id)
+            self.predlog.record(self.name, self.version, request_id, inputs, outputs, keys)
         if self.drift is not None:
             self.drift.observe(inputs)
 
@@ -198,7 +198,7 @@ class ModelService:
             self.metrics.decode.observe(time.perf_counter() - start)
         out = await self.predict(batch)
         request_id, ids = new_ids(batch.rows)
-        self.log_predictions(ids, batch, out, request_id)
+        self.log_predictions(request_id, batch, out)
         return orjson.dumps({"model_name": self.name, "model_version": self.version,
                              "predictions": out.to_records(), "ids": ids}), batch.rows
 
@@ -210,7 +210,7 @@ class ModelService:
             self.metrics.decode.observe(time.perf_counter() - start)
         out = await self.predict(batch)
         request_id, ids = new_ids(batch.rows)
-        self.log_predictions(ids, batch, out, request_id)
+        self.log_predictions(request_id, batch, out)
         return v2.encode_response(self.contract, self.name, self.version, req.id, out,
                                   req.outputs, ids), batch.rows
 
@@ -410,29 +410,46 @@ class Engine:
         await asyncio.gather(*(s.close(self.settings.drain_timeout) for s in services))
 
     def stats(self) -> dict[str, Any]:
-        """Live figures per model: traffic, errors by stage, latency, workers, resources."""
+        """Live figures per served version: traffic, errors by stage, latency, workers,
+        resources. Each model's live version comes first, then its canary and shadow
+        candidates; a candidate whose model has no live version yet is still listed."""
         models = []
-        for svc in self.models.values():
-            workers = []
-            for w in svc.pool.workers:
-                entry: dict[str, Any] = {"slot": w.slot if w else None,
-                                         "pid": w.pid if w else None,
-                                         "state": w.state if w else "absent"}
-                sample = self._sampler.sample(w.pid) \
-                    if w is not None and w.pid and w.state == "ready" else None
-                if sample is not None:
-                    entry["cpu_seconds"], entry["rss_bytes"] = sample[0], int(sample[1])
-                workers.append(entry)
-            models.append({"name": svc.name, "version": svc.version, "ready": svc.ready,
-                           "digest": svc.bundle.digest, "queued_rows": svc.pool.queued_rows,
-                           "in_flight": svc.pool.in_flight,
-                           "restarts": svc.pool.stats.restarts,
-                           "last_failure": svc.pool.stats.last_failure, "workers": workers,
-                           "metrics": svc.metrics.snapshot() if svc.metrics else None,
-                           "drift": svc.drift.compute() if svc.drift else None,
-                           "drift_alerts": list(svc.drift_alerts)})
+        for name in dict.fromkeys([*self.models, *self.canaries, *self.shadows]):
+            live = self.models.get(name)
+            canary, shadow = self.canaries.get(name), self.shadows.get(name)
+            split = canary.describe() if canary is not None else None
+            mirror = shadow.describe() if shadow is not None else None
+            if live is not None:
+                models.append(self._version_stats(live, "live", split or mirror))
+            if canary is not None:
+                models.append(self._version_stats(canary.candidate, "canary", split))
+            if shadow is not None:
+                models.append(self._version_stats(shadow.candidate, "shadow", mirror))
         return {"time": time.time(), "models": models,
                 "streams": [st.describe() for st in self.streams]}
+
+    def _version_stats(self, svc: ModelService, role: str,
+                       traffic: dict[str, Any] | None) -> dict[str, Any]:
+        """One served version's entry in :meth:`stats`: ``role`` is live, canary or shadow;
+        ``traffic`` the canary split or shadow comparison it takes part in, if any."""
+        workers = []
+        for w in svc.pool.workers:
+            entry: dict[str, Any] = {"slot": w.slot if w else None,
+                                     "pid": w.pid if w else None,
+                                     "state": w.state if w else "absent"}
+            sample = self._sampler.sample(w.pid) \
+                if w is not None and w.pid and w.state == "ready" else None
+            if sample is not None:
+                entry["cpu_seconds"], entry["rss_bytes"] = sample[0], int(sample[1])
+            workers.append(entry)
+        return {"name": svc.name, "version": svc.version, "role": role, "ready": svc.ready,
+                "digest": svc.bundle.digest, "queued_rows": svc.pool.queued_rows,
+                "in_flight": svc.pool.in_flight, "restarts": svc.pool.stats.restarts,
+                "last_failure": svc.pool.stats.last_failure, "workers": workers,
+                "traffic": traffic,
+                "metrics": svc.metrics.snapshot() if svc.metrics else None,
+                "drift": svc.drift.compute() if svc.drift else None,
+                "drift_alerts": list(svc.drift_alerts)}
 
     def describe(self) -> list[dict[str, Any]]:
         out = []

@@ -1,10 +1,13 @@
 """The consume -> check -> predict -> produce -> acknowledge loop of one stream binding.
 
 Delivery is at least once: a batch of input messages is acknowledged only after every one
-of them has its output or its dead letter durably written. At most one micro-batch is in
-flight per binding (backpressure: the loop reads again only when the last batch is done).
-A model that is briefly unavailable (restarting, queue full) is waited for, never
-dead-lettered; a sink that refuses writes stalls the loop, and nothing is acknowledged.
+of them has its output or its dead letter durably written, and batches are written and
+acknowledged in the order they were read. A few micro-batches are in flight per binding
+(``in_flight``, default 3): while one is written and acknowledged, the next is being scored
+and the one after it read, so neither the broker round trips nor the worker wait for each
+other. Beyond that window nothing more is read (backpressure). A model that is briefly
+unavailable (restarting, queue full) is waited for, never dead-lettered; a sink that refuses
+writes stalls the loop, and nothing after it is acknowledged.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from baton.errors import BatonError, ContractViolation, ModelError, ModelNotReady, WorkerError
+from baton.monitor.predlog import new_ids
 from baton.streams.base import Message, OutRecord, Sink, Source, open_sink, open_source, redact_url
 from baton.streams.records import ModelIdentity, dead_letter, decode_messages, output_record
 
@@ -34,6 +38,8 @@ class StreamBinding:
     group: str = ""
     max_batch: int = 256
     read_timeout: float = 0.2
+    #: Micro-batches read but not yet acknowledged, at most (1: strictly one at a time).
+    in_flight: int = 3
 
     @property
     def consumer_group(self) -> str:
@@ -47,6 +53,7 @@ class StreamStats:
     dead_lettered: int = 0
     batches: int = 0
     retries: int = 0
+    in_flight: int = 0
     last_error: str | None = None
     started_at: float = field(default_factory=time.time)
 
@@ -74,17 +81,19 @@ class StreamPipeline:
         self.source: Source | None = None
         self.sink: Sink | None = None
         self.dead: Sink | None = None
+        self._running = False
 
     async def run(self) -> None:
+        if self._stopping.is_set():  # stopped before it began: nothing to connect or drain
+            self._stopped.set()
+            return
+        self._running = True
         try:
             await self._connect()
-            while not self._stopping.is_set():
-                messages = await self._read()
-                if messages:
-                    await self.handle(messages)
+            await self._flow()
         except _Stopped:
-            log.info("%s: stream stopped with a batch unacknowledged (it will be redelivered)",
-                     self.binding.model)
+            log.info("%s: stream stopped with batches unacknowledged (they will be "
+                     "redelivered)", self.binding.model)
         except Exception as exc:  # nobody awaits this task: never let it die silently
             self.stats.last_error = f"stream stopped: {exc}"
             log.exception("%s: stream stopped by an unexpected error", self.binding.model)
@@ -93,9 +102,10 @@ class StreamPipeline:
             self._stopped.set()
 
     async def stop(self) -> None:
-        """Finish the batch in flight, then stop (nothing half-done is acknowledged)."""
+        """Finish the batches in flight, then stop (nothing half-done is acknowledged)."""
         self._stopping.set()
-        await self._stopped.wait()
+        if self._running:
+            await self._stopped.wait()
 
     # -- steps ---------------------------------------------------------------------------
     async def _connect(self) -> None:
@@ -109,14 +119,61 @@ class StreamPipeline:
         log.info("%s: streaming %s -> %s (dead letters: %s)", b.model, redact_url(b.input),
                  redact_url(b.output), redact_url(b.dead_letter))
 
+    async def _flow(self) -> None:
+        """Read ahead while earlier batches are scored and written; acknowledge in order."""
+        window = asyncio.Semaphore(max(1, self.binding.in_flight))
+        order: asyncio.Queue[_Batch | None] = asyncio.Queue()
+        reader = asyncio.create_task(self._read_ahead(order, window))
+        writer = asyncio.create_task(self._write_in_order(order))
+        try:
+            done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()  # a step that gave up (stop asked while it kept failing)
+            await writer
+        finally:
+            reader.cancel()
+            writer.cancel()
+            scoring = []
+            while not order.empty():
+                item = order.get_nowait()
+                if item is not None:
+                    item.scoring.cancel()
+                    scoring.append(item.scoring)
+            await asyncio.gather(reader, writer, *scoring, return_exceptions=True)
+
+    async def _read_ahead(self, order: asyncio.Queue[_Batch | None],
+                          window: asyncio.Semaphore) -> None:
+        try:
+            while not self._stopping.is_set():
+                await window.acquire()
+                if self._stopping.is_set():
+                    break
+                messages = await self._read()
+                if not messages:
+                    window.release()
+                    continue
+                self.stats.in_flight += 1
+                order.put_nowait(_Batch(messages, asyncio.create_task(self._score(messages)),
+                                        window))
+        finally:
+            order.put_nowait(None)  # the writer finishes what was read, then ends
+
+    async def _write_in_order(self, order: asyncio.Queue[_Batch | None]) -> None:
+        while (item := await order.get()) is not None:
+            svc, outputs, dead = await item.scoring
+            await self._deliver(item.messages, svc, outputs, dead)
+            self.stats.in_flight -= 1
+            item.window.release()
+
     async def _read(self) -> list[Message]:
         assert self.source is not None
         source = self.source
         return await self._retry("read input", lambda: source.read(
             self.binding.max_batch, self.binding.read_timeout))
 
-    async def handle(self, messages: Sequence[Message]) -> None:
-        svc, outputs, dead = await self._score(messages)
+    async def _deliver(self, messages: Sequence[Message], svc: Any, outputs: list[OutRecord],
+                       dead: list[OutRecord]) -> None:
+        """Write outputs and dead letters durably, then acknowledge the inputs."""
         if svc.metrics is not None:
             for letter in dead:
                 stage = letter.headers["baton-stage"]
@@ -150,9 +207,11 @@ class StreamPipeline:
             out = await self._predict(svc, decoded.batch)
             if m is not None:
                 m.records("stream", out.rows)
-            svc.log_predictions([msg.key or "" for msg in decoded.good], decoded.batch, out)
-            return svc, [output_record(msg, r, model) for msg, r in
-                         zip(decoded.good, out.to_records(), strict=True)], dead
+            request_id, ids = new_ids(out.rows)
+            svc.log_predictions(request_id, decoded.batch, out,
+                                [msg.key for msg in decoded.good])
+            return svc, [output_record(msg, r, model, pid) for msg, r, pid in
+                         zip(decoded.good, out.to_records(), ids, strict=True)], dead
         except (ModelError, WorkerError, ContractViolation) as exc:
             if len(decoded.good) == 1:
                 return svc, [], [*dead, dead_letter(decoded.good[0], _stage(exc), exc, model)]
@@ -160,7 +219,9 @@ class StreamPipeline:
             one = decoded.batch.slice(i, i + 1)
             try:
                 out = await self._predict(svc, one)
-                outputs.append(output_record(msg, out.to_records()[0], model))
+                request_id, ids = new_ids(1)
+                svc.log_predictions(request_id, one, out, [msg.key])
+                outputs.append(output_record(msg, out.to_records()[0], model, ids[0]))
             except (ModelError, WorkerError, ContractViolation) as exc:
                 dead.append(dead_letter(msg, _stage(exc), exc, model))
         if m is not None and outputs:
@@ -234,7 +295,17 @@ class StreamPipeline:
                 "group": b.consumer_group,
                 "consumed": s.consumed, "produced": s.produced,
                 "dead_lettered": s.dead_lettered, "batches": s.batches, "retries": s.retries,
+                "in_flight": s.in_flight,
                 "last_error": s.last_error}
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Messages read, their scoring (running), and the window slot they hold."""
+
+    messages: list[Message]
+    scoring: asyncio.Task[tuple[Any, list[OutRecord], list[OutRecord]]]
+    window: asyncio.Semaphore
 
 
 class _Stopped(Exception):

@@ -45,8 +45,12 @@ def dead_letter(msg: Message, stage: str, err: BatonError, model: ModelIdentity)
                      {"baton-stage": stage, "baton-code": err.code})
 
 
-def output_record(msg: Message, outputs: dict[str, Any], model: ModelIdentity) -> OutRecord:
-    body = {"key": msg.key, "model": model.name, "version": model.version, "output": outputs}
+def output_record(msg: Message, outputs: dict[str, Any], model: ModelIdentity,
+                  prediction_id: str) -> OutRecord:
+    """``{"key", "id", "model", "version", "output"}``: ``id`` is the prediction id, which
+    feedback names (the key may repeat; the id is this event's)."""
+    body = {"key": msg.key, "id": prediction_id, "model": model.name,
+            "version": model.version, "output": outputs}
     return OutRecord(msg.key, orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY))
 
 

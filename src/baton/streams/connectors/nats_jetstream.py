@@ -4,12 +4,14 @@ The stream (default name: the subject in capitals, ``.`` and other separators as
 created with file storage and the subject when it does not exist.
 
 Source: a durable pull consumer named after the group (``?group=``; characters NATS does
-not allow become ``_``), explicit acks, delivering the whole stream the first time. An ack
-waits for the server's confirmation (``ack_sync``). Messages handed out and not
-acknowledged are NAKed on close, so they come again at once; after a crash the server sends
-them again once ``ack_wait`` passes (``?ack_wait=`` seconds, default 30, applied when the
-consumer is created; change it by deleting the consumer). The record key is the ``key``
-header, else the stream sequence; other headers become message headers.
+not allow become ``_``), explicit acks, delivering the whole stream the first time. A batch
+is acknowledged with one ack per message and a single flush, so the server has read every
+ack when ``ack`` returns (an ack lost on the way only means a redelivery after
+``ack_wait``). Messages handed out and not acknowledged are NAKed on close, so they come
+again at once; after a crash the server sends them again once ``ack_wait`` passes
+(``?ack_wait=`` seconds, default 30, applied when the consumer is created; change it by
+deleting the consumer). The record key is the ``key`` header, else the stream sequence;
+other headers become message headers.
 
 Sink: JetStream publish with the key as ``key`` header, every publish acknowledged by the
 stream (``?timeout=`` seconds, default 10) before ``write`` returns.
@@ -161,19 +163,22 @@ class NatsSource:
     async def ack(self, messages: Sequence[Message]) -> None:
         from nats.errors import MsgAlreadyAckdError
 
-        results = await asyncio.gather(*(m.position.ack_sync(timeout=5) for m in messages),
-                                       return_exceptions=True)
-        failed = []
-        for m, result in zip(messages, results, strict=True):
-            if isinstance(result, BaseException) and not isinstance(result,
-                                                                    MsgAlreadyAckdError):
-                failed.append(result)  # still unacknowledged: NAKed on close
-            else:
-                self.unacked.pop(id(m.position), None)
-        if failed:
-            if not isinstance(failed[0], _failures()):
-                raise failed[0]
-            raise _error("ack", self.url, self.conn.why(failed[0]))
+        if not messages:
+            return
+        nc = self.conn.nc
+        if nc is None or not nc.is_connected:  # nats-py would buffer the acks meanwhile
+            raise _error("ack", self.url, self.conn.lost or "not connected")
+        try:
+            for m in messages:
+                try:
+                    await m.position.ack()  # a publish to the reply subject, no round trip
+                except MsgAlreadyAckdError:
+                    pass
+            await nc.flush(timeout=5)  # one PING/PONG: the server has read every ack
+        except _failures() as exc:
+            raise _error("ack", self.url, self.conn.why(exc)) from None
+        for m in messages:
+            self.unacked.pop(id(m.position), None)
 
     async def close(self) -> None:
         pending, self.unacked = list(self.unacked.values()), {}

@@ -3,13 +3,15 @@
 The path names a durable queue (declared if missing), not a virtual host: the virtual host
 is ``?vhost=`` (default ``/``). User and password default to ``guest``.
 
-Source: consumes with manual acknowledgements and a prefetch of one micro-batch (the
-``max_records`` of the first read), so the broker never hands this engine more than the
-batch in flight. Every group reading a queue shares it (competing consumers): give each
-binding its own queue. A message delivered on a connection that has since closed was put
-back by the broker, so it is never acknowledged through the new one; after a reconnect it
-arrives again. The record key is the ``key`` header (else the ``message_id`` property);
-other headers become message headers.
+Source: consumes with manual acknowledgements and a prefetch of four micro-batches (four
+times the ``max_records`` of the first read, or ``?prefetch=N`` messages), so the broker
+never hands this engine much more than the batches in flight. A batch is acknowledged with
+one ``basic.ack`` (``multiple``) on its highest delivery tag; the pipeline acknowledges
+batches in the order they were read. Every group reading a queue shares it (competing
+consumers): give each binding its own queue. A message delivered on a connection that has
+since closed was put back by the broker, so it is never acknowledged through the new one;
+after a reconnect it arrives again. The record key is the ``key`` header (else the
+``message_id`` property); other headers become message headers.
 
 Sink: a channel with publisher confirms; each record is published persistent
 (``delivery_mode=2``) and ``mandatory`` to the queue through the default exchange, with the
@@ -36,6 +38,9 @@ from baton.streams.connectors._support import (
 
 log = logging.getLogger("baton.streams.amqp")
 DEFAULT_PORT = 5672
+#: Unacknowledged deliveries the broker may send, in micro-batches: the pipeline keeps a few
+#: batches in flight, and reads the next while the previous ones are scored and written.
+PREFETCH_BATCHES = 4
 
 
 def _error(what: str, url: StreamURL, exc: BaseException | str) -> StreamError:
@@ -128,7 +133,8 @@ class RabbitSource:
         if self.conn.broken:
             await self.open()
         if not self.consuming:
-            await self._consume(max_records)
+            await self._consume(int(number(self.url, "prefetch", 0)) or
+                                max_records * PREFETCH_BATCHES)
         got = await self.inbox.take(max_records, timeout)
         if not got and self.conn.broken:
             raise _error("consume", self.url, self.conn.lost or "the channel closed")
@@ -141,15 +147,23 @@ class RabbitSource:
         return Message(key, m.body, (generation, m), headers)
 
     async def ack(self, messages: Sequence[Message]) -> None:
+        # One basic.ack(multiple=True) on the highest delivery tag of the batch: batches are
+        # acknowledged in delivery order, so every lower tag on this channel is this batch's
+        # or an earlier, already processed one's.
+        last = None
         for msg in messages:
             generation, m = msg.position
             if generation != self.conn.generation or self.conn.broken:
                 continue  # its channel closed: the broker delivers it again
-            try:
-                await m.ack()
-            except _failures() as exc:  # the channel died under us: same as above
-                log.info("ack on %s skipped, the message will be redelivered: %s",
-                         self.url.redacted, reason(exc))
+            if last is None or m.delivery_tag > last.delivery_tag:
+                last = m
+        if last is None:
+            return
+        try:
+            await last.ack(multiple=True)
+        except _failures() as exc:  # the channel died under us: same as above
+            log.info("ack on %s skipped, the batch will be redelivered: %s",
+                     self.url.redacted, reason(exc))
 
     async def close(self) -> None:
         self.consuming = False
