@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import signal
 import subprocess
 import threading
@@ -10,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.conftest import BATON, Server, run_baton
+from tests.serving.test_registry_serving import version_of, wait_for
+from tests.serving.test_stats_roles import scorer_dir, stats
 
 
 def traffic(server: Server, stop: threading.Event) -> None:
@@ -36,6 +39,25 @@ def test_status_shows_traffic_and_the_failing_stage(serve: Callable[..., Server]
     assert cells[:3] == ["chaos", "1.0.0", "yes"] and cells[3] == "1/1"
     assert float(cells[5]) > 0  # requests per second
     assert cells[9] == "contract"  # errors are rising at the input contract
+
+
+def test_status_shows_canary_and_shadow_candidates_beside_the_live_version(
+        serve: Callable[..., Server], tmp_path: Path, baton_env: dict[str, str]) -> None:
+    live = scorer_dir(tmp_path, "1.0.0", 2.0)
+    canary = scorer_dir(tmp_path, "1.1.0", 3.0)
+    shadow = scorer_dir(tmp_path, "2.0.0", 4.0)
+    server = serve([live], "--canary", f"{canary}=10", "--shadow", str(shadow))
+    wait_for(lambda: len(stats(server)) == 3 and all(m["ready"] for m in stats(server)))
+    answered = collections.Counter(version_of(server) for _ in range(50))
+    r = run_baton("status", "--url", server.url, env={**baton_env, "COLUMNS": "250"})
+    assert r.returncode == 0, r.stderr
+    rows = [[c.strip() for c in line.split("│") if c.strip()]
+            for line in r.stdout.splitlines() if "scorer" in line]
+    assert [row[:4] for row in rows] == [["scorer", "1.0.0 (live)", "yes", "1/1"],
+                                         ["scorer", "1.1.0 (canary 10%)", "yes", "1/1"],
+                                         ["scorer", "2.0.0 (shadow)", "yes", "1/1"]]
+    requests = [int(row[7]) for row in rows]
+    assert requests == [answered["1.0.0"], answered["1.1.0"], 0]  # shadow copies aren't requests
 
 
 def test_top_refreshes_until_interrupted(serve: Callable[..., Server], chaos_bundle: Path,

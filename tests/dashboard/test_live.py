@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import statistics
 import threading
@@ -191,3 +192,55 @@ def test_drift_shows_each_feature_and_names_the_drifting_one(
                .get_attribute("data-value") not in (None, ""))
     shot(page, "05-drift", "#quality")
     shot(page, "05-drift-page")
+
+
+def test_canary_and_shadow_candidates_have_rows_of_their_own(
+        serve: Callable[..., Server], tmp_path: Path, page: Page,
+        shot: Callable[..., Path]) -> None:
+    from playwright.sync_api import expect
+
+    from tests.serving.test_registry_serving import version_of
+    from tests.serving.test_stats_roles import scorer_dir
+
+    live = scorer_dir(tmp_path, "1.0.0", 2.0)
+    canary = scorer_dir(tmp_path, "1.1.0", 3.0)
+    shadow = scorer_dir(tmp_path, "2.0.0", 4.0)
+    server = serve([live], "--canary", f"{canary}=10", "--shadow", str(shadow))
+    page.goto(f"{server.url}/ui")
+    rows = page.locator("#models-body tr")
+    expect(rows).to_have_count(3)
+    expect(rows.nth(0)).to_have_attribute("data-role", "live")
+    expect(rows.nth(1)).to_have_attribute("data-role", "canary")
+    expect(rows.nth(2)).to_have_attribute("data-role", "shadow")
+    live_row = page.get_by_test_id("model-row-scorer")
+    canary_row = page.get_by_test_id("model-row-scorer:canary")
+    shadow_row = page.get_by_test_id("model-row-scorer:shadow")
+    expect(live_row.get_by_test_id("model-version")).to_have_text("1.0.0 (live)")
+    expect(canary_row.get_by_test_id("model-version")).to_have_text("1.1.0 (canary 10%)")
+    expect(shadow_row.get_by_test_id("model-version")).to_have_text("2.0.0 (shadow)")
+    for row in (live_row, canary_row, shadow_row):
+        expect(row.get_by_test_id("model-name")).to_have_text("scorer")
+        expect(row.get_by_test_id("health")).to_have_text("ready")
+    expect(live_row.get_by_test_id("traffic")).to_contain_text("canary 10% → 1.1.0")
+
+    answered = collections.Counter(version_of(server) for _ in range(40))
+    expect(live_row.get_by_test_id("traffic")).to_contain_text(
+        f"{answered['1.1.0']} of 40 requests sent to it")
+    expect(canary_row.get_by_test_id("traffic")).to_contain_text(
+        f"{answered['1.1.0']} of 40 requests so far")
+    expect(shadow_row.get_by_test_id("traffic")).to_contain_text(
+        f"{answered['1.0.0']} rows compared, {answered['1.0.0']} differ")
+
+    # The live figures follow the row clicked: the canary counts only what it answered.
+    canary_row.click()
+    expect(page.get_by_test_id("model-select")).to_have_value("scorer:canary")
+    expect(page.get_by_test_id("figure-total")).to_have_attribute(
+        "data-value", str(answered["1.1.0"]))
+    expect(page.get_by_test_id("quality-panel")).to_contain_text("is a candidate")
+    shadow_row.click()
+    expect(page.get_by_test_id("figure-total")).to_have_attribute("data-value", "0")
+    page.get_by_test_id("model-select").select_option("scorer")
+    expect(live_row).to_have_class("selected")
+    expect(page.get_by_test_id("figure-total")).to_have_attribute(
+        "data-value", str(answered["1.0.0"]))
+    shot(page, "06-canary-shadow")

@@ -34,10 +34,27 @@ def _ms(seconds: float | None) -> str:
     return ">10s" if seconds == float("inf") else f"{seconds * 1000:.1f}"
 
 
+def version_label(m: dict[str, Any]) -> str:
+    """The version and, when a candidate runs beside it, its role: ``1.1.0 (canary 10%)``,
+    ``1.1.0 (shadow)``, ``1.0.0 (live)``; a version served alone is just ``1.0.0``."""
+    role, traffic = m.get("role", "live"), m.get("traffic")
+    if role == "canary":
+        weight = (traffic or {}).get("weight")
+        share = "" if weight is None else f" {weight * 100:.4g}%"
+        return f"{m['version']} (canary{share})"
+    if role == "shadow":
+        return f"{m['version']} (shadow)"
+    return f"{m['version']} (live)" if traffic else m["version"]
+
+
+def _key(m: dict[str, Any]) -> tuple[str, str, str]:
+    return m["name"], m["version"], m.get("role", "live")
+
+
 def render(now: dict[str, Any], before: dict[str, Any] | None) -> Group:
     """One table of models (with rates when ``before`` is given) and one of streams."""
     dt = (now["time"] - before["time"]) if before else 0.0
-    prev = {(m["name"], m["version"]): m for m in (before or {}).get("models", [])}
+    prev = {_key(m): m for m in (before or {}).get("models", [])}
     table = Table(title="models", title_justify="left")
     for col in ("model", "version", "ready", "workers", "restarts", "req/s", "rec/s",
                 "requests", "errors", "failing stage", "p50 ms", "p99 ms", "queue",
@@ -46,7 +63,7 @@ def render(now: dict[str, Any], before: dict[str, Any] | None) -> Group:
                                                         "failing stage") else "right")
     for m in now["models"]:
         met = m.get("metrics") or {}
-        old = (prev.get((m["name"], m["version"])) or {}).get("metrics") or {}
+        old = (prev.get(_key(m)) or {}).get("metrics") or {}
         def rate(key: str, met: dict[str, Any] = met, old: dict[str, Any] = old) -> str:
             return f"{(met.get(key, 0) - old.get(key, 0)) / dt:.1f}" if dt > 0 else "-"
 
@@ -57,12 +74,12 @@ def render(now: dict[str, Any], before: dict[str, Any] | None) -> Group:
         workers = m["workers"]
         cpu = sum(w.get("cpu_seconds", 0) for w in workers)
         old_cpu = sum(w.get("cpu_seconds", 0) for w in
-                      (prev.get((m["name"], m["version"])) or {}).get("workers", []))
+                      (prev.get(_key(m)) or {}).get("workers", []))
         quality = met.get("quality") or {}
         shown = ", ".join(f"{k} {v:.3f}" for k, v in quality.items()
                           if k not in ("labelled", "history") and isinstance(v, float))
         table.add_row(
-            m["name"], m["version"], "yes" if m["ready"] else "[red]NO[/red]",
+            m["name"], version_label(m), "yes" if m["ready"] else "[red]NO[/red]",
             f"{sum(w['state'] == 'ready' for w in workers)}/{len(workers)}",
             str(m["restarts"]), rate("requests"), rate("records"),
             str(met.get("requests", 0)), str(met.get("errors", 0)),

@@ -68,3 +68,32 @@ export function setFigure(testid, value, format, alert = false) {
   node.querySelector(".value").textContent = format(value);
   node.classList.toggle("alert", alert);
 }
+
+/** A canary's weight (0..1) as a percentage: 0.1 -> "10%", 0.125 -> "12.5%". */
+export function fmtWeight(w) {
+  return `${parseFloat((w * 100).toPrecision(4))}%`;
+}
+
+/** Which entry of /v1/stats a row stands for: the model's name for its live version, and
+ * "name:canary" / "name:shadow" for a candidate (":" is never in a model's name). */
+export function versionKey(m) {
+  return !m.role || m.role === "live" ? m.name : `${m.name}:${m.role}`;
+}
+
+/** A served version's role as `baton status` shows it: "canary 10%", "shadow", "live"
+ * (only beside a candidate), or "" for a version served alone. */
+export function roleLabel(m) {
+  const role = m.role ?? "live";
+  if (role === "canary") {
+    const w = m.traffic?.weight;
+    return w == null ? "canary" : `canary ${fmtWeight(w)}`;
+  }
+  if (role === "shadow") return "shadow";
+  return m.traffic ? "live" : "";
+}
+
+/** "1.1.0 (canary 10%)", "1.0.0 (live)", or just "1.0.0". */
+export function versionLabel(m) {
+  const role = roleLabel(m);
+  return role ? `${m.version} (${role})` : m.version;
+}

@@ -1,11 +1,14 @@
 // Models served and live figures. Polls the engine's own APIs once a second:
-// /v1/stats (counters, workers), /v1/models (traffic split, registry source),
+// /v1/stats (counters, workers, traffic split), /v1/models (registry source),
 // /v2/health/ready, and /metrics for latency histograms. Rates are computed here, from
-// counter deltas between polls.
+// counter deltas between polls. Every served version is a row of its own: the live one
+// (keyed by the model's name) and its canary or shadow candidate ("name:canary",
+// "name:shadow"; see versionKey).
 
 import { COLORS, LineChart } from "./charts.js";
 import {
-  el, fmtAgo, fmtBytes, fmtPercent, fmtRate, fmtSeconds, setFigure, shortDigest,
+  el, fmtAgo, fmtBytes, fmtPercent, fmtRate, fmtSeconds, fmtWeight, roleLabel, setFigure,
+  shortDigest, versionKey, versionLabel,
 } from "./dom.js";
 import { MonitorView, driftingFeatures } from "./monitor.js";
 
@@ -19,12 +22,12 @@ const STAGE_COLORS = {
 };
 
 const state = {
-  samples: new Map(), // model name -> raw samples of its live version within the window
-  points: new Map(), // model name -> chart points, oldest first
+  samples: new Map(), // version key -> raw samples of that served version within the window
+  points: new Map(), // version key -> chart points, oldest first
   stats: null,
   models: [],
   source: null,
-  selected: null,
+  selected: null, // a version key
   metricsOn: true, // false once /metrics answers 404 (BATON_METRICS=false)
   charts: null,
   monitor: null,
@@ -110,12 +113,13 @@ function sampleOf(m, t, buckets) {
 }
 
 function ingest(m, t, buckets) {
+  const key = versionKey(m);
   const sample = sampleOf(m, t, buckets);
-  let list = state.samples.get(m.name) ?? [];
+  let list = state.samples.get(key) ?? [];
   if (list.length && list[list.length - 1].version !== m.version) list = []; // counters restart
   list.push(sample);
   while (list.length > 1 && list[0].t < t - WINDOW_S - 0.25) list.shift();
-  state.samples.set(m.name, list);
+  state.samples.set(key, list);
 
   const base = list[0];
   const dt = t - base.t;
@@ -147,14 +151,14 @@ function ingest(m, t, buckets) {
   point.mem = sample.rss;
   point.memMiB = sample.rss == null ? null : sample.rss / 1048576;
 
-  const points = state.points.get(m.name) ?? [];
+  const points = state.points.get(key) ?? [];
   points.push(point);
   while (points.length && points[0].t < t - SPAN_S - 2) points.shift();
-  state.points.set(m.name, points);
+  state.points.set(key, points);
 }
 
-function latestPoint(name) {
-  const points = state.points.get(name);
+function latestPoint(key) {
+  const points = state.points.get(key);
   return points && points.length ? points[points.length - 1] : null;
 }
 
@@ -180,12 +184,24 @@ function failureCell(m) {
   return el("td", { class: "small" }, el("strong", {}, fmtAgo(f.time)), el("div", {}, f.reason));
 }
 
-function trafficCell(t) {
+function trafficCell(m) {
+  const t = m.traffic;
   if (!t) return el("td", { class: "muted" }, "—");
+  if (m.role === "canary") {
+    return el("td", { class: "small", "data-testid": "traffic" },
+      el("strong", {}, `answers ${fmtWeight(t.weight)} of requests`),
+      el("div", {}, `${t.to_candidate} of ${t.requests} requests so far`));
+  }
+  if (m.role === "shadow") {
+    return el("td", { class: "small", "data-testid": "traffic" },
+      el("strong", {}, "gets a copy of every request, never answers"),
+      el("div", {}, `${t.compared_rows} rows compared, ${t.mismatched_rows} differ` +
+        ` (max diff ${t.max_abs_diff}), ${t.candidate_errors} errors, ${t.skipped} skipped`));
+  }
   const ready = t.candidate_ready ? "ready" : "not ready";
   if (t.mode === "canary") {
     return el("td", { class: "small", "data-testid": "traffic" },
-      el("strong", {}, `canary ${(t.weight * 100).toFixed(0)}% → ${t.candidate}`),
+      el("strong", {}, `canary ${fmtWeight(t.weight)} → ${t.candidate}`),
       ` (${ready})`, el("div", {}, `${t.to_candidate} of ${t.requests} requests sent to it`));
   }
   return el("td", { class: "small", "data-testid": "traffic" },
@@ -194,7 +210,10 @@ function trafficCell(t) {
       ` (max diff ${t.max_abs_diff}), ${t.candidate_errors} candidate errors`));
 }
 
-function stageCell() {
+function stageCell(m) {
+  if (m.role && m.role !== "live") {
+    return el("td", { class: "muted", title: "the stage is the live version's" }, "—");
+  }
   const s = state.source;
   if (!s) return el("td", { class: "muted" }, "local bundle");
   return el("td", {}, el("span", { class: `badge stage-${s.stage}` }, s.stage),
@@ -203,23 +222,27 @@ function stageCell() {
 
 function renderModels() {
   const body = document.getElementById("models-body");
-  const traffic = new Map(state.models.map((m) => [m.name, m.traffic]));
   const rows = state.stats.models.map((m) => {
-    const p = latestPoint(m.name);
+    const key = versionKey(m);
+    const p = latestPoint(key);
+    const role = roleLabel(m);
     const tr = el("tr", {
-      "data-testid": `model-row-${m.name}`, "data-model": m.name,
-      class: m.name === state.selected ? "selected" : null,
+      "data-testid": `model-row-${key}`, "data-model": m.name, "data-role": m.role ?? "live",
+      class: [key === state.selected ? "selected" : null,
+        m.role && m.role !== "live" ? "candidate" : null].filter(Boolean).join(" ") || null,
     },
     el("td", {}, el("strong", { "data-testid": "model-name" }, m.name)),
-    el("td", { "data-testid": "model-version" }, m.version),
-    stageCell(),
+    el("td", { "data-testid": "model-version" }, m.version,
+      role ? el("span", { class: `role role-${m.role ?? "live"}`, "data-testid": "model-role" },
+        ` (${role})`) : null),
+    stageCell(m),
     el("td", {}, el("code", { title: m.digest }, shortDigest(m.digest))),
     healthCell(m), workersCell(m),
     el("td", { class: "num" }, String(m.restarts)),
-    failureCell(m), trafficCell(traffic.get(m.name)),
+    failureCell(m), trafficCell(m),
     el("td", { class: "num" }, fmtRate(p?.rps)),
     el("td", { class: `num${p?.errps > 0 ? " bad" : ""}` }, fmtRate(p?.errps)));
-    tr.addEventListener("click", () => select(m.name));
+    tr.addEventListener("click", () => select(key));
     return tr;
   });
   if (!rows.length) {
@@ -242,18 +265,20 @@ function renderModels() {
 
 function renderSelect() {
   const select = document.getElementById("model-select");
-  const names = state.stats.models.map((m) => m.name);
-  if (!names.includes(state.selected)) state.selected = names[0] ?? null;
-  const have = [...select.options].map((o) => o.value).join("\n");
-  if (have !== names.join("\n")) {
-    select.replaceChildren(...names.map((n) => el("option", { value: n }, n)));
+  const models = state.stats.models;
+  const keys = models.map(versionKey);
+  if (!keys.includes(state.selected)) state.selected = keys[0] ?? null;
+  const labels = models.map((m) => (roleLabel(m) ? `${m.name} ${versionLabel(m)}` : m.name));
+  const have = [...select.options].map((o) => `${o.value}\t${o.textContent}`).join("\n");
+  if (have !== keys.map((k, i) => `${k}\t${labels[i]}`).join("\n")) {
+    select.replaceChildren(...keys.map((k, i) => el("option", { value: k }, labels[i])));
   }
   if (state.selected) select.value = state.selected;
 }
 
 function renderFigures() {
   const p = state.selected ? latestPoint(state.selected) : null;
-  const m = state.stats.models.find((x) => x.name === state.selected);
+  const m = selectedModel();
   setFigure("figure-rps", p?.rps ?? null, fmtRate);
   setFigure("figure-recps", p?.recps ?? null, fmtRate);
   setFigure("figure-p50", p?.p50 ?? null, fmtSeconds);
@@ -274,7 +299,7 @@ function renderFigures() {
 
 function renderCharts() {
   const points = state.points.get(state.selected) ?? [];
-  const m = state.stats.models.find((x) => x.name === state.selected);
+  const m = selectedModel();
   const off = m && m.metrics == null ? "metrics are off (BATON_METRICS=false)" : null;
   state.charts.throughput.empty = off ?? "no data yet";
   state.charts.errors.empty = off ?? "no data yet";
@@ -287,14 +312,15 @@ function renderErrorBanner() {
   const banner = document.getElementById("error-banner");
   const failing = [];
   for (const m of state.stats.models) {
-    const p = latestPoint(m.name);
+    const p = latestPoint(versionKey(m));
     if (!p || !(p.errps > 0)) continue;
     const byStage = STAGES.map((s) => [s, p[`err_${s}`] ?? 0]).filter(([, r]) => r > 0)
       .sort((a, b) => b[1] - a[1]);
     for (const [stage, r] of byStage) {
       const codes = Object.entries(p.codes).filter(([k]) => k.startsWith(`${stage}/`))
         .sort((a, b) => b[1] - a[1]).map(([k]) => k.slice(stage.length + 1));
-      failing.push({ model: m.name, version: m.version, stage, rate: r, codes, rps: p.rps });
+      failing.push({ model: m.name, version: versionLabel(m), role: m.role ?? "live", stage,
+        rate: r, codes, rps: p.rps });
     }
   }
   failing.sort((a, b) => b.rate - a.rate);
@@ -306,6 +332,7 @@ function renderErrorBanner() {
   banner.dataset.model = top.model;
   banner.replaceChildren(...failing.map((f) => el("p", {
     "data-testid": "error-line", "data-stage": f.stage, "data-model": f.model,
+    "data-role": f.role,
   }, `Errors at stage: ${f.stage}${f.codes.length ? ` (${f.codes.join(", ")})` : ""}` +
     ` — ${fmtRate(f.rate)}/s`,
   el("span", { class: "detail" }, ` on ${f.model} ${f.version}` +
@@ -313,9 +340,13 @@ function renderErrorBanner() {
     ` in the last ${WINDOW_S} s`))));
 }
 
-function select(name) {
-  state.selected = name;
+function select(key) {
+  state.selected = key;
   renderAll();
+}
+
+function selectedModel() {
+  return state.stats.models.find((x) => versionKey(x) === state.selected);
 }
 
 function renderAll() {
@@ -326,8 +357,7 @@ function renderAll() {
   renderCharts();
   renderErrorBanner();
   renderDriftBanner();
-  state.monitor.render(state.stats.models.find((m) => m.name === state.selected),
-    state.stats.time);
+  state.monitor.render(selectedModel(), state.stats.time);
 }
 
 function setStatus(kind, text) {
@@ -344,10 +374,11 @@ async function tick() {
     const buckets = metrics ? parseLatencyBuckets(metrics) : null;
     for (const m of stats.models) ingest(m, stats.time, buckets);
     state.monitor.ingest(stats);
-    for (const name of [...state.points.keys()]) {
-      if (!stats.models.some((m) => m.name === name)) {
-        state.points.delete(name);
-        state.samples.delete(name);
+    const served = new Set(stats.models.map(versionKey));
+    for (const key of [...state.points.keys()]) {
+      if (!served.has(key)) {
+        state.points.delete(key);
+        state.samples.delete(key);
       }
     }
     state.stats = stats;

@@ -3,7 +3,7 @@
 // engine reports them in /v1/stats. Nothing here is made up: no data, no chart.
 
 import { COLORS, LineChart } from "./charts.js";
-import { el, fmtTime } from "./dom.js";
+import { el, fmtTime, versionKey, versionLabel } from "./dom.js";
 
 const PALETTE = [COLORS.blue, COLORS.amber, COLORS.green, COLORS.purple, COLORS.teal,
   COLORS.pink, COLORS.red, COLORS.gray];
@@ -48,20 +48,21 @@ export class MonitorView {
   constructor() {
     this.qualityChart = new KeyedChart("chart-quality", fmtMetric);
     this.driftChart = new KeyedChart("chart-drift", fmtMetric);
-    this.drift = new Map(); // model name -> [{t, version, [feature]: psi}] seen by this page
+    this.drift = new Map(); // version key -> [{t, version, [feature]: psi}] seen by this page
   }
 
   /** Keep each model's drift figures over time: the engine reports only the latest. */
   ingest(stats) {
     for (const m of stats.models) {
       if (!m.drift || !Object.keys(m.drift).length) continue;
-      let points = this.drift.get(m.name) ?? [];
+      const key = versionKey(m);
+      let points = this.drift.get(key) ?? [];
       if (points.length && points[points.length - 1].version !== m.version) points = [];
       const point = { t: stats.time, version: m.version };
       for (const [feature, d] of Object.entries(m.drift)) point[feature] = d.psi;
       points.push(point);
       if (points.length > DRIFT_POINTS) points.shift();
-      this.drift.set(m.name, points);
+      this.drift.set(key, points);
     }
   }
 
@@ -76,6 +77,8 @@ export class MonitorView {
     show(document.getElementById("quality-panel"), has, !m ? "No model is selected."
       : !q ? `${m.name} has no quality tracking: the prediction log is off, or its outputs ` +
         "cannot be compared with labels."
+        : m.role && m.role !== "live" ? `${m.name} ${versionLabel(m)} is a candidate: ` +
+          `labels sent to /v1/models/${m.name}/feedback update the live version's quality.`
         : `No ground-truth labels have arrived for ${m.name} ${m.version}. Send them to ` +
           `/v1/models/${m.name}/feedback as [{"id": prediction id, "label": true value}].`);
     if (!has) return;
@@ -124,7 +127,7 @@ export class MonitorView {
         el("td", {}, el("span", { class: `badge ${d.drifting ? "bad" : "ok"}` },
           d.drifting ? "drifting" : "stable")));
     }));
-    const points = this.drift.get(m.name) ?? [];
+    const points = this.drift.get(versionKey(m)) ?? [];
     const span = Math.max(SPAN_S, points.length ? now - points[0].t : 0);
     this.driftChart.update(features, points, now, span);
     const alerts = (m.drift_alerts ?? []).slice(-5).reverse();
@@ -141,7 +144,7 @@ export function driftingFeatures(models) {
   const out = [];
   for (const m of models) {
     for (const [feature, d] of Object.entries(m.drift ?? {})) {
-      if (d.drifting) out.push({ model: m.name, version: m.version, feature, psi: d.psi });
+      if (d.drifting) out.push({ model: m.name, version: versionLabel(m), feature, psi: d.psi });
     }
   }
   return out;
