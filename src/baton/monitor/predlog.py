@@ -66,6 +66,7 @@ class PredictionLog:
         self._lock = threading.Lock()  # one SQLite connection, used from worker threads
         self._db: sqlite3.Connection | None = None
         self._rng = random.Random()
+        self._flushing = asyncio.Lock()
 
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -104,9 +105,12 @@ class PredictionLog:
         return items
 
     async def flush(self) -> None:
-        """Write what is queued, from a thread (the event loop never waits on SQLite)."""
-        if self._pending:
-            await asyncio.to_thread(self._write, self._take())
+        """Write what is queued, from a thread (the event loop never waits on SQLite).
+        Flushes run one at a time: a flush returns only once what was queued before it,
+        including what a concurrent flush took, is written (feedback relies on it)."""
+        async with self._flushing:
+            if self._pending:
+                await asyncio.to_thread(self._write, self._take())
 
     def flush_now(self) -> None:
         """Write what is queued, in the caller's thread (tools and tests)."""
