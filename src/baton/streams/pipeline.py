@@ -33,6 +33,7 @@ class StreamBinding:
 
     model: str
     input: str
+    #: Where outputs go; "" for a binding that writes none (e.g. a labels stream).
     output: str
     dead_letter: str
     group: str = ""
@@ -40,6 +41,8 @@ class StreamBinding:
     read_timeout: float = 0.2
     #: Micro-batches read but not yet acknowledged, at most (1: strictly one at a time).
     in_flight: int = 3
+    #: What the binding does, as /v1/models shows it: "predictions" (scores) or "labels".
+    kind: str = "predictions"
 
     @property
     def consumer_group(self) -> str:
@@ -111,13 +114,14 @@ class StreamPipeline:
     async def _connect(self) -> None:
         b = self.binding
         self.source = open_source(b.input, group=b.consumer_group)
-        self.sink = open_sink(b.output)
+        self.sink = open_sink(b.output) if b.output else None
         self.dead = open_sink(b.dead_letter)
         for name, part in (("input", self.source), ("output", self.sink),
                            ("dead letter", self.dead)):
-            await self._retry(f"open {name}", part.open)
+            if part is not None:
+                await self._retry(f"open {name}", part.open)
         log.info("%s: streaming %s -> %s (dead letters: %s)", b.model, redact_url(b.input),
-                 redact_url(b.output), redact_url(b.dead_letter))
+                 redact_url(b.output) if b.output else b.kind, redact_url(b.dead_letter))
 
     async def _flow(self) -> None:
         """Read ahead while earlier batches are scored and written; acknowledge in order."""
@@ -174,14 +178,11 @@ class StreamPipeline:
     async def _deliver(self, messages: Sequence[Message], svc: Any, outputs: list[OutRecord],
                        dead: list[OutRecord]) -> None:
         """Write outputs and dead letters durably, then acknowledge the inputs."""
-        if svc.metrics is not None:
-            for letter in dead:
-                stage = letter.headers["baton-stage"]
-                svc.metrics.error("output" if stage == "output_contract" else stage,
-                                  letter.headers["baton-code"])
-        assert self.sink is not None and self.dead is not None
+        self._count_dead(svc, dead)
+        assert self.dead is not None
         sink, dead_sink = self.sink, self.dead
         if outputs:
+            assert sink is not None
             await self._retry("write output", lambda: sink.write(outputs))
         if dead:
             await self._retry("write dead letters", lambda: dead_sink.write(dead))
@@ -192,6 +193,14 @@ class StreamPipeline:
         self.stats.produced += len(outputs)
         self.stats.dead_lettered += len(dead)
         self.stats.batches += 1
+
+    def _count_dead(self, svc: Any, dead: Sequence[OutRecord]) -> None:
+        """Count dead letters as the model's errors, by stage and code (a hook)."""
+        if svc.metrics is not None:
+            for letter in dead:
+                stage = letter.headers["baton-stage"]
+                svc.metrics.error("output" if stage == "output_contract" else stage,
+                                  letter.headers["baton-code"])
 
     async def _score(self, messages: Sequence[Message]) -> tuple[Any, list[OutRecord],
                                                                  list[OutRecord]]:
@@ -290,8 +299,9 @@ class StreamPipeline:
 
     def describe(self) -> dict[str, Any]:
         b, s = self.binding, self.stats
-        return {"model": b.model, "input": redact_url(b.input),
-                "output": redact_url(b.output), "dead_letter": redact_url(b.dead_letter),
+        return {"model": b.model, "kind": b.kind, "input": redact_url(b.input),
+                "output": redact_url(b.output) if b.output else None,
+                "dead_letter": redact_url(b.dead_letter),
                 "group": b.consumer_group,
                 "consumed": s.consumed, "produced": s.produced,
                 "dead_lettered": s.dead_lettered, "batches": s.batches, "retries": s.retries,
