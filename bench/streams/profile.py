@@ -190,6 +190,7 @@ def render_stages(broker: str, timings: dict[str, dict[str, Any]]) -> str:
     for system, t in timings.items():
         secs, calls = t["seconds"], t["calls"]
         batches = calls.get("batches (whole handle())") or calls.get(
+            "deliver (write outputs, dead letters, ack)") or calls.get(
             "acknowledge input (connector)") or 1
         span = t["first_batch_to_last_s"] or 1.0
         recs = secs.get("records", 0)

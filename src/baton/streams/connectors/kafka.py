@@ -5,8 +5,11 @@ partition the topic has when it opens, instead of subscribing: no group membersh
 rebalance wait on start, and no partition split between engines either (run one engine per
 group and topic). It resumes from the group's committed offsets (``?start=earliest`` or
 ``latest`` when the group has none; default ``earliest``) and, on ack, commits the next
-offset of each partition synchronously. Partitions added to the topic later are not picked
-up until the engine restarts. The record key is the Kafka key (UTF-8), or
+offset of each partition. The commit is queued without waiting for the broker (the outputs
+are already durable, so a lost commit only means records delivered again); a failed commit,
+reported back while the source polls, makes the next ack commit synchronously and raise if
+that fails too; close commits the latest ack synchronously. Partitions added to the topic
+later are not picked up until the engine restarts. The record key is the Kafka key (UTF-8), or
 ``PARTITION-OFFSET`` when a message has none; Kafka headers become message headers.
 A missing topic is created with ``?partitions=`` partitions (default 1).
 
@@ -17,8 +20,10 @@ seconds (default 30) without every acknowledgement; it then purges what is still
 and drops the producer, so the pipeline's retry sends each record again with a fresh one
 (copies never pile up, and a producer the broker fenced is not reused).
 
-confluent-kafka blocks, so every client call runs on one thread owned by the connector
-(calls stay in order and never overlap; the event loop never waits on the broker).
+confluent-kafka blocks, so client calls run on threads owned by the connector: the
+producer's on one, the consumer's polls on one and its synchronous commits on another (so
+they never wait behind a poll; librdkafka's consumer is thread-safe). Calls on one thread
+stay in order, and the event loop never waits on the broker.
 """
 
 from __future__ import annotations
@@ -55,7 +60,7 @@ class _Client:
             "bootstrap.servers": f"{host}:{port}", "logger": log, "log_level": 2,
             "error_cb": self._on_error, "reconnect.backoff.max.ms": 2000}
         self.timeout = number(url, "timeout", 30)
-        self._thread: ThreadPoolExecutor | None = None
+        self._threads: dict[str, ThreadPoolExecutor] = {}
         self._last_error: str | None = None
 
     def _on_error(self, err: Any) -> None:  # librdkafka thread-side errors, seen on poll
@@ -71,10 +76,13 @@ class _Client:
         except Exception as exc:  # a bad option (?start=sometimes): say which URL
             raise _error("configure", self.url, exc) from None
 
-    async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        if self._thread is None:
-            self._thread = ThreadPoolExecutor(1, thread_name_prefix="baton-kafka")
-        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+    async def call(self, fn: Callable[..., T], *args: Any, lane: str = "main") -> T:
+        """Run a client call on the lane's own thread (calls of one lane stay in order)."""
+        thread = self._threads.get(lane)
+        if thread is None:
+            thread = self._threads[lane] = ThreadPoolExecutor(
+                1, thread_name_prefix=f"baton-kafka-{lane}")
+        return await asyncio.get_running_loop().run_in_executor(thread, fn, *args)
 
     async def check_topic(self, client: Any) -> list[int]:
         """Connect, make sure the topic exists (creating it), return its partitions."""
@@ -94,7 +102,8 @@ class _Client:
         found = client.list_topics(self.topic, timeout=10).topics.get(self.topic)
         if found is not None and found.error is None and found.partitions:
             return sorted(found.partitions)
-        admin = AdminClient({k: v for k, v in self.config.items() if k != "error_cb"})
+        admin = AdminClient({k: v for k, v in self.config.items()
+                             if k not in ("error_cb", "on_commit")})
         count = max(1, int(number(self.url, "partitions", 1)))
         for future in admin.create_topics([NewTopic(self.topic, count)],
                                           operation_timeout=10).values():
@@ -110,16 +119,20 @@ class _Client:
         return sorted(found.partitions)
 
     async def shutdown(self, last: Callable[[], Any] | None) -> None:
-        if self._thread is None:
+        """Let the other lanes finish what they run (a commit), then run ``last`` (close)."""
+        lanes, self._threads = self._threads, {}
+        main = lanes.pop("main", None)
+        for other in lanes.values():
+            await asyncio.to_thread(other.shutdown, True)
+        if main is None:
             return
         try:
             if last is not None:
-                await self.call(last)
+                await asyncio.get_running_loop().run_in_executor(main, last)
         except Exception as exc:
             log.warning("closing %s: %s", self.url.redacted, reason(exc))
         finally:
-            self._thread.shutdown(wait=False)
-            self._thread = None
+            main.shutdown(wait=False)
 
 
 class KafkaSource:
@@ -129,8 +142,11 @@ class KafkaSource:
         self.client.config.update({
             "group.id": url.option("group", group), "enable.auto.commit": False,
             "enable.auto.offset.store": False,
-            "auto.offset.reset": url.option("start", "earliest")})
+            "auto.offset.reset": url.option("start", "earliest"),
+            "on_commit": self._on_commit})
         self.consumer: Any = None
+        self._commit_error: str | None = None
+        self._committed: list[Any] = []  # the offsets of the latest ack
 
     async def open(self) -> None:
         from confluent_kafka import Consumer, TopicPartition
@@ -188,26 +204,63 @@ class KafkaSource:
             partition, offset = m.position
             upto[partition] = max(upto.get(partition, -1), offset + 1)
         offsets = [TopicPartition(self.client.topic, p, o) for p, o in sorted(upto.items())]
+        consumer = self.consumer
+        error, self._commit_error = self._commit_error, None
+        if error is None:
+            # The outputs are durable already: the commit is queued for the client's thread
+            # (no wait), its result comes back through on_commit while the source polls.
+            try:
+                consumer.commit(offsets=offsets, asynchronous=True)
+                self._committed = offsets
+                return
+            except Exception as exc:
+                error = reason(exc)
+        # An earlier commit failed (or this one could not be queued): commit this batch,
+        # which covers the earlier ones, and wait for the broker's answer.
+        log.info("a commit on %s failed (%s); committing synchronously", self.url.redacted,
+                 error)
         try:
             done = await self.client.call(
-                lambda: self.consumer.commit(offsets=offsets, asynchronous=False))
+                lambda: consumer.commit(offsets=offsets, asynchronous=False), lane="commit")
         except Exception as exc:
             raise _error("commit", self.url, exc) from None
         failed = [tp for tp in done or [] if tp.error is not None]
         if failed:
             raise _error("commit", self.url, str(failed[0].error))
+        self._committed = offsets
+
+    def _on_commit(self, err: Any, partitions: list[Any]) -> None:
+        failed = [str(tp.error) for tp in partitions or [] if tp.error is not None]
+        if err is not None or failed:
+            self._commit_error = str(err) if err is not None else failed[0]
+
+    def _last_commit_and_close(self, consumer: Any, offsets: list[Any]) -> None:
+        """Make sure the latest ack is committed before leaving (a clean stop leaves nothing
+        to deliver again), then close."""
+        try:
+            if offsets:
+                consumer.commit(offsets=offsets, asynchronous=False)
+        except Exception as exc:
+            log.warning("final commit on %s failed (those records come again): %s",
+                        self.url.redacted, reason(exc))
+        consumer.close()
 
     async def close(self) -> None:
         consumer, self.consumer = self.consumer, None
-        await self.client.shutdown(consumer.close if consumer is not None else None)
+        offsets, self._committed = self._committed, []
+        await self.client.shutdown(
+            (lambda: self._last_commit_and_close(consumer, offsets)) if consumer is not None
+            else None)
 
 
 class KafkaSink:
     def __init__(self, url: StreamURL) -> None:
         self.client = _Client(url)
         self.url = url
+        # Delivery reports only for failures: a success needs no Python callback (each one
+        # would wait for the GIL on the client's thread), flush() returning 0 says it.
         self.client.config.update({"enable.idempotence": True, "acks": "all",
-                                   "linger.ms": 2})
+                                   "linger.ms": 2, "delivery.report.only.error": True})
         self.producer: Any = None
 
     async def open(self) -> None:
