@@ -47,6 +47,12 @@ max_batch = 16
     assert len(server.worker_pids("chaos")) in (1, 2)
     streams = server.client.get("/v1/models").json()["streams"][0]
     assert (streams["consumed"], streams["produced"], streams["dead_lettered"]) == (52, 50, 2)
+    # The backlog is sampled every 5 s: nothing is left once everything was read.
+    deadline = time.monotonic() + 15
+    while server.client.get("/v1/models").json()["streams"][0]["lag"] != 0:
+        assert time.monotonic() < deadline, "lag never came down to 0"
+        time.sleep(0.2)
+    assert 'baton_stream_lag_records{input="file://' in server.client.get("/metrics").text
 
 
 def test_invalid_deployment_file_names_the_field(tmp_path: Path,

@@ -6,6 +6,7 @@ broker. A new connector is done when it passes this file unchanged.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -178,5 +179,37 @@ def test_opening_against_a_broker_that_is_down_is_a_clear_stream_error(broker: K
             await part.close()
             assert named in err.value.message, err.value.message
             assert err.value.code == "STREAM_ERROR"
+
+    aio.run(body())
+
+
+def test_lag_counts_the_records_not_read_yet(broker: Kit, aio: Aio) -> None:
+    """The backlog a source reports: all of it before reading, what is left after."""
+    async def eventually(source: Any, expected: int) -> None:
+        deadline, seen = time.monotonic() + 15, None
+        while time.monotonic() < deadline:
+            seen = await source.lag()
+            if seen == expected:
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"lag {seen}, expected {expected}")
+
+    async def body() -> None:
+        stream, grp = broker.fresh(), group()
+        source = await opened_source(broker, broker.url(stream), grp)
+        try:
+            # One publish per record: Tansu 0.6 reports a partition's high watermark as the
+            # base offset of its last record batch + 1 (Kafka: last offset + 1); with
+            # single-record batches both are the same.
+            for item in records(20):
+                await broker.publish(stream, [item])
+            await eventually(source, 20)
+            got = await read_n(source, 10, ack=True)
+            assert len(got) >= 10
+            await eventually(source, 20 - len(got))
+            await read_n(source, 20 - len(got), ack=True)
+            await eventually(source, 0)
+        finally:
+            await source.close()
 
     aio.run(body())

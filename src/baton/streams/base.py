@@ -122,6 +122,10 @@ class Source(Protocol):
 
     async def close(self) -> None: ...
 
+    # Optional: ``async def lag(self) -> int | None``, the records in the input this source
+    # has not read yet (its backlog), or None when it cannot tell. The pipeline samples it
+    # every few seconds for /v1/models and ``baton_stream_lag_records``.
+
 
 class Sink(Protocol):
     async def open(self) -> None: ...

@@ -41,6 +41,8 @@ class StreamBinding:
     read_timeout: float = 0.2
     #: Micro-batches read but not yet acknowledged, at most (1: strictly one at a time).
     in_flight: int = 3
+    #: Seconds between two looks at the input's backlog (``lag``), where the connector can tell.
+    lag_interval: float = 5.0
     #: What the binding does, as /v1/models shows it: "predictions" (scores) or "labels".
     kind: str = "predictions"
 
@@ -57,6 +59,8 @@ class StreamStats:
     batches: int = 0
     retries: int = 0
     in_flight: int = 0
+    #: Records in the input this binding has not read yet (None: the connector cannot tell).
+    lag: int | None = None
     last_error: str | None = None
     started_at: float = field(default_factory=time.time)
 
@@ -129,15 +133,17 @@ class StreamPipeline:
         order: asyncio.Queue[_Batch | None] = asyncio.Queue()
         reader = asyncio.create_task(self._read_ahead(order, window))
         writer = asyncio.create_task(self._write_in_order(order))
+        watcher = asyncio.create_task(self._watch_lag())
         try:
             done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
                 task.result()  # a step that gave up (stop asked while it kept failing)
             await writer
         finally:
+            watcher.cancel()
             reader.cancel()
             writer.cancel()
-            scoring = []
+            scoring = [watcher]
             while not order.empty():
                 item = order.get_nowait()
                 if item is not None:
@@ -168,6 +174,19 @@ class StreamPipeline:
             await self._deliver(item.messages, svc, outputs, dead)
             self.stats.in_flight -= 1
             item.window.release()
+
+    async def _watch_lag(self) -> None:
+        """Sample the input's backlog now and then; a failure only leaves it unknown."""
+        lag = getattr(self.source, "lag", None)
+        if lag is None:
+            return
+        while True:
+            try:
+                self.stats.lag = await asyncio.wait_for(lag(), 10)
+            except Exception as exc:  # the broker is away: the read path reports that
+                log.debug("%s: input backlog unknown: %s", self.binding.model, exc)
+                self.stats.lag = None
+            await asyncio.sleep(self.binding.lag_interval)
 
     async def _read(self) -> list[Message]:
         assert self.source is not None
@@ -305,7 +324,7 @@ class StreamPipeline:
                 "group": b.consumer_group,
                 "consumed": s.consumed, "produced": s.produced,
                 "dead_lettered": s.dead_lettered, "batches": s.batches, "retries": s.retries,
-                "in_flight": s.in_flight,
+                "in_flight": s.in_flight, "lag": s.lag,
                 "last_error": s.last_error}
 
 

@@ -88,6 +88,9 @@ class Inbox(Generic[T]):
         self._items.append(item)
         self._ready.set()
 
+    def __len__(self) -> int:
+        return len(self._items)
+
     def clear(self) -> None:
         self._items.clear()
 

@@ -78,6 +78,18 @@ class FileSource:
             os.fsync(f.fileno())
         os.replace(tmp, self.offset_path)
 
+    async def lag(self) -> int | None:
+        """Complete lines after the read position (counted in the file, 1 MiB at a time)."""
+        return await asyncio.to_thread(self._count_unread)
+
+    def _count_unread(self) -> int:
+        lines = 0
+        with self.path.open("rb") as f:
+            f.seek(self._pos)
+            while chunk := f.read(1 << 20):
+                lines += chunk.count(b"\n")
+        return lines
+
     async def close(self) -> None:
         return None
 

@@ -229,6 +229,24 @@ class KafkaSource:
             raise _error("commit", self.url, str(failed[0].error))
         self._committed = offsets
 
+    async def lag(self) -> int | None:
+        """Records after the consumer's position, up to each partition's high watermark."""
+        consumer = self.consumer
+        if consumer is None:
+            return None
+        return await self.client.call(self._lag, consumer, lane="commit")
+
+    def _lag(self, consumer: Any) -> int | None:
+        total = 0
+        for tp in consumer.position(consumer.assignment()):
+            _low, high = consumer.get_watermark_offsets(tp, timeout=5, cached=False)
+            if tp.offset >= 0:  # a position is known once the partition was fetched from
+                total += max(0, high - tp.offset)
+            else:
+                committed = consumer.committed([tp], timeout=5)[0].offset
+                total += high - committed if committed >= 0 else high - _low
+        return total
+
     def _on_commit(self, err: Any, partitions: list[Any]) -> None:
         failed = [str(tp.error) for tp in partitions or [] if tp.error is not None]
         if err is not None or failed:

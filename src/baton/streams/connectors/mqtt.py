@@ -268,6 +268,11 @@ class MqttSource:
                 if generation == s.generation and qos > 0:
                     s.client.ack(mid, qos)
 
+    async def lag(self) -> int | None:
+        """Messages received and not yet read. MQTT does not tell what the broker still
+        queues for the session, so this is a lower bound."""
+        return len(self.inbox)
+
     async def close(self) -> None:
         await self.session.close()
 

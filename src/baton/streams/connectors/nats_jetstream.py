@@ -180,6 +180,13 @@ class NatsSource:
         for m in messages:
             self.unacked.pop(id(m.position), None)
 
+    async def lag(self) -> int | None:
+        """Messages the durable consumer has not delivered yet (``num_pending``)."""
+        if self.sub is None or not self.conn.nc.is_connected:
+            return None
+        info = await self.sub.consumer_info()
+        return int(info.num_pending) if info.num_pending is not None else None
+
     async def close(self) -> None:
         pending, self.unacked = list(self.unacked.values()), {}
         if pending and self.conn.nc is not None and self.conn.nc.is_connected:

@@ -165,6 +165,15 @@ class RabbitSource:
             log.info("ack on %s skipped, the batch will be redelivered: %s",
                      self.url.redacted, reason(exc))
 
+    async def lag(self) -> int | None:
+        """Messages ready in the queue plus those delivered here and not yet read (the
+        broker's ready count leaves out deliveries waiting in this engine's prefetch)."""
+        if self.conn.broken:
+            return None
+        queue = await self.conn.channel.declare_queue(self.url.name, passive=True)
+        ready = queue.declaration_result.message_count
+        return int(ready or 0) + len(self.inbox)
+
     async def close(self) -> None:
         self.consuming = False
         await self.conn.close()

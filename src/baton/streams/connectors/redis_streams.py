@@ -97,6 +97,17 @@ class RedisSource:
         except (RedisError, OSError) as exc:
             raise _error("XACK", self.url, exc) from None
 
+    async def lag(self) -> int | None:
+        """Entries not yet delivered to the group (``XINFO GROUPS``: ``lag``, Redis 7+)."""
+        if self.redis is None:
+            return None
+        for group in await self.redis.xinfo_groups(self.stream):
+            name = group.get("name")
+            if (name.decode() if isinstance(name, bytes) else name) == self.group:
+                lag = group.get("lag")
+                return None if lag is None else int(lag)
+        return None
+
     async def close(self) -> None:
         client, self.redis = self.redis, None
         if client is not None:
