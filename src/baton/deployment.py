@@ -13,6 +13,12 @@
     max_batch = 256                       # optional: records per micro-batch
     in_flight = 3                         # optional: micro-batches read ahead, unacknowledged
 
+    [deployments.labels]                  # optional: true values, joined to logged predictions
+    input = "redis://127.0.0.1:6379/penguins-labels"
+    dead_letter = "file://dead/penguins-labels.jsonl"
+    group = "penguins-labels"             # optional (default baton-NAME-labels)
+    max_batch = 256                       # optional: labels per micro-batch
+
 A deployment is separate from its bundle, so approving a bundle never rewrites it.
 """
 
@@ -42,11 +48,22 @@ class StreamSpec:
 
 
 @dataclass(frozen=True)
+class LabelsSpec:
+    """Where a model's true values come from, and where labels that cannot be attached go."""
+
+    input: str
+    dead_letter: str
+    group: str = ""
+    max_batch: int = 256
+
+
+@dataclass(frozen=True)
 class DeploymentSpec:
     bundle: str
     workers: int | None = None
     timeout: float | None = None
     stream: StreamSpec | None = None
+    labels: LabelsSpec | None = None
 
 
 def _only(table: dict[str, Any], allowed: set[str], where: str) -> None:
@@ -82,27 +99,46 @@ def load_deployments(path: Path) -> list[DeploymentSpec]:
     out = []
     for i, d in enumerate(items):
         where = f"deployments[{i}]"
-        _only(d, {"bundle", "workers", "timeout", "stream"}, where)
+        _only(d, {"bundle", "workers", "timeout", "stream", "labels"}, where)
         workers = _get(d, "workers", int, where)
         if workers is not None and workers < 1:
             raise DeploymentError(f"{where}.workers must be >= 1",
                                   details={"field": f"{where}.workers"})
         timeout = _get(d, "timeout", (int, float), where)
-        stream = None
+        stream = labels = None
         if "stream" in d:
-            s, sw = d["stream"], f"{where}.stream"
-            if not isinstance(s, dict):
-                raise DeploymentError(f"{sw} must be a table", details={"field": sw})
+            s, sw = _table(d, "stream", where)
             _only(s, {"input", "output", "dead_letter", "group", "max_batch", "in_flight"}, sw)
-            sizes = {key: _get(s, key, int, sw) for key in ("max_batch", "in_flight")}
-            for key, value in sizes.items():
-                if value is not None and value < 1:
-                    raise DeploymentError(f"{sw}.{key} must be >= 1",
-                                          details={"field": f"{sw}.{key}"})
+            sizes = _sizes(s, ("max_batch", "in_flight"), sw)
             stream = StreamSpec(_get(s, "input", str, sw, True), _get(s, "output", str, sw, True),
                                 _get(s, "dead_letter", str, sw, True),
                                 _get(s, "group", str, sw) or "",
                                 sizes["max_batch"] or 256, sizes["in_flight"] or 3)
+        if "labels" in d:
+            t, lw = _table(d, "labels", where)
+            _only(t, {"input", "dead_letter", "group", "max_batch"}, lw)
+            labels = LabelsSpec(_get(t, "input", str, lw, True),
+                                _get(t, "dead_letter", str, lw, True),
+                                _get(t, "group", str, lw) or "",
+                                _sizes(t, ("max_batch",), lw)["max_batch"] or 256)
         out.append(DeploymentSpec(_get(d, "bundle", str, where, True), workers,
-                                  float(timeout) if timeout is not None else None, stream))
+                                  float(timeout) if timeout is not None else None, stream,
+                                  labels))
     return out
+
+
+def _table(d: dict[str, Any], key: str, where: str) -> tuple[dict[str, Any], str]:
+    table, at = d[key], f"{where}.{key}"
+    if not isinstance(table, dict):
+        raise DeploymentError(f"{at} must be a table", details={"field": at})
+    return table, at
+
+
+def _sizes(table: dict[str, Any], keys: tuple[str, ...], where: str) -> dict[str, int | None]:
+    """Optional integer sizes, each at least 1."""
+    sizes = {key: _get(table, key, int, where) for key in keys}
+    for key, value in sizes.items():
+        if value is not None and value < 1:
+            raise DeploymentError(f"{where}.{key} must be >= 1",
+                                  details={"field": f"{where}.{key}"})
+    return sizes

@@ -170,26 +170,30 @@ def check(bundle: Path, report: Path, iterations: int, wheelhouse: Path | None,
 @click.option("--input", "input_url", help="Stream records in from this URL "
               "(kafka://, redis://, nats://, amqp://, mqtt://, file://).")
 @click.option("--output", "output_url", help="Stream scores out to this URL.")
-@click.option("--dead-letter", "dead_letter_url", help="Where records that fail go, with "
-              "their reason.")
+@click.option("--dead-letter", "dead_letter_url", help="Where records (and labels) that fail "
+              "go, with their reason.")
 @click.option("--group", help="Consumer group / durable name (default baton-MODEL).")
 @click.option("--max-batch", type=int, default=256, show_default=True,
               help="Records per micro-batch into the model.")
 @click.option("--deployment", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A deployment file: bundles with their workers and stream bindings.")
+@click.option("--labels", "labels_url", help="Read true values {\"id\", \"label\"} from "
+              "this stream URL and join them to logged predictions (needs --dead-letter).")
 @with_env_options
 @errors_to_exit
 def serve(bundles: tuple[str, ...], registry_url: str | None, stage: str, poll: float,
           canary: str | None, shadow: str | None, input_url: str | None,
           output_url: str | None, dead_letter_url: str | None, group: str | None,
-          max_batch: int, deployment: Path | None, **options: Any) -> None:
+          max_batch: int, deployment: Path | None, labels_url: str | None,
+          **options: Any) -> None:
     """Serve BUNDLES (folders, archives, or registry refs), each in its own environment."""
     from baton.cli.serve import ServeOptions, run_server
 
     if not bundles and not registry_url and deployment is None:
         raise click.UsageError("give one or more BUNDLES, --deployment FILE, or --registry URL")
     opts = ServeOptions(list(bundles), registry_url, stage, poll, canary, shadow, input_url,
-                        output_url, dead_letter_url, group, max_batch, deployment)
+                        output_url, dead_letter_url, group, max_batch, deployment,
+                        labels=labels_url)
     run_server(opts, _settings(**options))
 
 

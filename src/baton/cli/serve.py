@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from baton.bundle.loader import open_bundle
-from baton.deployment import DeploymentSpec, StreamSpec, load_deployments
+from baton.deployment import DeploymentSpec, LabelsSpec, StreamSpec, load_deployments
 from baton.env.builder import EnvBuilder
 from baton.errors import BatonError, BundleError, SettingsError
 from baton.monitor.metrics import EngineMetrics
@@ -61,6 +61,7 @@ class ServeOptions:
     group: str | None = None
     max_batch: int = 256
     deployment: Path | None = None
+    labels: str | None = None
 
 
 def _candidate(ref: str, settings: Settings, builder: EnvBuilder, client: Any) -> ModelService:
@@ -95,6 +96,8 @@ def build_engine(opts: ServeOptions, settings: Settings) -> Engine:
     for d, svc in zip(deployments, services, strict=True):
         if d.stream is not None:
             _add_stream(engine, svc, d.stream)
+        if d.labels is not None:
+            _add_labels(engine, svc, d.labels)
     if client is not None and not deployments:
         from baton.serving.follow import RegistryFollower
 
@@ -119,8 +122,10 @@ def build_engine(opts: ServeOptions, settings: Settings) -> Engine:
         cand = _candidate(opts.shadow, settings, builder, client)
         _check_candidate(engine, cand, "--shadow")
         engine.shadows[cand.name] = Shadow(cand)
-    if opts.input or opts.output or opts.dead_letter:
+    if opts.input or opts.output or (opts.dead_letter and not opts.labels):
         _bind_stream(engine, opts)
+    if opts.labels:
+        _bind_labels(engine, opts)
     return engine
 
 
@@ -157,6 +162,38 @@ def _bind_stream(engine: Engine, opts: ServeOptions) -> None:
     _add_stream(engine, svc, StreamSpec(opts.input or "", opts.output or "",
                                         opts.dead_letter or "", opts.group or "",
                                         opts.max_batch))
+
+
+def _bind_labels(engine: Engine, opts: ServeOptions) -> None:
+    if not opts.dead_letter:
+        raise SettingsError("a labels binding needs --dead-letter (where labels that cannot "
+                            "be attached go); missing --dead-letter")
+    if len(engine.models) != 1:
+        raise SettingsError("--labels binds one model: serve exactly one bundle "
+                            "(several models: use a deployment file)")
+    [svc] = engine.models.values()
+    _add_labels(engine, svc, LabelsSpec(opts.labels or "", opts.dead_letter,
+                                        f"{opts.group}-labels" if opts.group else "",
+                                        opts.max_batch))
+
+
+def _add_labels(engine: Engine, svc: ModelService, spec: LabelsSpec) -> None:
+    """Read true values for ``svc``'s model from a stream (see baton.streams.labels)."""
+    from baton.monitor.quality import prediction_field
+    from baton.streams.base import parse_url
+    from baton.streams.labels import LabelsPipeline, labels_binding
+
+    for url in (spec.input, spec.dead_letter):
+        parse_url(url)
+    if engine.predlog is None:
+        raise SettingsError(f"labels for {svc.name} need the prediction log, which is off "
+                            "(BATON_PREDICTION_LOG_SAMPLE is 0)")
+    if prediction_field(svc.contract) is None:
+        raise SettingsError(f"{svc.name} takes no labels: it has no records prediction "
+                            "field to compare them with")
+    binding = labels_binding(svc.name, spec.input, spec.dead_letter, spec.group,
+                             spec.max_batch)
+    engine.streams.append(LabelsPipeline(binding, lambda: engine.lookup(svc.name)))
 
 
 def _add_stream(engine: Engine, svc: ModelService, spec: StreamSpec) -> None:

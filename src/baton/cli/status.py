@@ -95,7 +95,8 @@ def render(now: dict[str, Any], before: dict[str, Any] | None) -> Group:
                     "last error"):
             st.add_column(col)
         for s in now["streams"]:
-            st.add_row(s["model"], s["input"], str(s["consumed"]), str(s["produced"]),
+            model = s["model"] + (" (labels)" if s.get("kind") == "labels" else "")
+            st.add_row(model, s["input"], str(s["consumed"]), str(s["produced"]),
                        str(s["dead_lettered"]), str(s["retries"]), s["last_error"] or "-")
         parts.append(st)
     return Group(*parts)

@@ -14,7 +14,8 @@ from baton.cli.main import errors_to_exit, main
               help="Where the dead letters are (a stream URL).")
 @click.option("--to", "target", required=True, help="The input to send them back to.")
 @click.option("--stage", "stages", multiple=True,
-              type=click.Choice(["decode", "contract", "model", "output_contract"]),
+              type=click.Choice(["decode", "contract", "model", "output_contract",
+                                 "labels"]),
               help="Only dead letters of this stage (repeatable).")
 @click.option("--limit", type=int, help="At most this many.")
 @click.option("--group", default="baton-replay", show_default=True,

@@ -296,6 +296,9 @@ def _stream_metrics(streams: list[Any]) -> Iterable[Metric]:
         ("retries", "Stream steps retried (broker or model unavailable)."))}
     lag = GaugeMetricFamily("baton_stream_lag_records", "Records waiting in the input, where "
                             "the connector can tell.", labels=labels)
+    results = CounterMetricFamily("baton_stream_labels", "Labels read from a labels stream, "
+                                  "by what became of them (accepted, unknown, duplicate, "
+                                  "invalid, unavailable).", labels=[*labels, "result"])
     for st in streams:
         d = st.describe()
         lv = [d["model"], d["input"]]
@@ -303,8 +306,11 @@ def _stream_metrics(streams: list[Any]) -> Iterable[Metric]:
             fam.add_metric(lv, d[key])
         if d.get("lag") is not None:
             lag.add_metric(lv, d["lag"])
+        for result, n in (d.get("labels") or {}).items():
+            results.add_metric([*lv, result], n)
     yield from families.values()
     yield lag
+    yield results
 
 
 def timer() -> Callable[[], float]:

@@ -8,6 +8,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -15,14 +16,14 @@ import orjson
 
 from baton.batch import Batch
 from baton.bundle.loader import Bundle
-from baton.contract.spec import Contract, TensorSpec
+from baton.contract.spec import Contract, FieldSpec, TensorSpec
 from baton.contract.validate import RecordsDecoder, check_outputs
 from baton.env.builder import Environment
 from baton.errors import BatonError, ModelNotFound, RequestError
 from baton.monitor.drift import DriftMonitor
 from baton.monitor.errors import error_stage
 from baton.monitor.metrics import EngineMetrics, ModelMetrics, ProcessSampler
-from baton.monitor.predlog import PredictionLog, new_ids
+from baton.monitor.predlog import FeedbackResult, PredictionLog, new_ids
 from baton.monitor.quality import QualityTracker, parse_feedback, prediction_field
 from baton.runtime.pool import WorkerPool
 from baton.runtime.worker import WorkerSpec
@@ -44,6 +45,22 @@ def worker_spec(bundle: Bundle, env: Environment, settings: Settings) -> WorkerS
         env={"OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads,
              "MKL_NUM_THREADS": threads, "PYTHONUNBUFFERED": "1"},
         load_timeout=settings.load_timeout)
+
+
+@dataclass
+class LabelsOutcome:
+    """What attaching one batch of labels did, and the quality figures after it."""
+
+    result: FeedbackResult
+    quality: dict[str, float]
+    labelled: int
+    metric_errors: dict[str, str]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The body ``POST /v1/models/NAME/feedback`` answers."""
+        return {"accepted": len(self.result.accepted), "unknown": self.result.unknown,
+                "duplicates": self.result.duplicates, "quality": self.quality,
+                "labelled": self.labelled, "metric_errors": self.metric_errors}
 
 
 class ModelService:
@@ -100,22 +117,53 @@ class ModelService:
         if self.drift is not None:
             self.drift.observe(inputs)
 
-    async def feedback(self, body: bytes) -> bytes:
-        """Join true values to logged predictions; recompute the quality figures."""
+    def label_spec(self) -> FieldSpec:
+        """The output field labels are compared with (and type-checked against); raises
+        ``FEEDBACK_UNAVAILABLE`` when this version takes no labels."""
         if self.predlog is None or self.quality is None:
             raise RequestError(f"{self.name} takes no feedback: the prediction log is off or "
                                "the model has no records prediction field",
                                code="FEEDBACK_UNAVAILABLE")
+        return self.quality.spec
+
+    async def feedback(self, body: bytes) -> bytes:
+        """``POST /v1/models/NAME/feedback``: parse the body, then :meth:`apply_labels`."""
+        spec = self.label_spec()
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             raise RequestError(f"request body is not valid JSON: {exc}",
                                code="INVALID_JSON") from None
-        labels = parse_feedback(data, self.quality.spec)
+        outcome = await self.apply_labels(parse_feedback(data, spec))
+        return orjson.dumps(outcome.to_dict())
+
+    async def apply_labels(self, labels: Sequence[tuple[str, Any]]) -> LabelsOutcome:
+        """Join parsed ``(id, label)`` pairs to logged predictions, in one ``add_labels``
+        transaction, then recompute the quality figures once.
+
+        HTTP feedback (one call per request) and the labels stream (one call per
+        micro-batch) both come here. It raises only before anything was attached, so a
+        caller may retry it; the quality update never fails it.
+        """
+        self.label_spec()
+        assert self.predlog is not None and self.quality is not None
         await self.predlog.flush()  # predictions made a moment ago are in the log
         result = await asyncio.to_thread(self.predlog.add_labels, self.name, labels)
-        pairs = await asyncio.to_thread(self.predlog.labelled, self.name, self.version,
-                                        self.quality.window)
+        if result.accepted or not self.quality.history:
+            await self._update_quality()
+        return LabelsOutcome(result, self.quality.current, self.quality.labelled,
+                             self.quality.last_errors)
+
+    async def _update_quality(self) -> None:
+        """Recompute the quality over the latest labelled window of this version."""
+        assert self.predlog is not None and self.quality is not None
+        try:
+            pairs = await asyncio.to_thread(self.predlog.labelled, self.name, self.version,
+                                            self.quality.window)
+        except Exception as exc:  # the labels are attached: report, keep the last figures
+            log.warning("%s@%s: cannot read labelled predictions for quality: %s",
+                        self.name, self.version, exc)
+            return
         custom: dict[str, float] = {}
         if self.quality.custom and pairs:
             try:
@@ -127,11 +175,7 @@ class ModelService:
                 self.quality.failed(res.get("errors") or {})
             except BatonError as exc:  # a metric never fails the feedback, nor serving
                 self.quality.failed({m: exc.message for m in self.quality.custom})
-        current = self.quality.update(pairs, custom)
-        return orjson.dumps({"accepted": len(result.accepted), "unknown": result.unknown,
-                             "duplicates": result.duplicates, "quality": current,
-                             "labelled": self.quality.labelled,
-                             "metric_errors": self.quality.last_errors})
+        self.quality.update(pairs, custom)
 
     async def predict(self, batch: Batch) -> Batch:
         """Score a checked batch; the output contract is enforced before anything returns."""
