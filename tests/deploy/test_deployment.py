@@ -62,3 +62,23 @@ def test_invalid_deployment_file_names_the_field(tmp_path: Path,
     r = run_baton("serve", "--deployment", bad, "--port", str(free_port()), env=baton_env)
     assert r.returncode == 2
     assert "INVALID_DEPLOYMENT" in r.stderr and "deployments[0].stream.output" in r.stderr
+
+
+def test_a_worker_crash_mid_stream_is_dead_lettered_and_its_error_clears_once_back(
+        serve: Callable[..., Server], chaos_bundle: Path, tmp_path: Path) -> None:
+    """The record that killed the worker goes to the dead letters; the records after it
+    wait for the restarted worker (never dead-lettered) and the stream's error clears."""
+    records = [{"action": "ok", "x": 1}, {"action": "crash", "x": 2}] + \
+        [{"action": "ok", "x": i} for i in range(3, 30)]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    server = serve([chaos_bundle], "--input", f"file://{tmp_path}/in.jsonl",
+                   "--output", f"file://{tmp_path}/out.jsonl",
+                   "--dead-letter", f"file://{tmp_path}/dead.jsonl")
+    out = wait_lines(tmp_path / "out.jsonl", 28)
+    dead = wait_lines(tmp_path / "dead.jsonl", 1)
+    assert [o["output"]["y"] for o in out] == [2.0] + [2.0 * i for i in range(3, 30)]
+    assert [(d["key"], d["stage"], d["code"]) for d in dead] == [("2", "model",
+                                                                  "WORKER_CRASHED")]
+    streams = server.client.get("/v1/models").json()["streams"][0]
+    assert streams["retries"] >= 1  # it did wait for the restarted worker
+    assert streams["last_error"] is None

@@ -25,3 +25,15 @@ def test_a_bad_url_is_a_stream_error_that_shows_no_password(raw: str, code: str)
     with pytest.raises(StreamError) as err:
         parse_url(raw)
     assert err.value.code == code and "secret" not in err.value.message
+
+
+def test_a_missing_client_library_is_a_clear_error_when_the_url_is_read(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without its client a stream could only fail forever: say so at start instead."""
+    from baton.streams import base
+
+    monkeypatch.setitem(base.CLIENTS, "kafka", ("baton_no_such_client", "no-such-client"))
+    with pytest.raises(StreamError) as err:
+        parse_url("kafka://127.0.0.1:9092/t")
+    assert err.value.code == "CLIENT_MISSING" and "no-such-client" in err.value.message
+    assert parse_url("redis://127.0.0.1:6379/s").name == "s"  # installed: fine

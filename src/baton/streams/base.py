@@ -11,12 +11,20 @@ is what makes delivery at-least-once. A new connector is one module plus a line 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 from baton.errors import BatonError
+
+#: URL scheme -> the client library its connector needs (checked when a URL is parsed, so a
+#: missing one is a clear error at start, not a stream that retries forever).
+CLIENTS: dict[str, tuple[str, str]] = {
+    "redis": ("redis", "redis"), "nats": ("nats", "nats-py"), "amqp": ("aio_pika", "aio-pika"),
+    "mqtt": ("paho.mqtt", "paho-mqtt"), "kafka": ("confluent_kafka", "confluent-kafka"),
+}
 
 #: URL scheme -> connector module (resolved late, so unused clients are never imported).
 CONNECTORS: dict[str, str] = {
@@ -101,6 +109,7 @@ def parse_url(raw: str) -> StreamURL:
     except ValueError as exc:  # a port that is not a number, or out of range
         raise StreamError(f"bad stream URL {redact_url(raw)!r}: {exc}", code="BAD_STREAM_URL",
                           details={"url": redact_url(raw)}) from None
+    _require_client(parts.scheme, raw)
     options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
     path = unquote(parts.path)
     if parts.scheme == "file" and parts.netloc:  # file://relative/path.jsonl
@@ -108,6 +117,20 @@ def parse_url(raw: str) -> StreamURL:
     return StreamURL(raw, parts.scheme, parts.hostname or "", port, path, options,
                      unquote(parts.username) if parts.username else None,
                      unquote(parts.password) if parts.password else None)
+
+
+def _require_client(scheme: str, raw: str) -> None:
+    module, package = CLIENTS.get(scheme, ("", ""))
+    if not module:
+        return
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package missing (paho for paho.mqtt)
+        found = False
+    if not found:
+        raise StreamError(f"{scheme}:// streams need the {package} package, which is not "
+                          f"installed: pip install 'baton[streams]'", code="CLIENT_MISSING",
+                          details={"url": redact_url(raw), "package": package})
 
 
 class Source(Protocol):

@@ -89,6 +89,7 @@ class StreamPipeline:
         self.sink: Sink | None = None
         self.dead: Sink | None = None
         self._running = False
+        self._waiting_for_model: str | None = None
 
     async def run(self) -> None:
         if self._stopping.is_set():  # stopped before it began: nothing to connect or drain
@@ -260,10 +261,12 @@ class StreamPipeline:
         backoff = Backoff()
         while True:
             try:
-                return await svc.predict(batch)
+                out = await svc.predict(batch)
+                self._model_back()
+                return out
             except ModelNotReady as exc:  # restarting or queue full: wait, never dead-letter
                 self.stats.retries += 1
-                self.stats.last_error = exc.message
+                self._model_waiting(exc.message)
                 await backoff.wait()
 
     async def _ready_service(self) -> Any:
@@ -276,8 +279,18 @@ class StreamPipeline:
                 why = f"{self.binding.model} is not ready"
             except BatonError as exc:
                 why = exc.message
-            self.stats.last_error = why
+            self._model_waiting(why)
             await backoff.wait()
+
+    def _model_waiting(self, why: str) -> None:
+        self.stats.last_error = self._waiting_for_model = f"model: {why}"
+
+    def _model_back(self) -> None:
+        """The model answers again: clear the error it caused (not a broker step's)."""
+        if self._waiting_for_model is not None:
+            if self.stats.last_error == self._waiting_for_model:
+                self.stats.last_error = None
+            self._waiting_for_model = None
 
     async def _retry(self, what: str, step: Callable[[], Any]) -> Any:
         """Run ``step`` until it succeeds, with backoff; errors are logged and visible."""
