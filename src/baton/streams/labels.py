@@ -153,7 +153,7 @@ def _per_label(labels: Sequence[tuple[str, Any]], result: Any,
             out.append(("accepted", None))
         else:
             out.append(("duplicate", BatonError(
-                f"the prediction {given!r} names already has a label (the first one stays)",
-                code="DUPLICATE_LABEL")))
+                f"{given!r} names a prediction that already has a label; the first label "
+                "stays", code="DUPLICATE_LABEL")))
         seen.add(given)
     return out
