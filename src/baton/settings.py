@@ -15,6 +15,7 @@ from typing import Any
 from baton.errors import SettingsError
 
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+_PREDICTION_LOG_STORES = ("local", "registry")
 
 
 def _default_home() -> Path:
@@ -56,6 +57,12 @@ class Settings:
     prediction_log_sample: float = 1.0
     #: Days a logged prediction (and its label) is kept.
     prediction_log_days: float = 7.0
+    #: Where logged predictions are kept for feedback: 'local' (``home``/predictions.sqlite)
+    #: or 'registry' (the registry's database, ``registry_db``).
+    prediction_log_store: str = "local"
+    #: A stream URL (file://, redis://, kafka://...) that also receives every logged
+    #: prediction as one JSON record; empty: none.
+    prediction_log_sink: str = ""
     #: Labelled predictions the quality figures are computed over.
     quality_window: int = 1000
     #: Seconds between drift checks; a feature that starts drifting raises an alert.
@@ -83,6 +90,8 @@ class Settings:
             ("prediction_log_sample", 0.0 <= self.prediction_log_sample <= 1.0,
              "a share between 0 and 1"),
             ("prediction_log_days", self.prediction_log_days > 0, "a number of days > 0"),
+            ("prediction_log_store", self.prediction_log_store in _PREDICTION_LOG_STORES,
+             "'local' or 'registry'"),
             ("quality_window", self.quality_window > 0, "a positive number of labels"),
             ("drift_interval", self.drift_interval > 0, "a number of seconds > 0"),
             ("unknown_fields", self.unknown_fields in ("", "reject", "ignore"),
@@ -94,6 +103,40 @@ class Settings:
                 raise SettingsError(f"setting {name} (BATON_{name.upper()}) must be "
                                     f"{expected}, got {getattr(self, name)!r}",
                                     details={"field": name})
+        self._check_prediction_log()
+
+    def _check_prediction_log(self) -> None:
+        """The sink must be a stream URL a connector takes; the registry store needs a
+        SQLite or PostgreSQL registry database. Values are shown without passwords."""
+        if self.prediction_log_sink:
+            from baton.streams.base import StreamError, parse_url, redact_url
+
+            try:
+                url = parse_url(self.prediction_log_sink)
+                problem = "" if url.name else "it names no file, stream, topic or queue"
+            except StreamError as exc:
+                problem = exc.message
+            if problem:
+                raise SettingsError(
+                    "setting prediction_log_sink (BATON_PREDICTION_LOG_SINK) must be a stream "
+                    "URL such as file:///PATH.jsonl or redis://HOST:PORT/STREAM, got "
+                    f"{redact_url(self.prediction_log_sink)!r}: {problem}",
+                    details={"field": "prediction_log_sink"})
+        if self.prediction_log_store == "registry" and self.registry_db:
+            from sqlalchemy.engine import make_url
+            from sqlalchemy.exc import ArgumentError
+
+            try:
+                backend = make_url(self.registry_db).get_backend_name()
+                shown = make_url(self.registry_db).render_as_string(hide_password=True)
+            except ArgumentError:
+                backend, shown = "", self.registry_db
+            if backend not in ("sqlite", "postgresql"):
+                raise SettingsError(
+                    "setting prediction_log_store (BATON_PREDICTION_LOG_STORE) is 'registry', "
+                    "which needs registry_db (BATON_REGISTRY_DB) to be a SQLite or PostgreSQL "
+                    f"URL (postgresql+psycopg://USER@HOST/DB), got {shown!r}",
+                    details={"field": "registry_db"})
 
     @property
     def envs_dir(self) -> Path:

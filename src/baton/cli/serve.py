@@ -17,7 +17,7 @@ from baton.deployment import DeploymentSpec, LabelsSpec, StreamSpec, load_deploy
 from baton.env.builder import EnvBuilder
 from baton.errors import BatonError, BundleError, SettingsError
 from baton.monitor.metrics import EngineMetrics
-from baton.monitor.predlog import PredictionLog
+from baton.monitor.predlog import open_prediction_log
 from baton.serving.service import Engine, ModelService
 from baton.serving.traffic import Canary, Shadow
 from baton.settings import Settings
@@ -89,9 +89,7 @@ def build_engine(opts: ServeOptions, settings: Settings) -> Engine:
     if opts.deployment is not None:
         deployments += load_deployments(opts.deployment)
     services = [_deployed(d, settings, builder, client, opts.stage) for d in deployments]
-    predlog = PredictionLog(settings.prediction_log_path, sample=settings.prediction_log_sample,
-                            retention_days=settings.prediction_log_days) \
-        if settings.prediction_log_sample > 0 else None
+    predlog = open_prediction_log(settings)
     engine = Engine(services, settings, EngineMetrics() if settings.metrics else None, predlog)
     for d, svc in zip(deployments, services, strict=True):
         if d.stream is not None:
@@ -218,6 +216,8 @@ def run_server(opts: ServeOptions, settings: Settings) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     started = time.perf_counter()
     engine = build_engine(opts, settings)
+    if engine.predlog is not None:
+        engine.predlog.open()  # a store it cannot reach stops serve here, not later
     base = f"http://{settings.host}:{settings.port}"
 
     def announce(engine: Engine) -> None:

@@ -265,6 +265,7 @@ class _EngineCollector(Collector):
         yield from (queued, inflight, alive, ready, restarts, cpu, rss)
         yield from _drift_metrics(self._services())
         yield from _stream_metrics(self.engine.streams)
+        yield from _prediction_log_metrics(self.engine.predlog)
 
 
 def _drift_metrics(services: list[ModelService]) -> Iterable[Metric]:
@@ -311,6 +312,39 @@ def _stream_metrics(streams: list[Any]) -> Iterable[Metric]:
     yield from families.values()
     yield lag
     yield results
+
+
+def _prediction_log_metrics(predlog: Any) -> Iterable[Metric]:
+    """The prediction log's store (label ``store``: local, registry) and export sink
+    (label ``sink``, its URL without password); families are empty when they are off."""
+    written = CounterMetricFamily("baton_prediction_log_written", "Predictions written to "
+                                  "the prediction log's store.", labels=["store"])
+    dropped = CounterMetricFamily("baton_prediction_log_dropped", "Predictions not logged: "
+                                  "the queue in front of the store was full.",
+                                  labels=["store"])
+    exported = CounterMetricFamily("baton_prediction_log_exported", "Logged predictions "
+                                   "written to the export sink.", labels=["sink"])
+    export_dropped = CounterMetricFamily("baton_prediction_log_export_dropped", "Logged "
+                                         "predictions the export dropped (buffer full, or "
+                                         "still unwritten at shutdown).", labels=["sink"])
+    export_failures = CounterMetricFamily("baton_prediction_log_export_failures", "Failed "
+                                          "writes to the export sink (each retried).",
+                                          labels=["sink"])
+    export_pending = GaugeMetricFamily("baton_prediction_log_export_pending_records",
+                                       "Logged predictions waiting for the export sink.",
+                                       labels=["sink"])
+    if predlog is not None:
+        store = [predlog.store.kind]
+        written.add_metric(store, predlog.written)
+        dropped.add_metric(store, predlog.dropped)
+        export = predlog.export
+        if export is not None:
+            sink = [export.sink]
+            exported.add_metric(sink, export.exported)
+            export_dropped.add_metric(sink, export.dropped)
+            export_failures.add_metric(sink, export.failures)
+            export_pending.add_metric(sink, export.pending)
+    yield from (written, dropped, exported, export_dropped, export_failures, export_pending)
 
 
 def timer() -> Callable[[], float]:

@@ -7,8 +7,15 @@ records are also found by their key, which names the latest prediction made for 
 (keys name entities, which repeat; ids name events).
 
 The hot path only appends to an in-memory queue (bounded: when full, entries are dropped
-and counted, serving is never slowed); a background task writes batches to SQLite from a
-thread, and deletes what is older than the retention.
+and counted, serving is never slowed); a background task hands what is queued to a thread
+that writes it to the **store** and deletes what is older than the retention. Two stores
+keep the same tables and semantics behind :class:`PredictionStore`:
+
+- ``local``: a SQLite file, ``HOME/predictions.sqlite`` (:class:`LocalStore`);
+- ``registry``: the registry's database, SQLite or PostgreSQL (``predstore.DatabaseStore``).
+
+An optional **export** (``BATON_PREDICTION_LOG_SINK``, :mod:`baton.monitor.export`) also
+receives every logged prediction, one JSON record each, for the data team's own tools.
 """
 
 from __future__ import annotations
@@ -24,26 +31,28 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
 from baton.batch import Batch
 
+if TYPE_CHECKING:
+    from baton.monitor.export import PredictionExport
+    from baton.settings import Settings
+
 log = logging.getLogger("baton.predlog")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS prediction_batches (
-    rid TEXT PRIMARY KEY, model TEXT NOT NULL, version TEXT NOT NULL, time REAL NOT NULL,
-    rows INTEGER NOT NULL, inputs BLOB NOT NULL, outputs BLOB NOT NULL);
-CREATE INDEX IF NOT EXISTS prediction_batches_time ON prediction_batches (time);
-CREATE TABLE IF NOT EXISTS prediction_keys (
-    id TEXT PRIMARY KEY, rid TEXT NOT NULL, idx INTEGER NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS labels (
-    id TEXT PRIMARY KEY, model TEXT NOT NULL, version TEXT NOT NULL, rid TEXT NOT NULL,
-    idx INTEGER NOT NULL, label TEXT NOT NULL, time REAL NOT NULL);
-CREATE INDEX IF NOT EXISTS labels_model_time ON labels (model, version, time);
-"""
+#: One scored batch waiting to be written: (model, version, time, request id, stream keys
+#: or None, inputs, outputs). A plain tuple: the hot path builds one per request.
+Pending = tuple[str, str, float, str, Sequence[str | None] | None, Batch, Batch]
+
+_NP = orjson.OPT_SERIALIZE_NUMPY
+
+
+def encode_columns(batch: Batch) -> bytes:
+    """A batch's columns as one JSON object of lists (NaN becomes null)."""
+    return orjson.dumps(batch.columns, option=_NP)
 
 
 @dataclass
@@ -53,27 +62,81 @@ class FeedbackResult:
     duplicates: list[str]
 
 
+class PredictionStore(Protocol):
+    """Where logged predictions and their labels are kept. Every method but ``describe``
+    is called from a worker thread, never on the event loop."""
+
+    kind: str
+
+    def describe(self) -> dict[str, Any]:
+        """``{"store": kind, ...where}``, with no secret in it."""
+
+    def open(self) -> None:
+        """Create or migrate the tables; raise :class:`BatonError` if impossible."""
+
+    def write(self, items: Sequence[Pending]) -> None:
+        """Store scored batches in one transaction (a batch id already there is kept as it
+        is; a stream key names the latest of them)."""
+
+    def prune(self, cutoff: float) -> None:
+        """Delete predictions, keys and labels older than ``cutoff`` (Unix seconds)."""
+
+    def add_labels(self, model: str, labels: Sequence[tuple[str, Any]]) -> FeedbackResult:
+        """Attach labels in one transaction; each prediction at most once."""
+
+    def labelled(self, model: str, version: str, window: int) -> list[tuple[Any, Any]]:
+        """The latest ``window`` (output record, label) pairs of a model version."""
+
+    def close(self) -> None: ...
+
+
 class PredictionLog:
-    def __init__(self, path: Path, *, sample: float = 1.0, retention_days: float = 7.0,
-                 max_pending: int = 100_000) -> None:
-        self.path = Path(path)
+    """``store`` is a :class:`PredictionStore`, or the path of a local SQLite file."""
+
+    def __init__(self, store: PredictionStore | Path | str, *, sample: float = 1.0,
+                 retention_days: float = 7.0, max_pending: int = 100_000,
+                 export: PredictionExport | None = None) -> None:
+        self.store: PredictionStore = LocalStore(Path(store)) \
+            if isinstance(store, str | os.PathLike) else store
         self.sample = sample
         self.retention = retention_days * 86400
         self.max_pending = max_pending
+        self.export = export
+        #: Rows not logged because the queue was full, and rows written to the store.
         self.dropped = 0
         self.written = 0
-        self._pending: collections.deque[tuple[Any, ...]] = collections.deque()
-        self._lock = threading.Lock()  # one SQLite connection, used from worker threads
-        self._db: sqlite3.Connection | None = None
+        #: Background writes that failed (their batches are queued again), and the latest.
+        self.failures = 0
+        self.last_error: str | None = None
+        self._pending: collections.deque[Pending] = collections.deque()
+        #: Batches whose write failed, written first next time (and not exported again).
+        self._retry: collections.deque[Pending] = collections.deque()
         self._rng = random.Random()
         self._flushing = asyncio.Lock()
+        self._opened = False
 
     def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        """Open the store (and start the export). Idempotent: ``baton serve`` opens the log
+        before the server starts, so a store it cannot reach stops it at once."""
+        if self._opened:
+            return
+        self.store.open()
+        if self.export is not None:
+            self.export.start()
+        self._opened = True
+        where = self.store.describe()
+        log.info("prediction log: %s store (%s), %g%% of batches, kept %g days%s",
+                 self.store.kind, where.get("path") or where.get("database"),
+                 self.sample * 100, self.retention / 86400,
+                 f", exported to {self.export.sink}" if self.export is not None else "")
+
+    def describe(self) -> dict[str, Any]:
+        """Where predictions go and how that is going (``/v1/stats``, the startup log)."""
+        return {**self.store.describe(), "sample": self.sample,
+                "retention_days": self.retention / 86400, "written": self.written,
+                "dropped": self.dropped, "pending": len(self._pending) + len(self._retry),
+                "failures": self.failures, "last_error": self.last_error,
+                "export": self.export.describe() if self.export is not None else None}
 
     # -- hot path ------------------------------------------------------------------------
     def record(self, model: str, version: str, request_id: str, inputs: Batch,
@@ -83,63 +146,180 @@ class PredictionLog:
         names the latest prediction logged with it."""
         if self.sample <= 0.0 or (self.sample < 1.0 and self._rng.random() >= self.sample):
             return
-        if len(self._pending) >= self.max_pending:
+        if len(self._pending) + len(self._retry) >= self.max_pending:
             self.dropped += inputs.rows
             return
         self._pending.append((model, version, time.time(), request_id, keys, inputs, outputs))
 
     # -- background ----------------------------------------------------------------------
     async def run(self, interval: float = 0.5) -> None:
+        """Write every ``interval`` seconds and prune every minute; a store that fails is
+        retried at the next interval (its batches stay queued), and said once in the log."""
         last_prune = 0.0
+        failing = False
         while True:
             await asyncio.sleep(interval)
-            await self.flush()
-            if time.monotonic() - last_prune > 60:
-                last_prune = time.monotonic()
-                await asyncio.to_thread(self._prune)
+            try:
+                await self.flush()
+                if time.monotonic() - last_prune > 60:
+                    await asyncio.to_thread(self._prune)
+                    last_prune = time.monotonic()
+            except Exception as exc:
+                if not failing:
+                    log.warning("prediction log: cannot write to the %s store (%s); "
+                                "retrying, %d batches queued", self.store.kind,
+                                _first_line(exc), len(self._pending) + len(self._retry))
+                failing = True
+                continue
+            if failing:
+                log.info("prediction log: writing to the %s store again", self.store.kind)
+                failing = False
 
-    def _take(self) -> list[tuple[Any, ...]]:
+    def _take(self) -> list[Pending]:
+        """What to write: batches of a failed write first, then the newly queued ones,
+        which are handed to the export here, once (a retried write is not exported
+        again; the export encodes and writes them in its own thread)."""
         items = []
+        while self._retry:
+            items.append(self._retry.popleft())
+        new = []
         while self._pending:
-            items.append(self._pending.popleft())
-        return items
+            new.append(self._pending.popleft())
+        if new and self.export is not None:
+            self.export.offer(new)
+        return items + new
 
     async def flush(self) -> None:
-        """Write what is queued, from a thread (the event loop never waits on SQLite).
+        """Write what is queued, from a thread (the event loop never waits on the store).
         Flushes run one at a time: a flush returns only once what was queued before it,
         including what a concurrent flush took, is written (feedback relies on it)."""
         async with self._flushing:
-            if self._pending:
-                await asyncio.to_thread(self._write, self._take())
+            if self._pending or self._retry:
+                items = self._take()
+                try:
+                    await asyncio.to_thread(self.store.write, items)
+                except Exception as exc:
+                    self._failed(items, exc)
+                    raise
+                self.written += sum(item[5].rows for item in items)
 
     def flush_now(self) -> None:
         """Write what is queued, in the caller's thread (tools and tests)."""
-        if self._pending:
-            self._write(self._take())
+        if self._pending or self._retry:
+            items = self._take()
+            try:
+                self.store.write(items)
+            except Exception as exc:
+                self._failed(items, exc)
+                raise
+            self.written += sum(item[5].rows for item in items)
 
-    def _write(self, items: list[tuple[Any, ...]]) -> None:
+    def _failed(self, items: list[Pending], exc: Exception) -> None:
+        """Keep a failed write's batches for the next one, as far as the queue's bound
+        allows (the oldest are dropped first)."""
+        self.failures += 1
+        self.last_error = _first_line(exc)
+        room = max(0, self.max_pending - len(self._pending))
+        keep = items[len(items) - room:] if room < len(items) else items
+        for item in items[:len(items) - len(keep)]:
+            self.dropped += item[5].rows
+        self._retry.extend(keep)
+
+    def _prune(self) -> None:
+        self.store.prune(time.time() - self.retention)
+
+    # -- feedback ------------------------------------------------------------------------
+    def add_labels(self, model: str, labels: Sequence[tuple[str, Any]]) -> FeedbackResult:
+        """Attach true values to logged predictions of ``model``; each prediction at most
+        once. An id is a prediction id, or a stream record's key (its latest prediction)."""
+        return self.store.add_labels(model, labels)
+
+    def labelled(self, model: str, version: str, window: int) -> list[tuple[Any, Any]]:
+        """The latest ``window`` (output record, label) pairs of a model version."""
+        return self.store.labelled(model, version, window)
+
+    def close(self) -> None:
+        """Stop the export (it writes what it holds, for a few seconds at most), then close
+        the store. Blocking: the engine calls it from a thread."""
+        if self.export is not None:
+            self.export.close()
+        self.store.close()
+        self._opened = False
+
+    async def aclose(self) -> None:
+        """Write what is queued and close, never raising (the engine is shutting down)."""
+        try:
+            await self.flush()
+        except Exception as exc:
+            log.warning("prediction log: %d batches not written at shutdown: %s",
+                        len(self._pending) + len(self._retry), _first_line(exc))
+        try:
+            await asyncio.to_thread(self.close)
+        except Exception as exc:
+            log.warning("prediction log: closing the %s store failed: %s", self.store.kind,
+                        _first_line(exc))
+
+
+class LocalStore:
+    """A local SQLite file (``HOME/predictions.sqlite``): one connection, used from worker
+    threads under a lock."""
+
+    kind = "local"
+
+    _SCHEMA = """
+    CREATE TABLE IF NOT EXISTS prediction_batches (
+        rid TEXT PRIMARY KEY, model TEXT NOT NULL, version TEXT NOT NULL, time REAL NOT NULL,
+        rows INTEGER NOT NULL, inputs BLOB NOT NULL, outputs BLOB NOT NULL);
+    CREATE INDEX IF NOT EXISTS prediction_batches_time ON prediction_batches (time);
+    CREATE TABLE IF NOT EXISTS prediction_keys (
+        id TEXT PRIMARY KEY, rid TEXT NOT NULL, idx INTEGER NOT NULL) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS labels (
+        id TEXT PRIMARY KEY, model TEXT NOT NULL, version TEXT NOT NULL, rid TEXT NOT NULL,
+        idx INTEGER NOT NULL, label TEXT NOT NULL, time REAL NOT NULL);
+    CREATE INDEX IF NOT EXISTS labels_model_time ON labels (model, version, time);
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {"store": self.kind, "path": str(self.path)}
+
+    def open(self) -> None:
+        if self._db is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(self._SCHEMA)
+
+    def write(self, items: Sequence[Pending]) -> None:
         # One row per scored batch (columns as JSON): logging costs per request, not per row.
         batches, keys = [], []
         for model, version, now, rid, record_keys, inputs, outputs in items:
             if record_keys:
                 keys.extend((k, rid, i) for i, k in enumerate(record_keys) if k)
-            batches.append((rid, model, version, now, inputs.rows,
-                            orjson.dumps(inputs.columns, option=_NP),
-                            orjson.dumps(outputs.columns, option=_NP)))
+            batches.append((rid, model, version, now, inputs.rows, encode_columns(inputs),
+                            encode_columns(outputs)))
         with self._lock:
             assert self._db is not None
             self._db.execute("BEGIN")
-            self._db.executemany("INSERT OR IGNORE INTO prediction_batches "
-                                 "(rid, model, version, time, rows, inputs, outputs) "
-                                 "VALUES (?, ?, ?, ?, ?, ?, ?)", batches)
-            if keys:
-                self._db.executemany("INSERT OR REPLACE INTO prediction_keys (id, rid, idx) "
-                                     "VALUES (?, ?, ?)", keys)
-            self._db.execute("COMMIT")
-        self.written += sum(b[4] for b in batches)
+            try:
+                self._db.executemany("INSERT OR IGNORE INTO prediction_batches "
+                                     "(rid, model, version, time, rows, inputs, outputs) "
+                                     "VALUES (?, ?, ?, ?, ?, ?, ?)", batches)
+                if keys:
+                    self._db.executemany("INSERT OR REPLACE INTO prediction_keys (id, rid, "
+                                         "idx) VALUES (?, ?, ?)", keys)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
-    def _prune(self) -> None:
-        cutoff = time.time() - self.retention
+    def prune(self, cutoff: float) -> None:
         with self._lock:
             assert self._db is not None
             self._db.execute("BEGIN")
@@ -149,10 +329,7 @@ class PredictionLog:
                              "(SELECT rid FROM prediction_batches)")
             self._db.execute("COMMIT")
 
-    # -- feedback ------------------------------------------------------------------------
     def add_labels(self, model: str, labels: Sequence[tuple[str, Any]]) -> FeedbackResult:
-        """Attach true values to logged predictions of ``model``; each prediction at most
-        once. An id is a prediction id, or a stream record's key (its latest prediction)."""
         result = FeedbackResult([], [], [])
         now = time.time()
         with self._lock:
@@ -196,7 +373,6 @@ class PredictionLog:
         return None if row is None else (row[0], row[1], row[2])
 
     def labelled(self, model: str, version: str, window: int) -> list[tuple[Any, Any]]:
-        """The latest ``window`` (output record, label) pairs of a model version."""
         with self._lock:
             assert self._db is not None
             rows = self._db.execute(
@@ -225,7 +401,30 @@ class PredictionLog:
                 self._db = None
 
 
-_NP = orjson.OPT_SERIALIZE_NUMPY
+def open_prediction_log(settings: Settings) -> PredictionLog | None:
+    """The engine's prediction log as the settings describe it (None when sampling is 0):
+    its store, and its export when ``prediction_log_sink`` names one. Nothing is opened."""
+    if settings.prediction_log_sample <= 0:
+        return None
+    store: PredictionStore
+    if settings.prediction_log_store == "registry":
+        from baton.monitor.predstore import DatabaseStore
+
+        store = DatabaseStore(settings.registry_url)
+    else:
+        store = LocalStore(settings.prediction_log_path)
+    export = None
+    if settings.prediction_log_sink:
+        from baton.monitor.export import PredictionExport
+
+        export = PredictionExport(settings.prediction_log_sink)
+    return PredictionLog(store, sample=settings.prediction_log_sample,
+                         retention_days=settings.prediction_log_days, export=export)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def new_ids(n: int) -> tuple[str, list[str]]:

@@ -134,7 +134,10 @@ class BatonApp:
             return await self._v2(method, parts[1:], scope, receive)
         if path == "/v1/stats":
             _only(method, "GET")
-            return orjson.dumps(self.engine.stats(), option=orjson.OPT_SERIALIZE_NUMPY)
+            stats = self.engine.stats()
+            predlog = self.engine.predlog
+            stats["prediction_log"] = predlog.describe() if predlog is not None else None
+            return orjson.dumps(stats, option=orjson.OPT_SERIALIZE_NUMPY)
         if parts[:2] == ["v1", "models"]:
             if len(parts) == 2:
                 _only(method, "GET")

@@ -374,7 +374,7 @@ class Engine:
         if self.metrics is not None:
             self.metrics.watch(self)
         if self.predlog is not None:
-            self.predlog.open()
+            await asyncio.to_thread(self.predlog.open)  # no-op when serve opened it already
             self.background.append(self.predlog.run)
         self.background.append(self._watch_drift)
         for svc in services:
@@ -448,8 +448,7 @@ class Engine:
         for task in self._tasks:
             task.cancel()
         if self.predlog is not None:
-            await self.predlog.flush()
-            self.predlog.close()
+            await self.predlog.aclose()  # writes what is queued; never fails the shutdown
         services = self._all_services()
         await asyncio.gather(*(s.close(self.settings.drain_timeout) for s in services))
 
