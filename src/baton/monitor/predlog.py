@@ -266,13 +266,21 @@ class LocalStore:
 
     kind = "local"
 
+    # Stream keys travel with their batch (``keys``, a JSON list) and are indexed only when
+    # a label names a key: the hot path never writes a row per record. ``keyed = 0`` marks
+    # the batches whose keys are not in ``prediction_key_index`` yet.
     _SCHEMA = """
     CREATE TABLE IF NOT EXISTS prediction_batches (
         rid TEXT PRIMARY KEY, model TEXT NOT NULL, version TEXT NOT NULL, time REAL NOT NULL,
-        rows INTEGER NOT NULL, inputs BLOB NOT NULL, outputs BLOB NOT NULL);
+        rows INTEGER NOT NULL, inputs BLOB NOT NULL, outputs BLOB NOT NULL, keys BLOB,
+        keyed INTEGER NOT NULL DEFAULT 1);
     CREATE INDEX IF NOT EXISTS prediction_batches_time ON prediction_batches (time);
-    CREATE TABLE IF NOT EXISTS prediction_keys (
-        id TEXT PRIMARY KEY, rid TEXT NOT NULL, idx INTEGER NOT NULL) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS prediction_batches_unkeyed ON prediction_batches (time)
+        WHERE keyed = 0;
+    DROP TABLE IF EXISTS prediction_keys;
+    CREATE TABLE IF NOT EXISTS prediction_key_index (
+        model TEXT NOT NULL, id TEXT NOT NULL, rid TEXT NOT NULL, idx INTEGER NOT NULL,
+        PRIMARY KEY (model, id)) WITHOUT ROWID;
     CREATE TABLE IF NOT EXISTS labels (
         id TEXT PRIMARY KEY, model TEXT NOT NULL, version TEXT NOT NULL, rid TEXT NOT NULL,
         idx INTEGER NOT NULL, label TEXT NOT NULL, time REAL NOT NULL);
@@ -294,26 +302,27 @@ class LocalStore:
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(prediction_batches)")}
+        if columns and "keyed" not in columns:  # a log written before keys were lazy
+            self._db.executescript("ALTER TABLE prediction_batches ADD COLUMN keys BLOB; "
+                                   "ALTER TABLE prediction_batches ADD COLUMN keyed INTEGER "
+                                   "NOT NULL DEFAULT 1;")
         self._db.executescript(self._SCHEMA)
 
     def write(self, items: Sequence[Pending]) -> None:
-        # One row per scored batch (columns as JSON): logging costs per request, not per row.
-        batches, keys = [], []
-        for model, version, now, rid, record_keys, inputs, outputs in items:
-            if record_keys:
-                keys.extend((k, rid, i) for i, k in enumerate(record_keys) if k)
-            batches.append((rid, model, version, now, inputs.rows, encode_columns(inputs),
-                            encode_columns(outputs)))
+        # One row per scored batch (columns as JSON, stream keys as a JSON list): logging
+        # costs per request, not per row.
+        batches = [(rid, model, version, now, inputs.rows, encode_columns(inputs),
+                    encode_columns(outputs), orjson.dumps(record_keys) if record_keys else None,
+                    0 if record_keys else 1)
+                   for model, version, now, rid, record_keys, inputs, outputs in items]
         with self._lock:
             assert self._db is not None
             self._db.execute("BEGIN")
             try:
                 self._db.executemany("INSERT OR IGNORE INTO prediction_batches "
-                                     "(rid, model, version, time, rows, inputs, outputs) "
-                                     "VALUES (?, ?, ?, ?, ?, ?, ?)", batches)
-                if keys:
-                    self._db.executemany("INSERT OR REPLACE INTO prediction_keys (id, rid, "
-                                         "idx) VALUES (?, ?, ?)", keys)
+                                     "(rid, model, version, time, rows, inputs, outputs, keys, "
+                                     "keyed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", batches)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -325,7 +334,7 @@ class LocalStore:
             self._db.execute("BEGIN")
             self._db.execute("DELETE FROM prediction_batches WHERE time < ?", (cutoff,))
             self._db.execute("DELETE FROM labels WHERE time < ?", (cutoff,))
-            self._db.execute("DELETE FROM prediction_keys WHERE rid NOT IN "
+            self._db.execute("DELETE FROM prediction_key_index WHERE rid NOT IN "
                              "(SELECT rid FROM prediction_batches)")
             self._db.execute("COMMIT")
 
@@ -358,8 +367,9 @@ class LocalStore:
                 raise
         return result
 
-    @staticmethod
-    def _locate(db: sqlite3.Connection, model: str, given: str) -> tuple[str, int, str] | None:
+    @classmethod
+    def _locate(cls, db: sqlite3.Connection, model: str,
+                given: str) -> tuple[str, int, str] | None:
         """(batch id, row, version) of a prediction id, else of a record key."""
         rid, _, index = given.rpartition("-")
         if rid and index.isdigit():
@@ -367,10 +377,21 @@ class LocalStore:
                                "model = ?", (rid, model)).fetchone()
             if found is not None and int(index) < found[1]:
                 return rid, int(index), found[0]
-        row = db.execute("SELECT k.rid, k.idx, b.version FROM prediction_keys k JOIN "
-                         "prediction_batches b ON b.rid = k.rid WHERE k.id = ? AND "
-                         "b.model = ?", (given, model)).fetchone()
+        cls._index_keys(db)
+        row = db.execute("SELECT k.rid, k.idx, b.version FROM prediction_key_index k JOIN "
+                         "prediction_batches b ON b.rid = k.rid WHERE k.model = ? AND "
+                         "k.id = ?", (model, given)).fetchone()
         return None if row is None else (row[0], row[1], row[2])
+
+    @staticmethod
+    def _index_keys(db: sqlite3.Connection) -> None:
+        """Index the keys of the batches logged since the last time, oldest first, so a
+        key ends up naming its latest prediction (inside the caller's transaction)."""
+        db.execute("INSERT OR REPLACE INTO prediction_key_index (model, id, rid, idx) "
+                   "SELECT b.model, j.value, b.rid, CAST(j.key AS INTEGER) "
+                   "FROM prediction_batches b, json_each(b.keys) j "
+                   "WHERE b.keyed = 0 AND j.value IS NOT NULL ORDER BY b.time, b.rowid, j.key")
+        db.execute("UPDATE prediction_batches SET keyed = 1 WHERE keyed = 0")
 
     def labelled(self, model: str, version: str, window: int) -> list[tuple[Any, Any]]:
         with self._lock:
