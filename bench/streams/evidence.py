@@ -4,12 +4,15 @@
     .venv/bin/python bench/streams/evidence.py redis-parse   # redis-py asyncio vs sync, hiredis
 
 stream-keys: streams 1,000 records to ``baton serve`` through Redis, 100 records for each of
-10 keys (as Kafka or Redis keys usually name an entity, not an event), then looks at what the
-prediction log kept and sends two labels for the same key to the feedback route.
+10 keys (as Kafka or Redis keys usually name an entity, not an event), then labels two events
+of the same key by their prediction ids (the ``id`` of each output) and one by the key (its
+latest event), and looks at what the prediction log kept. Before 4efe990/cc91028 the key was
+the prediction id: a second label for a key was refused as a duplicate.
 
 redis-parse: reads 256 stream entries like the benchmark's (XRANGE COUNT 256, 502-byte
 values) with redis-py's sync and asyncio clients, without hiredis (the project venv) and
-with it (a throwaway venv, build/bench-streams/envs/hiredis, created with uv).
+with it (a throwaway venv, build/bench-streams/envs/hiredis, created with uv). The project
+now depends on redis[hiredis], so "without hiredis" needs a venv without it.
 """
 
 from __future__ import annotations
@@ -121,33 +124,33 @@ def stream_keys() -> int:
             time.sleep(0.05)
         time.sleep(1.5)  # the prediction log is written every 0.5 s
 
-        def feedback(label: int) -> dict[str, object]:
+        def feedback(labels: list[dict[str, object]]) -> dict[str, object]:
             req = urllib.request.Request(
                 f"http://127.0.0.1:{port}/v1/models/{run.MODEL_NAME}/feedback",
-                data=json.dumps([{"id": "customer-3", "label": label}]).encode(),
+                data=json.dumps(labels).encode(),
                 headers={"content-type": "application/json"}, method="POST")
             with urllib.request.urlopen(req, timeout=10) as resp:
                 return json.loads(resp.read())
 
-        first, second = feedback(1), feedback(0)
+        outputs = [orjson.loads(f[b"value"]) for _, f in r.xrange(names.output)]
+        ids = [o["id"] for o in outputs if o["key"] == "customer-3"]
+        by_id = feedback([{"id": pid, "label": 1} for pid in ids[:2]])
+        by_key = feedback([{"id": "customer-3", "label": 0}])
         db = sqlite3.connect(run.WORK / "baton-home" / "predictions.sqlite")
         try:
             batches, logged = db.execute(
                 "SELECT count(*), sum(rows) FROM prediction_batches").fetchone()
-            keys = db.execute("SELECT count(*) FROM prediction_keys").fetchone()[0]
-            idx = db.execute("SELECT rid, idx FROM prediction_keys WHERE id = 'customer-3'"
-                             ).fetchone()
+            indexed = db.execute("SELECT count(*) FROM prediction_key_index").fetchone()[0]
         finally:
             db.close()
-        print(f"{n} records scored (10 keys x 100 records each): the log holds {logged} "
-              f"predictions in {batches} batch row(s) but {keys} key(s); 'customer-3' points "
-              f"at batch {idx[0]} row {idx[1]} only (its last record), so a label can only "
-              "ever join that one.")
-        print(f"feedback for 'customer-3' (label 1): accepted {first.get('accepted')}, "
-              f"duplicates {first.get('duplicates')}")
-        print(f"feedback for 'customer-3' again (label 0, a later event of the same "
-              f"customer): accepted {second.get('accepted')}, duplicates "
-              f"{second.get('duplicates')}")
+        print(f"{n} records scored (10 keys x 100 records each): {len(outputs)} outputs with "
+              f"{len({o['id'] for o in outputs})} distinct ids; the log holds {logged} "
+              f"predictions in {batches} batch row(s); {indexed} key(s) indexed once a label "
+              "named a key.")
+        print(f"labels for two events of 'customer-3', by their ids: accepted "
+              f"{by_id.get('accepted')}, duplicates {by_id.get('duplicates')}")
+        print(f"a label naming the key 'customer-3' (its latest event): accepted "
+              f"{by_key.get('accepted')}, duplicates {by_key.get('duplicates')}")
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
