@@ -76,3 +76,27 @@ def test_top_refreshes_until_interrupted(serve: Callable[..., Server], chaos_bun
 def test_status_of_an_engine_that_is_down(baton_env: dict[str, str]) -> None:
     r = run_baton("status", "--url", "http://127.0.0.1:9", env=baton_env)
     assert r.returncode == 1 and "ENGINE_UNREACHABLE" in r.stderr
+
+
+def test_status_shows_each_stream_with_its_backlog(serve: Callable[..., Server],
+                                                   chaos_bundle: Path, tmp_path: Path,
+                                                   baton_env: dict[str, str]) -> None:
+    import json
+
+    from tests.deploy.test_deployment import wait_lines
+
+    (tmp_path / "in.jsonl").write_text("".join(
+        json.dumps({"action": "ok", "x": i}) + "\n" for i in range(20)) + "{broken\n")
+    server = serve([chaos_bundle], "--input", f"file://{tmp_path}/in.jsonl",
+                   "--output", f"file://{tmp_path}/out.jsonl",
+                   "--dead-letter", f"file://{tmp_path}/dead.jsonl")
+    wait_lines(tmp_path / "out.jsonl", 20)
+    wait_for(lambda: server.client.get("/v1/stats").json()["streams"][0]["lag"] == 0)
+    r = run_baton("status", "--url", server.url, env={**baton_env, "COLUMNS": "250"})
+    assert r.returncode == 0, r.stderr
+    header = next(line for line in r.stdout.splitlines() if "consumed" in line)
+    row = next(line for line in r.stdout.splitlines() if "file://" in line)
+    names = [c.strip() for c in header.replace("┃", "│").split("│") if c.strip()]
+    cells = dict(zip(names, [c.strip() for c in row.split("│") if c.strip()], strict=True))
+    assert (cells["consumed"], cells["produced"], cells["dead letters"], cells["lag"],
+            cells["in flight"]) == ("21", "20", "1", "0", "0")

@@ -91,13 +91,15 @@ def render(now: dict[str, Any], before: dict[str, Any] | None) -> Group:
     parts: list[Any] = [table]
     if now.get("streams"):
         st = Table(title="streams", title_justify="left")
-        for col in ("model", "input", "consumed", "produced", "dead letters", "retries",
-                    "last error"):
+        for col in ("model", "input", "consumed", "produced", "dead letters", "lag",
+                    "in flight", "retries", "last error"):
             st.add_column(col)
         for s in now["streams"]:
             model = s["model"] + (" (labels)" if s.get("kind") == "labels" else "")
+            lag = s.get("lag")
             st.add_row(model, s["input"], str(s["consumed"]), str(s["produced"]),
-                       str(s["dead_lettered"]), str(s["retries"]), s["last_error"] or "-")
+                       str(s["dead_lettered"]), "?" if lag is None else str(lag),
+                       str(s.get("in_flight", 0)), str(s["retries"]), s["last_error"] or "-")
         parts.append(st)
     return Group(*parts)
 
