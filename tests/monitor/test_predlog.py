@@ -243,7 +243,7 @@ def test_the_export_writes_one_record_per_prediction(tmp_path: Path) -> None:
     assert first["input"] == {"x": 1.0, "c": "a", "t": [1, 2]}
     assert lines[1]["input"] == {"x": None, "c": None, "t": [3, 4]}
     assert lines[1]["output"] == {"y": "q"}
-    assert [x["key"] for x in lines[2:]] == ["k1", None]
+    assert [x.get("key") for x in lines[2:]] == ["k1", None]  # no key: no "key"
     assert export.exported == 4 and export.dropped == 0 and export.pending == 0
 
 
@@ -290,3 +290,42 @@ def test_what_the_sink_never_took_is_counted_at_shutdown(tmp_path: Path) -> None
     log.close()
     assert time.perf_counter() - started < 3
     assert export.dropped == 3 and export.exported == 0 and export.pending == 0
+
+
+def test_small_batches_share_one_block_and_their_ids_count_on(make_log: MakeLog,
+                                                              model: str) -> None:
+    """1-row requests cost the store one row per block, and each id still names its row."""
+    from baton.monitor import predlog
+
+    log = make_log()
+    first = log.log(model, "1", batch([1.0]), Batch({"y": ["a"]}, 1))
+    second = log.log(model, "1", batch([2.0, 3.0]), Batch({"y": ["b", "c"]}, 2),
+                     keys=["cust-1", None])
+    other_version = log.log(model, "2", batch([4.0]), Batch({"y": ["d"]}, 1))
+    wider = log.log(model, "1", Batch({"x": np.array([5.0]), "z": np.array([1])}, 1),
+                    Batch({"y": ["e"]}, 1))  # other columns: a block of its own
+    block, _, _ = first[0].rpartition("-")
+    assert first == [f"{block}-0"] and second == [f"{block}-1", f"{block}-2"]
+    assert other_version[0].rpartition("-")[0] not in (block, wider[0].rpartition("-")[0])
+    assert wider[0].rpartition("-")[0] != block
+    log.flush_now()
+    assert log.written == 5
+    result = log.add_labels(model, [(first[0], "a"), (second[1], "x"), ("cust-1", "b"),
+                                    (wider[0], "e")])
+    assert result.accepted == [first[0], second[1], "cust-1", wider[0]]
+    pairs = sorted(log.labelled(model, "1", 10), key=lambda p: p[1])
+    assert pairs == [({"y": "a"}, "a"), ({"y": "b"}, "b"), ({"y": "e"}, "e"),
+                     ({"y": "c"}, "x")]
+    # A full block is sealed at once: the next rows start a new one.
+    ids = [log.log(model, "1", batch([0.0] * 100), Batch({"y": ["f"] * 100}, 100))
+           for _ in range(predlog.BLOCK_ROWS // 100 + 1)]
+    blocks = [i[0].rpartition("-")[0] for i in ids]
+    assert len(set(blocks)) == 2 and blocks[0] == blocks[-2] != blocks[-1]
+
+
+def test_a_batch_that_is_not_sampled_still_gets_ids(make_log: MakeLog, model: str) -> None:
+    log = make_log(sample=0.0)
+    ids = log.log(model, "1", batch([1.0, 2.0]), Batch({"y": ["a", "b"]}, 2))
+    assert len(set(ids)) == 2
+    log.flush_now()
+    assert log.written == 0 and log.add_labels(model, [(ids[0], "a")]).unknown == [ids[0]]

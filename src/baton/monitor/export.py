@@ -8,7 +8,7 @@ that connector. Each prediction is one JSON record::
     {"id": "5f0c2a9e1d7b4c38-0", "model": "penguins", "version": "1.0.0",
      "time": 1795701756.08, "key": "order-17", "input": {...}, "output": {...}}
 
-(``key`` only for stream records), with the prediction id as the record's key.
+(``key`` only for stream records that have one), with the prediction id as the record's key.
 
 Serving never waits for it: the prediction log hands over what it takes from its queue
 (:meth:`PredictionExport.offer`, a few appends), and a thread of its own, with its own
@@ -47,7 +47,7 @@ def export_records(item: Pending) -> list[OutRecord]:
     for i in range(inputs.rows):
         pid = f"{rid}-{i}"
         record: dict[str, Any] = {"id": pid, "model": model, "version": version, "time": now}
-        if keys is not None:
+        if keys is not None and keys[i] is not None:
             record["key"] = keys[i]
         record["input"] = ins[i]
         record["output"] = outs[i]

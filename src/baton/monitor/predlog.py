@@ -33,9 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
 import orjson
 
-from baton.batch import Batch
+from baton.batch import Batch, concat_batches
 
 if TYPE_CHECKING:
     from baton.monitor.export import PredictionExport
@@ -90,6 +91,51 @@ class PredictionStore(Protocol):
     def close(self) -> None: ...
 
 
+#: Most rows gathered into one logged block (one row in the store).
+BLOCK_ROWS = 1024
+
+
+class _Block:
+    """Batches of one model version logged since the last write, to be stored as one."""
+
+    def __init__(self, inputs: Batch, outputs: Batch) -> None:
+        self.rid = os.urandom(8).hex()
+        self.time = time.time()
+        self.rows = 0
+        self.inputs: list[Batch] = []
+        self.outputs: list[Batch] = []
+        self.keys: list[str | None] = []
+        self.keyed = False
+        self.shape = (_shape(inputs), _shape(outputs))
+
+    def takes(self, inputs: Batch, outputs: Batch) -> bool:
+        """Whether the batch's columns can be concatenated to this block's."""
+        return self.rows + inputs.rows <= BLOCK_ROWS and \
+            (_shape(inputs), _shape(outputs)) == self.shape
+
+    def add(self, inputs: Batch, outputs: Batch, keys: Sequence[str | None] | None) -> int:
+        start = self.rows
+        self.inputs.append(inputs)
+        self.outputs.append(outputs)
+        if keys:
+            self.keyed = True
+            self.keys.extend(keys)
+        else:
+            self.keys.extend([None] * inputs.rows)
+        self.rows += inputs.rows
+        return start
+
+    def pending(self, model: str, version: str) -> Pending:
+        return (model, version, self.time, self.rid, self.keys if self.keyed else None,
+                concat_batches(self.inputs), concat_batches(self.outputs))
+
+
+def _shape(batch: Batch) -> tuple[Any, ...]:
+    """Column names, and for arrays their dtype kind and inner dimensions."""
+    return tuple((name, col.dtype.kind, col.shape[1:]) if isinstance(col, np.ndarray)
+                 else (name,) for name, col in batch.columns.items())
+
+
 class PredictionLog:
     """``store`` is a :class:`PredictionStore`, or the path of a local SQLite file."""
 
@@ -112,6 +158,7 @@ class PredictionLog:
         #: Batches whose write failed, written first next time (and not exported again).
         self._retry: collections.deque[Pending] = collections.deque()
         self._rng = random.Random()
+        self._blocks: dict[tuple[str, str], _Block] = {}
         self._flushing = asyncio.Lock()
         self._opened = False
 
@@ -139,17 +186,48 @@ class PredictionLog:
                 "export": self.export.describe() if self.export is not None else None}
 
     # -- hot path ------------------------------------------------------------------------
+    def log(self, model: str, version: str, inputs: Batch, outputs: Batch,
+            keys: Sequence[str | None] | None = None) -> list[str]:
+        """Log one scored batch (sampled) and return its prediction ids.
+
+        Small batches of one model version are gathered into one *block* (up to
+        :data:`BLOCK_ROWS` rows, until the next write): their ids share the block's id and
+        count on from the rows before them, and the store writes one row per block, so a
+        stream of 1-row requests costs the store a row per few hundred requests, not one
+        each. A batch that is not logged still gets ids (random ones)."""
+        if self.sample <= 0.0 or (self.sample < 1.0 and self._rng.random() >= self.sample):
+            return new_ids(inputs.rows)[1]
+        if len(self._pending) + len(self._retry) >= self.max_pending:
+            self.dropped += inputs.rows
+            return new_ids(inputs.rows)[1]
+        where = (model, version)
+        block = self._blocks.get(where)
+        if block is not None and not block.takes(inputs, outputs):
+            self._seal(where)
+            block = None
+        if block is None:
+            block = self._blocks[where] = _Block(inputs, outputs)
+        start = block.add(inputs, outputs, keys)
+        if block.rows >= BLOCK_ROWS:
+            self._seal(where)
+        return [f"{block.rid}-{start + i}" for i in range(inputs.rows)]
+
     def record(self, model: str, version: str, request_id: str, inputs: Batch,
                outputs: Batch, keys: Sequence[str | None] | None = None) -> None:
-        """Queue one scored batch. Its prediction ids are ``f"{request_id}-{i}"``; ``keys``
-        (streams) are the records' keys, which labels may name instead of the id: a key
-        names the latest prediction logged with it."""
+        """Queue one scored batch under ids the caller chose: ``f"{request_id}-{i}"``;
+        ``keys`` (streams) are the records' keys, which labels may name instead of the id
+        (a key names the latest prediction logged with it)."""
         if self.sample <= 0.0 or (self.sample < 1.0 and self._rng.random() >= self.sample):
             return
         if len(self._pending) + len(self._retry) >= self.max_pending:
             self.dropped += inputs.rows
             return
         self._pending.append((model, version, time.time(), request_id, keys, inputs, outputs))
+
+    def _seal(self, where: tuple[str, str]) -> None:
+        block = self._blocks.pop(where, None)
+        if block is not None:
+            self._pending.append(block.pending(*where))
 
     # -- background ----------------------------------------------------------------------
     async def run(self, interval: float = 0.5) -> None:
@@ -179,6 +257,8 @@ class PredictionLog:
         """What to write: batches of a failed write first, then the newly queued ones,
         which are handed to the export here, once (a retried write is not exported
         again; the export encodes and writes them in its own thread)."""
+        for where in list(self._blocks):
+            self._seal(where)
         items = []
         while self._retry:
             items.append(self._retry.popleft())
@@ -194,7 +274,7 @@ class PredictionLog:
         Flushes run one at a time: a flush returns only once what was queued before it,
         including what a concurrent flush took, is written (feedback relies on it)."""
         async with self._flushing:
-            if self._pending or self._retry:
+            if self._pending or self._retry or self._blocks:
                 items = self._take()
                 try:
                     await asyncio.to_thread(self.store.write, items)
@@ -205,7 +285,7 @@ class PredictionLog:
 
     def flush_now(self) -> None:
         """Write what is queued, in the caller's thread (tools and tests)."""
-        if self._pending or self._retry:
+        if self._pending or self._retry or self._blocks:
             items = self._take()
             try:
                 self.store.write(items)

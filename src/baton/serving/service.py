@@ -109,13 +109,15 @@ class ModelService:
             if self.metrics is not None:
                 self.metrics.quality = self.quality
 
-    def log_predictions(self, request_id: str, inputs: Batch, outputs: Batch,
-                        keys: Sequence[str | None] | None = None) -> None:
-        """Every scored batch: into the prediction log (sampled) and the drift window."""
-        if self.predlog is not None:
-            self.predlog.record(self.name, self.version, request_id, inputs, outputs, keys)
+    def log_predictions(self, inputs: Batch, outputs: Batch,
+                        keys: Sequence[str | None] | None = None) -> list[str]:
+        """Every scored batch: into the prediction log (sampled) and the drift window.
+        Returns the batch's prediction ids (random ones when the log is off)."""
         if self.drift is not None:
             self.drift.observe(inputs)
+        if self.predlog is not None:
+            return self.predlog.log(self.name, self.version, inputs, outputs, keys)
+        return new_ids(inputs.rows)[1]
 
     def label_spec(self) -> FieldSpec:
         """The output field labels are compared with (and type-checked against); raises
@@ -241,8 +243,7 @@ class ModelService:
         if self.metrics is not None:
             self.metrics.decode.observe(time.perf_counter() - start)
         out = await self.predict(batch)
-        request_id, ids = new_ids(batch.rows)
-        self.log_predictions(request_id, batch, out)
+        ids = self.log_predictions(batch, out)
         return orjson.dumps({"model_name": self.name, "model_version": self.version,
                              "predictions": out.to_records(), "ids": ids}), batch.rows
 
@@ -253,8 +254,7 @@ class ModelService:
         if self.metrics is not None:
             self.metrics.decode.observe(time.perf_counter() - start)
         out = await self.predict(batch)
-        request_id, ids = new_ids(batch.rows)
-        self.log_predictions(request_id, batch, out)
+        ids = self.log_predictions(batch, out)
         return v2.encode_response(self.contract, self.name, self.version, req.id, out,
                                   req.outputs, ids), batch.rows
 

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from baton.errors import BatonError, ContractViolation, ModelError, ModelNotReady, WorkerError
-from baton.monitor.predlog import new_ids
 from baton.streams.base import Message, OutRecord, Sink, Source, open_sink, open_source, redact_url
 from baton.streams.records import ModelIdentity, dead_letter, decode_messages, output_record
 
@@ -236,9 +235,7 @@ class StreamPipeline:
             out = await self._predict(svc, decoded.batch)
             if m is not None:
                 m.records("stream", out.rows)
-            request_id, ids = new_ids(out.rows)
-            svc.log_predictions(request_id, decoded.batch, out,
-                                [msg.key for msg in decoded.good])
+            ids = svc.log_predictions(decoded.batch, out, [msg.key for msg in decoded.good])
             return svc, [output_record(msg, r, model, pid) for msg, r, pid in
                          zip(decoded.good, out.to_records(), ids, strict=True)], dead
         except (ModelError, WorkerError, ContractViolation) as exc:
@@ -248,9 +245,8 @@ class StreamPipeline:
             one = decoded.batch.slice(i, i + 1)
             try:
                 out = await self._predict(svc, one)
-                request_id, ids = new_ids(1)
-                svc.log_predictions(request_id, one, out, [msg.key])
-                outputs.append(output_record(msg, out.to_records()[0], model, ids[0]))
+                [pid] = svc.log_predictions(one, out, [msg.key])
+                outputs.append(output_record(msg, out.to_records()[0], model, pid))
             except (ModelError, WorkerError, ContractViolation) as exc:
                 dead.append(dead_letter(msg, _stage(exc), exc, model))
         if m is not None and outputs:
