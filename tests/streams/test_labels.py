@@ -18,26 +18,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from baton.streams.base import open_source, redact_url
 from tests.conftest import Server, free_port, run_baton, write_bundle
 from tests.deploy.test_deployment import wait_lines
+from tests.monitor.test_feedback import CLASSIFIER
+from tests.monitor.test_feedback import CLASSIFIER_CONTRACT as CONTRACT
 from tests.streams.brokers import Tansu
 from tests.streams.conftest import SCHEMES, Aio, make_kit
 from tests.streams.kits import Item, Kit
 
-CLASSIFIER = '''
-class Model:
-    def predict(self, inputs):
-        return {"prediction": ["neg" if x < 0 else "pos" for x in inputs["x"]]}
-'''
-CONTRACT = '''
-[contract]
-kind = "records"
-[[contract.inputs]]
-name = "x"
-type = "float"
-[[contract.outputs]]
-name = "prediction"
-type = "string"
-categories = ["neg", "pos"]
-'''
 GROUP = "baton-sign-labels"  # the labels binding's default consumer group
 
 

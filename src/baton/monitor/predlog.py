@@ -51,6 +51,18 @@ Pending = tuple[str, str, float, str, Sequence[str | None] | None, Batch, Batch]
 _NP = orjson.OPT_SERIALIZE_NUMPY
 
 
+def labelled_pairs(rows: Sequence[tuple[str, int, str]],
+                   outputs: dict[str, dict[str, Any]]) -> list[tuple[Any, Any]]:
+    """(output record, label) for each (batch id, row, label as JSON) whose batch's output
+    columns are known (a pruned batch's labels are left out)."""
+    pairs = []
+    for rid, idx, label in rows:
+        cols = outputs.get(rid)
+        if cols is not None:
+            pairs.append(({k: v[idx] for k, v in cols.items()}, orjson.loads(label)))
+    return pairs
+
+
 def encode_columns(batch: Batch) -> bytes:
     """A batch's columns as one JSON object of lists (NaN becomes null)."""
     return orjson.dumps(batch.columns, option=_NP)
@@ -488,12 +500,7 @@ class LocalStore:
                         f"SELECT rid, outputs FROM prediction_batches WHERE rid IN ({marks})",
                         chunk):
                     outputs[rid] = orjson.loads(blob)
-        pairs = []
-        for rid, idx, label in rows:
-            cols = outputs.get(rid)
-            if cols is not None:
-                pairs.append(({k: v[idx] for k, v in cols.items()}, orjson.loads(label)))
-        return pairs
+        return labelled_pairs(rows, outputs)
 
     def close(self) -> None:
         with self._lock:

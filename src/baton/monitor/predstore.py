@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from baton.errors import BatonError
-from baton.monitor.predlog import FeedbackResult, Pending, encode_columns
+from baton.monitor.predlog import FeedbackResult, Pending, encode_columns, labelled_pairs
 from baton.registry.db import Database
 from baton.registry.models import prediction_batches as B
 from baton.registry.models import prediction_keys as K
@@ -199,12 +199,7 @@ class DatabaseStore:
                         sa.select(B.c.rid, sa.cast(B.c.outputs, sa.Text))
                         .where(B.c.rid.in_(chunk))):
                     outputs[rid] = orjson.loads(text)
-        pairs = []
-        for rid, idx, label in rows:
-            cols = outputs.get(rid)
-            if cols is not None:
-                pairs.append(({k: v[idx] for k, v in cols.items()}, orjson.loads(label)))
-        return pairs
+        return labelled_pairs([(r.rid, r.idx, r.label) for r in rows], outputs)
 
     def close(self) -> None:
         db, self._db = self._db, None
