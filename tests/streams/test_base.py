@@ -37,3 +37,34 @@ def test_a_missing_client_library_is_a_clear_error_when_the_url_is_read(
         parse_url("kafka://127.0.0.1:9092/t")
     assert err.value.code == "CLIENT_MISSING" and "no-such-client" in err.value.message
     assert parse_url("redis://127.0.0.1:6379/s").name == "s"  # installed: fine
+
+
+@pytest.mark.parametrize(("raw", "says"), [
+    ("nats://127.0.0.1:4222/s?ack_wait=soon", "?ack_wait='soon' must be a number >= 0"),
+    ("redis://127.0.0.1:6379/s?db=one", "?db='one' must be a whole number >= 0"),
+    ("kafka://127.0.0.1:9092/t?start=first", "must be one of earliest, latest"),
+    ("redis://127.0.0.1:6379/s?grop=g", "unknown option ?grop= for redis:// (known: consumer,"),
+    ("file://in.jsonl?timeout=3", "unknown option ?timeout= for file:// (known: key)"),
+])
+def test_a_bad_option_is_refused_when_the_url_is_read(raw: str, says: str) -> None:
+    with pytest.raises(StreamError) as err:
+        parse_url(raw)
+    assert err.value.code == "BAD_STREAM_URL" and says in err.value.message
+
+
+def test_every_option_a_connector_reads_is_declared() -> None:
+    """The table parse_url checks against lists exactly what the connectors read."""
+    import re
+    from pathlib import Path
+
+    from baton.streams import base
+
+    read: dict[str, set[str]] = {}
+    modules = {"files": "file", "redis_streams": "redis", "nats_jetstream": "nats",
+               "rabbitmq": "amqp", "mqtt": "mqtt", "kafka": "kafka"}
+    folder = Path(base.__file__).parent / "connectors"
+    for module, scheme in modules.items():
+        code = (folder / f"{module}.py").read_text()
+        read[scheme] = set(re.findall(r'(?:option|options\.get|number\([a-z.]+,)\(?\s*"(\w+)"',
+                                      code))
+    assert read == {scheme: set(opts) for scheme, opts in base.OPTIONS.items()}

@@ -26,6 +26,20 @@ CLIENTS: dict[str, tuple[str, str]] = {
     "mqtt": ("paho.mqtt", "paho-mqtt"), "kafka": ("confluent_kafka", "confluent-kafka"),
 }
 
+#: URL scheme -> the ``?options`` its connector reads, and what each must be: ``text``,
+#: ``number`` (>= 0), ``count`` (an integer >= 0) or the allowed values. Checked when a URL is
+#: parsed, so a typo or a bad value is an error at start, not a binding that fails later.
+OPTIONS: dict[str, dict[str, str | tuple[str, ...]]] = {
+    "file": {"key": "text"},
+    "redis": {"db": "count", "group": "text", "consumer": "text", "start": "text"},
+    "nats": {"stream": "text", "group": "text", "ack_wait": "number", "timeout": "number"},
+    "amqp": {"vhost": "text", "prefetch": "count", "timeout": "number"},
+    "mqtt": {"client_id": "text", "group": "text", "session_expiry": "number",
+             "timeout": "number"},
+    "kafka": {"group": "text", "partitions": "count", "timeout": "number",
+              "start": ("earliest", "latest", "beginning", "end", "smallest", "largest")},
+}
+
 #: URL scheme -> connector module (resolved late, so unused clients are never imported).
 CONNECTORS: dict[str, str] = {
     "file": "baton.streams.connectors.files",
@@ -111,12 +125,43 @@ def parse_url(raw: str) -> StreamURL:
                           details={"url": redact_url(raw)}) from None
     _require_client(parts.scheme, raw)
     options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    _check_options(parts.scheme, options, raw)
     path = unquote(parts.path)
     if parts.scheme == "file" and parts.netloc:  # file://relative/path.jsonl
         path = parts.netloc + path
     return StreamURL(raw, parts.scheme, parts.hostname or "", port, path, options,
                      unquote(parts.username) if parts.username else None,
                      unquote(parts.password) if parts.password else None)
+
+
+def _check_options(scheme: str, options: dict[str, str], raw: str) -> None:
+    known = OPTIONS.get(scheme, {})
+    for key, value in options.items():
+        kind = known.get(key)
+        if kind is None:
+            problem = (f"unknown option ?{key}= for {scheme}:// (known: "
+                       f"{', '.join(sorted(known)) or 'none'})")
+        elif kind == "text":
+            continue
+        elif kind == "number":
+            try:
+                ok = float(value) >= 0
+            except ValueError:
+                ok = False
+            if ok:
+                continue
+            problem = f"option ?{key}={value!r} must be a number >= 0"
+        elif kind == "count":
+            if value.isdigit():
+                continue
+            problem = f"option ?{key}={value!r} must be a whole number >= 0"
+        elif value in kind:
+            continue
+        else:
+            problem = f"option ?{key}={value!r} must be one of {', '.join(kind)}"
+        raise StreamError(f"bad stream URL {redact_url(raw)!r}: {problem}",
+                          code="BAD_STREAM_URL", details={"url": redact_url(raw),
+                                                          "option": key})
 
 
 def _require_client(scheme: str, raw: str) -> None:
