@@ -99,7 +99,9 @@ class _Client:
     def _partitions(self, client: Any) -> list[int]:
         from confluent_kafka.admin import AdminClient, NewTopic
 
-        found = client.list_topics(self.topic, timeout=10).topics.get(self.topic)
+        # The metadata of every topic: asking for this one by name would let a broker with
+        # auto.create.topics.enable create it, with its own default partition count.
+        found = client.list_topics(timeout=10).topics.get(self.topic)
         if found is not None and found.error is None and found.partitions:
             return sorted(found.partitions)
         admin = AdminClient({k: v for k, v in self.config.items()
