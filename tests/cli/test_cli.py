@@ -165,6 +165,48 @@ def test_contract_prints_json_schema(scaffolded: Path, baton_env: dict[str, str]
 
 def test_serve_refuses_an_invalid_manifest(scaffolded: Path, baton_env: dict[str, str]) -> None:
     edit(scaffolded / "baton.toml", "[model]", "[modle]")
-    r = run_baton("serve", scaffolded, "--port", "1", env=baton_env, timeout=60)
+    r = run_baton("serve", scaffolded, "--port", "0", env=baton_env, timeout=60)
     assert r.returncode == 2
     assert "INVALID_MANIFEST" in r.stderr and "modle" in r.stderr
+
+
+def test_serve_on_a_port_in_use_fails_at_once_with_a_clear_error(
+        scaffolded: Path, baton_env: dict[str, str]) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = run_baton("serve", scaffolded, "--port", str(port), env=baton_env, timeout=60)
+    assert r.returncode == 1
+    assert "SERVER_START_FAILED" in r.stderr and f"127.0.0.1:{port}" in r.stderr
+    assert "environment" not in r.stderr  # it failed before building anything
+
+
+def test_serve_on_port_0_prints_the_port_it_got(chaos_bundle: Path,
+                                                baton_env: dict[str, str]) -> None:
+    import re
+    import subprocess
+    import time
+
+    import httpx
+
+    from tests.conftest import BATON
+
+    proc = subprocess.Popen([*BATON, "serve", str(chaos_bundle), "--port", "0"],
+                            env=baton_env, stderr=subprocess.PIPE, text=True,
+                            stdout=subprocess.DEVNULL)
+    try:
+        deadline, port = time.monotonic() + 120, None
+        assert proc.stderr is not None
+        while port is None and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            assert line, "baton serve exited before serving"
+            found = re.search(r"Baton is serving at http://127\.0\.0\.1:(\d+) ", line)
+            port = int(found.group(1)) if found else None
+        assert port and port != 0
+        assert httpx.get(f"http://127.0.0.1:{port}/v2/health/ready").status_code == 200
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)  # drains and closes stderr

@@ -6,6 +6,7 @@ import gc
 import json
 import logging
 import signal
+import socket
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -216,10 +217,15 @@ def run_server(opts: ServeOptions, settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     started = time.perf_counter()
+    # Listen first: a port in use is a clear error before any environment is built, and
+    # --port 0 gets a free port whose number is printed.
+    sock = _listen(settings.host, settings.port)
+    port = sock.getsockname()[1]
     engine = build_engine(opts, settings)
     if engine.predlog is not None:
         engine.predlog.open()  # a store it cannot reach stops serve here, not later
-    base = f"http://{settings.host}:{settings.port}"
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    base = f"http://{host}:{port}"
 
     def announce(engine: Engine) -> None:
         # Everything imported and started is there for good: keep it out of the cyclic
@@ -251,13 +257,28 @@ def run_server(opts: ServeOptions, settings: Settings) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per registry poll
     server = uvicorn.Server(config)
     try:
-        server.run()
+        server.run(sockets=[sock])
     except SystemExit:
         if server.started:
             raise
     if not server.started:
         raise BatonError(f"the HTTP server could not start on {base} (see the log above: "
                          "is the port in use?)", code="SERVER_START_FAILED")
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` (``port`` 0: a free one), for uvicorn to serve on."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        raise BatonError(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+                         code="SERVER_START_FAILED",
+                         details={"host": host, "port": port}) from None
+    return sock
 
 
 def _exit_cleanly(signum: int, frame: object) -> None:
