@@ -132,7 +132,7 @@ class StreamPipeline:
         window = asyncio.Semaphore(max(1, self.binding.in_flight))
         order: asyncio.Queue[_Batch | None] = asyncio.Queue()
         reader = asyncio.create_task(self._read_ahead(order, window))
-        writer = asyncio.create_task(self._write_in_order(order))
+        writer = asyncio.create_task(self._write_in_order(order, window))
         watcher = asyncio.create_task(self._watch_lag())
         try:
             done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_EXCEPTION)
@@ -140,16 +140,15 @@ class StreamPipeline:
                 task.result()  # a step that gave up (stop asked while it kept failing)
             await writer
         finally:
-            watcher.cancel()
-            reader.cancel()
-            writer.cancel()
-            scoring = [watcher]
-            while not order.empty():
+            tasks = [reader, writer, watcher]
+            while not order.empty():  # read, never written: redelivered after the restart
                 item = order.get_nowait()
                 if item is not None:
-                    item.scoring.cancel()
-                    scoring.append(item.scoring)
-            await asyncio.gather(reader, writer, *scoring, return_exceptions=True)
+                    tasks.append(item.scoring)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self.stats.in_flight = 0
 
     async def _read_ahead(self, order: asyncio.Queue[_Batch | None],
                           window: asyncio.Semaphore) -> None:
@@ -163,17 +162,17 @@ class StreamPipeline:
                     window.release()
                     continue
                 self.stats.in_flight += 1
-                order.put_nowait(_Batch(messages, asyncio.create_task(self._score(messages)),
-                                        window))
+                order.put_nowait(_Batch(messages, asyncio.create_task(self._score(messages))))
         finally:
             order.put_nowait(None)  # the writer finishes what was read, then ends
 
-    async def _write_in_order(self, order: asyncio.Queue[_Batch | None]) -> None:
+    async def _write_in_order(self, order: asyncio.Queue[_Batch | None],
+                              window: asyncio.Semaphore) -> None:
         while (item := await order.get()) is not None:
             svc, outputs, dead = await item.scoring
             await self._deliver(item.messages, svc, outputs, dead)
             self.stats.in_flight -= 1
-            item.window.release()
+            window.release()
 
     async def _watch_lag(self) -> None:
         """Sample the input's backlog now and then; a failure only leaves it unknown."""
@@ -339,11 +338,10 @@ class StreamPipeline:
 
 @dataclass(slots=True)
 class _Batch:
-    """Messages read, their scoring (running), and the window slot they hold."""
+    """Messages read, and their scoring (running, or done and waiting to be written)."""
 
     messages: list[Message]
     scoring: asyncio.Task[tuple[Any, list[OutRecord], list[OutRecord]]]
-    window: asyncio.Semaphore
 
 
 class _Stopped(Exception):
