@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import os
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run  # noqa: E402 - the benchmark's own helpers
+from benchlib import ensure_py_spy  # noqa: E402
 
 TOOLS = run.WORK / "envs" / "tools"
 
@@ -39,18 +39,6 @@ STAGES = [
                                                "concat_batches", "split_batch")),
     ("engine: HTTP (uvicorn + httptools, ASGI)", ("uvicorn/", "BatonApp.")),
 ]
-
-
-def ensure_py_spy() -> Path:
-    exe = TOOLS / "bin" / "py-spy"
-    if not exe.exists():
-        env = dict(os.environ, UV_PYTHON_DOWNLOADS="never")
-        subprocess.run([str(run.UV), "venv", "--quiet", "--python",
-                        f"{sys.version_info.major}.{sys.version_info.minor}", str(TOOLS)],
-                       env=env, check=True)
-        subprocess.run([str(run.UV), "pip", "install", "--quiet", "--python",
-                        str(TOOLS / "bin" / "python"), "py-spy"], env=env, check=True)
-    return exe
 
 
 def summarize(path: Path, top: int = 12) -> str:
@@ -87,7 +75,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=8)
     ap.add_argument("--idle", action="store_true", help="also sample idle (waiting) stacks")
     args = ap.parse_args()
-    py_spy = ensure_py_spy()
+    py_spy = ensure_py_spy(TOOLS)
     wrk = run.ensure_wrk()
     paths = {"bundle": run.WORK / "logreg-bundle"}
     for rows in (int(s) for s in args.sizes.split(",")):

@@ -13,7 +13,6 @@ import datetime as dt
 import http.client
 import json
 import os
-import platform
 import re
 import resource
 import shutil
@@ -30,6 +29,9 @@ from typing import Any
 import numpy as np
 import orjson
 import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import _busy, machine, set_autogroup_nice, source_state, wait_for_quiet  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -327,17 +329,6 @@ class Server:
 NICE = 0
 
 
-def set_autogroup_nice(pid: int | str, nice: int) -> None:
-    """With sched_autogroup on, each session (setsid) is scheduled as one group and a
-    process's own niceness counts only inside its group: give the group the niceness too."""
-    if not nice:
-        return
-    try:
-        Path(f"/proc/{pid}/autogroup").write_text(f"{nice}\n")
-    except OSError:
-        pass
-
-
 def make_server(system: str, paths: dict[str, Path], ml_env: Path | None) -> Server:
     if system == "baton":
         port = free_port()
@@ -498,23 +489,6 @@ def machine_cpu(t0: Any, t1: Any, seconds: float, ours: float) -> dict[str, floa
             "background_cpu_pct": round(max(0.0, 100 * (total - ours) / seconds), 1),
             "softirq_pct": round(100 * (t1.softirq - t0.softirq) / seconds, 1),
             "steal_pct": round(100 * (t1.steal - t0.steal) / seconds, 1)}
-
-
-def _busy(t: Any) -> float:
-    return t.user + t.nice + t.system
-
-
-def wait_for_quiet(max_wait: float, threshold: float = 25.0) -> dict[str, float]:
-    """Wait (up to ``max_wait`` s) until the rest of the machine uses < ``threshold`` % of a
-    core over one second: this machine is shared, and a neighbour's burst skews a run."""
-    started = time.perf_counter()
-    while True:
-        t0 = psutil.cpu_times()
-        time.sleep(1.0)
-        busy = 100 * (_busy(psutil.cpu_times()) - _busy(t0))
-        waited = time.perf_counter() - started
-        if busy < threshold or waited >= max_wait:
-            return {"quiet_wait_s": round(waited, 1), "background_before_pct": round(busy, 1)}
 
 
 def merge_rounds(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -703,21 +677,6 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def machine() -> dict[str, Any]:
-    cpu = ""
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in
-                   Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    cores = os.cpu_count()
-    mem = round(psutil.virtual_memory().total / 2**30, 1)
-    return {"cpu": cpu, "cores": cores, "memory_gib": mem, "kernel": platform.release(),
-            "python": platform.python_version(),
-            "description": f"{cores} cores ({cpu}), {mem} GiB RAM, Python "
-                           f"{platform.python_version()}"}
-
-
 def versions(ml_env: Path | None, wrk: str) -> dict[str, str]:
     import importlib.metadata as md
 
@@ -728,17 +687,6 @@ def versions(ml_env: Path | None, wrk: str) -> dict[str, str]:
     if ml_env is not None:
         v["mlserver"] = MLSERVER_VERSION
     return v
-
-
-def source_state() -> dict[str, Any]:
-    """Which Baton was measured: the commit, and any uncommitted change to its source."""
-    def git(*args: str) -> str:
-        res = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
-        return res.stdout.rstrip() if res.returncode == 0 else ""
-
-    dirty = [line[3:] for line in git("status", "--porcelain", "--", "src",
-                                      "pyproject.toml").splitlines()]
-    return {"commit": git("rev-parse", "HEAD"), "uncommitted_changes": dirty}
 
 
 def main(argv: list[str] | None = None) -> int:

