@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,28 +165,19 @@ class Worker:
         return len(self._pending)
 
     def predict(self, batch: Batch, timeout: float) -> asyncio.Future[Batch]:
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Batch] = loop.create_future()
-        if self.state != "ready":
-            fut.set_exception(WorkerCrashed(f"{self.spec.model}: worker is {self.state}"))
-            return fut
-        self._next_id += 1
-        rid = self._next_id
-        self._pending[rid] = fut
-        self._timers[rid] = loop.call_later(timeout, self._on_timeout, rid, timeout)
-        try:
-            self._send(encode_predict(rid, batch, self.raw))
-        except (RuntimeError, OSError) as exc:  # the pipe closed before the exit was seen
-            self.state = "exiting"
-            self._timers.pop(rid).cancel()
-            self._pending.pop(rid)
-            fut.set_exception(WorkerCrashed(f"{self.spec.model}: worker {self.pid} is gone "
-                                            f"({exc})", details={"pid": self.pid}))
-        return fut
+        return self._request(lambda rid: encode_predict(rid, batch, self.raw), timeout)
 
     def metrics(self, functions: list[str], y_true: list[Any], y_pred: list[Any],
                 outputs: list[Any], timeout: float) -> asyncio.Future[Any]:
         """Ask the runner to compute the bundle's metric functions; resolves to a header."""
+        return self._request(lambda rid: pack_frame(orjson.dumps(
+            {"op": "metrics", "id": rid, "functions": functions, "y_true": y_true,
+             "y_pred": y_pred, "outputs": outputs}, option=orjson.OPT_SERIALIZE_NUMPY)),
+            timeout)
+
+    def _request(self, frame: Callable[[int], bytes], timeout: float) -> asyncio.Future[Any]:
+        """Send the frame built for a new request id; the future resolves with the answer,
+        or fails on a timeout or when the worker is (or turns out to be) gone."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         if self.state != "ready":
@@ -195,10 +187,14 @@ class Worker:
         rid = self._next_id
         self._pending[rid] = fut
         self._timers[rid] = loop.call_later(timeout, self._on_timeout, rid, timeout)
-        self._send(pack_frame(orjson.dumps({"op": "metrics", "id": rid,
-                                            "functions": functions, "y_true": y_true,
-                                            "y_pred": y_pred, "outputs": outputs},
-                                           option=orjson.OPT_SERIALIZE_NUMPY)))
+        try:
+            self._send(frame(rid))
+        except (RuntimeError, OSError) as exc:  # the pipe closed before the exit was seen
+            self.state = "exiting"
+            self._timers.pop(rid).cancel()
+            self._pending.pop(rid)
+            fut.set_exception(WorkerCrashed(f"{self.spec.model}: worker {self.pid} is gone "
+                                            f"({exc})", details={"pid": self.pid}))
         return fut
 
     def _send(self, frame: bytes) -> None:
