@@ -1,8 +1,9 @@
 """The one small interface every connector implements, and the table that names them.
 
 A connector is one module exposing ``open_source(url, options)`` and ``open_sink(url,
-options)``. Sources hand out :class:`Message` batches and take acknowledgements; sinks
-write :class:`OutRecord` batches and return only once the records are durable. The
+options)``, and declaring ``CLIENT`` and ``OPTIONS`` (see :data:`OptionKind`). Sources hand
+out :class:`Message` batches and take acknowledgements; sinks write :class:`OutRecord`
+batches and return only once the records are durable. The
 pipeline acknowledges an input only after its output (or dead letter) was written, which
 is what makes delivery at-least-once. A new connector is one module plus a line in
 :data:`CONNECTORS`, and passes the shared conformance suite (tests/streams).
@@ -19,26 +20,11 @@ from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 from baton.errors import BatonError
 
-#: URL scheme -> the client library its connector needs (checked when a URL is parsed, so a
-#: missing one is a clear error at start, not a stream that retries forever).
-CLIENTS: dict[str, tuple[str, str]] = {
-    "redis": ("redis", "redis"), "nats": ("nats", "nats-py"), "amqp": ("aio_pika", "aio-pika"),
-    "mqtt": ("paho.mqtt", "paho-mqtt"), "kafka": ("confluent_kafka", "confluent-kafka"),
-}
-
-#: URL scheme -> the ``?options`` its connector reads, and what each must be: ``text``,
-#: ``number`` (>= 0), ``count`` (an integer >= 0) or the allowed values. Checked when a URL is
-#: parsed, so a typo or a bad value is an error at start, not a binding that fails later.
-OPTIONS: dict[str, dict[str, str | tuple[str, ...]]] = {
-    "file": {"key": "text"},
-    "redis": {"db": "count", "group": "text", "consumer": "text", "start": "text"},
-    "nats": {"stream": "text", "group": "text", "ack_wait": "number", "timeout": "number"},
-    "amqp": {"vhost": "text", "prefetch": "count", "timeout": "number"},
-    "mqtt": {"client_id": "text", "group": "text", "session_expiry": "number",
-             "timeout": "number"},
-    "kafka": {"group": "text", "partitions": "count", "timeout": "number",
-              "start": ("earliest", "latest", "beginning", "end", "smallest", "largest")},
-}
+#: What a ``?option=`` must be: ``text``, ``number`` (>= 0), ``count`` (a whole number >= 0)
+#: or one of the values given. Each connector module declares the options it reads in
+#: ``OPTIONS`` (name -> kind) and its client library in ``CLIENT`` (module, package, or None);
+#: parse_url checks both, so a typo, a bad value or a missing client is an error at start.
+OptionKind = str | tuple[str, ...]
 
 #: URL scheme -> connector module (resolved late, so unused clients are never imported).
 CONNECTORS: dict[str, str] = {
@@ -123,9 +109,10 @@ def parse_url(raw: str) -> StreamURL:
     except ValueError as exc:  # a port that is not a number, or out of range
         raise StreamError(f"bad stream URL {redact_url(raw)!r}: {exc}", code="BAD_STREAM_URL",
                           details={"url": redact_url(raw)}) from None
-    _require_client(parts.scheme, raw)
+    connector = importlib.import_module(CONNECTORS[parts.scheme])
+    _require_client(parts.scheme, connector.CLIENT, raw)
     options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-    _check_options(parts.scheme, options, raw)
+    _check_options(parts.scheme, connector.OPTIONS, options, raw)
     path = unquote(parts.path)
     if parts.scheme == "file" and parts.netloc:  # file://relative/path.jsonl
         path = parts.netloc + path
@@ -134,8 +121,9 @@ def parse_url(raw: str) -> StreamURL:
                      unquote(parts.password) if parts.password else None)
 
 
-def _check_options(scheme: str, options: dict[str, str], raw: str) -> None:
-    known = OPTIONS.get(scheme, {})
+def _check_options(scheme: str, known: dict[str, OptionKind], options: dict[str, str],
+                   raw: str) -> None:
+    """Every option must be one the connector reads (its ``OPTIONS``), of the right kind."""
     for key, value in options.items():
         kind = known.get(key)
         if kind is None:
@@ -164,10 +152,12 @@ def _check_options(scheme: str, options: dict[str, str], raw: str) -> None:
                                                           "option": key})
 
 
-def _require_client(scheme: str, raw: str) -> None:
-    module, package = CLIENTS.get(scheme, ("", ""))
-    if not module:
+def _require_client(scheme: str, client: tuple[str, str] | None, raw: str) -> None:
+    """The connector's client library (its ``CLIENT``: module, package) must be installed:
+    without it a stream could only fail forever, so say so when the URL is read."""
+    if client is None:
         return
+    module, package = client
     try:
         found = importlib.util.find_spec(module) is not None
     except ModuleNotFoundError:  # a parent package missing (paho for paho.mqtt)

@@ -15,7 +15,11 @@ from pathlib import Path
 
 import orjson
 
-from baton.streams.base import Message, OutRecord, StreamError, StreamURL
+from baton.streams.base import Message, OptionKind, OutRecord, StreamError, StreamURL
+
+#: The client library (module, package) and the ``?options`` this connector reads.
+CLIENT: tuple[str, str] | None = None
+OPTIONS: dict[str, OptionKind] = {"key": "text"}
 
 
 class FileSource:

@@ -35,8 +35,14 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from baton.streams.base import Message, OutRecord, StreamError, StreamURL
+from baton.streams.base import Message, OptionKind, OutRecord, StreamError, StreamURL
 from baton.streams.connectors._support import address, number, probe, reason, stream_error
+
+#: The client library (module, package) and the ``?options`` this connector reads.
+CLIENT: tuple[str, str] | None = ("confluent_kafka", "confluent-kafka")
+OPTIONS: dict[str, OptionKind] = {
+    "group": "text", "partitions": "count", "timeout": "number",
+    "start": ("earliest", "latest", "beginning", "end", "smallest", "largest")}
 
 T = TypeVar("T")
 log = logging.getLogger("baton.streams.kafka")

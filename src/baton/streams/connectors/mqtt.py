@@ -44,7 +44,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from baton.streams.base import Message, OutRecord, StreamError, StreamURL
+from baton.streams.base import Message, OptionKind, OutRecord, StreamError, StreamURL
 from baton.streams.connectors._support import (
     KEY_HEADER,
     Inbox,
@@ -54,6 +54,11 @@ from baton.streams.connectors._support import (
     safe_name,
     stream_error,
 )
+
+#: The client library (module, package) and the ``?options`` this connector reads.
+CLIENT: tuple[str, str] | None = ("paho.mqtt", "paho-mqtt")
+OPTIONS: dict[str, OptionKind] = {"client_id": "text", "group": "text",
+                                   "session_expiry": "number", "timeout": "number"}
 
 DEFAULT_PORT = 1883
 CONNECT_TIMEOUT = 10.0

@@ -27,7 +27,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from baton.streams.base import Message, OutRecord, StreamError, StreamURL
+from baton.streams.base import Message, OptionKind, OutRecord, StreamError, StreamURL
 from baton.streams.connectors._support import (
     KEY_HEADER,
     address,
@@ -37,6 +37,11 @@ from baton.streams.connectors._support import (
     safe_name,
     stream_error,
 )
+
+#: The client library (module, package) and the ``?options`` this connector reads.
+CLIENT: tuple[str, str] | None = ("nats", "nats-py")
+OPTIONS: dict[str, OptionKind] = {"stream": "text", "group": "text", "ack_wait": "number",
+                                   "timeout": "number"}
 
 log = logging.getLogger("baton.streams.nats")
 DEFAULT_PORT = 4222

@@ -26,7 +26,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from baton.streams.base import Message, OutRecord, StreamError, StreamURL
+from baton.streams.base import Message, OptionKind, OutRecord, StreamError, StreamURL
 from baton.streams.connectors._support import (
     KEY_HEADER,
     Inbox,
@@ -35,6 +35,10 @@ from baton.streams.connectors._support import (
     reason,
     stream_error,
 )
+
+#: The client library (module, package) and the ``?options`` this connector reads.
+CLIENT: tuple[str, str] | None = ("aio_pika", "aio-pika")
+OPTIONS: dict[str, OptionKind] = {"vhost": "text", "prefetch": "count", "timeout": "number"}
 
 log = logging.getLogger("baton.streams.amqp")
 DEFAULT_PORT = 5672

@@ -17,8 +17,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from baton.streams.base import Message, OutRecord, StreamError, StreamURL
+from baton.streams.base import Message, OptionKind, OutRecord, StreamError, StreamURL
 from baton.streams.connectors._support import probe
+
+#: The client library (module, package) and the ``?options`` this connector reads.
+CLIENT: tuple[str, str] | None = ("redis", "redis")
+OPTIONS: dict[str, OptionKind] = {"db": "count", "group": "text", "consumer": "text",
+                                   "start": "text"}
 
 
 def _client(url: StreamURL) -> Any:
