@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+import tomli_w
 
 ROOT = Path(__file__).resolve().parent.parent
 BATON = [sys.executable, "-m", "baton"]
@@ -167,31 +168,23 @@ def write_bundle(path: Path, *, name: str, manifest_extra: str = "", code: str =
     return path
 
 
-CHAOS_CONTRACT = '''
-[contract]
-kind = "records"
+def records_contract(inputs: dict[str, str | dict[str, Any]],
+                     outputs: dict[str, str | dict[str, Any]]) -> str:
+    """A records contract's TOML: each field is ``name: type`` or ``name: {"type": ...,
+    "min": ..., "categories": [...], ...}``."""
+    def fields(spec: dict[str, str | dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{"name": name, **({"type": f} if isinstance(f, str) else f)}
+                for name, f in spec.items()]
 
-[[contract.inputs]]
-name = "action"
-type = "string"
-categories = ["ok", "crash", "hang", "sleep", "raise", "bad_output"]
+    return tomli_w.dumps({"contract": {"kind": "records", "inputs": fields(inputs),
+                                       "outputs": fields(outputs)}})
 
-[[contract.inputs]]
-name = "x"
-type = "float"
-min = -100.0
-max = 100.0
 
-[[contract.outputs]]
-name = "y"
-type = "float"
-min = -200.0
-max = 200.0
-
-[[contract.outputs]]
-name = "pid"
-type = "integer"
-'''
+CHAOS_CONTRACT = records_contract(
+    inputs={"action": {"type": "string",
+                       "categories": ["ok", "crash", "hang", "sleep", "raise", "bad_output"]},
+            "x": {"type": "float", "min": -100.0, "max": 100.0}},
+    outputs={"y": {"type": "float", "min": -200.0, "max": 200.0}, "pid": "integer"})
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Server, write_bundle
+from tests.conftest import Server, records_contract, write_bundle
 
 CODE = '''
 import numpy as np
@@ -25,21 +25,9 @@ class Model:
         return {"p": proba, "sklearn": [sklearn.__version__] * len(proba)}
 '''
 
-CONTRACT = '''
-[contract]
-kind = "records"
-[[contract.inputs]]
-name = "x"
-type = "float"
-[[contract.outputs]]
-name = "p"
-type = "float"
-min = 0.0
-max = 1.0
-[[contract.outputs]]
-name = "sklearn"
-type = "string"
-'''
+CONTRACT = records_contract(
+    inputs={"x": "float"},
+    outputs={"p": {"type": "float", "min": 0.0, "max": 1.0}, "sklearn": "string"})
 
 RELEASES = {"old": ["scikit-learn==1.5.2", "numpy==2.1.3", "pandas==2.2.3"],
             "new": ["scikit-learn==1.7.2", "numpy==2.3.5", "pandas==2.3.3"]}

@@ -9,24 +9,16 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Server, write_bundle
+from tests.conftest import Server, records_contract, write_bundle
 
 CLASSIFIER = '''
 class Model:
     def predict(self, inputs):
         return {"prediction": ["neg" if x < 0 else "pos" for x in inputs["x"]]}
 '''
-CLASSIFIER_CONTRACT = '''
-[contract]
-kind = "records"
-[[contract.inputs]]
-name = "x"
-type = "float"
-[[contract.outputs]]
-name = "prediction"
-type = "string"
-categories = ["neg", "pos"]
-'''
+CLASSIFIER_CONTRACT = records_contract(
+    inputs={"x": "float"},
+    outputs={"prediction": {"type": "string", "categories": ["neg", "pos"]}})
 
 
 @pytest.fixture(scope="module")

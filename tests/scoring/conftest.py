@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import run_baton, write_bundle
+from tests.conftest import records_contract, run_baton, write_bundle
 
 SCORER_CODE = '''
 import os
@@ -35,41 +35,12 @@ class Model:
         return {"y": ys, "label": labels}
 '''
 
-SCORER_CONTRACT = '''
-[contract]
-kind = "records"
-
-[[contract.inputs]]
-name = "x"
-type = "float"
-min = -100.0
-max = 100.0
-
-[[contract.inputs]]
-name = "kind"
-type = "string"
-categories = ["a", "b", "c"]
-
-[[contract.inputs]]
-name = "n"
-type = "integer"
-min = 0
-
-[[contract.inputs]]
-name = "flag"
-type = "boolean"
-nullable = true
-
-[[contract.outputs]]
-name = "y"
-type = "float"
-min = -1000.0
-max = 1000.0
-
-[[contract.outputs]]
-name = "label"
-type = "string"
-'''
+SCORER_CONTRACT = records_contract(
+    inputs={"x": {"type": "float", "min": -100.0, "max": 100.0},
+            "kind": {"type": "string", "categories": ["a", "b", "c"]},
+            "n": {"type": "integer", "min": 0},
+            "flag": {"type": "boolean", "nullable": True}},
+    outputs={"y": {"type": "float", "min": -1000.0, "max": 1000.0}, "label": "string"})
 
 COLUMNS = ["x", "kind", "n", "flag"]
 

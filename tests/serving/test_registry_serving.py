@@ -19,7 +19,7 @@ import pytest
 
 from baton.bundle.archive import build_archive
 from baton.registry.client import RegistryClient
-from tests.conftest import BATON, Server, free_port, run_baton, write_bundle
+from tests.conftest import BATON, Server, free_port, records_contract, run_baton, write_bundle
 
 CODE = '''
 class Model:
@@ -27,19 +27,9 @@ class Model:
         return {{"y": [x * {factor} for x in inputs["x"]], "v": ["{version}"] * len(inputs["x"])}}
 '''
 
-CONTRACT = '''
-[contract]
-kind = "records"
-[[contract.inputs]]
-name = "x"
-type = "float"
-[[contract.outputs]]
-name = "y"
-type = "float"
-[[contract.outputs]]
-name = "v"
-type = "string"
-'''
+CONTRACT = records_contract(
+    inputs={"x": "float"},
+    outputs={"y": "float", "v": "string"})
 
 
 def scorer(root: Path, version: str, factor: float) -> Path:

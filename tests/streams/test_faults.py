@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from baton.streams.base import redact_url
-from tests.conftest import Server, free_port, write_bundle
+from tests.conftest import Server, free_port, records_contract, write_bundle
 from tests.streams.brokers import (
     PrivateMosquitto,
     PrivateNats,
@@ -43,29 +43,11 @@ class Model:
         return {"score": [min(1.0, a / 1000.0) for a in inputs["amount"]]}
 '''
 
-CONTRACT = '''
-[contract]
-kind = "records"
-
-[[contract.inputs]]
-name = "amount"
-type = "float"
-min = 0.0
-
-[[contract.inputs]]
-name = "country"
-type = "string"
-categories = ["DE", "FR", "US"]
-
-[[contract.inputs]]
-name = "age"
-type = "integer"
-nullable = true
-
-[[contract.outputs]]
-name = "score"
-type = "float"
-'''
+CONTRACT = records_contract(
+    inputs={"amount": {"type": "float", "min": 0.0},
+            "country": {"type": "string", "categories": ["DE", "FR", "US"]},
+            "age": {"type": "integer", "nullable": True}},
+    outputs={"score": "float"})
 
 
 @pytest.fixture(scope="module")
