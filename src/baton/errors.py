@@ -196,3 +196,21 @@ class Conflict(BatonError):
 class Unavailable(BatonError):
     code = "UNAVAILABLE"
     http_status = 503
+
+
+class StageNotAllowed(Forbidden):
+    """A version is not in a stage this engine's policy serves."""
+
+    code = "STAGE_NOT_ALLOWED"
+
+
+class NotApproved(Forbidden):
+    """A version lacks the approvals the registry's rule asks for, or was rejected."""
+
+    code = "NOT_APPROVED"
+
+
+class UntrustedDecision(Forbidden):
+    """No valid signed decision backs a version: unsigned, forged, mismatched or replayed."""
+
+    code = "UNTRUSTED_DECISION"

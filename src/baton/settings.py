@@ -75,6 +75,36 @@ class Settings:
     registry_storage: Path | None = None
     #: Approvals a bundle needs before production.
     approvals: int = 1
+    #: The registry's Ed25519 signing key (PEM, created on first start); empty:
+    #: ``home``/registry/signing.key. Keep it out of the database's reach.
+    registry_key_file: Path | None = None
+    #: Longest validity, in days, of a token a user asks for (admins' service tokens excepted).
+    token_max_days: float = 90.0
+    #: The registry public key an engine pins (``ed25519:BASE64`` or a file holding it): it
+    #: serves only digests that key signed. Empty: the key saved by ``baton login``.
+    registry_key: str = ""
+    #: Certificate authority (PEM) that signed the registry's TLS certificate.
+    registry_ca: Path | None = None
+    #: Client certificate and key (PEM) this process shows a registry that asks for one.
+    registry_client_cert: Path | None = None
+    registry_client_key: Path | None = None
+    #: Local engine tokens (TOML, sha256 of each token with its scopes; see docs/security.md).
+    tokens_file: Path | None = None
+    #: Seconds an engine trusts a registry-issued token it verified before asking again.
+    auth_cache_seconds: float = 30.0
+    #: TLS for the HTTP server (engine and registry): certificate and key files (PEM).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    #: Certificate authority (PEM) whose client certificates the server requires.
+    tls_client_ca: Path | None = None
+    #: A second port serving only /metrics, without authentication, for Prometheus; 0: none.
+    metrics_port: int = 0
+    #: Limits on what a bundle archive may unpack to, enforced while it is read.
+    archive_max_bytes: int = 8 * 1024**3
+    archive_max_files: int = 10_000
+    archive_max_file_bytes: int = 4 * 1024**3
+    #: Largest unpacked/packed size ratio, checked once 64 MiB are unpacked.
+    archive_max_ratio: float = 200.0
 
     def __post_init__(self) -> None:
         checks = [
@@ -97,6 +127,22 @@ class Settings:
             ("unknown_fields", self.unknown_fields in ("", "reject", "ignore"),
              "'reject' or 'ignore'"),
             ("log_level", self.log_level.lower() in _LOG_LEVELS, ", ".join(_LOG_LEVELS)),
+            ("token_max_days", 0 < self.token_max_days <= 36500, "a number of days in 0..36500"),
+            ("auth_cache_seconds", 0 <= self.auth_cache_seconds <= 3600,
+             "a number of seconds in 0..3600"),
+            ("metrics_port", 0 <= self.metrics_port <= 65535, "a TCP port (0: none)"),
+            ("tls_key", (self.tls_cert is None) == (self.tls_key is None),
+             "given together with tls_cert (BATON_TLS_CERT)"),
+            ("tls_client_ca", self.tls_client_ca is None or self.tls_cert is not None,
+             "given only with tls_cert and tls_key"),
+            ("registry_client_key",
+             (self.registry_client_cert is None) == (self.registry_client_key is None),
+             "given together with registry_client_cert"),
+            ("archive_max_bytes", self.archive_max_bytes > 0, "a positive number of bytes"),
+            ("archive_max_files", self.archive_max_files > 0, "a positive number of files"),
+            ("archive_max_file_bytes", self.archive_max_file_bytes > 0,
+             "a positive number of bytes"),
+            ("archive_max_ratio", self.archive_max_ratio >= 1, "a ratio >= 1"),
         ]
         for name, ok, expected in checks:
             if not ok:
@@ -157,6 +203,10 @@ class Settings:
     @property
     def registry_blobs(self) -> Path:
         return self.registry_storage or self.home / "registry" / "blobs"
+
+    @property
+    def registry_signing_key(self) -> Path:
+        return self.registry_key_file or self.home / "registry" / "signing.key"
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:

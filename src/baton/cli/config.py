@@ -27,11 +27,14 @@ def load() -> dict[str, Any]:
         raise BatonError(f"{path} is not valid TOML: {exc}", code="INVALID_CONFIG") from None
 
 
-def save_login(url: str, token: str) -> Path:
+def save_login(url: str, token: str, key: str | None = None) -> Path:
+    """Save the registry URL, token and (when given) its pinned public key."""
     path = config_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     data = load()
     data["registry"] = {"url": url.rstrip("/"), "token": token}
+    if key:
+        data["registry"]["key"] = key
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(tomli_w.dumps(data))
@@ -49,3 +52,25 @@ def registry_credentials(url: str | None) -> tuple[str, str | None]:
     token = os.environ.get("BATON_TOKEN") or (
         saved.get("token") if str(saved.get("url", "")).rstrip("/") == url else None)
     return url, token
+
+
+def registry_key(url: str, explicit: str = "") -> str | None:
+    """The registry public key to pin: ``explicit`` (``--registry-key`` or
+    BATON_REGISTRY_KEY), else the one ``baton login`` saved for this same URL."""
+    if explicit:
+        return explicit
+    saved = load().get("registry", {})
+    if str(saved.get("url", "")).rstrip("/") == url.rstrip("/"):
+        key = saved.get("key")
+        return str(key) if key else None
+    return None
+
+
+def open_registry_client(url: str | None, settings: Any) -> Any:
+    """A client for the registry at ``url`` (or the saved one) with the settings' TLS
+    options (``registry_ca``, ``registry_client_cert``/``_key``)."""
+    from baton.registry.client import RegistryClient
+
+    cert = (settings.registry_client_cert, settings.registry_client_key) \
+        if settings.registry_client_cert else None
+    return RegistryClient(*registry_credentials(url), ca=settings.registry_ca, cert=cert)

@@ -161,7 +161,10 @@ def check(bundle: Path, report: Path, iterations: int, wheelhouse: Path | None,
               help="Serve from this registry: with no BUNDLES, "
               "every model in --stage, following promotions and rollbacks.")
 @click.option("--stage", default="production", show_default=True,
+              type=click.Choice(["staging", "production"]),
               help="The registry stage this engine serves (its policy).")
+@click.option("--registry-key", help="The registry's public key (ed25519:BASE64, or a file "
+              "holding it): serve only what it signed (default: the one 'baton login' saved).")
 @click.option("--poll", type=float, default=2.0, show_default=True,
               help="Seconds between registry checks.")
 @click.option("--canary", help="REF=PERCENT: send PERCENT of unversioned requests to REF "
@@ -179,6 +182,17 @@ def check(bundle: Path, report: Path, iterations: int, wheelhouse: Path | None,
               help="A deployment file: bundles with their workers and stream bindings.")
 @click.option("--labels", "labels_url", help="Read true values {\"id\", \"label\"} from "
               "this stream URL and join them to logged predictions (needs --dead-letter).")
+@click.option("--tokens", "tokens_file", type=click.Path(exists=True, dir_okay=False,
+              path_type=Path), help="Local token file: callers need one of its tokens "
+              "(see 'baton tokens add').")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Serve HTTPS with this certificate (PEM; with --tls-key).")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The certificate's private key (PEM).")
+@click.option("--tls-client-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Require client certificates signed by this CA (PEM).")
+@click.option("--metrics-port", type=int, help="Also serve /metrics, without authentication, "
+              "on this port (for Prometheus).")
 @with_env_options
 @errors_to_exit
 def serve(bundles: tuple[str, ...], registry_url: str | None, stage: str, poll: float,
@@ -187,13 +201,14 @@ def serve(bundles: tuple[str, ...], registry_url: str | None, stage: str, poll: 
           max_batch: int, deployment: Path | None, labels_url: str | None,
           **options: Any) -> None:
     """Serve BUNDLES (folders, archives, or registry refs), each in its own environment."""
-    from baton.cli.serve import ServeOptions, run_server
+    from baton.cli.serve import run_server
+    from baton.serving.assembly import EngineSpec
 
     if not bundles and not registry_url and deployment is None:
         raise click.UsageError("give one or more BUNDLES, --deployment FILE, or --registry URL")
-    opts = ServeOptions(list(bundles), registry_url, stage, poll, canary, shadow, input_url,
-                        output_url, dead_letter_url, group, max_batch, deployment,
-                        labels=labels_url)
+    opts = EngineSpec(list(bundles), registry_url, stage, poll, canary, shadow, input_url,
+                      output_url, dead_letter_url, group, max_batch, deployment,
+                      labels=labels_url)
     run_server(opts, _settings(**options))
 
 

@@ -27,11 +27,16 @@ class RegistryError(BatonError):
 
 
 class RegistryClient:
-    def __init__(self, url: str, token: str | None, *, timeout: float = 600.0) -> None:
+    """``ca``: the certificate authority of a registry served over TLS (default: the
+    system's); ``cert``: a (certificate, key) pair for a registry that asks for one."""
+
+    def __init__(self, url: str, token: str | None, *, timeout: float = 600.0,
+                 ca: Path | None = None, cert: tuple[Path, Path] | None = None) -> None:
         headers = {"authorization": f"Bearer {token}"} if token else {}
         self.url = url.rstrip("/")
+        self.tls = tls_options(ca, cert)
         self.http = httpx.Client(base_url=self.url + "/api/v1", headers=headers,
-                                 timeout=timeout)
+                                 timeout=timeout, **self.tls)
 
     def close(self) -> None:
         self.http.close()
@@ -111,6 +116,19 @@ class RegistryClient:
     def create_token(self, user: str, days: float | None) -> str:
         return self._call("POST", f"/users/{user}/tokens",  # type: ignore[no-any-return]
                           json={"days": days}).json()["token"]
+
+
+def tls_options(ca: Path | None, cert: tuple[Path, Path] | None) -> dict[str, Any]:
+    """httpx's ``verify``/``cert`` for a registry: the same for the CLI, engines and the
+    dashboard's proxy."""
+    import ssl
+
+    if ca is None and cert is None:
+        return {}
+    context = ssl.create_default_context(cafile=str(ca) if ca else None)
+    if cert is not None:
+        context.load_cert_chain(str(cert[0]), str(cert[1]))
+    return {"verify": context}
 
 
 def _path(ref: str) -> str:
