@@ -24,12 +24,13 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    func,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator, TypeEngine, UserDefinedType
 
 STAGES = ("draft", "validated", "staging", "production", "archived")
-ROLES = ("viewer", "data-scientist", "operator", "approver", "admin")
+ROLES = ("client", "viewer", "data-scientist", "operator", "approver", "admin")
 
 
 def utcnow() -> dt.datetime:
@@ -41,6 +42,9 @@ class Base(DeclarativeBase):
 
 
 class User(Base):
+    """A person or an application. Names are unique whatever their case (an index on
+    ``lower(name)``, migration 0004)."""
+
     __tablename__ = "users"
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -50,17 +54,28 @@ class User(Base):
     disabled: Mapped[bool] = mapped_column(default=False)
 
 
+Index("uq_users_name_lower", func.lower(User.name), unique=True)
+
+
 class Token(Base):
-    """An API token; only its sha256 is stored."""
+    """An API token; only its sha256 is stored. ``scopes`` NULL (tokens older than
+    migration 0004) means its user's role's scopes."""
 
     __tablename__ = "tokens"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"),
+                                         index=True)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     label: Mapped[str] = mapped_column(String(100), default="")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    scopes: Mapped[list[str] | None] = mapped_column(JSON, default=None)
+    service: Mapped[bool] = mapped_column(default=False)
+    created_by: Mapped[str | None] = mapped_column(String(100), default=None)
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    revoked_by: Mapped[str | None] = mapped_column(String(100), default=None)
 
     user: Mapped[User] = relationship(lazy="joined")
 
