@@ -8,12 +8,17 @@ import secrets
 
 from baton.errors import Forbidden, Unauthorized
 
-__all__ = ["PERMISSIONS", "TOKEN_PREFIX", "Forbidden", "Unauthorized", "expiry", "hash_token",
-           "new_token", "require"]
+__all__ = ["LAST_USED_EVERY", "MAX_DAYS", "PERMISSIONS", "TOKEN_PREFIX", "Forbidden",
+           "Unauthorized", "expiry", "hash_token", "new_token", "require"]
 
-#: What each role may do. Reading (list, show, pull, history) is open to every role.
+_PEOPLE = frozenset({"viewer", "data-scientist", "operator", "approver", "admin"})
+
+#: What each role may do. Reading (list, show, pull, history) and managing one's own
+#: tokens are open to every role but ``client`` (an application that only calls models
+#: on engines: it may only ask the registry who it is).
 PERMISSIONS: dict[str, frozenset[str]] = {
-    "read": frozenset({"viewer", "data-scientist", "operator", "approver", "admin"}),
+    "read": _PEOPLE,
+    "tokens": _PEOPLE,
     "push": frozenset({"data-scientist", "admin"}),
     "validate": frozenset({"data-scientist", "operator", "admin"}),
     "promote": frozenset({"operator", "admin"}),
@@ -21,6 +26,11 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "admin": frozenset({"admin"}),
 }
 TOKEN_PREFIX = "bt_"
+#: No token, service tokens included, outlives this many days (100 years): beyond it dates
+#: overflow, and nobody means it.
+MAX_DAYS = 36500
+#: Seconds between two writes of a token's ``last_used_at``: authentication stays a read.
+LAST_USED_EVERY = 60.0
 
 
 def new_token() -> str:

@@ -11,6 +11,7 @@ import httpx
 
 from baton.bundle.archive import verify_archive
 from baton.errors import BatonError, DigestMismatchError
+from baton.trust import PublicKey, parse_public_key
 
 _EXIT = {400: 2, 401: 6, 403: 6, 404: 2, 409: 7, 413: 2, 422: 2}
 
@@ -45,8 +46,7 @@ class RegistryClient:
         try:
             resp = self.http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
-            raise BatonError(f"cannot reach the registry at {self.url}: {exc}",
-                             code="REGISTRY_UNREACHABLE") from None
+            raise self._unreachable(exc) from None
         if resp.status_code >= 400:
             try:
                 body = resp.json()
@@ -55,8 +55,29 @@ class RegistryClient:
             raise RegistryError(resp.status_code, body)
         return resp
 
+    def _unreachable(self, exc: Exception) -> BatonError:
+        text = str(exc)
+        if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
+            return BatonError(
+                f"the registry at {self.url} showed a TLS certificate this machine does not "
+                f"trust ({text}); give its certificate authority with BATON_REGISTRY_CA=FILE",
+                code="REGISTRY_TLS_ERROR", details={"url": self.url})
+        if "SSL" in text or "TLS" in text or "tlsv1" in text.lower():
+            return BatonError(
+                f"TLS with the registry at {self.url} failed ({text}); if it asks for a "
+                "client certificate, give BATON_REGISTRY_CLIENT_CERT and "
+                "BATON_REGISTRY_CLIENT_KEY", code="REGISTRY_TLS_ERROR",
+                details={"url": self.url})
+        return BatonError(f"cannot reach the registry at {self.url}: {text}",
+                          code="REGISTRY_UNREACHABLE", details={"url": self.url})
+
     def whoami(self) -> dict[str, Any]:
         return self._call("GET", "/whoami").json()  # type: ignore[no-any-return]
+
+    def public_key(self) -> PublicKey:
+        """The registry's decision-signing key (``GET /api/v1/key``), checked to be one."""
+        body = self._call("GET", "/key").json()
+        return parse_public_key(str(body.get("key", "")) if isinstance(body, dict) else "")
 
     def push(self, archive: Path) -> tuple[dict[str, Any], bool]:
         with open(archive, "rb") as f:
@@ -113,9 +134,29 @@ class RegistryClient:
     def create_user(self, name: str, role: str) -> dict[str, Any]:
         return self._call("POST", "/users", json={"name": name, "role": role}).json()  # type: ignore[no-any-return]
 
-    def create_token(self, user: str, days: float | None) -> str:
+    def create_token(self, user: str, days: float | None = None) -> str:
+        """A token for ``user`` valid ``days`` (None: the registry's maximum)."""
+        return str(self.issue_token(user, days=days)["token"])
+
+    def issue_token(self, user: str, *, days: float | None = None,
+                    scopes: list[str] | None = None, service: bool = False,
+                    label: str = "", never_expires: bool = False) -> dict[str, Any]:
+        """The registry's answer: the token (shown once), its id, scopes, expiry."""
+        body: dict[str, Any] = {"service": service, "label": label}
+        if days is not None or never_expires:
+            body["days"] = days
+        if scopes is not None:
+            body["scopes"] = scopes
         return self._call("POST", f"/users/{user}/tokens",  # type: ignore[no-any-return]
-                          json={"days": days}).json()["token"]
+                          json=body).json()
+
+    def list_tokens(self, user: str | None = None,
+                    all_users: bool = False) -> list[dict[str, Any]]:
+        params = {"all": "1"} if all_users else ({"user": user} if user else {})
+        return self._call("GET", "/tokens", params=params).json()["tokens"]  # type: ignore[no-any-return]
+
+    def revoke_token(self, token_id: int) -> dict[str, Any]:
+        return self._call("DELETE", f"/tokens/{token_id}").json()  # type: ignore[no-any-return]
 
 
 def tls_options(ca: Path | None, cert: tuple[Path, Path] | None) -> dict[str, Any]:

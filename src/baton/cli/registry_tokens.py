@@ -1,0 +1,91 @@
+"""``baton tokens``: issue, list and revoke registry API tokens (``baton users token`` is the
+same command as ``baton tokens create``)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from baton.cli.main import errors_to_exit, main
+from baton.cli.registry import _client, registry_option, users
+
+SCOPES = ("infer", "feedback", "read", "admin")  # baton.scopes.SCOPES, without importing it
+
+
+@main.group()
+def tokens() -> None:
+    """Registry API tokens: create, list, revoke."""
+
+
+@tokens.command("create")
+@click.argument("user")
+@click.option("--days", type=float,
+              help="Validity in days (default and most: the registry's token maximum, 90; "
+                   "more only with --service).")
+@click.option("--scope", "scopes", multiple=True, type=click.Choice(SCOPES),
+              help="Engine scope the token carries (repeat; default: all of the user's "
+                   "role's).")
+@click.option("--service", is_flag=True,
+              help="A service token (admins only): may exceed the maximum.")
+@click.option("--no-expiry", is_flag=True, help="A service token that never expires.")
+@click.option("--label", default="", help="What the token is for (shown in 'tokens list').")
+@registry_option
+@errors_to_exit
+def tokens_create(user: str, days: float | None, scopes: tuple[str, ...], service: bool,
+                  no_expiry: bool, label: str, registry_url: str | None) -> None:
+    """Issue a token for USER; the token alone goes to stdout (shown once)."""
+    if no_expiry and days is not None:
+        raise click.UsageError("--no-expiry and --days exclude each other")
+    made = _client(registry_url).issue_token(
+        user, days=days, scopes=list(scopes) if scopes else None, service=service,
+        label=label, never_expires=no_expiry)
+    click.echo(made["token"])
+    kind = "service token" if made["service"] else "token"
+    click.echo(f"{kind} {made['id']} for {made['user']}, scopes "
+               f"{', '.join(made['scopes']) or 'none'}, expires "
+               f"{made['expires_at'] or 'never'}", err=True)
+
+
+users.add_command(tokens_create, "token")
+
+
+@tokens.command("list")
+@click.option("--user", help="This user's tokens (admins; default: your own).")
+@click.option("--all", "all_users", is_flag=True, help="Every user's tokens (admins).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@registry_option
+@errors_to_exit
+def tokens_list(user: str | None, all_users: bool, as_json: bool,
+                registry_url: str | None) -> None:
+    """List tokens: id, user, label, scopes, dates, status; never the secret."""
+    if user and all_users:
+        raise click.UsageError("--user and --all exclude each other")
+    rows = _client(registry_url).list_tokens(user, all_users)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        click.echo("\n".join(_line(t) for t in rows) or "(no tokens)")
+
+
+def _line(t: dict[str, Any]) -> str:
+    kind = "service" if t["service"] else "user"
+    return (f"{t['id']:>5}  {t['user']:<16} {kind:<7} {t['status']:<7} "
+            f"{','.join(t['scopes']) or '-':<24} created {_day(t['created_at'])}  expires "
+            f"{_day(t['expires_at']) or 'never':<10}  used {_day(t['last_used_at']) or '-':<10}"
+            f"  {t['label']}")
+
+
+def _day(iso: str | None) -> str:
+    return iso[:10] if iso else ""
+
+
+@tokens.command("revoke")
+@click.argument("token_id", type=click.IntRange(min=1), metavar="ID")
+@registry_option
+@errors_to_exit
+def tokens_revoke(token_id: int, registry_url: str | None) -> None:
+    """Revoke token ID (your own, or anyone's for an admin); recorded in the audit log."""
+    t = _client(registry_url).revoke_token(token_id)
+    click.echo(f"revoked token {t['id']} of {t['user']} ({t['label'] or 'no label'})")
