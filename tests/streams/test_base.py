@@ -43,7 +43,7 @@ def test_a_missing_client_library_is_a_clear_error_when_the_url_is_read(
     ("nats://127.0.0.1:4222/s?ack_wait=soon", "?ack_wait='soon' must be a number >= 0"),
     ("redis://127.0.0.1:6379/s?db=one", "?db='one' must be a whole number >= 0"),
     ("kafka://127.0.0.1:9092/t?start=first", "must be one of earliest, latest"),
-    ("redis://127.0.0.1:6379/s?grop=g", "unknown option ?grop= for redis:// (known: consumer,"),
+    ("redis://127.0.0.1:6379/s?grop=g", "unknown option ?grop= for redis:// (known: ca, cert, "),
     ("file://in.jsonl?timeout=3", "unknown option ?timeout= for file:// (known: key)"),
 ])
 def test_a_bad_option_is_refused_when_the_url_is_read(raw: str, says: str) -> None:
@@ -54,21 +54,30 @@ def test_a_bad_option_is_refused_when_the_url_is_read(raw: str, says: str) -> No
 
 def test_every_option_a_connector_reads_is_declared() -> None:
     """Each connector's OPTIONS, which parse_url checks against, lists exactly what it
-    reads."""
+    reads: its own options, plus the shared credential and TLS vocabulary of
+    baton.streams.security (read there, for every connector) that it takes in."""
     import importlib
     import re
     from pathlib import Path
 
-    from baton.streams import base
+    from baton.streams import base, security
 
+    shared = {name: set(getattr(security, name)) for name in
+              ("PASSWORD_FROM", "TOKEN_FROM", "TLS_SWITCH", "TLS_FILES")}
     read: dict[str, set[str]] = {}
     modules = {"files": "file", "redis_streams": "redis", "nats_jetstream": "nats",
                "rabbitmq": "amqp", "mqtt": "mqtt", "kafka": "kafka"}
     folder = Path(base.__file__).parent / "connectors"
     for module, scheme in modules.items():
         code = (folder / f"{module}.py").read_text()
-        read[scheme] = set(re.findall(r'(?:option|options\.get|number\([a-z.]+,)\(?\s*"(\w+)"',
-                                      code))
+        read[scheme] = set(re.findall(
+            r'(?:option|options\.get|number\([a-z.]+,)\(?\s*"(\w+)"', code)) | set(
+            re.findall(r'"(\w+)" in url\.options', code))
+        for name, options in shared.items():
+            if f"**{name}" in code:
+                read[scheme] |= options
     declared = {scheme: set(importlib.import_module(base.CONNECTORS[scheme]).OPTIONS)
                 for scheme in modules.values()}
     assert read == declared
+    for secure, plain in security.SECURE_SCHEMES.items():  # same connector, same options
+        assert base.CONNECTORS[secure] == base.CONNECTORS[plain]

@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from baton.errors import BatonError
+from baton.streams import security
 
-#: What a ``?option=`` must be: ``text``, ``number`` (>= 0), ``count`` (a whole number >= 0)
-#: or one of the values given. Each connector module declares the options it reads in
+#: What a ``?option=`` must be: ``text``, ``number`` (>= 0), ``count`` (a whole number >= 0),
+#: ``file`` (the path of a readable file: a certificate, a password) or one of the values
+#: given. Each connector module declares the options it reads in
 #: ``OPTIONS`` (name -> kind) and its client library in ``CLIENT`` (module, package, or None);
 #: parse_url checks both, so a typo, a bad value or a missing client is an error at start.
 OptionKind = str | tuple[str, ...]
@@ -34,6 +37,10 @@ CONNECTORS: dict[str, str] = {
     "amqp": "baton.streams.connectors.rabbitmq",
     "mqtt": "baton.streams.connectors.mqtt",
     "kafka": "baton.streams.connectors.kafka",
+    # TLS: the same connectors (see baton.streams.security)
+    "rediss": "baton.streams.connectors.redis_streams",
+    "amqps": "baton.streams.connectors.rabbitmq",
+    "mqtts": "baton.streams.connectors.mqtt",
 }
 
 
@@ -63,7 +70,13 @@ class OutRecord:
 
 @dataclass(frozen=True)
 class StreamURL:
-    """``scheme://host:port/path?option=value``, parsed once."""
+    """``scheme://host:port/path?option=value``, parsed once.
+
+    ``password`` and ``token`` are the secrets resolved from the user-info part or from
+    ``?password_env=``/``?password_file=`` (``token_*`` for NATS); they are left out of
+    ``repr`` so that no log of this object shows them. ``tls_context`` is the client TLS context
+    (None without TLS), built and checked when the URL was read.
+    """
 
     raw: str
     scheme: str
@@ -72,7 +85,14 @@ class StreamURL:
     path: str
     options: dict[str, str]
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+    tls_context: ssl.SSLContext | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def tls(self) -> bool:
+        """Encrypted: a secure scheme (``rediss``, ``amqps``, ``mqtts``) or ``?tls=true``."""
+        return security.tls_enabled(self.scheme, self.options)
 
     @property
     def name(self) -> str:
@@ -89,13 +109,29 @@ class StreamURL:
 
 
 def redact_url(raw: str) -> str:
-    """``amqp://user:secret@host/q`` -> ``amqp://user:***@host/q``; others unchanged."""
+    """``amqp://user:secret@host/q`` -> ``amqp://user:***@host/q``: the password of the
+    user-info part and the value of any secret-looking query option are masked; a URL
+    without either is unchanged. What every log, error, ``/v1/models`` and ``/v1/stats``
+    shows of a stream URL."""
     parts = urlsplit(raw)
-    if parts.password is None:
-        return raw
-    userinfo, _, hostport = parts.netloc.rpartition("@")
-    user = userinfo.partition(":")[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostport}"))
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if at and ":" in userinfo:
+        parts = parts._replace(netloc=f"{userinfo.partition(':')[0]}:***@{hostport}")
+    elif not at and not _port_ok(hostport):  # "user:secret" with the "@host" forgotten
+        parts = parts._replace(netloc=f"{hostport.partition(':')[0]}:***")
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if any(k.lower() in security.SECRET_OPTIONS for k, _ in query):
+        parts = parts._replace(query=urlencode(
+            [(k, "***" if k.lower() in security.SECRET_OPTIONS else v) for k, v in query],
+            safe="*/"))
+    return urlunsplit(parts)
+
+
+def _port_ok(hostport: str) -> bool:
+    if hostport.startswith("["):  # [::1]:port
+        hostport = hostport.rpartition("]")[2]
+    port = hostport.rpartition(":")[2] if ":" in hostport else ""
+    return port == "" or port.isdigit()
 
 
 def parse_url(raw: str) -> StreamURL:
@@ -106,30 +142,54 @@ def parse_url(raw: str) -> StreamURL:
                           details={"url": redact_url(raw)})
     try:
         port = parts.port
-    except ValueError as exc:  # a port that is not a number, or out of range
-        raise StreamError(f"bad stream URL {redact_url(raw)!r}: {exc}", code="BAD_STREAM_URL",
+    except ValueError:  # not a number, or out of range (the text may hold a password)
+        raise StreamError(f"bad stream URL {redact_url(raw)!r}: the port must be a number "
+                          f"from 0 to 65535", code="BAD_STREAM_URL",
                           details={"url": redact_url(raw)}) from None
     connector = importlib.import_module(CONNECTORS[parts.scheme])
     _require_client(parts.scheme, connector.CLIENT, raw)
-    options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-    _check_options(parts.scheme, connector.OPTIONS, options, raw)
+    options = dict(parse_qsl(parts.query))
+    try:
+        security.refuse_secrets_in_query(parts.scheme, options)
+        _check_options(parts.scheme, connector.OPTIONS, options)
+        creds = security.resolve(parts.scheme, options,
+                                 unquote(parts.password) if parts.password else None,
+                                 connector.OPTIONS)
+    except security.UrlProblem as exc:
+        raise bad_url(raw, exc.option, exc.problem) from None
     path = unquote(parts.path)
     if parts.scheme == "file" and parts.netloc:  # file://relative/path.jsonl
         path = parts.netloc + path
-    return StreamURL(raw, parts.scheme, parts.hostname or "", port, path, options,
-                     unquote(parts.username) if parts.username else None,
-                     unquote(parts.password) if parts.password else None)
+    url = StreamURL(raw, parts.scheme, parts.hostname or "", port, path, options,
+                    unquote(parts.username) if parts.username else None, creds.password,
+                    creds.token, creds.context)
+    check = getattr(connector, "check", None)
+    if check is not None:  # what only this connector knows (Kafka: SASL needs a user)
+        check(url)
+    return url
 
 
-def _check_options(scheme: str, known: dict[str, OptionKind], options: dict[str, str],
-                   raw: str) -> None:
+def bad_url(raw: str, option: str, problem: str) -> StreamError:
+    """``BAD_STREAM_URL`` naming the URL (password masked) and the option at fault."""
+    return StreamError(f"bad stream URL {redact_url(raw)!r}: {problem}",
+                       code="BAD_STREAM_URL", details={"url": redact_url(raw),
+                                                       "option": option})
+
+
+def _check_options(scheme: str, known: dict[str, OptionKind], options: dict[str, str]) -> None:
     """Every option must be one the connector reads (its ``OPTIONS``), of the right kind."""
     for key, value in options.items():
         kind = known.get(key)
-        if kind is None:
+        if kind is None and key == "tls" and scheme in security.SECURE_SCHEMES.values():
+            secure = next(s for s, p in security.SECURE_SCHEMES.items() if p == scheme)
+            problem = f"{scheme}:// has no ?tls= option: for TLS use {secure}://"
+        elif kind is None:
             problem = (f"unknown option ?{key}= for {scheme}:// (known: "
                        f"{', '.join(sorted(known)) or 'none'})")
         elif kind == "text":
+            continue
+        elif kind == "file":
+            security.check_file(key, value)
             continue
         elif kind == "number":
             try:
@@ -147,9 +207,7 @@ def _check_options(scheme: str, known: dict[str, OptionKind], options: dict[str,
             continue
         else:
             problem = f"option ?{key}={value!r} must be one of {', '.join(kind)}"
-        raise StreamError(f"bad stream URL {redact_url(raw)!r}: {problem}",
-                          code="BAD_STREAM_URL", details={"url": redact_url(raw),
-                                                          "option": key})
+        raise security.UrlProblem(key, problem)
 
 
 def _require_client(scheme: str, client: tuple[str, str] | None, raw: str) -> None:

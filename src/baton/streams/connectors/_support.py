@@ -28,8 +28,43 @@ def reason(exc: BaseException) -> str:
 
 def stream_error(broker: str, what: str, url: StreamURL, exc: BaseException | str) -> StreamError:
     why = exc if isinstance(exc, str) else reason(exc)
-    return StreamError(f"{broker} {what} on {url.redacted} failed: {why}",
+    return StreamError(f"{broker} {what} on {url.redacted} failed: {explain(why, url)}",
                        details={"url": url.redacted})
+
+
+def scrub(text: str, url: StreamURL) -> str:
+    """``text`` without the URL's secrets, whatever a client library put in its message."""
+    for secret in (url.password, url.token):
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+#: What clients say when a TLS handshake meets a plain listener or the reverse.
+_PLAIN_MEETS_TLS = ("connection reset", "connection closed", "closed by server",
+                    "eof", "unexpected end", "broken pipe", "wrong version number",
+                    "record layer failure", "packet length too long", "transport failure",
+                    "disconnected", "before accepting")
+
+
+def explain(why: str, url: StreamURL) -> str:
+    """A client's reason, secrets scrubbed, with the likely TLS cause when there is one."""
+    why = scrub(why, url)
+    low = why.lower()
+    if "certificate verify failed" in low or "certificate_verify_failed" in low:
+        return (f"{why} (TLS: the broker's certificate is not signed by a trusted authority "
+                f"for this host: give the authority that signed it with ?ca=PATH)")
+    if any(sign in low for sign in _PLAIN_MEETS_TLS):
+        return (f"{why} (if the broker expects TLS, use {secure_form(url)})"
+                if not url.tls else
+                f"{why} (the broker may not speak TLS on this port, or it refused the "
+                f"client certificate (?cert=, ?key=))")
+    return why
+
+
+def secure_form(url: StreamURL) -> str:
+    plain_to_secure = {"redis": "rediss://", "amqp": "amqps://", "mqtt": "mqtts://"}
+    return plain_to_secure.get(url.scheme, "?tls=true")
 
 
 def number(url: StreamURL, key: str, default: float) -> float:

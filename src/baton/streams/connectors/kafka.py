@@ -20,6 +20,13 @@ seconds (default 30) without every acknowledgement; it then purges what is still
 and drops the producer, so the pipeline's retry sends each record again with a fresh one
 (copies never pile up, and a producer the broker fenced is not reused).
 
+Credentials and TLS map to librdkafka's settings (see :func:`security_config`): SASL with
+``?sasl=PLAIN|SCRAM-SHA-256|SCRAM-SHA-512`` and the user and password of the URL
+(``kafka://USER:PASSWORD@...``, the password possibly from ``?password_env=`` or
+``?password_file=``); TLS with ``?tls=true``, ``?ca=``, ``?cert=``/``?key=``. Together they
+choose ``security.protocol``: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL. The broker's
+certificate and host name are always verified.
+
 confluent-kafka blocks, so client calls run on threads owned by the connector: the
 producer's on one, the consumer's polls on one and its synchronous commits on another (so
 they never wait behind a poll; librdkafka's consumer is thread-safe). Calls on one thread
@@ -35,14 +42,24 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from baton.streams.base import Message, OptionKind, OutRecord, StreamError, StreamURL
+from baton.streams.base import (
+    Message,
+    OptionKind,
+    OutRecord,
+    StreamError,
+    StreamURL,
+    bad_url,
+)
 from baton.streams.connectors._support import address, number, probe, reason, stream_error
+from baton.streams.security import PASSWORD_FROM, TLS_FILES, TLS_SWITCH
 
 #: The client library (module, package) and the ``?options`` this connector reads.
 CLIENT: tuple[str, str] | None = ("confluent_kafka", "confluent-kafka")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 OPTIONS: dict[str, OptionKind] = {
     "group": "text", "partitions": "count", "timeout": "number",
-    "start": ("earliest", "latest", "beginning", "end", "smallest", "largest")}
+    "start": ("earliest", "latest", "beginning", "end", "smallest", "largest"),
+    "sasl": SASL_MECHANISMS, **PASSWORD_FROM, **TLS_SWITCH, **TLS_FILES}
 
 T = TypeVar("T")
 log = logging.getLogger("baton.streams.kafka")
@@ -51,6 +68,37 @@ DEFAULT_PORT = 9092
 
 def _error(what: str, url: StreamURL, exc: BaseException | str) -> StreamError:
     return stream_error("kafka", what, url, exc)
+
+
+def check(url: StreamURL) -> None:
+    """SASL needs a user and its password, and credentials need a SASL mechanism."""
+    sasl = url.options.get("sasl")
+    if sasl is not None and (url.username is None or url.password is None):
+        raise bad_url(url.raw, "sasl", f"?sasl={sasl} needs a user and password "
+                      f"(kafka://USER:PASSWORD@HOST:PORT/TOPIC, or the password from "
+                      f"?password_env= or ?password_file=)")
+    if sasl is None and (url.username is not None or url.password is not None):
+        raise bad_url(url.raw, "sasl", f"Kafka credentials need a SASL mechanism: add "
+                      f"?sasl= with one of {', '.join(SASL_MECHANISMS)}")
+
+
+def security_config(url: StreamURL) -> dict[str, str]:
+    """librdkafka's security settings for ``url``: the protocol, SASL and TLS files."""
+    sasl = url.options.get("sasl")
+    protocol = {(False, False): "PLAINTEXT", (True, False): "SSL",
+                (False, True): "SASL_PLAINTEXT", (True, True): "SASL_SSL"}[
+        (url.tls, sasl is not None)]
+    config = {"security.protocol": protocol}
+    if sasl is not None:
+        config.update({"sasl.mechanism": sasl, "sasl.username": url.username or "",
+                       "sasl.password": url.password or ""})
+    if url.tls:
+        config["ssl.endpoint.identification.algorithm"] = "https"  # check the host name
+    for option, setting in (("ca", "ssl.ca.location"), ("cert", "ssl.certificate.location"),
+                            ("key", "ssl.key.location")):
+        if option in url.options:
+            config[setting] = url.options[option]
+    return config
 
 
 class _Client:
@@ -64,7 +112,8 @@ class _Client:
         # pipeline's log through error_cb and StreamError, so keep only critical lines.
         self.config: dict[str, Any] = {
             "bootstrap.servers": f"{host}:{port}", "logger": log, "log_level": 2,
-            "error_cb": self._on_error, "reconnect.backoff.max.ms": 2000}
+            "error_cb": self._on_error, "reconnect.backoff.max.ms": 2000,
+            **security_config(url)}
         self.timeout = number(url, "timeout", 30)
         self._threads: dict[str, ThreadPoolExecutor] = {}
         self._last_error: str | None = None
@@ -100,7 +149,11 @@ class _Client:
         except StreamError:
             raise
         except Exception as exc:  # KafkaException, or anything the client raises
-            raise _error("connect", self.url, exc) from None
+            # The client's own report says why (SASL refused, TLS handshake failed); the
+            # exception only that the metadata never came.
+            why = self.take_error()
+            raise _error("connect", self.url, f"{why}; {reason(exc)}" if why
+                         else exc) from None
 
     def _partitions(self, client: Any) -> list[int]:
         from confluent_kafka.admin import AdminClient, NewTopic

@@ -31,6 +31,11 @@ Sink: publishes at QoS 1 with the key as user property ``key`` and returns once 
 acknowledged every message (PUBACK). A failed write drops the client (and whatever it still
 queued) and reconnects on the next write, so retries never pile up copies.
 
+Credentials: ``mqtt://USER:PASSWORD@...`` (the password may come from ``?password_env=``/
+``?password_file=``). TLS: ``mqtts://`` (default port 8883) with ``?ca=``, and
+``?cert=``/``?key=`` when the broker asks for client certificates
+(``require_certificate``); the broker's certificate and host name are always verified.
+
 paho runs its network loop in its own thread; callbacks hand messages to the event loop
 with ``call_soon_threadsafe``, and nothing here blocks the event loop.
 """
@@ -49,18 +54,22 @@ from baton.streams.connectors._support import (
     KEY_HEADER,
     Inbox,
     address,
+    explain,
     number,
     reason,
     safe_name,
     stream_error,
 )
+from baton.streams.security import PASSWORD_FROM, TLS_FILES
 
 #: The client library (module, package) and the ``?options`` this connector reads.
 CLIENT: tuple[str, str] | None = ("paho.mqtt", "paho-mqtt")
 OPTIONS: dict[str, OptionKind] = {"client_id": "text", "group": "text",
-                                   "session_expiry": "number", "timeout": "number"}
+                                   "session_expiry": "number", "timeout": "number",
+                                   **PASSWORD_FROM, **TLS_FILES}
 
 DEFAULT_PORT = 1883
+TLS_PORT = 8883
 CONNECT_TIMEOUT = 10.0
 
 
@@ -108,19 +117,21 @@ class _Session:
         client.reconnect_delay_set(1, 5)
         if self.url.username:
             client.username_pw_set(self.url.username, self.url.password)
+        if self.url.tls_context is not None:
+            client.tls_set_context(self.url.tls_context)
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = (int(number(self.url, "session_expiry", 604800))
                                        if self.persistent else 0)
         self.client = client
         self.hook(client)
-        host, port = address(self.url, DEFAULT_PORT)
+        host, port = address(self.url, TLS_PORT if self.url.tls else DEFAULT_PORT)
         try:
             await asyncio.to_thread(client.connect, host, port, 30,
                                     clean_start=not self.persistent, properties=props)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError: the handshake
             self.client = None
             raise StreamError(f"cannot reach the mqtt broker at {host}:{port} for "
-                              f"{self.url.redacted}: {reason(exc)}",
+                              f"{self.url.redacted}: {explain(reason(exc), self.url)}",
                               details={"url": self.url.redacted}) from None
         client.loop_start()
         try:
@@ -173,6 +184,9 @@ class _Session:
             self.connected = False
             self.lost = f"disconnected from the broker ({rc}); reconnecting"
         self.gone.set()
+        # Hung up on before accepting the connection (a TLS listener reached without TLS):
+        # say so now rather than after CONNECT_TIMEOUT. Once connected this settles nothing.
+        self.signal_ready(f"the broker closed the connection before accepting it ({rc})")
 
     async def close(self) -> None:
         client, self.client = self.client, None

@@ -18,6 +18,12 @@ stream (``?timeout=`` seconds, default 10) before ``write`` returns.
 
 The client reconnects by itself (forever) after the server goes away; reads and writes in
 the meantime fail with a StreamError, which the pipeline retries.
+
+Credentials: a user and password (``nats://USER:PASSWORD@...``, or the password from
+``?password_env=``/``?password_file=``), a token (``?token_env=``/``?token_file=``), or a
+NATS credentials file (``?creds=PATH``: a user JWT and its NKey seed). TLS: ``?tls=true``,
+with ``?ca=`` and ``?cert=``/``?key=`` (the server's ``verify`` asks for client
+certificates); the server's certificate and host name are always verified.
 """
 
 from __future__ import annotations
@@ -27,7 +33,14 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from baton.streams.base import Message, OptionKind, OutRecord, StreamError, StreamURL
+from baton.streams.base import (
+    Message,
+    OptionKind,
+    OutRecord,
+    StreamError,
+    StreamURL,
+    bad_url,
+)
 from baton.streams.connectors._support import (
     KEY_HEADER,
     address,
@@ -37,11 +50,13 @@ from baton.streams.connectors._support import (
     safe_name,
     stream_error,
 )
+from baton.streams.security import PASSWORD_FROM, TLS_FILES, TLS_SWITCH, TOKEN_FROM
 
 #: The client library (module, package) and the ``?options`` this connector reads.
 CLIENT: tuple[str, str] | None = ("nats", "nats-py")
 OPTIONS: dict[str, OptionKind] = {"stream": "text", "group": "text", "ack_wait": "number",
-                                   "timeout": "number"}
+                                   "timeout": "number", "creds": "file", **PASSWORD_FROM,
+                                   **TOKEN_FROM, **TLS_SWITCH, **TLS_FILES}
 
 log = logging.getLogger("baton.streams.nats")
 DEFAULT_PORT = 4222
@@ -55,6 +70,36 @@ def _failures() -> tuple[type[BaseException], ...]:
     import nats.errors
 
     return (nats.errors.Error, OSError, TimeoutError)
+
+
+def _server_options(url: StreamURL) -> dict[str, Any]:
+    """Where and as whom to connect: the server URL carries no credentials (nats-py would
+    show it in its errors), they travel as options."""
+    host, port = address(url, DEFAULT_PORT)
+    options: dict[str, Any] = {"servers": [f"{'tls' if url.tls else 'nats'}://{host}:{port}"]}
+    if url.username is not None:
+        options.update(user=url.username, password=url.password)
+    if url.token is not None:
+        options["token"] = url.token
+    if "creds" in url.options:
+        options["user_credentials"] = url.options["creds"]
+    if url.tls_context is not None:
+        options.update(tls=url.tls_context, tls_hostname=host)
+    return options
+
+
+def check(url: StreamURL) -> None:
+    """One way to authenticate: a user, a token or a credentials file."""
+    if url.password is not None and url.username is None:
+        source = next((o for o in PASSWORD_FROM if o in url.options), "password")
+        raise bad_url(url.raw, source, "a NATS password needs its user "
+                      "(nats://USER:PASSWORD@...); for a token use ?token_env= or ?token_file=")
+    ways = [w for w, given in (("a user in the URL", url.username is not None),
+                               ("a token", url.token is not None),
+                               ("?creds=", "creds" in url.options)) if given]
+    if len(ways) > 1:
+        raise bad_url(url.raw, "creds" if "creds" in url.options else "token_env",
+                      f"NATS takes one way to authenticate, this URL gives {' and '.join(ways)}")
 
 
 class _Connection:
@@ -76,19 +121,19 @@ class _Connection:
         if not self.subject:
             raise _error("open", self.url, "the URL names no subject (nats://HOST:PORT/SUBJECT)")
         await probe(self.url, DEFAULT_PORT, "nats")
-        host, port = address(self.url, DEFAULT_PORT)
+        self.lost = ""
         try:
             self.nc = await asyncio.wait_for(nats.connect(
-                servers=[f"nats://{host}:{port}"], name=self.name, user=self.url.username,
-                password=self.url.password, connect_timeout=5, allow_reconnect=True,
-                max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+                **_server_options(self.url), name=self.name, connect_timeout=5,
+                allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
                 error_cb=self._on_error, disconnected_cb=self._on_disconnect,
                 reconnected_cb=self._on_reconnect), 15)
             self.js = self.nc.jetstream()
             await self._ensure_stream()
         except _failures() as exc:
+            why = self.lost or reason(exc)  # the server's own words (Authorization Violation)
             await self.close()
-            raise _error("connect", self.url, exc) from None
+            raise _error("connect", self.url, why) from None
 
     async def _ensure_stream(self) -> None:
         from nats.js.errors import NotFoundError

@@ -1,7 +1,11 @@
 """``amqp://USER:PASSWORD@HOST:PORT/QUEUE``: RabbitMQ (AMQP 0-9-1) via aio-pika.
 
 The path names a durable queue (declared if missing), not a virtual host: the virtual host
-is ``?vhost=`` (default ``/``). User and password default to ``guest``.
+is ``?vhost=`` (default ``/``). User and password default to ``guest``; the password may
+come from ``?password_env=``/``?password_file=`` instead of the URL. TLS: ``amqps://``
+(default port 5671) with ``?ca=``, and ``?cert=``/``?key=`` when the broker asks for client
+certificates (``ssl_options.fail_if_no_peer_cert``); the broker's certificate and host name
+are always verified.
 
 Source: consumes with manual acknowledgements and a prefetch of four micro-batches (four
 times the ``max_records`` of the first read, or ``?prefetch=N`` messages), so the broker
@@ -35,13 +39,16 @@ from baton.streams.connectors._support import (
     reason,
     stream_error,
 )
+from baton.streams.security import PASSWORD_FROM, TLS_FILES
 
 #: The client library (module, package) and the ``?options`` this connector reads.
 CLIENT: tuple[str, str] | None = ("aio_pika", "aio-pika")
-OPTIONS: dict[str, OptionKind] = {"vhost": "text", "prefetch": "count", "timeout": "number"}
+OPTIONS: dict[str, OptionKind] = {"vhost": "text", "prefetch": "count", "timeout": "number",
+                                   **PASSWORD_FROM, **TLS_FILES}
 
 log = logging.getLogger("baton.streams.amqp")
 DEFAULT_PORT = 5672
+TLS_PORT = 5671
 #: Unacknowledged deliveries the broker may send, in micro-batches: the pipeline keeps a few
 #: batches in flight, and reads the next while the previous ones are scored and written.
 PREFETCH_BATCHES = 4
@@ -80,12 +87,13 @@ class _Connection:
         await self.close()
         if not self.url.name:
             raise _error("open", self.url, "the URL names no queue (amqp://HOST:PORT/QUEUE)")
-        host, port = address(self.url, DEFAULT_PORT)
+        host, port = address(self.url, TLS_PORT if self.url.tls else DEFAULT_PORT)
         try:
             self.connection = await aio_pika.connect(
                 host=host, port=port, login=self.url.username or "guest",
                 password=self.url.password or "guest",
                 virtualhost=self.url.option("vhost", "/"), timeout=10,
+                ssl=self.url.tls, ssl_context=self.url.tls_context,
                 client_properties={"connection_name": self.name})
             self.connection.close_callbacks.add(self._on_close)
             self.channel = await self.connection.channel(publisher_confirms=self.confirms)

@@ -1,4 +1,10 @@
-"""``redis://HOST:PORT/STREAM``: Redis Streams with consumer groups.
+"""``redis://USER:PASSWORD@HOST:PORT/STREAM``: Redis Streams with consumer groups.
+
+Credentials: an ACL user and its password (``redis://USER:PASSWORD@...``), or a password
+alone for ``requirepass`` (``redis://:PASSWORD@...``); the password may come from
+``?password_env=``/``?password_file=`` instead. TLS: ``rediss://`` with ``?ca=``, and
+``?cert=``/``?key=`` when the server asks for client certificates
+(``tls-auth-clients``); the server's certificate and host name are always verified.
 
 Source: ``XREADGROUP`` in group ``?group=`` (default: the binding's), consumer
 ``?consumer=`` (default ``GROUP-1``). On start it first re-reads its own pending entries
@@ -18,12 +24,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from baton.streams.base import Message, OptionKind, OutRecord, StreamError, StreamURL
-from baton.streams.connectors._support import probe
+from baton.streams.connectors._support import explain, probe
+from baton.streams.security import PASSWORD_FROM, TLS_FILES
 
 #: The client library (module, package) and the ``?options`` this connector reads.
 CLIENT: tuple[str, str] | None = ("redis", "redis")
 OPTIONS: dict[str, OptionKind] = {"db": "count", "group": "text", "consumer": "text",
-                                   "start": "text"}
+                                   "start": "text", **PASSWORD_FROM, **TLS_FILES}
 
 
 def _client(url: StreamURL) -> Any:
@@ -33,13 +40,19 @@ def _client(url: StreamURL) -> Any:
 
     # One immediate retry (a connection gone stale while idle); beyond that the pipeline
     # retries with its own backoff, and reports the error meanwhile.
+    tls: dict[str, Any] = {}
+    if url.tls:  # files, not url.tls_context: redis-py builds its own context from them
+        tls = {"ssl": True, "ssl_ca_certs": url.options.get("ca"),
+               "ssl_certfile": url.options.get("cert"), "ssl_keyfile": url.options.get("key"),
+               "ssl_cert_reqs": "required", "ssl_check_hostname": True}
     return redis.Redis(host=url.host or "127.0.0.1", port=url.port or 6379,
-                       password=url.password, db=int(url.option("db", "0")),
-                       socket_connect_timeout=5, retry=Retry(NoBackoff(), 1))
+                       username=url.username, password=url.password,
+                       db=int(url.option("db", "0")), socket_connect_timeout=5,
+                       retry=Retry(NoBackoff(), 1), **tls)
 
 
 def _error(what: str, url: StreamURL, exc: Exception) -> StreamError:
-    return StreamError(f"redis {what} on {url.redacted} failed: {exc}",
+    return StreamError(f"redis {what} on {url.redacted} failed: {explain(str(exc), url)}",
                        details={"url": url.redacted})
 
 
