@@ -266,6 +266,7 @@ class _EngineCollector(Collector):
         yield from _drift_metrics(self._services())
         yield from _stream_metrics(self.engine.streams)
         yield from _prediction_log_metrics(self.engine.predlog)
+        yield _refusal_metrics(self.engine.source)
 
 
 def _drift_metrics(services: list[ModelService]) -> Iterable[Metric]:
@@ -345,6 +346,18 @@ def _prediction_log_metrics(predlog: Any) -> Iterable[Metric]:
             export_failures.add_metric(sink, export.failures)
             export_pending.add_metric(sink, export.pending)
     yield from (written, dropped, exported, export_dropped, export_failures, export_pending)
+
+
+def _refusal_metrics(source: Any) -> Metric:
+    """Versions a registry-following engine refused (``source.refusals``: counts by model
+    and code, each refusal counted once when it appears)."""
+    refused = CounterMetricFamily("baton_registry_refusals", "Registry versions this engine "
+                                  "refused to serve, by model and code (STAGE_NOT_ALLOWED, "
+                                  "NOT_APPROVED, UNSIGNED, BAD_SIGNATURE, DECISION_MISMATCH, "
+                                  "DECISION_REPLAYED, ...).", labels=["model", "code"])
+    for (model, code), n in (getattr(source, "refusals", None) or {}).items():
+        refused.add_metric([model, code], n)
+    return refused
 
 
 def timer() -> Callable[[], float]:

@@ -17,6 +17,15 @@ from baton.env.builder import EnvBuilder
 from baton.errors import BundleError, SettingsError
 from baton.monitor.metrics import EngineMetrics
 from baton.monitor.predlog import open_prediction_log
+from baton.serving.gate import (
+    CANDIDATE,
+    LIVE,
+    ServeGate,
+    check_stage,
+    local_ref,
+    pinned_key,
+    refuse_local,
+)
 from baton.serving.service import Engine, ModelService
 from baton.serving.traffic import Canary, Shadow
 from baton.settings import Settings
@@ -52,31 +61,53 @@ class EngineSpec:
     labels: str | None = None
 
 
-def _candidate(ref: str, settings: Settings, builder: EnvBuilder, client: Any) -> ModelService:
-    """A canary or shadow candidate: a local bundle, or a staging/production registry ref."""
+def _candidate(ref: str, settings: Settings, builder: EnvBuilder, client: Any,
+               gate: ServeGate | None, option: str) -> ModelService:
+    """A canary or shadow candidate: a local bundle, or a version the registry signed."""
+    if gate is not None:
+        if local_ref(ref):
+            raise refuse_local(ref, option)
+        from baton.serving.follow import prepare_from_registry
+
+        return prepare_from_registry(client, ref, settings, gate, CANDIDATE)
     if Path(ref).exists():
         return _local_service(Path(ref), settings, builder)
-    if client is None:
-        raise BundleError(f"no bundle at {ref} (give a path, or --registry to use "
-                          "NAME@VERSION)", code="BUNDLE_NOT_FOUND")
+    raise BundleError(f"no bundle at {ref} (give a path, or --registry to use "
+                      "NAME@VERSION)", code="BUNDLE_NOT_FOUND")
+
+
+def registry_version(url: str | None, ref: str, settings: Settings) -> ModelService:
+    """A version to score in batch (``baton score --registry``): one the registry signed
+    into staging or production and nobody rejected; pulled, verified, not started."""
     from baton.serving.follow import prepare_from_registry
 
-    return prepare_from_registry(client, ref, settings, ("staging", "production"))
+    client, gate = _open_registry(url, "staging", settings)
+    try:
+        return prepare_from_registry(client, ref, settings, gate, CANDIDATE)
+    finally:
+        client.close()
+
+
+def _open_registry(url: str | None, stage: str, settings: Settings) -> tuple[Any, ServeGate]:
+    """A client for the registry and the gate that checks its signed decisions."""
+    from baton.cli.config import open_registry_client, registry_credentials
+
+    gate = ServeGate(pinned_key(registry_credentials(url)[0], settings), stage)
+    return open_registry_client(url, settings), gate
 
 
 def build_engine(opts: EngineSpec, settings: Settings) -> Engine:
+    """The engine ``opts`` describes, not started. With a registry, everything it serves
+    passes the serve-time gate (:mod:`baton.serving.gate`) first."""
+    check_stage(opts.stage)
     builder = EnvBuilder(settings.envs_dir, wheelhouse=settings.wheelhouse,
                          offline=settings.offline)
-    client = None
-    if opts.registry:
-        from baton.cli.config import registry_credentials
-        from baton.registry.client import RegistryClient
-
-        client = RegistryClient(*registry_credentials(opts.registry))
+    client, gate = _open_registry(opts.registry, opts.stage, settings) \
+        if opts.registry else (None, None)
     deployments = [DeploymentSpec(ref) for ref in opts.bundles]
     if opts.deployment is not None:
         deployments += load_deployments(opts.deployment)
-    services = [_deployed(d, settings, builder, client, opts.stage) for d in deployments]
+    services = [_deployed(d, settings, builder, client, gate) for d in deployments]
     predlog = open_prediction_log(settings)
     engine = Engine(services, settings, EngineMetrics() if settings.metrics else None, predlog)
     for d, svc in zip(deployments, services, strict=True):
@@ -84,35 +115,43 @@ def build_engine(opts: EngineSpec, settings: Settings) -> Engine:
             _add_stream(engine, svc, d.stream)
         if d.labels is not None:
             _add_labels(engine, svc, d.labels)
-    if client is not None and not deployments:
+    follower = None
+    if gate is not None:
         from baton.serving.follow import RegistryFollower
 
-        follower = RegistryFollower(engine, client, settings, stage=opts.stage,
-                                    interval=opts.poll)
+        # No BUNDLES: follow the stage. Registry refs given: keep checking just those.
+        follower = RegistryFollower(engine, client, settings, gate, interval=opts.poll,
+                                    follow=not deployments)
         engine.background.append(follower.run)
-        engine.source = follower
-        engine.synced = False
+        if follower.follow:
+            engine.source, engine.synced = follower, False
     if opts.canary:
-        ref, _, percent = opts.canary.rpartition("=")
-        try:
-            weight = float(percent) / 100
-        except ValueError:
-            weight = -1.0
-        if not ref or not 0 <= weight <= 1:
-            raise SettingsError(f"--canary takes REF=PERCENT with PERCENT in 0..100, got "
-                                f"{opts.canary!r}")
-        cand = _candidate(ref, settings, builder, client)
+        ref, weight = _canary_option(opts.canary)
+        cand = _candidate(ref, settings, builder, client, gate, "--canary")
         _check_candidate(engine, cand, "--canary")
         engine.canaries[cand.name] = Canary(cand, weight)
     if opts.shadow:
-        cand = _candidate(opts.shadow, settings, builder, client)
+        cand = _candidate(opts.shadow, settings, builder, client, gate, "--shadow")
         _check_candidate(engine, cand, "--shadow")
         engine.shadows[cand.name] = Shadow(cand)
+    engine.source = follower
     if opts.input or opts.output or (opts.dead_letter and not opts.labels):
         _bind_stream(engine, opts)
     if opts.labels:
         _bind_labels(engine, opts)
     return engine
+
+
+def _canary_option(value: str) -> tuple[str, float]:
+    ref, _, percent = value.rpartition("=")
+    try:
+        weight = float(percent) / 100
+    except ValueError:
+        weight = -1.0
+    if not ref or not 0 <= weight <= 1:
+        raise SettingsError(f"--canary takes REF=PERCENT with PERCENT in 0..100, got "
+                            f"{value!r}", details={"field": "canary", "value": value})
+    return ref, weight
 
 
 def _check_candidate(engine: Engine, cand: ModelService, option: str) -> None:
@@ -123,15 +162,17 @@ def _check_candidate(engine: Engine, cand: ModelService, option: str) -> None:
 
 
 def _deployed(d: DeploymentSpec, settings: Settings, builder: EnvBuilder, client: Any,
-              stage: str) -> ModelService:
+              gate: ServeGate | None) -> ModelService:
     overrides = {k: v for k, v in (("workers", d.workers), ("timeout", d.timeout)) if v}
     own = replace(settings, **overrides) if overrides else settings
-    if Path(d.bundle).exists():
-        return _local_service(Path(d.bundle), own, builder)
-    if client is not None:
+    if gate is not None:
+        if local_ref(d.bundle):
+            raise refuse_local(d.bundle, "bundle")
         from baton.serving.follow import prepare_from_registry
 
-        return prepare_from_registry(client, d.bundle, own, (stage,))
+        return prepare_from_registry(client, d.bundle, own, gate, LIVE)
+    if Path(d.bundle).exists():
+        return _local_service(Path(d.bundle), own, builder)
     raise BundleError(f"no bundle at {d.bundle}", code="BUNDLE_NOT_FOUND")
 
 

@@ -1,16 +1,29 @@
 """Serve a registry stage: load what is promoted, warm it up, switch traffic, drop the old.
 
-The follower polls the registry. When the digest in the stage changes for a model (a
-promotion or a rollback), it pulls the new archive (verified against its digest), extracts
-it (verified again), builds or reuses its environment, starts its workers, scores the
-bundle's samples as a warm-up, and only then swaps it in (see ``Engine.replace``). A
-version that fails any step is never served; the live one keeps serving and the failure
-is visible in ``/v1/models``.
+The follower polls the registry. Every version it could serve passes the serve-time gate
+first (:mod:`baton.serving.gate`): a decision the registry signed, for exactly that digest,
+in a stage the engine's policy allows. When the signed live version of a model changes (a
+promotion or a rollback), the follower pulls the new archive (verified against the signed
+digest), extracts it (verified again), builds or reuses its environment, starts its workers,
+scores the bundle's samples as a warm-up, and only then swaps it in (see
+``Engine.replace``). A version that fails any step is never served; the live one keeps
+serving and the failure is visible in ``/v1/models``.
+
+What the registry's database says is only a hint: a version leaves traffic when a signed
+decision takes it out of the policy, never because a row changed. A row whose decision is
+missing, forged, copied from another version or older than one already followed is
+*refused*: logged, counted (``baton_registry_refusals_total``) and listed in ``/v1/models``
+under ``source.refused``, while the last verified version keeps serving. Canary and shadow
+candidates are checked again at every step and withdrawn as soon as they stop qualifying.
+
+Without following (``follow=False``: the engine serves registry refs it was given), the same
+steps keep checking the versions it serves and never pick up new ones.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from pathlib import Path
@@ -18,17 +31,24 @@ from typing import Any, Protocol
 
 from baton.bundle.loader import open_bundle
 from baton.env.builder import EnvBuilder
-from baton.errors import BatonError
+from baton.errors import BatonError, NotApproved, StageNotAllowed, UntrustedDecision
+from baton.serving.gate import CANDIDATE, LIVE, ServeGate
 from baton.serving.service import Engine, ModelService
 from baton.settings import Settings
+from baton.trust import Decision
 
 log = logging.getLogger("baton.follow")
 
 #: Seconds before a version that failed to load is tried again.
 RETRY_FAILED_AFTER = 60.0
+#: What the gate raises when a version may not be served.
+REFUSALS = (StageNotAllowed, NotApproved, UntrustedDecision)
 
 
 class RegistrySource(Protocol):
+    """What an engine needs from a registry (``baton.registry.client.RegistryClient``).
+    Each version description carries the registry's signed ``decision``."""
+
     def list(self, name: str | None = None, stage: str | None = None) -> list[dict[str, Any]]:
         ...
 
@@ -39,40 +59,52 @@ class RegistrySource(Protocol):
         ...
 
 
-class StageNotAllowed(BatonError):
-    code = "STAGE_NOT_ALLOWED"
-    http_status = 403
-    exit_code = 6
-
-
 def prepare_from_registry(client: RegistrySource, ref: str, settings: Settings,
-                          allowed: tuple[str, ...]) -> ModelService:
-    """Pull ``ref`` if its stage is allowed, verify it, and build its service (not started)."""
-    info = client.show(ref)
-    if info["stage"] not in allowed:
-        raise StageNotAllowed(
-            f"{info['name']}@{info['version']} ({info['digest']}) is {info['stage']}; this "
-            f"engine serves only {' or '.join(allowed)} bundles",
-            details={"stage": info["stage"], "allowed": list(allowed)})
-    archive, digest = client.pull(f"{info['name']}@{info['digest']}",
+                          gate: ServeGate, role: str = LIVE) -> ModelService:
+    """Pull ``ref`` if a signed decision lets ``role`` serve it, verify it, and build its
+    service (not started)."""
+    decision = gate.verify(client.show(ref), role)
+    svc = _service(client, decision, settings)
+    gate.accept(decision, role)
+    return svc
+
+
+def _service(client: RegistrySource, decision: Decision, settings: Settings) -> ModelService:
+    """The service for exactly the signed digest: pulled, verified, environment ready."""
+    archive, digest = client.pull(f"{decision.name}@{decision.digest}",
                                   settings.home / "pulls")
-    bundle = open_bundle(archive, settings.bundles_dir, expected_digest=digest)
+    bundle = open_bundle(archive, settings.bundles_dir, expected_digest=decision.digest)
     builder = EnvBuilder(settings.envs_dir, wheelhouse=settings.wheelhouse,
                          offline=settings.offline)
     return ModelService(bundle, builder.ensure(bundle.manifest.environment), settings)
 
 
+def _is_missing(exc: BatonError) -> bool:
+    return exc.http_status == 404
+
+
 class RegistryFollower:
-    def __init__(self, engine: Engine, client: RegistrySource, settings: Settings, *,
-                 stage: str = "production", interval: float = 2.0) -> None:
+    def __init__(self, engine: Engine, client: RegistrySource, settings: Settings,
+                 gate: ServeGate, *, interval: float = 2.0, follow: bool = True) -> None:
         self.engine = engine
         self.client = client
         self.settings = settings
-        self.stage = stage
+        self.gate = gate
         self.interval = interval
+        self.follow = follow
         self.failed: dict[str, tuple[float, str]] = {}
+        #: Versions refused, by (role, ``name@version``): live rows while the refusal
+        #: holds, and withdrawn canary/shadow candidates for good.
+        self.refused: dict[tuple[str, str], dict[str, Any]] = {}
+        #: Refusals by (model, code), each counted when it first appears.
+        self.refusals: collections.Counter[tuple[str, str]] = collections.Counter()
         self.last_error: str | None = None
         self.syncs = 0
+        self._previous: dict[tuple[str, str], dict[str, Any]] = {}
+
+    @property
+    def stage(self) -> str:
+        return self.gate.stage
 
     async def run(self) -> None:
         while True:
@@ -87,42 +119,161 @@ class RegistryFollower:
             await asyncio.sleep(self.interval)
 
     async def sync(self) -> None:
-        rows = await asyncio.to_thread(self.client.list, None, self.stage)
-        wanted = {row["name"]: row for row in rows}
-        digests = {row["digest"] for row in rows}
+        """One step: follow what is signed into the stage, keep or drop what is served."""
+        self._previous = self.refused
+        self.refused = {k: v for k, v in self.refused.items() if v["role"] != LIVE}
+        rows = await asyncio.to_thread(self.client.list, None, self.stage) \
+            if self.follow else []
+        chosen = self._choose(rows)
+        digests = {d.digest for _, d in chosen.values()}
         self.failed = {d: f for d, f in self.failed.items() if d in digests}
-        for name, info in wanted.items():
-            live = self.engine.models.get(name)
-            if live is not None and live.bundle.digest == info["digest"]:
-                continue
-            failed = self.failed.get(info["digest"])
-            if failed and time.monotonic() - failed[0] < RETRY_FAILED_AFTER:
-                continue
-            await self.load(f"{name}@{info['digest']}")
-        for name in [n for n in self.engine.models if n not in wanted]:
-            log.info("%s left %s: unloading it", name, self.stage)
-            await self.engine.remove(name)
+        for name, (_, decision) in chosen.items():
+            await self._follow(name, decision)
+        for name in [n for n in self.engine.models if n not in chosen]:
+            await self._check_live(name, rows)
+        await self._check_candidates()
 
-    async def load(self, ref: str) -> None:
+    def _choose(self, rows: list[dict[str, Any]]) -> dict[str, tuple[dict[str, Any],
+                                                                     Decision]]:
+        """Per model, the row to serve: its signed decision qualifies; in production the
+        newest such decision (only one can be genuine), in staging the latest version."""
+        chosen: dict[str, tuple[dict[str, Any], Decision]] = {}
+        for info in rows:
+            try:
+                decision = self.gate.verify(info, LIVE)
+            except REFUSALS as exc:
+                self._refuse(info, LIVE, exc)
+                continue
+            best = chosen.get(decision.name)
+            if best is None or self.stage == "staging" or decision.seq > best[1].seq:
+                chosen[decision.name] = (info, decision)
+        return chosen
+
+    async def _follow(self, name: str, decision: Decision) -> None:
+        live = self.engine.models.get(name)
+        if live is not None and live.bundle.digest == decision.digest:
+            self.gate.accept(decision, LIVE)
+            return
+        failed = self.failed.get(decision.digest)
+        if failed and time.monotonic() - failed[0] < RETRY_FAILED_AFTER:
+            return
+        await self.load(decision)
+
+    async def load(self, decision: Decision) -> None:
         started = time.perf_counter()
         svc: ModelService | None = None
         try:
-            svc = await asyncio.to_thread(prepare_from_registry, self.client, ref,
-                                          self.settings, (self.stage,))
+            svc = await asyncio.to_thread(_service, self.client, decision, self.settings)
             await svc.pool.start()
             await svc.warm_up()
         except BatonError as exc:
-            digest = ref.partition("@")[2]
-            self.failed[digest] = (time.monotonic(), exc.message)
-            log.error("not serving %s: %s", ref, exc.message)
+            self.failed[decision.digest] = (time.monotonic(), f"{exc.code}: {exc.message}")
+            log.error("not serving %s (%s): [%s] %s", decision.ref, decision.digest, exc.code,
+                      exc.message)
             if svc is not None:
                 await svc.close(5.0)
             return
+        self.gate.accept(decision, LIVE)
         old = await self.engine.replace(svc)
-        log.info("%s@%s now serves (%s) in %.2fs%s", svc.name, svc.version, svc.bundle.digest,
-                 time.perf_counter() - started,
+        log.info("%s@%s now serves (%s, signed decision #%d) in %.2fs%s", svc.name,
+                 svc.version, svc.bundle.digest, decision.seq, time.perf_counter() - started,
                  f", replacing {old.version}" if old is not None else "")
 
+    async def _check_live(self, name: str, rows: list[dict[str, Any]]) -> None:
+        """A served model with no qualifying row: unload it only if its own signed decision
+        takes it out of the policy; anything else is an unsigned change, refused."""
+        live = self.engine.models[name]
+        digest = live.bundle.digest
+        info = next((r for r in rows if r.get("name") == name and r.get("digest") == digest),
+                    None)
+        try:
+            if info is None:
+                info = await asyncio.to_thread(self.client.show, f"{name}@{digest}")
+            decision = self.gate.signed(info, LIVE)
+            self.gate.check(decision, LIVE, digest)
+        except (StageNotAllowed, NotApproved) as exc:
+            await self._leave(name, decision, exc)  # signed and current: the registry's word
+            return
+        except UntrustedDecision as exc:
+            self._refuse(info or {"name": name, "version": live.version}, LIVE, exc)
+            return
+        except BatonError as exc:
+            if not _is_missing(exc):
+                raise
+            self._refuse({"name": name, "version": live.version, "digest": digest}, LIVE, exc,
+                         f"{name}@{live.version} is gone from the registry without a signed "
+                         "decision: still serving it")
+            return
+        if self.follow:
+            self._refuse(info, LIVE, UntrustedDecision(
+                f"the registry's database lists {name}@{live.version} as "
+                f"{info.get('stage')}, but its latest signed decision (#{decision.seq}) puts "
+                f"it in {decision.stage}: still serving it", code="DECISION_MISMATCH"))
+        else:
+            self.gate.accept(decision, LIVE)
+
+    async def _leave(self, name: str, decision: Decision, exc: BatonError) -> None:
+        self.gate.accept(decision, LIVE)
+        log.info("%s leaves traffic by signed decision #%d: %s", decision.ref, decision.seq,
+                 exc.message)
+        await self.engine.remove(name)
+
+    async def _check_candidates(self) -> None:
+        for role, table in (("canary", self.engine.canaries), ("shadow", self.engine.shadows)):
+            for name, traffic in list(table.items()):
+                cand = traffic.candidate
+                info: dict[str, Any] = {"name": name, "version": cand.version,
+                                        "digest": cand.bundle.digest}
+                try:
+                    info = await asyncio.to_thread(self.client.show,
+                                                   f"{name}@{cand.bundle.digest}")
+                    decision = self.gate.verify(info, CANDIDATE, cand.bundle.digest)
+                except REFUSALS as exc:
+                    await self._withdraw(role, name, info, exc)
+                    continue
+                except BatonError as exc:
+                    if not _is_missing(exc):
+                        raise
+                    await self._withdraw(role, name, info, exc)
+                    continue
+                self.gate.accept(decision, CANDIDATE)
+
+    async def _withdraw(self, role: str, name: str, info: dict[str, Any],
+                        exc: BatonError) -> None:
+        """Take a canary or shadow candidate out of traffic for good."""
+        live = self.engine.models.get(name)
+        if role == "canary":
+            cand = self.engine.canaries.pop(name).candidate
+            cand.successor = live  # a request already routed to it is answered by live
+        else:
+            shadow = self.engine.shadows.pop(name)
+            if live is not None and live.shadow is shadow:
+                live.shadow = None
+            await shadow.drain()
+            cand = shadow.candidate
+        self._refuse(info, role, exc, f"{exc.message}; {role} withdrawn")
+        await cand.close(self.settings.drain_timeout)
+
+    def _refuse(self, info: dict[str, Any], role: str, exc: BatonError,
+                reason: str | None = None) -> None:
+        """Record a refusal; log and count it when it is new."""
+        name, version = str(info.get("name", "")), str(info.get("version", ""))
+        ref = f"{name}@{version}"
+        entry = {"ref": ref, "digest": info.get("digest"), "role": role, "code": exc.code,
+                 "reason": reason or exc.message}
+        before = self._previous.get((role, ref))
+        self.refused[(role, ref)] = entry
+        if before is not None and (before["code"], before["reason"]) == (entry["code"],
+                                                                         entry["reason"]):
+            entry["since"] = before["since"]
+            return
+        entry["since"] = time.time()
+        self.refusals[(name, exc.code)] += 1
+        level = logging.ERROR if isinstance(exc, UntrustedDecision) else logging.WARNING
+        log.log(level, "refused %s (%s) [%s]: %s", ref, role, exc.code, entry["reason"])
+
     def describe(self) -> dict[str, Any]:
-        return {"stage": self.stage, "syncs": self.syncs, "last_error": self.last_error,
-                "failed": {d: reason for d, (_, reason) in self.failed.items()}}
+        return {"stage": self.stage, "follow": self.follow, "key": self.gate.key.text,
+                "syncs": self.syncs, "last_error": self.last_error,
+                "failed": {d: reason for d, (_, reason) in self.failed.items()},
+                "refused": list(self.refused.values())}
