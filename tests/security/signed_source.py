@@ -49,7 +49,8 @@ class SignedSource:
         row = self._row(ref)
         if stage == "production":
             for other in self.rows:
-                if other["name"] == row["name"] and other["stage"] == "production":
+                if other is not row and other["name"] == row["name"] \
+                        and other["stage"] == "production":
                     other["stage"] = "archived"
                     self._sign(other, "archive")
         if stage is not None:

@@ -1,0 +1,259 @@
+"""A registry-following engine follows signed decisions, not the registry's database.
+
+Real engines with real workers follow :class:`SignedSource` (the registry protocol, signing
+with a key made in the test) step by step (``RegistryFollower.sync``): database edits,
+forged, copied and replayed decisions are refused, shown and counted while the last verified
+version keeps answering; the registry's own signed decisions are followed; canary and shadow
+candidates that stop qualifying leave traffic at the next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from baton.monitor.metrics import EngineMetrics
+from baton.serving.follow import RegistryFollower, prepare_from_registry
+from baton.serving.gate import CANDIDATE, LIVE, ServeGate
+from baton.serving.service import Engine
+from baton.serving.traffic import Canary, Shadow
+from baton.settings import Settings
+from baton.trust import Decision, SigningKey, sign_decision
+from tests.security.signed_source import SignedSource, new_key
+from tests.serving.test_registry_serving import scorer
+
+pytestmark = pytest.mark.slow
+
+Scenario = Callable[[Engine, RegistryFollower, SignedSource], Awaitable[None]]
+
+
+@pytest.fixture
+def key(tmp_path: Path) -> SigningKey:
+    return new_key(tmp_path)
+
+
+@pytest.fixture
+def settings(baton_home: Path) -> Settings:
+    # The session's home: environments are built once for every test.
+    return Settings(home=baton_home, drain_timeout=5.0, prediction_log_sample=0.0)
+
+
+@pytest.fixture
+def source(key: SigningKey, tmp_path: Path) -> SignedSource:
+    """scorer 1.0.0 (answers 2x) released to production; 2.0.0 (3x) and 3.0.0 (5x) pushed."""
+    src = SignedSource(key)
+    for version, factor in (("1.0.0", 2.0), ("2.0.0", 3.0), ("3.0.0", 5.0)):
+        src.push("scorer", version, scorer(tmp_path, version, factor))
+    src.release("scorer@1.0.0")
+    return src
+
+
+def follow(settings: Settings, source: SignedSource, key: SigningKey, scenario: Scenario, *,
+           stage: str = "production", follow: bool = True) -> None:
+    async def run() -> None:
+        engine = Engine([], settings, EngineMetrics())
+        engine.source = RegistryFollower(engine, source, settings, ServeGate(key, stage),
+                                         interval=0.1, follow=follow)
+        assert engine.metrics is not None
+        engine.metrics.watch(engine)
+        try:
+            await scenario(engine, engine.source, source)
+        finally:
+            await engine.close()
+
+    asyncio.run(run())
+
+
+async def answer(engine: Engine) -> str:
+    """The version that answers an unversioned request."""
+    body = await engine.get("scorer").predict_records(json.dumps([{"x": 1.0}]).encode())
+    return str(json.loads(body)["predictions"][0]["v"])
+
+
+def refused(follower: RegistryFollower) -> set[tuple[str, str, str]]:
+    return {(e["ref"], e["role"], e["code"]) for e in follower.describe()["refused"]}
+
+
+def counted(engine: Engine, code: str) -> float:
+    assert engine.metrics is not None
+    line = f'baton_registry_refusals_total{{code="{code}",model="scorer"}} '
+    for row in engine.metrics.render().decode().splitlines():
+        if row.startswith(line):
+            return float(row[len(line):])
+    return 0.0
+
+
+def forged(key: SigningKey, row: dict[str, Any], **state: Any) -> dict[str, str]:
+    """A decision for ``row`` in the registry's format, signed by ``key``."""
+    decision = Decision(name=row["name"], version=row["version"], digest=row["digest"],
+                        **{"stage": "production", "approvals": ("abe",), "seq": 10**6,
+                           **state})
+    return sign_decision(key, decision)
+
+
+def test_database_edits_are_refused_and_the_verified_version_keeps_answering(
+        settings: Settings, source: SignedSource, key: SigningKey, tmp_path: Path) -> None:
+    source.act("scorer@2.0.0", "validate", stage="validated")
+    source.act("scorer@2.0.0", "promote", stage="staging")  # never approved
+
+    async def scenario(engine: Engine, follower: RegistryFollower, src: SignedSource) -> None:
+        await follower.sync()
+        assert await answer(engine) == "1.0.0"
+        v1 = engine.models["scorer"]
+        # An attacker with database rights: 2.0.0 into production, 1.0.0 out, no signature.
+        src.edit("scorer@2.0.0", stage="production")
+        src.edit("scorer@1.0.0", stage="archived")
+        await follower.sync()
+        assert await answer(engine) == "1.0.0" and engine.models["scorer"] is v1
+        assert refused(follower) == {("scorer@2.0.0", LIVE, "STAGE_NOT_ALLOWED"),
+                                     ("scorer@1.0.0", LIVE, "DECISION_MISMATCH")}
+        # Then a decision for 2.0.0 signed with the attacker's own key, 1.0.0's decision
+        # copied onto 2.0.0, and no decision at all.
+        attacker = new_key(tmp_path, "attacker.key")
+        v2 = src.show("scorer@2.0.0")
+        for decision, code in ((forged(attacker, v2), "BAD_SIGNATURE"),
+                               (src.show("scorer@1.0.0")["decision"], "DECISION_MISMATCH"),
+                               (None, "UNSIGNED")):
+            src.edit("scorer@2.0.0", decision=decision)
+            await follower.sync()
+            assert await answer(engine) == "1.0.0" and engine.models["scorer"] is v1
+            assert ("scorer@2.0.0", LIVE, code) in refused(follower)
+        # Each refusal is counted once, when it appears, not at every step.
+        await follower.sync()
+        assert [counted(engine, c) for c in ("STAGE_NOT_ALLOWED", "DECISION_MISMATCH",
+                                             "BAD_SIGNATURE", "UNSIGNED")] == [1, 2, 1, 1]
+        # The registry's own decisions are followed: approved, promoted, signed.
+        src.edit("scorer@2.0.0", stage="staging", decision=src.signed["scorer@2.0.0"][-1])
+        src.edit("scorer@1.0.0", stage="production")
+        src.act("scorer@2.0.0", "approve", approve="abe")
+        src.act("scorer@2.0.0", "promote", stage="production")
+        await follower.sync()
+        assert await answer(engine) == "2.0.0"
+        assert refused(follower) == set()  # a live row's refusal lasts while it holds
+
+    follow(settings, source, key.public, scenario)
+
+
+def test_a_replayed_decision_is_refused_and_a_real_rollback_followed(
+        settings: Settings, source: SignedSource, key: SigningKey) -> None:
+    v1_in_production = source.signed["scorer@1.0.0"][-1]
+    source.release("scorer@2.0.0")  # 1.0.0 archived by a signed decision
+
+    async def scenario(engine: Engine, follower: RegistryFollower, src: SignedSource) -> None:
+        await follower.sync()
+        assert await answer(engine) == "2.0.0"
+        # 1.0.0's genuine, older production decision put back with its stage.
+        src.edit("scorer@1.0.0", stage="production", decision=v1_in_production)
+        src.edit("scorer@2.0.0", stage="archived")
+        await follower.sync()
+        assert await answer(engine) == "2.0.0"
+        assert refused(follower) == {("scorer@1.0.0", LIVE, "DECISION_REPLAYED"),
+                                     ("scorer@2.0.0", LIVE, "DECISION_MISMATCH")}
+        assert counted(engine, "DECISION_REPLAYED") == 1
+        # The registry rolls back for real: a new signed decision.
+        src.edit("scorer@1.0.0", stage="archived", decision=src.signed["scorer@1.0.0"][-1])
+        src.edit("scorer@2.0.0", stage="production")
+        src.act("scorer@1.0.0", "rollback", stage="production")
+        await follower.sync()
+        assert await answer(engine) == "1.0.0" and refused(follower) == set()
+
+    follow(settings, source, key.public, scenario)
+
+
+def test_another_key_pinned_nothing_served(settings: Settings, source: SignedSource,
+                                           tmp_path: Path) -> None:
+    async def scenario(engine: Engine, follower: RegistryFollower, src: SignedSource) -> None:
+        await follower.sync()
+        assert engine.models == {}
+        assert refused(follower) == {("scorer@1.0.0", LIVE, "BAD_SIGNATURE")}
+        [entry] = follower.describe()["refused"]
+        assert "not signed by the pinned registry key" in entry["reason"]
+
+    follow(settings, source, new_key(tmp_path, "other.key").public, scenario)
+
+
+def test_candidates_that_stop_qualifying_leave_traffic_at_the_next_step(
+        settings: Settings, source: SignedSource, key: SigningKey) -> None:
+    for version in ("2.0.0", "3.0.0"):
+        source.act(f"scorer@{version}", "validate", stage="validated")
+        source.act(f"scorer@{version}", "promote", stage="staging")
+        source.act(f"scorer@{version}", "approve", approve="abe")
+
+    async def scenario(engine: Engine, follower: RegistryFollower, src: SignedSource) -> None:
+        canary = prepare_from_registry(src, "scorer@2.0.0", settings, follower.gate, CANDIDATE)
+        shadow = prepare_from_registry(src, "scorer@3.0.0", settings, follower.gate, CANDIDATE)
+        engine.canaries["scorer"] = Canary(canary, 1.0)
+        engine.shadows["scorer"] = Shadow(shadow)
+        await asyncio.gather(canary.pool.start(), shadow.pool.start())
+        await follower.sync()
+        live = engine.models["scorer"]
+        assert await answer(engine) == "2.0.0" and live.shadow is engine.shadows["scorer"]
+        await follower.sync()  # still qualifying: nothing changes
+        assert await answer(engine) == "2.0.0" and refused(follower) == set()
+        # 2.0.0 rejected by the registry (signed); 3.0.0's decision removed from the database.
+        src.act("scorer@2.0.0", "reject", reject="rita")
+        src.edit("scorer@3.0.0", decision=None)
+        await follower.sync()
+        assert engine.canaries == {} and engine.shadows == {} and live.shadow is None
+        assert await answer(engine) == "1.0.0"
+        assert canary.pool.closing and shadow.pool.closing
+        assert refused(follower) == {("scorer@2.0.0", "canary", "NOT_APPROVED"),
+                                     ("scorer@3.0.0", "shadow", "UNSIGNED")}
+        await follower.sync()  # withdrawn for good, and still shown
+        assert len(refused(follower)) == 2 and counted(engine, "NOT_APPROVED") == 1
+
+    follow(settings, source, key.public, scenario)
+
+
+def test_a_signed_departure_is_followed(settings: Settings, source: SignedSource,
+                                        key: SigningKey) -> None:
+    async def scenario(engine: Engine, follower: RegistryFollower, src: SignedSource) -> None:
+        await follower.sync()
+        assert await answer(engine) == "1.0.0"
+        src.act("scorer@1.0.0", "archive", stage="archived")
+        await follower.sync()
+        assert engine.models == {} and refused(follower) == set()
+
+    follow(settings, source, key.public, scenario)
+
+
+def test_registry_refs_given_are_kept_checked(settings: Settings, source: SignedSource,
+                                              key: SigningKey) -> None:
+    """``baton serve NAME@VERSION --registry``: the version given, while it qualifies."""
+    async def scenario(engine: Engine, follower: RegistryFollower, src: SignedSource) -> None:
+        svc = prepare_from_registry(src, "scorer@1.0.0", settings, follower.gate, LIVE)
+        await svc.pool.start()
+        await engine.replace(svc)
+        src.edit("scorer@1.0.0", stage="archived")  # the database only: not a decision
+        await follower.sync()
+        assert await answer(engine) == "1.0.0" and refused(follower) == set()
+        src.edit("scorer@1.0.0", stage="production", decision=forged(key, src.show(
+            "scorer@1.0.0"), seq=1))
+        await follower.sync()
+        assert refused(follower) == {("scorer@1.0.0", LIVE, "DECISION_REPLAYED")}
+        src.edit("scorer@1.0.0", decision=src.signed["scorer@1.0.0"][-1])
+        src.act("scorer@1.0.0", "reject", reject="rita")
+        await follower.sync()
+        assert engine.models == {}
+
+    follow(settings, source, key.public, scenario, follow=False)
+
+
+def test_a_staging_engine_serves_unapproved_staging_but_nothing_rejected(
+        settings: Settings, source: SignedSource, key: SigningKey) -> None:
+    for version in ("2.0.0", "3.0.0"):
+        source.act(f"scorer@{version}", "validate", stage="validated")
+        source.act(f"scorer@{version}", "promote", stage="staging")
+    source.act("scorer@3.0.0", "reject", reject="rita")
+
+    async def scenario(engine: Engine, follower: RegistryFollower, src: SignedSource) -> None:
+        await follower.sync()
+        assert await answer(engine) == "2.0.0"
+        assert refused(follower) == {("scorer@3.0.0", LIVE, "NOT_APPROVED")}
+
+    follow(settings, source, key.public, scenario, stage="staging")
