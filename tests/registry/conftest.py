@@ -23,9 +23,11 @@ import uvicorn
 from baton.bundle.archive import BuiltArchive, build_archive, bundle_digest
 from baton.bundle.scaffold import scaffold
 from baton.registry.app import create_app, subprocess_check_runner
+from baton.registry.audit import checkpoint_path
 from baton.registry.blobs import BlobStore
 from baton.registry.db import Database
 from baton.registry.service import Actor, Registry
+from baton.trust import SigningKey, generate_signing_key
 
 BACKENDS = ["sqlite", "postgresql"]
 PG_ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=5"
@@ -77,6 +79,22 @@ def database_url(request: pytest.FixtureRequest,
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture(scope="module")
+def key_file(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The signing key of this module's database (its audit chain has one signer); the
+    signed audit head checkpoint lives next to it."""
+    path = tmp_path_factory.mktemp("registry-key") / "signing.key"
+    generate_signing_key(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def signing_key(key_file: Path) -> SigningKey:
+    from baton.trust import load_signing_key
+
+    return load_signing_key(key_file)
+
+
 @pytest.fixture
 def backend(database_url: str) -> str:
     return "sqlite" if database_url.startswith("sqlite") else "postgresql"
@@ -123,13 +141,16 @@ MakeRegistry = Callable[..., Registry]
 
 
 @pytest.fixture
-def make_registry(open_database: Callable[[], Database], tmp_path: Path) -> MakeRegistry:
-    """Factory: a Registry on this module's database and a blob folder of this test."""
+def make_registry(open_database: Callable[[], Database], tmp_path: Path,
+                  signing_key: SigningKey, key_file: Path) -> MakeRegistry:
+    """Factory: a Registry on this module's database (signing with its key) and a blob
+    folder of this test."""
 
     def make(*, approvals: int = 1, check: Any = None) -> Registry:
-        return Registry(open_database(), BlobStore(tmp_path / "blobs"),
+        return Registry(open_database(), BlobStore(tmp_path / "blobs"), signing_key,
                         approvals_required=approvals,
-                        check_runner=check if check is not None else StubCheck())
+                        check_runner=check if check is not None else StubCheck(),
+                        head_file=checkpoint_path(key_file))
 
     return make
 

@@ -65,12 +65,16 @@ def test_requests_without_a_valid_token_are_unauthorized(
         for method, path, body in (("GET", "/whoami", None), ("GET", "/bundles", None),
                                    ("POST", "/bundles", archive), ("GET", "/audit", None)):
             resp = anonymous.request(method, path, headers=headers, content=body)
-            err = assert_error(resp, 401, "UNAUTHORIZED")
+            err = assert_error(resp, 401, "TOKEN_EXPIRED" if case == "expired"
+                               else "UNAUTHORIZED")
             if case == "expired":
                 assert "expired" in err["error"]
     assert registry.count_events() == events
-    assert server.client(token).get("/whoami").json() == {"name": name,
-                                                          "role": "data-scientist"}
+    me = server.client(token).get("/whoami").json()
+    assert me == {"name": name, "role": "data-scientist",
+                  "scopes": ["feedback", "infer", "read"],
+                  "token": {"id": me["token"]["id"], "label": "tests", "service": False,
+                            "expires_at": me["token"]["expires_at"]}}
 
 
 def test_tokens_are_stored_only_as_sha256(registry: Registry,
@@ -157,7 +161,7 @@ def test_the_audit_log_exports_as_json_lines(registry: Registry,
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
     for e in events:
         assert set(e) == {"id", "time", "actor", "action", "name", "version", "digest",
-                          "from", "to", "reason", "details"}
+                          "from", "to", "reason", "details", "prev_hash", "hash", "signature"}
         assert dt.datetime.fromisoformat(e["time"]).tzinfo is not None
     push = events[-1]
     assert (push["action"], push["actor"], push["name"], push["to"]) == (
@@ -182,6 +186,7 @@ class Scene:
 #: action -> (the permission it needs, None: any role; the request; the status it gives)
 ACTIONS: dict[str, tuple[str | None, Callable[[httpx.Client, Scene, str], httpx.Response],
                          int]] = {
+    "whoami": (None, lambda c, s, me: c.get("/whoami"), 200),
     "list": ("read", lambda c, s, me: c.get("/bundles", params={"name": s.name}), 200),
     "show": ("read", lambda c, s, me: c.get(s.path("1")), 200),
     "pull archive": ("read", lambda c, s, me: c.get(s.path("1", "/archive")), 200),
@@ -205,7 +210,7 @@ ACTIONS: dict[str, tuple[str | None, Callable[[httpx.Client, Scene, str], httpx.
     "create token for another user": (
         "admin", lambda c, s, me: c.post(f"/users/{s.other_user}/tokens", json={}), 201),
     "create token for oneself": (
-        None, lambda c, s, me: c.post(f"/users/{me}/tokens", json={}), 201),
+        "tokens", lambda c, s, me: c.post(f"/users/{me}/tokens", json={}), 201),
     "audit export": ("read", lambda c, s, me: c.get("/audit", params={"format": "jsonl"}),
                      200),
 }
@@ -260,7 +265,7 @@ def test_role_matrix(role: str, registry: Registry, api: tuple[ApiServer, httpx.
                  for v in "45"}
     assert decisions == ({"4": ["approve"], "5": ["reject"]} if "approve" in may
                          else {"4": [], "5": []})
-    # Every role reads; only admins manage users: the matrix of this role, at a glance.
+    # Every role but client reads; only admins manage users: this role's matrix at a glance.
     assert [a for a, s in outcome.items() if s == 403] == [
         a for a, (p, _, _) in ACTIONS.items() if p is not None and role not in PERMISSIONS[p]]
 

@@ -83,10 +83,11 @@ def test_validation_runs_the_check_on_the_stored_content(
 
 
 def test_without_a_check_runner_nothing_is_validated(
-        open_database: Any, tmp_path: Any, make_archive: MakeArchive) -> None:
+        open_database: Any, tmp_path: Any, make_archive: MakeArchive, signing_key: Any) -> None:
     from baton.registry.blobs import BlobStore
 
-    reg, name = Registry(open_database(), BlobStore(tmp_path / "b")), unique("nocheck")
+    reg = Registry(open_database(), BlobStore(tmp_path / "b"), signing_key)
+    name = unique("nocheck")
     reg.push(actor("data-scientist"), make_archive(name).path)
     err = error_of(reg.validate, actor("operator"), name)
     assert (err.code, err.http_status) == ("CHECK_UNAVAILABLE", 503)
@@ -101,6 +102,8 @@ def test_without_a_check_runner_nothing_is_validated(
     ("validated", "production", "would skip staging"),
     ("staging", "draft", "cannot go from staging to draft"),
     ("archived", "staging", "cannot go from archived to staging"),
+    # validated -> archived -> production is not a rollback: it was never in production.
+    ("archived", "production", "archived and was never in production"),
 ])
 def test_a_promotion_that_skips_or_reverses_a_stage_is_refused(
         registry: Registry, make_archive: MakeArchive, start: str, to: str,
@@ -110,6 +113,7 @@ def test_a_promotion_that_skips_or_reverses_a_stage_is_refused(
     registry.push(actor("data-scientist"), make_archive(name).path)
     if start != "draft":
         registry.validate(op, ref)
+        approve(registry, ref)  # approvals are not what refuses it
     if start in ("staging", "archived"):
         registry.promote(op, ref, start)
     events = registry.count_events()
@@ -258,4 +262,8 @@ def test_every_action_appends_one_event_with_who_when_what_and_why(
         if event["name"] is not None:
             assert (event["name"], event["version"]) == (name, "0.1.0")
     details = [e["details"] for e in registry.history(actor("viewer"))[-2:]]
-    assert details == [{"user": user, "role": "viewer"}, {"user": user, "days": 1}]
+    token_id = details[1].pop("token_id")
+    assert isinstance(token_id, int)
+    assert details == [{"user": user, "role": "viewer"},
+                       {"user": user, "days": 1, "scopes": ["read"], "service": False,
+                        "label": ""}]

@@ -1,4 +1,5 @@
-"""Registry verbs of the ``baton`` command: login, push, pull, list, show, promote, approve."""
+"""Registry verbs of the ``baton`` command: login, push, pull, list, show, promote, approve,
+users and tokens, and ``baton registry`` to run one."""
 
 from __future__ import annotations
 
@@ -16,10 +17,12 @@ registry_option = click.option("--registry", "registry_url", envvar="BATON_REGIS
 
 
 def _client(url: str | None) -> Any:
-    from baton.cli.config import registry_credentials
-    from baton.registry.client import RegistryClient
+    """A client with the saved login and the TLS settings (BATON_REGISTRY_CA,
+    BATON_REGISTRY_CLIENT_CERT/_KEY) applied to every registry command."""
+    from baton.cli.config import open_registry_client
+    from baton.settings import Settings
 
-    return RegistryClient(*registry_credentials(url))
+    return open_registry_client(url, Settings.from_env())
 
 
 def _print(data: Any, as_json: bool, fmt: Any) -> None:
@@ -33,15 +36,34 @@ def _line(b: dict[str, Any]) -> str:
 @main.command()
 @click.argument("url")
 @click.option("--token", required=True, envvar="BATON_TOKEN", help="Your API token.")
+@click.option("--registry-key", "expected_key", default="",
+              help="The registry public key you were given (ed25519:BASE64 or a file): "
+                   "refuse to log in if the registry shows another.")
 @errors_to_exit
-def login(url: str, token: str) -> None:
-    """Check TOKEN against the registry at URL and save both for later commands."""
+def login(url: str, token: str, expected_key: str) -> None:
+    """Check TOKEN against the registry at URL, fetch its public key, save all three."""
     from baton.cli.config import save_login
+    from baton.errors import UntrustedDecision
     from baton.registry.client import RegistryClient
+    from baton.settings import Settings
+    from baton.trust import parse_public_key
 
-    me = RegistryClient(url, token).whoami()
-    path = save_login(url, token)
-    click.echo(f"logged in to {url} as {me['name']} ({me['role']}); saved to {path}")
+    s = Settings.from_env()
+    cert = (s.registry_client_cert, s.registry_client_key) if s.registry_client_cert else None
+    client = RegistryClient(url, token, ca=s.registry_ca, cert=cert)
+    me = client.whoami()
+    key = client.public_key()
+    if expected_key and parse_public_key(expected_key) != key:
+        raise UntrustedDecision(
+            f"the registry at {url} signs with key {key.key_id}, not the "
+            f"{parse_public_key(expected_key).key_id} you gave with --registry-key: nothing "
+            "was saved", code="REGISTRY_KEY_MISMATCH",
+            details={"expected": parse_public_key(expected_key).key_id, "shown": key.key_id})
+    path = save_login(url, token, key.text)
+    kind = " (service token)" if (me.get("token") or {}).get("service") else ""
+    click.echo(f"logged in to {url} as {me['name']} ({me['role']}){kind}; saved to {path}\n"
+               f"registry key {key.key_id}: {key.text} (pin it on engines with "
+               "--registry-key)")
 
 
 @main.command()
@@ -178,24 +200,14 @@ def users() -> None:
 
 @users.command("create")
 @click.argument("name")
-@click.option("--role", required=True,
-              type=click.Choice(["viewer", "data-scientist", "operator", "approver", "admin"]))
+@click.option("--role", required=True, type=click.Choice(
+    ["client", "viewer", "data-scientist", "operator", "approver", "admin"]))
 @registry_option
 @errors_to_exit
 def users_create(name: str, role: str, registry_url: str | None) -> None:
-    """Create user NAME with ROLE."""
+    """Create user NAME with ROLE (names are unique whatever their case)."""
     _client(registry_url).create_user(name, role)
     click.echo(f"created {name} ({role})")
-
-
-@users.command("token")
-@click.argument("name")
-@click.option("--days", type=float, default=90, show_default=True, help="Validity in days.")
-@registry_option
-@errors_to_exit
-def users_token(name: str, days: float, registry_url: str | None) -> None:
-    """Issue a new API token for NAME (printed once)."""
-    click.echo(_client(registry_url).create_token(name, days))
 
 
 @main.group()
@@ -203,55 +215,127 @@ def registry() -> None:
     """Run the registry service."""
 
 
-def _open_registry(db: str | None, storage: Path | None, approvals: int | None) -> Any:
+def _open_registry(db: str | None, storage: Path | None, approvals: int | None,
+                   **settings: Any) -> Any:
     from baton.registry.app import subprocess_check_runner
+    from baton.registry.audit import checkpoint_path
     from baton.registry.blobs import BlobStore
     from baton.registry.db import Database
     from baton.registry.service import Registry
     from baton.settings import Settings
 
-    s = Settings.from_env(registry_db=db, registry_storage=storage, approvals=approvals)
+    s = Settings.from_env(registry_db=db, registry_storage=storage, approvals=approvals,
+                          **settings)
+    key = _signing_key(s.registry_signing_key)
     database = Database(s.registry_url)
     database.migrate()
-    return Registry(database, BlobStore(s.registry_blobs), approvals_required=s.approvals,
-                    check_runner=subprocess_check_runner(s.home)), s
+    return Registry(database, BlobStore(s.registry_blobs), key, approvals_required=s.approvals,
+                    check_runner=subprocess_check_runner(s.home),
+                    token_max_days=s.token_max_days,
+                    head_file=checkpoint_path(s.registry_signing_key)), s
+
+
+def _signing_key(path: Path) -> Any:
+    """The registry's signing key, created (and announced) on first start."""
+    from baton.trust import load_or_create_signing_key
+
+    key, created = load_or_create_signing_key(path)
+    if created:
+        click.echo(f"created the registry's signing key {path}: public key "
+                   f"{key.public.text} (key id {key.public.key_id}); engines pin it with "
+                   "--registry-key", err=True)
+    return key
 
 
 db_option = click.option("--db", help="Database URL (default: SQLite in the Baton home; "
                          "production: postgresql+psycopg://...).")
 storage_option = click.option("--storage", type=click.Path(path_type=Path),
                               help="Content folder (default: in the Baton home).")
+key_file_option = click.option(
+    "--key-file", type=click.Path(dir_okay=False, path_type=Path),
+    help="The registry's signing key (default: $BATON_HOME/registry/signing.key; created on "
+         "first start). Keep it out of the database's reach.")
 
 
 @registry.command("serve")
 @db_option
 @storage_option
+@key_file_option
 @click.option("--approvals", type=int, help="Approvals production needs (default 1).")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8700, show_default=True)
+@click.option("--token-max-days", type=float,
+              help="Longest token a user may ask for, in days (default 90); admins' "
+                   "service tokens excepted.")
+@click.option("--tls-cert", type=click.Path(dir_okay=False, path_type=Path),
+              help="Serve HTTPS with this certificate (PEM; with --tls-key).")
+@click.option("--tls-key", type=click.Path(dir_okay=False, path_type=Path),
+              help="The private key of --tls-cert (PEM).")
+@click.option("--tls-client-ca", type=click.Path(dir_okay=False, path_type=Path),
+              help="Require client certificates signed by this authority (PEM).")
 @errors_to_exit
-def registry_serve(db: str | None, storage: Path | None, approvals: int | None, host: str,
-                   port: int) -> None:
+def registry_serve(db: str | None, storage: Path | None, key_file: Path | None,
+                   approvals: int | None, host: str, port: int, token_max_days: float | None,
+                   tls_cert: Path | None, tls_key: Path | None,
+                   tls_client_ca: Path | None) -> None:
     """Serve the registry API (migrating the database first)."""
     import uvicorn
 
     from baton.registry.app import create_app
 
-    reg, s = _open_registry(db, storage, approvals)
-    click.echo(f"Baton registry at http://{host}:{port} (db {s.registry_url.split('@')[-1]}, "
-               f"content {s.registry_blobs}, {s.approvals} approval(s) for production)",
+    reg, s = _open_registry(db, storage, approvals, token_max_days=token_max_days,
+                            tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca,
+                            registry_key_file=key_file)
+    tls = _uvicorn_tls(s)
+    scheme = "https" if tls else "http"
+    clients = ", client certificates required" if s.tls_client_ca else ""
+    click.echo(f"Baton registry at {scheme}://{host}:{port} (db "
+               f"{s.registry_url.split('@')[-1]}, content {s.registry_blobs}, {s.approvals} "
+               f"approval(s) for production, tokens up to {s.token_max_days:g} days{clients})",
                err=True)
     uvicorn.run(create_app(reg), host=host, port=port, log_level="warning",
-                access_log=False)
+                access_log=False, **tls)
+
+
+def _uvicorn_tls(s: Any) -> dict[str, Any]:
+    """uvicorn's ssl options, after loading them once here so that a wrong file is a clear
+    INVALID_SETTING instead of a traceback from inside uvicorn."""
+    import ssl
+    from functools import partial
+
+    from baton.errors import SettingsError
+
+    if s.tls_cert is None:
+        return {}
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    loads = [("tls_cert", partial(context.load_cert_chain, s.tls_cert, s.tls_key))]
+    if s.tls_client_ca:
+        loads.append(("tls_client_ca", partial(context.load_verify_locations, s.tls_client_ca)))
+    for field, load in loads:
+        try:
+            load()
+        except (OSError, ssl.SSLError) as exc:
+            raise SettingsError(f"cannot use {field} ({exc}): give PEM files this process "
+                                "can read", details={"field": field}) from None
+    out: dict[str, Any] = {"ssl_certfile": str(s.tls_cert), "ssl_keyfile": str(s.tls_key)}
+    if s.tls_client_ca:
+        out.update(ssl_ca_certs=str(s.tls_client_ca), ssl_cert_reqs=ssl.CERT_REQUIRED)
+    return out
 
 
 @registry.command("bootstrap-admin")
 @click.argument("name")
 @db_option
 @storage_option
-@click.option("--days", type=float, default=90, show_default=True)
+@key_file_option
+@click.option("--days", type=float,
+              help="Validity of the token (default and most: the token maximum, 90).")
 @errors_to_exit
-def registry_bootstrap(name: str, db: str | None, storage: Path | None, days: float) -> None:
+def registry_bootstrap(name: str, db: str | None, storage: Path | None, key_file: Path | None,
+                       days: float | None) -> None:
     """Create admin NAME directly in the database and print a token (first start)."""
-    reg, _ = _open_registry(db, storage, None)
-    click.echo(reg.bootstrap_admin(name, days))
+    reg, _ = _open_registry(db, storage, None, registry_key_file=key_file)
+    click.echo(reg.bootstrap_admin(name, ... if days is None else days))
+
+
+from baton.cli import registry_tokens as _token_commands  # noqa: E402,F401  (registers verbs)

@@ -7,6 +7,7 @@ the service methods are synchronous and Starlette runs them in its thread pool.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -16,14 +17,17 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from baton.errors import BatonError, PayloadTooLarge, RequestError
+from baton.registry.identity import token_fields
 from baton.registry.service import Actor, Registry
 
 API = "/api/v1"
+log = logging.getLogger("baton.registry")
 
 
 def _token(request: Request) -> str | None:
@@ -63,11 +67,15 @@ def create_app(registry: Registry, *, max_upload_bytes: int = 1 << 30) -> Starle
         return registry.authenticate(_token(request))
 
     def whoami(request: Request) -> Response:
-        a = actor(request)
-        return JSONResponse({"name": a.name, "role": a.role})
+        return JSONResponse(actor(request).whoami())
 
     async def health(request: Request) -> Response:
         return JSONResponse({"ok": True})
+
+    async def public_key(request: Request) -> Response:
+        # Open to all: the key that engines and `baton audit verify` pin is public.
+        key = registry.signing_key.public
+        return JSONResponse({"key": key.text, "key_id": key.key_id})
 
     def list_bundles(request: Request) -> Response:
         q = request.query_params
@@ -126,7 +134,8 @@ def create_app(registry: Registry, *, max_upload_bytes: int = 1 << 30) -> Starle
         if request.query_params.get("format") == "jsonl":
             return PlainTextResponse("".join(json.dumps(e) + "\n" for e in events),
                                      media_type="application/x-ndjson")
-        return JSONResponse({"events": events})
+        # head: the signed checkpoint the chain must reach (see baton.registry.audit).
+        return JSONResponse({"events": events, "head": registry.audit_head()})
 
     async def create_user(request: Request) -> Response:
         data = await _json(request)
@@ -135,17 +144,24 @@ def create_app(registry: Registry, *, max_upload_bytes: int = 1 << 30) -> Starle
                                                  _text(data, "role")), status_code=201)
 
     async def create_token(request: Request) -> Response:
-        data = await _json(request)
-        days = data.get("days", 90)
-        if days is not None and (isinstance(days, bool) or not isinstance(days, int | float)
-                                 or days <= 0):
-            raise RequestError("field 'days' must be a positive number or null",
-                               details={"field": "days"})
+        options = token_fields(await _json(request))
         a = await run_in_threadpool(actor, request)
-        token = await run_in_threadpool(lambda: registry.create_token(
-            a, request.path_params["name"], days=days, label=_text(data, "label", "")))
-        return JSONResponse({"token": token, "user": request.path_params["name"],
-                             "days": days}, status_code=201)
+        made = await run_in_threadpool(lambda: registry.create_token(
+            a, request.path_params["name"], **options))
+        return JSONResponse(made, status_code=201)
+
+    def list_tokens(request: Request) -> Response:
+        q = request.query_params
+        all_users = q.get("all", "") in ("1", "true")
+        return JSONResponse({"tokens": registry.list_tokens(actor(request), q.get("user"),
+                                                            all_users)})
+
+    def revoke_token(request: Request) -> Response:
+        raw = request.path_params["token_id"]
+        if not raw.isdigit() or len(raw) > 18:
+            raise RequestError(f"a token id is a number, got {raw!r}",
+                               details={"field": "id"})
+        return JSONResponse(registry.revoke_token(actor(request), int(raw)))
 
     async def on_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, BatonError)
@@ -154,8 +170,21 @@ def create_app(registry: Registry, *, max_upload_bytes: int = 1 << 30) -> Starle
             body["details"] = exc.details
         return JSONResponse(body, status_code=exc.http_status)
 
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "HTTP_ERROR")
+        return JSONResponse({"error": f"{request.method} {request.url.path}: {exc.detail}",
+                             "code": code}, status_code=exc.status_code)
+
+    async def on_crash(request: Request, exc: Exception) -> Response:
+        # Starlette re-raises after this answer, so the server logs the traceback too.
+        log.error("registry: %s %s failed: %r", request.method, request.url.path, exc)
+        return JSONResponse({"error": "internal error in the registry (logged on the "
+                             "server)", "code": "INTERNAL_ERROR"}, status_code=500)
+
     routes = [
         Route(f"{API}/health", health),
+        Route(f"{API}/key", public_key),
         Route(f"{API}/whoami", whoami),
         Route(f"{API}/bundles", list_bundles, methods=["GET"]),
         Route(f"{API}/bundles", push, methods=["POST"]),
@@ -169,8 +198,11 @@ def create_app(registry: Registry, *, max_upload_bytes: int = 1 << 30) -> Starle
         Route(f"{API}/audit", audit),
         Route(f"{API}/users", create_user, methods=["POST"]),
         Route(f"{API}/users/{{name}}/tokens", create_token, methods=["POST"]),
+        Route(f"{API}/tokens", list_tokens, methods=["GET"]),
+        Route(f"{API}/tokens/{{token_id}}", revoke_token, methods=["DELETE"]),
     ]
-    return Starlette(routes=routes, exception_handlers={BatonError: on_error})
+    return Starlette(routes=routes, exception_handlers={
+        BatonError: on_error, HTTPException: on_http_error, Exception: on_crash})
 
 
 def subprocess_check_runner(home: Path, timeout: float = 900.0) -> Any:

@@ -105,6 +105,11 @@ class BundleVersion(Base):
     check_report: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    #: The audit event of the latest action on this version: a database trigger refuses a
+    #: stage change whose audit_id is not a newer event about it with that stage (0005).
+    audit_id: Mapped[int | None] = mapped_column(default=None)
+    #: Set when the version enters production, never cleared: what makes a rollback real.
+    was_production: Mapped[bool] = mapped_column(default=False)
 
     approvals: Mapped[list[Approval]] = relationship(
         back_populates="bundle", order_by="Approval.id", lazy="selectin")
@@ -119,12 +124,32 @@ class Approval(Base):
     decision: Mapped[str] = mapped_column(String(16))  # approve | reject
     reason: Mapped[str] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    #: Its audit event (approve/reject by this user on this version), checked by a trigger.
+    audit_id: Mapped[int | None] = mapped_column(default=None, unique=True)
 
     bundle: Mapped[BundleVersion] = relationship(back_populates="approvals")
 
 
+class SignedDecision(Base):
+    """Append-only: a version's complete state after each action, signed by the registry
+    (see :mod:`baton.trust`). ``seq`` is the audit event of that action."""
+
+    __tablename__ = "decisions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    bundle_id: Mapped[int] = mapped_column(ForeignKey("bundle_versions.id"), index=True)
+    seq: Mapped[int] = mapped_column(unique=True)
+    payload: Mapped[str] = mapped_column(Text)
+    signature: Mapped[str] = mapped_column(String(100))
+    key_id: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    def signed(self) -> dict[str, str]:
+        return {"payload": self.payload, "signature": self.signature, "key": self.key_id}
+
+
 class AuditEvent(Base):
-    """Append-only: a database trigger refuses updates and deletes (see the migration)."""
+    """Append-only (database triggers refuse updates and deletes) and hash-chained."""
 
     __tablename__ = "audit_events"
 
@@ -139,13 +164,20 @@ class AuditEvent(Base):
     to_stage: Mapped[str | None] = mapped_column(String(16), default=None)
     reason: Mapped[str] = mapped_column(Text, default="")
     details: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    #: The hash chain (see :mod:`baton.registry.audit`): the previous entry's hash, this
+    #: entry's, and the registry key's signature over it.
+    prev_hash: Mapped[str | None] = mapped_column(String(64), default=None)
+    hash: Mapped[str | None] = mapped_column(String(64), default=None)
+    signature: Mapped[str | None] = mapped_column(String(100), default=None)
 
     def to_dict(self) -> dict[str, Any]:
         t = self.time if self.time.tzinfo else self.time.replace(tzinfo=dt.UTC)  # SQLite
-        return {"id": self.id, "time": t.isoformat(), "actor": self.actor,
+        # In UTC whatever the session's zone: the hash chain covers this spelling.
+        return {"id": self.id, "time": t.astimezone(dt.UTC).isoformat(), "actor": self.actor,
                 "action": self.action, "name": self.name, "version": self.version,
                 "digest": self.digest, "from": self.from_stage, "to": self.to_stage,
-                "reason": self.reason, "details": self.details or {}}
+                "reason": self.reason, "details": self.details or {},
+                "prev_hash": self.prev_hash, "hash": self.hash, "signature": self.signature}
 
 
 # -- The prediction log (BATON_PREDICTION_LOG_STORE=registry) ------------------------------

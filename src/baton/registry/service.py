@@ -9,15 +9,16 @@ sees the other's result.
 from __future__ import annotations
 
 import datetime as dt
-import re
+import json
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
+from types import EllipsisType
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import event as sa_event
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -28,42 +29,27 @@ from baton.errors import (
     Forbidden,
     NotFound,
     RequestError,
-    Unauthorized,
     Unavailable,
 )
-from baton.registry.auth import expiry, hash_token, new_token, require
+from baton.registry import audit, decisions
+from baton.registry.auth import require
 from baton.registry.blobs import BlobStore
 from baton.registry.db import Database
-from baton.registry.models import (
-    ROLES,
-    STAGES,
-    Approval,
-    AuditEvent,
-    BundleVersion,
-    Model,
-    Token,
-    User,
-)
+from baton.registry.identity import Actor, Identity
+from baton.registry.models import STAGES, Approval, AuditEvent, BundleVersion, Model
+from baton.trust import SigningKey
 
 #: Promotions a user may ask for; ``draft -> validated`` happens only by a passing check.
+#: ``archived -> production`` is a rollback, allowed only to a version that was in
+#: production before (``was_production``).
 TRANSITIONS = {
     ("validated", "staging"),
     ("staging", "production"),
-    ("archived", "production"),  # rollback to a version that was approved before
     ("draft", "archived"), ("validated", "archived"), ("staging", "archived"),
     ("production", "archived"),
 }
 
 CheckRunner = Callable[[Path], dict[str, Any]]
-_USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,99}$")
-
-
-@dataclass(frozen=True)
-class Actor:
-    """Who is acting: resolved from a token, or the local operator of the CLI."""
-
-    name: str
-    role: str
 
 
 def parse_ref(ref: str) -> tuple[str, str | None, str | None]:
@@ -76,117 +62,130 @@ def parse_ref(ref: str) -> tuple[str, str | None, str | None]:
     return name, rest, None
 
 
+#: PostgreSQL advisory lock class for pushes and garbage collection (see _lock_content).
+_PG_CONTENT = 2
+
+
 class Registry:
-    def __init__(self, db: Database, blobs: BlobStore, *, approvals_required: int = 1,
-                 check_runner: CheckRunner | None = None) -> None:
+    """``signing_key`` signs every decision and audit entry; ``head_file`` is where the
+    signed audit head checkpoint lives (none: no checkpoint)."""
+
+    def __init__(self, db: Database, blobs: BlobStore, signing_key: SigningKey, *,
+                 approvals_required: int = 1, check_runner: CheckRunner | None = None,
+                 token_max_days: float = 90.0, head_file: Path | None = None) -> None:
         self.db = db
         self.blobs = blobs
+        self.signing_key = signing_key
+        self.head_file = head_file
         self.approvals_required = approvals_required
         self.check_runner = check_runner
+        self.identity = Identity(db, self._audit, token_max_days=token_max_days)
 
-    # -- identity ----------------------------------------------------------------------
+    # -- identity (baton.registry.identity) ------------------------------------------------
     def authenticate(self, token: str | None) -> Actor:
-        if not token:
-            raise Unauthorized("missing API token: send 'Authorization: Bearer <token>' "
-                               "(see 'baton login')")
-        with self.db.session() as s:
-            row = s.scalar(select(Token).where(Token.token_hash == hash_token(token)))
-            if row is None:
-                raise Unauthorized("invalid API token")
-            if row.expires_at is not None and _aware(row.expires_at) < _now():
-                raise Unauthorized(f"API token expired at {row.expires_at.isoformat()}")
-            if row.user.disabled:
-                raise Unauthorized(f"user {row.user.name} is disabled")
-            return Actor(row.user.name, row.user.role)
+        return self.identity.authenticate(token)
 
     def create_user(self, actor: Actor, name: str, role: str) -> dict[str, Any]:
-        require(actor.role, "admin", actor.name)
-        if role not in ROLES:
-            raise RequestError(f"role must be one of {', '.join(ROLES)}, got {role!r}",
-                               code="INVALID_ROLE", details={"field": "role"})
-        if not _USER_NAME.match(name):
-            raise RequestError("user names are 1-100 letters, digits, '.', '_', '@' or '-', "
-                               f"starting with a letter or digit; got {name!r}",
-                               code="INVALID_USER_NAME", details={"field": "name"})
-        with self.db.session() as s:
-            if s.scalar(select(User).where(User.name == name)) is not None:
-                raise Conflict(f"user {name} already exists", code="USER_EXISTS")
-            s.add(User(name=name, role=role))
-            self._audit(s, actor, "create-user", reason="", details={"user": name,
-                                                                    "role": role})
-        return {"name": name, "role": role}
+        return self.identity.create_user(actor, name, role)
 
-    def create_token(self, actor: Actor, user: str, *, days: float | None = 90.0,
-                     label: str = "") -> str:
-        if actor.name != user:
-            require(actor.role, "admin", actor.name)
-        with self.db.session() as s:
-            row = s.scalar(select(User).where(User.name == user))
-            if row is None:
-                raise NotFound(f"no user named {user}", code="USER_NOT_FOUND")
-            token = new_token()
-            s.add(Token(user_id=row.id, token_hash=hash_token(token), label=label,
-                        expires_at=expiry(days)))
-            self._audit(s, actor, "create-token", details={"user": user, "days": days})
-        return token
+    def create_token(self, actor: Actor, user: str, **options: Any) -> dict[str, Any]:
+        """See :meth:`Identity.create_token`: days, scopes, service, label."""
+        return self.identity.create_token(actor, user, **options)
 
-    def bootstrap_admin(self, name: str, days: float | None = 90.0) -> str:
-        """The first admin, created from the server's own machine (no token exists yet)."""
-        local = Actor("local-admin", "admin")
-        with self.db.session() as s:
-            role = s.scalar(select(User.role).where(User.name == name))
-        if role is None:
-            self.create_user(local, name, "admin")
-        elif role != "admin":
-            raise Conflict(f"user {name} exists with role {role!r}; bootstrap-admin gives "
-                           "tokens to admins only", code="NOT_AN_ADMIN",
-                           details={"role": role})
-        return self.create_token(local, name, days=days, label="bootstrap")
+    def list_tokens(self, actor: Actor, user: str | None = None,
+                    all_users: bool = False) -> list[dict[str, Any]]:
+        return self.identity.list_tokens(actor, user, all_users)
+
+    def revoke_token(self, actor: Actor, token_id: int) -> dict[str, Any]:
+        return self.identity.revoke_token(actor, token_id)
+
+    def bootstrap_admin(self, name: str, days: float | None | EllipsisType = ...) -> str:
+        return self.identity.bootstrap_admin(name, days)
 
     # -- content -----------------------------------------------------------------------
     def push(self, actor: Actor, archive: Path) -> tuple[dict[str, Any], bool]:
-        """Store an archive; return its description and whether it was new."""
+        """Store an archive; return its description and whether it was new.
+
+        The archive and its manifest are verified before anything is stored; a push the
+        database then refuses deletes its blob unless another version references it."""
         require(actor.role, "push", actor.name)
-        digest, size = self.blobs.put(archive)
-        manifest = self._manifest_of(archive, digest)
+        digest, manifest = self._manifest_of(archive)
         try:
-            with self.db.session() as s:
-                existing = s.scalar(select(BundleVersion).where(
-                    BundleVersion.name == manifest.name,
-                    BundleVersion.version == manifest.version))
-                if existing is not None:
-                    if existing.digest != digest:
-                        raise Conflict(
-                            f"{manifest.name}@{manifest.version} already exists with digest "
-                            f"{existing.digest}; versions are immutable: bump the version",
-                            code="IMMUTABLE_VERSION",
-                            details={"existing": existing.digest, "pushed": digest})
-                    return _describe(existing), False
-                if s.get(Model, manifest.name) is None:
-                    s.add(Model(name=manifest.name))
-                    s.flush()
-                bv = BundleVersion(name=manifest.name, version=manifest.version, digest=digest,
-                                   stage="draft", author=actor.name, size=size,
-                                   description=manifest.description,
-                                   manifest=manifest.to_dict())
-                s.add(bv)
-                s.flush()
-                self._audit(s, actor, "push", bv, to_stage="draft")
-                return _describe(bv), True
+            return self._record_push(actor, archive, digest, manifest)
         except IntegrityError:  # a concurrent push of the same version won the race
             return self.push(actor, archive)
+        except BaseException:
+            self._discard_unreferenced(digest)
+            raise
 
-    def _manifest_of(self, archive: Path, digest: str) -> BundleManifest:
+    def _record_push(self, actor: Actor, archive: Path, digest: str,
+                     manifest: BundleManifest) -> tuple[dict[str, Any], bool]:
+        with self.db.session() as s:
+            self._lock_content(s, digest)
+            existing = s.scalar(select(BundleVersion).where(
+                BundleVersion.name == manifest.name,
+                BundleVersion.version == manifest.version))
+            if existing is not None:
+                if existing.digest != digest:
+                    raise Conflict(
+                        f"{manifest.name}@{manifest.version} already exists with digest "
+                        f"{existing.digest}; versions are immutable: bump the version",
+                        code="IMMUTABLE_VERSION",
+                        details={"existing": existing.digest, "pushed": digest})
+                return self._describe(s, existing), False
+            if s.get(Model, manifest.name) is None:
+                s.add(Model(name=manifest.name))
+                s.flush()
+            _, size = self.blobs.put(archive)
+            bv = BundleVersion(name=manifest.name, version=manifest.version, digest=digest,
+                               stage="draft", author=actor.name, size=size,
+                               description=manifest.description,
+                               manifest=manifest.to_dict())
+            # The database accepts a version only with its push event (migration 0005).
+            event = self._audit(s, actor, "push", bv, to_stage="draft")
+            bv.audit_id = event.id
+            s.add(bv)
+            self._sign(s, bv, event)
+            return self._describe(s, bv), True
+
+    def _manifest_of(self, archive: Path) -> tuple[str, BundleManifest]:
         with tempfile.TemporaryDirectory(prefix="baton-push-") as tmp:
             target = Path(tmp) / "bundle"
-            extract_archive(archive, target, digest)
-            return BundleManifest.load(target)
+            digest = extract_archive(archive, target)
+            return digest, BundleManifest.load(target)
+
+    def _lock_content(self, s: Session, digest: str, *, everything: bool = False) -> None:
+        """Pushes of one digest, the removal of a refused push's blob and garbage
+        collection serialise (SQLite: BEGIN IMMEDIATE already does)."""
+        if self.db.dialect != "postgresql":
+            return
+        if everything:
+            s.execute(text("SELECT pg_advisory_xact_lock(:c, 0)"), {"c": _PG_CONTENT})
+            return
+        s.execute(text("SELECT pg_advisory_xact_lock_shared(:c, 0)"), {"c": _PG_CONTENT})
+        s.execute(text("SELECT pg_advisory_xact_lock(:c, hashtext(:d))"),
+                  {"c": _PG_CONTENT + 1, "d": digest})
+
+    def _discard_unreferenced(self, digest: str) -> None:
+        with self.db.session() as s:
+            self._lock_content(s, digest)
+            if s.scalar(select(BundleVersion.id).where(BundleVersion.digest == digest)
+                        .limit(1)) is None:
+                self.blobs.path(digest).unlink(missing_ok=True)
+
+    def collect_garbage(self, dry_run: bool = False) -> Any:
+        """Remove blobs no version references and stale uploads (the registry host's
+        operator: ``baton registry gc``)."""
+        with self.db.session() as s:
+            self._lock_content(s, "", everything=True)
+            referenced = set(s.scalars(select(BundleVersion.digest).distinct()))
+            return self.blobs.collect_garbage(referenced, dry_run=dry_run)
 
     def archive_path(self, actor: Actor, ref: str) -> tuple[dict[str, Any], Path]:
         require(actor.role, "read", actor.name)
         with self.db.session() as s:
             bv = self._find(s, ref)
-            return _describe(bv), self.blobs.open_verified(bv.digest)
+            return self._describe(s, bv), self.blobs.open_verified(bv.digest)
 
     # -- queries -----------------------------------------------------------------------
     def list(self, actor: Actor, name: str | None = None,
@@ -198,13 +197,15 @@ class Registry:
                 q = q.where(BundleVersion.name == name)
             if stage:
                 q = q.where(BundleVersion.stage == stage)
-            return [_describe(bv) for bv in s.scalars(q)]
+            rows = list(s.scalars(q))
+            signed = decisions.latest(s, [bv.id for bv in rows])
+            return [_describe(bv, decision=signed.get(bv.id)) for bv in rows]
 
     def show(self, actor: Actor, ref: str) -> dict[str, Any]:
         require(actor.role, "read", actor.name)
         with self.db.session() as s:
             bv = self._find(s, ref)
-            return _describe(bv, full=True)
+            return self._describe(s, bv, full=True)
 
     def history(self, actor: Actor, name: str | None = None,
                 since_id: int = 0) -> list[dict[str, Any]]:
@@ -240,15 +241,14 @@ class Registry:
             self._lock(s, _name_of(ref))
             bv = s.get(BundleVersion, bid)
             assert bv is not None
-            bv.check_report = report
             before = bv.stage
-            if passed and before == "draft":
-                bv.stage, bv.updated_at = "validated", _now()
-            self._audit(s, actor, "validate", bv, from_stage=before,
-                        to_stage=bv.stage, reason="check passed" if passed else
-                        f"check failed at {report.get('failed_stage')}",
-                        details={"passed": passed, "failed_stage": report.get("failed_stage")})
-            return _describe(bv, full=True)
+            after = "validated" if passed and before == "draft" else before
+            self._change(s, actor, "validate", bv, after,
+                         reason="check passed" if passed else
+                         f"check failed at {report.get('failed_stage')}",
+                         details={"passed": passed, "failed_stage": report.get("failed_stage")})
+            bv.check_report = report
+            return self._describe(s, bv, full=True)
 
     def promote(self, actor: Actor, ref: str, to: str, reason: str = "") -> dict[str, Any]:
         if to not in STAGES:
@@ -261,21 +261,18 @@ class Registry:
             self._lock(s, _name_of(ref))
             bv = self._find(s, ref)
             before = bv.stage
-            if (before, to) not in TRANSITIONS:
+            rollback = (before, to) == ("archived", "production") and bv.was_production
+            if (before, to) not in TRANSITIONS and not rollback:
                 raise Conflict(_transition_refusal(bv, to), code="INVALID_TRANSITION",
                                details={"from": before, "to": to})
             if to == "production":
                 self._require_approvals(bv)
-                for current in s.scalars(select(BundleVersion).where(
-                        BundleVersion.name == bv.name, BundleVersion.stage == "production")):
-                    current.stage, current.updated_at = "archived", _now()
-                    self._audit(s, actor, "archive", current, from_stage="production",
-                                to_stage="archived",
-                                reason=f"replaced by {bv.version} in production")
-            bv.stage, bv.updated_at = to, _now()
-            action = "rollback" if before == "archived" else "promote"
-            self._audit(s, actor, action, bv, from_stage=before, to_stage=to, reason=reason)
-            return _describe(bv, full=True)
+                for current in list(s.scalars(select(BundleVersion).where(
+                        BundleVersion.name == bv.name, BundleVersion.stage == "production"))):
+                    self._change(s, actor, "archive", current, "archived",
+                                 reason=f"replaced by {bv.version} in production")
+            self._change(s, actor, "rollback" if rollback else "promote", bv, to, reason=reason)
+            return self._describe(s, bv, full=True)
 
     def decide(self, actor: Actor, ref: str, decision: str, reason: str) -> dict[str, Any]:
         """Record an approval or a rejection by an approver who is not the author."""
@@ -296,12 +293,14 @@ class Registry:
             if any(a.user == actor.name for a in bv.approvals):
                 raise Conflict(f"{actor.name} already decided on {bv.name}@{bv.version}",
                                code="ALREADY_DECIDED")
-            s.add(Approval(bundle_id=bv.id, user=actor.name, decision=decision, reason=reason))
-            self._audit(s, actor, decision, bv, from_stage=bv.stage, to_stage=bv.stage,
-                        reason=reason)
-            s.flush()
-            s.refresh(bv)
-            return _describe(bv, full=True)
+            # The database accepts an approval only with its audit event (migration 0005).
+            event = self._audit(s, actor, decision, bv, from_stage=bv.stage,
+                                to_stage=bv.stage, reason=reason)
+            s.add(Approval(bundle_id=bv.id, user=actor.name, decision=decision, reason=reason,
+                           audit_id=event.id))
+            bv.audit_id = event.id
+            self._sign(s, bv, event)
+            return self._describe(s, bv, full=True)
 
     def audit_log(self, actor: Actor) -> list[dict[str, Any]]:
         return self.history(actor)
@@ -340,13 +339,49 @@ class Registry:
                            details={"ref": ref})
         return bv
 
+    def _change(self, s: Session, actor: Actor, action: str, bv: BundleVersion, to: str,
+                reason: str = "", details: dict[str, Any] | None = None) -> None:
+        """Move ``bv`` to stage ``to`` with its audit event and signed decision. The event
+        comes first: the database refuses a stage change without it (migration 0005)."""
+        event = self._audit(s, actor, action, bv, from_stage=bv.stage, to_stage=to,
+                            reason=reason, details=details)
+        if to != bv.stage:
+            bv.stage, bv.updated_at = to, _now()
+        bv.was_production = bv.was_production or to == "production"
+        bv.audit_id = event.id
+        self._sign(s, bv, event)
+
+    def _sign(self, s: Session, bv: BundleVersion, event: AuditEvent) -> None:
+        decisions.record(s, self.signing_key, bv, event, self.approvals_required)
+
+    def _describe(self, s: Session, bv: BundleVersion, full: bool = False) -> dict[str, Any]:
+        return _describe(bv, full, decisions.latest(s, [bv.id]).get(bv.id))
+
     def _audit(self, s: Session, actor: Actor, action: str, bv: BundleVersion | None = None,
                *, from_stage: str | None = None, to_stage: str | None = None,
-               reason: str = "", details: dict[str, Any] | None = None) -> None:
-        s.add(AuditEvent(actor=actor.name, action=action, time=_now(),
-                         name=bv.name if bv else None, version=bv.version if bv else None,
-                         digest=bv.digest if bv else None, from_stage=from_stage,
-                         to_stage=to_stage, reason=reason, details=details))
+               reason: str = "", details: dict[str, Any] | None = None) -> AuditEvent:
+        """Append a chained, signed audit entry; the head checkpoint follows the commit."""
+        entry = audit.append(s, self.signing_key, self.head_file, actor=actor.name,
+                             action=action, name=bv.name if bv else None,
+                             version=bv.version if bv else None,
+                             digest=bv.digest if bv else None, from_stage=from_stage,
+                             to_stage=to_stage, reason=reason, details=details)
+        if self.head_file is not None and "audit_head" not in s.info:
+            sa_event.listen(s, "after_commit", self._write_checkpoint)
+        s.info["audit_head"] = (entry.id, entry.hash)
+        return entry
+
+    def _write_checkpoint(self, s: Session) -> None:
+        head = s.info.pop("audit_head", None)
+        if head is not None and self.head_file is not None:
+            audit.write_checkpoint(self.head_file, self.signing_key, *head)
+
+    def audit_head(self) -> dict[str, Any] | None:
+        """The signed head checkpoint, as stored (None: this registry keeps none yet)."""
+        if self.head_file is None or not self.head_file.exists():
+            return None
+        head: dict[str, Any] = json.loads(self.head_file.read_text())
+        return head
 
     def count_events(self) -> int:
         with self.db.session() as s:
@@ -366,6 +401,10 @@ def _aware(t: dt.datetime) -> dt.datetime:
 
 
 def _transition_refusal(bv: BundleVersion, to: str) -> str:
+    if (bv.stage, to) == ("archived", "production"):
+        return (f"{bv.name}@{bv.version} is archived and was never in production: production "
+                "is reached only from staging, or by a rollback to a version that was in "
+                "production before")
     order = ["draft", "validated", "staging", "production"]
     if bv.stage in order and to in order and order.index(to) > order.index(bv.stage) + 1:
         skipped = order[order.index(bv.stage) + 1:order.index(to)]
@@ -374,12 +413,15 @@ def _transition_refusal(bv: BundleVersion, to: str) -> str:
     return f"{bv.name}@{bv.version} cannot go from {bv.stage} to {to}"
 
 
-def _describe(bv: BundleVersion, full: bool = False) -> dict[str, Any]:
+def _describe(bv: BundleVersion, full: bool = False,
+              decision: dict[str, str] | None = None) -> dict[str, Any]:
+    """``decision``: the version's latest signed decision (null before migration 0005)."""
     out: dict[str, Any] = {
         "name": bv.name, "version": bv.version, "digest": bv.digest, "stage": bv.stage,
         "author": bv.author, "description": bv.description, "size": bv.size,
         "created_at": _aware(bv.created_at).isoformat(),
         "updated_at": _aware(bv.updated_at).isoformat(),
+        "decision": decision,
     }
     if full:
         out["approvals"] = [{"user": a.user, "decision": a.decision, "reason": a.reason,
