@@ -1,32 +1,45 @@
-"""``baton serve``: open bundles, build their environments, run the HTTP engine."""
+"""``baton serve``: open bundles, build their environments, run the HTTP engine.
+
+Authentication is on whenever a token file is given or the engine follows a registry;
+an engine with neither that listens beyond loopback says so, loudly, at start.
+"""
 
 from __future__ import annotations
 
 import gc
+import ipaddress
 import json
 import logging
 import signal
 import socket
+import ssl
 import time
+from typing import Any
 
 import click
 
-from baton.errors import BatonError
+from baton.errors import BatonError, SettingsError
+from baton.server.auth import Guard
+from baton.server.tokens import TokenFile
 from baton.serving.assembly import EngineSpec, build_engine
 from baton.serving.service import Engine, ModelService
 from baton.settings import Settings
 
+log = logging.getLogger("baton.serve")
+_AUTH_HEADER = '-H "authorization: Bearer $BATON_TOKEN" '
 
-def _example_request(svc: ModelService, base: str) -> str:
+
+def _example_request(svc: ModelService, base: str, auth: bool = False) -> str:
+    header = _AUTH_HEADER if auth else ""
     s = svc.bundle.manifest.samples
     if svc.contract.kind != "records" or s is None:
-        return f"curl {base}/v2/models/{svc.name}"
+        return f"curl {header}{base}/v2/models/{svc.name}"
     try:
         first = json.loads((svc.bundle.path / s.input).read_text())[:1]
     except (OSError, ValueError):
-        return f"curl {base}/v2/models/{svc.name}"
+        return f"curl {header}{base}/v2/models/{svc.name}"
     body = json.dumps(first).replace("'", "'\\''")
-    return (f"curl -s -X POST {base}/v1/models/{svc.name}/predict "
+    return (f"curl -s -X POST {base}/v1/models/{svc.name}/predict {header}"
             f"-H 'content-type: application/json' -d '{body}'")
 
 
@@ -38,15 +51,24 @@ def run_server(opts: EngineSpec, settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     started = time.perf_counter()
+    # A bad token file or certificate stops serve before anything else (exit 2).
+    tokens = TokenFile(settings.tokens_file).load() if settings.tokens_file else None
+    tls = _tls_options(settings)
     # Listen first: a port in use is a clear error before any environment is built, and
     # --port 0 gets a free port whose number is printed.
     sock = _listen(settings.host, settings.port)
     port = sock.getsockname()[1]
+    msock = _listen(settings.host, settings.metrics_port) if settings.metrics_port else None
+    auth = tokens is not None or bool(opts.registry)
+    if not auth and _exposed(sock):
+        _warn_open(settings.host, port)
     engine = build_engine(opts, settings)
     if engine.predlog is not None:
         engine.predlog.open()  # a store it cannot reach stops serve here, not later
+    guard = _guard(tokens, opts, engine, settings) if auth else None
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    base = f"http://{host}:{port}"
+    scheme = "https" if tls else "http"
+    base = f"{scheme}://{host}:{port}"
 
     def announce(engine: Engine) -> None:
         # Everything imported and started is there for good: keep it out of the cyclic
@@ -58,33 +80,113 @@ def run_server(opts: EngineSpec, settings: Settings) -> None:
             state = "ready" if svc.ready else "NOT READY (see /v2/models/" + svc.name + ")"
             lines.append(f"  {svc.name} {svc.version}: {state}")
         lines.append(f"  OpenAPI: {base}/openapi.json")
+        if guard is not None:
+            lines.append(f"  Authentication: tokens from the {guard.describe()}")
+        if msock is not None:
+            lines.append(f"  Metrics for Prometheus (no token): {scheme}://{host}:"
+                         f"{msock.getsockname()[1]}/metrics")
         ready = [s for s in engine.models.values() if s.ready]
         if not ready:
             click.echo("\n".join(lines), err=True)
             return
         first = ready[0]
         lines.append("Try:")
-        lines.append("  " + _example_request(first, base))
+        lines.append("  " + _example_request(first, base, auth))
         click.echo("\n".join(lines), err=True)
 
-    app = BatonApp(engine, max_body_bytes=settings.max_body_bytes, on_ready=announce)
+    app = BatonApp(engine, max_body_bytes=settings.max_body_bytes, on_ready=announce,
+                   guard=guard, metrics_port=msock.getsockname()[1] if msock else 0)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, loop="uvloop",
                             http="httptools", lifespan="on", access_log=False,
                             log_level=settings.log_level, timeout_graceful_shutdown=int(
-                                settings.drain_timeout))
+                                settings.drain_timeout), **tls)
     # uvicorn drains, then re-raises the signal it caught; a drained shutdown exits 0.
     signal.signal(signal.SIGTERM, _exit_cleanly)
     signal.signal(signal.SIGINT, _exit_cleanly)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per registry poll
     server = uvicorn.Server(config)
     try:
-        server.run(sockets=[sock])
+        # Both listeners belong to one server (one loop, one TLS setting); the app tells
+        # them apart by the port a request arrived on.
+        server.run(sockets=[sock, *([msock] if msock else [])])
     except SystemExit:
         if server.started:
             raise
     if not server.started:
         raise BatonError(f"the HTTP server could not start on {base} (see the log above: "
                          "is the port in use?)", code="SERVER_START_FAILED")
+
+
+def _guard(tokens: TokenFile | None, opts: EngineSpec, engine: Engine,
+           settings: Settings) -> Guard:
+    """The token sources: the file, then (when following one) the registry, reached with
+    the same URL and TLS options as the engine's own registry client."""
+    registry = None
+    if opts.registry:
+        from baton.registry.client import tls_options
+        from baton.server.registry_tokens import RegistryTokens
+
+        client = getattr(engine.source, "client", None)
+        url = getattr(client, "url", None) or opts.registry.rstrip("/")
+        tls = getattr(client, "tls", None)
+        if not isinstance(tls, dict):
+            cert = (settings.registry_client_cert, settings.registry_client_key) \
+                if settings.registry_client_cert and settings.registry_client_key else None
+            tls = tls_options(settings.registry_ca, cert)
+        registry = RegistryTokens(url, tls, settings.auth_cache_seconds)
+    guard = Guard(tokens, registry)
+    log.info("authentication on: tokens from the %s", guard.describe())
+    return guard
+
+
+def _tls_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's TLS options, after checking that the files load (exit 2 if not)."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return {}
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        # An encrypted key fails here instead of prompting for a pass phrase.
+        context.load_cert_chain(settings.tls_cert, settings.tls_key, password=lambda: b"")
+    except (OSError, ssl.SSLError) as exc:
+        raise SettingsError(f"cannot serve TLS with certificate {settings.tls_cert} and key "
+                            f"{settings.tls_key}: {exc} (PEM files; the key unencrypted)",
+                            code="INVALID_TLS", details={"field": "tls_cert"}) from None
+    options: dict[str, Any] = {"ssl_certfile": str(settings.tls_cert),
+                               "ssl_keyfile": str(settings.tls_key)}
+    if settings.tls_client_ca is not None:
+        try:
+            context.load_verify_locations(cafile=str(settings.tls_client_ca))
+        except (OSError, ssl.SSLError) as exc:
+            raise SettingsError(f"cannot use {settings.tls_client_ca} as the client "
+                                f"certificate authority: {exc} (a PEM file)",
+                                code="INVALID_TLS",
+                                details={"field": "tls_client_ca"}) from None
+        options |= {"ssl_ca_certs": str(settings.tls_client_ca),
+                    "ssl_cert_reqs": ssl.CERT_REQUIRED}
+    return options
+
+
+def _exposed(sock: socket.socket) -> bool:
+    """Whether the socket listens beyond this machine (anything but a loopback address)."""
+    address = str(sock.getsockname()[0]).split("%")[0]
+    try:
+        return not ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return True
+
+
+def _warn_open(host: str, port: int) -> None:
+    bar = "!" * 78
+    click.secho("\n".join([
+        bar,
+        f"!! WARNING: this engine listens on {host}:{port} WITHOUT AUTHENTICATION.",
+        "!! Anyone who can reach this port can predict, post feedback (and so skew the",
+        "!! accuracy figures) and read /metrics, /v1/stats and the dashboard.",
+        "!! Give it tokens (--tokens FILE; see 'baton engine-tokens add'), serve from a",
+        "!! registry (--registry URL), or bind it to 127.0.0.1.",
+        bar]), fg="red", bold=True, err=True)
+    log.warning("listening on %s:%d without authentication: anyone who reaches the port "
+                "can predict, post feedback and read metrics", host, port)
 
 
 def _listen(host: str, port: int) -> socket.socket:

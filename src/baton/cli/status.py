@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import click
@@ -12,20 +13,68 @@ from rich.live import Live
 from rich.table import Table
 
 from baton.cli.main import errors_to_exit, main
-from baton.errors import BatonError
+from baton.errors import BatonError, Forbidden, Unauthorized
 
-url_option = click.option("--url", default="http://127.0.0.1:8000", show_default=True,
-                          envvar="BATON_URL", help="The engine to ask.")
+_ENGINE_OPTIONS = [
+    click.option("--url", default="http://127.0.0.1:8000", show_default=True,
+                 envvar="BATON_URL", help="The engine to ask."),
+    click.option("--token", envvar="BATON_TOKEN", help="A token with the 'read' scope, "
+                 "for an engine that asks for one (default: BATON_TOKEN)."),
+    click.option("--cacert", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                 help="The certificate authority (PEM) of an https engine (default: the "
+                 "system's)."),
+]
 
 
-def fetch(url: str) -> dict[str, Any]:
+def engine_options(fn: Any) -> Any:
+    for opt in reversed(_ENGINE_OPTIONS):
+        fn = opt(fn)
+    return fn
+
+
+def engine_client(token: str | None, cacert: Path | None) -> httpx.Client:
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    verify: Any = True
+    if cacert is not None:
+        import ssl
+
+        try:
+            verify = ssl.create_default_context(cafile=str(cacert))
+        except (OSError, ssl.SSLError) as exc:
+            raise BatonError(f"cannot use {cacert} as a certificate authority: {exc}",
+                             code="INVALID_CACERT", details={"field": "cacert"}) from None
+    return httpx.Client(headers=headers, verify=verify, timeout=5)
+
+
+def fetch(url: str, client: httpx.Client | None = None) -> dict[str, Any]:
+    target = url.rstrip("/") + "/v1/stats"
     try:
-        resp = httpx.get(url.rstrip("/") + "/v1/stats", timeout=5)
-        resp.raise_for_status()
-        return resp.json()  # type: ignore[no-any-return]
+        resp = (client or httpx).get(target, timeout=5)
     except httpx.HTTPError as exc:
-        raise BatonError(f"cannot read {url}/v1/stats: {exc}", code="ENGINE_UNREACHABLE") \
+        raise BatonError(f"cannot read {target}: {exc}", code="ENGINE_UNREACHABLE") \
             from None
+    if resp.status_code in (401, 403):
+        raise _refused(target, resp)
+    if resp.status_code != 200:
+        raise BatonError(f"cannot read {target}: HTTP {resp.status_code}",
+                         code="ENGINE_UNREACHABLE")
+    return resp.json()  # type: ignore[no-any-return]
+
+
+def _refused(target: str, resp: httpx.Response) -> BatonError:
+    """A 401/403 as a clear error (exit 6) with the engine's own code and reason."""
+    try:
+        body = resp.json()
+    except ValueError:
+        body = {}
+    body = body if isinstance(body, dict) else {}
+    code, reason = str(body.get("code", "UNAUTHORIZED")), str(body.get("error", ""))
+    if resp.status_code == 401:
+        return Unauthorized(f"the engine refused to show {target}: {reason or 'no token'} "
+                            "(pass --token or set BATON_TOKEN to a token with the 'read' "
+                            "scope)", code=code)
+    return Forbidden(f"the engine refused to show {target}: {reason} (it needs a token with "
+                     "the 'read' scope)", code=code, details=body.get("details") or {})
 
 
 def _ms(seconds: float | None) -> str:
@@ -105,31 +154,33 @@ def render(now: dict[str, Any], before: dict[str, Any] | None) -> Group:
 
 
 @main.command()
-@url_option
+@engine_options
 @errors_to_exit
-def status(url: str) -> None:
+def status(url: str, token: str | None, cacert: Path | None) -> None:
     """The engine's models, workers, traffic, errors and latency, once."""
-    first = fetch(url)
-    time.sleep(1.0)
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=220)  # piped: keep every column
-    console.print(render(fetch(url), first))
+    with engine_client(token, cacert) as client:
+        first = fetch(url, client)
+        time.sleep(1.0)
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=220)  # piped: keep every column
+        console.print(render(fetch(url, client), first))
 
 
 @main.command()
-@url_option
+@engine_options
 @click.option("--interval", type=float, default=1.0, show_default=True)
 @errors_to_exit
-def top(url: str, interval: float) -> None:
+def top(url: str, token: str | None, cacert: Path | None, interval: float) -> None:
     """The same figures, live (Ctrl-C to quit)."""
-    before = fetch(url)
-    with Live(render(before, None), refresh_per_second=4, screen=False) as live:
-        try:
-            while True:
-                time.sleep(interval)
-                now = fetch(url)
-                live.update(render(now, before))
-                before = now
-        except KeyboardInterrupt:
-            pass
+    with engine_client(token, cacert) as client:
+        before = fetch(url, client)
+        with Live(render(before, None), refresh_per_second=4, screen=False) as live:
+            try:
+                while True:
+                    time.sleep(interval)
+                    now = fetch(url, client)
+                    live.update(render(now, before))
+                    before = now
+            except KeyboardInterrupt:
+                pass

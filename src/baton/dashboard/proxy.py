@@ -61,6 +61,11 @@ class RegistryProxy:
         url = getattr(client, "url", None)
         return url if isinstance(url, str) else None
 
+    def registry_tls(self) -> dict[str, Any]:
+        """The engine's own TLS options for its registry (its CA, its client certificate)."""
+        tls = getattr(getattr(self.engine.source, "client", None), "tls", None)
+        return tls if isinstance(tls, dict) else {}
+
     async def handle(self, method: str, rest: str, scope: dict[str, Any],
                      receive: Callable[[], Awaitable[dict[str, Any]]]) -> Reply:
         url = self.registry_url()
@@ -88,7 +93,7 @@ class RegistryProxy:
         target = f"{url}/api/v1/{'/'.join(quote(p, safe=':+') for p in parts)}"
         if query:
             target += "?" + urlencode(query)
-        return await _forward(method, target, auth, body, url)
+        return await _forward(method, target, auth, body, url, self.registry_tls())
 
 
 def _match(method: str, parts: list[str]) -> tuple[str, ...] | Reply:
@@ -128,7 +133,7 @@ async def _read_body(receive: Callable[[], Awaitable[dict[str, Any]]]) -> bytes 
 
 
 async def _forward(method: str, target: str, auth: str | None, body: bytes,
-                   registry: str) -> Reply:
+                   registry: str, tls: dict[str, Any]) -> Reply:
     import httpx  # only engines whose dashboard talks to a registry need it
 
     headers = {"accept": "application/json"}
@@ -137,7 +142,7 @@ async def _forward(method: str, target: str, auth: str | None, body: bytes,
     if method == "POST":
         headers["content-type"] = "application/json"
     try:
-        async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+        async with httpx.AsyncClient(timeout=TIMEOUT, **tls) as client:
             resp = await client.request(method, target, headers=headers, content=body or None)
     except httpx.TimeoutException:
         return json_reply(504, {"error": f"the registry at {registry} did not answer within "

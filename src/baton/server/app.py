@@ -3,6 +3,10 @@
 Routes follow the Open Inference Protocol V2 REST API, plus a records endpoint and an
 OpenAPI document. Every error is JSON: ``{"error": message, "code": CODE, "details": ...}``
 (``error`` stays a string so existing V2 clients can read it).
+
+With a :class:`~baton.server.auth.Guard`, every request is admitted (or answered 401, 403
+or 503) before it is routed. A metrics port, when given, is another listener of the same
+server on which only ``GET /metrics`` answers, without a token.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from baton.errors import (
     RouteNotFound,
 )
 from baton.monitor.metrics import CONTENT_TYPE
+from baton.server.auth import CHALLENGE, Guard
 from baton.server.openapi import openapi_document
 from baton.serving.service import Engine
 
@@ -63,15 +68,29 @@ class BatonApp:
     """The ASGI callable. ``on_ready`` runs once every model has started (or failed)."""
 
     def __init__(self, engine: Engine, *, max_body_bytes: int,
-                 on_ready: Callable[[Engine], None] | None = None) -> None:
+                 on_ready: Callable[[Engine], None] | None = None,
+                 guard: Guard | None = None, metrics_port: int = 0) -> None:
         self.engine = engine
         self.max_body_bytes = max_body_bytes
         self.on_ready = on_ready
+        self.guard = guard
+        #: The port of the metrics-only listener (0: none).
+        self.metrics_port = metrics_port
         self._starting: asyncio.Task[None] | None = None
         self.dashboard = Dashboard(engine)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
+            if self.metrics_port and (scope.get("server") or ("", 0))[1] == self.metrics_port:
+                await self._metrics_only(scope, send)
+                return
+            if self.guard is not None:
+                try:
+                    await self.guard.admit(scope)
+                except BatonError as err:
+                    await _reply(send, err.http_status, error_body(err),
+                                 CHALLENGE if err.http_status == 401 else [])
+                    return
             if scope["path"] == "/ui" or scope["path"].startswith("/ui/"):
                 await self.dashboard(scope, receive, send)  # the web UI: pages, registry proxy
                 return
@@ -91,6 +110,8 @@ class BatonApp:
                 if self._starting is not None and not self._starting.done():
                     self._starting.cancel()
                 await self.engine.close()
+                if self.guard is not None and self.guard.registry is not None:
+                    await self.guard.registry.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -123,9 +144,24 @@ class BatonApp:
             status = 500
             body = orjson.dumps({"error": "internal error in the engine; see its log",
                                  "code": "INTERNAL_ERROR"})
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [*_JSON, (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await _reply(send, status, body)
+
+    async def _metrics_only(self, scope: Scope, send: Send) -> None:
+        """The metrics port: ``GET /metrics`` and nothing else (no token: for Prometheus)."""
+        path = scope["path"].rstrip("/") or "/"
+        if path != "/metrics" or self.engine.metrics is None:
+            err: BatonError = RouteNotFound("this port serves only GET /metrics")
+        elif scope["method"] != "GET":
+            err = MethodNotAllowed(f"method {scope['method']} not allowed here; use GET",
+                                   details={"allowed": "GET"})
+        else:
+            body = self.engine.metrics.render()
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", CONTENT_TYPE.encode()),
+                                    (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await _reply(send, err.http_status, error_body(err))
 
     async def _route(self, scope: Scope, receive: Receive) -> bytes:
         method, path = scope["method"], scope["path"].rstrip("/") or "/"
@@ -215,6 +251,14 @@ class BatonApp:
             chunks.append(chunk)
             if not msg.get("more_body"):
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def _reply(send: Send, status: int, body: bytes,
+                 extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [*_JSON, (b"content-length", str(len(body)).encode()),
+                            *(extra or [])]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _only(method: str, allowed: str) -> None:
