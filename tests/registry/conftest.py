@@ -79,20 +79,28 @@ def database_url(request: pytest.FixtureRequest,
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.fixture(scope="module")
+_KEYS: dict[str, tuple[Path, SigningKey]] = {}
+
+
+def database_key(database_url: str, tmp_path_factory: pytest.TempPathFactory,
+                 ) -> tuple[Path, SigningKey]:
+    """The signing key of a database (its audit chain has one signer), made once; the
+    signed audit head checkpoint lives next to it. A plain cache rather than a fixture, so
+    that modules importing ``make_registry`` need nothing else."""
+    if database_url not in _KEYS:
+        path = tmp_path_factory.mktemp("registry-key") / "signing.key"
+        _KEYS[database_url] = path, generate_signing_key(path)
+    return _KEYS[database_url]
+
+
+@pytest.fixture
 def key_file(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The signing key of this module's database (its audit chain has one signer); the
-    signed audit head checkpoint lives next to it."""
-    path = tmp_path_factory.mktemp("registry-key") / "signing.key"
-    generate_signing_key(path)
-    return path
+    return database_key(database_url, tmp_path_factory)[0]
 
 
-@pytest.fixture(scope="module")
-def signing_key(key_file: Path) -> SigningKey:
-    from baton.trust import load_signing_key
-
-    return load_signing_key(key_file)
+@pytest.fixture
+def signing_key(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> SigningKey:
+    return database_key(database_url, tmp_path_factory)[1]
 
 
 @pytest.fixture
@@ -141,16 +149,18 @@ MakeRegistry = Callable[..., Registry]
 
 
 @pytest.fixture
-def make_registry(open_database: Callable[[], Database], tmp_path: Path,
-                  signing_key: SigningKey, key_file: Path) -> MakeRegistry:
+def make_registry(open_database: Callable[[], Database], tmp_path: Path, database_url: str,
+                  tmp_path_factory: pytest.TempPathFactory) -> MakeRegistry:
     """Factory: a Registry on this module's database (signing with its key) and a blob
     folder of this test."""
+    key_file, signing_key = database_key(database_url, tmp_path_factory)
 
-    def make(*, approvals: int = 1, check: Any = None) -> Registry:
+    def make(*, approvals: int = 1, check: Any = None, **options: Any) -> Registry:
+        """``options``: more of Registry's keyword arguments (``token_max_days``...)."""
         return Registry(open_database(), BlobStore(tmp_path / "blobs"), signing_key,
                         approvals_required=approvals,
                         check_runner=check if check is not None else StubCheck(),
-                        head_file=checkpoint_path(key_file))
+                        head_file=checkpoint_path(key_file), **options)
 
     return make
 

@@ -122,7 +122,8 @@ def _check_scopes(scopes: Any, role: str) -> list[str]:
     allowed = ROLE_SCOPES.get(role, frozenset())
     if scopes is None:
         return sorted(allowed)
-    if not isinstance(scopes, list) or not all(isinstance(x, str) for x in scopes):
+    if not isinstance(scopes, list | tuple | set | frozenset) or not all(
+            isinstance(x, str) for x in scopes):
         raise _bad("scopes", "field 'scopes' must be a list of scope names")
     unknown = sorted(set(scopes) - set(SCOPES))
     if unknown:
@@ -205,9 +206,8 @@ class Identity:
                      label: str = "") -> dict[str, Any]:
         """Issue a token for ``user``; ``days=...`` (not given): the registry's maximum.
         The answer holds the token itself: the only time anyone sees it."""
-        require(actor.role, "tokens", actor.name)
-        if service or actor.name.lower() != user.lower():
-            require(actor.role, "admin", actor.name)
+        for_others = service or actor.name.lower() != user.lower()
+        require(actor.role, "admin" if for_others else "tokens", actor.name)
         valid = _check_days(self.token_max_days if days is ... else days, service=service,
                             limit=self.token_max_days)
         label = _check_label(label)
@@ -215,7 +215,7 @@ class Identity:
             row = _user(s, user)
             if row is None:
                 raise NotFound(f"no user named {user}", code="USER_NOT_FOUND")
-            granted = _check_scopes(None if scopes is None else list(scopes), row.role)
+            granted = _check_scopes(scopes, row.role)
             token = new_token()
             made = Token(user=row, token_hash=hash_token(token), label=label,
                          expires_at=expiry(valid), scopes=granted, service=service,
@@ -230,9 +230,8 @@ class Identity:
     def list_tokens(self, actor: Actor, user: str | None = None,
                     all_users: bool = False) -> list[dict[str, Any]]:
         """``actor``'s own tokens; another user's, or everyone's, for an admin."""
-        require(actor.role, "tokens", actor.name)
-        if all_users or (user is not None and user.lower() != actor.name.lower()):
-            require(actor.role, "admin", actor.name)
+        others = all_users or (user is not None and user.lower() != actor.name.lower())
+        require(actor.role, "admin" if others else "tokens", actor.name)
         with self.db.session() as s:
             q = select(Token).join(Token.user).order_by(Token.id)
             if not all_users:
