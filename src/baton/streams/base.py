@@ -68,14 +68,14 @@ class OutRecord:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class StreamURL:
     """``scheme://host:port/path?option=value``, parsed once.
 
     ``password`` and ``token`` are the secrets resolved from the user-info part or from
-    ``?password_env=``/``?password_file=`` (``token_*`` for NATS); they are left out of
-    ``repr`` so that no log of this object shows them. ``tls_context`` is the client TLS context
-    (None without TLS), built and checked when the URL was read.
+    ``?password_env=``/``?password_file=`` (``token_*`` for NATS); ``repr`` shows only the
+    redacted URL, so that no log of this object shows them. ``tls_context`` is the client
+    TLS context (None without TLS), built and checked when the URL was read.
     """
 
     raw: str
@@ -85,9 +85,12 @@ class StreamURL:
     path: str
     options: dict[str, str]
     username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    token: str | None = field(default=None, repr=False)
-    tls_context: ssl.SSLContext | None = field(default=None, repr=False, compare=False)
+    password: str | None = None
+    token: str | None = None
+    tls_context: ssl.SSLContext | None = field(default=None, compare=False)
+
+    def __repr__(self) -> str:
+        return f"StreamURL({self.redacted!r})"
 
     @property
     def tls(self) -> bool:

@@ -42,18 +42,26 @@ def scrub(text: str, url: StreamURL) -> str:
 
 #: What clients say when a TLS handshake meets a plain listener or the reverse.
 _PLAIN_MEETS_TLS = ("connection reset", "connection closed", "closed by server",
-                    "eof", "unexpected end", "broken pipe", "wrong version number",
-                    "record layer failure", "packet length too long", "transport failure",
-                    "disconnected", "before accepting")
+                    "connection lost", "eof", "unexpected end", "broken pipe",
+                    "wrong version number", "record layer failure", "packet length too long",
+                    "transport failure", "disconnected", "before accepting")
+#: TLS alerts a broker sends about the client's certificate (missing or not trusted).
+_CLIENT_CERT_REFUSED = ("certificate required", "certificate_required", "bad certificate",
+                        "bad_certificate", "unknown ca", "unknown_ca")
 
 
 def explain(why: str, url: StreamURL) -> str:
     """A client's reason, secrets scrubbed, with the likely TLS cause when there is one."""
     why = scrub(why, url)
     low = why.lower()
+    if not url.tls and ("ssl" in low or "tls" in low or "certificate" in low):
+        return f"{why} (the broker requires TLS: use {secure_form(url)} with ?ca=PATH)"
     if "certificate verify failed" in low or "certificate_verify_failed" in low:
         return (f"{why} (TLS: the broker's certificate is not signed by a trusted authority "
                 f"for this host: give the authority that signed it with ?ca=PATH)")
+    if any(sign in low for sign in _CLIENT_CERT_REFUSED):
+        return (f"{why} (TLS: the broker wants a client certificate it trusts: give one "
+                f"with ?cert=PATH&key=PATH)")
     if any(sign in low for sign in _PLAIN_MEETS_TLS):
         return (f"{why} (if the broker expects TLS, use {secure_form(url)})"
                 if not url.tls else

@@ -155,12 +155,27 @@ class _Client:
             raise _error("connect", self.url, f"{why}; {reason(exc)}" if why
                          else exc) from None
 
+    def _metadata(self, client: Any, timeout: float = 10) -> Any:
+        """The cluster's metadata; an error the client reports meanwhile (SASL refused, TLS
+        handshake failed) ends the wait at once. Reports reach error_cb only while the
+        client is polled, which list_topics does not do: poll between short tries."""
+        from confluent_kafka import KafkaException
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return client.list_topics(timeout=min(1.0, timeout))
+            except KafkaException:
+                client.poll(0)  # nothing is assigned yet: this serves callbacks only
+                if self._last_error is not None or time.monotonic() > deadline:
+                    raise
+
     def _partitions(self, client: Any) -> list[int]:
         from confluent_kafka.admin import AdminClient, NewTopic
 
         # The metadata of every topic: asking for this one by name would let a broker with
         # auto.create.topics.enable create it, with its own default partition count.
-        found = client.list_topics(timeout=10).topics.get(self.topic)
+        found = self._metadata(client).topics.get(self.topic)
         if found is not None and found.error is None and found.partitions:
             return sorted(found.partitions)
         admin = AdminClient({k: v for k, v in self.config.items()

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ssl
 import threading
 import time
 from collections.abc import Sequence
@@ -128,7 +129,10 @@ class _Session:
         try:
             await asyncio.to_thread(client.connect, host, port, 30,
                                     clean_start=not self.persistent, properties=props)
-        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError: the handshake
+        except ssl.SSLError as exc:  # the TLS handshake failed: the broker was reached
+            self.client = None
+            raise _error("connect", self.url, exc) from None
+        except (OSError, ValueError) as exc:
             self.client = None
             raise StreamError(f"cannot reach the mqtt broker at {host}:{port} for "
                               f"{self.url.redacted}: {explain(reason(exc), self.url)}",

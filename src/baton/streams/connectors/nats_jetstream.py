@@ -113,27 +113,46 @@ class _Connection:
         self.nc: Any = None
         self.js: Any = None
         self.lost = ""
+        self._refused: asyncio.Event | None = None
 
     async def open(self) -> None:
-        import nats
-
         await self.close()
         if not self.subject:
             raise _error("open", self.url, "the URL names no subject (nats://HOST:PORT/SUBJECT)")
         await probe(self.url, DEFAULT_PORT, "nats")
         self.lost = ""
         try:
-            self.nc = await asyncio.wait_for(nats.connect(
-                **_server_options(self.url), name=self.name, connect_timeout=5,
-                allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
-                error_cb=self._on_error, disconnected_cb=self._on_disconnect,
-                reconnected_cb=self._on_reconnect), 15)
+            self.nc = await self._connect()
             self.js = self.nc.jetstream()
             await self._ensure_stream()
         except _failures() as exc:
             why = self.lost or reason(exc)  # the server's own words (Authorization Violation)
             await self.close()
             raise _error("connect", self.url, why) from None
+
+    async def _connect(self) -> Any:
+        """nats-py retries a first connection forever when reconnecting is on (wanted once
+        connected): the first error it reports (wrong password, TLS refused) ends the try."""
+        import nats
+
+        self._refused = asyncio.Event()
+        connecting = asyncio.ensure_future(nats.connect(
+            **_server_options(self.url), name=self.name, connect_timeout=5,
+            allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+            error_cb=self._on_error, disconnected_cb=self._on_disconnect,
+            reconnected_cb=self._on_reconnect))
+        refused = asyncio.ensure_future(self._refused.wait())
+        try:
+            await asyncio.wait({connecting, refused}, timeout=15,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            refused.cancel()
+            self._refused = None
+        if connecting.done():
+            return connecting.result()
+        connecting.cancel()
+        await asyncio.gather(connecting, return_exceptions=True)
+        raise TimeoutError(self.lost or "no answer within 15s")
 
     async def _ensure_stream(self) -> None:
         from nats.js.errors import NotFoundError
@@ -145,6 +164,11 @@ class _Connection:
             log.info("created JetStream stream %s for %s", self.stream, self.subject)
 
     async def _on_error(self, exc: Exception) -> None:
+        if self._refused is not None:  # connecting for the first time: the first error
+            if not self._refused.is_set():  # is the cause (a broken pipe may follow it)
+                self.lost = reason(exc)
+                self._refused.set()
+            return
         self.lost = reason(exc)
 
     async def _on_disconnect(self) -> None:
