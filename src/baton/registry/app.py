@@ -130,12 +130,15 @@ def create_app(registry: Registry, *, max_upload_bytes: int = 1 << 30) -> Starle
                                                         request.path_params["name"])})
 
     def audit(request: Request) -> Response:
-        events = registry.audit_log(actor(request))
+        who = actor(request)
+        # head: the signed checkpoint the chain must reach (see baton.registry.audit), read
+        # before the events so that it never runs ahead of them.
+        head = registry.audit_head()
+        events = registry.audit_log(who)
         if request.query_params.get("format") == "jsonl":
             return PlainTextResponse("".join(json.dumps(e) + "\n" for e in events),
                                      media_type="application/x-ndjson")
-        # head: the signed checkpoint the chain must reach (see baton.registry.audit).
-        return JSONResponse({"events": events, "head": registry.audit_head()})
+        return JSONResponse({"events": events, "head": head})
 
     async def create_user(request: Request) -> Response:
         data = await _json(request)

@@ -264,3 +264,25 @@ def _check_entry(e: dict[str, Any], prev: dict[str, Any] | None, key: PublicKey,
         raise _broken(eid, "time backwards",
                       f"is dated {e['time']}, before entry {prev['id']} ({prev['time']}): "
                       "back-dated")
+
+
+def verify_database(s: Session, key: PublicKey, head_file: Path | None) -> ChainReport:
+    """Verify the log in the database ``s`` reads (an operator on the registry host)."""
+    # The checkpoint first: it is written after each commit, so it never runs ahead of
+    # the rows read after it.
+    head = read_checkpoint(head_file, key) if head_file is not None else None
+    rows = s.scalars(select(AuditEvent).order_by(AuditEvent.id).execution_options(
+        yield_per=1000))
+    try:
+        return verify_chain((row.to_dict() for row in rows), key, head)
+    finally:
+        rows.close()  # a server-side cursor on PostgreSQL, left mid-way when a check fails
+
+
+def verify_export(body: Any, key: PublicKey) -> tuple[ChainReport, bool]:
+    """Verify ``GET /api/v1/audit``'s answer; and whether it carried a signed head."""
+    if not isinstance(body, dict) or not isinstance(body.get("events"), list):
+        raise AuditChainBroken("the registry's audit answer has no list of events",
+                               details={"reason": "malformed"})
+    head = check_head(body["head"], key) if body.get("head") else None
+    return verify_chain(body["events"], key, head), head is not None

@@ -131,6 +131,10 @@ class RegistryClient:
     def audit_jsonl(self) -> str:
         return self._call("GET", "/audit", params={"format": "jsonl"}).text
 
+    def audit(self) -> dict[str, Any]:
+        """The whole audit log with its signed head checkpoint: {"events", "head"}."""
+        return self._call("GET", "/audit").json()  # type: ignore[no-any-return]
+
     def create_user(self, name: str, role: str) -> dict[str, Any]:
         return self._call("POST", "/users", json={"name": name, "role": role}).json()  # type: ignore[no-any-return]
 
