@@ -46,12 +46,15 @@ def registry_process(database_url: str, baton_env: dict[str, str],
                                                                    "BATON_TOKEN"))}
     folder = tmp_path_factory.mktemp("registry-process")
     storage, port = folder / "storage", free_port()
+    # A key per database: the session's Baton home is shared by every module and back end,
+    # and a signed audit head checkpoint belongs to one database's chain.
+    key = ("--key-file", str(folder / "signing.key"))
     r = expect(run_baton("registry", "bootstrap-admin", "root", "--db", database_url,
-                         "--storage", storage, env=env), 0)
+                         "--storage", storage, *key, env=env), 0)
     with open(folder / "registry.log", "w+") as log:
         proc = subprocess.Popen(
             [*BATON, "registry", "serve", "--db", database_url, "--storage", str(storage),
-             "--port", str(port), "--approvals", "1"],
+             "--port", str(port), "--approvals", "1", *key],
             env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True)
         try:
@@ -112,7 +115,8 @@ def test_from_push_to_production_through_the_cli(registry_process: RegistryProce
     url, admin = registry_process.url, registry_process.admin_token
     assert admin.startswith("bt_")
     r = cli("login", url, "--token", admin)
-    assert r.stdout == f"logged in to {url} as root (admin); saved to {cli.config}\n"
+    assert r.stdout.splitlines()[0] == f"logged in to {url} as root (admin); saved to {cli.config}"
+    assert "pin it on engines with --registry-key" in r.stdout  # test_tokens.py: the key
     assert cli.config.stat().st_mode & 0o777 == 0o600
 
     # Users and tokens, as the admin that `baton login` saved.

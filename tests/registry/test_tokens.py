@@ -3,8 +3,12 @@ limits, service tokens, scopes, listing, revocation, last use, and errors as JSO
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import json
+import re
 import secrets
+import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +25,7 @@ from baton.registry.models import Token
 from baton.registry.service import Registry
 
 from .conftest import PG_URL, ApiServer, MakeRegistry, assert_error, pg_admin, unique
+from .test_cli import Cli, RegistryProcess, cli, registry_process  # noqa: F401  (fixtures)
 
 Serve = Callable[[Registry], ApiServer]
 MAX_DAYS = 10
@@ -318,3 +323,70 @@ def test_case_variant_users_stop_the_migration_until_resolved(blank_database_url
             conn.execute(add, {"name": "CAROL"})
     finally:
         db.dispose()
+
+
+# -- through the CLI, against a real `baton registry serve` --------------------------------------
+
+def test_tokens_through_the_cli(registry_process: RegistryProcess,  # noqa: F811
+                                cli: Cli) -> None:  # noqa: F811
+    cli("login", registry_process.url, "--token", registry_process.admin_token)
+    app, ds = unique("app"), unique("ds")
+    cli("users", "create", app, "--role", "client")
+    cli("users", "create", ds, "--role", "data-scientist")
+
+    r = cli("tokens", "create", app, "--scope", "infer", "--label", "checkout")
+    token = r.stdout.strip()
+    assert token.startswith("bt_") and "\n" not in token  # stdout: the token, nothing else
+    assert re.fullmatch(rf"token \d+ for {app}, scopes infer, expires 20\S+\n", r.stderr)
+    r = cli("tokens", "create", app, "--days", "400", code=2)
+    assert "TOKEN_TOO_LONG" in r.stderr and "90 days" in r.stderr
+    r = cli("tokens", "create", app, "--service", "--no-expiry", "--label", "batch")
+    assert re.fullmatch(rf"service token \d+ for {app}, scopes feedback, infer, "
+                        r"expires never\n", r.stderr)
+    service = r.stdout.strip()
+    alias = cli("users", "token", ds, "--days", "1").stdout.strip()
+
+    lines = cli("tokens", "list", "--user", app).stdout.splitlines()
+    assert [(line.split()[1:4], line.split()[-1]) for line in lines] == [
+        ([app, "user", "active"], "checkout"), ([app, "service", "active"], "batch")]
+    assert "never" in lines[1]
+    listed = json.loads(cli("tokens", "list", "--all", "--json").stdout)
+    assert {app, ds} <= {t["user"] for t in listed}
+    for secret in (token, service, alias):
+        assert secret not in json.dumps(listed)
+
+    # A data scientist manages its own tokens only.
+    own = json.loads(cli("tokens", "list", "--json", token=alias).stdout)
+    assert [t["user"] for t in own] == [ds]
+    assert "FORBIDDEN" in cli("tokens", "list", "--all", token=alias, code=6).stderr
+    admin_token_id = next(t["id"] for t in listed if t["user"] == "root")
+    r = cli("tokens", "revoke", str(admin_token_id), token=alias, code=6)
+    assert "FORBIDDEN" in r.stderr
+    assert "FORBIDDEN" in cli("tokens", "create", app, "--days", "1", token=alias,
+                              code=6).stderr
+
+    r = cli("tokens", "revoke", str(own[0]["id"]), token=alias)
+    assert r.stdout == f"revoked token {own[0]['id']} of {ds} (no label)\n"
+    r = cli("list", token=alias, code=6)
+    assert "TOKEN_REVOKED" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_login_pins_the_registry_key_it_was_given(
+        registry_process: RegistryProcess, cli: Cli, tmp_path: Path) -> None:  # noqa: F811
+    url, admin = registry_process.url, registry_process.admin_token
+    shown = httpx.get(url + "/api/v1/key").json()
+    other = "ed25519:" + base64.b64encode(b"\x01" * 32).decode()
+    r = cli("login", url, "--token", admin, "--registry-key", other, code=6)
+    assert "REGISTRY_KEY_MISMATCH" in r.stderr and shown["key_id"] in r.stderr
+    assert not cli.config.exists()  # nothing saved
+
+    key_file = tmp_path / "registry.pub"
+    key_file.write_text(shown["key"] + "\n")
+    for pinned in ([], ["--registry-key", shown["key"]], ["--registry-key", str(key_file)]):
+        r = cli("login", url, "--token", admin, *pinned)
+        assert r.stdout.splitlines()[1] == (
+            f"registry key {shown['key_id']}: {shown['key']} (pin it on engines with "
+            "--registry-key)")
+        saved = tomllib.loads(cli.config.read_text())["registry"]
+        assert saved == {"url": url, "token": admin, "key": shown["key"]}

@@ -34,39 +34,6 @@ def _line(b: dict[str, Any]) -> str:
 
 
 @main.command()
-@click.argument("url")
-@click.option("--token", required=True, envvar="BATON_TOKEN", help="Your API token.")
-@click.option("--registry-key", "expected_key", default="",
-              help="The registry public key you were given (ed25519:BASE64 or a file): "
-                   "refuse to log in if the registry shows another.")
-@errors_to_exit
-def login(url: str, token: str, expected_key: str) -> None:
-    """Check TOKEN against the registry at URL, fetch its public key, save all three."""
-    from baton.cli.config import save_login
-    from baton.errors import UntrustedDecision
-    from baton.registry.client import RegistryClient
-    from baton.settings import Settings
-    from baton.trust import parse_public_key
-
-    s = Settings.from_env()
-    cert = (s.registry_client_cert, s.registry_client_key) if s.registry_client_cert else None
-    client = RegistryClient(url, token, ca=s.registry_ca, cert=cert)
-    me = client.whoami()
-    key = client.public_key()
-    if expected_key and parse_public_key(expected_key) != key:
-        raise UntrustedDecision(
-            f"the registry at {url} signs with key {key.key_id}, not the "
-            f"{parse_public_key(expected_key).key_id} you gave with --registry-key: nothing "
-            "was saved", code="REGISTRY_KEY_MISMATCH",
-            details={"expected": parse_public_key(expected_key).key_id, "shown": key.key_id})
-    path = save_login(url, token, key.text)
-    kind = " (service token)" if (me.get("token") or {}).get("service") else ""
-    click.echo(f"logged in to {url} as {me['name']} ({me['role']}){kind}; saved to {path}\n"
-               f"registry key {key.key_id}: {key.text} (pin it on engines with "
-               "--registry-key)")
-
-
-@main.command()
 @click.argument("bundle", type=click.Path(exists=True, path_type=Path))
 @registry_option
 @errors_to_exit
@@ -180,12 +147,15 @@ def history(name: str, as_json: bool, registry_url: str | None) -> None:
     _print(events, as_json, fmt)
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @click.option("--output", "-o", type=click.Path(path_type=Path), help="File (default: stdout).")
 @registry_option
+@click.pass_context
 @errors_to_exit
-def audit(output: Path | None, registry_url: str | None) -> None:
-    """Export the whole audit log as JSON Lines."""
+def audit(ctx: click.Context, output: Path | None, registry_url: str | None) -> None:
+    """Export the whole audit log as JSON Lines ('baton audit verify' checks its chain)."""
+    if ctx.invoked_subcommand is not None:
+        return
     text = _client(registry_url).audit_jsonl()
     if output:
         output.write_text(text)
@@ -193,21 +163,70 @@ def audit(output: Path | None, registry_url: str | None) -> None:
         click.echo(text, nl=False)
 
 
-@main.group()
-def users() -> None:
-    """Manage registry users and tokens (admins)."""
-
-
-@users.command("create")
-@click.argument("name")
-@click.option("--role", required=True, type=click.Choice(
-    ["client", "viewer", "data-scientist", "operator", "approver", "admin"]))
+@audit.command("verify")
+@click.option("--registry-key", "pinned", envvar="BATON_REGISTRY_KEY", default="",
+              help="The registry's public key (ed25519:BASE64 or a file; default: the one "
+                   "'baton login' saved).")
+@click.option("--local", is_flag=True,
+              help="Read the registry's database directly (on the registry host).")
+@click.option("--db", help="Database URL to read (implies --local; default: BATON_REGISTRY_DB "
+                           "or SQLite in the Baton home).")
+@click.option("--key-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="The registry's signing key (implies --local; default: "
+                   "$BATON_HOME/registry/signing.key); its signed head checkpoint is next to it.")
 @registry_option
 @errors_to_exit
-def users_create(name: str, role: str, registry_url: str | None) -> None:
-    """Create user NAME with ROLE (names are unique whatever their case)."""
-    _client(registry_url).create_user(name, role)
-    click.echo(f"created {name} ({role})")
+def audit_verify(pinned: str, local: bool, db: str | None, key_file: Path | None,
+                 registry_url: str | None) -> None:
+    """Walk the audit log's hash chain and signatures; name the first entry that was
+    inserted, altered or removed (exit 9), or print the count and head (exit 0)."""
+    if local or db or key_file:
+        report, headed = _verify_local(db, key_file, pinned)
+    else:
+        report, headed = _verify_remote(registry_url, pinned)
+    unsigned = f", {report.unsigned} unsigned from before signing" if report.unsigned else ""
+    click.echo(f"audit log intact: {report.count} entries{unsigned}; head #{report.head_id} "
+               f"{report.head_hash or '-'}")
+    if not headed:
+        click.echo("warning: no signed head checkpoint to compare with: removing the newest "
+                   "entries cannot be detected", err=True)
+
+
+def _verify_remote(registry_url: str | None, pinned: str) -> tuple[Any, bool]:
+    from baton.cli.config import registry_key
+    from baton.errors import BatonError
+    from baton.registry.audit import verify_export
+    from baton.trust import parse_public_key
+
+    client = _client(registry_url)
+    try:
+        key = registry_key(client.url, pinned)
+        if not key:
+            raise BatonError(f"no registry key pinned for {client.url}: pass --registry-key "
+                             "(from 'baton registry key' on the registry host) or log in "
+                             "again with 'baton login'", code="REGISTRY_KEY_REQUIRED")
+        report: tuple[Any, bool] = verify_export(client.audit(), parse_public_key(key))
+        return report
+    finally:
+        client.close()
+
+
+def _verify_local(db: str | None, key_file: Path | None, pinned: str) -> tuple[Any, bool]:
+    from baton.registry.audit import checkpoint_path, verify_database
+    from baton.registry.db import Database
+    from baton.settings import Settings
+    from baton.trust import load_signing_key, parse_public_key
+
+    s = Settings.from_env(registry_db=db, registry_key_file=key_file)
+    path = s.registry_signing_key
+    key = parse_public_key(pinned) if pinned else load_signing_key(path).public
+    head_file = checkpoint_path(path)
+    database = Database(s.registry_url)
+    try:
+        with database.session() as session:
+            return verify_database(session, key, head_file), head_file.exists()
+    finally:
+        database.dispose()
 
 
 @main.group()
@@ -323,6 +342,35 @@ def _uvicorn_tls(s: Any) -> dict[str, Any]:
     return out
 
 
+@registry.command("key")
+@key_file_option
+@errors_to_exit
+def registry_key_cmd(key_file: Path | None) -> None:
+    """Print the registry's public key (ed25519:BASE64) and its key id, for engines to pin."""
+    from baton.settings import Settings
+    from baton.trust import load_signing_key
+
+    path = Settings.from_env(registry_key_file=key_file).registry_signing_key
+    public = load_signing_key(path).public
+    click.echo(f"{public.text}\nkey id {public.key_id}")
+
+
+@registry.command("gc")
+@db_option
+@storage_option
+@click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
+@errors_to_exit
+def registry_gc(db: str | None, storage: Path | None, dry_run: bool) -> None:
+    """Remove archives no version references (refused or interrupted pushes) and stale
+    temporary uploads from the content folder."""
+    reg, _ = _open_registry(db, storage, None)
+    removed = reg.collect_garbage(dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    for path in removed:
+        click.echo(f"{verb} {path}")
+    click.echo(f"{verb} {len(removed)} file(s)")
+
+
 @registry.command("bootstrap-admin")
 @click.argument("name")
 @db_option
@@ -338,4 +386,4 @@ def registry_bootstrap(name: str, db: str | None, storage: Path | None, key_file
     click.echo(reg.bootstrap_admin(name, ... if days is None else days))
 
 
-from baton.cli import registry_tokens as _token_commands  # noqa: E402,F401  (registers verbs)
+from baton.cli import identity as _identity_commands  # noqa: E402,F401  (registers verbs)

@@ -1,5 +1,6 @@
-"""``baton tokens``: issue, list and revoke registry API tokens (``baton users token`` is the
-same command as ``baton tokens create``)."""
+"""Who uses the registry: ``baton login``, ``baton users`` and ``baton tokens`` (issue, list
+and revoke API tokens; ``baton users token`` is the same command as ``baton tokens
+create``)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,61 @@ from typing import Any
 import click
 
 from baton.cli.main import errors_to_exit, main
-from baton.cli.registry import _client, registry_option, users
+from baton.cli.registry import _client, registry_option
 
 SCOPES = ("infer", "feedback", "read", "admin")  # baton.scopes.SCOPES, without importing it
+
+
+@main.command()
+@click.argument("url")
+@click.option("--token", required=True, envvar="BATON_TOKEN", help="Your API token.")
+@click.option("--registry-key", "expected_key", default="",
+              help="The registry public key you were given (ed25519:BASE64 or a file): "
+                   "refuse to log in if the registry shows another.")
+@errors_to_exit
+def login(url: str, token: str, expected_key: str) -> None:
+    """Check TOKEN against the registry at URL, fetch its public key, save all three."""
+    from baton.cli.config import save_login
+    from baton.errors import UntrustedDecision
+    from baton.registry.client import RegistryClient
+    from baton.settings import Settings
+    from baton.trust import parse_public_key
+
+    s = Settings.from_env()
+    cert = (s.registry_client_cert, s.registry_client_key) if s.registry_client_cert else None
+    client = RegistryClient(url, token, ca=s.registry_ca, cert=cert)
+    me = client.whoami()
+    key = client.public_key()
+    if expected_key and parse_public_key(expected_key) != key:
+        raise UntrustedDecision(
+            f"the registry at {url} signs with key {key.key_id}, not the "
+            f"{parse_public_key(expected_key).key_id} you gave with --registry-key: nothing "
+            "was saved", code="REGISTRY_KEY_MISMATCH",
+            details={"expected": parse_public_key(expected_key).key_id, "shown": key.key_id})
+    path = save_login(url, token, key.text)
+    kind = " (service token)" if (me.get("token") or {}).get("service") else ""
+    click.echo(f"logged in to {url} as {me['name']} ({me['role']}){kind}; saved to {path}\n"
+               f"registry key {key.key_id}: {key.text} (pin it on engines with "
+               "--registry-key)")
+
+
+
+@main.group()
+def users() -> None:
+    """Manage registry users and tokens (admins)."""
+
+
+@users.command("create")
+@click.argument("name")
+@click.option("--role", required=True, type=click.Choice(
+    ["client", "viewer", "data-scientist", "operator", "approver", "admin"]))
+@registry_option
+@errors_to_exit
+def users_create(name: str, role: str, registry_url: str | None) -> None:
+    """Create user NAME with ROLE (names are unique whatever their case)."""
+    _client(registry_url).create_user(name, role)
+    click.echo(f"created {name} ({role})")
+
 
 
 @main.group()
