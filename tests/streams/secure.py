@@ -154,11 +154,13 @@ class TlsTerminator:
 
     def _serve(self, raw: socket.socket) -> None:
         raw.settimeout(10)
+        client = self.context.wrap_socket(raw, server_side=True,
+                                          do_handshake_on_connect=False)
         try:
-            client = self.context.wrap_socket(raw, server_side=True)
+            client.do_handshake()
             upstream = socket.create_connection(("127.0.0.1", self.target), timeout=10)
         except OSError:  # a failed handshake (the point of some tests) or no broker
-            raw.close()
+            client.close()
             return
         client.settimeout(None)
         upstream.settimeout(None)

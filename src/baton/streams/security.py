@@ -99,6 +99,7 @@ def ssl_context(options: dict[str, str]) -> ssl.SSLContext:
     except (ssl.SSLError, OSError) as exc:
         raise UrlProblem("ca", f"?ca={options['ca']} is not a PEM certificate authority: "
                                f"{exc}") from None
+    context.sslsocket_class = _ClosingSSLSocket
     if "cert" in options:
         try:
             context.load_cert_chain(options["cert"], options.get("key"),
@@ -107,6 +108,18 @@ def ssl_context(options: dict[str, str]) -> ssl.SSLContext:
             raise UrlProblem("cert", f"cannot load the client certificate ?cert="
                                      f"{options['cert']} with its key: {exc}") from None
     return context
+
+
+class _ClosingSSLSocket(ssl.SSLSocket):
+    """Closes itself when its handshake fails: paho-mqtt drops such a socket unclosed, and
+    each refused attempt (a wrong CA, retried with backoff) would leak a descriptor."""
+
+    def do_handshake(self, block: bool = False) -> None:
+        try:
+            super().do_handshake(block)
+        except BaseException:
+            self.close()
+            raise
 
 
 def _no_passphrase() -> str:

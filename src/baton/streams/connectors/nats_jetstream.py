@@ -72,6 +72,20 @@ def _failures() -> tuple[type[BaseException], ...]:
     return (nats.errors.Error, OSError, TimeoutError)
 
 
+class _EofNoise(logging.Filter):
+    """nats-py's protocol answers True to ``eof_received``, which asyncio's TLS transport
+    ignores with a warning at every close of a TLS connection: noise an operator would
+    chase. Only that exact line is dropped."""
+
+    LINE = "returning true from eof_received() has no effect when using ssl"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != self.LINE
+
+
+_EOF_NOISE = _EofNoise()
+
+
 def _server_options(url: StreamURL) -> dict[str, Any]:
     """Where and as whom to connect: the server URL carries no credentials (nats-py would
     show it in its errors), they travel as options."""
@@ -85,6 +99,7 @@ def _server_options(url: StreamURL) -> dict[str, Any]:
         options["user_credentials"] = url.options["creds"]
     if url.tls_context is not None:
         options.update(tls=url.tls_context, tls_hostname=host)
+        logging.getLogger("asyncio").addFilter(_EOF_NOISE)  # once: a filter is a set member
     return options
 
 
