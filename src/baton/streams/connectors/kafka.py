@@ -94,10 +94,11 @@ def security_config(url: StreamURL) -> dict[str, str]:
                        "sasl.password": url.password or ""})
     if url.tls:
         config["ssl.endpoint.identification.algorithm"] = "https"  # check the host name
-    for option, setting in (("ca", "ssl.ca.location"), ("cert", "ssl.certificate.location"),
-                            ("key", "ssl.key.location")):
-        if option in url.options:
-            config[setting] = url.options[option]
+    if "ca" in url.options:
+        config["ssl.ca.location"] = url.options["ca"]
+    if "cert" in url.options:  # a cert file without ?key= holds the key as well
+        config["ssl.certificate.location"] = url.options["cert"]
+        config["ssl.key.location"] = url.options.get("key", url.options["cert"])
     return config
 
 
