@@ -47,12 +47,17 @@ class SecureServer(Server):
     """A `baton serve` whose client speaks https (``verify``: an ssl context) when asked."""
 
     def __init__(self, bundles: list[Path], env: dict[str, str], args: list[str], *,
-                 https: bool = False, verify: Any = True, cert: Any = None) -> None:
+                 https: bool = False, verify: Any = True) -> None:
         super().__init__(bundles, env, args)
         if https:
             self.client.close()
             self.url = f"https://127.0.0.1:{self.port}"
-            self.client = httpx.Client(base_url=self.url, timeout=30, verify=verify, cert=cert)
+            try:
+                self.client = httpx.Client(base_url=self.url, timeout=30, verify=verify)
+            except Exception:
+                self.client = httpx.Client()
+                self.stop()  # never leave the process behind
+                raise
 
     def wait_for_output(self, text: str, timeout: float = 60) -> str:
         deadline = time.monotonic() + timeout
@@ -64,8 +69,8 @@ class SecureServer(Server):
 
 
 def secure_servers(baton_env: dict[str, str]) -> Iterator[Callable[..., SecureServer]]:
-    """For a fixture: a factory like ``serve``, with ``https=``, ``verify=`` and ``cert=``
-    for the client; every server it started is stopped at the end."""
+    """For a fixture: a factory like ``serve``, with ``https=`` and ``verify=`` (an ssl
+    context) for the client; every server it started is stopped at the end."""
     servers: list[SecureServer] = []
 
     def start(bundles: list[Path], *args: str, ready: bool = True,
@@ -81,8 +86,12 @@ def secure_servers(baton_env: dict[str, str]) -> Iterator[Callable[..., SecureSe
         s.stop()
 
 
-def trusting(ca_pem: Path) -> ssl.SSLContext:
-    return ssl.create_default_context(cafile=str(ca_pem))
+def trusting(ca_pem: Path, cert: tuple[str, str] | None = None) -> ssl.SSLContext:
+    """A client context that trusts ``ca_pem`` and shows ``cert`` (certificate, key)."""
+    context = ssl.create_default_context(cafile=str(ca_pem))
+    if cert is not None:
+        context.load_cert_chain(*cert)
+    return context
 
 
 def run_quick(cmd: list[str], env: dict[str, str], timeout: float = 60

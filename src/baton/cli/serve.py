@@ -12,14 +12,13 @@ import json
 import logging
 import signal
 import socket
-import ssl
 import time
-from typing import Any
 
 import click
 
-from baton.errors import BatonError, SettingsError
+from baton.errors import BatonError
 from baton.server.auth import Guard
+from baton.server.tls import HttpProtocol, tls_options
 from baton.server.tokens import TokenFile
 from baton.serving.assembly import EngineSpec, build_engine
 from baton.serving.service import Engine, ModelService
@@ -53,7 +52,7 @@ def run_server(opts: EngineSpec, settings: Settings) -> None:
     started = time.perf_counter()
     # A bad token file or certificate stops serve before anything else (exit 2).
     tokens = TokenFile(settings.tokens_file).load() if settings.tokens_file else None
-    tls = _tls_options(settings)
+    tls = tls_options(settings)
     # Listen first: a port in use is a clear error before any environment is built, and
     # --port 0 gets a free port whose number is printed.
     sock = _listen(settings.host, settings.port)
@@ -97,7 +96,7 @@ def run_server(opts: EngineSpec, settings: Settings) -> None:
     app = BatonApp(engine, max_body_bytes=settings.max_body_bytes, on_ready=announce,
                    guard=guard, metrics_port=msock.getsockname()[1] if msock else 0)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, loop="uvloop",
-                            http="httptools", lifespan="on", access_log=False,
+                            http=HttpProtocol, lifespan="on", access_log=False,
                             log_level=settings.log_level, timeout_graceful_shutdown=int(
                                 settings.drain_timeout), **tls)
     # uvicorn drains, then re-raises the signal it caught; a drained shutdown exits 0.
@@ -137,33 +136,6 @@ def _guard(tokens: TokenFile | None, opts: EngineSpec, engine: Engine,
     guard = Guard(tokens, registry)
     log.info("authentication on: tokens from the %s", guard.describe())
     return guard
-
-
-def _tls_options(settings: Settings) -> dict[str, Any]:
-    """uvicorn's TLS options, after checking that the files load (exit 2 if not)."""
-    if settings.tls_cert is None or settings.tls_key is None:
-        return {}
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    try:
-        # An encrypted key fails here instead of prompting for a pass phrase.
-        context.load_cert_chain(settings.tls_cert, settings.tls_key, password=lambda: b"")
-    except (OSError, ssl.SSLError) as exc:
-        raise SettingsError(f"cannot serve TLS with certificate {settings.tls_cert} and key "
-                            f"{settings.tls_key}: {exc} (PEM files; the key unencrypted)",
-                            code="INVALID_TLS", details={"field": "tls_cert"}) from None
-    options: dict[str, Any] = {"ssl_certfile": str(settings.tls_cert),
-                               "ssl_keyfile": str(settings.tls_key)}
-    if settings.tls_client_ca is not None:
-        try:
-            context.load_verify_locations(cafile=str(settings.tls_client_ca))
-        except (OSError, ssl.SSLError) as exc:
-            raise SettingsError(f"cannot use {settings.tls_client_ca} as the client "
-                                f"certificate authority: {exc} (a PEM file)",
-                                code="INVALID_TLS",
-                                details={"field": "tls_client_ca"}) from None
-        options |= {"ssl_ca_certs": str(settings.tls_client_ca),
-                    "ssl_cert_reqs": ssl.CERT_REQUIRED}
-    return options
 
 
 def _exposed(sock: socket.socket) -> bool:
