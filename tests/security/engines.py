@@ -5,6 +5,8 @@ https (with a client that trusts the test's own certificate authority)."""
 from __future__ import annotations
 
 import datetime as dt
+import os
+import signal
 import ssl
 import subprocess
 import time
@@ -15,7 +17,7 @@ from typing import Any
 import httpx
 
 from baton.server.tokens import TokenEntry, hash_token, new_token, write_tokens
-from tests.conftest import Server
+from tests.conftest import BATON, Server, free_port
 
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
 #: name -> (scopes, expires, revoked): one token per cell of the route x credential matrix.
@@ -98,3 +100,65 @@ def run_quick(cmd: list[str], env: dict[str, str], timeout: float = 60
               ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
                           stdin=subprocess.DEVNULL)
+
+
+class RegistryProcess:
+    """A real ``baton registry serve`` (SQLite under ``home``) that a test can stop and
+    start again on the same port; ``admin`` is a client with the bootstrap admin's token."""
+
+    def __init__(self, home: Path, baton_env: dict[str, str]) -> None:
+        from baton.registry.client import RegistryClient
+
+        self.env = dict(baton_env, BATON_HOME=str(home))
+        boot = run_quick([*BATON, "registry", "bootstrap-admin", "root"], self.env)
+        assert boot.returncode == 0, boot.stderr
+        key = run_quick([*BATON, "registry", "key"], self.env)
+        assert key.returncode == 0, key.stderr
+        self.key = key.stdout.splitlines()[0].strip()
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.users: set[str] = set()
+        self.admin = RegistryClient(self.url, boot.stdout.strip(), timeout=30)
+
+    def start(self) -> RegistryProcess:
+        self.proc = subprocess.Popen(
+            [*BATON, "registry", "serve", "--port", str(self.port)], env=self.env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+            start_new_session=True)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                self.admin.whoami()
+                return self
+            except Exception:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.proc = None
+
+    def user(self, name: str, role: str, **token: Any) -> tuple[str, int]:
+        """A user with ``role`` (created once) and a new token of theirs: (token, id)."""
+        if name not in self.users:
+            self.admin.create_user(name, role)
+            self.users.add(name)
+        issued = self.admin.issue_token(name, days=1, **token)
+        return issued["token"], issued["id"]
+
+    def close(self) -> None:
+        self.stop()
+        self.admin.close()
+
+
+def follower_args(registry: RegistryProcess) -> list[str]:
+    """``baton serve`` options of an engine following ``registry`` (its key pinned)."""
+    return ["--registry", registry.url, "--registry-key", registry.key, "--poll", "0.2"]

@@ -44,8 +44,10 @@ _CODES = ("INVALID_TOKEN", "TOKEN_EXPIRED", "TOKEN_REVOKED")
 
 class RegistryTokens:
     def __init__(self, url: str, tls: dict[str, Any], cache_seconds: float, *,
-                 refused_seconds: float = REFUSED_SECONDS, timeout: float = TIMEOUT) -> None:
+                 refused_seconds: float = REFUSED_SECONDS, timeout: float = TIMEOUT,
+                 max_valid: int = MAX_VALID, max_refused: int = MAX_REFUSED) -> None:
         self.url = url.rstrip("/")
+        self.max_valid, self.max_refused = max_valid, max_refused
         self.tls = tls
         self.cache_seconds = cache_seconds
         self.refused_seconds = min(refused_seconds, cache_seconds)
@@ -79,6 +81,10 @@ class RegistryTokens:
         if not done.cancelled():
             done.exception()  # retrieved: no "never retrieved" warning when nobody waits
 
+    def sizes(self) -> tuple[int, int]:
+        """Tokens remembered: (valid, refused)."""
+        return len(self._valid), len(self._refused)
+
     async def close(self) -> None:
         if self._http is not None:
             await self._http.aclose()
@@ -105,7 +111,7 @@ class RegistryTokens:
             raise _unavailable(f"the registry at {self.url} answered HTTP {resp.status_code}")
         principal, until = self._principal(resp)
         self._remember(self._valid, digest, (min(time.monotonic() + self.cache_seconds, until),
-                                             principal), MAX_VALID)
+                                             principal), self.max_valid)
         return principal
 
     def _refuse(self, digest: str, resp: httpx.Response) -> Unauthorized:
@@ -115,7 +121,8 @@ class RegistryTokens:
         message = f"the registry refused this token: {message[:200]}"
         if self.refused_seconds > 0:
             self._remember(self._refused, digest,
-                           (time.monotonic() + self.refused_seconds, code, message), MAX_REFUSED)
+                           (time.monotonic() + self.refused_seconds, code, message),
+                           self.max_refused)
         return Unauthorized(message, code=code)
 
     def _principal(self, resp: httpx.Response) -> tuple[Principal, float]:
