@@ -36,6 +36,7 @@ class RegistryClient:
         headers = {"authorization": f"Bearer {token}"} if token else {}
         self.url = url.rstrip("/")
         self.tls = tls_options(ca, cert)
+        self.client_cert = cert
         self.http = httpx.Client(base_url=self.url + "/api/v1", headers=headers,
                                  timeout=timeout, **self.tls)
 
@@ -56,20 +57,26 @@ class RegistryClient:
         return resp
 
     def _unreachable(self, exc: Exception) -> BatonError:
-        text = str(exc)
+        text = str(exc) or type(exc).__name__
         if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
-            return BatonError(
-                f"the registry at {self.url} showed a TLS certificate this machine does not "
-                f"trust ({text}); give its certificate authority with BATON_REGISTRY_CA=FILE",
-                code="REGISTRY_TLS_ERROR", details={"url": self.url})
-        if "SSL" in text or "TLS" in text or "tlsv1" in text.lower():
-            return BatonError(
-                f"TLS with the registry at {self.url} failed ({text}); if it asks for a "
-                "client certificate, give BATON_REGISTRY_CLIENT_CERT and "
-                "BATON_REGISTRY_CLIENT_KEY", code="REGISTRY_TLS_ERROR",
-                details={"url": self.url})
+            return self._tls_error(
+                f"it showed a TLS certificate this machine does not trust ({text}); give its "
+                "certificate authority with BATON_REGISTRY_CA=FILE")
+        # With TLS 1.3 a server that refuses the client's certificate (or its absence)
+        # closes the connection after the handshake: the client sees only a disconnect.
+        closed = isinstance(exc, httpx.RemoteProtocolError)
+        if self.url.startswith("https:") and (closed or "SSL" in text or "TLS" in text):
+            shown = "did not accept the client certificate given" if self.client_cert else \
+                "may require a client certificate"
+            return self._tls_error(
+                f"TLS failed ({text}): the registry {shown}; give one its authority signed "
+                "with BATON_REGISTRY_CLIENT_CERT and BATON_REGISTRY_CLIENT_KEY")
         return BatonError(f"cannot reach the registry at {self.url}: {text}",
                           code="REGISTRY_UNREACHABLE", details={"url": self.url})
+
+    def _tls_error(self, why: str) -> BatonError:
+        return BatonError(f"cannot talk to the registry at {self.url}: {why}",
+                          code="REGISTRY_TLS_ERROR", details={"url": self.url})
 
     def whoami(self) -> dict[str, Any]:
         return self._call("GET", "/whoami").json()  # type: ignore[no-any-return]
