@@ -216,3 +216,36 @@ def test_connector_errors_scrub_secrets_and_name_the_tls_cause() -> None:
     assert "?ca=PATH" in explain("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify "
                                  "failed", tls)
     assert "?cert=PATH&key=PATH" in explain("tlsv13 alert certificate required", tls)
+
+
+def test_a_client_error_holding_the_password_is_scrubbed_from_stats_and_log(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A client that raises outside the connector's own errors, with the password in its
+    text (a fault no real broker produces on demand): last_error and the log hide it."""
+    import asyncio
+    import time
+
+    from baton.streams.connectors import redis_streams
+    from baton.streams.pipeline import StreamBinding, StreamPipeline
+
+    async def leaky_open(self: redis_streams.RedisSource) -> None:
+        raise RuntimeError(f"cannot AUTH with {self.url.password}")
+
+    monkeypatch.setattr(redis_streams.RedisSource, "open", leaky_open)
+    monkeypatch.setenv("BATON_TEST_PW", SECRET)
+    binding = StreamBinding("m", "redis://alice@127.0.0.1:1/in?password_env=BATON_TEST_PW",
+                            "", "redis://127.0.0.1:1/dead")
+    pipeline = StreamPipeline(binding, lambda: None)
+
+    async def run() -> str | None:
+        task = asyncio.create_task(pipeline.run())
+        deadline = time.monotonic() + 30
+        while pipeline.stats.last_error is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        await pipeline.stop()
+        await task
+        return pipeline.stats.last_error
+
+    last_error = asyncio.run(run())
+    assert last_error == "open input: unexpected RuntimeError: cannot AUTH with ***"
+    assert SECRET not in caplog.text and "cannot AUTH with ***" in caplog.text

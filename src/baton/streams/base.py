@@ -172,6 +172,12 @@ def parse_url(raw: str) -> StreamURL:
     return url
 
 
+def url_secrets(raw: str) -> list[str]:
+    """The password and token ``raw`` resolves to (to scrub them from any text)."""
+    url = parse_url(raw)
+    return [s for s in (url.password, url.token) if s]
+
+
 def bad_url(raw: str, option: str, problem: str) -> StreamError:
     """``BAD_STREAM_URL`` naming the URL (password masked) and the option at fault."""
     return StreamError(f"bad stream URL {redact_url(raw)!r}: {problem}",

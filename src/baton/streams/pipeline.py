@@ -20,7 +20,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from baton.errors import BatonError, ContractViolation, ModelError, ModelNotReady, WorkerError
-from baton.streams.base import Message, OutRecord, Sink, Source, open_sink, open_source, redact_url
+from baton.streams.base import (
+    Message,
+    OutRecord,
+    Sink,
+    Source,
+    open_sink,
+    open_source,
+    redact_url,
+    url_secrets,
+)
 from baton.streams.records import ModelIdentity, dead_letter, decode_messages, output_record
 
 log = logging.getLogger("baton.streams")
@@ -89,6 +98,8 @@ class StreamPipeline:
         self.dead: Sink | None = None
         self._running = False
         self._waiting_for_model: str | None = None
+        #: The binding's passwords and tokens: no error text it shows may contain them.
+        self._secrets: list[str] = []
 
     async def run(self) -> None:
         if self._stopping.is_set():  # stopped before it began: nothing to connect or drain
@@ -117,6 +128,8 @@ class StreamPipeline:
     # -- steps ---------------------------------------------------------------------------
     async def _connect(self) -> None:
         b = self.binding
+        self._secrets = [secret for raw in (b.input, b.output, b.dead_letter) if raw
+                         for secret in url_secrets(raw)]
         self.source = open_source(b.input, group=b.consumer_group)
         self.sink = open_sink(b.output) if b.output else None
         self.dead = open_sink(b.dead_letter)
@@ -299,13 +312,23 @@ class StreamPipeline:
             except Exception as exc:  # a client may raise outside its documented errors
                 if self._stopping.is_set():
                     raise _Stopped() from None
-                message = exc.message if isinstance(exc, BatonError) else \
+                said = exc.message if isinstance(exc, BatonError) else \
                     f"unexpected {type(exc).__name__}: {exc}"
+                message = self._scrub(said)
                 self.stats.retries += 1
                 self.stats.last_error = f"{what}: {message}"
+                # The traceback of an unexpected error helps, unless its text held a secret.
+                trace = not isinstance(exc, BatonError) and message == said
                 log.warning("%s: cannot %s (retrying in %.1fs): %s", self.binding.model, what,
-                            backoff.delay, message, exc_info=not isinstance(exc, BatonError))
+                            backoff.delay, message, exc_info=trace)
                 await self._pause(backoff)
+
+    def _scrub(self, text: str) -> str:
+        """Connectors scrub their own errors; this also covers what a client raised
+        outside them (the "unexpected" ones)."""
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
 
     async def _pause(self, backoff: Backoff) -> None:
         """Back off before a retry, but leave at once when stop is asked meanwhile."""
