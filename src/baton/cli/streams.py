@@ -25,10 +25,11 @@ from baton.cli.main import errors_to_exit, main
 def replay(dead_letter: str, target: str, stages: tuple[str, ...], limit: int | None,
            group: str) -> None:
     """Re-submit dead letters to the input, once the cause is fixed."""
+    from baton.streams.base import redact_url
     from baton.streams.replay import replay as run
 
     result = asyncio.run(run(dead_letter, target, stages=set(stages) or None, limit=limit,
                              group=group))
     per = ", ".join(f"{k}: {v}" for k, v in sorted(result.by_stage.items())) or "none"
-    click.echo(f"replayed {result.replayed} dead letter(s) to {target} ({per}); "
+    click.echo(f"replayed {result.replayed} dead letter(s) to {redact_url(target)} ({per}); "
                f"skipped {result.skipped}")
