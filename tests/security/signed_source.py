@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from baton.bundle.archive import read_archive_digest
+from baton.bundle.archive import verify_archive
 from baton.errors import NotFound
 from baton.trust import Decision, SigningKey, generate_signing_key, sign_decision
 
@@ -35,7 +35,7 @@ class SignedSource:
 
     # -- the registry's own actions, signed ----------------------------------------------
     def push(self, name: str, version: str, archive: Path) -> dict[str, Any]:
-        digest = read_archive_digest(archive)
+        digest = verify_archive(archive)
         self.archives[digest] = archive
         row = {"name": name, "version": version, "digest": digest, "stage": "draft",
                "approvals": [], "rejections": []}

@@ -8,6 +8,7 @@ in the test; the second reproduces the bypasses of issue 9 against a real regist
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,15 @@ from baton.serving.assembly import EngineSpec, build_engine
 from baton.serving.gate import CANDIDATE, LIVE, ServeGate
 from baton.settings import Settings
 from baton.trust import Decision, SigningKey, sign_decision
+from tests.conftest import Server, free_port, run_baton
 from tests.security.signed_source import new_key
+from tests.serving.test_registry_serving import (
+    Registry,
+    caller,
+    engine_env,
+    running_registry,
+    scorer,
+)
 
 D1 = "sha256:" + "1" * 64
 D2 = "sha256:" + "2" * 64
@@ -208,3 +217,95 @@ def test_a_registry_engine_serves_nothing_local(settings: Settings, key: Signing
         err = build_error(spec, pinned)
         assert (err.code, err.exit_code) == ("STAGE_NOT_ALLOWED", 6), spec
         assert "serves only versions the registry signed" in err.message
+
+
+# -- the bypasses of issue 9, against a real registry and `baton serve` ----------------------
+
+@pytest.fixture(scope="module")
+def staged(tmp_path_factory: pytest.TempPathFactory,
+           baton_env: dict[str, str]) -> Iterator[Registry]:
+    """A real registry: scorer 1.0.0 released to production; 2.0.0 validated and staged,
+    not approved (one test rejects it: every other one holds for both)."""
+    root = tmp_path_factory.mktemp("gate")
+    with running_registry(root / "registry-home", baton_env) as reg:
+        reg.release(scorer(root, "1.0.0", 2.0), "1.0.0")
+        reg.client("dana").push(scorer(root, "2.0.0", 3.0))
+        reg.client("dana").promote("scorer@2.0.0", "validated")
+        reg.client("olga").promote("scorer@2.0.0", "staging")
+        yield reg
+
+
+def serve_refused(reg: Registry, env: dict[str, str], *args: str | Path) -> str:
+    """``baton serve --registry`` that must stop before serving (exit 6); its stderr."""
+    r = run_baton("serve", "--registry", reg.url, "--port", str(free_port()), *args, env=env,
+                  timeout=120)
+    assert r.returncode == 6, r.stderr
+    return r.stderr
+
+
+@pytest.mark.slow
+def test_an_unapproved_or_rejected_version_gets_no_production_traffic(
+        staged: Registry, baton_env: dict[str, str]) -> None:
+    env = engine_env(baton_env, staged)
+    for option in (("--canary", "scorer@2.0.0=100"), ("--shadow", "scorer@2.0.0")):
+        err = serve_refused(staged, env, "--stage", "production", *option)
+        assert "error [NOT_APPROVED]: scorer@2.0.0 (sha256:" in err
+        assert "has 0 of the 1 approvals the registry requires" in err
+    staged.client("abe").decide("scorer@2.0.0", "reject", "fails on FR payments")
+    for option in (("--canary", "scorer@2.0.0=100"), ("--shadow", "scorer@2.0.0")):
+        err = serve_refused(staged, env, "--stage", "production", *option)
+        assert "error [NOT_APPROVED]" in err and "was rejected by abe" in err
+
+
+@pytest.mark.slow
+def test_a_local_archive_is_never_served_by_a_registry_engine(
+        staged: Registry, baton_env: dict[str, str], tmp_path: Path) -> None:
+    archive = scorer(tmp_path, "9.0.0", 9.0)  # never pushed
+    for args in (("--canary", f"{archive}=100"), ("--shadow", archive), (archive,),
+                 (tmp_path / "scorer-9.0.0",)):
+        err = serve_refused(staged, engine_env(baton_env, staged), *args)
+        assert "error [STAGE_NOT_ALLOWED]" in err
+        assert "a registry-following engine serves only versions the registry signed" in err
+
+
+@pytest.mark.slow
+def test_only_staging_or_production_and_never_without_a_pinned_key(
+        staged: Registry, baton_env: dict[str, str], tmp_path: Path) -> None:
+    env = engine_env(baton_env, staged)
+    for stage in ("archived", "validated"):
+        r = run_baton("serve", "--registry", staged.url, "--stage", stage, env=env)
+        assert r.returncode == 2 and "Invalid value for '--stage'" in r.stderr
+    unpinned = {k: v for k, v in env.items() if k != "BATON_REGISTRY_KEY"}
+    unpinned["XDG_CONFIG_HOME"] = str(tmp_path / "config")
+    err = serve_refused(staged, unpinned)
+    assert "error [REGISTRY_KEY_REQUIRED]" in err and "baton registry key" in err
+    # 'baton login' checks the key against the registry and saves it: then it is pinned.
+    login = run_baton("login", staged.url, "--token", staged.tokens["eve"], "--registry-key",
+                      staged.key, env=unpinned)
+    assert login.returncode == 0, login.stderr
+    err = serve_refused(staged, unpinned, "--canary", "scorer@2.0.0=100")
+    assert "error [NOT_APPROVED]" in err  # past the key: the policy refuses the version
+
+
+@pytest.mark.slow
+def test_another_pinned_key_serves_nothing(staged: Registry, baton_env: dict[str, str],
+                                           tmp_path: Path) -> None:
+    other = new_key(tmp_path, "other.key").public.text
+    server = Server([], dict(engine_env(baton_env, staged), BATON_REGISTRY_KEY=other),
+                    ["--registry", staged.url, "--poll", "0.2"])
+    server.client.headers.update(caller(staged))
+    try:
+        server.wait_ready()
+        source = server.client.get("/v1/models").json()["source"]
+        assert [(e["ref"], e["code"]) for e in source["refused"]] == [
+            ("scorer@1.0.0", "BAD_SIGNATURE")]
+        assert server.client.get("/v1/models").json()["models"] == []
+        resp = server.client.post("/v1/models/scorer/predict", json=[{"x": 1.0}])
+        assert resp.status_code == 404 and resp.json()["code"] == "MODEL_NOT_FOUND"
+        metrics = server.client.get("/metrics").text
+        assert 'baton_registry_refusals_total{code="BAD_SIGNATURE",model="scorer"} 1.0' \
+            in metrics
+        assert "ERROR baton.follow: refused scorer@1.0.0 (live) [BAD_SIGNATURE]" \
+            in server.output()
+    finally:
+        server.stop()

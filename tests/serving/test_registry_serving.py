@@ -5,6 +5,7 @@ tampered content never served; canary and shadow traffic."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import signal
 import subprocess
@@ -46,6 +47,8 @@ def scorer(root: Path, version: str, factor: float) -> Path:
 class Registry:
     url: str
     home: Path
+    #: The registry's public key (``baton registry key``), which engines pin.
+    key: str
     admin: RegistryClient
     tokens: dict[str, str]
     clients: dict[str, RegistryClient]
@@ -65,46 +68,63 @@ class Registry:
         assert op.promote(f"scorer@{version}", "production", "release")["stage"] == "production"
 
 
-@pytest.fixture
-def registry(tmp_path: Path, baton_env: dict[str, str]) -> Iterator[Registry]:
-    home = tmp_path / "registry-home"
-    env = dict(baton_env, BATON_HOME=str(home))
+@contextlib.contextmanager
+def running_registry(home: Path, baton_env: dict[str, str],
+                     db: str | None = None) -> Iterator[Registry]:
+    """A real ``baton registry serve`` (SQLite under ``home``, or the database ``db``) with
+    an admin, a data scientist, an operator, an approver and a viewer (the engines')."""
+    env = dict(baton_env, BATON_HOME=str(home), **({"BATON_REGISTRY_DB": db} if db else {}))
     token = run_baton("registry", "bootstrap-admin", "root", env=env).stdout.strip()
+    key = run_baton("registry", "key", env=env).stdout.splitlines()[0]
     port = free_port()
     proc = subprocess.Popen([*BATON, "registry", "serve", "--port", str(port)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     admin = RegistryClient(url, token)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            admin.whoami()
-            break
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
-    tokens = {}
-    for user, role in (("dana", "data-scientist"), ("olga", "operator"), ("abe", "approver"),
-                       ("eve", "viewer")):
-        admin.create_user(user, role)
-        tokens[user] = admin.create_token(user, 1)
-    reg = Registry(url, home, admin, tokens, {})
-    yield reg
-    for client in [admin, *reg.clients.values()]:
-        client.close()
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(30)
+    reg = Registry(url, home, key, admin, {}, {})
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                admin.whoami()
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        for user, role in (("dana", "data-scientist"), ("olga", "operator"),
+                           ("abe", "approver"), ("eve", "viewer")):
+            admin.create_user(user, role)
+            reg.tokens[user] = admin.create_token(user, 1)
+        yield reg
+    finally:
+        for client in [admin, *reg.clients.values()]:
+            client.close()
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+
+
+@pytest.fixture
+def registry(tmp_path: Path, baton_env: dict[str, str]) -> Iterator[Registry]:
+    with running_registry(tmp_path / "registry-home", baton_env) as reg:
+        yield reg
 
 
 def engine_env(baton_env: dict[str, str], reg: Registry) -> dict[str, str]:
-    return dict(baton_env, BATON_TOKEN=reg.tokens["eve"])
+    """A viewer's token, and the registry's key pinned."""
+    return dict(baton_env, BATON_TOKEN=reg.tokens["eve"], BATON_REGISTRY_KEY=reg.key)
+
+
+def caller(reg: Registry) -> dict[str, str]:
+    """An engine following a registry takes its users' tokens: dana's has ``infer``."""
+    return {"authorization": f"Bearer {reg.tokens['dana']}"}
 
 
 def serve_registry(reg: Registry, baton_env: dict[str, str], *args: str) -> Server:
     server = Server([], engine_env(baton_env, reg), ["--registry", reg.url, "--poll", "0.2",
                                                       *args])
+    server.client.headers.update(caller(reg))
     return server
 
 
@@ -136,7 +156,8 @@ def test_promotion_and_rollback_under_load_with_zero_failed_requests(
         stop = threading.Event()
 
         def load() -> None:
-            with httpx.Client(base_url=server.url, timeout=30) as client:
+            with httpx.Client(base_url=server.url, timeout=30,
+                              headers=caller(registry)) as client:
                 while not stop.is_set():
                     r = client.post("/v1/models/scorer/predict", json=[{"x": 2.0}])
                     body = r.json()
@@ -177,7 +198,8 @@ def test_engine_refuses_a_digest_outside_its_stage_policy(
                   str(free_port()), env=engine_env(baton_env, registry), timeout=120)
     assert r.returncode == 6, r.stderr
     assert "STAGE_NOT_ALLOWED" in r.stderr
-    assert "is validated; this engine serves only production" in r.stderr
+    assert "is validated by its latest signed decision; this engine serves only production" \
+        in r.stderr
 
 
 @pytest.mark.slow
@@ -230,8 +252,10 @@ def test_canary_splits_and_shadow_compares(serve: Callable[..., Server],
     for i in range(20):
         resp = shadowed.client.post("/v1/models/scorer/predict", json=[{"x": float(i)}])
         assert resp.json()["predictions"][0]["v"] == "1.0.0"  # never the candidate's output
-    wait_for(lambda: shadowed.model("scorer")["parameters"]["traffic"]["requests"] == 20)
+    # A copy is counted in ``requests`` when it is sent, in ``compared_rows`` once answered.
+    wait_for(lambda: shadowed.model("scorer")["parameters"]["traffic"]["compared_rows"] +
+             shadowed.model("scorer")["parameters"]["traffic"]["candidate_errors"] >= 20)
     t = shadowed.model("scorer")["parameters"]["traffic"]
-    assert t["mode"] == "shadow" and t["candidate"] == "2.0.0"
+    assert t["mode"] == "shadow" and t["candidate"] == "2.0.0" and t["requests"] == 20
     assert t["compared_rows"] == 20 and t["mismatched_rows"] == 20  # 3x differs from 2x
     assert t["max_abs_diff"] == 19.0 and t["candidate_errors"] == 0
