@@ -127,7 +127,7 @@ def _line(t: dict[str, Any]) -> str:
     return (f"{t['id']:>5}  {t['user']:<16} {kind:<7} {t['status']:<7} "
             f"{','.join(t['scopes']) or '-':<24} created {_day(t['created_at'])}  expires "
             f"{_day(t['expires_at']) or 'never':<10}  used {_day(t['last_used_at']) or '-':<10}"
-            f"  {t['label']}")
+            f"  {t['label']}").rstrip()
 
 
 def _day(iso: str | None) -> str:

@@ -110,7 +110,8 @@ def _check_days(days: Any, *, service: bool, limit: float) -> float | None:
     if not service and (days is None or days > limit):
         asked = "a token that never expires" if days is None else f"{days:g} days"
         raise _bad("days", f"{asked} is longer than this registry allows ({limit:g} days); "
-                   "ask an admin for a service token", code="TOKEN_TOO_LONG", limit=limit)
+                   "ask an admin for a service token", code="TOKEN_TOO_LONG",
+                   limit=_plain(float(limit)))
     if days is not None and days > MAX_DAYS:
         raise _bad("days", f"{days:g} days is beyond any sensible validity (at most "
                    f"{MAX_DAYS}); use null for a service token that never expires",
