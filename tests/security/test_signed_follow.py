@@ -11,21 +11,31 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+import secrets
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from baton.monitor.metrics import EngineMetrics
+from baton.registry.client import RegistryClient
 from baton.serving.follow import RegistryFollower, prepare_from_registry
 from baton.serving.gate import CANDIDATE, LIVE, ServeGate
 from baton.serving.service import Engine
 from baton.serving.traffic import Canary, Shadow
 from baton.settings import Settings
 from baton.trust import Decision, SigningKey, sign_decision
+from tests.conftest import Server
 from tests.security.signed_source import SignedSource, new_key
-from tests.serving.test_registry_serving import scorer
+from tests.serving.test_registry_serving import (
+    Registry,
+    running_registry,
+    scorer,
+    serve_registry,
+    version_of,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -257,3 +267,181 @@ def test_a_staging_engine_serves_unapproved_staging_but_nothing_rejected(
         assert refused(follower) == {("scorer@3.0.0", LIVE, "NOT_APPROVED")}
 
     follow(settings, source, key.public, scenario, stage="staging")
+
+
+# -- a real registry, and an attacker with rights on its database --------------------------
+
+PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=5"
+
+
+class Attacker:
+    """Database rights on the registry, but not its signing key."""
+
+    def __init__(self, url: str) -> None:
+        import sqlalchemy
+
+        self.db = sqlalchemy.create_engine(url)
+
+    def sql(self, statement: str, **params: Any) -> list[Any]:
+        from sqlalchemy import text
+
+        with self.db.begin() as conn:
+            result = conn.execute(text(statement), params)
+            return list(result) if result.returns_rows else []
+
+    def drop_triggers(self) -> None:
+        """What stops a stage edit without its audit event: gone, as a DBA can."""
+        if self.db.dialect.name == "postgresql":
+            rows = self.sql("SELECT t.tgname, c.relname FROM pg_trigger t JOIN pg_class c "
+                            "ON c.oid = t.tgrelid WHERE NOT t.tgisinternal")
+            for trigger, table in rows:
+                self.sql(f'DROP TRIGGER "{trigger}" ON "{table}"')
+        else:
+            for (trigger,) in self.sql("SELECT name FROM sqlite_master WHERE type='trigger'"):
+                self.sql(f'DROP TRIGGER "{trigger}"')
+
+    def set_stage(self, version: str, stage: str) -> None:
+        self.sql("UPDATE bundle_versions SET stage = :stage WHERE name = 'scorer' AND "
+                 "version = :version", stage=stage, version=version)
+
+    def plant(self, version: str, signed: dict[str, str]) -> None:
+        """Make ``signed`` the version's latest decision (a new row in ``decisions``)."""
+        self.sql("INSERT INTO decisions (bundle_id, seq, payload, signature, key_id, created_at) "
+                 "SELECT id, (SELECT MAX(seq) + 1000 FROM decisions), :payload, :signature, "
+                 ":key, CURRENT_TIMESTAMP FROM bundle_versions WHERE name = 'scorer' AND "
+                 "version = :version", version=version, **signed)
+
+    def close(self) -> None:
+        self.db.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def attacked(request: pytest.FixtureRequest, tmp_path: Path,
+             baton_env: dict[str, str]) -> Iterator[tuple[Registry, Attacker]]:
+    """A real registry on SQLite or PostgreSQL, and an attacker on its database."""
+    home = tmp_path / "registry-home"
+    if request.param == "sqlite":
+        with running_registry(home, baton_env) as reg:
+            attacker = Attacker(f"sqlite:///{home / 'registry' / 'registry.db'}")
+            yield reg, attacker
+            attacker.close()
+        return
+    name = f"baton_gate_{secrets.token_hex(6)}"
+    admin = pg_admin()
+    admin.execute(f'CREATE DATABASE "{name}"')
+    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    try:
+        with running_registry(home, baton_env, url) as reg:
+            attacker = Attacker(url)
+            yield reg, attacker
+            attacker.close()
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+def pg_admin() -> Any:
+    import psycopg
+
+    try:
+        return psycopg.connect(PG_ADMIN, autocommit=True)
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL is not answering on 127.0.0.1:5432 ({exc}): start it with "
+                    "scripts/ensure-services.sh (make test does)", pytrace=False)
+
+
+def source_of(server: Server) -> dict[str, Any]:
+    return server.client.get("/v1/models").json()["source"]  # type: ignore[no-any-return]
+
+
+def refusals_of(server: Server) -> set[tuple[str, str, str]]:
+    return {(e["ref"], e["role"], e["code"]) for e in source_of(server)["refused"]}
+
+
+def only(server: Server, version: str, requests: int = 20) -> bool:
+    return all(version_of(server) == version for _ in range(requests))
+
+
+def test_a_database_edit_is_not_followed(attacked: tuple[Registry, Attacker],
+                                         baton_env: dict[str, str], tmp_path: Path) -> None:
+    reg, attacker = attacked
+    reg.release(scorer(tmp_path, "1.0.0", 2.0), "1.0.0")
+    reg.client("dana").push(scorer(tmp_path, "2.0.0", 3.0))
+    reg.client("dana").promote("scorer@2.0.0", "validated")
+    reg.client("olga").promote("scorer@2.0.0", "staging")  # never approved
+    server = serve_registry(reg, baton_env)
+    try:
+        server.wait_ready()
+        wait_for(lambda: version_of(server) == "1.0.0")
+        attacker.drop_triggers()
+        attacker.set_stage("2.0.0", "production")
+        attacker.set_stage("1.0.0", "archived")
+        wait_for(lambda: refusals_of(server) == {("scorer@2.0.0", "live", "STAGE_NOT_ALLOWED"),
+                                                 ("scorer@1.0.0", "live", "DECISION_MISMATCH")})
+        assert only(server, "1.0.0")
+        # A decision for 2.0.0 signed with the attacker's own key, then 1.0.0's genuine one.
+        v2 = reg.admin.show("scorer@2.0.0")
+        attacker.plant("2.0.0", forged(new_key(tmp_path, "attacker.key"), v2))
+        wait_for(lambda: ("scorer@2.0.0", "live", "BAD_SIGNATURE") in refusals_of(server))
+        assert only(server, "1.0.0")
+        attacker.plant("2.0.0", reg.admin.show("scorer@1.0.0")["decision"])
+        wait_for(lambda: ("scorer@2.0.0", "live", "DECISION_MISMATCH") in refusals_of(server))
+        assert only(server, "1.0.0")
+        metrics = server.client.get("/metrics").text
+        for code, n in (("STAGE_NOT_ALLOWED", 1), ("BAD_SIGNATURE", 1),
+                        ("DECISION_MISMATCH", 2)):
+            assert f'baton_registry_refusals_total{{code="{code}",model="scorer"}} {n}.0' \
+                in metrics, code
+        assert "[BAD_SIGNATURE]" in server.output()
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("attacked", ["sqlite"], indirect=True)
+def test_a_running_engine_refuses_a_replayed_decision(
+        attacked: tuple[Registry, Attacker], baton_env: dict[str, str], tmp_path: Path) -> None:
+    reg, attacker = attacked
+    reg.release(scorer(tmp_path, "1.0.0", 2.0), "1.0.0")
+    v1_in_production = reg.admin.show("scorer@1.0.0")["decision"]
+    server = serve_registry(reg, baton_env)
+    try:
+        server.wait_ready()
+        wait_for(lambda: version_of(server) == "1.0.0")
+        reg.release(scorer(tmp_path, "2.0.0", 3.0), "2.0.0")  # 1.0.0 archived, signed
+        wait_for(lambda: version_of(server) == "2.0.0")
+        attacker.drop_triggers()
+        attacker.set_stage("1.0.0", "production")
+        attacker.plant("1.0.0", v1_in_production)  # genuine, but older than 2.0.0's
+        attacker.set_stage("2.0.0", "archived")
+        wait_for(lambda: refusals_of(server) == {("scorer@1.0.0", "live", "DECISION_REPLAYED"),
+                                                 ("scorer@2.0.0", "live", "DECISION_MISMATCH")})
+        assert only(server, "2.0.0")
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("attacked", ["sqlite"], indirect=True)
+def test_a_canary_rejected_after_start_leaves_traffic(
+        attacked: tuple[Registry, Attacker], baton_env: dict[str, str], tmp_path: Path) -> None:
+    reg, _ = attacked
+    reg.release(scorer(tmp_path, "1.0.0", 2.0), "1.0.0")
+    reg.client("dana").push(scorer(tmp_path, "2.0.0", 3.0))
+    reg.client("dana").promote("scorer@2.0.0", "validated")
+    reg.client("olga").promote("scorer@2.0.0", "staging")
+    reg.client("abe").decide("scorer@2.0.0", "approve", "looks fine")
+    reg.admin.create_user("rita", "approver")
+    rita = RegistryClient(reg.url, reg.admin.create_token("rita", 1))
+    server = serve_registry(reg, baton_env, "--canary", "scorer@2.0.0=100")
+    try:
+        server.wait_ready()
+        wait_for(lambda: version_of(server) == "2.0.0")
+        rita.decide("scorer@2.0.0", "reject", "fails on FR payments")
+        wait_for(lambda: version_of(server) == "1.0.0")
+        assert only(server, "1.0.0")
+        assert refusals_of(server) == {("scorer@2.0.0", "canary", "NOT_APPROVED")}
+        [entry] = source_of(server)["refused"]
+        assert "was rejected by rita" in entry["reason"] and "canary withdrawn" in entry["reason"]
+        assert "traffic" not in server.client.get("/v1/models").json()["models"][0]
+    finally:
+        rita.close()
+        server.stop()
