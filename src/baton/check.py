@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import psutil
 
+from baton.bundle.archive import ArchiveLimits
 from baton.bundle.loader import Bundle, open_bundle
 from baton.env.builder import EnvBuilder
 from baton.errors import BatonError, ContractViolation, ModelError, ModelLoadError, WorkerError
@@ -64,7 +65,8 @@ def run_check(ref: str | Path, settings: Settings, *, iterations: int = 200) -> 
     report = CheckReport()
     started = time.perf_counter()
     try:
-        bundle = open_bundle(ref, settings.bundles_dir)
+        bundle = open_bundle(ref, settings.bundles_dir,
+                             limits=ArchiveLimits.from_settings(settings))
     except BatonError as exc:
         return report.fail("manifest", exc, time.perf_counter() - started)
     report.bundle = {"name": bundle.name, "version": bundle.version, "digest": bundle.digest,

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from baton.bundle.archive import build_archive, bundle_digest, extract_archive
+from baton.bundle.archive import build_archive, bundle_digest, extract_archive, verify_archive
+from baton.bundle.index import digest_of_index
 from baton.errors import BundleError, DigestMismatchError, UnsafeArchiveError
 
 from .conftest import MakeBundle
-from .tars import file_member, index_of, rewrite_archive, write_tar
+from .tars import file_member, index_of, rewrite_archive, tar_bytes, write_tar
 
 CraftArchive = Callable[..., Path]
 
@@ -304,3 +305,133 @@ def test_a_file_that_is_not_an_archive_is_refused(tmp_path: Path) -> None:
         extract_archive(junk, tmp_path / "target")
     assert info.value.code == "INVALID_BUNDLE"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.baton"]
+
+
+# -- What tarfile would accept but a bundle never holds -------------------------------------
+
+def test_long_and_non_ascii_names_round_trip(make_bundle: MakeBundle, tmp_path: Path) -> None:
+    """Such names travel in PAX headers, which the reader allows within bounds."""
+    long_name = "data/" + "d" * 120 + "/" + "f" * 120 + ".csv"
+    bundle = make_bundle(files={long_name: b"1,2\n", "data/größe.txt": b"\xc3\xa9\n"})
+    built = build_archive(bundle, tmp_path / "out")
+    assert any(m.pax_headers for m in _members(built.path))
+    assert extract_archive(built.path, tmp_path / "x") == built.digest
+    assert _files_under(tmp_path / "x") == _files_under(bundle)
+
+
+def _raw_archive(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]],
+                 trailer: bytes = bytes(1024)) -> Path:
+    path.write_bytes(gzip.compress(tar_bytes(members, end=False) + trailer))
+    return path
+
+
+def _pax(headers: dict[str, str], kind: bytes = tarfile.XHDTYPE) -> tuple[tarfile.TarInfo,
+                                                                          bytes]:
+    data = b"".join(_pax_record(k, v) for k, v in headers.items())
+    info = tarfile.TarInfo("././@PaxHeader")
+    info.type = kind
+    return info, data
+
+
+def _pax_record(key: str, value: str) -> bytes:
+    body = f" {key}={value}\n".encode()
+    n = len(body) + 1
+    while len(str(n)) + len(body) != n:
+        n = len(str(n)) + len(body)
+    return str(n).encode() + body
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    pytest.param([_pax({"comment": "everything after me"}, tarfile.XGLTYPE)],
+                 "global extended header", id="pax-global"),
+    pytest.param([_pax({"GNU.sparse.major": "1", "GNU.sparse.minor": "0",
+                        "GNU.sparse.name": "model/predict.py",
+                        "GNU.sparse.realsize": str(2**40)})],
+                 "is a sparse file", id="pax-sparse"),
+    pytest.param([_pax({"comment": "a"}), _pax({"comment": "b"}), _pax({"comment": "c"})],
+                 "chains extended tar headers", id="chained-headers"),
+    pytest.param([_pax({"path": "../escape.py"})], "would escape the bundle folder",
+                 id="pax-path-traversal"),
+])
+def test_extended_headers_no_bundle_needs_are_refused(tmp_path: Path,
+                                                      extra: list[tuple[tarfile.TarInfo,
+                                                                        bytes]],
+                                                      message: str) -> None:
+    members = [file_member("BATON-CONTENT", index_of(FILES)),
+               *extra, *(file_member(n, d) for n, d in FILES.items())]
+    archive = _raw_archive(tmp_path / "headers.baton", members)
+    with pytest.raises(UnsafeArchiveError, match=message):
+        extract_archive(archive, tmp_path / "target")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["headers.baton"]
+
+
+def test_a_gnu_sparse_member_is_refused(tmp_path: Path) -> None:
+    sparse = tarfile.TarInfo("model/predict.py")
+    sparse.type = tarfile.GNUTYPE_SPARSE
+    archive = _raw_archive(tmp_path / "sparse.baton",
+                           [file_member("BATON-CONTENT", index_of(FILES)), (sparse, None)])
+    with pytest.raises(UnsafeArchiveError, match="is a sparse file"):
+        verify_archive(archive)
+
+
+def test_a_member_listed_twice_is_refused(craft_archive: CraftArchive, tmp_path: Path) -> None:
+    archive = craft_archive("twice.baton", FILES,
+                            extra=[file_member("baton.toml", FILES["baton.toml"])])
+    with pytest.raises(UnsafeArchiveError, match="'baton.toml' appears twice"):
+        extract_archive(archive, tmp_path / "target")
+    assert not (tmp_path / "target").exists()
+
+
+@pytest.mark.parametrize(("trailer", "message"), [
+    pytest.param(bytes(1024) + b"hidden payload".ljust(512, b"\0"),
+                 "has data after its last file", id="data-after-the-end"),
+    pytest.param(b"", "has data after its last file", id="no-end-blocks"),
+])
+def test_anything_but_zeros_after_the_last_file_is_refused(tmp_path: Path, trailer: bytes,
+                                                           message: str) -> None:
+    members = [file_member("BATON-CONTENT", index_of(FILES)),
+               *(file_member(n, d) for n, d in FILES.items())]
+    archive = _raw_archive(tmp_path / "trailer.baton", members, trailer)
+    with pytest.raises(BundleError, match=message):
+        verify_archive(archive)
+    assert verify_archive(_raw_archive(tmp_path / "ok.baton", members,
+                                       bytes(1024 + 8192))) == digest_of_index(
+        index_of(FILES))
+
+
+@pytest.mark.parametrize("damage", ["crc", "truncated"])
+def test_a_damaged_gzip_stream_is_refused(make_bundle: MakeBundle, tmp_path: Path,
+                                          damage: str) -> None:
+    data = bytearray(build_archive(make_bundle(), tmp_path / "out").path.read_bytes())
+    if damage == "crc":
+        data[-8] ^= 0xFF  # the CRC32 of the unpacked bytes, checked at the very end
+    else:
+        data = data[:-40]
+    archive = tmp_path / f"{damage}.baton"
+    archive.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="is not a readable bundle archive") as info:
+        extract_archive(archive, tmp_path / "target")
+    assert info.value.code == "INVALID_BUNDLE"
+    assert not (tmp_path / "target").exists()
+
+
+@pytest.mark.parametrize(("index", "message"), [
+    pytest.param(b"\xff\xfe\n", "BATON-CONTENT is not UTF-8 text", id="not-utf8"),
+    pytest.param(index_of(FILES)[:-1], "no line end", id="no-final-newline"),
+    pytest.param(b"".join(reversed(index_of(FILES).splitlines(keepends=True))),
+                 "not sorted by path", id="unsorted"),
+    pytest.param(index_of({"a": b""}) * 2, "lists a path twice", id="duplicate"),
+    pytest.param(index_of({"model": b"", "model/x.py": b""}),
+                 "lists 'model' as a file and as a folder", id="file-and-folder"),
+    pytest.param(index_of({"../x.py": b""}), "line 1 is malformed", id="traversal"),
+    pytest.param(index_of({"/etc/x": b""}), "line 1 is malformed", id="absolute"),
+    pytest.param(index_of({"a/./b": b""}), "line 1 is malformed", id="not-normal"),
+    pytest.param(index_of({"a\rb": b""}), "line 1 is malformed", id="control-character"),
+    pytest.param(b"xyz  644  a\n", "line 1 is malformed", id="not-a-sha256"),
+])
+def test_an_index_that_is_not_canonical_is_refused(tmp_path: Path, index: bytes,
+                                                   message: str) -> None:
+    archive = write_tar(tmp_path / "index.baton", [file_member("BATON-CONTENT", index)])
+    with pytest.raises(BundleError, match=message) as info:
+        verify_archive(archive)
+    assert info.value.code == "INVALID_BUNDLE"

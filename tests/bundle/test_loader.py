@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from baton.bundle.archive import build_archive, bundle_digest
+from baton.bundle.archive import ArchiveLimits, ArchiveTooLarge, build_archive, bundle_digest
 from baton.bundle.loader import open_bundle
 from baton.errors import BundleError, DigestMismatchError
 
@@ -63,14 +63,43 @@ def test_an_archive_with_another_digest_is_refused_before_extraction(
     assert not bundles.exists() or list(bundles.iterdir()) == []
 
 
-def test_an_altered_extracted_copy_is_refused(make_bundle: MakeBundle, tmp_path: Path) -> None:
+def test_an_altered_extracted_copy_is_extracted_again(make_bundle: MakeBundle,
+                                                     tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
     built = build_archive(make_bundle(), tmp_path / "dist")
     bundles = tmp_path / "bundles"
     extracted = open_bundle(built.path, bundles).path
+    genuine = (extracted / "model" / "predict.py").read_bytes()
+    (extracted / "model" / "predict.py").chmod(0o644)
     (extracted / "model" / "predict.py").write_text("# changed on the server\n")
-    with pytest.raises(DigestMismatchError, match="was altered") as info:
-        open_bundle(built.path, bundles)
-    assert info.value.details == {"path": str(extracted)}
+    assert open_bundle(built.path, bundles).path == extracted
+    assert (extracted / "model" / "predict.py").read_bytes() == genuine
+    assert "model/predict.py: content differs" in caplog.text
+    assert [p.name for p in bundles.iterdir()] == [extracted.name]
+
+
+def test_the_extracted_copy_is_read_only(make_bundle: MakeBundle, tmp_path: Path) -> None:
+    bundle = make_bundle(files={"bin/run.sh": b"#!/bin/sh\n"})
+    (bundle / "bin" / "run.sh").chmod(0o755)
+    extracted = open_bundle(build_archive(bundle, tmp_path / "dist").path,
+                            tmp_path / "bundles").path
+    modes = {p.relative_to(extracted).as_posix(): p.stat().st_mode & 0o777
+             for p in extracted.rglob("*")}
+    assert modes["bin/run.sh"] == 0o555 and modes["baton.toml"] == 0o444
+    assert modes["bin"] == modes["model"] == 0o555
+    assert extracted.stat().st_mode & 0o777 == 0o555
+    assert bundle_digest(extracted) == bundle_digest(bundle)
+
+
+def test_an_archive_past_the_limits_is_refused_and_nothing_is_cached(
+        make_bundle: MakeBundle, tmp_path: Path) -> None:
+    built = build_archive(make_bundle(), tmp_path / "dist")
+    bundles = tmp_path / "bundles"
+    with pytest.raises(ArchiveTooLarge) as info:
+        open_bundle(built.path, bundles, limits=ArchiveLimits(max_file_bytes=1000))
+    assert info.value.details["limit"] == "max_file_bytes"
+    assert list(bundles.iterdir()) == []
+    assert open_bundle(built.path, bundles).digest == built.digest  # the defaults take it
 
 
 def test_a_missing_bundle_is_named(tmp_path: Path) -> None:

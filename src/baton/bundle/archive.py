@@ -1,13 +1,15 @@
-"""Content digests, reproducible archives and verified, filtered extraction.
+"""Reproducible archives, and verified, filtered, bounded reading of them.
 
-The content digest of a bundle is the sha256 of its index: one line per file, sorted by
-path, giving the file's sha256, its mode (644 or 755) and its relative path. The index
-travels inside the archive as ``BATON-CONTENT``; the same content always gives the same
-digest, whatever the machine, the clock or the compressor.
+An archive is ``BATON-CONTENT`` (the index, see :mod:`baton.bundle.index`) followed by the
+files it lists. Reading one always streams it whole, once: every member is checked against
+the index (safe name, regular file, listed once, same content, none missing) and counted
+against :class:`ArchiveLimits`, whether the files are written or only verified, and
+whatever was extracted before.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
@@ -15,24 +17,37 @@ import os
 import shutil
 import tarfile
 import tempfile
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from baton.bundle.index import (
+    ARCHIVE_SUFFIX,
+    INDEX_NAME,
+    IndexEntry,
+    build_index,
+    bundle_digest,
+    digest_of_index,
+    list_files,
+    parse_index,
+    render_index,
+)
+from baton.bundle.limits import (
+    MAX_HEADER_BYTES,
+    MAX_INDEX_BYTES,
+    ArchiveLimits,
+    ArchiveTooLarge,
+    UnpackedStream,
+    fixed_limit_exceeded,
+)
 from baton.bundle.manifest import MANIFEST_NAME, BundleManifest
 from baton.errors import BundleError, DigestMismatchError, UnsafeArchiveError
 
-INDEX_NAME = "BATON-CONTENT"
-ARCHIVE_SUFFIX = ".baton"
-_EXCLUDED_DIRS = {"__pycache__", ".git", ".ipynb_checkpoints", ".mypy_cache", ".pytest_cache"}
-_EXCLUDED_SUFFIXES = (".pyc", ".pyo", ARCHIVE_SUFFIX)
-_EXCLUDED_NAMES = {".DS_Store", INDEX_NAME, "check-report.json"}
-
-
-@dataclass(frozen=True)
-class IndexEntry:
-    path: str
-    sha256: str
-    mode: int
+__all__ = ["ARCHIVE_SUFFIX", "INDEX_NAME", "ArchiveLimits", "ArchiveTooLarge", "BuiltArchive",
+           "IndexEntry", "build_archive", "bundle_digest", "extract_archive", "parse_index",
+           "list_files", "stream_archive", "verify_archive"]
 
 
 @dataclass(frozen=True)
@@ -40,69 +55,6 @@ class BuiltArchive:
     path: Path
     digest: str
     manifest: BundleManifest
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def list_files(bundle_dir: Path) -> list[str]:
-    """Relative POSIX paths of the files that make up a bundle, sorted."""
-    out = []
-    for root, dirs, files in os.walk(bundle_dir):
-        dirs[:] = sorted(d for d in dirs if d not in _EXCLUDED_DIRS)
-        # os.walk lists a link to a folder among the folders and does not enter it: without
-        # this check its files would silently be missing from the bundle.
-        files = files + [d for d in dirs if Path(root, d).is_symlink()]
-        for name in files:
-            if name in _EXCLUDED_NAMES or name.endswith(_EXCLUDED_SUFFIXES):
-                continue
-            full = Path(root, name)
-            rel = full.relative_to(bundle_dir).as_posix()
-            if full.is_symlink():
-                raise BundleError(f"bundle file {rel} is a symbolic link; bundles hold "
-                                  "regular files only", details={"path": rel})
-            out.append(rel)
-    return sorted(out)
-
-
-def build_index(bundle_dir: Path) -> list[IndexEntry]:
-    entries = []
-    for rel in list_files(bundle_dir):
-        full = bundle_dir / rel
-        mode = 0o755 if os.access(full, os.X_OK) else 0o644
-        entries.append(IndexEntry(rel, _sha256_file(full), mode))
-    return entries
-
-
-def render_index(entries: list[IndexEntry]) -> bytes:
-    return "".join(f"{e.sha256}  {e.mode:o}  {e.path}\n" for e in entries).encode()
-
-
-def parse_index(data: bytes) -> list[IndexEntry]:
-    entries = []
-    for n, line in enumerate(data.decode("utf-8").splitlines(), 1):
-        try:
-            sha, mode, path = line.split("  ", 2)
-            if mode not in ("644", "755"):  # never setuid, setgid or world-writable
-                raise ValueError(mode)
-            entries.append(IndexEntry(path, sha, int(mode, 8)))
-        except ValueError:
-            raise BundleError(f"{INDEX_NAME} line {n} is malformed") from None
-    return entries
-
-
-def digest_of_index(index: bytes) -> str:
-    return "sha256:" + hashlib.sha256(index).hexdigest()
-
-
-def bundle_digest(bundle_dir: Path) -> str:
-    """The content digest of a bundle folder."""
-    return digest_of_index(render_index(build_index(Path(bundle_dir))))
 
 
 def _machine_paths(bundle_dir: Path) -> list[bytes]:
@@ -179,7 +131,46 @@ def _check_references(bundle_dir: Path, manifest: BundleManifest, files: set[str
                               f"{bundle_dir}", details={"field": name, "path": rel})
 
 
-# -- Extraction ---------------------------------------------------------------------------
+# -- Reading archives ------------------------------------------------------------------------
+
+#: Tar header types that describe the next member (GNU long names, PAX extended headers).
+_EXTENDED = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE,
+             tarfile.SOLARIS_XHDTYPE)
+_READ_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error)
+
+
+class _GuardedTarInfo(tarfile.TarInfo):
+    """Refuses, before tarfile reads them into memory, headers that no bundle needs."""
+
+    def _proc_member(self, tar: tarfile.TarFile) -> tarfile.TarInfo:  # tarfile's hook
+        assert isinstance(tar, _GuardedTarFile)
+        if self.type == tarfile.XGLTYPE:
+            raise UnsafeArchiveError("archive has a global extended header, which would "
+                                     "change every entry after it; bundles never need one")
+        if self.type == tarfile.GNUTYPE_SPARSE:
+            raise UnsafeArchiveError(f"archive entry {self.name!r} is a sparse file; bundles "
+                                     "hold regular files only", details={"entry": self.name})
+        if self.type not in _EXTENDED:
+            tar.headers_in_a_row = 0
+            return super()._proc_member(tar)
+        if self.size > MAX_HEADER_BYTES:
+            raise fixed_limit_exceeded("header_bytes", MAX_HEADER_BYTES, self.size,
+                                       f"an extended tar header of {self.size} bytes")
+        tar.headers_in_a_row += 1
+        if tar.headers_in_a_row > 2:
+            raise UnsafeArchiveError("archive chains extended tar headers; an entry needs "
+                                     "at most a long name and a PAX header")
+        # tarfile would expand GNU sparse maps (unbounded, and zeros from nothing): look first.
+        if b"GNU.sparse" in tar.fileobj.peek(self.size):  # type: ignore[union-attr]
+            raise UnsafeArchiveError("archive entry is a sparse file; bundles hold regular "
+                                     "files only")
+        return super()._proc_member(tar)
+
+
+class _GuardedTarFile(tarfile.TarFile):
+    tarinfo = _GuardedTarInfo
+    headers_in_a_row = 0
+
 
 def _safe_member(member: tarfile.TarInfo) -> str:
     name = member.name
@@ -187,24 +178,30 @@ def _safe_member(member: tarfile.TarInfo) -> str:
     if p.is_absolute() or ".." in p.parts or name.startswith("/") or "\\" in name:
         raise UnsafeArchiveError(f"archive entry {name!r} would escape the bundle folder",
                                  details={"entry": name})
-    if not member.isfile():
+    if member.type not in (tarfile.REGTYPE, tarfile.AREGTYPE) or member.sparse is not None:
         kind = "link" if member.issym() or member.islnk() else "special file"
         raise UnsafeArchiveError(f"archive entry {name!r} is a {kind}; bundles hold regular "
                                  "files only", details={"entry": name})
     return p.as_posix()
 
 
-def extract_archive(archive: Path, target: Path, expected_digest: str | None = None) -> str:
+#: Given the digest and index, the folder to extract into, or None to verify only.
+DestinationFor = Callable[[str, dict[str, IndexEntry]], "Path | None"]
+
+
+def extract_archive(archive: Path, target: Path, expected_digest: str | None = None, *,
+                    limits: ArchiveLimits | None = None) -> str:
     """Extract and verify an archive into ``target`` (created atomically); return its digest.
 
     Refuses entries that escape the folder, links and special files, files not listed in
-    the index, and any file whose content differs from the index. With ``expected_digest``
-    the index itself must match it.
+    the index, any file whose content differs from the index, and archives past ``limits``
+    (default: :class:`ArchiveLimits`'). With ``expected_digest`` the index must match it.
+    Nothing is left behind on a refusal.
     """
     archive, target = Path(archive), Path(target)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
     try:
-        digest = _extract_verified(archive, tmp, expected_digest)
+        digest = stream_archive(archive, lambda _d, _i: tmp, expected_digest, limits)
         if target.exists():
             shutil.rmtree(tmp)
             return digest
@@ -215,72 +212,136 @@ def extract_archive(archive: Path, target: Path, expected_digest: str | None = N
         raise
 
 
-def read_archive_digest(archive: Path) -> str:
-    try:
-        with tarfile.open(archive, "r:gz") as tar:
-            member = tar.next()
-            if member is None or member.name != INDEX_NAME or not member.isfile():
-                raise BundleError(f"{archive} is not a Baton bundle archive: "
-                                  f"{INDEX_NAME} must come first")
-            f = tar.extractfile(member)
-            assert f is not None
-            return digest_of_index(f.read())
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise BundleError(f"{archive} is not a readable bundle archive: {exc}") from None
-
-
-def verify_archive(archive: Path, expected_digest: str | None = None) -> str:
+def verify_archive(archive: Path, expected_digest: str | None = None, *,
+                   limits: ArchiveLimits | None = None) -> str:
     """Check every file of an archive against its index, writing nothing; return the digest."""
-    return _extract_verified(Path(archive), None, expected_digest)
+    return stream_archive(Path(archive), lambda _d, _i: None, expected_digest, limits)
 
 
-def _extract_verified(archive: Path, dest: Path | None, expected_digest: str | None) -> str:
+def stream_archive(archive: Path, dest_for: DestinationFor, expected_digest: str | None,
+                   limits: ArchiveLimits | None) -> str:
+    """Read ``archive`` once, verifying every member against its index; write the files into
+    the folder ``dest_for`` names once the index is known (None: write nothing)."""
+    limits = limits or ArchiveLimits()
     try:
-        tar = tarfile.open(archive, "r:gz")
-    except (tarfile.TarError, OSError, EOFError) as exc:
+        stream = UnpackedStream(archive, limits)
+    except OSError as exc:
         raise BundleError(f"{archive} is not a readable bundle archive: {exc}") from None
-    with tar:
-        first = tar.next()
-        if first is None or first.name != INDEX_NAME or not first.isfile():
-            raise BundleError(f"{archive} is not a Baton bundle archive: "
-                              f"{INDEX_NAME} must come first")
-        raw_index = tar.extractfile(first).read()  # type: ignore[union-attr]
-        digest = digest_of_index(raw_index)
-        if expected_digest is not None and digest != expected_digest:
-            raise DigestMismatchError(
-                f"archive digest is {digest}, expected {expected_digest}",
-                details={"expected": expected_digest, "actual": digest})
-        index = {e.path: e for e in parse_index(raw_index)}
-        seen: set[str] = set()
-        # tar.next(), not iteration: iterating a TarFile starts again at the index entry.
-        while (member := tar.next()) is not None:
-            rel = _safe_member(member)
-            entry = index.get(rel)
-            if entry is None:
-                raise UnsafeArchiveError(f"archive entry {rel!r} is not in {INDEX_NAME}",
-                                         details={"entry": rel})
-            h = hashlib.sha256()
-            src = tar.extractfile(member)
-            assert src is not None
-            out = None if dest is None else dest / rel
-            if out is None:
-                while chunk := src.read(1 << 20):
-                    h.update(chunk)
-            else:
-                out.parent.mkdir(parents=True, exist_ok=True)
-                with out.open("wb") as f:
-                    while chunk := src.read(1 << 20):
-                        h.update(chunk)
-                        f.write(chunk)
-            if h.hexdigest() != entry.sha256:
-                raise DigestMismatchError(f"file {rel!r} was altered: its content does not "
-                                          "match the bundle's index",
-                                          details={"path": rel})
-            if out is not None:
-                out.chmod(entry.mode)
-            seen.add(rel)
-        missing = sorted(set(index) - seen)
-        if missing:
-            raise DigestMismatchError(f"archive lacks files its index lists: {', '.join(missing)}",
-                                      details={"missing": missing})
-    return digest
+    try:
+        with _reading(archive):
+            tar = _GuardedTarFile(fileobj=stream, mode="r")  # type: ignore[arg-type]
+        with tar:
+            digest, index = _read_index(archive, tar, expected_digest, limits)
+            _read_members(archive, tar, index, dest_for(digest, index), limits)
+            with _reading(archive):
+                if stream.last != bytes(tarfile.BLOCKSIZE) or not stream.rest_is_zeros():
+                    raise BundleError(f"{archive} has data after its last file: a Baton "
+                                      "archive ends with the tar end-of-archive blocks")
+        return digest
+    finally:
+        stream.close()
+
+
+@contextmanager
+def _reading(archive: Path) -> Iterator[None]:
+    """Errors of reading a broken archive become INVALID_BUNDLE (writing errors do not pass
+    through here)."""
+    try:
+        yield
+    except _READ_ERRORS as exc:
+        raise BundleError(f"{archive} is not a readable bundle archive: {exc}") from None
+
+
+def _next(archive: Path, tar: tarfile.TarFile) -> tarfile.TarInfo | None:
+    with _reading(archive):
+        return tar.next()
+
+
+def _chunks(archive: Path, tar: tarfile.TarFile, member: tarfile.TarInfo) -> Iterator[bytes]:
+    src = tar.extractfile(member)
+    assert src is not None
+    while True:
+        with _reading(archive):
+            chunk = src.read(1 << 20)
+        if not chunk:
+            return
+        yield chunk
+
+
+def _read_index(archive: Path, tar: tarfile.TarFile, expected_digest: str | None,
+                limits: ArchiveLimits) -> tuple[str, dict[str, IndexEntry]]:
+    first = _next(archive, tar)
+    if first is None or first.name != INDEX_NAME or not first.isfile():
+        raise BundleError(f"{archive} is not a Baton bundle archive: "
+                          f"{INDEX_NAME} must come first")
+    if first.size > MAX_INDEX_BYTES:
+        raise fixed_limit_exceeded("index_bytes", MAX_INDEX_BYTES, first.size,
+                                   f"{INDEX_NAME} is {first.size} bytes")
+    raw_index = b"".join(_chunks(archive, tar, first))
+    digest = digest_of_index(raw_index)
+    if expected_digest is not None and digest != expected_digest:
+        raise DigestMismatchError(f"archive digest is {digest}, expected {expected_digest}",
+                                  details={"expected": expected_digest, "actual": digest})
+    entries = parse_index(raw_index)
+    if len(entries) > limits.max_files:
+        raise limits.exceeded("max_files", len(entries),
+                              f"{INDEX_NAME} lists {len(entries)} files")
+    return digest, {e.path: e for e in entries}
+
+
+def _read_members(archive: Path, tar: tarfile.TarFile, index: dict[str, IndexEntry],
+                  dest: Path | None, limits: ArchiveLimits) -> None:
+    seen: set[str] = set()
+    # tar.next(), not iteration: iterating a TarFile starts again at the index entry.
+    while (member := _next(archive, tar)) is not None:
+        rel = _safe_member(member)
+        entry = index.get(rel)
+        if entry is None:
+            raise UnsafeArchiveError(f"archive entry {rel!r} is not in {INDEX_NAME}",
+                                     details={"entry": rel})
+        if rel in seen:
+            raise UnsafeArchiveError(f"archive entry {rel!r} appears twice",
+                                     details={"entry": rel})
+        _check_member_size(rel, member.size, tar, limits)
+        _copy_member(archive, tar, member, entry, dest, limits)
+        seen.add(rel)
+    missing = sorted(set(index) - seen)
+    if missing:
+        raise DigestMismatchError(f"archive lacks files its index lists: {', '.join(missing)}",
+                                  details={"missing": missing})
+
+
+def _check_member_size(rel: str, size: int, tar: tarfile.TarFile,
+                       limits: ArchiveLimits) -> None:
+    """Refuse from the header, before a byte of the file is read."""
+    if size > limits.max_file_bytes:
+        raise limits.exceeded("max_file_bytes", size, f"archive file {rel!r} is {size} bytes",
+                              path=rel)
+    total = tar.fileobj.tell() + size  # type: ignore[union-attr]
+    if total > limits.max_bytes:
+        raise limits.exceeded("max_bytes", total, f"with {rel!r} the archive unpacks to "
+                              f"{total} bytes", path=rel)
+
+
+def _copy_member(archive: Path, tar: tarfile.TarFile, member: tarfile.TarInfo,
+                 entry: IndexEntry, dest: Path | None, limits: ArchiveLimits) -> None:
+    h, produced = hashlib.sha256(), 0
+    out = None if dest is None else dest / entry.path
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        f = None if out is None else stack.enter_context(out.open("xb"))
+        for chunk in _chunks(archive, tar, member):
+            produced += len(chunk)
+            if produced > min(member.size, limits.max_file_bytes):  # the header lied
+                raise limits.exceeded("max_file_bytes", produced,
+                                      f"archive file {entry.path!r} unpacks past its size",
+                                      path=entry.path)
+            h.update(chunk)
+            if f is not None:
+                f.write(chunk)
+    if h.hexdigest() != entry.sha256:
+        raise DigestMismatchError(f"file {entry.path!r} was altered: its content does not "
+                                  "match the bundle's index", details={"path": entry.path})
+    if out is not None:
+        out.chmod(entry.mode)

@@ -101,12 +101,13 @@ def build(bundle: Path, output: Path) -> None:
 @errors_to_exit
 def extract(archive: Path, directory: Path, digest: str | None) -> None:
     """Verify ARCHIVE and extract it into DIRECTORY (refusing unsafe or altered content)."""
-    from baton.bundle.archive import extract_archive
+    from baton.bundle.archive import ArchiveLimits, extract_archive
 
     if directory.exists():
         raise BundleError(f"{directory} already exists", code="TARGET_EXISTS")
+    limits = ArchiveLimits.from_settings(_settings())
     directory.parent.mkdir(parents=True, exist_ok=True)
-    click.echo(extract_archive(archive, directory, digest))
+    click.echo(extract_archive(archive, directory, digest, limits=limits))
 
 
 @main.command()
@@ -116,10 +117,12 @@ def extract(archive: Path, directory: Path, digest: str | None) -> None:
 @errors_to_exit
 def contract(bundle: Path, side: str) -> None:
     """Print BUNDLE's contract as JSON Schema."""
+    from baton.bundle.archive import ArchiveLimits
     from baton.bundle.loader import open_bundle
     from baton.contract.jsonschema import contract_to_json_schema
 
-    b = open_bundle(bundle, _settings().bundles_dir)
+    settings = _settings()
+    b = open_bundle(bundle, settings.bundles_dir, limits=ArchiveLimits.from_settings(settings))
     click.echo(json.dumps(contract_to_json_schema(b.manifest.contract, side), indent=2))
 
 
@@ -143,6 +146,9 @@ def check(bundle: Path, report: Path, iterations: int, wheelhouse: Path | None,
     render_check(result)
     click.echo(f"report written to {report}")
     if not result.passed:
+        if result.error:
+            click.secho(f"error [{result.error['code']}]: {result.error['message']}",
+                        fg="red", err=True)
         sys.exit(STAGE_EXIT.get(result.failed_stage or "", 1))
 
 

@@ -128,13 +128,15 @@ class _WithoutPandas(importlib.abc.MetaPathFinder):
 def _prepare(ref: str, registry_url: str | None, settings: Any, spec: Any,
              quiet: bool) -> tuple[Any, Any]:
     """The model's service (not started) and the opened job: bad input fails before workers."""
+    from baton.bundle.archive import ArchiveLimits
     from baton.bundle.loader import open_bundle
     from baton.env.builder import EnvBuilder
     from baton.scoring.job import ScoreJob
     from baton.serving.service import ModelService
 
     if Path(ref).exists():
-        bundle = open_bundle(ref, settings.bundles_dir)
+        bundle = open_bundle(ref, settings.bundles_dir,
+                             limits=ArchiveLimits.from_settings(settings))
         job = ScoreJob(spec, bundle.manifest.contract)
         job.open(_identity(bundle))
         try:
