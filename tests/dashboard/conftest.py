@@ -6,21 +6,18 @@ build/screenshots/ (git-ignored) so they can be looked at after the run.
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import subprocess
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
 from baton.registry.client import RegistryClient
-from tests.conftest import BATON, ROOT, Server, free_port, run_baton
-from tests.serving.test_registry_serving import Registry, scorer, serve_registry
+from tests.conftest import ROOT, Server
+from tests.security.engines import RegistryProcess, follower_args
+from tests.serving.test_registry_serving import scorer
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -92,11 +89,44 @@ def shot(screenshot_dir: Path) -> Callable[[Page, str], Path]:
 
 
 @dataclass
+class DashboardRegistry:
+    """A real registry with a data scientist, an operator, an approver and a viewer."""
+
+    process: RegistryProcess
+    tokens: dict[str, str] = field(default_factory=dict)
+    clients: dict[str, RegistryClient] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return self.process.url
+
+    @property
+    def admin(self) -> RegistryClient:
+        return self.process.admin
+
+    def client(self, user: str) -> RegistryClient:
+        if user not in self.clients:
+            self.clients[user] = RegistryClient(self.url, self.tokens[user])
+        return self.clients[user]
+
+    def release(self, archive: Path, version: str) -> None:
+        """push, validate (a real check), stage, approve, production."""
+        ds, op, ap = self.client("dana"), self.client("olga"), self.client("abe")
+        ds.push(archive)
+        ds.promote(f"scorer@{version}", "validated")
+        op.promote(f"scorer@{version}", "staging")
+        ap.decide(f"scorer@{version}", "approve", "reviewed the check report")
+        op.promote(f"scorer@{version}", "production", "release")
+
+
+@dataclass
 class RegistryEngine:
     """A registry whose production stage an engine serves: scorer 1.0.0 is in production,
-    scorer 2.0.0 waits in staging for an approval."""
+    scorer 2.0.0 waits in staging for an approval. The engine reads the registry as eve, a
+    viewer, and takes the registry's tokens from its callers (its ``client`` sends
+    dana's, who may infer and read)."""
 
-    registry: Registry
+    registry: DashboardRegistry
     engine: Server
 
     def approvals(self, ref: str) -> list[dict[str, object]]:
@@ -111,46 +141,26 @@ class RegistryEngine:
 def registry_engine(tmp_path_factory: pytest.TempPathFactory,
                     baton_env: dict[str, str]) -> Iterator[RegistryEngine]:
     root = tmp_path_factory.mktemp("dashboard-registry")
-    env = dict(baton_env, BATON_HOME=str(root / "registry-home"))
-    token = run_baton("registry", "bootstrap-admin", "root", env=env).stdout.strip()
-    port = free_port()
-    proc = subprocess.Popen([*BATON, "registry", "serve", "--port", str(port)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    admin = RegistryClient(url, token)
-    reg = Registry(url, root / "registry-home", admin, {}, {})
+    reg = DashboardRegistry(RegistryProcess(root / "registry-home", baton_env))
     engine: Server | None = None
     try:
-        _wait_for_registry(admin, proc)
+        reg.process.start()
         for user, role in (("dana", "data-scientist"), ("olga", "operator"),
                            ("abe", "approver"), ("eve", "viewer")):
-            admin.create_user(user, role)
-            reg.tokens[user] = admin.create_token(user, 1)
+            reg.tokens[user] = reg.process.user(user, role)[0]
         reg.release(scorer(root, "1.0.0", 2.0), "1.0.0")
         ds = reg.client("dana")
         ds.push(scorer(root, "2.0.0", 3.0))
         ds.promote("scorer@2.0.0", "validated")
         reg.client("olga").promote("scorer@2.0.0", "staging", "ready for review")
-        engine = serve_registry(reg, baton_env)  # it reads the registry as eve, a viewer
+        engine = Server([], dict(baton_env, BATON_TOKEN=reg.tokens["eve"]),
+                        follower_args(reg.process))
+        engine.client.headers["authorization"] = f"Bearer {reg.tokens['dana']}"
         engine.wait_ready()
         yield RegistryEngine(reg, engine)
     finally:
         if engine is not None:
             engine.stop()
-        for client in [admin, *reg.clients.values()]:
+        for client in reg.clients.values():
             client.close()
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(30)
-
-
-def _wait_for_registry(admin: RegistryClient, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            admin.whoami()
-            return
-        except Exception:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+        reg.process.close()

@@ -5,6 +5,7 @@
 // (keyed by the model's name) and its canary or shadow candidate ("name:canary",
 // "name:shadow"; see versionKey).
 
+import { authFetch } from "./auth.js";
 import { COLORS, LineChart } from "./charts.js";
 import {
   el, fmtAgo, fmtBytes, fmtPercent, fmtRate, fmtSeconds, fmtWeight, roleLabel, setFigure,
@@ -33,15 +34,22 @@ const state = {
   monitor: null,
 };
 
+class HttpFailure extends Error {
+  constructor(url, status) {
+    super(`${url} answered HTTP ${status}`);
+    this.status = status;
+  }
+}
+
 async function getJSON(url) {
-  const resp = await fetch(url, { cache: "no-store" });
-  if (!resp.ok) throw new Error(`${url} answered HTTP ${resp.status}`);
+  const resp = await authFetch(url);
+  if (!resp.ok) throw new HttpFailure(url, resp.status);
   return resp.json();
 }
 
 async function getMetricsText() {
   if (!state.metricsOn) return null;
-  const resp = await fetch("/metrics", { cache: "no-store" });
+  const resp = await authFetch("/metrics");
   if (resp.status === 404) { state.metricsOn = false; return null; }
   return resp.ok ? resp.text() : null;
 }
@@ -390,6 +398,11 @@ async function tick() {
       `updated ${new Date(stats.time * 1000).toLocaleTimeString()}`;
     renderAll();
   } catch (err) {
+    if (err.status === 403) { // shown in the forbidden banner: the engine is there
+      offline.hidden = true;
+      setStatus("forbidden", "token lacks the read scope");
+      return;
+    }
     offline.hidden = false;
     offline.textContent = `Cannot reach the engine at ${location.origin}: ${err.message}. ` +
       "Retrying every second.";

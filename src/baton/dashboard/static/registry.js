@@ -1,7 +1,10 @@
 // The registry view: versions, stages, approvals and the audit trail, through the engine's
-// same-origin proxy (/ui/api/registry). The user's token is kept in sessionStorage and sent
-// with each call; the registry decides what the user may do.
+// same-origin proxy (/ui/api/registry). The user's registry token is kept in sessionStorage
+// and sent with each call (the engine checks it has 'read', the registry decides the rest);
+// until the user signs in with another, the engine token is tried (a registry-issued
+// token is both).
 
+import { authFetch, engineToken } from "./auth.js";
 import { el, fmtTime, shortDigest } from "./dom.js";
 
 const API = "/ui/api/registry";
@@ -12,17 +15,23 @@ const AUDIT_ROWS = 100;
 
 // session counts sign-ins and sign-outs, refreshes counts refreshes: the results of a
 // refresh overtaken by either are dropped, so a slow answer never paints over a newer one.
-const reg = { me: null, timer: null, names: [], session: 0, refreshes: 0 };
+const reg = { me: null, timer: null, names: [], session: 0, refreshes: 0, signedOut: false };
 
 class RegistryFailure extends Error {
   constructor(status, body) {
     super(body?.error ?? `HTTP ${status}`);
     this.status = status;
     this.code = body?.code ?? "ERROR";
+    this.scope = body?.details?.scope; // set when the engine, not the registry, refused
   }
 }
 
-async function call(method, path, body, token = sessionStorage.getItem(TOKEN_KEY)) {
+/** The token for registry calls: the one signed in with, else the engine's own. */
+function registryToken() {
+  return sessionStorage.getItem(TOKEN_KEY) ?? (reg.signedOut ? null : engineToken());
+}
+
+async function call(method, path, body, token = registryToken()) {
   const headers = { accept: "application/json" };
   if (token) headers.authorization = `Bearer ${token}`;
   if (body !== undefined) headers["content-type"] = "application/json";
@@ -48,6 +57,9 @@ async function call(method, path, body, token = sessionStorage.getItem(TOKEN_KEY
 
 function explain(action, err) {
   const status = err.status ? `HTTP ${err.status} ${err.code}` : err.code;
+  if (err.status === 403 && err.scope) {
+    return `Refused by this engine: the token lacks the '${err.scope}' scope (${status})`;
+  }
   if (err.status === 403) return `Refused by the registry: ${err.message} (${status})`;
   if (err.status === 401) return `The registry did not accept this token: ${err.message} (${status})`;
   return `${action} failed: ${err.message} (${status})`;
@@ -177,7 +189,7 @@ async function refresh() {
   const session = reg.session;
   const seq = ++reg.refreshes;
   const stale = () => session !== reg.session || seq !== reg.refreshes;
-  const token = sessionStorage.getItem(TOKEN_KEY);
+  const token = registryToken();
   const get = (path) => call("GET", path, undefined, token);
   try {
     const { bundles } = await get("/bundles");
@@ -210,7 +222,10 @@ async function signIn() {
     if (session !== reg.session) return;
     reg.me = null;
     whoami.textContent = "";
-    if (err.status === 401) sessionStorage.removeItem(TOKEN_KEY);
+    if (err.status === 401) {
+      sessionStorage.removeItem(TOKEN_KEY);
+      reg.signedOut = true; // not the engine token again: the user signs in
+    }
     message("error", explain("Sign-in", err), err.status);
     return;
   }
@@ -226,6 +241,7 @@ async function signIn() {
 
 function signOut() {
   reg.session++;
+  reg.signedOut = true;
   sessionStorage.removeItem(TOKEN_KEY);
   reg.me = null;
   clearInterval(reg.timer);
@@ -241,8 +257,12 @@ export async function startRegistry() {
   const off = document.getElementById("registry-off");
   let info;
   try {
-    info = await call("GET", "");
+    // The engine's own route (it names the registry): asks for an engine token if needed.
+    const resp = await authFetch(API);
+    info = await resp.json();
+    if (!resp.ok) throw new RegistryFailure(resp.status, info);
   } catch (err) {
+    if (!(err instanceof RegistryFailure)) err = new RegistryFailure(0, { error: err.message });
     off.hidden = false;
     off.textContent = explain("Asking the engine about its registry", err);
     return;
@@ -263,10 +283,11 @@ export async function startRegistry() {
     const token = input.value.trim();
     if (!token) { message("error", "Paste a registry token first."); return; }
     sessionStorage.setItem(TOKEN_KEY, token);
+    reg.signedOut = false;
     input.value = "";
     signIn();
   });
   document.getElementById("sign-out").addEventListener("click", signOut);
   document.getElementById("audit-filter").addEventListener("change", refresh);
-  if (sessionStorage.getItem(TOKEN_KEY)) await signIn();
+  if (registryToken()) await signIn();
 }
