@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import tarfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
-from baton.bundle.archive import verify_archive
+from baton.bundle.archive import ArchiveLimits, ArchiveTooLarge, verify_archive
 from baton.errors import BatonError
+from baton.registry.blobs import BlobStore
 from baton.registry.client import RegistryClient, RegistryError
 from baton.registry.service import Registry
 
@@ -140,3 +143,65 @@ def test_the_client_refuses_an_archive_that_does_not_match_its_digest(
         client.close()
     assert list((tmp_path / "out").iterdir()) == []
     assert blob.exists()
+
+
+# -- The store itself: limits, deletion, garbage collection ---------------------------------
+
+def stored(store: BlobStore, make_archive: MakeArchive, name: str) -> str:
+    digest, _ = store.put(make_archive(name).path)
+    return digest
+
+
+def test_put_holds_archives_to_the_store_limits_and_keeps_nothing_refused(
+        make_archive: MakeArchive, tmp_path: Path) -> None:
+    built = make_archive("limited")
+    store = BlobStore(tmp_path / "blobs", ArchiveLimits(max_files=2))
+    with pytest.raises(ArchiveTooLarge) as err:
+        store.put(built.path)
+    assert (err.value.code, err.value.http_status) == ("ARCHIVE_TOO_LARGE", 413)
+    assert err.value.details["setting"] == "BATON_ARCHIVE_MAX_FILES"
+    assert not (tmp_path / "blobs").exists() or list((tmp_path / "blobs").rglob("*")) == []
+
+
+def test_a_stored_blob_is_read_back_within_the_limits(make_archive: MakeArchive,
+                                                      tmp_path: Path) -> None:
+    digest = stored(BlobStore(tmp_path / "blobs"), make_archive, "readback")
+    with pytest.raises(ArchiveTooLarge) as err:  # not BLOB_CORRUPT: nothing was altered
+        BlobStore(tmp_path / "blobs", ArchiveLimits(max_file_bytes=10)).open_verified(digest)
+    assert err.value.details["limit"] == "max_file_bytes"
+
+
+def test_delete_removes_one_blob(make_archive: MakeArchive, tmp_path: Path) -> None:
+    store = BlobStore(tmp_path / "blobs")
+    keep, gone = stored(store, make_archive, "keep"), stored(store, make_archive, "gone")
+    assert store.delete(gone) is True
+    assert store.delete(gone) is False
+    assert not store.path(gone).exists() and store.open_verified(keep) == store.path(keep)
+    with pytest.raises(BatonError) as err:
+        store.delete("sha256:../../etc")
+    assert err.value.code == "INVALID_DIGEST"
+
+
+def test_garbage_collection_removes_unreferenced_blobs_and_stale_uploads(
+        make_archive: MakeArchive, tmp_path: Path) -> None:
+    store = BlobStore(tmp_path / "blobs")
+    kept, orphan_a, orphan_b = (stored(store, make_archive, n) for n in ("kept", "oa", "ob"))
+    shard = store.path(kept).parent
+    stale, fresh = shard / ".put-stale", shard / ".put-fresh"
+    stale.write_bytes(b"half an upload")
+    fresh.write_bytes(b"an upload in progress")
+    an_hour_ago = time.time() - 3601
+    os.utime(stale, (an_hour_ago, an_hour_ago))
+    foreign = tmp_path / "blobs" / "README"
+    foreign.write_text("not ours")
+    expected = sorted([store.path(orphan_a), store.path(orphan_b), stale])
+
+    assert sorted(store.collect_garbage({kept}, dry_run=True)) == expected
+    assert all(p.exists() for p in expected)
+    assert sorted(store.collect_garbage({kept})) == expected
+    assert not any(p.exists() for p in expected)
+    assert fresh.exists() and foreign.exists()
+    assert store.open_verified(kept) == store.path(kept)
+    assert store.collect_garbage({kept}) == []
+    assert store.collect_garbage({kept}, grace_seconds=0) == [fresh]
+    assert BlobStore(tmp_path / "nothing-yet").collect_garbage(set()) == []

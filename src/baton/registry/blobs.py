@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
-from baton.bundle.archive import verify_archive
-from baton.errors import BatonError, DigestMismatchError
+from baton.bundle.archive import ArchiveLimits, ArchiveTooLarge, verify_archive
+from baton.errors import BatonError
+
+_BLOB_NAME = re.compile(r"([0-9a-f]{64})\.baton")
+_UPLOAD_PREFIX = ".put-"
 
 
 class BlobCorrupt(BatonError):
@@ -17,10 +22,15 @@ class BlobCorrupt(BatonError):
 
 
 class BlobStore:
-    """A folder of ``<sha256 hex>.baton`` files; a blob is never rewritten once stored."""
+    """A folder of ``<sha256 hex>.baton`` files; a blob is never rewritten once stored.
 
-    def __init__(self, root: Path) -> None:
+    Every archive is verified completely, within ``limits`` (default: ArchiveLimits'), when
+    it is stored and every time it is read back.
+    """
+
+    def __init__(self, root: Path, limits: ArchiveLimits | None = None) -> None:
         self.root = Path(root)
+        self.limits = limits or ArchiveLimits()
 
     def path(self, digest: str) -> Path:
         algo, _, hexd = digest.partition(":")
@@ -31,11 +41,11 @@ class BlobStore:
 
     def put(self, archive: Path) -> tuple[str, int]:
         """Verify ``archive`` completely and store it; return its digest and size."""
-        digest = verify_archive(archive)
+        digest = verify_archive(archive, limits=self.limits)
         target = self.path(digest)
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".put-")
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=_UPLOAD_PREFIX)
             os.close(fd)
             try:
                 shutil.copyfile(archive, tmp)
@@ -50,8 +60,50 @@ class BlobStore:
         if not path.is_file():
             raise BlobCorrupt(f"blob {digest} is missing from storage", details={"digest": digest})
         try:
-            verify_archive(path, digest)
-        except (DigestMismatchError, BatonError) as exc:
+            verify_archive(path, digest, limits=self.limits)
+        except ArchiveTooLarge:
+            raise  # names the limit and the setting that lets it through
+        except BatonError as exc:
             raise BlobCorrupt(f"blob {digest} was altered in storage and will not be served: "
                               f"{exc.message}", details={"digest": digest}) from None
         return path
+
+    def delete(self, digest: str) -> bool:
+        """Remove the blob for ``digest``; whether there was one."""
+        path = self.path(digest)
+        existed = path.is_file()
+        path.unlink(missing_ok=True)
+        return existed
+
+    def collect_garbage(self, referenced: set[str], *, dry_run: bool = False,
+                        grace_seconds: float = 3600) -> list[Path]:
+        """Remove blobs whose digest is not in ``referenced``, and uploads (``.put-*``)
+        untouched for ``grace_seconds`` (younger ones may still be in progress); return what
+        was (with ``dry_run``: would be) removed. Other files are left alone.
+
+        The caller must keep pushes from recording new references meanwhile (the registry
+        holds its content lock)."""
+        stale_before = time.time() - grace_seconds
+        garbage = [p for shard in self._shards() for p in sorted(shard.iterdir())
+                   if self._is_garbage(p, referenced, stale_before)]
+        if not dry_run:
+            for p in garbage:
+                p.unlink(missing_ok=True)
+        return garbage
+
+    def _shards(self) -> list[Path]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p for p in self.root.iterdir()
+                      if p.is_dir() and not p.is_symlink() and re.fullmatch(r"[0-9a-f]{2}",
+                                                                            p.name))
+
+    @staticmethod
+    def _is_garbage(path: Path, referenced: set[str], stale_before: float) -> bool:
+        if path.is_symlink() or not path.is_file():
+            return False
+        blob = _BLOB_NAME.fullmatch(path.name)
+        if blob is not None:
+            return blob.group(1)[:2] == path.parent.name and \
+                f"sha256:{blob.group(1)}" not in referenced
+        return path.name.startswith(_UPLOAD_PREFIX) and path.stat().st_mtime < stale_before
