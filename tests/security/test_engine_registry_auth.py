@@ -80,6 +80,11 @@ def test_registry_tokens_carry_their_roles_scopes(follow: Callable[..., Server],
     info = engine.client.get("/ui/api/registry", headers=bearer(holders["viewer"][0]))
     assert info.json()["url"] == registry.url
     assert registry.url not in engine.client.get("/ui/api/registry").text
+    # An open path that only leads elsewhere by its dots is not a way around the guard.
+    for path in ("/ui/static/%2e%2e/api/registry", "/ui/static/%2e%2e%2fapi%2fregistry",
+                 "/v2/health/live/%2e%2e/%2e%2e/%2e%2e/ui/api/registry"):
+        resp = engine.client.get(path)
+        assert resp.status_code in (401, 404) and registry.url not in resp.text, path
 
 
 def test_a_revoked_registry_token_is_refused_within_the_cache_time(
