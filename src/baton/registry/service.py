@@ -111,9 +111,12 @@ class Registry:
         require(actor.role, "push", actor.name)
         digest, manifest = self._manifest_of(archive)
         try:
-            return self._record_push(actor, archive, digest, manifest)
-        except IntegrityError:  # a concurrent push of the same version won the race
-            return self.push(actor, archive)
+            try:
+                return self._record_push(actor, archive, digest, manifest)
+            except IntegrityError:
+                # A concurrent push of the same version won the race: once more sees it. (A
+                # constraint that keeps refusing fails again, rather than looping.)
+                return self._record_push(actor, archive, digest, manifest)
         except BaseException:
             self._discard_unreferenced(digest)
             raise
