@@ -352,6 +352,7 @@ def _pax_record(key: str, value: str) -> bytes:
                  "chains extended tar headers", id="chained-headers"),
     pytest.param([_pax({"path": "../escape.py"})], "would escape the bundle folder",
                  id="pax-path-traversal"),
+    pytest.param([_pax({"size": "-512"})], "has a negative size", id="pax-negative-size"),
 ])
 def test_extended_headers_no_bundle_needs_are_refused(tmp_path: Path,
                                                       extra: list[tuple[tarfile.TarInfo,
@@ -384,8 +385,8 @@ def test_a_member_listed_twice_is_refused(craft_archive: CraftArchive, tmp_path:
 
 @pytest.mark.parametrize(("trailer", "message"), [
     pytest.param(bytes(1024) + b"hidden payload".ljust(512, b"\0"),
-                 "has data after its last file", id="data-after-the-end"),
-    pytest.param(b"", "has data after its last file", id="no-end-blocks"),
+                 "does not end as a Baton archive does", id="data-after-the-end"),
+    pytest.param(b"", "does not end as a Baton archive does", id="no-end-blocks"),
 ])
 def test_anything_but_zeros_after_the_last_file_is_refused(tmp_path: Path, trailer: bytes,
                                                            message: str) -> None:

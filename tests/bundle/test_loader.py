@@ -72,6 +72,7 @@ def test_an_altered_extracted_copy_is_extracted_again(make_bundle: MakeBundle,
     genuine = (extracted / "model" / "predict.py").read_bytes()
     (extracted / "model" / "predict.py").chmod(0o644)
     (extracted / "model" / "predict.py").write_text("# changed on the server\n")
+    (extracted / "model" / "predict.py").chmod(0o444)
     assert open_bundle(built.path, bundles).path == extracted
     assert (extracted / "model" / "predict.py").read_bytes() == genuine
     assert "model/predict.py: content differs" in caplog.text

@@ -178,6 +178,9 @@ def _safe_member(member: tarfile.TarInfo) -> str:
     if p.is_absolute() or ".." in p.parts or name.startswith("/") or "\\" in name:
         raise UnsafeArchiveError(f"archive entry {name!r} would escape the bundle folder",
                                  details={"entry": name})
+    if member.size < 0:  # a PAX size field can say anything
+        raise UnsafeArchiveError(f"archive entry {name!r} has a negative size",
+                                 details={"entry": name})
     if member.type not in (tarfile.REGTYPE, tarfile.AREGTYPE) or member.sparse is not None:
         kind = "link" if member.issym() or member.islnk() else "special file"
         raise UnsafeArchiveError(f"archive entry {name!r} is a {kind}; bundles hold regular "
@@ -235,8 +238,9 @@ def stream_archive(archive: Path, dest_for: DestinationFor, expected_digest: str
             _read_members(archive, tar, index, dest_for(digest, index), limits)
             with _reading(archive):
                 if stream.last != bytes(tarfile.BLOCKSIZE) or not stream.rest_is_zeros():
-                    raise BundleError(f"{archive} has data after its last file: a Baton "
-                                      "archive ends with the tar end-of-archive blocks")
+                    raise BundleError(f"{archive} does not end as a Baton archive does: "
+                                      "after the last file come the tar end-of-archive "
+                                      "blocks (zeros) and nothing else")
         return digest
     finally:
         stream.close()

@@ -117,9 +117,12 @@ class UnpackedStream:
     def read(self, size: int = -1) -> bytes:
         if size < 0:
             raise ValueError("an archive is read in bounded pieces")
-        data, self._ahead = self._ahead[:size], self._ahead[size:]
-        if len(data) < size:
-            data += self._pull(size - len(data))
+        if self._ahead:
+            data, self._ahead = self._ahead[:size], self._ahead[size:]
+            if len(data) < size:
+                data += self._pull(size - len(data))
+        else:
+            data = self._pull(size)
         self.pos += len(data)
         self.last = data
         return data
