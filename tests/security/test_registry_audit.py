@@ -24,6 +24,7 @@ from sqlalchemy.exc import DBAPIError
 from baton.cli.main import main
 from baton.errors import BatonError
 from baton.registry.audit import chain_hash
+from baton.registry.client import RegistryClient
 from baton.registry.service import Registry
 from tests.registry.conftest import (  # noqa: F401  (fixtures used by name)
     ApiServer,
@@ -160,6 +161,14 @@ def test_removing_the_newest_entries_is_found_by_the_signed_head_and_stops_write
     with pytest.raises(BatonError) as err:
         own.registry.create_user(actor("admin"), unique("late"), "viewer")
     assert (err.value.code, err.value.exit_code) == ("AUDIT_CHAIN_BROKEN", 9)
+    client = RegistryClient(server.url, token)
+    try:
+        with pytest.raises(BatonError) as err:
+            client.create_user(unique("late"), "viewer")
+    finally:
+        client.close()
+    assert (err.value.code, err.value.http_status, err.value.exit_code) == (
+        "AUDIT_CHAIN_BROKEN", 500, 9)
     assert len(events(own)) == first_removed - 1  # nothing was chained onto the cut log
 
 

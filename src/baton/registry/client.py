@@ -14,6 +14,8 @@ from baton.errors import BatonError, DigestMismatchError
 from baton.trust import PublicKey, parse_public_key
 
 _EXIT = {400: 2, 401: 6, 403: 6, 404: 2, 409: 7, 413: 2, 422: 2}
+#: Codes whose exit status is not their HTTP status's (a broken audit chain is 9 everywhere).
+_EXIT_BY_CODE = {"AUDIT_CHAIN_BROKEN": 9}
 
 
 class RegistryError(BatonError):
@@ -24,7 +26,7 @@ class RegistryError(BatonError):
                          code=str(body.get("code", "REGISTRY_ERROR")),
                          details=body.get("details") or {})
         self.http_status = status
-        self.exit_code = _EXIT.get(status, 1)
+        self.exit_code = _EXIT_BY_CODE.get(self.code, _EXIT.get(status, 1))
 
 
 class RegistryClient:
