@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import shutil
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from baton.bundle.archive import build_archive, bundle_digest, extract_archive, verify_archive
+from baton.bundle.archive import (
+    ArchiveLimits,
+    ArchiveTooLarge,
+    build_archive,
+    bundle_digest,
+    extract_archive,
+    verify_archive,
+)
 from baton.bundle.index import digest_of_index
 from baton.errors import BundleError, DigestMismatchError, UnsafeArchiveError
 
@@ -436,3 +445,29 @@ def test_an_index_that_is_not_canonical_is_refused(tmp_path: Path, index: bytes,
     with pytest.raises(BundleError, match=message) as info:
         verify_archive(archive)
     assert info.value.code == "INVALID_BUNDLE"
+
+
+@pytest.mark.parametrize(("extra", "error", "message"), [
+    pytest.param(10, UnsafeArchiveError, "unpacks past the 12 bytes its header gives",
+                 id="past-its-header"),
+    pytest.param(200, ArchiveTooLarge, "unpacks to 212 bytes", id="past-the-limit"),
+])
+def test_the_bytes_a_file_produces_are_counted_too(craft_archive: CraftArchive,
+                                                   tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   extra: int, error: type[BundleError],
+                                                   message: str) -> None:
+    """A fault tarfile cannot produce (a member yielding more than its header's size), so a
+    reader that would is put in its place: the count still stops it."""
+    archive = craft_archive("liar.baton", FILES)
+    real = tarfile.TarFile.extractfile
+
+    def generous(self: tarfile.TarFile, member: tarfile.TarInfo) -> Any:
+        if member.name != "model/predict.py":
+            return real(self, member)
+        return io.BytesIO(FILES[member.name] + bytes(extra))
+
+    monkeypatch.setattr(tarfile.TarFile, "extractfile", generous)
+    with pytest.raises(error, match=message):
+        extract_archive(archive, tmp_path / "target", limits=ArchiveLimits(max_file_bytes=100))
+    assert not (tmp_path / "target").exists()

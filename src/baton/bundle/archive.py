@@ -327,6 +327,17 @@ def _check_member_size(rel: str, size: int, tar: tarfile.TarFile,
                               f"{total} bytes", path=rel)
 
 
+def _check_produced(rel: str, produced: int, size: int, limits: ArchiveLimits) -> None:
+    """The bytes a file really produces, in case a reader ever yields more than its header
+    said (tarfile does not)."""
+    if produced > limits.max_file_bytes:
+        raise limits.exceeded("max_file_bytes", produced,
+                              f"archive file {rel!r} unpacks to {produced} bytes", path=rel)
+    if produced > size:
+        raise UnsafeArchiveError(f"archive entry {rel!r} unpacks past the {size} bytes its "
+                                 "header gives", details={"entry": rel})
+
+
 def _copy_member(archive: Path, tar: tarfile.TarFile, member: tarfile.TarInfo,
                  entry: IndexEntry, dest: Path | None, limits: ArchiveLimits) -> None:
     h, produced = hashlib.sha256(), 0
@@ -337,10 +348,7 @@ def _copy_member(archive: Path, tar: tarfile.TarFile, member: tarfile.TarInfo,
         f = None if out is None else stack.enter_context(out.open("xb"))
         for chunk in _chunks(archive, tar, member):
             produced += len(chunk)
-            if produced > min(member.size, limits.max_file_bytes):  # the header lied
-                raise limits.exceeded("max_file_bytes", produced,
-                                      f"archive file {entry.path!r} unpacks past its size",
-                                      path=entry.path)
+            _check_produced(entry.path, produced, member.size, limits)
             h.update(chunk)
             if f is not None:
                 f.write(chunk)
