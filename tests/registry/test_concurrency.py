@@ -1,6 +1,6 @@
 """Concurrent promotions of one model serialise: one version ends in production and the
-audit log replays to the final state (on SQLite and PostgreSQL, one engine per thread, as
-separate server processes would have)."""
+audit log replays to the final state and its hash chain verifies (on SQLite and
+PostgreSQL, one engine per thread, as separate server processes would have)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from baton.errors import BatonError
+from baton.registry.audit import verify_database
 from baton.registry.service import Registry
 
 from .conftest import MakeArchive, MakeRegistry, actor, approve, to_staging, unique
@@ -84,6 +85,9 @@ def assert_consistent(reg: Registry, name: str) -> dict[str, str]:
     final = {b["version"]: b["stage"] for b in reg.list(actor("viewer"), name)}
     assert list(final.values()).count("production") == 1, final
     assert replay(reg.history(actor("viewer"), name)) == final
+    # Concurrent appends never fork the audit chain nor leave a gap in it.
+    with reg.db.session() as s:
+        verify_database(s, reg.signing_key.public, reg.head_file)
     return final
 
 

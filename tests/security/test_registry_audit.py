@@ -260,3 +260,30 @@ def test_approvals_and_decisions_are_append_only(
     refused(registry, statement.format(t=table) + " WHERE bundle_id IN (SELECT id FROM "
             "bundle_versions WHERE name = :n)", match="append-only", n=name)
     assert registry.show(actor("viewer"), ref) == before
+
+
+def test_concurrent_writers_never_fork_the_chain(make_registry: Any) -> None:  # noqa: F811
+    """Eight registries (one engine each, as separate server processes would have) append
+    at once: every write succeeds and the chain has no fork and no gap."""
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    from baton.registry.audit import verify_database
+
+    writers = [make_registry() for _ in range(8)]
+    barrier = Barrier(len(writers))
+
+    def write(reg: Registry) -> list[str]:
+        barrier.wait()
+        return [reg.create_user(actor("admin"), unique("racer"), "viewer")["name"]
+                for _ in range(5)]
+
+    with ThreadPoolExecutor(len(writers)) as pool:
+        made = [name for names in pool.map(write, writers) for name in names]
+    reg = writers[0]
+    log = reg.history(actor("viewer"))
+    assert {e["details"]["user"] for e in log if e["action"] == "create-user"} >= set(made)
+    assert [e["id"] for e in log] == list(range(log[0]["id"], log[0]["id"] + len(log)))
+    with reg.db.session() as s:
+        report = verify_database(s, reg.signing_key.public, reg.head_file)
+    assert report.head_id == log[-1]["id"]
