@@ -269,6 +269,22 @@ def test_a_staging_engine_serves_unapproved_staging_but_nothing_rejected(
     follow(settings, source, key.public, scenario, stage="staging")
 
 
+
+def test_a_signed_version_past_the_archive_limits_is_not_served(
+        settings: Settings, source: SignedSource, key: SigningKey, tmp_path: Path) -> None:
+    """The engine's archive limits apply to what it pulls, signed or not."""
+    tight = Settings(home=tmp_path / "home", archive_max_files=2)
+
+    async def scenario(engine: Engine, follower: RegistryFollower, src: SignedSource) -> None:
+        await follower.sync()
+        assert engine.models == {}
+        [(digest, reason)] = follower.describe()["failed"].items()
+        assert digest == src.show("scorer@1.0.0")["digest"]
+        assert reason.startswith("ARCHIVE_TOO_LARGE: ")
+
+    follow(tight, source, key.public, scenario)
+
+
 # -- a real registry, and an attacker with rights on its database --------------------------
 
 PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=5"

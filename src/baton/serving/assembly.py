@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from baton.bundle.archive import ArchiveLimits
 from baton.bundle.loader import open_bundle
 from baton.deployment import DeploymentSpec, LabelsSpec, StreamSpec, load_deployments
 from baton.env.builder import EnvBuilder
@@ -34,7 +35,8 @@ log = logging.getLogger("baton.serve")
 
 
 def _local_service(ref: Path, settings: Settings, builder: EnvBuilder) -> ModelService:
-    bundle = open_bundle(ref, settings.bundles_dir)
+    bundle = open_bundle(ref, settings.bundles_dir,
+                         limits=ArchiveLimits.from_settings(settings))
     env = builder.ensure(bundle.manifest.environment)
     how = "cached" if env.cached else f"built in {env.build_seconds:.1f}s"
     log.info("%s %s %s…  environment %s (%s)", bundle.name, bundle.version,

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
+from baton.bundle.archive import ArchiveLimits
 from baton.bundle.loader import open_bundle
 from baton.env.builder import EnvBuilder
 from baton.errors import BatonError, NotApproved, StageNotAllowed, UntrustedDecision
@@ -73,7 +74,8 @@ def _service(client: RegistrySource, decision: Decision, settings: Settings) -> 
     """The service for exactly the signed digest: pulled, verified, environment ready."""
     archive, digest = client.pull(f"{decision.name}@{decision.digest}",
                                   settings.home / "pulls")
-    bundle = open_bundle(archive, settings.bundles_dir, expected_digest=decision.digest)
+    bundle = open_bundle(archive, settings.bundles_dir, expected_digest=decision.digest,
+                         limits=ArchiveLimits.from_settings(settings))
     builder = EnvBuilder(settings.envs_dir, wheelhouse=settings.wheelhouse,
                          offline=settings.offline)
     return ModelService(bundle, builder.ensure(bundle.manifest.environment), settings)
