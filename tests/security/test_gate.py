@@ -309,3 +309,24 @@ def test_another_pinned_key_serves_nothing(staged: Registry, baton_env: dict[str
             in server.output()
     finally:
         server.stop()
+
+
+@pytest.mark.slow
+def test_batch_scoring_takes_only_a_signed_unrejected_version(
+        staged: Registry, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``registry_version`` (``baton score --registry``): staging or production, signed,
+    never rejected; the same key pinning as an engine."""
+    from baton.serving.assembly import registry_version
+
+    monkeypatch.setenv("BATON_TOKEN", staged.tokens["eve"])
+    with pytest.raises(BatonError) as caught:
+        registry_version(staged.url, "scorer@1.0.0", settings)
+    assert caught.value.code == "REGISTRY_KEY_REQUIRED"
+    pinned = Settings(home=settings.home, registry_key=staged.key)
+    svc = registry_version(staged.url, "scorer@1.0.0", pinned)
+    assert (svc.version, svc.ready) == ("1.0.0", False)  # built, not started
+    if not staged.admin.show("scorer@2.0.0")["approvals"]:  # not rejected by a test before
+        staged.client("abe").decide("scorer@2.0.0", "reject", "fails on FR payments")
+    with pytest.raises(BatonError) as caught:
+        registry_version(staged.url, "scorer@2.0.0", pinned)
+    assert caught.value.code == "NOT_APPROVED" and "rejected by abe" in caught.value.message
