@@ -118,6 +118,15 @@ def test_every_route_against_every_credential(auth_engine: tuple[Server, dict[st
     assert not failures, "\n".join(failures)
 
 
+def test_the_openapi_document_says_a_bearer_token_is_needed(
+        auth_engine: tuple[Server, dict[str, str]]) -> None:
+    server, tokens = auth_engine
+    doc = server.client.get("/openapi.json", headers=bearer(tokens["infer"])).json()
+    assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert doc["security"] == [{"bearer": []}]
+    assert doc["paths"]["/v2/health/live"]["get"]["security"] == []
+
+
 def test_nothing_is_disclosed_before_authentication(auth_engine: tuple[Server, dict[str, str]]
                                                     ) -> None:
     server, tokens = auth_engine

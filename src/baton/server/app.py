@@ -199,7 +199,7 @@ class BatonApp:
             raise _Metrics(self.engine.metrics.render())
         if path == "/openapi.json":
             _only(method, "GET")
-            return orjson.dumps(openapi_document(self.engine))
+            return orjson.dumps(openapi_document(self.engine, auth=self.guard is not None))
         raise RouteNotFound(f"no route {method} {path}; see /openapi.json")
 
     async def _v2(self, method: str, parts: list[str], scope: Scope, receive: Receive) -> bytes:

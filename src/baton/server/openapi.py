@@ -79,7 +79,8 @@ def _v2_paths(svc: ModelService) -> dict[str, Any]:
                                for k, v in op.items()}}
 
 
-def openapi_document(engine: Engine) -> dict[str, Any]:
+def openapi_document(engine: Engine, *, auth: bool = False) -> dict[str, Any]:
+    """``auth``: the engine asks for tokens; every path but the probes then says so."""
     paths: dict[str, Any] = {
         "/v2/health/live": {"get": {"summary": "Liveness",
                                     "responses": {"200": {"description": "live"}}}},
@@ -90,7 +91,7 @@ def openapi_document(engine: Engine) -> dict[str, Any]:
         paths.update(_v2_paths(svc))
         if svc.contract.kind == "records":
             paths.update(_records_paths(svc))
-    return {
+    doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "Baton engine", "version": __version__,
                  "description": "Models served by this engine, with their contracts."},
@@ -100,3 +101,11 @@ def openapi_document(engine: Engine) -> dict[str, Any]:
             "properties": {"error": {"type": "string"}, "code": {"type": "string"},
                            "details": {"type": "object"}}}}},
     }
+    if auth:
+        doc["components"]["securitySchemes"] = {"bearer": {
+            "type": "http", "scheme": "bearer",
+            "description": "A token with the route's scope: infer, feedback, read or admin"}}
+        doc["security"] = [{"bearer": []}]
+        for probe in ("/v2/health/live", "/v2/health/ready"):
+            paths[probe]["get"]["security"] = []
+    return doc

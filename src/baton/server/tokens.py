@@ -231,6 +231,13 @@ class TokenFile:
     def load(self) -> TokenFile:
         stamp = self._look()
         self._install(read_tokens(self.path), stamp)
+        try:
+            if os.stat(self.path).st_mode & 0o022:
+                log.warning("token file %s is writable by others than its owner: whoever "
+                            "can write it can grant themselves a token (chmod 600 it)",
+                            self.path)
+        except OSError:
+            pass
         return self
 
     def lookup(self, digest: str) -> TokenEntry | None:
