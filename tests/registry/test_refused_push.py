@@ -7,19 +7,29 @@ then refuses the version, its blob is removed unless another version references 
 
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
 import tarfile
+import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from baton.bundle.archive import INDEX_NAME
+from baton.bundle.archive import INDEX_NAME, ArchiveLimits, build_archive
+from baton.bundle.scaffold import scaffold
+from baton.cli.main import main
 from baton.errors import BatonError
+from baton.registry.client import RegistryClient
 from baton.registry.service import Registry
-from tests.bundle.tars import file_member, flip_bytes, index_of, write_tar
+from tests.bundle.tars import file_member, flip_bytes, index_of, write_tar, write_zero_bomb
 
-from .conftest import MakeArchive, actor, unique
+from .conftest import ApiServer, MakeArchive, MakeRegistry, actor, unique
 
 
 def stored_files(reg: Registry) -> list[Path]:
@@ -108,3 +118,84 @@ def _veto_versions_named(reg: Registry, name: str | None, backend: str) -> None:
         if name is not None:
             conn.execute(text(f"""CREATE TRIGGER test_veto BEFORE INSERT ON bundle_versions
                 WHEN NEW.name = '{name}' BEGIN SELECT RAISE(ABORT, 'vetoed by the test'); END"""))
+
+
+# -- archive limits ------------------------------------------------------------------------------
+
+def test_a_bomb_is_refused_before_its_limit_is_written_and_leaves_nothing(
+        make_registry: MakeRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    size = 32 * 2**20
+    bomb = write_zero_bomb(tmp_path / "bomb.baton", "model/weights.bin", size,
+                           hashlib.sha256(bytes(size)).hexdigest())
+    reg = make_registry()
+    reg.blobs.limits = ArchiveLimits(max_file_bytes=2**20)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))  # where the push unpacks, to look inside
+    tempfile.tempdir = None
+    try:
+        err = push_error(reg, bomb)
+    finally:
+        tempfile.tempdir = None
+    assert (err.code, err.http_status, err.details["limit"]) == (
+        "ARCHIVE_TOO_LARGE", 413, "max_file_bytes")
+    assert stored_files(reg) == []
+    assert list(scratch.iterdir()) == []
+
+
+def test_pull_verifies_within_the_limits_and_stops_an_oversized_download(
+        registry: Registry, serve_api: Any, tmp_path: Path) -> None:
+    folder = scaffold(tmp_path / "big", unique("big"))
+    (folder / "model" / "noise.bin").write_bytes(os.urandom(256 * 1024))
+    built = build_archive(folder, tmp_path / "archives")
+    registry.push(actor("data-scientist"), built.path)
+    server: ApiServer = serve_api(registry)
+    client = RegistryClient(server.url, registry.bootstrap_admin(unique("root")))
+    ref = f"{built.path.name.rsplit('-', 1)[0]}@0.1.0"
+    try:
+        for limits, what in ((ArchiveLimits(max_bytes=100_000), "the downloaded archive"),
+                             (ArchiveLimits(max_file_bytes=1000), "")):
+            dest = tmp_path / f"pulled-{limits.max_bytes}"
+            with pytest.raises(BatonError) as err:
+                client.pull(ref, dest, limits=limits)
+            assert err.value.code == "ARCHIVE_TOO_LARGE" and what in err.value.message
+            assert list(dest.iterdir()) == []
+        path, digest = client.pull(ref, tmp_path / "ok")
+        assert digest == built.digest and path.read_bytes() == built.path.read_bytes()
+    finally:
+        client.close()
+
+
+# -- garbage collection --------------------------------------------------------------------------
+
+def test_gc_removes_unreferenced_blobs_and_stale_uploads_only(
+        make_registry: MakeRegistry, make_archive: MakeArchive, tmp_path: Path,
+        database_url: str, key_file: Path) -> None:
+    reg = make_registry()
+    kept = make_archive(unique("kept"))
+    reg.push(actor("data-scientist"), kept.path)
+    orphan = make_archive(unique("orphan"))  # as a refused push of an older Baton left it
+    orphan_path = reg.blobs.path(orphan.digest)
+    orphan_path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(orphan.path, orphan_path)
+    stale = orphan_path.parent / ".put-stale"
+    stale.write_bytes(b"half an upload")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    fresh = orphan_path.parent / ".put-fresh"  # may still be in progress
+    fresh.write_bytes(b"an upload")
+    everything = stored_files(reg)
+
+    env = {"BATON_HOME": str(tmp_path / "home")}
+    args = ["registry", "gc", "--db", database_url, "--storage", str(reg.blobs.root),
+            "--key-file", str(key_file)]
+    dry = CliRunner().invoke(main, [*args, "--dry-run"], env=env)
+    assert dry.exit_code == 0, dry.output
+    lines = dry.stdout.splitlines()
+    assert lines[-1] == "would remove 2 file(s)"
+    assert sorted(lines[:-1]) == sorted([f"would remove {orphan_path}", f"would remove {stale}"])
+    assert stored_files(reg) == everything
+    done = CliRunner().invoke(main, args, env=env)
+    assert done.exit_code == 0, done.output
+    assert done.stdout.splitlines()[-1] == "removed 2 file(s)"
+    assert stored_files(reg) == sorted([reg.blobs.path(kept.digest), fresh])
+    assert reg.archive_path(actor("viewer"), f"{kept.path.name.rsplit('-', 1)[0]}@0.1.0")

@@ -57,7 +57,11 @@ def push(bundle: Path, registry_url: str | None) -> None:
 @errors_to_exit
 def pull(ref: str, output: Path, registry_url: str | None) -> None:
     """Download REF (NAME@VERSION or NAME@sha256:...), verified against its digest."""
-    path, digest = _client(registry_url).pull(ref, output)
+    from baton.bundle.archive import ArchiveLimits
+    from baton.settings import Settings
+
+    limits = ArchiveLimits.from_settings(Settings.from_env())
+    path, digest = _client(registry_url).pull(ref, output, limits=limits)
     click.echo(f"{path}\n{digest}")
 
 
@@ -236,6 +240,7 @@ def registry() -> None:
 
 def _open_registry(db: str | None, storage: Path | None, approvals: int | None,
                    **settings: Any) -> Any:
+    from baton.bundle.archive import ArchiveLimits
     from baton.registry.app import subprocess_check_runner
     from baton.registry.audit import checkpoint_path
     from baton.registry.blobs import BlobStore
@@ -248,7 +253,8 @@ def _open_registry(db: str | None, storage: Path | None, approvals: int | None,
     key = _signing_key(s.registry_signing_key)
     database = Database(s.registry_url)
     database.migrate()
-    return Registry(database, BlobStore(s.registry_blobs), key, approvals_required=s.approvals,
+    blobs = BlobStore(s.registry_blobs, ArchiveLimits.from_settings(s))
+    return Registry(database, blobs, key, approvals_required=s.approvals,
                     check_runner=subprocess_check_runner(s.home),
                     token_max_days=s.token_max_days,
                     head_file=checkpoint_path(s.registry_signing_key)), s
@@ -358,13 +364,18 @@ def registry_key_cmd(key_file: Path | None) -> None:
 @registry.command("gc")
 @db_option
 @storage_option
+@key_file_option
 @click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
 @errors_to_exit
-def registry_gc(db: str | None, storage: Path | None, dry_run: bool) -> None:
+def registry_gc(db: str | None, storage: Path | None, key_file: Path | None,
+                dry_run: bool) -> None:
     """Remove archives no version references (refused or interrupted pushes) and stale
     temporary uploads from the content folder."""
-    reg, _ = _open_registry(db, storage, None)
-    removed = reg.collect_garbage(dry_run=dry_run)
+    reg, _ = _open_registry(db, storage, None, registry_key_file=key_file)
+    try:
+        removed = reg.collect_garbage(dry_run=dry_run)
+    finally:
+        reg.db.dispose()
     verb = "would remove" if dry_run else "removed"
     for path in removed:
         click.echo(f"{verb} {path}")
@@ -383,7 +394,10 @@ def registry_bootstrap(name: str, db: str | None, storage: Path | None, key_file
                        days: float | None) -> None:
     """Create admin NAME directly in the database and print a token (first start)."""
     reg, _ = _open_registry(db, storage, None, registry_key_file=key_file)
-    click.echo(reg.bootstrap_admin(name, ... if days is None else days))
+    try:
+        click.echo(reg.bootstrap_admin(name, ... if days is None else days))
+    finally:
+        reg.db.dispose()
 
 
 from baton.cli import identity as _identity_commands  # noqa: E402,F401  (registers verbs)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import httpx
 
-from baton.bundle.archive import verify_archive
+from baton.bundle.archive import ArchiveLimits, verify_archive
 from baton.errors import BatonError, DigestMismatchError
 from baton.trust import PublicKey, parse_public_key
 
@@ -102,8 +102,11 @@ class RegistryClient:
         path = _path(ref) if "@" in ref else ref  # a bare name: its latest version
         return self._call("GET", "/bundles/" + path).json()  # type: ignore[no-any-return]
 
-    def pull(self, ref: str, dest: Path) -> tuple[Path, str]:
-        """Download ``ref`` into the folder ``dest``, verified; return the file and digest."""
+    def pull(self, ref: str, dest: Path, *,
+             limits: ArchiveLimits | None = None) -> tuple[Path, str]:
+        """Download ``ref`` into the folder ``dest``, verified within ``limits`` (default:
+        ArchiveLimits'); return the file and digest."""
+        limits = limits or ArchiveLimits()
         info = self.show(ref)
         want = ref.partition("@")[2] if "@sha256:" in ref else info["digest"]
         dest.mkdir(parents=True, exist_ok=True)
@@ -115,9 +118,8 @@ class RegistryClient:
                 if resp.status_code >= 400:
                     resp.read()
                     raise RegistryError(resp.status_code, resp.json())
-                for chunk in resp.iter_bytes():
-                    f.write(chunk)
-            got = verify_archive(Path(tmp))
+                _download(resp, f, limits)
+            got = verify_archive(Path(tmp), limits=limits)
             if got != want:
                 raise DigestMismatchError(f"downloaded archive has digest {got}, expected "
                                           f"{want}", details={"expected": want, "actual": got})
@@ -170,6 +172,17 @@ class RegistryClient:
 
     def revoke_token(self, token_id: int) -> dict[str, Any]:
         return self._call("DELETE", f"/tokens/{token_id}").json()  # type: ignore[no-any-return]
+
+
+def _download(resp: httpx.Response, f: BinaryIO, limits: ArchiveLimits) -> None:
+    """Write the body, stopping past what an archive within ``limits`` can weigh: no more
+    than what it unpacks to, plus gzip's framing (under 1/64 of it) and 64 KiB."""
+    cap, written = limits.max_bytes + limits.max_bytes // 64 + (1 << 16), 0
+    for chunk in resp.iter_bytes():
+        written += len(chunk)
+        if written > cap:
+            raise limits.exceeded("max_bytes", written, "the downloaded archive")
+        f.write(chunk)
 
 
 def tls_options(ca: Path | None, cert: tuple[Path, Path] | None) -> dict[str, Any]:

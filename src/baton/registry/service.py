@@ -154,7 +154,7 @@ class Registry:
     def _manifest_of(self, archive: Path) -> tuple[str, BundleManifest]:
         with tempfile.TemporaryDirectory(prefix="baton-push-") as tmp:
             target = Path(tmp) / "bundle"
-            digest = extract_archive(archive, target)
+            digest = extract_archive(archive, target, limits=self.blobs.limits)
             return digest, BundleManifest.load(target)
 
     def _lock_content(self, s: Session, digest: str, *, everything: bool = False) -> None:
@@ -174,11 +174,11 @@ class Registry:
             self._lock_content(s, digest)
             if s.scalar(select(BundleVersion.id).where(BundleVersion.digest == digest)
                         .limit(1)) is None:
-                self.blobs.path(digest).unlink(missing_ok=True)
+                self.blobs.delete(digest)
 
-    def collect_garbage(self, dry_run: bool = False) -> Any:
+    def collect_garbage(self, dry_run: bool = False) -> list[Path]:
         """Remove blobs no version references and stale uploads (the registry host's
-        operator: ``baton registry gc``)."""
+        operator: ``baton registry gc``); return what was (would be) removed."""
         with self.db.session() as s:
             self._lock_content(s, "", everything=True)
             referenced = set(s.scalars(select(BundleVersion.digest).distinct()))
@@ -236,7 +236,7 @@ class Registry:
         archive = self.blobs.open_verified(digest)
         with tempfile.TemporaryDirectory(prefix="baton-check-") as tmp:
             bundle_dir = Path(tmp) / "bundle"
-            extract_archive(archive, bundle_dir, digest)
+            extract_archive(archive, bundle_dir, digest, limits=self.blobs.limits)
             report = self.check_runner(bundle_dir)
             shutil.rmtree(bundle_dir, ignore_errors=True)
         passed = bool(report.get("passed"))
