@@ -5,6 +5,7 @@ through), and the cache itself (shared lookups, bounded, refusals kept apart).""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -129,7 +130,9 @@ def _identify(tokens: RegistryTokens, *tokens_: str) -> list[object]:
         finally:
             await tokens.close()
 
-    return asyncio.run(go())
+    # In a thread of its own: Playwright's sync API may keep a loop running in this one.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, go()).result(60)
 
 
 def test_the_cache_shares_lookups_and_stays_bounded(registry: RegistryProcess) -> None:

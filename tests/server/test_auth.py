@@ -4,6 +4,7 @@ reads it, and paths that only resemble an open one."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 from pathlib import Path
 
 import pytest
@@ -45,9 +46,11 @@ def test_bearer_takes_only_a_bearer_token() -> None:
 
 def _admit(guard: Guard, path: str, token: str | None) -> str:
     headers = [(b"authorization", f"Bearer {token}".encode())] if token else []
+    scope = {"path": path, "method": "GET", "headers": headers}
     try:
-        principal = asyncio.run(guard.admit({"path": path, "method": "GET",
-                                             "headers": headers}))
+        # In a thread of its own: Playwright's sync API may keep a loop running in this one.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            principal = pool.submit(asyncio.run, guard.admit(scope)).result(30)
     except BatonError as err:
         return f"{err.http_status} {err.code}"
     return principal.name if principal else "open"
