@@ -199,3 +199,22 @@ def test_gc_removes_unreferenced_blobs_and_stale_uploads_only(
     assert done.stdout.splitlines()[-1] == "removed 2 file(s)"
     assert stored_files(reg) == sorted([reg.blobs.path(kept.digest), fresh])
     assert reg.archive_path(actor("viewer"), f"{kept.path.name.rsplit('-', 1)[0]}@0.1.0")
+
+
+def test_a_blob_collected_between_storing_and_recording_is_stored_again(
+        registry: Registry, make_archive: MakeArchive) -> None:
+    """The blob is written before the database lock is taken (a large archive takes time to
+    verify and copy); gc running in that moment removes it as unreferenced, and the push
+    writes it again once it holds the lock."""
+    built = make_archive(unique("raced"))
+    record = registry._record_push
+
+    def gc_first(*args: Any) -> Any:
+        assert registry.collect_garbage() == [registry.blobs.path(built.digest)]
+        return record(*args)
+
+    registry._record_push = gc_first  # type: ignore[method-assign]
+    desc, created = registry.push(actor("data-scientist"), built.path)
+    assert created and desc["digest"] == built.digest
+    _, path = registry.archive_path(actor("viewer"), f"{desc['name']}@0.1.0")
+    assert path == registry.blobs.path(built.digest) and stored_files(registry) == [path]

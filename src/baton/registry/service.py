@@ -111,6 +111,9 @@ class Registry:
         require(actor.role, "push", actor.name)
         digest, manifest = self._manifest_of(archive)
         try:
+            # Stored outside the database's lock: verifying and copying a large archive
+            # takes time. _record_push stores it again if it went meanwhile.
+            self.blobs.put(archive)
             try:
                 return self._record_push(actor, archive, digest, manifest)
             except IntegrityError:
@@ -139,7 +142,9 @@ class Registry:
             if s.get(Model, manifest.name) is None:
                 s.add(Model(name=manifest.name))
                 s.flush()
-            _, size = self.blobs.put(archive)
+            if not self.blobs.path(digest).is_file():  # removed by gc or a refused push
+                self.blobs.put(archive)
+            size = self.blobs.path(digest).stat().st_size
             bv = BundleVersion(name=manifest.name, version=manifest.version, digest=digest,
                                stage="draft", author=actor.name, size=size,
                                description=manifest.description,
