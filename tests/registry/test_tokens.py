@@ -188,6 +188,9 @@ def test_routes_and_failures_answer_json_never_plain_text(
     assert_error(me.get("/no-such-route"), 404, "NOT_FOUND")
     assert_error(me.put("/tokens"), 405, "METHOD_NOT_ALLOWED")
     assert_error(me.delete("/tokens/abc"), 400, "BAD_REQUEST")
+    body = assert_error(api.admin.post("/users", json={"name": unique("u"), "role": "viewer",
+                                                       "admin": True}), 400, "UNKNOWN_FIELD")
+    assert body["details"] == {"field": "admin"}
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("a bug no real component produces on demand")

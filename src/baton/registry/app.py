@@ -23,7 +23,7 @@ from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 
 from baton.errors import BatonError, PayloadTooLarge, RequestError
-from baton.registry.identity import token_fields
+from baton.registry.identity import only_fields, token_fields
 from baton.registry.service import Actor, Registry
 
 API = "/api/v1"
@@ -141,7 +141,7 @@ def create_app(registry: Registry, *, max_upload_bytes: int = 1 << 30) -> Starle
         return JSONResponse({"events": events, "head": head})
 
     async def create_user(request: Request) -> Response:
-        data = await _json(request)
+        data = only_fields(await _json(request), ("name", "role"))
         a = await run_in_threadpool(actor, request)
         return JSONResponse(await run_in_threadpool(registry.create_user, a, _text(data, "name"),
                                                  _text(data, "role")), status_code=201)

@@ -31,7 +31,7 @@ from baton.registry.db import Database
 from baton.registry.models import ROLES, Token, User
 from baton.scopes import ROLE_SCOPES, SCOPES
 
-__all__ = ["Actor", "Identity", "TokenInfo", "token_fields"]
+__all__ = ["Actor", "Identity", "TokenInfo", "only_fields", "token_fields"]
 
 _USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,99}$")
 _LABEL_MAX = 100
@@ -76,13 +76,20 @@ class Actor:
 
 # -- what a client sends ----------------------------------------------------------------
 
+def only_fields(data: dict[str, Any], known: tuple[str, ...]) -> dict[str, Any]:
+    """``data``, refused if it names a field outside ``known`` (a typo must not pass as a
+    default)."""
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise RequestError(f"unknown field {unknown[0]!r}; this request takes "
+                           f"{', '.join(known)}", code="UNKNOWN_FIELD",
+                           details={"field": unknown[0]})
+    return data
+
+
 def token_fields(data: dict[str, Any]) -> dict[str, Any]:
     """Check the body of a token request: types only; limits are the service's."""
-    unknown = sorted(set(data) - {"days", "scopes", "service", "label"})
-    if unknown:
-        raise RequestError(f"unknown field {unknown[0]!r}; a token request takes days, "
-                           "scopes, service and label", code="UNKNOWN_FIELD",
-                           details={"field": unknown[0]})
+    only_fields(data, ("days", "scopes", "service", "label"))
     out: dict[str, Any] = {}
     if "days" in data:
         out["days"] = data["days"]
