@@ -14,7 +14,8 @@ from baton.registry.service import Registry
 
 from .conftest import MakeArchive, actor, unique
 
-TABLES = {"users", "tokens", "models", "bundle_versions", "approvals", "audit_events"}
+TABLES = {"users", "tokens", "models", "bundle_versions", "approvals", "audit_events",
+          "decisions"}
 
 
 def test_migration_creates_the_schema_and_is_idempotent(
