@@ -177,7 +177,8 @@ def check(bundle: Path, report: Path, iterations: int, wheelhouse: Path | None,
               "(a bundle path, or NAME@VERSION in the registry).")
 @click.option("--shadow", help="REF: mirror traffic to REF, compare, never return its output.")
 @click.option("--input", "input_url", help="Stream records in from this URL "
-              "(kafka://, redis://, nats://, amqp://, mqtt://, file://).")
+              "(kafka://, redis[s]://, nats://, amqp[s]://, mqtt[s]://, file://; passwords "
+              "in the URL or ?password_env=/?password_file=, see docs/streams.md).")
 @click.option("--output", "output_url", help="Stream scores out to this URL.")
 @click.option("--dead-letter", "dead_letter_url", help="Where records (and labels) that fail "
               "go, with their reason.")
