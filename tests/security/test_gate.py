@@ -134,7 +134,7 @@ def test_older_decisions_are_replays(key: SigningKey) -> None:
     v2_rejected = signed(key, stage="production", approvals=("abe",), rejections=("rita",),
                          seq=12, version="2.0.0", digest=D2)
     assert refusal(gate, v2_rejected) == "NOT_APPROVED"
-    gate.accept(gate.signed(v2_rejected, LIVE), LIVE)
+    gate.accept(gate.signed(v2_rejected), LIVE)
     assert refusal(gate, v2, CANDIDATE) == "DECISION_REPLAYED"
     rollback = signed(key, stage="production", approvals=("abe",), seq=14)
     assert gate.verify(rollback, LIVE).seq == 14  # a real rollback is a new decision

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import threading
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -283,6 +284,35 @@ def test_a_signed_version_past_the_archive_limits_is_not_served(
         assert reason.startswith("ARCHIVE_TOO_LARGE: ")
 
     follow(tight, source, key.public, scenario)
+
+
+
+def test_refusals_are_shown_a_whole_step_at_a_time(settings: Settings, source: SignedSource,
+                                                    key: SigningKey) -> None:
+    """A reader of /v1/models in the middle of a step sees the last step's refusals."""
+    source.edit("scorer@2.0.0", stage="production")  # a draft, moved by the database only
+
+    async def scenario(engine: Engine, follower: RegistryFollower, src: SignedSource) -> None:
+        await follower.sync()
+        expected = {("scorer@2.0.0", LIVE, "STAGE_NOT_ALLOWED")}
+        assert refused(follower) == expected
+        asked, release = threading.Event(), threading.Event()
+        rows = src.list
+
+        def slow_list(name: str | None = None, stage: str | None = None) -> Any:
+            asked.set()
+            assert release.wait(30)
+            return rows(name, stage)
+
+        src.list = slow_list  # type: ignore[method-assign]
+        step = asyncio.get_running_loop().create_task(follower.sync())
+        assert await asyncio.to_thread(asked.wait, 30)
+        assert refused(follower) == expected  # the step under way has refused nothing yet
+        release.set()
+        await step
+        assert refused(follower) == expected and counted(engine, "STAGE_NOT_ALLOWED") == 1
+
+    follow(settings, source, key.public, scenario)
 
 
 # -- a real registry, and an attacker with rights on its database --------------------------

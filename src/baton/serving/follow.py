@@ -102,7 +102,9 @@ class RegistryFollower:
         self.refusals: collections.Counter[tuple[str, str]] = collections.Counter()
         self.last_error: str | None = None
         self.syncs = 0
-        self._previous: dict[tuple[str, str], dict[str, Any]] = {}
+        #: What the step under way refuses; published as ``refused`` when it ends, so a
+        #: reader never sees a step half done.
+        self._pending: dict[tuple[str, str], dict[str, Any]] = {}
 
     @property
     def stage(self) -> str:
@@ -122,8 +124,16 @@ class RegistryFollower:
 
     async def sync(self) -> None:
         """One step: follow what is signed into the stage, keep or drop what is served."""
-        self._previous = self.refused
-        self.refused = {k: v for k, v in self.refused.items() if v["role"] != LIVE}
+        self._pending = {k: v for k, v in self.refused.items() if v["role"] != LIVE}
+        done = False
+        try:
+            await self._step()
+            done = True
+        finally:
+            # A step cut short (the registry stopped answering) forgets no refusal.
+            self.refused = self._pending if done else {**self.refused, **self._pending}
+
+    async def _step(self) -> None:
         rows = await asyncio.to_thread(self.client.list, None, self.stage) \
             if self.follow else []
         chosen = self._choose(rows)
@@ -191,7 +201,7 @@ class RegistryFollower:
         try:
             if info is None:
                 info = await asyncio.to_thread(self.client.show, f"{name}@{digest}")
-            decision = self.gate.signed(info, LIVE)
+            decision = self.gate.signed(info)
             self.gate.check(decision, LIVE, digest)
         except (StageNotAllowed, NotApproved) as exc:
             await self._leave(name, decision, exc)  # signed and current: the registry's word
@@ -263,8 +273,8 @@ class RegistryFollower:
         ref = f"{name}@{version}"
         entry = {"ref": ref, "digest": info.get("digest"), "role": role, "code": exc.code,
                  "reason": reason or exc.message}
-        before = self._previous.get((role, ref))
-        self.refused[(role, ref)] = entry
+        before = self.refused.get((role, ref))
+        self._pending[(role, ref)] = entry
         if before is not None and (before["code"], before["reason"]) == (entry["code"],
                                                                          entry["reason"]):
             entry["since"] = before["since"]

@@ -105,13 +105,14 @@ class ServeGate:
     def verify(self, info: dict[str, Any], role: str, digest: str | None = None) -> Decision:
         """The signed decision behind the version described by ``info`` (a registry
         list/show entry) if it lets ``role`` serve ``digest`` (default: the entry's)."""
-        decision = self.signed(info, role)
+        decision = self.signed(info)
         self.check(decision, role, digest or str(info.get("digest", "")))
         return decision
 
-    def signed(self, info: dict[str, Any], role: str) -> Decision:
+    def signed(self, info: dict[str, Any]) -> Decision:
         """The decision attached to ``info``: signed by the pinned key, for this very
-        version, and not older than one already seen (else :class:`UntrustedDecision`)."""
+        version, and not older than one already seen for it (else
+        :class:`UntrustedDecision`)."""
         name, version = str(info.get("name", "")), str(info.get("version", ""))
         ref = f"{name}@{version}"
         decision = verify_decision(self.key, info.get("decision"), ref=ref)
@@ -119,19 +120,6 @@ class ServeGate:
             raise UntrustedDecision(
                 f"the signed decision attached to {ref} is for {decision.ref}",
                 code="DECISION_MISMATCH", details={"ref": ref, "signed": decision.ref})
-        self._check_replay(decision, role)
-        return decision
-
-    def check(self, decision: Decision, role: str, digest: str) -> None:
-        """Whether ``decision`` lets ``role`` serve ``digest`` under this engine's policy."""
-        try:
-            check_decision(decision, name=decision.name, digest=digest,
-                           stages=self.stages(role), need_approvals=self.stage == "production")
-        except BatonError as exc:
-            exc.details.setdefault("ref", decision.ref)  # every refusal names its version
-            raise
-
-    def _check_replay(self, decision: Decision, role: str) -> None:
         newest = self.seen.get(decision.ref, -1)
         if decision.seq < newest:
             raise UntrustedDecision(
@@ -139,7 +127,20 @@ class ServeGate:
                 f"this engine already saw for it (#{newest}): a replay",
                 code="DECISION_REPLAYED",
                 details={"ref": decision.ref, "seq": decision.seq, "newest": newest})
+        return decision
+
+    def check(self, decision: Decision, role: str, digest: str) -> None:
+        """Whether ``decision`` lets ``role`` serve ``digest`` under this engine's policy
+        (and, for a production engine's live version, is not older than the model's newest
+        live decision)."""
+        try:
+            check_decision(decision, name=decision.name, digest=digest,
+                           stages=self.stages(role), need_approvals=self.stage == "production")
+        except BatonError as exc:
+            exc.details.setdefault("ref", decision.ref)  # every refusal names its version
+            raise
         if role == LIVE and self.stage == "production":
+            # Checked last: an old decision the policy refuses anyway is reported as such.
             self.live_ledger.check(decision)
 
     def accept(self, decision: Decision, role: str) -> None:
