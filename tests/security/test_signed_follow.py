@@ -315,6 +315,28 @@ def test_refusals_are_shown_a_whole_step_at_a_time(settings: Settings, source: S
     follow(settings, source, key.public, scenario)
 
 
+
+def test_a_decision_revoked_while_its_version_loads_is_not_swapped_in(
+        settings: Settings, source: SignedSource, key: SigningKey) -> None:
+    async def scenario(engine: Engine, follower: RegistryFollower, src: SignedSource) -> None:
+        await follower.sync()
+        v1 = engine.models["scorer"]
+        src.release("scorer@2.0.0")
+        pull = src.pull
+
+        def pull_then_reject(ref: str, dest: Path) -> tuple[Path, str]:
+            got = pull(ref, dest)  # while 2.0.0 is being prepared, an approver rejects it
+            src.act("scorer@2.0.0", "reject", reject="rita")
+            return got
+
+        src.pull = pull_then_reject  # type: ignore[method-assign]
+        await follower.sync()
+        assert engine.models["scorer"] is v1 and await answer(engine) == "1.0.0"
+        assert ("scorer@2.0.0", LIVE, "NOT_APPROVED") in refused(follower)
+
+    follow(settings, source, key.public, scenario)
+
+
 # -- a real registry, and an attacker with rights on its database --------------------------
 
 PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=5"

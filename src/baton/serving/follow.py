@@ -178,6 +178,15 @@ class RegistryFollower:
             svc = await asyncio.to_thread(_service, self.client, decision, self.settings)
             await svc.pool.start()
             await svc.warm_up()
+            # Pulling and building can take minutes: the decision must still hold now.
+            info = await asyncio.to_thread(self.client.show, f"{decision.name}@{decision.digest}")
+            decision = self.gate.verify(info, LIVE, decision.digest)
+        except REFUSALS as exc:
+            self._refuse({"name": decision.name, "version": decision.version,
+                          "digest": decision.digest}, LIVE, exc)
+            if svc is not None:
+                await svc.close(5.0)
+            return
         except BatonError as exc:
             self.failed[decision.digest] = (time.monotonic(), f"{exc.code}: {exc.message}")
             log.error("not serving %s (%s): [%s] %s", decision.ref, decision.digest, exc.code,
