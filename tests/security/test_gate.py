@@ -28,6 +28,8 @@ from tests.serving.test_registry_serving import (
     engine_env,
     running_registry,
     scorer,
+    version_of,
+    wait_for,
 )
 
 D1 = "sha256:" + "1" * 64
@@ -307,6 +309,25 @@ def test_another_pinned_key_serves_nothing(staged: Registry, baton_env: dict[str
             in metrics
         assert "ERROR baton.follow: refused scorer@1.0.0 (live) [BAD_SIGNATURE]" \
             in server.output()
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+def test_a_signed_production_ref_is_served_and_kept_checked(
+        staged: Registry, baton_env: dict[str, str]) -> None:
+    """The control: what the policy allows is served, pinned, without following."""
+    server = Server([], engine_env(baton_env, staged),
+                    ["scorer@1.0.0", "--registry", staged.url, "--poll", "0.2"])
+    server.client.headers.update(caller(staged))
+    try:
+        server.wait_ready()
+        assert version_of(server) == "1.0.0"
+        body = server.client.get("/v1/models").json()
+        assert body["source"]["follow"] is False and body["source"]["refused"] == []
+        assert body["source"]["key"] == staged.key
+        wait_for(lambda: server.client.get("/v1/models").json()["source"]["syncs"] >= 2)
+        assert version_of(server) == "1.0.0"
     finally:
         server.stop()
 
