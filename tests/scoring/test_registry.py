@@ -18,10 +18,11 @@ from tests.scoring.conftest import good_rows, read_jsonl, write_jsonl
 
 
 @pytest.fixture
-def registry(tmp_path: Path, baton_env: dict[str, str]) -> Iterator[tuple[str, str]]:
-    """A registry on SQLite; yields its URL and an admin token."""
+def registry(tmp_path: Path, baton_env: dict[str, str]) -> Iterator[tuple[str, str, str]]:
+    """A registry on SQLite; yields its URL, an admin token and its public key."""
     env = dict(baton_env, BATON_HOME=str(tmp_path / "registry-home"))
     token = run_baton("registry", "bootstrap-admin", "root", env=env).stdout.strip()
+    key = run_baton("registry", "key", env=env).stdout.split()[0]
     port = free_port()
     proc = subprocess.Popen([*BATON, "registry", "serve", "--port", str(port)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -37,20 +38,24 @@ def registry(tmp_path: Path, baton_env: dict[str, str]) -> Iterator[tuple[str, s
             assert time.monotonic() < deadline, "registry did not start"
             time.sleep(0.1)
     probe.close()
-    yield url, token
+    yield url, token, key
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(30)
 
 
-def test_score_a_registry_version_in_staging(registry: tuple[str, str], scorer_bundle: Path,
-                                             baton_env: dict[str, str], tmp_path: Path) -> None:
-    url, token = registry
+def test_score_a_registry_version_in_staging(registry: tuple[str, str, str],
+                                             scorer_bundle: Path, baton_env: dict[str, str],
+                                             tmp_path: Path) -> None:
+    url, token, key = registry
     client = RegistryClient(url, token)
     client.push(build_archive(scorer_bundle, tmp_path / "archives").path)
     env = dict(baton_env, BATON_TOKEN=token)
     inp = write_jsonl(tmp_path / "in.jsonl", good_rows(20))
     args = ("score", "scorer@1.0.0", "--registry", url, "--input", inp, "--output",
             tmp_path / "out.jsonl")
+    r = run_baton(*args, env=env)
+    assert r.returncode == 6 and "REGISTRY_KEY_REQUIRED" in r.stderr  # only what is signed
+    env["BATON_REGISTRY_KEY"] = key
     r = run_baton(*args, env=env)
     assert r.returncode == 6 and "STAGE_NOT_ALLOWED" in r.stderr  # a draft is not scored
     client.promote("scorer@1.0.0", "validated")

@@ -123,7 +123,8 @@ def _decide(decision: str) -> Any:
     @errors_to_exit
     def command(ref: str, reason: str, registry_url: str | None) -> None:
         info = _client(registry_url).decide(ref, decision, reason)
-        click.echo(f"{decision}d {info['name']}@{info['version']} "
+        past = {"approve": "approved", "reject": "rejected"}[decision]
+        click.echo(f"{past} {info['name']}@{info['version']} "
                    f"({sum(a['decision'] == 'approve' for a in info['approvals'])} approvals)")
 
     command.__doc__ = f"{decision.capitalize()} REF, with a reason (approvers only)."

@@ -149,12 +149,9 @@ def _prepare(ref: str, registry_url: str | None, settings: Any, spec: Any,
             raise
         how = "cached" if env.cached else f"built in {env.build_seconds:.1f}s"
     elif registry_url is not None:
-        from baton.cli.config import registry_credentials
-        from baton.registry.client import RegistryClient
-        from baton.serving.follow import prepare_from_registry
+        from baton.serving.assembly import registry_version
 
-        client = RegistryClient(*registry_credentials(registry_url))
-        svc = prepare_from_registry(client, ref, settings, ("staging", "production"))
+        svc = registry_version(registry_url, ref, settings)
         job = ScoreJob(spec, svc.contract)
         job.open(_identity(svc.bundle))
         how = "cached" if svc.env.cached else f"built in {svc.env.build_seconds:.1f}s"
