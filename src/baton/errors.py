@@ -214,3 +214,17 @@ class UntrustedDecision(Forbidden):
     """No valid signed decision backs a version: unsigned, forged, mismatched or replayed."""
 
     code = "UNTRUSTED_DECISION"
+
+
+class RegistryKeyRequired(Forbidden):
+    """An engine asked to serve from a registry without a pinned registry public key."""
+
+    code = "REGISTRY_KEY_REQUIRED"
+
+
+class AuditChainBroken(BatonError):
+    """The audit log was inserted into, altered or truncated by someone without the key."""
+
+    code = "AUDIT_CHAIN_BROKEN"
+    http_status = 500
+    exit_code = 9

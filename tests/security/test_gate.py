@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from baton.cli.config import save_login
 from baton.errors import BatonError, SettingsError
+from baton.profile import save_login
 from baton.serving.assembly import EngineSpec, build_engine
 from baton.serving.gate import CANDIDATE, LIVE, ServeGate
 from baton.settings import Settings

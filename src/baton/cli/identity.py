@@ -24,8 +24,8 @@ SCOPES = ("infer", "feedback", "read", "admin")  # baton.scopes.SCOPES, without 
 @errors_to_exit
 def login(url: str, token: str, expected_key: str) -> None:
     """Check TOKEN against the registry at URL, fetch its public key, save all three."""
-    from baton.cli.config import save_login
     from baton.errors import UntrustedDecision
+    from baton.profile import save_login
     from baton.registry.client import RegistryClient
     from baton.settings import Settings
     from baton.trust import parse_public_key

@@ -19,7 +19,7 @@ registry_option = click.option("--registry", "registry_url", envvar="BATON_REGIS
 def _client(url: str | None) -> Any:
     """A client with the saved login and the TLS settings (BATON_REGISTRY_CA,
     BATON_REGISTRY_CLIENT_CERT/_KEY) applied to every registry command."""
-    from baton.cli.config import open_registry_client
+    from baton.profile import open_registry_client
     from baton.settings import Settings
 
     return open_registry_client(url, Settings.from_env())
@@ -198,8 +198,8 @@ def audit_verify(pinned: str, local: bool, db: str | None, key_file: Path | None
 
 
 def _verify_remote(registry_url: str | None, pinned: str) -> tuple[Any, bool]:
-    from baton.cli.config import registry_key
     from baton.errors import BatonError
+    from baton.profile import registry_key
     from baton.registry.audit import verify_export
     from baton.trust import parse_public_key
 

@@ -35,7 +35,7 @@ from typing import Any
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from baton.errors import BatonError
+from baton.errors import AuditChainBroken
 from baton.registry.models import AuditEvent
 from baton.trust import PublicKey, SigningKey
 
@@ -47,14 +47,6 @@ _PG_LOCK = 0x6261746F6E
 #: Fields that the hash covers, in the names ``AuditEvent.to_dict`` gives them.
 FIELDS = ("id", "time", "actor", "action", "name", "version", "digest", "from", "to",
           "reason", "details")
-
-
-class AuditChainBroken(BatonError):
-    """The audit log was inserted into, altered or truncated by someone without the key."""
-
-    code = "AUDIT_CHAIN_BROKEN"
-    http_status = 500
-    exit_code = 9
 
 
 def _b64(data: bytes) -> str:

@@ -92,7 +92,7 @@ def registry_version(url: str | None, ref: str, settings: Settings) -> ModelServ
 
 def _open_registry(url: str | None, stage: str, settings: Settings) -> tuple[Any, ServeGate]:
     """A client for the registry and the gate that checks its signed decisions."""
-    from baton.cli.config import open_registry_client, registry_credentials
+    from baton.profile import open_registry_client, registry_credentials
 
     gate = ServeGate(pinned_key(registry_credentials(url)[0], settings), stage)
     return open_registry_client(url, settings), gate

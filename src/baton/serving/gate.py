@@ -29,7 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from baton.errors import BatonError, Forbidden, SettingsError, StageNotAllowed, UntrustedDecision
+from baton.errors import (
+    BatonError,
+    RegistryKeyRequired,
+    SettingsError,
+    StageNotAllowed,
+    UntrustedDecision,
+)
 from baton.settings import Settings
 from baton.trust import (
     Decision,
@@ -47,12 +53,6 @@ LIVE, CANDIDATE = "live", "candidate"
 LOCAL_REFUSED = "a registry-following engine serves only versions the registry signed"
 
 
-class RegistryKeyRequired(Forbidden):
-    """An engine asked to serve from a registry without a pinned registry public key."""
-
-    code = "REGISTRY_KEY_REQUIRED"
-
-
 def check_stage(stage: str) -> str:
     if stage not in ENGINE_STAGES:
         raise SettingsError(f"an engine serves the staging or production stage, got "
@@ -64,7 +64,7 @@ def check_stage(stage: str) -> str:
 def pinned_key(url: str, settings: Settings) -> PublicKey:
     """The registry key to pin: ``settings.registry_key``, else the one ``baton login``
     saved for ``url``; refuse to go on without one."""
-    from baton.cli.config import registry_key
+    from baton.profile import registry_key
 
     text = registry_key(url, settings.registry_key)
     if not text:

@@ -1,4 +1,7 @@
-"""The CLI's user configuration: registry URL and token, in a file only the user can read."""
+"""The user's login profile: registry URL, token and pinned key, in a file only they can read.
+
+Read by the CLI and by engines that serve from a registry (not a CLI module: the serving
+layer needs it too)."""
 
 from __future__ import annotations
 
