@@ -91,7 +91,7 @@ class SignedSource:
     def show(self, ref: str) -> dict[str, Any]:
         return copy.deepcopy(self._row(ref))
 
-    def pull(self, ref: str, dest: Path) -> tuple[Path, str]:
+    def pull(self, ref: str, dest: Path, *, limits: Any = None) -> tuple[Path, str]:
         row = self._row(ref)
         dest.mkdir(parents=True, exist_ok=True)
         target = dest / f"{row['name']}-{row['version']}.baton"

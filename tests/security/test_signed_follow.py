@@ -324,8 +324,8 @@ def test_a_decision_revoked_while_its_version_loads_is_not_swapped_in(
         src.release("scorer@2.0.0")
         pull = src.pull
 
-        def pull_then_reject(ref: str, dest: Path) -> tuple[Path, str]:
-            got = pull(ref, dest)  # while 2.0.0 is being prepared, an approver rejects it
+        def pull_then_reject(ref: str, dest: Path, **options: Any) -> tuple[Path, str]:
+            got = pull(ref, dest, **options)  # 2.0.0 is being prepared: an approver rejects it
             src.act("scorer@2.0.0", "reject", reject="rita")
             return got
 

@@ -56,7 +56,8 @@ class RegistrySource(Protocol):
     def show(self, ref: str) -> dict[str, Any]:
         ...
 
-    def pull(self, ref: str, dest: Path) -> tuple[Path, str]:
+    def pull(self, ref: str, dest: Path, *,
+             limits: ArchiveLimits | None = None) -> tuple[Path, str]:
         ...
 
 
@@ -72,10 +73,11 @@ def prepare_from_registry(client: RegistrySource, ref: str, settings: Settings,
 
 def _service(client: RegistrySource, decision: Decision, settings: Settings) -> ModelService:
     """The service for exactly the signed digest: pulled, verified, environment ready."""
+    limits = ArchiveLimits.from_settings(settings)  # an oversized download stops early too
     archive, digest = client.pull(f"{decision.name}@{decision.digest}",
-                                  settings.home / "pulls")
+                                  settings.home / "pulls", limits=limits)
     bundle = open_bundle(archive, settings.bundles_dir, expected_digest=decision.digest,
-                         limits=ArchiveLimits.from_settings(settings))
+                         limits=limits)
     builder = EnvBuilder(settings.envs_dir, wheelhouse=settings.wheelhouse,
                          offline=settings.offline)
     return ModelService(bundle, builder.ensure(bundle.manifest.environment), settings)
