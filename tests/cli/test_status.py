@@ -100,3 +100,24 @@ def test_status_shows_each_stream_with_its_backlog(serve: Callable[..., Server],
     cells = dict(zip(names, [c.strip() for c in row.split("│") if c.strip()], strict=True))
     assert (cells["consumed"], cells["produced"], cells["dead letters"], cells["lag"],
             cells["in flight"]) == ("21", "20", "1", "0", "0")
+
+
+def test_status_and_top_send_a_token(serve: Callable[..., Server], chaos_bundle: Path,
+                                     tmp_path: Path, baton_env: dict[str, str]) -> None:
+    from tests.security.engines import write_token_file
+
+    tokens = write_token_file(tmp_path / "tokens.toml", {"ops": (("read",), None, False),
+                                                          "old": (("read",), None, True)})
+    server = serve([chaos_bundle], "--tokens", str(tmp_path / "tokens.toml"))
+    env = {**baton_env, "COLUMNS": "250"}
+    r = run_baton("status", "--url", server.url, "--token", tokens["ops"], env=env)
+    assert r.returncode == 0 and "chaos" in r.stdout, r.stderr
+    for args, code in ((("--token", tokens["old"]), "TOKEN_REVOKED"),
+                       (("--token", "bte_nope"), "INVALID_TOKEN"), ((), "UNAUTHORIZED")):
+        for command in ("status", "top"):
+            r = run_baton(command, "--url", server.url, *args, env=env, timeout=60)
+            assert r.returncode == 6 and f"error [{code}]" in r.stderr, (command, r.stderr)
+            assert "Traceback" not in r.stderr
+    from_env = run_baton("status", "--url", server.url, env={**env,
+                                                            "BATON_TOKEN": tokens["ops"]})
+    assert from_env.returncode == 0 and "chaos" in from_env.stdout, from_env.stderr

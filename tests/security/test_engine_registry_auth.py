@@ -7,13 +7,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from baton.server.registry_tokens import RegistryTokens
 from baton.server.tokens import hash_token
 from tests.conftest import Server
-from tests.security.engines import RegistryProcess, bearer, follower_args
+from tests.security.engines import RegistryProcess, bearer, follower_args, write_token_file
 from tests.serving.test_registry_serving import wait_for
 
 #: (method, path, scope it needs, answer with it). The registry serves nothing in
@@ -163,3 +164,20 @@ def test_a_verified_token_is_not_trusted_past_the_cache_time(
     _identify(never, token)
     assert never.lookups == 2  # cache 0: asked again for every new request
 
+
+
+def test_a_token_file_beside_a_registry(follow: Callable[..., Server],
+                                        registry: RegistryProcess, tmp_path: Path) -> None:
+    """Both sources at once: the file first (what it says about its tokens is final),
+    then the registry."""
+    file_tokens = write_token_file(tmp_path / "tokens.toml",
+                                   {"ops": (("read",), None, False),
+                                    "gone": (("read",), None, True)})
+    engine = follow(BATON_TOKENS_FILE=str(tmp_path / "tokens.toml"))
+    registry_token, _ = registry.user("vera", "viewer")
+    for token in (file_tokens["ops"], registry_token):
+        assert engine.client.get("/v1/stats", headers=bearer(token)).status_code == 200
+    gone = engine.client.get("/v1/stats", headers=bearer(file_tokens["gone"]))
+    assert gone.status_code == 401 and gone.json()["code"] == "TOKEN_REVOKED"
+    out = engine.output()
+    assert f"token file {tmp_path / 'tokens.toml'} and registry {registry.url}" in out
