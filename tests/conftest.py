@@ -42,6 +42,20 @@ def run_baton(*args: str | Path, env: dict[str, str], timeout: float = 300,
                           timeout=timeout, cwd=cwd, stdin=subprocess.DEVNULL)
 
 
+def migration_head() -> str:
+    """The newest Alembic revision of the registry's schema (the prediction log shares it)."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from baton.registry.db import MIGRATIONS
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    head = ScriptDirectory.from_config(cfg).get_current_head()
+    assert head is not None
+    return head
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -29,10 +29,13 @@ if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
 
 
-@pytest.fixture(scope="session")
+# Package scope, not session: Playwright's sync API keeps its event loop registered as the
+# running loop of the main thread while it is open, so every later test calling
+# asyncio.run() would fail with "cannot be called from a running event loop".
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Browser]:
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM}")
+    if not Path(CHROMIUM).exists():  # a setup failure: `make test` installs it
+        pytest.fail(f"no Chromium at {CHROMIUM}: run scripts/ensure-packages.sh")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:

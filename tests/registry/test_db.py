@@ -11,6 +11,7 @@ from sqlalchemy.exc import DBAPIError
 
 from baton.registry.db import Database
 from baton.registry.service import Registry
+from tests.conftest import migration_head
 
 from .conftest import MakeArchive, actor, unique
 
@@ -25,14 +26,7 @@ def test_migration_creates_the_schema_and_is_idempotent(
     with db.engine.connect() as conn:
         assert TABLES <= set(inspect(conn).get_table_names())
         heads = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
-    from alembic.config import Config
-    from alembic.script import ScriptDirectory
-
-    from baton.registry.db import MIGRATIONS
-
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    assert heads == [ScriptDirectory.from_config(cfg).get_current_head()]
+    assert heads == [migration_head()]
 
 
 def _one_event(registry: Registry, make_archive: MakeArchive) -> tuple[int, str]:

@@ -146,7 +146,7 @@ class RedisKit(Kit):
     def client(self) -> Any:
         import redis.asyncio as redis
         from redis.backoff import NoBackoff
-        from redis.retry import Retry
+        from redis.asyncio.retry import Retry
 
         return redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=2,
                            retry=Retry(NoBackoff(), 0))

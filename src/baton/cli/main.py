@@ -191,7 +191,7 @@ def check(bundle: Path, report: Path, iterations: int, wheelhouse: Path | None,
               "this stream URL and join them to logged predictions (needs --dead-letter).")
 @click.option("--tokens", "tokens_file", type=click.Path(exists=True, dir_okay=False,
               path_type=Path), help="Local token file: callers need one of its tokens "
-              "(see 'baton tokens add').")
+              "(see 'baton engine-tokens add').")
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Serve HTTPS with this certificate (PEM; with --tls-key).")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path),

@@ -83,18 +83,21 @@ class _Connection:
 
     async def open(self) -> None:
         import aio_pika
+        from aio_pika.connection import make_url
 
         await self.close()
         if not self.url.name:
             raise _error("open", self.url, "the URL names no queue (amqp://HOST:PORT/QUEUE)")
         host, port = address(self.url, TLS_PORT if self.url.tls else DEFAULT_PORT)
+        # Made here rather than by aio_pika.connect(), which drops a connection that failed to
+        # open unclosed: its __del__ then leaves a close() coroutine nobody awaits.
+        self.connection = aio_pika.Connection(
+            make_url(host=host, port=port, login=self.url.username or "guest",
+                     password=self.url.password or "guest",
+                     virtualhost=self.url.option("vhost", "/"), ssl=self.url.tls),
+            ssl_context=self.url.tls_context, client_properties={"connection_name": self.name})
         try:
-            self.connection = await aio_pika.connect(
-                host=host, port=port, login=self.url.username or "guest",
-                password=self.url.password or "guest",
-                virtualhost=self.url.option("vhost", "/"), timeout=10,
-                ssl=self.url.tls, ssl_context=self.url.tls_context,
-                client_properties={"connection_name": self.name})
+            await self.connection.connect(timeout=10)
             self.connection.close_callbacks.add(self._on_close)
             self.channel = await self.connection.channel(publisher_confirms=self.confirms)
             self.queue = await self.channel.declare_queue(self.url.name, durable=True)
