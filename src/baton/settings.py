@@ -107,6 +107,9 @@ class Settings:
     archive_max_ratio: float = 200.0
 
     def __post_init__(self) -> None:
+        # Workers run in their bundle's folder: a relative home (BATON_HOME=build/home) must
+        # not change meaning there.
+        object.__setattr__(self, "home", Path(self.home).expanduser().absolute())
         checks = [
             ("workers", self.workers >= 0, "an integer >= 0 (0: the bundle's default)"),
             ("timeout", self.timeout >= 0, "a number of seconds >= 0 (0: the bundle's)"),
@@ -223,8 +226,8 @@ class Settings:
 def _parse(name: str, kind: Any, raw: str) -> Any:
     kind = str(kind)
     try:
-        if "Path" in kind:
-            return Path(raw)
+        if "Path" in kind:  # absolute: it means the same in a worker's folder
+            return Path(raw).expanduser().absolute()
         if kind == "bool":
             return raw.lower() in ("1", "true", "yes", "on")
         if kind == "int":

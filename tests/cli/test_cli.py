@@ -57,6 +57,21 @@ def test_init_then_check_passes_and_measures(scaffolded: Path, baton_env: dict[s
     assert "PASS" in out and report["bundle"]["digest"].startswith("sha256:")
 
 
+def test_a_relative_baton_home_works_from_any_folder(scaffolded: Path, baton_home: Path,
+                                                    baton_env: dict[str, str]) -> None:
+    """BATON_HOME=some/folder, as a user writes it: the worker, which runs in the bundle's
+    folder, still finds its environment (it got 'No such file or directory')."""
+    import os
+
+    relative = os.path.relpath(baton_home, scaffolded.parent)
+    assert not Path(relative).is_absolute()
+    report = scaffolded.parent / "relative-home.json"
+    r = run_baton("check", scaffolded.name, "--report", report.name, "--iterations", "5",
+                  env={**baton_env, "BATON_HOME": relative}, cwd=scaffolded.parent)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert json.loads(report.read_text())["passed"] is True
+
+
 def test_check_fails_on_manifest(scaffolded: Path, baton_env: dict[str, str]) -> None:
     edit(scaffolded / "baton.toml", 'version = "0.1.0"', 'version = ""')
     code, report, out = check(scaffolded, baton_env)
