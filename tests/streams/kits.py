@@ -145,8 +145,8 @@ class RedisKit(Kit):
 
     def client(self) -> Any:
         import redis.asyncio as redis
-        from redis.backoff import NoBackoff
         from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
 
         return redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=2,
                            retry=Retry(NoBackoff(), 0))

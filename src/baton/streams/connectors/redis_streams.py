@@ -35,8 +35,8 @@ OPTIONS: dict[str, OptionKind] = {"db": "count", "group": "text", "consumer": "t
 
 def _client(url: StreamURL) -> Any:
     import redis.asyncio as redis
-    from redis.backoff import NoBackoff
     from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
 
     # One immediate retry (a connection gone stale while idle); beyond that the pipeline
     # retries with its own backoff, and reports the error meanwhile.
