@@ -289,7 +289,37 @@ class _StageError(Exception):
     def to_dict(self) -> dict[str, Any]:
         return {"stage": self.stage, "code": self.code,
                 "message": f"{type(self.exc).__name__}: {self.exc}",
-                "traceback": "".join(traceback.format_exception(self.exc))[-4000:]}
+                "traceback": cut_lines("".join(traceback.format_exception(self.exc)))}
+
+
+def cut_lines(text: str, limit: int = 4000) -> str:
+    """``text`` in about ``limit`` characters, cut at line ends, never mid-line: its first
+    line and as many of its last lines as fit (a traceback's start and its exception), with
+    a marker ``... (N lines cut)`` where lines were left out. A single line longer than the
+    room left keeps its start and says how many characters were cut."""
+    if len(text) <= limit:
+        return text
+    lines = text.splitlines(keepends=True)
+    room = max(limit - 40, 80)  # the marker's room
+    head = _cut_line(lines[0], room // 2)
+    used, tail = len(head), []
+    for line in reversed(lines[1:]):
+        if used + len(line) > room:
+            break
+        tail.append(line)
+        used += len(line)
+    if not tail and len(lines) > 1:  # the last line alone is too long: its start
+        tail.append(_cut_line(lines[-1], room - used))
+    cut = len(lines) - 1 - len(tail)
+    return head + (f"... ({cut} lines cut)\n" if cut else "") + "".join(reversed(tail))
+
+
+def _cut_line(line: str, size: int) -> str:
+    if len(line) <= size:
+        return line
+    keep = max(size - 40, 0)  # the marker's room
+    end = "\n" if line.endswith("\n") else ""
+    return f"{line[:keep]}... ({len(line) - len(end) - keep} characters cut){end}"
 
 
 def _claim_stdio() -> tuple[BinaryIO, BinaryIO]:
