@@ -5,6 +5,15 @@ Requests queue per model. Whenever a worker is free it takes everything queued, 
 answers a single request at once, with no timer (see ../shared/HOTPATH.md, section 5).
 When a merged batch fails inside the model, its requests are retried one by one so that
 one bad request never fails its neighbours.
+
+Worker faults stay out of sight where that is safe. A model is a pure function of its
+input, so the requests of a batch whose worker died are queued again, each alone, and
+answered by another worker (once: a request that kills a second worker fails). While no
+worker is ready, because the only one is restarting, requests wait in the queue for up to
+``restart_wait`` seconds instead of failing at once. A batch that timed out is not retried:
+the input may be what hangs the model. With ``workers=0`` the pool sizes itself: one
+worker, and a second once the first one's memory shows that it fits
+(:func:`auto_worker_count`).
 """
 
 from __future__ import annotations
@@ -12,16 +21,46 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import psutil
+
 from baton.batch import Batch, concat_batches, split_batch
-from baton.errors import BatonError, ModelError, ModelNotReady, PayloadTooLarge, WorkerError
+from baton.errors import (
+    BatonError,
+    ModelError,
+    ModelNotReady,
+    PayloadTooLarge,
+    WorkerCrashed,
+    WorkerError,
+)
 from baton.runtime.worker import Worker, WorkerSpec
 
 log = logging.getLogger("baton.pool")
+
+
+#: Workers a self-sized pool (``workers=0``) grows to when they fit.
+AUTO_WORKERS = 2
+
+
+def auto_worker_count(worker_bytes: int, available_bytes: int, cpus: int,
+                      threads: int = 1) -> int:
+    """Workers for a model whose first worker holds ``worker_bytes``: two when a second one
+    fits with room to spare, i.e. it would take at most a quarter of the memory still
+    available, and the CPUs hold both workers' threads; else one."""
+    fits = worker_bytes > 0 and worker_bytes * 4 <= available_bytes
+    return AUTO_WORKERS if fits and cpus >= AUTO_WORKERS * threads else 1
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # the CPUs this process may run on
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 @dataclass(eq=False)
@@ -29,6 +68,10 @@ class _Item:
     batch: Batch
     future: asyncio.Future[Batch]
     solo: bool = False
+    #: Already sent again once after its worker died.
+    retried: bool = False
+    #: Fails the request when no worker came back in time (armed while none is ready).
+    expiry: asyncio.TimerHandle | None = None
 
 
 @dataclass
@@ -36,6 +79,10 @@ class PoolStats:
     restarts: int = 0
     batches: int = 0
     rows: int = 0
+    #: Requests sent again after their worker died, and requests failed after waiting
+    #: ``restart_wait`` for a worker.
+    retried: int = 0
+    expired: int = 0
     last_failure: dict[str, Any] | None = None
     failures: collections.deque[dict[str, Any]] = field(
         default_factory=lambda: collections.deque(maxlen=20))
@@ -44,10 +91,16 @@ class PoolStats:
 class WorkerPool:
     def __init__(self, spec: WorkerSpec, *, workers: int = 1, timeout: float = 30.0,
                  max_batch_rows: int = 256, max_queue_rows: int = 65536,
-                 backoff: tuple[float, float] = (0.2, 30.0)) -> None:
+                 backoff: tuple[float, float] = (0.2, 30.0),
+                 restart_wait: float = 10.0) -> None:
         self.spec = spec
+        #: ``workers=0``: sized by :func:`auto_worker_count` once the first worker is up.
+        self.auto = workers == 0
+        workers = workers or 1
         self.size = workers
+        self.sizing: dict[str, Any] = {"workers": workers, "decided_by": "setting"}
         self.timeout = timeout
+        self.restart_wait = restart_wait
         self.max_batch_rows = max_batch_rows
         self.max_queue_rows = max_queue_rows
         self.backoff = backoff
@@ -61,6 +114,7 @@ class WorkerPool:
         self._failures_in_row = [0] * workers
         self._restarts: set[asyncio.Task[None]] = set()
         self._drained = asyncio.Event()
+        self._served = False  # a worker has been ready once: requests may wait for one
         self.load_error: BatonError | None = None
         #: Called with the row count of every batch sent to a worker (metrics).
         self.on_batch: Callable[[int], None] | None = None
@@ -78,6 +132,27 @@ class WorkerPool:
             err = errors[0]
             self.load_error = err if isinstance(err, BatonError) else WorkerError(str(err))
             raise self.load_error
+        if self.auto:
+            self._size_itself()
+
+    def _size_itself(self) -> None:
+        """Decide from the first worker's measured memory whether a second one fits; if so,
+        start it in the background (the model is ready already)."""
+        [worker] = self.workers
+        assert worker is not None
+        used, available = worker.memory(), int(psutil.virtual_memory().available)
+        cpus = _cpus()
+        count = auto_worker_count(used, available, cpus, self.spec.threads)
+        self.sizing = {"workers": count, "decided_by": "memory",
+                       "worker_mb": round(used / 2**20, 1),
+                       "available_mb": round(available / 2**20), "cpus": cpus}
+        log.info("%s: %d worker(s): one uses %.0f MB, %.0f MB available, %d CPUs",
+                 self.spec.model, count, used / 2**20, available / 2**20, cpus)
+        for slot in range(self.size, count):
+            self.workers.append(None)
+            self._failures_in_row.append(0)
+            self.size += 1
+            self._spawn(slot, 0.0)
 
     async def _start_slot(self, slot: int) -> None:
         worker = Worker(self.spec, slot)
@@ -85,6 +160,7 @@ class WorkerPool:
         await worker.start()
         asyncio.get_running_loop().create_task(self._watch(worker))
         self.load_error = None
+        self._served = True
         self._idle.append(worker)
         self._dispatch()
 
@@ -96,9 +172,9 @@ class WorkerPool:
             return
         self.stats.restarts += 1
         self._record_failure(worker.slot, f"worker {worker.pid} {worker.exit_reason}")
-        if not self.ready:
-            self._fail_queue(ModelNotReady(f"{self.spec.model}: no worker is available; "
-                                           f"restarting after: {worker.exit_reason}"))
+        if not self.ready:  # what is queued waits for a restart, up to restart_wait
+            for item in self._queue:
+                self._arm_expiry(item)
         self._schedule_restart(worker.slot, None)
 
     def _schedule_restart(self, slot: int, err: BaseException | None) -> None:
@@ -106,7 +182,9 @@ class WorkerPool:
             self._record_failure(slot, str(err))
         fails = self._failures_in_row[slot]
         self._failures_in_row[slot] = fails + 1
-        delay = min(self.backoff[0] * (2 ** fails), self.backoff[1])
+        self._spawn(slot, min(self.backoff[0] * (2 ** fails), self.backoff[1]))
+
+    def _spawn(self, slot: int, delay: float) -> None:
         task = asyncio.get_running_loop().create_task(self._restart(slot, delay))
         self._restarts.add(task)
         task.add_done_callback(self._restarts.discard)
@@ -115,7 +193,9 @@ class WorkerPool:
         await asyncio.sleep(delay)
         if self._closing:
             return
-        log.warning("%s: restarting worker slot %d after %.1fs", self.spec.model, slot, delay)
+        if self.workers[slot] is not None:
+            log.warning("%s: restarting worker slot %d after %.1fs", self.spec.model, slot,
+                        delay)
         try:
             await self._start_slot(slot)
         except BatonError as exc:
@@ -163,9 +243,14 @@ class WorkerPool:
     def describe(self) -> dict[str, Any]:
         return {
             "workers": [{"slot": i, "pid": w.pid if w else None,
-                         "state": w.state if w else "absent"}
+                         "state": w.state if w else "absent",
+                         "in_flight": w.in_flight if w else 0}
                         for i, w in enumerate(self.workers)],
+            "sizing": self.sizing,
+            "timeout": self.timeout,
             "restarts": self.stats.restarts,
+            "retried_requests": self.stats.retried,
+            "expired_requests": self.stats.expired,
             "queued_rows": self._queued_rows,
             "last_failure": self.stats.last_failure,
         }
@@ -174,7 +259,7 @@ class WorkerPool:
     async def predict(self, batch: Batch) -> Batch:
         if self._closing:
             raise ModelNotReady(f"{self.spec.model} is shutting down")
-        if not self.ready:
+        if not self.ready and not (self._served and self.restart_wait > 0):
             why = f": {self.load_error.message}" if self.load_error else ""
             raise ModelNotReady(f"{self.spec.model} is not ready{why}")
         if batch.rows > self.max_queue_rows:
@@ -185,10 +270,40 @@ class WorkerPool:
             raise ModelNotReady(f"{self.spec.model}: queue is full "
                                 f"({self._queued_rows} rows waiting)", code="QUEUE_FULL")
         fut: asyncio.Future[Batch] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Item(batch, fut))
-        self._queued_rows += batch.rows
+        self._enqueue(_Item(batch, fut))
         self._dispatch()
         return await fut
+
+    def _enqueue(self, item: _Item, front: bool = False) -> None:
+        if front:
+            self._queue.appendleft(item)
+        else:
+            self._queue.append(item)
+        self._queued_rows += item.batch.rows
+        if not self.ready:
+            self._arm_expiry(item)
+
+    def _arm_expiry(self, item: _Item) -> None:
+        if item.expiry is None:
+            item.expiry = asyncio.get_running_loop().call_later(
+                self.restart_wait, self._expire, item)
+
+    def _expire(self, item: _Item) -> None:
+        """No worker came back within ``restart_wait``: fail the request, if still queued."""
+        try:
+            self._queue.remove(item)
+        except ValueError:
+            return
+        self._queued_rows -= item.batch.rows
+        self.stats.expired += 1
+        if not self._queue and not self._busy:
+            self._drained.set()
+        if not item.future.done():
+            last = self.stats.last_failure
+            item.future.set_exception(ModelNotReady(
+                f"{self.spec.model}: no worker was available within {self.restart_wait:g}s"
+                + (f" (restarting after: {last['reason']})" if last else ""),
+                code="WORKER_UNAVAILABLE", details={"waited_seconds": self.restart_wait}))
 
     async def metrics(self, functions: list[str], y_true: list[Any], y_pred: list[Any],
                       outputs: list[Any]) -> dict[str, Any]:
@@ -214,6 +329,10 @@ class WorkerPool:
                 items.append(nxt)
                 rows += nxt.batch.rows
             self._queued_rows -= rows
+            for it in items:
+                if it.expiry is not None:
+                    it.expiry.cancel()
+                    it.expiry = None
             live = [it for it in items if not it.future.done()]  # callers may have left
             if not live:
                 self._idle.append(worker)
@@ -242,8 +361,12 @@ class WorkerPool:
         elif isinstance(exc, ModelError) and len(items) > 1:
             for it in reversed(items):  # isolate the request that broke the model
                 it.solo = True
-                self._queue.appendleft(it)
-                self._queued_rows += it.batch.rows
+                self._enqueue(it, front=True)
+        elif isinstance(exc, WorkerCrashed) and self._may_retry(worker, items):
+            for it in reversed(items):  # answered nowhere: once more, each alone
+                it.retried = it.solo = True
+                self.stats.retried += 1
+                self._enqueue(it, front=True)
         else:
             for it in items:
                 if not it.future.done():
@@ -252,9 +375,19 @@ class WorkerPool:
         if not self._queue and not self._busy:
             self._drained.set()
 
+    def _may_retry(self, worker: Worker, items: list[_Item]) -> bool:
+        """A batch whose worker died is sent again when the death cannot be the batch's
+        doing: the batch never reached the worker (no exit seen yet), or a signal from
+        outside killed it. A model that exits or faults on an input is not given a second
+        worker to kill; neither is a request that was retried already."""
+        outside = worker.returncode is None or worker.killed_from_outside
+        return outside and not self._closing and not any(it.retried for it in items)
+
     def _fail_queue(self, exc: Exception) -> None:
         while self._queue:
             it = self._queue.popleft()
+            if it.expiry is not None:
+                it.expiry.cancel()
             if not it.future.done():
                 it.future.set_exception(exc)
         self._queued_rows = 0

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import psutil
 
 from baton.batch import Batch
 from baton.errors import ModelError, ModelLoadError, WorkerCrashed, WorkerError, WorkerTimeout
@@ -22,6 +23,9 @@ from baton.runtime.protocol import FrameReader, decode_columns, encode_predict, 
 
 log = logging.getLogger("baton.worker")
 RUNNER_PATH = Path(runner.__file__)
+#: Signals that come from outside the model (an operator, a supervisor, the OOM killer),
+#: unlike an exit of its own or a fault in its code (SIGSEGV, SIGABRT, SIGBUS, SIGFPE).
+OUTSIDE_SIGNALS = frozenset({signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,8 @@ class WorkerSpec:
     load: dict[str, Any]
     env: dict[str, str] = field(default_factory=dict)
     load_timeout: float = 120.0
+    #: Threads the model's numeric libraries may use (OMP, OpenBLAS, MKL).
+    threads: int = 1
 
     def command(self) -> list[str]:
         # -I: no user site, no PYTHON* variables, no script folder on sys.path (so Baton
@@ -83,11 +89,14 @@ class Worker:
         self._stderr = collections.deque[str](maxlen=40)
         self._partial = b""
         self.exit_reason = ""
+        self.returncode: int | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        env = {**os.environ, **self.spec.env}
+        threads = str(self.spec.threads)
+        env = {**os.environ, "OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads,
+               "MKL_NUM_THREADS": threads, **self.spec.env}
         env.pop("VIRTUAL_ENV", None)
         self.state = "starting"
         self.started_at = time.monotonic()
@@ -245,7 +254,7 @@ class Worker:
         self.kill()
 
     def _on_exit(self) -> None:
-        code = self._transport.get_returncode() if self._transport else None
+        code = self.returncode = self._transport.get_returncode() if self._transport else None
         if not self.exit_reason:
             self.exit_reason = (f"killed by signal {signal.Signals(-code).name}"
                                 if code is not None and code < 0 else f"exited with code {code}")
@@ -276,6 +285,26 @@ class Worker:
         self._pending.clear()
 
     @property
+    def killed_from_outside(self) -> bool:
+        """Whether the process died of a signal sent from outside (see OUTSIDE_SIGNALS)."""
+        code = self.returncode
+        return code is not None and code < 0 and -code in OUTSIDE_SIGNALS
+
+    @property
     def last_output(self) -> list[str]:
         return list(self._stderr)
+
+    def memory(self) -> int:
+        """Bytes of memory the worker holds: the larger of its resident set now and at its
+        peak (a model often needs more while it loads than once loaded); 0 if it is gone."""
+        if self.pid is None or self.exited.is_set():
+            return 0
+        try:
+            rss = int(psutil.Process(self.pid).memory_info().rss)
+            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):  # Linux: the peak resident set
+                    rss = max(rss, int(line.split()[1]) * 1024)
+        except (psutil.Error, OSError, ValueError):
+            return 0
+        return rss
 
