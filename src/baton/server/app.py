@@ -30,6 +30,7 @@ from baton.errors import (
 from baton.monitor.metrics import CONTENT_TYPE
 from baton.server.auth import CHALLENGE, Guard
 from baton.server.openapi import openapi_document
+from baton.serving import binary
 from baton.serving.service import Engine
 
 log = logging.getLogger("baton.server")
@@ -38,6 +39,8 @@ Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 _JSON = [(b"content-type", b"application/json")]
+_BINARY = [(b"content-type", b"application/octet-stream")]
+_INFER_HEADER = binary.HEADER.lower().encode()
 
 
 class _Response(Exception):
@@ -138,12 +141,17 @@ class BatonApp:
             await send({"type": "http.response.body", "body": r.body})
             return
         except BatonError as err:
-            status, body = err.http_status, error_body(err)
+            await _reply(send, err.http_status, error_body(err), _allow(err))
+            return
         except Exception:
             log.exception("internal error on %s %s", scope["method"], scope["path"])
             status = 500
             body = orjson.dumps({"error": "internal error in the engine; see its log",
                                  "code": "INTERNAL_ERROR"})
+        if isinstance(body, binary.Framed):  # the V2 binary extension: JSON, then tensors
+            await _reply(send, status, body, [(_INFER_HEADER, str(body.json_length).encode())],
+                         _BINARY)
+            return
         await _reply(send, status, body)
 
     async def _metrics_only(self, scope: Scope, send: Send) -> None:
@@ -161,7 +169,7 @@ class BatonApp:
                                     (b"content-length", str(len(body)).encode())]})
             await send({"type": "http.response.body", "body": body})
             return
-        await _reply(send, err.http_status, error_body(err))
+        await _reply(send, err.http_status, error_body(err), _allow(err))
 
     async def _route(self, scope: Scope, receive: Receive) -> bytes:
         method, path = scope["method"], scope["path"].rstrip("/") or "/"
@@ -205,7 +213,8 @@ class BatonApp:
     async def _v2(self, method: str, parts: list[str], scope: Scope, receive: Receive) -> bytes:
         if not parts:
             _only(method, "GET")
-            return orjson.dumps({"name": "baton", "version": __version__, "extensions": []})
+            return orjson.dumps({"name": "baton", "version": __version__,
+                                 "extensions": ["binary_tensor_data"]})
         if parts[0] == "health" and len(parts) == 2 and parts[1] in ("live", "ready"):
             _only(method, "GET")
             if parts[1] == "live":
@@ -231,6 +240,9 @@ class BatonApp:
         if rest == ["infer"]:
             _only(method, "POST")
             body = await self._body(scope, receive)
+            for key, value in scope["headers"]:
+                if key == _INFER_HEADER:
+                    body = binary.Framed(body, binary.header_length(value, len(body)))
             return await self.engine.get(name, version).infer(body)
         raise RouteNotFound(f"no route {method} /v2/{'/'.join(parts)}")
 
@@ -254,11 +266,19 @@ class BatonApp:
 
 
 async def _reply(send: Send, status: int, body: bytes,
-                 extra: list[tuple[bytes, bytes]] | None = None) -> None:
+                 extra: list[tuple[bytes, bytes]] | None = None,
+                 content_type: list[tuple[bytes, bytes]] = _JSON) -> None:
     await send({"type": "http.response.start", "status": status,
-                "headers": [*_JSON, (b"content-length", str(len(body)).encode()),
+                "headers": [*content_type, (b"content-length", str(len(body)).encode()),
                             *(extra or [])]})
     await send({"type": "http.response.body", "body": body})
+
+
+def _allow(err: BatonError) -> list[tuple[bytes, bytes]]:
+    """A 405 names the methods the route takes, in ``Allow`` as HTTP requires."""
+    if isinstance(err, MethodNotAllowed) and err.details:
+        return [(b"allow", str(err.details["allowed"]).encode())]
+    return []
 
 
 def _only(method: str, allowed: str) -> None:
