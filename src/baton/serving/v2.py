@@ -196,6 +196,11 @@ def _family(datatype: str) -> str:
     return "INT" if datatype.startswith("UINT") else datatype.rstrip("0123456789")
 
 
+def accepted_datatypes(declared: str) -> list[str]:
+    """The V2 datatypes an input declared as ``declared`` may arrive in."""
+    return [d for d in TENSOR_DATATYPES if _family(d) == _family(declared)]
+
+
 def _check_datatype(name: str, got: str, declared: str) -> None:
     """``got`` must be a V2 datatype of the declared one's family (FP, INT/UINT, BOOL,
     BYTES): values convert within a family (range-checked), never across."""
