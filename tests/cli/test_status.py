@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import collections
+import fcntl
+import os
+import pty
+import select
 import signal
+import struct
 import subprocess
+import termios
 import threading
 import time
 from collections.abc import Callable
@@ -60,17 +66,47 @@ def test_status_shows_canary_and_shadow_candidates_beside_the_live_version(
     assert requests == [answered["1.0.0"], answered["1.1.0"], 0]  # shadow copies aren't requests
 
 
+class Terminal:
+    """A pseudo-terminal 250 columns wide: `top` draws frames only on a terminal."""
+
+    def __init__(self) -> None:
+        self.master, self.slave = pty.openpty()
+        fcntl.ioctl(self.slave, termios.TIOCSWINSZ, struct.pack("HHHH", 60, 250, 0, 0))
+        self.seen = ""
+
+    def read_until(self, done: Callable[[str], bool], proc: subprocess.Popen[bytes],
+                   what: str, timeout: float = 60) -> str:
+        deadline = time.monotonic() + timeout
+        while not done(self.seen):
+            left = deadline - time.monotonic()
+            assert left > 0 and proc.poll() is None, (
+                f"no {what} within {timeout}s (exit {proc.poll()}):\n{self.seen}")
+            if select.select([self.master], [], [], min(left, 0.5))[0]:
+                self.seen += os.read(self.master, 65536).decode(errors="replace")
+        return self.seen
+
+
 def test_top_refreshes_until_interrupted(serve: Callable[..., Server], chaos_bundle: Path,
                                          baton_env: dict[str, str]) -> None:
     server = serve([chaos_bundle])
+    term = Terminal()
     proc = subprocess.Popen([*BATON, "top", "--url", server.url, "--interval", "0.3"],
-                            env={**baton_env, "COLUMNS": "250"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    time.sleep(2.0)
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=20)
-    assert proc.returncode == 0
-    assert "chaos" in out and "req/s" in out
+                            env={**baton_env, "TERM": "xterm"}, stdin=term.slave,
+                            stdout=term.slave, stderr=term.slave)
+    os.close(term.slave)
+    try:
+        # Interrupted only once it has drawn its table twice, i.e. it is in its refresh
+        # loop: a fixed sleep sent Ctrl-C while a loaded machine was still importing.
+        term.read_until(lambda s: s.count("req/s") >= 2, proc, "second frame")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0, term.seen
+        out = term.seen
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(term.master)
+    assert "chaos" in out and "Traceback" not in out
 
 
 def test_status_of_an_engine_that_is_down(baton_env: dict[str, str]) -> None:
