@@ -7,8 +7,11 @@ alone for ``requirepass`` (``redis://:PASSWORD@...``); the password may come fro
 (``tls-auth-clients``); the server's certificate and host name are always verified.
 
 Source: ``XREADGROUP`` in group ``?group=`` (default: the binding's), consumer
-``?consumer=`` (default ``GROUP-1``). On start it first re-reads its own pending entries
-(delivered before a crash, never acknowledged), then new ones; ``XACK`` acknowledges.
+``?consumer=`` (default ``GROUP-1``). On start it first reads its own pending entries
+(delivered before a crash, never acknowledged) once, page by page from the last one read,
+then only new ones; ``XACK`` acknowledges. After a failed read (the reply may be lost
+after Redis assigned the entries) it looks through its pending entries once more, handing
+out only those it does not hold already, so each entry comes again at most once.
 The group is created at ``?start=`` (default ``0``: the whole stream). A record is the
 entry's ``value`` field; its key is the ``key`` field, or the entry id.
 Sink: ``XADD`` with ``key`` and ``value`` fields, every record of a batch in one command: a
@@ -63,7 +66,12 @@ class RedisSource:
         self.group = url.option("group", group)
         self.consumer = url.option("consumer", f"{self.group}-1")
         self.redis: Any = None
-        self._pending = True  # first drain our own unacknowledged entries
+        #: Where the next read of our own pending entries starts ("0": all of them), or
+        #: None once every one was read: then only new entries (">").
+        self._pending_from: bytes | str | None = "0"
+        #: Entry ids handed out and not acknowledged yet: they are in the pipeline, so a
+        #: second look through the pending entries must not hand them out again.
+        self._held: set[bytes] = set()
 
     async def open(self) -> None:
         from redis.exceptions import RedisError, ResponseError
@@ -71,7 +79,7 @@ class RedisSource:
         await self.close()  # a retried open must not leak the client of the failed one
         await probe(self.url, 6379, "redis")  # the client would retry a refusal for seconds
         self.redis = _client(self.url)
-        self._pending = True  # reopened: what we were given before comes first again
+        self._pending_from = "0"  # (re)opened: what we were given before comes first
         try:
             await self.redis.xgroup_create(self.stream, self.group,
                                            id=self.url.option("start", "0"), mkstream=True)
@@ -85,20 +93,41 @@ class RedisSource:
         from redis.exceptions import RedisError
 
         try:
-            if self._pending:
-                got = await self.redis.xreadgroup(self.group, self.consumer,
-                                                  {self.stream: "0"}, count=max_records)
-                entries = got[0][1] if got else []
-                if entries:
-                    return [self._message(i, f) for i, f in entries]
-                self._pending = False
+            if self._pending_from is not None:
+                pending = await self._read_pending(max_records)
+                if pending:
+                    return pending
             got = await self.redis.xreadgroup(self.group, self.consumer, {self.stream: ">"},
                                               count=max_records,
                                               block=max(1, int(timeout * 1000)))
         except (RedisError, OSError) as exc:
-            self._pending = True  # after a reconnect, re-read what we were given
+            self._pending_from = "0"  # the reply may be lost: look at our pending entries
             raise _error("XREADGROUP", self.url, exc) from None
-        return [self._message(i, f) for i, f in (got[0][1] if got else [])]
+        return self._hand_out(got[0][1] if got else [])
+
+    async def _read_pending(self, max_records: int) -> list[Message]:
+        """The next page of our pending entries not held already; [] once all were read.
+
+        Each read starts after the last entry of the previous page (``XREADGROUP`` with an
+        id): reading from "0" every time would hand out again every entry still in flight.
+        """
+        while self._pending_from is not None:
+            got = await self.redis.xreadgroup(self.group, self.consumer,
+                                              {self.stream: self._pending_from},
+                                              count=max_records)
+            entries = got[0][1] if got else []
+            if not entries:
+                self._pending_from = None
+                return []
+            self._pending_from = entries[-1][0]
+            fresh = [(i, f) for i, f in entries if i not in self._held]
+            if fresh:
+                return self._hand_out(fresh)
+        return []
+
+    def _hand_out(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[Message]:
+        self._held.update(i for i, _ in entries)
+        return [self._message(i, f) for i, f in entries]
 
     def _message(self, entry_id: bytes, fields: dict[bytes, bytes]) -> Message:
         key = fields.get(b"key")
@@ -114,6 +143,7 @@ class RedisSource:
             await self.redis.xack(self.stream, self.group, *[m.position for m in messages])
         except (RedisError, OSError) as exc:
             raise _error("XACK", self.url, exc) from None
+        self._held.difference_update(m.position for m in messages)
 
     async def lag(self) -> int | None:
         """Entries not yet delivered to the group (``XINFO GROUPS``: ``lag``, Redis 7+)."""
@@ -128,6 +158,7 @@ class RedisSource:
 
     async def close(self) -> None:
         client, self.redis = self.redis, None
+        self._held.clear()  # what was handed out is abandoned: pending, for the next open
         if client is not None:
             await client.aclose()
 
