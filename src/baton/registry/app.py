@@ -20,10 +20,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 
 from baton.errors import BatonError, PayloadTooLarge, RequestError
 from baton.registry.identity import only_fields, token_fields
+from baton.registry.openapi import AUDIT_PAGE_DEFAULT, AUDIT_PAGE_MAX, openapi_document
 from baton.registry.service import Actor, Registry
 
 API = "/api/v1"
@@ -60,6 +61,17 @@ def _text(data: dict[str, Any], key: str, default: str | None = None) -> str:
         raise RequestError(f"field {key!r} must be a string", code="BAD_REQUEST",
                            details={"field": key})
     return value
+
+
+def _count(request: Request, key: str, default: int, lo: int, hi: int) -> int:
+    """A whole-number query parameter within ``[lo, hi]``, or a 400 naming it."""
+    raw = request.query_params.get(key)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not lo <= int(raw) <= hi:
+        raise RequestError(f"query parameter {key!r} must be a whole number from {lo} to "
+                           f"{hi}, got {raw[:40]!r}", details={"field": key})
+    return int(raw)
 
 
 def create_app(registry: Registry, *, max_upload_bytes: int = 1 << 30) -> Starlette:
@@ -131,14 +143,28 @@ def create_app(registry: Registry, *, max_upload_bytes: int = 1 << 30) -> Starle
 
     def audit(request: Request) -> Response:
         who = actor(request)
+        limit = _count(request, "limit", AUDIT_PAGE_DEFAULT, 1, AUDIT_PAGE_MAX)
+        after = _count(request, "after", 0, 0, 2**62)
+        fmt = request.query_params.get("format", "json")
+        if fmt not in ("json", "jsonl"):
+            raise RequestError(f"query parameter 'format' must be json or jsonl, got "
+                               f"{fmt[:40]!r}", details={"field": "format"})
         # head: the signed checkpoint the chain must reach (see baton.registry.audit), read
         # before the events so that it never runs ahead of them.
         head = registry.audit_head()
-        events = registry.audit_log(who)
-        if request.query_params.get("format") == "jsonl":
+        events = registry.audit_log(who, after=after, limit=limit + 1)
+        more = len(events) > limit
+        events = events[:limit]
+        following = events[-1]["id"] if more else None
+        if fmt == "jsonl":
             return PlainTextResponse("".join(json.dumps(e) + "\n" for e in events),
-                                     media_type="application/x-ndjson")
-        return JSONResponse({"events": events, "head": head})
+                                     media_type="application/x-ndjson",
+                                     headers={} if following is None
+                                     else {"x-next-after": str(following)})
+        return JSONResponse({"events": events, "head": head, "next": following})
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(openapi_document())
 
     async def create_user(request: Request) -> Response:
         data = only_fields(await _json(request), ("name", "role"))
@@ -176,8 +202,20 @@ def create_app(registry: Registry, *, max_upload_bytes: int = 1 << 30) -> Starle
     async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "HTTP_ERROR")
-        return JSONResponse({"error": f"{request.method} {request.url.path}: {exc.detail}",
-                             "code": code}, status_code=exc.status_code)
+        body: dict[str, Any] = {"error": f"{request.method} {request.url.path}: {exc.detail}",
+                                "code": code}
+        headers = dict(exc.headers or {})
+        if exc.status_code == 404:
+            body["error"] += f"; see {API}/openapi.json"
+        if exc.status_code == 405:
+            # Starlette names only the first route that matched the path; a path served by
+            # several routes (GET and POST /bundles) allows all of theirs.
+            allowed = sorted({m for r in routes if isinstance(r, Route) and r.methods
+                              and r.matches(request.scope)[0] == Match.PARTIAL
+                              for m in r.methods})
+            headers["Allow"] = ", ".join(allowed)
+            body["details"] = {"allowed": headers["Allow"]}
+        return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
     async def on_crash(request: Request, exc: Exception) -> Response:
         # Starlette re-raises after this answer, so the server logs the traceback too.
@@ -187,6 +225,7 @@ def create_app(registry: Registry, *, max_upload_bytes: int = 1 << 30) -> Starle
 
     routes = [
         Route(f"{API}/health", health),
+        Route(f"{API}/openapi.json", openapi),
         Route(f"{API}/key", public_key),
         Route(f"{API}/whoami", whoami),
         Route(f"{API}/bundles", list_bundles, methods=["GET"]),

@@ -11,6 +11,7 @@ import httpx
 
 from baton.bundle.archive import ArchiveLimits, verify_archive
 from baton.errors import BatonError, DigestMismatchError
+from baton.registry.openapi import AUDIT_PAGE_MAX
 from baton.trust import PublicKey, parse_public_key
 
 _EXIT = {400: 2, 401: 6, 403: 6, 404: 2, 409: 7, 413: 2, 422: 2}
@@ -139,12 +140,26 @@ class RegistryClient:
     def history(self, name: str) -> list[dict[str, Any]]:
         return self._call("GET", f"/history/{name}").json()["events"]  # type: ignore[no-any-return]
 
-    def audit_jsonl(self) -> str:
-        return self._call("GET", "/audit", params={"format": "jsonl"}).text
+    def audit_jsonl(self, page: int = AUDIT_PAGE_MAX) -> str:
+        """The whole audit log as JSON Lines, read ``page`` events at a time."""
+        pages, after = [], "0"
+        while after:
+            resp = self._call("GET", "/audit", params={"format": "jsonl", "after": after,
+                                                       "limit": page})
+            pages.append(resp.text)
+            after = resp.headers.get("x-next-after", "")
+        return "".join(pages)
 
-    def audit(self) -> dict[str, Any]:
-        """The whole audit log with its signed head checkpoint: {"events", "head"}."""
-        return self._call("GET", "/audit").json()  # type: ignore[no-any-return]
+    def audit(self, page: int = AUDIT_PAGE_MAX) -> dict[str, Any]:
+        """The whole audit log, read ``page`` events at a time, with the signed head
+        checkpoint given with the first page: {"events", "head"}."""
+        first = self._call("GET", "/audit", params={"limit": page}).json()
+        events, after = first["events"], first.get("next")
+        while after is not None:
+            more = self._call("GET", "/audit", params={"after": after, "limit": page}).json()
+            events += more["events"]
+            after = more["next"]
+        return {"events": events, "head": first["head"]}
 
     def create_user(self, name: str, role: str) -> dict[str, Any]:
         return self._call("POST", "/users", json={"name": name, "role": role}).json()  # type: ignore[no-any-return]

@@ -215,13 +215,15 @@ class Registry:
             bv = self._find(s, ref)
             return self._describe(s, bv, full=True)
 
-    def history(self, actor: Actor, name: str | None = None,
-                since_id: int = 0) -> list[dict[str, Any]]:
+    def history(self, actor: Actor, name: str | None = None, since_id: int = 0,
+                limit: int | None = None) -> list[dict[str, Any]]:
         require(actor.role, "read", actor.name)
         with self.db.session() as s:
             q = select(AuditEvent).where(AuditEvent.id > since_id).order_by(AuditEvent.id)
             if name:
                 q = q.where(AuditEvent.name == name)
+            if limit is not None:
+                q = q.limit(limit)
             return [e.to_dict() for e in s.scalars(q)]
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -310,8 +312,10 @@ class Registry:
             self._sign(s, bv, event)
             return self._describe(s, bv, full=True)
 
-    def audit_log(self, actor: Actor) -> list[dict[str, Any]]:
-        return self.history(actor)
+    def audit_log(self, actor: Actor, *, after: int = 0,
+                  limit: int | None = None) -> list[dict[str, Any]]:
+        """Audit events with an id above ``after``, oldest first, at most ``limit``."""
+        return self.history(actor, since_id=after, limit=limit)
 
     # -- internals ---------------------------------------------------------------------
     def _require_approvals(self, bv: BundleVersion) -> None:
