@@ -1,31 +1,55 @@
 """``baton check``: prove that a bundle runs as it will in production, and measure it.
 
-Stages, in order; a failure names its stage: ``manifest``, ``dependency_resolution``,
-``import``, ``load``, ``input_contract``, ``model``, ``output_contract``, ``sample_mismatch``.
+Stages, in order; the first failure ends the check and names its stage: ``manifest``,
+``dependency_resolution``, ``import``, ``load``, ``input_contract``, ``model``,
+``output_contract``, ``sample_mismatch``, ``single_records``, ``null_record``, ``latency``.
+
+Whatever goes wrong, and wherever, becomes the failed stage of a report that is still written:
+an exception Baton did not foresee is reported as ``CHECK_ERROR`` with its traceback. What the
+worker and the pool log during the check goes into the report's ``log``, not onto the terminal.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import json
-import math
+import logging
 import statistics
 import time
+import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import psutil
 
 from baton.bundle.archive import ArchiveLimits
 from baton.bundle.loader import Bundle, open_bundle
-from baton.env.builder import EnvBuilder
-from baton.errors import BatonError, ContractViolation, ModelError, ModelLoadError, WorkerError
+from baton.check_samples import (
+    batch_dependent,
+    compare,
+    null_record,
+    one_row,
+    sample_rows,
+    with_record,
+)
+from baton.env.builder import EnvBuilder, Environment
+from baton.errors import BatonError, ContractViolation, ModelLoadError, SampleMismatch
+from baton.runtime.runner import cut_lines
 from baton.serving import v2
 from baton.serving.samples import call, load_samples, request_body
 from baton.serving.service import ModelService
 from baton.settings import Settings
+
+#: Exit codes by failed stage (see docs/cli.md). A stage not listed here can fail in
+#: several ways and exits with its error's own code; an unforeseen error exits 1.
+STAGE_EXIT = {"manifest": 2, "dependency_resolution": 4, "import": 5, "load": 5, "model": 5,
+              "input_contract": 3, "output_contract": 3, "sample_mismatch": 3}
+#: Lines of the check's log kept in the report (the last ones).
+LOG_LINES = 400
 
 
 @dataclass
@@ -36,6 +60,9 @@ class CheckReport:
     mismatches: list[dict[str, Any]] = field(default_factory=list)
     failed_stage: str | None = None
     error: dict[str, Any] | None = None
+    exit_code: int = 0
+    log: collections.deque[str] = field(
+        default_factory=lambda: collections.deque(maxlen=LOG_LINES))
 
     @property
     def passed(self) -> bool:
@@ -49,169 +76,253 @@ class CheckReport:
         self.stage(stage, seconds, ok=False, note=err.message)
         self.failed_stage = stage
         self.error = err.to_dict()
+        unforeseen = err.code == "CHECK_ERROR"
+        self.exit_code = 1 if unforeseen else STAGE_EXIT.get(stage, err.exit_code)
         return self
 
     def to_dict(self) -> dict[str, Any]:
         return {"passed": self.passed, "failed_stage": self.failed_stage, "error": self.error,
-                "bundle": self.bundle, "stages": self.stages,
-                "measurements": self.measurements, "sample_mismatches": self.mismatches}
+                "exit_code": self.exit_code, "bundle": self.bundle, "stages": self.stages,
+                "measurements": self.measurements, "sample_mismatches": self.mismatches,
+                "log": list(self.log)}
 
     def write(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.to_dict(), indent=2, default=str) + "\n")
 
 
+class _Stopped(Exception):
+    """A stage failed and is recorded in the report: the check ends here."""
+
+
+@dataclass
+class _Stage:
+    name: str
+    note: str = ""
+    #: Seconds to record instead of the time the block took.
+    seconds: float | None = None
+
+
+def unforeseen(exc: Exception) -> BatonError:
+    """An exception Baton did not foresee, as an error the report can hold."""
+    return BatonError(f"{type(exc).__name__}: {exc}", code="CHECK_ERROR",
+                      details={"traceback": cut_lines("".join(traceback.format_exception(exc)))})
+
+
+@contextlib.contextmanager
+def _stage(report: CheckReport, name: str) -> Iterator[_Stage]:
+    """Time a stage; record it as passed, or as failed with whatever it raised."""
+    s = _Stage(name)
+    started = time.perf_counter()
+    try:
+        yield s
+    except _Stopped:
+        raise
+    except Exception as exc:
+        err = exc if isinstance(exc, BatonError) else unforeseen(exc)
+        report.fail(s.name, err, time.perf_counter() - started)
+        raise _Stopped from None
+    report.stage(s.name, time.perf_counter() - started if s.seconds is None else s.seconds,
+                 note=s.note)
+
+
+class _LogToReport(logging.Handler):
+    def __init__(self, report: CheckReport) -> None:
+        super().__init__(logging.INFO)
+        self.report = report
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.report.log.extend(self.format(record).splitlines())
+
+
+@contextlib.contextmanager
+def _log_into(report: CheckReport) -> Iterator[None]:
+    """Baton's and asyncio's log lines (the worker's output among them) go to the report."""
+    handler = _LogToReport(report)
+    loggers = [logging.getLogger(name) for name in ("baton", "asyncio")]
+    saved = [(lg.level, lg.propagate) for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(handler)
+        lg.setLevel(logging.INFO)
+        lg.propagate = False
+    try:
+        yield
+    finally:
+        for lg, (level, propagate) in zip(loggers, saved, strict=True):
+            lg.removeHandler(handler)
+            lg.setLevel(level)
+            lg.propagate = propagate
+
+
 def run_check(ref: str | Path, settings: Settings, *, iterations: int = 200) -> CheckReport:
+    """Run every stage on the bundle at ``ref``; never raises: failures are in the report."""
     report = CheckReport()
-    started = time.perf_counter()
-    try:
-        bundle = open_bundle(ref, settings.bundles_dir,
-                             limits=ArchiveLimits.from_settings(settings))
-    except BatonError as exc:
-        return report.fail("manifest", exc, time.perf_counter() - started)
-    report.bundle = {"name": bundle.name, "version": bundle.version, "digest": bundle.digest,
-                     "path": str(ref)}
-    report.stage("manifest", time.perf_counter() - started)
-    builder = EnvBuilder(settings.envs_dir, wheelhouse=settings.wheelhouse,
-                         offline=settings.offline)
-    started = time.perf_counter()
-    try:
-        env = builder.ensure(bundle.manifest.environment)
-    except BatonError as exc:
-        return report.fail("dependency_resolution", exc, time.perf_counter() - started)
-    report.stage("dependency_resolution", time.perf_counter() - started,
-                 note="cached" if env.cached else f"built in {env.build_seconds:.2f}s")
-    report.measurements["environment"] = {"key": env.key, "cached": env.cached,
-                                          "build_seconds": round(env.build_seconds, 3)}
-    svc = ModelService(bundle, env, replace(settings, workers=1))
-    asyncio.run(_check_running(svc, bundle, report, iterations))
+    with _log_into(report), contextlib.suppress(_Stopped):
+        bundle, env = _prepare(report, ref, settings)
+        asyncio.run(_Running(bundle, env, replace(settings, workers=1), report,
+                             iterations).run())
     return report
 
 
-async def _check_running(svc: ModelService, bundle: Bundle, report: CheckReport,
-                         iterations: int) -> None:
-    started = time.perf_counter()
-    try:
-        await svc.pool.start()
-    except ModelLoadError as exc:
-        report.fail(exc.details.get("stage", "load"), exc, time.perf_counter() - started)
-        return
-    except WorkerError as exc:
-        report.fail("import", exc, time.perf_counter() - started)
-        return
-    try:
-        worker = svc.pool.workers[0]
-        assert worker is not None
-        load = worker.info.get("load_seconds") or 0.0
-        report.stage("import", time.perf_counter() - started - load)
-        report.stage("load", load)
-        report.measurements["load_seconds"] = round(time.perf_counter() - started, 3)
-        await _run_samples(svc, bundle, report)
-        if report.passed:
-            await _measure(svc, bundle, report, iterations)
-            report.measurements["memory_mb"] = _memory(worker.pid)
-    finally:
-        await svc.pool.close(5.0)
+def _prepare(report: CheckReport, ref: str | Path,
+             settings: Settings) -> tuple[Bundle, Environment]:
+    with _stage(report, "manifest"):
+        bundle = open_bundle(ref, settings.bundles_dir,
+                             limits=ArchiveLimits.from_settings(settings))
+        report.bundle = {"name": bundle.name, "version": bundle.version,
+                         "digest": bundle.digest, "path": str(ref)}
+    with _stage(report, "dependency_resolution") as s:
+        builder = EnvBuilder(settings.envs_dir, wheelhouse=settings.wheelhouse,
+                             offline=settings.offline)
+        env = builder.ensure(bundle.manifest.environment)
+        s.note = "cached" if env.cached else f"built in {env.build_seconds:.2f}s"
+        report.measurements["environment"] = {"key": env.key, "cached": env.cached,
+                                              "build_seconds": round(env.build_seconds, 3)}
+    return bundle, env
 
 
-async def _run_samples(svc: ModelService, bundle: Bundle, report: CheckReport) -> None:
-    try:
-        inputs, expected, tol = load_samples(bundle)
-    except BatonError as exc:
-        report.fail("input_contract", exc)
-        return
-    if inputs is None:
-        report.stage("samples", 0.0, note="bundle declares no samples")
-        return
-    started = time.perf_counter()
-    body = request_body(svc.contract, inputs)
-    try:
-        batch = (svc.records.decode(body) if svc.records is not None
-                 else v2.decode_request(svc.contract, v2.parse_request(body)))
-    except BatonError as exc:
-        report.fail("input_contract", exc, time.perf_counter() - started)
-        return
-    report.stage("input_contract", time.perf_counter() - started, note=f"{batch.rows} rows")
-    started = time.perf_counter()
-    try:
-        actual = await call(svc, body)
-    except ContractViolation as exc:
-        if exc.direction == "output":
-            report.stage("model", time.perf_counter() - started)
-            report.fail("output_contract", exc)
-        else:
-            report.fail("input_contract", exc, time.perf_counter() - started)
-        return
-    except (ModelError, WorkerError) as exc:
-        report.fail("model", exc, time.perf_counter() - started)
-        return
-    report.stage("model", time.perf_counter() - started)
-    report.stage("output_contract", 0.0)
-    report.mismatches = compare(expected, actual, tol)
-    if report.mismatches:
-        first = report.mismatches[0]
-        report.fail("sample_mismatch", BatonError(
-            f"{len(report.mismatches)} sample value(s) differ from the expected outputs "
-            f"(tolerance {tol:g}); first: record {first['record']}, field "
-            f"{first['field']!r}: expected {first['expected']!r}, got {first['got']!r}",
-            code="SAMPLE_MISMATCH"))
-    else:
-        report.stage("sample_mismatch", 0.0, note=f"all outputs within {tol:g}")
+class _Running:
+    """The stages that need the worker: each one a method, in order."""
+
+    def __init__(self, bundle: Bundle, env: Environment, settings: Settings,
+                 report: CheckReport, iterations: int) -> None:
+        self.bundle, self.env, self.settings = bundle, env, settings
+        self.report, self.iterations = report, iterations
+        self._svc: ModelService | None = None
+
+    @property
+    def svc(self) -> ModelService:
+        assert self._svc is not None, "the import stage makes the service"
+        return self._svc
+
+    async def run(self) -> None:
+        try:
+            await self._start()
+            inputs, actual, tol = await self._samples()
+            if inputs is not None:
+                await self._single_records(inputs, actual, tol)
+                await self._null_record(inputs, tol)
+                await self._latency(inputs)
+        finally:  # also after a failure: no worker outlives the check, no loop noise
+            if self._svc is not None:
+                await self._svc.pool.close(5.0)
+
+    async def _start(self) -> None:
+        started = time.perf_counter()
+        with _stage(self.report, "import") as s:
+            self._svc = ModelService(self.bundle, self.env, self.settings)
+            try:
+                await self.svc.pool.start()
+            except ModelLoadError as exc:
+                s.name = exc.details.get("stage", "load")
+                raise
+            worker = self.svc.pool.workers[0]
+            assert worker is not None
+            load = worker.info.get("load_seconds") or 0.0
+            s.seconds = time.perf_counter() - started - load
+        self.report.stage("load", load)
+        self.report.measurements["load_seconds"] = round(time.perf_counter() - started, 3)
+
+    async def _samples(self) -> tuple[Any, Any, float]:
+        with _stage(self.report, "input_contract") as s:
+            inputs, expected, tol = load_samples(self.bundle)
+            if inputs is None:
+                s.name, s.note = "samples", "bundle declares no samples"
+                return None, None, 0.0
+            body = request_body(self.svc.contract, inputs)
+            batch = (self.svc.records.decode(body) if self.svc.records is not None
+                     else v2.decode_request(self.svc.contract, v2.parse_request(body)))
+            s.note = f"{batch.rows} rows"
+        output_error = None
+        with _stage(self.report, "model") as s:
+            try:
+                actual = await call(self.svc, body)
+            except ContractViolation as exc:
+                if exc.direction != "output":
+                    s.name = "input_contract"
+                    raise
+                output_error = exc
+        with _stage(self.report, "output_contract"):
+            if output_error is not None:
+                raise output_error
+        with _stage(self.report, "sample_mismatch") as s:
+            self.report.mismatches = compare(expected, actual, tol)
+            if self.report.mismatches:
+                first = self.report.mismatches[0]
+                raise SampleMismatch(
+                    f"{len(self.report.mismatches)} sample value(s) differ from the expected "
+                    f"outputs (tolerance {tol:g}); first: record {first['record']}, field "
+                    f"{first['field']!r}: expected {first['expected']!r}, "
+                    f"got {first['got']!r}")
+            s.note = f"all outputs within {tol:g}"
+        return inputs, actual, tol
+
+    async def _single_records(self, inputs: Any, actual: Any, tol: float) -> None:
+        """Each sample record alone gives the answer it got inside the batch."""
+        with _stage(self.report, "single_records") as s:
+            rows = sample_rows(inputs)
+            for i in range(rows):
+                alone = await self._call(one_row(inputs, i), f"sample record {i} alone")
+                batch_dependent(actual, alone, i, tol,
+                                f"sample record {i}", "inside the sample batch")
+            s.note = f"{rows} calls of one record, answers as in the batch"
+
+    async def _null_record(self, inputs: Any, tol: float) -> None:
+        """Every nullable field null in one record: it scores alone as inside a batch."""
+        with _stage(self.report, "null_record") as s:
+            record = null_record(self.svc.contract, inputs)
+            if record is None:
+                s.note = "no nullable input fields"
+                return
+            nulls = [f.name for f in self.svc.contract.inputs if f.nullable]
+            what = f"a sample record with {', '.join(nulls)} null"
+            alone = await self._call([record], f"{what}, alone")
+            merged = await self._call(with_record(inputs, record), f"{what}, in a batch")
+            batch_dependent(merged, alone, sample_rows(inputs), tol, what,
+                            "after the sample records")
+            s.note = f"{len(nulls)} nullable field(s) null, alone and in a batch"
+
+    async def _call(self, inputs: Any, what: str) -> Any:
+        try:
+            return await call(self.svc, request_body(self.svc.contract, inputs))
+        except BatonError as exc:
+            exc.message = f"{what}: {exc.message}"
+            raise
+
+    async def _latency(self, inputs: Any) -> None:
+        with _stage(self.report, "latency") as s:
+            first = one_row(inputs, 0)
+            bodies = (("rows_1", request_body(self.svc.contract, first)),
+                      ("rows_100", request_body(self.svc.contract, inputs, 100)))
+            latency = {}
+            for label, body in bodies:
+                latency[label] = await self._time_calls(body, label)
+            self.report.measurements["latency"] = latency
+            worker = self.svc.pool.workers[0]
+            self.report.measurements["memory_mb"] = _memory(worker.pid if worker else None)
+            s.note = f"{self.iterations} calls each of 1 and 100 rows"
+
+    async def _time_calls(self, body: bytes, label: str) -> dict[str, Any]:
+        what = label.replace("_", " ")
+        try:
+            await call(self.svc, body)  # warm
+            times = []
+            for _ in range(self.iterations):
+                t0 = time.perf_counter()
+                await call(self.svc, body)
+                times.append((time.perf_counter() - t0) * 1000)
+        except BatonError as exc:
+            exc.message = f"measuring latency of {what}: {exc.message}"
+            raise
+        return _summary(times)
 
 
-def _close(a: Any, b: Any, tol: float) -> bool:
-    if isinstance(a, int | float) and isinstance(b, int | float) and not isinstance(a, bool):
-        return math.isclose(a, b, rel_tol=tol, abs_tol=tol)
-    return bool(a == b)
-
-
-def compare(expected: Any, actual: Any, tol: float) -> list[dict[str, Any]]:
-    """Differences between expected and actual outputs, as record/field/expected/got."""
-    out: list[dict[str, Any]] = []
-    if isinstance(expected, list):
-        if len(expected) != len(actual):
-            return [{"record": None, "field": None, "expected": f"{len(expected)} records",
-                     "got": f"{len(actual)} records"}]
-        for i, (e, a) in enumerate(zip(expected, actual, strict=True)):
-            for key in e.keys() | a.keys():
-                if not _close(e.get(key), a.get(key), tol):
-                    out.append({"record": i, "field": key, "expected": e.get(key),
-                                "got": a.get(key)})
-        return out
-    for name, exp in expected.items():
-        e, a = np.asarray(exp), np.asarray(actual.get(name))
-        if e.shape != a.shape:
-            out.append({"record": None, "field": name, "expected": f"shape {list(e.shape)}",
-                        "got": f"shape {list(a.shape)}"})
-            continue
-        bad = ~np.isclose(e, a, rtol=tol, atol=tol) if e.dtype.kind in "fiu" else e != a
-        for idx in np.argwhere(bad)[:20]:
-            out.append({"record": int(idx[0]), "field": name, "expected": e[tuple(idx)].item(),
-                        "got": a[tuple(idx)].item()})
-    return out
-
-
-async def _measure(svc: ModelService, bundle: Bundle, report: CheckReport,
-                   iterations: int) -> None:
-    inputs, _, _ = load_samples(bundle)
-    if inputs is None:
-        return
-    first = inputs[:1] if isinstance(inputs, list) else {k: v[:1] for k, v in inputs.items()}
-    latency = {}
-    bodies = (("rows_1", request_body(svc.contract, first)),
-              ("rows_100", request_body(svc.contract, inputs, 100)))
-    for label, body in bodies:
-        await call(svc, body)  # warm
-        times = []
-        for _ in range(iterations):
-            t0 = time.perf_counter()
-            await call(svc, body)
-            times.append((time.perf_counter() - t0) * 1000)
-        times.sort()
-        latency[label] = {"p50_ms": round(statistics.median(times), 3),
-                          "p99_ms": round(times[min(len(times) - 1, int(len(times) * 0.99))], 3),
-                          "mean_ms": round(statistics.fmean(times), 3), "calls": iterations}
-    report.measurements["latency"] = latency
+def _summary(times: list[float]) -> dict[str, Any]:
+    times = sorted(times)
+    return {"p50_ms": round(statistics.median(times), 3),
+            "p99_ms": round(times[min(len(times) - 1, int(len(times) * 0.99))], 3),
+            "mean_ms": round(statistics.fmean(times), 3), "calls": len(times)}
 
 
 def _memory(pid: int | None) -> dict[str, float]:

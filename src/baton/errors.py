@@ -104,6 +104,14 @@ class ContractViolation(BatonError):
             self.http_status = 500
 
 
+class SampleMismatch(BatonError):
+    """A model's answers differ from what they must be: the bundle's expected outputs, or
+    its own answer to the same record in another batch (``baton check``)."""
+
+    code = "SAMPLE_MISMATCH"
+    exit_code = 3
+
+
 class ModelNotFound(BatonError):
     code = "MODEL_NOT_FOUND"
     http_status = 404

@@ -8,29 +8,8 @@ import json
 import tarfile
 from pathlib import Path
 
-import pytest
-
+from tests.cli.conftest import check, edit
 from tests.conftest import run_baton
-
-
-@pytest.fixture
-def scaffolded(tmp_path: Path, baton_env: dict[str, str]) -> Path:
-    result = run_baton("init", tmp_path / "demo", env=baton_env)
-    assert result.returncode == 0, result.stderr
-    assert "created bundle" in result.stdout
-    return tmp_path / "demo"
-
-
-def check(bundle: Path, env: dict[str, str]) -> tuple[int, dict, str]:
-    report = bundle.parent / "report.json"
-    r = run_baton("check", bundle, "--report", report, "--iterations", "5", env=env)
-    return r.returncode, json.loads(report.read_text()), r.stdout + r.stderr
-
-
-def edit(path: Path, old: str, new: str) -> None:
-    text = path.read_text()
-    assert old in text
-    path.write_text(text.replace(old, new))
 
 
 def test_help_and_version(baton_env: dict[str, str]) -> None:
@@ -47,7 +26,8 @@ def test_init_then_check_passes_and_measures(scaffolded: Path, baton_env: dict[s
     assert report["passed"] is True and report["failed_stage"] is None
     assert [s["stage"] for s in report["stages"]] == [
         "manifest", "dependency_resolution", "import", "load", "input_contract", "model",
-        "output_contract", "sample_mismatch"]
+        "output_contract", "sample_mismatch", "single_records", "null_record", "latency"]
+    assert all(s["ok"] for s in report["stages"]) and report["exit_code"] == 0
     m = report["measurements"]
     assert m["environment"]["build_seconds"] >= 0 and "cached" in m["environment"]
     assert m["load_seconds"] > 0

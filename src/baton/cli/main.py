@@ -16,11 +16,6 @@ from baton.errors import BatonError, BundleError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: Exit codes of ``baton check`` by failed stage (see docs/cli.md).
-STAGE_EXIT = {"manifest": 2, "dependency_resolution": 4, "import": 5, "load": 5, "model": 5,
-              "input_contract": 3, "output_contract": 3, "sample_mismatch": 3}
-
-
 def _fail(err: BatonError) -> None:
     click.secho(f"error [{err.code}]: {err.message}", fg="red", err=True)
     for f in err.details.get("failures", []):
@@ -130,7 +125,7 @@ def contract(bundle: Path, side: str) -> None:
 @click.argument("bundle", type=click.Path(exists=True, path_type=Path))
 @click.option("--report", type=click.Path(path_type=Path), default=Path("check-report.json"),
               show_default=True, help="Where to write the JSON report.")
-@click.option("--iterations", default=200, show_default=True,
+@click.option("--iterations", type=click.IntRange(min=1), default=200, show_default=True,
               help="Calls per latency measurement.")
 @with_env_options
 @errors_to_exit
@@ -142,14 +137,18 @@ def check(bundle: Path, report: Path, iterations: int, wheelhouse: Path | None,
 
     result = run_check(bundle, _settings(wheelhouse=wheelhouse, offline=offline),
                        iterations=iterations)
-    result.write(report)
     render_check(result)
+    try:
+        result.write(report)
+    except OSError as exc:
+        raise BatonError(f"cannot write the report to {report}: {exc.strerror}",
+                         code="REPORT_UNWRITABLE") from None
     click.echo(f"report written to {report}")
     if not result.passed:
         if result.error:
             click.secho(f"error [{result.error['code']}]: {result.error['message']}",
                         fg="red", err=True)
-        sys.exit(STAGE_EXIT.get(result.failed_stage or "", 1))
+        sys.exit(result.exit_code)
 
 
 @main.command()

@@ -6,6 +6,7 @@ from rich.console import Console
 from rich.table import Table
 
 from baton.check import CheckReport
+from baton.runtime.runner import cut_lines
 
 
 def render_check(report: CheckReport) -> None:
@@ -38,5 +39,16 @@ def render_check(report: CheckReport) -> None:
     if report.passed:
         console.print("[bold green]PASS[/bold green]")
     else:
+        _print_why(console, report)
         console.print(f"[bold red]FAIL[/bold red] at stage [bold]{report.failed_stage}"
                       f"[/bold]: {report.error['message'] if report.error else ''}")
+
+
+def _print_why(console: Console, report: CheckReport) -> None:
+    """The traceback of a failure, and what the worker and the pool logged, cut to size."""
+    traceback = ((report.error or {}).get("details") or {}).get("traceback")
+    if traceback:
+        console.print(traceback.rstrip("\n"), markup=False, soft_wrap=True)
+    if report.log:
+        console.print("log of the check:")
+        console.print(cut_lines("\n".join(report.log)), markup=False, soft_wrap=True)

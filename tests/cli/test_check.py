@@ -1,0 +1,151 @@
+"""`baton check` always reports: whatever fails, and wherever, is a failed stage in the table
+and in the JSON report, with its exit code, and nothing else reaches standard error.
+
+The models here are the scaffolded one (`baton init`) edited to fail in one way each.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from baton.check import run_check
+from baton.settings import Settings
+from tests.cli.conftest import check_streams, edit
+
+PREDICT = "    def predict(self, inputs):\n"
+
+
+def fail_in_predict(bundle: Path, condition: str, statement: str) -> None:
+    """Make the scaffolded model run ``statement`` first whenever ``condition`` holds."""
+    edit(bundle / "model" / "predict.py", PREDICT,
+         f"{PREDICT}        if {condition}:\n            {statement}\n")
+
+
+def assert_only_the_error_on_stderr(stderr: str, code: str) -> None:
+    """Standard error holds the one `error [CODE]` line: no asyncio noise ('Event loop is
+    closed', 'Task was destroyed', 'Loop ... is closed'), no traceback of Baton's own."""
+    assert stderr.splitlines() and stderr.splitlines()[0].startswith(f"error [{code}]: "), stderr
+    assert len(stderr.splitlines()) == 1, stderr
+
+
+def test_a_model_error_while_measuring_latency_fails_the_latency_stage_with_a_report(
+        scaffolded: Path, baton_env: dict[str, str]) -> None:
+    """Issue 10: a model failing only on batches of 100 rows escaped the check: no stage
+    table, no `FAIL at stage`, no report, and its traceback on standard error."""
+    fail_in_predict(scaffolded, "len(inputs['amount']) == 100",
+                    "raise ValueError('no batches of a hundred')")
+    code, report, stdout, stderr = check_streams(scaffolded, baton_env)
+    assert (code, report["exit_code"], report["failed_stage"]) == (5, 5, "latency")
+    assert report["error"]["code"] == "MODEL_ERROR"
+    assert "rows 100" in report["error"]["message"]
+    assert "no batches of a hundred" in report["error"]["message"]
+    assert [s["stage"] for s in report["stages"] if not s["ok"]] == ["latency"]
+    assert "FAIL at stage latency" in stdout and "│ latency" in stdout
+    assert "ValueError: no batches of a hundred" in "\n".join(report["log"])  # its traceback
+    assert_only_the_error_on_stderr(stderr, "MODEL_ERROR")
+
+
+def test_a_worker_crash_while_measuring_is_a_failed_stage_and_leaves_no_noise(
+        scaffolded: Path, baton_env: dict[str, str]) -> None:
+    fail_in_predict(scaffolded, "len(inputs['amount']) == 100", "import os; os._exit(3)")
+    code, report, stdout, stderr = check_streams(scaffolded, baton_env)
+    assert (code, report["failed_stage"], report["error"]["code"]) == (
+        5, "latency", "WORKER_CRASHED")
+    assert "exited with code 3" in report["error"]["message"]
+    assert "FAIL at stage latency" in stdout
+    assert_only_the_error_on_stderr(stderr, "WORKER_CRASHED")
+
+
+def test_a_load_failure_prints_its_traceback_on_stdout_and_nothing_else_on_stderr(
+        scaffolded: Path, baton_env: dict[str, str]) -> None:
+    """Before: 'worker slot 0 failed' and asyncio's 'Loop ... that handles pid ... is
+    closed' on standard error, as if Baton had crashed."""
+    edit(scaffolded / "model" / "predict.py", "self.scale = 1000.0",
+         "raise RuntimeError('artifact is corrupt')")
+    code, report, stdout, stderr = check_streams(scaffolded, baton_env)
+    assert (code, report["failed_stage"]) == (5, "load")
+    assert "RuntimeError: artifact is corrupt" in stdout.split("FAIL at stage")[0]
+    assert_only_the_error_on_stderr(stderr, "MODEL_LOAD_FAILED")
+
+
+def test_a_long_load_traceback_is_cut_at_line_ends_with_a_marker(
+        scaffolded: Path, baton_env: dict[str, str]) -> None:
+    """The runner kept the last 4,000 characters of a traceback, starting mid-line."""
+    edit(scaffolded / "model" / "predict.py", "self.scale = 1000.0", "\n".join([
+        "cause = None",
+        "        for i in range(80):",
+        "            try:",
+        "                raise KeyError(f'step {i}') from cause",
+        "            except KeyError as exc:",
+        "                cause = exc",
+        "        raise RuntimeError('artifact is corrupt') from cause"]))
+    code, report, stdout, _ = check_streams(scaffolded, baton_env)
+    assert (code, report["failed_stage"]) == (5, "load")
+    lines = report["error"]["details"]["traceback"].splitlines()
+    assert lines[0] == "Traceback (most recent call last):"
+    assert lines[1].startswith("... (") and lines[1].endswith(" lines cut)"), lines[:3]
+    assert lines[-1] == "RuntimeError: artifact is corrupt"
+    assert all(not line.startswith(" ") or line.startswith(("  File", "    "))
+               for line in lines[2:]), "a kept line starts mid-line"
+    assert lines[2].startswith(("Traceback", "  File", "    ", "KeyError", "The above")), lines[2]
+    assert lines[1] in stdout
+
+
+def test_a_record_that_fails_alone_fails_the_single_records_stage(
+        scaffolded: Path, baton_env: dict[str, str]) -> None:
+    """The scaffold's record 1 has a null age: alone, its age column is all null, the case
+    that broke categorical models in issue 10 while a batch with a neighbour worked."""
+    fail_in_predict(scaffolded, "all(a is None for a in inputs['age'])",
+                    "raise TypeError(\"ufunc 'isnan' not supported for the input types\")")
+    code, report, stdout, stderr = check_streams(scaffolded, baton_env)
+    assert (code, report["failed_stage"], report["error"]["code"]) == (
+        5, "single_records", "MODEL_ERROR")
+    assert report["error"]["message"].startswith("sample record 1 alone: ")
+    assert "isnan" in report["error"]["message"]
+    assert "FAIL at stage single_records" in stdout
+    assert_only_the_error_on_stderr(stderr, "MODEL_ERROR")
+
+
+def test_a_record_with_every_nullable_field_null_is_scored_alone(
+        scaffolded: Path, baton_env: dict[str, str]) -> None:
+    """Samples without a null still get the all-null call: the model breaks on it."""
+    edit(scaffolded / "samples" / "input.json", '"age": null', '"age": 30')
+    fail_in_predict(scaffolded, "all(a is None for a in inputs['age'])",
+                    "raise TypeError(\"ufunc 'isnan' not supported for the input types\")")
+    code, report, stdout, _ = check_streams(scaffolded, baton_env)
+    assert (code, report["failed_stage"], report["error"]["code"]) == (
+        5, "null_record", "MODEL_ERROR")
+    assert report["error"]["message"].startswith("a sample record with age null, alone: ")
+    assert "FAIL at stage null_record" in stdout
+
+
+def test_an_answer_that_depends_on_the_batch_fails_with_both_answers(
+        scaffolded: Path, baton_env: dict[str, str]) -> None:
+    fail_in_predict(scaffolded, "len(inputs['amount']) == 1",
+                    "return {'score': [0.5]}")
+    code, report, _, stderr = check_streams(scaffolded, baton_env)
+    assert (code, report["failed_stage"], report["error"]["code"]) == (
+        3, "single_records", "BATCH_DEPENDENT_ANSWER")
+    assert report["error"]["details"] == {"record": 0, "field": "score", "in_batch": 0.16,
+                                          "alone": 0.5}
+    assert_only_the_error_on_stderr(stderr, "BATCH_DEPENDENT_ANSWER")
+
+
+def test_an_unforeseen_exception_is_a_failed_stage_with_its_traceback(
+        scaffolded: Path, baton_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug of Baton's own cannot be produced on demand by a real component: the comparison
+    is replaced by one that raises. The check still ends with a report, exit 1."""
+    def broken(*_: object) -> list[dict[str, object]]:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr("baton.check.compare", broken)
+    report = run_check(scaffolded, Settings.from_env(home=baton_home), iterations=5)
+    assert (report.failed_stage, report.exit_code) == ("sample_mismatch", 1)
+    assert report.error is not None and report.error["code"] == "CHECK_ERROR"
+    assert report.error["message"] == "KeyError: 'a bug'"
+    assert report.error["details"]["traceback"].rstrip().endswith("KeyError: 'a bug'")
+    assert report.to_dict()["stages"][-1] == {
+        "stage": "sample_mismatch", "ok": False, "seconds": report.stages[-1]["seconds"],
+        "note": "KeyError: 'a bug'"}
