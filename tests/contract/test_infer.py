@@ -36,19 +36,37 @@ def test_types_nullability_and_categories_come_from_the_sample(frame: pd.DataFra
     specs = infer_fields(frame)
     assert [s.name for s in specs] == list(frame.columns)
     got = _by_name(specs)
-    assert got["length"] == FieldSpec("length", "float")
-    assert got["length_gaps"] == FieldSpec("length_gaps", "float", nullable=True)
-    assert got["count"] == FieldSpec("count", "integer")
-    assert got["small"] == FieldSpec("small", "integer")
-    assert got["flag"] == FieldSpec("flag", "boolean")
-    assert got["island"] == FieldSpec("island", "string",
+    assert got["length"] == FieldSpec("length", "float", dtype="float64")
+    assert got["length_gaps"] == FieldSpec("length_gaps", "float", nullable=True,
+                                           dtype="float64")
+    assert got["count"] == FieldSpec("count", "integer", dtype="int64")
+    assert got["small"] == FieldSpec("small", "integer", dtype="uint8")
+    assert got["flag"] == FieldSpec("flag", "boolean", dtype="bool")
+    assert got["island"] == FieldSpec("island", "string", dtype="str",
                                       categories=("Biscoe", "Dream", "Torgersen"))
-    assert got["sex"] == FieldSpec("sex", "string", nullable=True,
+    assert got["sex"] == FieldSpec("sex", "string", nullable=True, dtype="str",
                                    categories=("female", "male"))
-    assert got["grade"] == FieldSpec("grade", "string", categories=("a", "b", "c"))
-    assert got["level"] == FieldSpec("level", "integer", categories=(1, 2, 3))
-    assert got["maybe"] == FieldSpec("maybe", "integer", nullable=True)
-    assert got["opt_flag"] == FieldSpec("opt_flag", "boolean", nullable=True)
+    assert got["grade"] == FieldSpec("grade", "string", categories=("a", "b", "c"),
+                                     dtype="category")
+    assert got["level"] == FieldSpec("level", "integer", categories=(1, 2, 3),
+                                     dtype="category")
+    assert got["maybe"] == FieldSpec("maybe", "integer", nullable=True, dtype="Int64")
+    assert got["opt_flag"] == FieldSpec("opt_flag", "boolean", nullable=True,
+                                        dtype="boolean")
+
+
+def test_object_columns_record_how_their_nulls_were_spelt() -> None:
+    """The model saw None or NaN for a missing string: it may answer differently for each
+    (an imputer for NaN passes None through), so the worker rebuilds the one it saw."""
+    frame = pd.DataFrame({"none": pd.Series(["a", None], dtype=object),
+                          "nan": pd.Series(["a", np.nan], dtype=object),
+                          "full": pd.Series(["a", "b"], dtype=object),
+                          "half": np.array([1.0, 2.0], dtype=np.float16)})
+    got = _by_name(infer_fields(frame))
+    assert got["none"].dtype == "object"
+    # NaN in an object column is the default for strings; a dtype no contract names
+    # (float16) is the type's default (float64).
+    assert got["nan"].dtype is None and got["full"].dtype is None and got["half"].dtype is None
 
 
 def test_integer_categories_are_python_ints(frame: pd.DataFrame) -> None:
@@ -71,13 +89,13 @@ def test_categories_stop_above_the_cap() -> None:
     at_cap = pd.DataFrame({"code": [f"c{i:03d}" for i in range(MAX_INFERRED_CATEGORIES)]})
     above = pd.DataFrame({"code": [f"c{i:03d}" for i in range(MAX_INFERRED_CATEGORIES + 1)]})
     assert len(infer_fields(at_cap)[0].categories or ()) == MAX_INFERRED_CATEGORIES
-    assert infer_fields(above)[0] == FieldSpec("code", "string")
+    assert infer_fields(above)[0] == FieldSpec("code", "string", dtype="str")
     assert infer_fields(at_cap, max_categories=10)[0].categories is None
 
 
 def test_a_column_of_only_missing_strings_has_no_categories() -> None:
     spec = infer_fields(pd.DataFrame({"note": pd.Series([None, None], dtype=object)}))[0]
-    assert spec == FieldSpec("note", "string", nullable=True)
+    assert spec == FieldSpec("note", "string", nullable=True, dtype="object")
 
 
 def test_mixed_type_column_is_refused_naming_it() -> None:

@@ -31,6 +31,13 @@ OUT = (FieldSpec("y", "float"),)
      r"field 'x': categories of this integer field must all be integers, got '2'"),
     ({"type": "integer", "categories": (True, False)},
      r"field 'x': categories of this integer field must all be integers, got True"),
+    ({"type": "float", "dtype": "int64"},
+     r"field 'x': dtype of a float field must be one of float64, float32, Float64, Float32, "
+     r"got 'int64'"),
+    ({"type": "string", "dtype": "category"},
+     r"field 'x': dtype 'category' needs the field's categories"),
+    ({"type": "integer", "nullable": True, "dtype": "int64"},
+     r"field 'x': dtype 'int64' cannot hold nulls and the field is nullable"),
 ])
 def test_invalid_field_is_refused_naming_it(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ContractError, match=message) as info:
@@ -97,8 +104,10 @@ def _records_dict() -> dict[str, Any]:
         "inputs": [
             {"name": "amount", "type": "float", "min": 0.0, "max": 1000.0,
              "description": "order total in EUR"},
-            {"name": "age", "type": "integer", "nullable": True, "min": 0, "max": 150},
-            {"name": "country", "type": "string", "categories": ["DE", "FR"]},
+            {"name": "age", "type": "integer", "nullable": True, "min": 0, "max": 150,
+             "dtype": "Int64"},
+            {"name": "country", "type": "string", "categories": ["DE", "FR"],
+             "dtype": "category"},
             {"name": "tier", "type": "integer", "categories": [1, 2, 3]},
             {"name": "member", "type": "boolean"},
         ],
@@ -115,6 +124,7 @@ def test_records_contract_round_trips_through_dict_and_toml() -> None:
     assert contract.input_names == ["amount", "age", "country", "tier", "member"]
     assert contract.inputs[2].categories == ("DE", "FR")
     assert contract.inputs[0].description == "order total in EUR"
+    assert [s.dtype for s in contract.inputs] == [None, "Int64", "category", None, None]
 
 
 def test_tensors_contract_round_trips_through_dict() -> None:

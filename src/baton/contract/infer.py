@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from baton.contract.spec import TENSOR_DATATYPES, FieldSpec, TensorSpec
+from baton.contract.spec import FRAME_DTYPES, TENSOR_DATATYPES, FieldSpec, TensorSpec
 from baton.errors import ContractError
 
 #: String columns with at most this many distinct values get their categories enforced.
@@ -41,15 +41,16 @@ def infer_fields(frame: Any, *, max_categories: int = MAX_INFERRED_CATEGORIES,
                 raise ContractError(f"{where} is categorical with {col.cat.categories.dtype} "
                                     "categories; a contract takes string or integer categories "
                                     "only: convert them before packaging")
-            specs.append(FieldSpec(name, ftype, nullable, categories=cats))
+            specs.append(FieldSpec(name, ftype, nullable, categories=cats, dtype="category"))
         elif ptypes.is_bool_dtype(col.dtype):
-            specs.append(FieldSpec(name, "boolean", nullable))
+            specs.append(FieldSpec(name, "boolean", nullable, dtype=_dtype(col, "boolean")))
         elif ptypes.is_integer_dtype(col.dtype) or ptypes.is_float_dtype(col.dtype):
             ftype = "integer" if ptypes.is_integer_dtype(col.dtype) else "float"
             lo = hi = None
             if ranges and col.notna().any():
                 lo, hi = (col.min().item(), col.max().item())
-            specs.append(FieldSpec(name, ftype, nullable, min=lo, max=hi))
+            specs.append(FieldSpec(name, ftype, nullable, min=lo, max=hi,
+                                   dtype=_dtype(col, ftype)))
         elif ptypes.is_string_dtype(col.dtype) or ptypes.is_object_dtype(col.dtype):
             present = col.dropna()
             if not all(isinstance(v, str) for v in present):
@@ -57,11 +58,25 @@ def infer_fields(frame: Any, *, max_categories: int = MAX_INFERRED_CATEGORIES,
                                     "convert it to one type before packaging")
             uniques = sorted(set(present))
             cats = tuple(uniques) if 0 < len(uniques) <= max_categories else None
-            specs.append(FieldSpec(name, "string", nullable, categories=cats))
+            specs.append(FieldSpec(name, "string", nullable, categories=cats,
+                                   dtype=_dtype(col, "string")))
         else:
             raise ContractError(f"{where} has dtype {col.dtype}, which a contract cannot "
                                 "express yet; convert it to numbers or strings")
     return tuple(specs)
+
+
+def _dtype(col: Any, ftype: str) -> str | None:
+    """The dtype to rebuild the column with, as the model saw it in the sample.
+
+    An ``object`` column is recorded only when its missing values are ``None``: one whose
+    missing values are NaN (``read_csv`` under pandas 2) is the default for strings. A dtype
+    a contract cannot name (``float16``) leaves the type's default.
+    """
+    name = str(col.dtype)
+    if name == "object":
+        return "object" if any(v is None for v in col[col.isna()]) else None
+    return name if name in FRAME_DTYPES[ftype] else None
 
 
 def infer_tensor(array: Any, name: str = "input-0") -> TensorSpec:

@@ -20,6 +20,19 @@ TENSOR_DATATYPES: dict[str, str] = {
 
 ContractKind = Literal["records", "tensors"]
 
+_INTS = tuple(f"{p}int{b}" for p in ("", "u") for b in (8, 16, 32, 64))
+#: The pandas dtypes a field's column can be built with in the model's DataFrame, by type:
+#: what the training sample had (``baton.package`` records it). The first of each cannot
+#: hold nulls; a nullable field needs one that can.
+FRAME_DTYPES: dict[str, tuple[str, ...]] = {
+    "float": ("float64", "float32", "Float64", "Float32"),
+    "integer": (*_INTS, *(d.capitalize().replace("Uint", "UInt") for d in _INTS),
+                "float64", "category"),
+    "boolean": ("bool", "boolean", "object"),
+    "string": ("object", "str", "string", "category"),
+}
+_NO_NULLS = frozenset({*_INTS, "bool"})
+
 
 @dataclass(frozen=True)
 class FieldSpec:
@@ -32,6 +45,9 @@ class FieldSpec:
     max: float | None = None
     categories: tuple[Any, ...] | None = None
     description: str = ""
+    #: The pandas dtype of the model's column (``None``: the default for the type, see
+    #: docs/contract.md#what-the-model-receives).
+    dtype: str | None = None
 
     def __post_init__(self) -> None:
         where = f"field {self.name!r}"
@@ -60,6 +76,20 @@ class FieldSpec:
             if wrong:
                 raise ContractError(f"{where}: categories of this {self.type} field must all "
                                     f"be {self.type}s, got {wrong[0]!r}")
+        if self.dtype is not None:
+            self._check_dtype(where)
+
+    def _check_dtype(self, where: str) -> None:
+        allowed = FRAME_DTYPES[self.type]
+        if self.dtype not in allowed:
+            raise ContractError(f"{where}: dtype of a {self.type} field must be one of "
+                                f"{', '.join(allowed)}, got {self.dtype!r}")
+        if self.dtype == "category" and self.categories is None:
+            raise ContractError(f"{where}: dtype 'category' needs the field's categories")
+        if self.nullable and self.dtype in _NO_NULLS:
+            raise ContractError(f"{where}: dtype {self.dtype!r} cannot hold nulls and the "
+                                "field is nullable (use a nullable dtype such as 'Int64', "
+                                "'boolean' or 'float64')")
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "type": self.type}
@@ -73,6 +103,8 @@ class FieldSpec:
             out["categories"] = list(self.categories)
         if self.description:
             out["description"] = self.description
+        if self.dtype is not None:
+            out["dtype"] = self.dtype
         return out
 
 
@@ -183,7 +215,7 @@ def _check_keys(item: Any, allowed: set[str], where: str) -> dict[str, Any]:
 
 def _field_from_dict(item: Any, side: str, i: int) -> FieldSpec:
     where = f"contract {side}[{i}]"
-    allowed = {"name", "type", "nullable", "min", "max", "categories", "description"}
+    allowed = {"name", "type", "nullable", "min", "max", "categories", "description", "dtype"}
     d = _check_keys(item, allowed, where)
     if "type" not in d or "name" not in d:
         raise ContractError(f"{where} needs 'name' and 'type'")
@@ -196,7 +228,7 @@ def _field_from_dict(item: Any, side: str, i: int) -> FieldSpec:
     return FieldSpec(name=d["name"], type=d["type"], nullable=nullable,
                      min=d.get("min"), max=d.get("max"),
                      categories=tuple(cats) if cats is not None else None,
-                     description=d.get("description", ""))
+                     description=d.get("description", ""), dtype=d.get("dtype"))
 
 
 def _tensor_from_dict(item: Any, side: str, i: int) -> TensorSpec:
