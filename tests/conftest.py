@@ -31,7 +31,11 @@ def baton_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def baton_env(baton_home: Path) -> dict[str, str]:
-    env = dict(os.environ, BATON_HOME=str(baton_home), UV_PYTHON_DOWNLOADS="never")
+    # One worker per model unless a test asks for more: tests that count workers, pids or
+    # restarts need a fixed count. The self-sizing default (BATON_WORKERS unset or "0") has
+    # its own tests in tests/runtime/test_sizing.py.
+    env = dict(os.environ, BATON_HOME=str(baton_home), UV_PYTHON_DOWNLOADS="never",
+               BATON_WORKERS="1")
     env.pop("VIRTUAL_ENV", None)
     return env
 

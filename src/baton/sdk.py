@@ -46,7 +46,7 @@ _SKIP_DISTS = {"pip", "setuptools", "wheel", "baton"}
 def package(model: Any, sample: Any, *, name: str, version: str = "0.1.0",
             path: str | os.PathLike[str] | None = None, description: str = "", owner: str = "",
             method: str | None = None, sample_rows: int = 20, tolerance: float = 1e-6,
-            workers: int = 1, code: Sequence[str | os.PathLike[str]] = (),
+            workers: int = 0, code: Sequence[str | os.PathLike[str]] = (),
             extra_requirements: Iterable[str] = (), max_categories: int = MAX_INFERRED_CATEGORIES,
             ranges: bool = False, overwrite: bool = False) -> Path:
     """Write a bundle folder for a fitted scikit-learn-compatible model; return its path.

@@ -36,10 +36,14 @@ class Settings:
     port: int = 8000
     #: Largest request body accepted, in bytes; larger ones get 413.
     max_body_bytes: int = 8 * 1024 * 1024
-    #: Worker processes per model; 0 means the bundle's own default.
+    #: Worker processes per model; 0: the bundle's, else decided by measured memory.
     workers: int = 0
-    #: Seconds a worker may spend on one batch before it is killed and restarted; 0: bundle's.
+    #: Seconds a worker may spend on one batch before it is killed and restarted; 0: the
+    #: bundle's, else derived from the bundle's check report, else 30.
     timeout: float = 0.0
+    #: Seconds a queued request waits for a restarting worker before it gets 503
+    #: WORKER_UNAVAILABLE (0: it fails at once).
+    restart_wait: float = 10.0
     #: Seconds a worker may take to start and load its model.
     load_timeout: float = 120.0
     #: Unknown fields in input records: 'reject' or 'ignore'; empty: the bundle's contract.
@@ -113,6 +117,7 @@ class Settings:
         checks = [
             ("workers", self.workers >= 0, "an integer >= 0 (0: the bundle's default)"),
             ("timeout", self.timeout >= 0, "a number of seconds >= 0 (0: the bundle's)"),
+            ("restart_wait", self.restart_wait >= 0, "a number of seconds >= 0"),
             ("load_timeout", self.load_timeout > 0, "a number of seconds > 0"),
             ("max_body_bytes", self.max_body_bytes > 0, "a positive number of bytes"),
             ("max_queue_rows", self.max_queue_rows > 0, "a positive number of rows"),

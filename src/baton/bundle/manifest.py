@@ -68,10 +68,12 @@ class SamplesSpec:
 
 @dataclass(frozen=True)
 class ServingSpec:
-    """Defaults the bundle suggests; a deployment may override them."""
+    """Defaults the bundle suggests; a deployment may override them. Left out (0), the
+    engine decides: workers from the worker's measured memory, the timeout from the
+    bundle's check report (see docs/operations.md)."""
 
-    workers: int = 1
-    timeout: float = 30.0
+    workers: int = 0
+    timeout: float = 0.0
     max_batch_rows: int = 256
 
 
@@ -164,8 +166,10 @@ class BundleManifest:
             "model": self.model.to_dict(),
             "environment": {"python": self.environment.python,
                             "requirements": list(self.environment.requirements)},
-            "serving": {"workers": self.serving.workers, "timeout": self.serving.timeout,
-                        "max_batch_rows": self.serving.max_batch_rows},
+            "serving": {k: v for k, v in (("workers", self.serving.workers),
+                                          ("timeout", self.serving.timeout),
+                                          ("max_batch_rows", self.serving.max_batch_rows))
+                        if v},  # 0: left to the engine
         }
         if self.samples:
             out["samples"] = {"input": self.samples.input, "expected": self.samples.expected,
@@ -278,8 +282,10 @@ def _serving(s: Any) -> ServingSpec:
     if not isinstance(s, dict):
         raise _invalid("serving", "a table", s)
     d = ServingSpec()
-    return ServingSpec(
-        workers=_number(s.get("workers", d.workers), "serving.workers", lo=1, integer=True),
-        timeout=float(_number(s.get("timeout", d.timeout), "serving.timeout", lo=0.001)),
+    return ServingSpec(  # given, a value is checked; left out, the engine decides
+        workers=_number(s["workers"], "serving.workers", lo=1, integer=True)
+        if "workers" in s else d.workers,
+        timeout=float(_number(s["timeout"], "serving.timeout", lo=0.001))
+        if "timeout" in s else d.timeout,
         max_batch_rows=_number(s.get("max_batch_rows", d.max_batch_rows),
                                "serving.max_batch_rows", lo=1, integer=True))

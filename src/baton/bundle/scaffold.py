@@ -28,7 +28,8 @@ expected = "samples/expected.json"
 tolerance = 1e-9
 
 [serving]
-workers = 1
+# Left out, the engine decides: workers from measured memory, the timeout from a check.
+# workers = 2
 
 [contract]
 kind = "records"

@@ -28,6 +28,7 @@ from baton.monitor.quality import QualityTracker, parse_feedback, prediction_fie
 from baton.runtime.pool import WorkerPool
 from baton.runtime.worker import WorkerSpec
 from baton.serving import v2
+from baton.serving.defaults import default_timeout
 from baton.serving.samples import call, load_samples, request_body
 from baton.serving.traffic import Canary, Shadow
 from baton.settings import Settings
@@ -37,14 +38,12 @@ log = logging.getLogger("baton.serving")
 
 def worker_spec(bundle: Bundle, env: Environment, settings: Settings) -> WorkerSpec:
     m = bundle.manifest
-    threads = str(settings.worker_threads)
     return WorkerSpec(
         model=m.name, python=env.python, bundle_dir=bundle.path,
         load={"model": m.model.to_dict(), "kind": m.contract.kind,
               "inputs": m.contract.input_names, "outputs": m.contract.output_names},
-        env={"OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads,
-             "MKL_NUM_THREADS": threads, "PYTHONUNBUFFERED": "1"},
-        load_timeout=settings.load_timeout)
+        env={"PYTHONUNBUFFERED": "1"}, load_timeout=settings.load_timeout,
+        threads=settings.worker_threads)
 
 
 @dataclass
@@ -76,12 +75,16 @@ class ModelService:
             contract = contract.with_unknown_fields(settings.unknown_fields)  # type: ignore[arg-type]
         self.contract = contract
         self.records = RecordsDecoder(contract) if contract.kind == "records" else None
+        timeout = settings.timeout or m.serving.timeout
+        #: Where the worker timeout comes from: the settings or bundle, a check, the default.
+        self.timeout_from = "setting" if timeout else ""
+        if not timeout:
+            timeout, self.timeout_from = default_timeout(bundle)
         self.pool = WorkerPool(
             worker_spec(bundle, env, settings),
-            workers=settings.workers or m.serving.workers,
-            timeout=settings.timeout or m.serving.timeout,
-            max_batch_rows=m.serving.max_batch_rows,
-            max_queue_rows=settings.max_queue_rows)
+            workers=settings.workers or m.serving.workers,  # 0: sized by measured memory
+            timeout=timeout, max_batch_rows=m.serving.max_batch_rows,
+            max_queue_rows=settings.max_queue_rows, restart_wait=settings.restart_wait)
         #: The version replacing this one; requests that reach a closing pool go there.
         self.successor: ModelService | None = None
         #: A candidate version receiving a copy of this version's traffic.
@@ -179,11 +182,20 @@ class ModelService:
                 self.quality.failed({m: exc.message for m in self.quality.custom})
         self.quality.update(pairs, custom)
 
+    def answering(self) -> ModelService:
+        """The version that scores a request arriving now: this one, or, while it closes
+        after a hand-off, its successor (when the two take the same inputs). The answer,
+        its prediction log entry and its metrics then all carry the successor's version."""
+        svc = self
+        while svc.pool.closing and svc.successor is not None \
+                and svc.successor.contract.inputs == svc.contract.inputs:
+            svc = svc.successor
+        return svc
+
     async def predict(self, batch: Batch) -> Batch:
         """Score a checked batch; the output contract is enforced before anything returns."""
-        if self.pool.closing and self.successor is not None \
-                and self.successor.contract.inputs == self.contract.inputs:
-            return await self.successor.predict(batch)
+        if (svc := self.answering()) is not self:
+            return await svc.predict(batch)
         m = self.metrics
         start = time.perf_counter()
         try:
@@ -228,10 +240,12 @@ class ModelService:
             await call(self, request_body(self.contract, inputs))
 
     async def predict_records(self, body: bytes) -> bytes:
-        return await self._measured("predict", body, self._predict_records)
+        svc = self.answering()
+        return await svc._measured("predict", body, svc._predict_records)
 
     async def infer(self, body: bytes) -> bytes:
-        return await self._measured("infer", body, self._infer)
+        svc = self.answering()
+        return await svc._measured("infer", body, svc._infer)
 
     async def _predict_records(self, body: bytes) -> tuple[bytes, int]:
         if self.records is None:
@@ -269,7 +283,7 @@ class ModelService:
                 "owner": self.bundle.manifest.owner, "ready": self.ready,
                 "environment": self.env.key,
                 "load_error": self.pool.load_error.to_dict() if self.pool.load_error else None,
-                **self.pool.describe(),
+                **self.pool.describe(), "timeout_from": self.timeout_from,
                 **({"traffic": self.shadow.describe()} if self.shadow else {})},
         }
 
