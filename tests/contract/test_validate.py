@@ -291,3 +291,32 @@ def test_bad_tensor_output_is_a_violation(array: np.ndarray, message: str) -> No
     v = info.value.violations[0]
     assert v["field"] == "scores"
     assert v["message"] == message
+
+
+@pytest.mark.parametrize(("change", "shown"), [
+    ({"amount": None}, "got null"), ({"amount": True}, "got true"),
+    ({"country": None}, "got null")])
+def test_violations_speak_json_not_python(make_contract: Callable[..., Contract],
+                                          make_record: MakeRecord, change: dict[str, Any],
+                                          shown: str) -> None:
+    with pytest.raises(ContractViolation) as info:
+        RecordsDecoder(make_contract()).decode(_body([make_record(**change)]))
+    assert info.value.message.endswith(shown)
+    assert "None" not in info.value.message and "True" not in info.value.message
+
+
+def test_a_huge_value_is_cut_in_the_violation_and_says_so(
+        make_contract: Callable[..., Contract], make_record: MakeRecord) -> None:
+    huge = "x" * 7_000_000
+    for record in (make_record(country=huge), {**make_record(), huge: 1}):
+        with pytest.raises(ContractViolation) as info:
+            RecordsDecoder(make_contract()).decode(_body([record]))
+        body = json.dumps(info.value.to_dict())
+        assert len(body) < 5_000, len(body)
+        assert "7,000,000 characters, cut to 200" in body
+    with pytest.raises(ContractViolation) as info:
+        decode_field_column(FieldSpec("c", "string", categories=("a",)),
+                            _body(["a", huge]), 2)
+    [v] = info.value.violations
+    assert v["record"] == 1 and v["got"].endswith("(7,000,000 characters, cut to 200)")
+    assert len(info.value.message) < 1_000

@@ -21,6 +21,9 @@ from baton.contract.spec import Contract, FieldSpec, TensorSpec
 from baton.errors import ContractViolation, RequestError
 
 _INT64 = (-(2**63), 2**63 - 1)
+#: Characters of an offending value (or of a validator's message) a violation shows: a
+#: 7 MB field must not come back as a 21 MB error body.
+MAX_SHOWN = 200
 _PATH = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
 _INDEX = re.compile(r"^\[(\d+)\](?:\.(.+))?$")
 
@@ -71,8 +74,34 @@ def to_column(spec: FieldSpec, values: list[Any]) -> Column:
 
 def _violation(index: int | None, field: str | None, expected: str, got: Any,
                message: str) -> dict[str, Any]:
-    return {"record": index, "field": field, "expected": expected, "got": got,
-            "message": message}
+    return {"record": index, "field": None if field is None else _cut(field),
+            "expected": expected, "got": shown(got), "message": _cut(message)}
+
+
+def _cut(text: str, what: str = "characters") -> str:
+    if len(text) <= MAX_SHOWN:
+        return text
+    return f"{text[:MAX_SHOWN]}... ({len(text):,} {what}, cut to {MAX_SHOWN})"
+
+
+def shown(value: Any) -> Any:
+    """An offending value as a violation's ``got`` shows it: long text and large JSON
+    values are cut to :data:`MAX_SHOWN` characters, and say so."""
+    if isinstance(value, str):
+        return _cut(value)
+    if isinstance(value, list | dict):
+        text = json.dumps(value, default=str)
+        return value if len(text) <= MAX_SHOWN else _cut(text, "characters of JSON")
+    return value
+
+
+def as_text(value: Any) -> str:
+    """A value in a violation's message, in JSON's words: ``null``, ``true``, ``'DE'``."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
 
 
 class RecordsDecoder:
@@ -134,9 +163,9 @@ class RecordsDecoder:
             spec = self._by_name.get(field)
             got = _lookup(body, index, field)
             v = _violation(index, field, describe(spec) if spec else "", got, msg)
-        where = f"record {index}" + (f", field {field!r}" if field else "")
+        where = f"record {index}" + (f", field {v['field']!r}" if field else "")
         return ContractViolation(f"input contract violated at {where}: expected {v['expected']},"
-                                 f" got {v['got']!r}", violations=[v])
+                                 f" got {as_text(v['got'])}", violations=[v])
 
 
 def _lookup(body: bytes, index: int, field: str | None) -> Any:
@@ -173,10 +202,10 @@ def decode_field_column(spec: FieldSpec, raw: bytes, rows: int) -> Column:
         got = None
         if index is not None:
             got = _reparse(raw)[index]
+        v = _violation(index, spec.name, describe(spec), got, msg)
         raise ContractViolation(
             f"input contract violated at record {index}, field {spec.name!r}: "
-            f"expected {describe(spec)}, got {got!r}",
-            violations=[_violation(index, spec.name, describe(spec), got, msg)]) from None
+            f"expected {describe(spec)}, got {as_text(v['got'])}", violations=[v]) from None
     if len(values) != rows:
         raise ContractViolation(
             f"input {spec.name!r} has {len(values)} values, other inputs have {rows}",
