@@ -201,13 +201,18 @@ max_batch = 2
         aio.run(kit.publish(stream, [label(ids[3], "neg"), label(ids[4], "pos"),
                                      label(ids[2], "neg")]))  # HTTP labelled ids[2] already
         server = serve([], "--deployment", str(deploy), env=env)
-        binding = wait_consumed(server, 3)
-        time.sleep(0.5)
-        binding = labels_binding(server)
-        assert binding["consumed"] == 3 and binding["batches"] == 2  # nothing came again
-        assert (binding["labels"]["accepted"], binding["labels"]["duplicate"]) == (2, 1)
-        dead = wait_lines(tmp_path / "dead.jsonl", 2)
-        assert [d["code"] for d in dead] == ["UNKNOWN_PREDICTION", "DUPLICATE_LABEL"]
+        wait_consumed(server, 3)
+        # Nothing came again: anything delivered again would come before a label published
+        # now (the stream's order), so once that one is done every count is final.
+        aio.run(kit.publish(stream, [label("f0f0f0f0f0f0f0f0-0", "pos")]))
+        dead = wait_lines(tmp_path / "dead.jsonl", 3)
+        binding = wait_consumed(server, 4)
+        assert binding["consumed"] == 4 and binding["batches"] == 3
+        assert (binding["labels"]["accepted"], binding["labels"]["duplicate"],
+                binding["labels"]["unknown"]) == (2, 1, 1)
+        assert [d["code"] for d in dead] == ["UNKNOWN_PREDICTION", "DUPLICATE_LABEL",
+                                             "UNKNOWN_PREDICTION"]
+        assert "f0f0f0f0f0f0f0f0-0" in dead[2]["message"]
         quality = server.client.get("/v1/stats").json()["models"][0]["metrics"]["quality"]
         # One quality update for the batch of two labels, none for the duplicate's batch.
         assert [h["labelled"] for h in quality["history"]] == [5]
