@@ -86,16 +86,18 @@ def test_an_engine_copies_every_prediction_to_a_file_sink(
     second = server.client.post("/v2/models/sign/infer", json={"inputs": [
         {"name": "x", "shape": [1], "datatype": "FP64", "data": [4.0]}]}).json()
     ids = [*first, *second["parameters"]["prediction_ids"]]
-    lines = wait_lines(sink, 3, timeout=30)
+    # The export thread counts a batch once the sink has taken it, a moment after the lines
+    # are in the file: wait for the count (reading the file first raced it on a busy machine).
+    export = _wait_export(server, lambda e: e["exported"] >= 3 and e["pending"] == 0)
+    assert export == {"sink": f"file://{sink}", "exported": 3, "dropped": 0, "pending": 0,
+                      "failures": 0, "last_error": None}
+    lines = [json.loads(line) for line in sink.read_text().splitlines()]
     assert [x["id"] for x in lines] == ids
     assert [(x["input"], x["output"]) for x in lines] == [
         ({"x": -1.5}, {"prediction": "neg"}), ({"x": 2.0}, {"prediction": "pos"}),
         ({"x": 4.0}, {"prediction": "pos"})]
     assert {(x["model"], x["version"]) for x in lines} == {("sign", "1.0.0")}
     assert all("key" not in x and abs(x["time"] - time.time()) < 120 for x in lines)
-    export = server.client.get("/v1/stats").json()["prediction_log"]["export"]
-    assert export == {"sink": f"file://{sink}", "exported": 3, "dropped": 0, "pending": 0,
-                      "failures": 0, "last_error": None}
     labels = (("sink", f"file://{sink}"),)
     assert metric(server, "baton_prediction_log_exported_total") == {labels: 3}
     assert metric(server, "baton_prediction_log_export_dropped_total") == {labels: 0}
@@ -138,6 +140,17 @@ def test_an_engine_copies_stream_predictions_with_their_keys_to_a_redis_stream(
     finally:
         client.delete(stream)
         client.close()
+
+
+def _wait_export(server: Server, done: Callable[[dict[str, Any]], bool],
+                 timeout: float = 30) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        export = server.client.get("/v1/stats").json()["prediction_log"]["export"]
+        if done(export):
+            return export
+        assert time.monotonic() < deadline, f"prediction export stuck at {export}"
+        time.sleep(0.05)
 
 
 def _wait_entries(client: Any, stream: str, n: int, timeout: float = 30) -> list[Any]:
