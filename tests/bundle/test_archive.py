@@ -19,10 +19,12 @@ from baton.bundle.archive import (
     build_archive,
     bundle_digest,
     extract_archive,
+    stream_archive,
     verify_archive,
 )
 from baton.bundle.index import digest_of_index
 from baton.errors import BundleError, DigestMismatchError, UnsafeArchiveError
+from tests.conftest import run_baton
 
 from .conftest import MakeBundle
 from .tars import file_member, index_of, rewrite_archive, tar_bytes, write_tar
@@ -176,6 +178,19 @@ def test_a_manifest_naming_a_missing_file_is_refused(make_bundle: MakeBundle,
     assert "samples.expected" in info.value.message
 
 
+@pytest.mark.parametrize("umask", [0o077, 0o022, 0o002], ids=["077", "022", "002"])
+def test_an_archive_is_written_0644_whatever_the_umask(make_bundle: MakeBundle,
+                                                       tmp_path: Path, umask: int) -> None:
+    """It was written through mkstemp and kept its 0600: unreadable to a service account."""
+    bundle = make_bundle()
+    previous = os.umask(umask)
+    try:
+        built = build_archive(bundle, tmp_path / "out")
+    finally:
+        os.umask(previous)
+    assert built.path.stat().st_mode & 0o777 == 0o644
+
+
 def test_output_may_name_the_archive_file(make_bundle: MakeBundle, tmp_path: Path) -> None:
     built = build_archive(make_bundle(), tmp_path / "dist" / "custom.baton")
     assert built.path == tmp_path / "dist" / "custom.baton"
@@ -240,6 +255,48 @@ def test_unsafe_entries_are_refused_and_nothing_is_left(craft_archive: CraftArch
     assert list(parent.iterdir()) == []
     assert not (tmp_path / "deep" / "evil").exists()
     assert not (tmp_path / "evil").exists()
+
+
+@pytest.mark.parametrize(("files", "clash"), [
+    pytest.param({"baton.toml": b"[bundle]\n", "model": b"a file", "model/predict.py": b"x"},
+                 "model", id="file-then-child"),
+    pytest.param({"baton.toml": b"[bundle]\n", "a/b/c": b"x", "a/b": b"a file"},
+                 "a/b", id="grandchild-and-file"),
+])
+def test_a_file_and_a_folder_of_one_name_are_an_unsafe_archive(
+        craft_archive: CraftArchive, tmp_path: Path, files: dict[str, bytes], clash: str,
+        baton_env: dict[str, str]) -> None:
+    """A file entry followed by `dir/child` under the same name: refused as unsafe, before
+    anything is written (it could only fail with a raw NotADirectoryError or
+    FileExistsError halfway through the extraction), by the library and by `baton extract`."""
+    archive = craft_archive("clash.baton", files)
+    for read in (lambda: verify_archive(archive),
+                 lambda: extract_archive(archive, tmp_path / "target")):
+        with pytest.raises(UnsafeArchiveError) as info:
+            read()
+        assert info.value.code == "UNSAFE_ARCHIVE"
+        assert info.value.message == (f"BATON-CONTENT lists {clash!r} as a file and as a "
+                                      "folder")
+        assert info.value.details == {"entry": clash}
+    assert not (tmp_path / "target").exists()
+    r = run_baton("extract", archive, tmp_path / "cli-target", env=baton_env)
+    assert r.returncode == 2
+    assert r.stderr == f"error [UNSAFE_ARCHIVE]: {info.value.message}\n"
+
+
+def test_a_destination_where_a_file_stands_for_a_folder_is_unsafe(
+        craft_archive: CraftArchive, tmp_path: Path) -> None:
+    """Where a file system makes two names one (`Model` and `model/` when case does not
+    count), writing a file under a file is refused as unsafe, not a raw OSError. Here the
+    destination already holds a file `model`."""
+    archive = craft_archive("honest.baton", FILES)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "model").write_bytes(b"a file where a folder must go")
+    with pytest.raises(UnsafeArchiveError) as info:
+        stream_archive(archive, lambda _d, _i: dest, None, None)
+    assert info.value.details == {"entry": "model/predict.py"}
+    assert "clashes with another entry of the same name" in info.value.message
 
 
 def test_a_crafted_archive_that_is_honest_extracts(craft_archive: CraftArchive,
@@ -431,8 +488,6 @@ def test_a_damaged_gzip_stream_is_refused(make_bundle: MakeBundle, tmp_path: Pat
     pytest.param(b"".join(reversed(index_of(FILES).splitlines(keepends=True))),
                  "not sorted by path", id="unsorted"),
     pytest.param(index_of({"a": b""}) * 2, "lists a path twice", id="duplicate"),
-    pytest.param(index_of({"model": b"", "model/x.py": b""}),
-                 "lists 'model' as a file and as a folder", id="file-and-folder"),
     pytest.param(index_of({"../x.py": b""}), "line 1 is malformed", id="traversal"),
     pytest.param(index_of({"/etc/x": b""}), "line 1 is malformed", id="absolute"),
     pytest.param(index_of({"a/./b": b""}), "line 1 is malformed", id="not-normal"),

@@ -104,6 +104,7 @@ def test_pulls_are_verified_and_a_wrong_digest_fails(
         path, got = client.pull(f"{name}@0.1.0", tmp_path / "a")
         assert got == digest and verify_archive(path, digest) == digest
         assert path.name == f"{name}-0.1.0.baton"
+        assert path.stat().st_mode & 0o777 == 0o644  # readable by all, not mkstemp's 0600
         path, got = client.pull(f"{name}@{digest}", tmp_path / "b")
         assert got == digest and verify_archive(path) == digest
 

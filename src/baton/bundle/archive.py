@@ -45,9 +45,13 @@ from baton.bundle.limits import (
 from baton.bundle.manifest import MANIFEST_NAME, BundleManifest
 from baton.errors import BundleError, DigestMismatchError, UnsafeArchiveError
 
-__all__ = ["ARCHIVE_SUFFIX", "INDEX_NAME", "ArchiveLimits", "ArchiveTooLarge", "BuiltArchive",
-           "IndexEntry", "build_archive", "bundle_digest", "extract_archive", "parse_index",
-           "list_files", "stream_archive", "verify_archive"]
+__all__ = ["ARCHIVE_MODE", "ARCHIVE_SUFFIX", "INDEX_NAME", "ArchiveLimits", "ArchiveTooLarge",
+           "BuiltArchive", "IndexEntry", "build_archive", "bundle_digest", "extract_archive",
+           "parse_index", "list_files", "publish_archive", "stream_archive", "verify_archive"]
+
+#: An archive file's mode, whatever the umask: it is made to be copied, pushed and read by
+#: the account that serves it (a temporary file would otherwise keep mkstemp's 0600).
+ARCHIVE_MODE = 0o644
 
 
 @dataclass(frozen=True)
@@ -103,11 +107,17 @@ def build_archive(bundle_dir: Path, output: Path) -> BuiltArchive:
             for e in entries:
                 with (bundle_dir / e.path).open("rb") as f:
                     _add(tar, e.path, f, (bundle_dir / e.path).stat().st_size, e.mode)
-        os.replace(tmp, target)
+        publish_archive(Path(tmp), target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return BuiltArchive(target, digest_of_index(index), manifest)
+
+
+def publish_archive(tmp: Path, target: Path) -> None:
+    """Move a finished archive onto ``target`` atomically, with :data:`ARCHIVE_MODE`."""
+    tmp.chmod(ARCHIVE_MODE)
+    os.replace(tmp, target)
 
 
 def _add(tar: tarfile.TarFile, name: str, fileobj: io.IOBase | io.BufferedReader, size: int,
@@ -342,10 +352,8 @@ def _copy_member(archive: Path, tar: tarfile.TarFile, member: tarfile.TarInfo,
                  entry: IndexEntry, dest: Path | None, limits: ArchiveLimits) -> None:
     h, produced = hashlib.sha256(), 0
     out = None if dest is None else dest / entry.path
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
-        f = None if out is None else stack.enter_context(out.open("xb"))
+        f = None if out is None else stack.enter_context(_create(out, entry.path))
         for chunk in _chunks(archive, tar, member):
             produced += len(chunk)
             _check_produced(entry.path, produced, member.size, limits)
@@ -357,3 +365,16 @@ def _copy_member(archive: Path, tar: tarfile.TarFile, member: tarfile.TarInfo,
                                   "match the bundle's index", details={"path": entry.path})
     if out is not None:
         out.chmod(entry.mode)
+
+
+def _create(out: Path, rel: str) -> io.BufferedWriter:
+    """A new file for entry ``rel``. The index never lists a file and a folder of one name,
+    but a file system can still make two names one (``Model`` and ``model/`` where case does
+    not count): a file where a folder must go, or the reverse, is an unsafe archive."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return out.open("xb")
+    except (FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
+        raise UnsafeArchiveError(f"archive entry {rel!r} clashes with another entry of the "
+                                 f"same name as a file and as a folder ({exc.strerror})",
+                                 details={"entry": rel}) from None

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from baton.errors import BundleError
+from baton.errors import BundleError, UnsafeArchiveError
 
 INDEX_NAME = "BATON-CONTENT"
 ARCHIVE_SUFFIX = ".baton"
@@ -86,9 +86,9 @@ def parse_index(data: bytes) -> list[IndexEntry]:
         raise BundleError(f"{INDEX_NAME} is not sorted by path, or lists a path twice")
     folders = {str(p) for path in paths for p in PurePosixPath(path).parents}
     clash = sorted(folders.intersection(paths))
-    if clash:
-        raise BundleError(f"{INDEX_NAME} lists {clash[0]!r} as a file and as a folder",
-                          details={"path": clash[0]})
+    if clash:  # extracting it would write a file where a folder must be, or the reverse
+        raise UnsafeArchiveError(f"{INDEX_NAME} lists {clash[0]!r} as a file and as a folder",
+                                 details={"entry": clash[0]})
     return entries
 
 

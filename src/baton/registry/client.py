@@ -9,7 +9,7 @@ from typing import Any, BinaryIO
 
 import httpx
 
-from baton.bundle.archive import ArchiveLimits, verify_archive
+from baton.bundle.archive import ArchiveLimits, publish_archive, verify_archive
 from baton.errors import BatonError, DigestMismatchError
 from baton.registry.openapi import AUDIT_PAGE_MAX
 from baton.trust import PublicKey, parse_public_key
@@ -124,7 +124,7 @@ class RegistryClient:
             if got != want:
                 raise DigestMismatchError(f"downloaded archive has digest {got}, expected "
                                           f"{want}", details={"expected": want, "actual": got})
-            os.replace(tmp, target)
+            publish_archive(Path(tmp), target)
         finally:
             Path(tmp).unlink(missing_ok=True)
         return target, want
