@@ -26,6 +26,7 @@ from baton.errors import BatonError, PayloadTooLarge, RequestError
 from baton.registry.identity import only_fields, token_fields
 from baton.registry.openapi import AUDIT_PAGE_DEFAULT, AUDIT_PAGE_MAX, openapi_document
 from baton.registry.service import Actor, Registry
+from baton.runtime.runner import cut_lines
 
 API = "/api/v1"
 log = logging.getLogger("baton.registry")
@@ -266,7 +267,7 @@ def subprocess_check_runner(home: Path, timeout: float = 900.0) -> Any:
                                   "message": f"baton check took over {timeout:.0f}s"}}
             if not report.exists():
                 return {"passed": False, "failed_stage": "check",
-                        "error": {"code": "CHECK_CRASHED", "message": proc.stderr[-2000:]}}
+                        "error": {"code": "CHECK_CRASHED", "message": cut_lines(proc.stderr, 2000)}}
             result: dict[str, Any] = json.loads(report.read_text())
             return result
 
