@@ -7,10 +7,13 @@ Source: a durable pull consumer named after the group (``?group=``; characters N
 not allow become ``_``), explicit acks, delivering the whole stream the first time. A batch
 is acknowledged with one ack per message and a single flush, so the server has read every
 ack when ``ack`` returns (an ack lost on the way only means a redelivery after
-``ack_wait``). Messages handed out and not acknowledged are NAKed on close, so they come
-again at once; after a crash the server sends them again once ``ack_wait`` passes
-(``?ack_wait=`` seconds, default 30, applied when the consumer is created; change it by
-deleting the consumer). The record key is the ``key`` header, else the stream sequence;
+``ack_wait``). While messages are handed out and not acknowledged, the source tells the
+server every half ``ack_wait`` that they are still being worked on (``+WPI``), so a batch
+held longer (a model restarting, a sink refusing writes) is not sent again while it is
+still in the pipeline. Messages handed out and not acknowledged are NAKed on close, so
+they come again at once; after a crash the server sends them again once ``ack_wait``
+passes (``?ack_wait=`` seconds, default 30, applied when the consumer is created; change
+it by deleting the consumer). The record key is the ``key`` header, else the stream sequence;
 other headers become message headers.
 
 Sink: JetStream publish with the key as ``key`` header, every publish acknowledged by the
@@ -214,6 +217,7 @@ class NatsSource:
         self.ack_wait = number(url, "ack_wait", 30)
         self.sub: Any = None
         self.unacked: dict[int, Any] = {}
+        self._progress: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -225,9 +229,12 @@ class NatsSource:
         try:
             self.sub = await self.conn.js.pull_subscribe(
                 self.conn.subject, durable=self.durable, stream=self.conn.stream, config=config)
+            # An existing consumer keeps the ack_wait it was created with: use that one.
+            info = await self.sub.consumer_info()
         except _failures() as exc:
             await self.close()
             raise _error("create consumer", self.url, exc) from None
+        self.ack_wait = float(info.config.ack_wait or self.ack_wait or 30)
 
     async def read(self, max_records: int, timeout: float) -> list[Message]:
         try:
@@ -240,7 +247,22 @@ class NatsSource:
             raise _error("fetch", self.url, self.conn.why(exc)) from None
         for m in got:
             self.unacked[id(m)] = m
+        if got and (self._progress is None or self._progress.done()):
+            self._progress = asyncio.create_task(self._report_progress())
         return [self._message(m) for m in got]
+
+    async def _report_progress(self) -> None:
+        """Every half ack_wait while messages are held: ``+WPI`` for each, which restarts
+        its ack_wait, so the server never sends again what the pipeline still holds."""
+        while self.unacked:
+            await asyncio.sleep(self.ack_wait / 2)
+            held, nc = list(self.unacked.values()), self.conn.nc
+            if not held or nc is None or not nc.is_connected:
+                continue  # disconnected: the ack, or a redelivery after ack_wait, follows
+            try:
+                await asyncio.gather(*(m.in_progress() for m in held))
+            except _failures() as exc:
+                log.info("progress report on %s failed: %s", self.url.redacted, reason(exc))
 
     def _message(self, m: Any) -> Message:
         headers = dict(m.headers or {})
@@ -278,6 +300,10 @@ class NatsSource:
 
     async def close(self) -> None:
         pending, self.unacked = list(self.unacked.values()), {}
+        progress, self._progress = self._progress, None
+        if progress is not None:
+            progress.cancel()
+            await asyncio.gather(progress, return_exceptions=True)
         if pending and self.conn.nc is not None and self.conn.nc.is_connected:
             try:  # handed out, never processed: let the next consumer have them now
                 await asyncio.gather(*(m.nak() for m in pending))
