@@ -158,11 +158,26 @@ def _log_into(report: CheckReport) -> Iterator[None]:
 def run_check(ref: str | Path, settings: Settings, *, iterations: int = 200) -> CheckReport:
     """Run every stage on the bundle at ``ref``; never raises: failures are in the report."""
     report = CheckReport()
-    with _log_into(report), contextlib.suppress(_Stopped):
-        bundle, env = _prepare(report, ref, settings)
-        asyncio.run(_Running(bundle, env, replace(settings, workers=1), report,
-                             iterations).run())
+    with _log_into(report):
+        try:
+            bundle, env = _prepare(report, ref, settings)
+            asyncio.run(_Running(bundle, env, replace(settings, workers=1), report,
+                                 iterations).run())
+        except _Stopped:
+            pass
+        except Exception as exc:  # outside every stage: still a report, never a traceback
+            _fail_late(report, "check", exc)
     return report
+
+
+def _fail_late(report: CheckReport, stage: str, exc: Exception) -> None:
+    """An error after the stages ran: a failed ``stage`` if all had passed, else a log line
+    (the first failure is the one the report names)."""
+    err = exc if isinstance(exc, BatonError) else unforeseen(exc)
+    if report.passed:
+        report.fail(stage, err)
+    else:
+        report.log.append(f"then {stage} failed too: {err.message}")
 
 
 def _prepare(report: CheckReport, ref: str | Path,
@@ -205,8 +220,15 @@ class _Running:
                 await self._null_record(inputs, tol)
                 await self._latency(inputs)
         finally:  # also after a failure: no worker outlives the check, no loop noise
-            if self._svc is not None:
-                await self._svc.pool.close(5.0)
+            await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        if self._svc is None:
+            return
+        try:
+            await self._svc.pool.close(5.0)
+        except Exception as exc:
+            _fail_late(self.report, "shutdown", exc)
 
     async def _start(self) -> None:
         started = time.perf_counter()

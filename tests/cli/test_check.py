@@ -149,3 +149,22 @@ def test_an_unforeseen_exception_is_a_failed_stage_with_its_traceback(
     assert report.to_dict()["stages"][-1] == {
         "stage": "sample_mismatch", "ok": False, "seconds": report.stages[-1]["seconds"],
         "note": "KeyError: 'a bug'"}
+
+
+def test_an_error_stopping_the_worker_after_a_pass_fails_the_shutdown_stage(
+        scaffolded: Path, baton_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stopping the pool cannot be made to fail on demand: the real close runs, then
+    raises. The check that passed every stage still ends with a report naming it."""
+    from baton.runtime.pool import WorkerPool
+
+    close = WorkerPool.close
+
+    async def close_then_fail(self: WorkerPool, drain_timeout: float = 30.0) -> None:
+        await close(self, drain_timeout)
+        raise RuntimeError("could not stop")
+
+    monkeypatch.setattr(WorkerPool, "close", close_then_fail)
+    report = run_check(scaffolded, Settings.from_env(home=baton_home), iterations=5)
+    assert (report.failed_stage, report.exit_code) == ("shutdown", 1)
+    assert report.error is not None and report.error["message"] == "RuntimeError: could not stop"
+    assert all(s["ok"] for s in report.stages[:-1]) and report.stages[-2]["stage"] == "latency"
