@@ -12,15 +12,9 @@ worker and the pool log during the check goes into the report's ``log``, not ont
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
-import json
-import logging
 import statistics
 import time
-import traceback
-from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +22,15 @@ import psutil
 
 from baton.bundle.archive import ArchiveLimits
 from baton.bundle.loader import Bundle, open_bundle
-from baton.check_samples import (
+from baton.check.report import (
+    STAGE_EXIT,
+    CheckReport,
+    Stopped,
+    fail_late,
+    log_into,
+    record_stage,
+)
+from baton.check.samples import (
     batch_dependent,
     compare,
     null_record,
@@ -38,156 +40,37 @@ from baton.check_samples import (
 )
 from baton.env.builder import EnvBuilder, Environment
 from baton.errors import BatonError, ContractViolation, ModelLoadError, SampleMismatch
-from baton.runtime.runner import cut_lines
 from baton.serving import v2
 from baton.serving.samples import call, load_samples, request_body
 from baton.serving.service import ModelService
 from baton.settings import Settings
 
-#: Exit codes by failed stage (see docs/cli.md). A stage not listed here can fail in
-#: several ways and exits with its error's own code; an unforeseen error exits 1.
-STAGE_EXIT = {"manifest": 2, "dependency_resolution": 4, "import": 5, "load": 5, "model": 5,
-              "input_contract": 3, "output_contract": 3, "sample_mismatch": 3}
-#: Lines of the check's log kept in the report (the last ones).
-LOG_LINES = 400
-
-
-@dataclass
-class CheckReport:
-    bundle: dict[str, Any] = field(default_factory=dict)
-    stages: list[dict[str, Any]] = field(default_factory=list)
-    measurements: dict[str, Any] = field(default_factory=dict)
-    mismatches: list[dict[str, Any]] = field(default_factory=list)
-    failed_stage: str | None = None
-    error: dict[str, Any] | None = None
-    exit_code: int = 0
-    log: collections.deque[str] = field(
-        default_factory=lambda: collections.deque(maxlen=LOG_LINES))
-
-    @property
-    def passed(self) -> bool:
-        return self.failed_stage is None
-
-    def stage(self, name: str, seconds: float, ok: bool = True, note: str = "") -> None:
-        self.stages.append({"stage": name, "ok": ok, "seconds": round(seconds, 4),
-                            "note": note})
-
-    def fail(self, stage: str, err: BatonError, seconds: float = 0.0) -> CheckReport:
-        self.stage(stage, seconds, ok=False, note=err.message)
-        self.failed_stage = stage
-        self.error = err.to_dict()
-        unforeseen = err.code == "CHECK_ERROR"
-        self.exit_code = 1 if unforeseen else STAGE_EXIT.get(stage, err.exit_code)
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"passed": self.passed, "failed_stage": self.failed_stage, "error": self.error,
-                "exit_code": self.exit_code, "bundle": self.bundle, "stages": self.stages,
-                "measurements": self.measurements, "sample_mismatches": self.mismatches,
-                "log": list(self.log)}
-
-    def write(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2, default=str) + "\n")
-
-
-class _Stopped(Exception):
-    """A stage failed and is recorded in the report: the check ends here."""
-
-
-@dataclass
-class _Stage:
-    name: str
-    note: str = ""
-    #: Seconds to record instead of the time the block took.
-    seconds: float | None = None
-
-
-def unforeseen(exc: Exception) -> BatonError:
-    """An exception Baton did not foresee, as an error the report can hold."""
-    return BatonError(f"{type(exc).__name__}: {exc}", code="CHECK_ERROR",
-                      details={"traceback": cut_lines("".join(traceback.format_exception(exc)))})
-
-
-@contextlib.contextmanager
-def _stage(report: CheckReport, name: str) -> Iterator[_Stage]:
-    """Time a stage; record it as passed, or as failed with whatever it raised."""
-    s = _Stage(name)
-    started = time.perf_counter()
-    try:
-        yield s
-    except _Stopped:
-        raise
-    except Exception as exc:
-        err = exc if isinstance(exc, BatonError) else unforeseen(exc)
-        report.fail(s.name, err, time.perf_counter() - started)
-        raise _Stopped from None
-    report.stage(s.name, time.perf_counter() - started if s.seconds is None else s.seconds,
-                 note=s.note)
-
-
-class _LogToReport(logging.Handler):
-    def __init__(self, report: CheckReport) -> None:
-        super().__init__(logging.INFO)
-        self.report = report
-        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.report.log.extend(self.format(record).splitlines())
-
-
-@contextlib.contextmanager
-def _log_into(report: CheckReport) -> Iterator[None]:
-    """Baton's and asyncio's log lines (the worker's output among them) go to the report."""
-    handler = _LogToReport(report)
-    loggers = [logging.getLogger(name) for name in ("baton", "asyncio")]
-    saved = [(lg.level, lg.propagate) for lg in loggers]
-    for lg in loggers:
-        lg.addHandler(handler)
-        lg.setLevel(logging.INFO)
-        lg.propagate = False
-    try:
-        yield
-    finally:
-        for lg, (level, propagate) in zip(loggers, saved, strict=True):
-            lg.removeHandler(handler)
-            lg.setLevel(level)
-            lg.propagate = propagate
+__all__ = ["STAGE_EXIT", "CheckReport", "compare", "run_check"]
 
 
 def run_check(ref: str | Path, settings: Settings, *, iterations: int = 200) -> CheckReport:
     """Run every stage on the bundle at ``ref``; never raises: failures are in the report."""
     report = CheckReport()
-    with _log_into(report):
+    with log_into(report):
         try:
             bundle, env = _prepare(report, ref, settings)
             asyncio.run(_Running(bundle, env, replace(settings, workers=1), report,
                                  iterations).run())
-        except _Stopped:
+        except Stopped:
             pass
         except Exception as exc:  # outside every stage: still a report, never a traceback
-            _fail_late(report, "check", exc)
+            fail_late(report, "check", exc)
     return report
-
-
-def _fail_late(report: CheckReport, stage: str, exc: Exception) -> None:
-    """An error after the stages ran: a failed ``stage`` if all had passed, else a log line
-    (the first failure is the one the report names)."""
-    err = exc if isinstance(exc, BatonError) else unforeseen(exc)
-    if report.passed:
-        report.fail(stage, err)
-    else:
-        report.log.append(f"then {stage} failed too: {err.message}")
 
 
 def _prepare(report: CheckReport, ref: str | Path,
              settings: Settings) -> tuple[Bundle, Environment]:
-    with _stage(report, "manifest"):
+    with record_stage(report, "manifest"):
         bundle = open_bundle(ref, settings.bundles_dir,
                              limits=ArchiveLimits.from_settings(settings))
         report.bundle = {"name": bundle.name, "version": bundle.version,
                          "digest": bundle.digest, "path": str(ref)}
-    with _stage(report, "dependency_resolution") as s:
+    with record_stage(report, "dependency_resolution") as s:
         builder = EnvBuilder(settings.envs_dir, wheelhouse=settings.wheelhouse,
                              offline=settings.offline)
         env = builder.ensure(bundle.manifest.environment)
@@ -228,11 +111,11 @@ class _Running:
         try:
             await self._svc.pool.close(5.0)
         except Exception as exc:
-            _fail_late(self.report, "shutdown", exc)
+            fail_late(self.report, "shutdown", exc)
 
     async def _start(self) -> None:
         started = time.perf_counter()
-        with _stage(self.report, "import") as s:
+        with record_stage(self.report, "import") as s:
             self._svc = ModelService(self.bundle, self.env, self.settings)
             try:
                 await self.svc.pool.start()
@@ -247,7 +130,7 @@ class _Running:
         self.report.measurements["load_seconds"] = round(time.perf_counter() - started, 3)
 
     async def _samples(self) -> tuple[Any, Any, float]:
-        with _stage(self.report, "input_contract") as s:
+        with record_stage(self.report, "input_contract") as s:
             inputs, expected, tol = load_samples(self.bundle)
             if inputs is None:
                 s.name, s.note = "samples", "bundle declares no samples"
@@ -257,7 +140,7 @@ class _Running:
                      else v2.decode_request(self.svc.contract, v2.parse_request(body)))
             s.note = f"{batch.rows} rows"
         output_error = None
-        with _stage(self.report, "model") as s:
+        with record_stage(self.report, "model") as s:
             try:
                 actual = await call(self.svc, body)
             except ContractViolation as exc:
@@ -265,10 +148,10 @@ class _Running:
                     s.name = "input_contract"
                     raise
                 output_error = exc
-        with _stage(self.report, "output_contract"):
+        with record_stage(self.report, "output_contract"):
             if output_error is not None:
                 raise output_error
-        with _stage(self.report, "sample_mismatch") as s:
+        with record_stage(self.report, "sample_mismatch") as s:
             self.report.mismatches = compare(expected, actual, tol)
             if self.report.mismatches:
                 first = self.report.mismatches[0]
@@ -282,7 +165,7 @@ class _Running:
 
     async def _single_records(self, inputs: Any, actual: Any, tol: float) -> None:
         """Each sample record alone gives the answer it got inside the batch."""
-        with _stage(self.report, "single_records") as s:
+        with record_stage(self.report, "single_records") as s:
             rows = sample_rows(inputs)
             for i in range(rows):
                 alone = await self._call(one_row(inputs, i), f"sample record {i} alone")
@@ -292,7 +175,7 @@ class _Running:
 
     async def _null_record(self, inputs: Any, tol: float) -> None:
         """Every nullable field null in one record: it scores alone as inside a batch."""
-        with _stage(self.report, "null_record") as s:
+        with record_stage(self.report, "null_record") as s:
             record = null_record(self.svc.contract, inputs)
             if record is None:
                 s.note = "no nullable input fields"
@@ -313,7 +196,7 @@ class _Running:
             raise
 
     async def _latency(self, inputs: Any) -> None:
-        with _stage(self.report, "latency") as s:
+        with record_stage(self.report, "latency") as s:
             first = one_row(inputs, 0)
             bodies = (("rows_1", request_body(self.svc.contract, first)),
                       ("rows_100", request_body(self.svc.contract, inputs, 100)))
