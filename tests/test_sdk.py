@@ -103,10 +103,11 @@ def test_the_contract_follows_the_sample(packaged: Path) -> None:
     assert contract.kind == "records"
     assert contract.unknown_fields == "reject"
     assert contract.inputs == (
-        FieldSpec("bill_length", "float", nullable=True),
-        FieldSpec("flipper_length", "integer"),
-        FieldSpec("island", "string", categories=("Biscoe", "Dream", "Torgersen")),
-        FieldSpec("sex", "string", nullable=True, categories=("female", "male")),
+        FieldSpec("bill_length", "float", nullable=True, dtype="float64"),
+        FieldSpec("flipper_length", "integer", dtype="int64"),
+        FieldSpec("island", "string", categories=("Biscoe", "Dream", "Torgersen"),
+                  dtype="str"),
+        FieldSpec("sex", "string", nullable=True, categories=("female", "male"), dtype="str"),
     )
     assert contract.outputs == (
         FieldSpec("prediction", "string", categories=("Adelie", "Chinstrap", "Gentoo")),
@@ -247,3 +248,30 @@ def test_integer_classes_give_integer_predictions(tmp_path: Path) -> None:
     outputs = BundleManifest.load(path).contract.outputs
     assert [o.name for o in outputs] == ["prediction", "proba_0", "proba_1"]
     assert outputs[0] == FieldSpec("prediction", "integer", categories=(0, 1))
+
+
+def test_a_column_missing_in_every_row_is_warned_about(tmp_path: Path) -> None:
+    frame = pd.DataFrame({"x": [1.0, 2.0, 3.0, 4.0],
+                          "note": pd.Series([None] * 4, dtype=object)})
+    model = make_pipeline(ColumnTransformer([("x", "passthrough", ["x"])]),
+                          LinearRegression()).fit(frame, [1.0, 2.0, 3.0, 4.0])
+    with pytest.warns(baton.sdk.PackagingWarning,
+                      match=r"column 'note' is missing in every row of the sample: its type "
+                            r"in the contract \(object\) is a guess"):
+        path = baton.package(model, frame, name="gaps", path=tmp_path / "gaps")
+    note = BundleManifest.load(path).contract.inputs[1]
+    assert (note.type, note.nullable) == ("string", True)
+
+
+def test_a_pin_no_index_can_provide_is_warned_about(tmp_path: Path) -> None:
+    # This checkout's baton is installed from its folder: an index has no such build.
+    mine = f"baton=={md.version('baton')}"
+    assert [p for p, _ in baton.sdk.unreachable_pins([mine, "torch==2.1.0+cpu", "numpy==1"])
+            ] == [mine, "torch==2.1.0+cpu"]
+    frame = pd.DataFrame({"x": [0.0, 1.0, 2.0, 3.0]})
+    model = LinearRegression().fit(frame, [0.0, 1.0, 2.0, 3.0])
+    with pytest.warns(baton.sdk.PackagingWarning,
+                      match=rf"the bundle pins {mine}, which was installed from a local "
+                            r"folder \(editable\)"):
+        baton.package(model, frame, name="pinned", path=tmp_path / "pinned",
+                      extra_requirements=[mine])

@@ -20,6 +20,7 @@ import re
 import shutil
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,10 @@ from baton.monitor.drift import reference_profile
 ARTIFACT = "model/model.pkl"
 REFERENCE = "monitoring/reference.json"
 _SKIP_DISTS = {"pip", "setuptools", "wheel", "baton"}
+
+
+class PackagingWarning(UserWarning):
+    """Something in a bundle that ``baton.package`` wrote may not do what the notebook did."""
 
 
 def package(model: Any, sample: Any, *, name: str, version: str = "0.1.0",
@@ -65,6 +70,7 @@ def package(model: Any, sample: Any, *, name: str, version: str = "0.1.0",
     records = _is_frame(sample)
     head = _pick_samples(sample, sample_rows) if records else sample[:sample_rows]
     if records:
+        _warn_empty_columns(sample)
         inputs: tuple[Any, ...] = infer_fields(sample, max_categories=max_categories,
                                                ranges=ranges)
         outputs = _record_outputs(model, method, head)
@@ -85,6 +91,10 @@ def package(model: Any, sample: Any, *, name: str, version: str = "0.1.0",
     requirements = pinned_requirements(_modules_in_pickle(blob), records=records,
                                        local=[Path(c) for c in code])
     requirements = _merge(requirements, extra_requirements)
+    for pin, why in unreachable_pins(requirements):
+        warnings.warn(f"the bundle pins {pin}, which {why}: no package index can provide it, "
+                      "so its environment will not build unless a wheelhouse holds it "
+                      "(baton serve --wheelhouse DIR)", PackagingWarning, stacklevel=2)
     manifest = BundleManifest(
         name=name, version=version, description=description, owner=owner,
         model=ModelSpec("python", BUILTIN_SKLEARN, ARTIFACT, method),
@@ -121,6 +131,14 @@ def package(model: Any, sample: Any, *, name: str, version: str = "0.1.0",
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def _warn_empty_columns(sample: Any) -> None:
+    for name in sample.columns[sample.isna().all().to_numpy()]:
+        warnings.warn(f"column {name!r} is missing in every row of the sample: its type in "
+                      f"the contract ({sample[name].dtype}) is a guess; give the sample rows "
+                      "where it has values, or correct the field in baton.toml",
+                      PackagingWarning, stacklevel=3)
 
 
 def _is_frame(sample: Any) -> bool:
@@ -258,6 +276,40 @@ def pinned_requirements(modules: Iterable[str], *, records: bool,
                 continue
             todo.append(req.name)
     return [f"{k}=={v}" for k, v in sorted(pins.items())]
+
+
+def unreachable_pins(pins: Iterable[str]) -> list[tuple[str, str]]:
+    """The pins of installed distributions that no package index serves, and why.
+
+    Offline and cheap: read from the installed metadata (PEP 610's ``direct_url.json``,
+    written for installs from a folder, a file, a URL or version control; a local version
+    label such as ``+cpu``), never from an index.
+    """
+    out = []
+    for pin in pins:
+        name, _, version = pin.partition("==")
+        if not version:
+            continue
+        if "+" in version:
+            out.append((pin, f"has a local version label (+{version.split('+', 1)[1]})"))
+            continue
+        try:
+            text = md.distribution(name).read_text("direct_url.json")
+        except md.PackageNotFoundError:
+            continue
+        if text:
+            out.append((pin, f"was installed from {_origin(json.loads(text))}"))
+    return out
+
+
+def _origin(direct: dict[str, Any]) -> str:
+    url = direct.get("url", "?")
+    if "vcs_info" in direct:
+        return f"{direct['vcs_info'].get('vcs', 'version control')} ({url})"
+    if "dir_info" in direct:
+        editable = " (editable)" if direct["dir_info"].get("editable") else ""
+        return f"a local folder{editable} ({url})"
+    return f"a file or URL ({url})"
 
 
 def _merge(pins: list[str], extra: Iterable[str]) -> list[str]:
