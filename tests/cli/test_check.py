@@ -168,3 +168,18 @@ def test_an_error_stopping_the_worker_after_a_pass_fails_the_shutdown_stage(
     assert (report.failed_stage, report.exit_code) == ("shutdown", 1)
     assert report.error is not None and report.error["message"] == "RuntimeError: could not stop"
     assert all(s["ok"] for s in report.stages[:-1]) and report.stages[-2]["stage"] == "latency"
+
+
+def test_a_huge_error_message_with_brackets_is_printed_cut_and_kept_whole_in_the_report(
+        scaffolded: Path, baton_env: dict[str, str]) -> None:
+    """A megabyte message was printed whole in the table, the FAIL line and on stderr, and
+    a `[/bold]` in it made the terminal renderer raise (rich markup)."""
+    fail_in_predict(scaffolded, "True", "raise ValueError('[/bold] ' + 'x' * 1_000_000)")
+    code, report, stdout, stderr = check_streams(scaffolded, baton_env)
+    assert (code, report["failed_stage"]) == (5, "model")
+    assert report["error"]["message"] == "ValueError: [/bold] " + "x" * 1_000_000
+    assert len(report["stages"][-1]["note"]) <= 500
+    assert "FAIL at stage model: ValueError: [/bold]" in stdout
+    assert len(stdout) < 20_000 and "characters cut)" in stdout
+    assert_only_the_error_on_stderr(stderr, "MODEL_ERROR")
+    assert len(stderr) < 2_000 and stderr.rstrip().endswith("characters cut)")

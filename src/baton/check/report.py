@@ -28,6 +28,9 @@ STAGE_EXIT = {"manifest": 2, "dependency_resolution": 4, "import": 5, "load": 5,
               "input_contract": 3, "output_contract": 3, "sample_mismatch": 3}
 #: Lines of the check's log kept in the report (the last ones).
 LOG_LINES = 400
+#: Room for a stage's note, a line of the log, and the message printed on a failure: a
+#: model's error message can be megabytes long (the report's ``error`` keeps it whole).
+NOTE_CHARS, LOG_LINE_CHARS, MESSAGE_CHARS = 500, 2000, 1000
 
 
 @dataclass
@@ -48,7 +51,7 @@ class CheckReport:
 
     def stage(self, name: str, seconds: float, ok: bool = True, note: str = "") -> None:
         self.stages.append({"stage": name, "ok": ok, "seconds": round(seconds, 4),
-                            "note": note})
+                            "note": cut_lines(note, NOTE_CHARS)})
 
     def fail(self, stage: str, err: BatonError, seconds: float = 0.0) -> CheckReport:
         self.stage(stage, seconds, ok=False, note=err.message)
@@ -57,6 +60,11 @@ class CheckReport:
         unforeseen = err.code == "CHECK_ERROR"
         self.exit_code = 1 if unforeseen else STAGE_EXIT.get(stage, err.exit_code)
         return self
+
+    @property
+    def message(self) -> str:
+        """The failure's message, cut to print."""
+        return cut_lines(self.error["message"], MESSAGE_CHARS) if self.error else ""
 
     def to_dict(self) -> dict[str, Any]:
         return {"passed": self.passed, "failed_stage": self.failed_stage, "error": self.error,
@@ -111,7 +119,8 @@ class _LogToReport(logging.Handler):
         self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.report.log.extend(self.format(record).splitlines())
+        self.report.log.extend(cut_lines(line, LOG_LINE_CHARS)
+                               for line in self.format(record).splitlines())
 
 
 @contextlib.contextmanager

@@ -146,8 +146,8 @@ def check(bundle: Path, report: Path, iterations: int, wheelhouse: Path | None,
     click.echo(f"report written to {report}")
     if not result.passed:
         if result.error:
-            click.secho(f"error [{result.error['code']}]: {result.error['message']}",
-                        fg="red", err=True)
+            click.secho(f"error [{result.error['code']}]: {result.message}", fg="red",
+                        err=True)
         sys.exit(result.exit_code)
 
 

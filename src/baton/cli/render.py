@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from baton.check import CheckReport
@@ -21,7 +22,7 @@ def render_check(report: CheckReport) -> None:
     table.add_column("note")
     for s in report.stages:
         table.add_row(s["stage"], "[green]ok[/green]" if s["ok"] else "[red]FAILED[/red]",
-                      f"{s['seconds']:.3f}", s["note"])
+                      f"{s['seconds']:.3f}", escape(s["note"]))
     console.print(table)
     m = report.measurements
     if "latency" in m:
@@ -34,14 +35,14 @@ def render_check(report: CheckReport) -> None:
             console.print(f"latency {label.replace('_', ' ')}: p50 {lat['p50_ms']:.2f} ms, "
                           f"p99 {lat['p99_ms']:.2f} ms")
     for mm in report.mismatches[:10]:
-        console.print(f"  mismatch: record {mm['record']}, field {mm['field']!r}: expected "
-                      f"{mm['expected']!r}, got {mm['got']!r}")
+        console.print(escape(f"  mismatch: record {mm['record']}, field {mm['field']!r}: "
+                             f"expected {mm['expected']!r}, got {mm['got']!r}"))
     if report.passed:
         console.print("[bold green]PASS[/bold green]")
     else:
         _print_why(console, report)
         console.print(f"[bold red]FAIL[/bold red] at stage [bold]{report.failed_stage}"
-                      f"[/bold]: {report.error['message'] if report.error else ''}")
+                      f"[/bold]: {escape(report.message)}")
 
 
 def _print_why(console: Console, report: CheckReport) -> None:
