@@ -65,9 +65,14 @@ def test_boolean_and_string() -> None:
     assert problems(flags, pa.array([1, 0])) == {0: "expected a boolean, got int64",
                                                  1: "expected a boolean, got int64"}
     kind = FieldSpec("k", "string", categories=("a", "b"))
+    # Text is taken as it came ("" is the empty string, as on the HTTP path): a CSV's null
+    # cells are nulls already, read so by the CSV reader.
     assert problems(kind, pa.array(["a", "c", "", None])) == {
-        1: "not an allowed category", 2: "missing value (the field is not nullable)",
+        1: "not an allowed category", 2: "not an allowed category",
         3: "missing value (the field is not nullable)"}
+    # A null in a nullable field with categories is allowed, not "not an allowed category".
+    assert problems(FieldSpec("k", "string", nullable=True, categories=("a", "b")),
+                    pa.array(["a", None, ""])) == {2: "not an allowed category"}
     assert problems(kind, pa.array(["a", "b"]).dictionary_encode()) == {}
     assert problems(FieldSpec("s", "string"), pa.array([1, 2])) == {
         0: "expected text, got int64", 1: "expected text, got int64"}
@@ -79,7 +84,8 @@ def test_boolean_and_string() -> None:
     (FieldSpec("n", "integer", categories=(1, 2)), ["1", "2"], [1, 2]),
     (FieldSpec("b", "boolean"), ["true", "0"], np.array([True, False])),
     (FieldSpec("b", "boolean", nullable=True), ["true", ""], [True, None]),
-    (FieldSpec("s", "string", nullable=True), ["a", ""], ["a", None]),
+    (FieldSpec("s", "string", nullable=True), ["a", None], ["a", None]),
+    (FieldSpec("s", "string", nullable=True), ["a", ""], ["a", ""]),
 ])
 def test_columns_reach_the_worker_as_the_http_path_sends_them(spec: FieldSpec, values: list[str],
                                                               worker: Any) -> None:

@@ -45,26 +45,35 @@ FORMAT_CHOICES = ("csv", "jsonl", "parquet")
               "registry (staging or production only).")
 @click.option("--report", type=click.Path(path_type=Path),
               help="Write the summary as JSON here.")
+@click.option("--null-values", metavar="LIST",
+              help="Comma-separated cell texts that mean null (CSV: unquoted cells only; "
+              "an empty cell always means null, a quoted \"\" is the empty string; '' for "
+              "none besides the empty cell).  [default: pandas' read_csv ones: NA, N/A, "
+              "NULL, null, NaN, nan, None, #N/A, <NA>, ...]")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
 @with_env_options
 @errors_to_exit
 def score(bundle: str, input_path: Path, output_path: Path, dead_letter: Path | None,
           id_column: str | None, chunk_rows: int | None, workers: int | None, fmt: str | None,
-          timeout: float | None, registry_url: str | None, report: Path | None, quiet: bool,
-          wheelhouse: Path | None, offline: bool | None) -> None:
+          timeout: float | None, registry_url: str | None, report: Path | None,
+          null_values: str | None, quiet: bool, wheelhouse: Path | None,
+          offline: bool | None) -> None:
     """Score the rows of a file with BUNDLE (a folder, an archive or, with --registry,
     NAME@VERSION). Rows that fail go to the dead-letter file and the job goes on; it exits 0
     once every row is either scored or dead-lettered."""
     started = time.perf_counter()
     from baton.scoring.base import file_format
+    from baton.scoring.columns import NULL_TOKENS
     from baton.scoring.job import ScoreSpec
 
     in_fmt = file_format(input_path, fmt)
     dead_path = dead_letter or output_path.with_name(
         output_path.name.removesuffix(output_path.suffix) + ".dead-letter.jsonl")
     _distinct(input_path, output_path, dead_path)
+    nulls = NULL_TOKENS if null_values is None else tuple(v for v in null_values.split(",") if v)
     spec = ScoreSpec(input_path, output_path, dead_path, in_fmt,
-                     file_format(output_path, default=in_fmt), id_column, chunk_rows, timeout)
+                     file_format(output_path, default=in_fmt), id_column, chunk_rows, timeout,
+                     nulls)
     settings = _settings(workers=workers, wheelhouse=wheelhouse, offline=offline)
     _quiet_logs(quiet)
     _lean_process()

@@ -21,12 +21,14 @@ import pyarrow.compute as pc
 
 from baton.batch import Batch, Column
 from baton.contract.spec import FieldSpec
-from baton.contract.validate import describe
+from baton.contract.validate import as_text, describe, shown
 from baton.errors import ContractViolation
 from baton.scoring.base import DeadRow
 
-#: Cell texts read as a missing value in number and boolean columns (pandas' usual ones).
-NULL_TOKENS = ("", "NA", "N/A", "n/a", "NaN", "nan", "-nan", "NULL", "null", "None", "#N/A")
+#: Cell texts read as a missing value: pandas' defaults (``read_csv``'s ``na_values``). In a
+#: CSV only unquoted cells are; the empty cell always is (docs/cli.md#baton-score).
+NULL_TOKENS = ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
+               "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null")
 _FLOAT = (r"^[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
           r"|[Ii][Nn][Ff](?:[Ii][Nn][Ii][Tt][Yy])?|[Nn][Aa][Nn])$")
 _INT = r"^-?[0-9]+$"
@@ -117,11 +119,11 @@ def _bisect(arr: pa.Array, to: pa.DataType) -> tuple[pa.Array, np.ndarray]:
     return pa.concat_arrays([a, b]), np.concatenate([ma, mb])
 
 
-def _floats(spec: FieldSpec, arr: pa.Array) -> _Field:
+def _floats(spec: FieldSpec, arr: pa.Array, nulls: Sequence[str]) -> _Field:
     t = arr.type
     out = _Field(np.empty(0))
     if _is_text(arr):
-        nums, bad = _parse(_nullify(arr, NULL_TOKENS), pa.float64(), _FLOAT)
+        nums, bad = _parse(_nullify(arr, nulls), pa.float64(), _FLOAT)
         if bad is not None:
             out.fail(bad, "not a number")
     elif pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
@@ -149,11 +151,11 @@ def _numeric_checks(spec: FieldSpec, out: _Field, x: np.ndarray, null: np.ndarra
         out.fail(~np.isin(x, np.array(spec.categories)) & ~null, "not an allowed category")
 
 
-def _integers(spec: FieldSpec, arr: pa.Array) -> _Field:
+def _integers(spec: FieldSpec, arr: pa.Array, nulls: Sequence[str]) -> _Field:
     t = arr.type
     out = _Field(np.empty(0))
     if _is_text(arr):
-        arr = _nullify(arr, NULL_TOKENS)
+        arr = _nullify(arr, nulls)
         try:
             ints: pa.Array = arr.cast(pa.int64())
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
@@ -206,11 +208,11 @@ def _integral_floats(nums: pa.Array, out: _Field, unreadable: np.ndarray | None 
     return pa.array(ints, mask=~keep)
 
 
-def _booleans(spec: FieldSpec, arr: pa.Array) -> _Field:
+def _booleans(spec: FieldSpec, arr: pa.Array, nulls: Sequence[str]) -> _Field:
     t = arr.type
     out = _Field(np.empty(0))
     if _is_text(arr):
-        flags, bad = _parse(_nullify(arr, NULL_TOKENS), pa.bool_(), _BOOL)
+        flags, bad = _parse(_nullify(arr, nulls), pa.bool_(), _BOOL)
         if bad is not None:
             out.fail(bad, "not a boolean")
     elif pa.types.is_boolean(t):
@@ -228,22 +230,20 @@ def _booleans(spec: FieldSpec, arr: pa.Array) -> _Field:
     return out
 
 
-def _strings(spec: FieldSpec, arr: pa.Array) -> _Field:
+def _strings(spec: FieldSpec, arr: pa.Array, nulls: Sequence[str]) -> _Field:
+    # Text is taken as it came: the CSV reader has already made its null cells nulls, and
+    # an empty string in JSON or Parquet is an empty string, as on the HTTP path.
     out = _Field(arr)
     if not _is_text(arr):
         if not pa.types.is_null(arr.type):
             out.fail(_valid(arr), f"expected text, got {arr.type}")
         arr = pa.nulls(len(arr), pa.string())
-    else:  # an empty cell is a missing value, as in number columns
-        empty = pc.equal(arr, "")
-        if pc.any(empty).as_py():
-            arr = pc.if_else(empty, pa.scalar(None, pa.string()), arr)
     null = ~_valid(arr)
     if not spec.nullable:
         out.fail(null, "missing value (the field is not nullable)")
     if spec.categories is not None:
         allowed = pc.is_in(arr, value_set=pa.array(spec.categories, pa.string()))
-        out.fail(~_mask(allowed.fill_null(True)), "not an allowed category")
+        out.fail(~null & ~_mask(allowed.fill_null(False)), "not an allowed category")
     out.values = arr
     return out
 
@@ -251,9 +251,11 @@ def _strings(spec: FieldSpec, arr: pa.Array) -> _Field:
 _CHECKS = {"float": _floats, "integer": _integers, "boolean": _booleans, "string": _strings}
 
 
-def check_column(spec: FieldSpec, arr: pa.Array | pa.ChunkedArray) -> _Field:
-    """Parse and check one column against ``spec``."""
-    return _CHECKS[spec.type](spec, _plain(arr))
+def check_column(spec: FieldSpec, arr: pa.Array | pa.ChunkedArray,
+                 nulls: Sequence[str] = NULL_TOKENS) -> _Field:
+    """Parse and check one column against ``spec``; in a text column of numbers or
+    booleans, the cells spelt as one of ``nulls`` are missing values."""
+    return _CHECKS[spec.type](spec, _plain(arr), nulls)
 
 
 def _worker_column(spec: FieldSpec, values: np.ndarray | pa.Array, good: np.ndarray | None
@@ -270,13 +272,14 @@ def _worker_column(spec: FieldSpec, values: np.ndarray | pa.Array, good: np.ndar
 
 
 def check_table(specs: Sequence[FieldSpec], table: pa.Table, rows: np.ndarray,
-                keys: pa.Array, payload: Callable[[int], bytes]) -> CheckedRows:
+                keys: pa.Array, payload: Callable[[int], bytes],
+                nulls: Sequence[str] = NULL_TOKENS) -> CheckedRows:
     """Check every field of ``table``; rows that fail become dead rows (stage ``contract``).
 
     ``rows`` holds each row's input row number, ``keys`` its id, ``payload(i)`` row ``i``
     as read (for its dead letter).
     """
-    checked = [check_column(spec, table.column(spec.name)) for spec in specs]
+    checked = [check_column(spec, table.column(spec.name), nulls) for spec in specs]
     bad_rows = np.zeros(table.num_rows, dtype=bool)
     for c in checked:
         if c.bad is not None:
@@ -303,14 +306,14 @@ def _dead_rows(specs: Sequence[FieldSpec], checked: list[_Field], table: pa.Tabl
         for spec, c in zip(specs, checked, strict=True):
             for mask, why in c.problems:
                 if mask[i]:
-                    got = table.column(spec.name)[i].as_py()
+                    got = shown(table.column(spec.name)[i].as_py())
                     violations.append({"record": int(rows[i]), "field": spec.name,
                                        "expected": describe(spec), "got": got,
                                        "message": why})
         first = violations[0]
         err = ContractViolation(
             f"input contract violated at row {first['record']}, field {first['field']!r}: "
-            f"{first['message']}; expected {first['expected']}, got {first['got']!r}",
+            f"{first['message']}; expected {first['expected']}, got {as_text(first['got'])}",
             violations=violations)
         out.append(DeadRow(int(rows[i]), keys[i].as_py(), "contract", err, payload(i)))
     return out

@@ -27,6 +27,7 @@ from baton.batch import Batch, concat_batches
 from baton.contract.spec import Contract
 from baton.errors import BatonError, ContractViolation, ModelError, ModelNotReady, WorkerError
 from baton.scoring.base import ROW_COLUMN, Chunk, DeadRow, ScoringError
+from baton.scoring.columns import NULL_TOKENS
 from baton.scoring.readers import InputReader, open_input
 from baton.scoring.writers import DeadLetterWriter, OutputWriter
 
@@ -62,6 +63,8 @@ class ScoreSpec:
     #: Seconds a worker may spend on one chunk; None: the bundle's per-batch timeout scaled
     #: by how many of its batches (``max_batch_rows``) a chunk holds.
     timeout: float | None = None
+    #: Cell texts read as a missing value (CSV: unquoted cells; the empty cell always is).
+    null_values: tuple[str, ...] = NULL_TOKENS
 
 
 @dataclass
@@ -134,7 +137,7 @@ class ScoreJob:
         s = self.spec
         self.summary.model = model
         self.reader = open_input(s.input, s.input_format, self.contract, s.id_column,
-                                 self.chunk_rows)
+                                 self.chunk_rows, s.null_values)
         try:
             id_type = pa.int64() if s.id_column is None else pa.string()
             self.output = OutputWriter(s.output, s.output_format, s.id_column or ROW_COLUMN,

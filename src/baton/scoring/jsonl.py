@@ -23,7 +23,7 @@ import pyarrow.json as pajson
 
 from baton.batch import Batch
 from baton.contract.spec import Contract
-from baton.contract.validate import RecordsDecoder, to_column, value_type
+from baton.contract.validate import RecordsDecoder, as_text, shown, to_column, value_type
 from baton.errors import BatonError, ContractViolation, RequestError
 from baton.scoring.base import Chunk, DeadRow, ScoringError
 from baton.scoring.readers import ARROW_TYPES, checked_chunk
@@ -149,7 +149,7 @@ class JsonlReader:
         err: BatonError = (RequestError(f"row {row}: not a JSON record: {exc}",
                                         code="INVALID_JSON") if stage == "decode"
                            else ContractViolation(f"input contract violated at row {row}: "
-                                                  f"{exc}", violations=[]))
+                                                  f"{shown(str(exc))}", violations=[]))
         if stage == "contract":
             try:
                 self._explain.decode(b"[" + line + b"]")
@@ -157,7 +157,8 @@ class JsonlReader:
                 v = [{**x, "record": row} for x in why.violations]
                 where = f", field {v[0]['field']!r}" if v and v[0].get("field") else ""
                 err = ContractViolation(f"input contract violated at row {row}{where}: "
-                                        f"expected {v[0]['expected']}, got {v[0]['got']!r}",
+                                        f"expected {v[0]['expected']}, "
+                                        f"got {as_text(v[0]['got'])}",
                                         violations=v)
             except BatonError:
                 pass

@@ -43,8 +43,12 @@ class InputReader(Protocol):
 
 
 def open_input(path: Path, fmt: str, contract: Contract, id_column: str | None,
-               chunk_rows: int) -> InputReader:
-    """Open ``path`` and check that it holds what the contract needs, before any scoring."""
+               chunk_rows: int, null_values: Sequence[str] = NULL_TOKENS) -> InputReader:
+    """Open ``path`` and check that it holds what the contract needs, before any scoring.
+
+    ``null_values``: cell texts read as a missing value (CSV: unquoted cells only; the
+    empty cell always is one), also in text columns of numbers or booleans.
+    """
     if not path.is_file():
         raise ScoringError(f"no input file at {path}", code="INPUT_NOT_FOUND",
                            details={"path": str(path)})
@@ -53,9 +57,10 @@ def open_input(path: Path, fmt: str, contract: Contract, id_column: str | None,
         from baton.scoring.jsonl import JsonlReader
 
         return JsonlReader(path, contract, id_column, chunk_rows)
-    source: _Source = (CsvSource(path, specs, id_column) if fmt == "csv"
+    nulls = tuple(dict.fromkeys(("", *null_values)))
+    source: _Source = (CsvSource(path, specs, id_column, nulls) if fmt == "csv"
                        else ParquetSource(path, specs, id_column, chunk_rows))
-    return TableReader(source, specs, id_column, chunk_rows)
+    return TableReader(source, specs, id_column, chunk_rows, nulls)
 
 
 def _needed(specs: Sequence[FieldSpec], id_column: str | None, names: Sequence[str],
@@ -117,8 +122,10 @@ def _csv_header(path: Path) -> list[str]:
 
 
 class CsvSource:
-    def __init__(self, path: Path, specs: Sequence[FieldSpec], id_column: str | None) -> None:
+    def __init__(self, path: Path, specs: Sequence[FieldSpec], id_column: str | None,
+                 nulls: Sequence[str] = NULL_TOKENS) -> None:
         self.path = path
+        self.nulls = list(nulls)
         self.total_bytes = path.stat().st_size
         self.specs = list(specs)
         self.id_column = id_column
@@ -140,8 +147,10 @@ class CsvSource:
                 parse_options=pcsv.ParseOptions(invalid_row_handler=self._invalid),
                 convert_options=pcsv.ConvertOptions(
                     column_types=types, include_columns=self.columns,
-                    include_missing_columns=True, null_values=list(NULL_TOKENS),
-                    strings_can_be_null=False))
+                    # An unquoted null marker is null in every column, text included
+                    # (pandas' convention); a quoted one is text: "" is the empty string.
+                    include_missing_columns=True, null_values=self.nulls,
+                    strings_can_be_null=True, quoted_strings_can_be_null=False))
         except pa.ArrowInvalid as exc:
             if typed and "conversion error" in str(exc):
                 return None
@@ -258,8 +267,10 @@ class TableReader:
     """Cuts a source's record batches into chunks of ``chunk_rows`` and checks each one."""
 
     def __init__(self, source: _Source, specs: Sequence[FieldSpec],
-                 id_column: str | None, chunk_rows: int) -> None:
+                 id_column: str | None, chunk_rows: int,
+                 nulls: Sequence[str] = NULL_TOKENS) -> None:
         self.source = source
+        self.nulls = nulls
         self.total_bytes = source.total_bytes
         self.specs = list(specs)
         self.id_column = id_column
@@ -292,7 +303,8 @@ class TableReader:
         def payload(i: int) -> bytes:
             return row_payload(table, i)
 
-        return checked_chunk(seq, self.specs, table, rows, keys, payload, dead, pos)
+        return checked_chunk(seq, self.specs, table, rows, keys, payload, dead, pos,
+                             self.nulls)
 
     def close(self) -> None:
         self.source.close()
@@ -300,13 +312,13 @@ class TableReader:
 
 def checked_chunk(seq: int, specs: Sequence[FieldSpec], table: pa.Table, rows: np.ndarray,
                   keys: pa.Array, payload: Callable[[int], bytes], dead: list[DeadRow],
-                  pos: int) -> Chunk:
+                  pos: int, nulls: Sequence[str] = NULL_TOKENS) -> Chunk:
     """Check ``table`` and make its chunk; ``payload(i)`` is input row ``i`` as read."""
     n = table.num_rows
     for spec in specs:  # nullable fields the input lacks: all missing
         if spec.name not in table.column_names:
             table = table.append_column(spec.name, pa.nulls(n))
-    checked = check_table(specs, table, rows, keys, payload)
+    checked = check_table(specs, table, rows, keys, payload, nulls)
     if checked.good is None:
         ids, good_rows, of_good = keys, rows, payload
     else:
