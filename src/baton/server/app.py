@@ -243,6 +243,7 @@ class BatonApp:
             for key, value in scope["headers"]:
                 if key == _INFER_HEADER:
                     body = binary.Framed(body, binary.header_length(value, len(body)))
+                    break
             return await self.engine.get(name, version).infer(body)
         raise RouteNotFound(f"no route {method} /v2/{'/'.join(parts)}")
 

@@ -77,9 +77,9 @@ def spec_metadata(spec: FieldSpec | TensorSpec) -> dict[str, Any]:
 def parse_request(body: bytes) -> InferenceRequest:
     """Decode a V2 request: ``body`` is JSON, or a :class:`~baton.serving.binary.Framed`
     body whose binary section holds the inputs that declare ``binary_data_size``."""
-    framed = isinstance(body, binary.Framed)
+    framed = body if isinstance(body, binary.Framed) else None
     try:
-        req = _decoder.decode(memoryview(body)[:body.json_length] if framed else body)
+        req = _decoder.decode(body if framed is None else memoryview(body)[:framed.json_length])
     except msgspec.ValidationError as exc:  # a subclass of DecodeError: catch it first
         text = str(exc)
         field = text.split("at `$", 1)[1].rstrip("`") if "at `$" in text else ""
@@ -87,7 +87,7 @@ def parse_request(body: bytes) -> InferenceRequest:
                            details={"field": field.lstrip(".") or "inputs"}) from None
     except msgspec.DecodeError as exc:
         hint = (f" (a body with binary tensor data needs the {binary.HEADER} header)"
-                if "trailing characters" in str(exc) and not framed else "")
+                if "trailing characters" in str(exc) and framed is None else "")
         raise RequestError(f"request body is not valid JSON: {exc}{hint}",
                            code="INVALID_JSON") from None
     if not req.inputs:
@@ -108,14 +108,14 @@ def parse_request(body: bytes) -> InferenceRequest:
                 raise RequestError(f"input {inp.name!r} has both 'data' and "
                                    "parameters.binary_data_size",
                                    details={"field": f"inputs.{inp.name}.data"})
-            if not framed:
+            if framed is None:
                 raise RequestError(f"input {inp.name!r} declares binary_data_size but the "
                                    f"request has no {binary.HEADER} header",
                                    details={"field": binary.HEADER})
             sized.append((inp.name, size))
-    if framed:
+    if framed is not None:
         req = BinaryRequest(**{f: getattr(req, f) for f in req.__struct_fields__},
-                            parts=binary.split_parts(body, sized))
+                            parts=binary.split_parts(framed, sized))
     if req.parameters is not None or req.outputs is not None:
         req.outputs = _output_selection(req)
     return req
