@@ -103,11 +103,14 @@ def test_the_audit_log_pages_with_a_cursor(registry: Registry,
     assert lines.headers["x-next-after"] == str(everything[3]["id"])
     last = admin.get("/audit", params={"format": "jsonl", "after": everything[-2]["id"]})
     assert "x-next-after" not in last.headers and json.loads(last.text) == everything[-1]
+    newest = admin.get("/audit", params={"last": 4}).json()  # what the dashboard shows
+    assert newest["events"] == everything[-4:] and newest["next"] is None
 
 
 @pytest.mark.parametrize(("params", "field"), [
     ({"limit": "0"}, "limit"), ({"limit": str(AUDIT_PAGE_MAX + 1)}, "limit"),
-    ({"limit": "ten"}, "limit"), ({"after": "-1"}, "after"), ({"format": "xml"}, "format")])
+    ({"limit": "ten"}, "limit"), ({"after": "-1"}, "after"), ({"format": "xml"}, "format"),
+    ({"last": "0"}, "last"), ({"last": "5", "after": "1"}, "last")])
 def test_bad_audit_paging_is_a_400_naming_the_parameter(api: tuple[ApiServer, httpx.Client],
                                                          params: dict[str, str],
                                                          field: str) -> None:

@@ -305,7 +305,8 @@ def test_output_parameters_are_checked(server: Server) -> None:
 @pytest.mark.parametrize(("method", "path", "allow"), [
     ("GET", "/v2/models/rowsum/infer", "POST"), ("DELETE", "/v2/models/rowsum", "GET"),
     ("POST", "/v2/health/ready", "GET"), ("PUT", "/v1/models/chaos/predict", "POST"),
-    ("GET", "/v1/models/chaos/feedback", "POST"), ("POST", "/openapi.json", "GET")])
+    ("GET", "/v1/models/chaos/feedback", "POST"), ("POST", "/openapi.json", "GET"),
+    ("POST", "/ui", "GET"), ("DELETE", "/ui/static/main.js", "GET")])
 def test_a_405_carries_allow(server: Server, method: str, path: str, allow: str) -> None:
     resp = server.client.request(method, path)
     assert resp.status_code == 405 and resp.json()["code"] == "METHOD_NOT_ALLOWED"

@@ -6,6 +6,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from baton.dashboard.proxy import PREFIX as PROXY_PREFIX
 from baton.dashboard.proxy import RegistryProxy, Reply, json_reply
 
@@ -47,6 +49,9 @@ class Dashboard:
                    (b"content-length", str(len(reply.body)).encode()),
                    (b"cache-control", b"no-store" if reply.private else b"no-cache"),
                    *_HEADERS]
+        if reply.status == 405:  # HTTP asks a 405 to say what is allowed
+            allowed = orjson.loads(reply.body).get("details", {}).get("allowed")
+            headers += [(b"allow", str(allowed).encode())] if allowed else []
         await send({"type": "http.response.start", "status": reply.status, "headers": headers})
         await send({"type": "http.response.body", "body": b"" if method == "HEAD" else reply.body})
 

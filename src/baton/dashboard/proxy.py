@@ -34,7 +34,7 @@ ROUTES: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
     ("POST", ("bundles", _ANY, _ANY, "approve"), ()),
     ("POST", ("bundles", _ANY, _ANY, "reject"), ()),
     ("GET", ("history", _ANY), ()),
-    ("GET", ("audit",), ()),
+    ("GET", ("audit",), ("last",)),
 ]
 
 

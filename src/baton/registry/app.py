@@ -146,6 +146,10 @@ def create_app(registry: Registry, *, max_upload_bytes: int = 1 << 30) -> Starle
         who = actor(request)
         limit = _count(request, "limit", AUDIT_PAGE_DEFAULT, 1, AUDIT_PAGE_MAX)
         after = _count(request, "after", 0, 0, 2**62)
+        last = _count(request, "last", 0, 1, AUDIT_PAGE_MAX)
+        if last and ("after" in request.query_params or "limit" in request.query_params):
+            raise RequestError("query parameter 'last' (the newest events) goes without "
+                               "'after' and 'limit'", details={"field": "last"})
         fmt = request.query_params.get("format", "json")
         if fmt not in ("json", "jsonl"):
             raise RequestError(f"query parameter 'format' must be json or jsonl, got "
@@ -153,9 +157,12 @@ def create_app(registry: Registry, *, max_upload_bytes: int = 1 << 30) -> Starle
         # head: the signed checkpoint the chain must reach (see baton.registry.audit), read
         # before the events so that it never runs ahead of them.
         head = registry.audit_head()
-        events = registry.audit_log(who, after=after, limit=limit + 1)
-        more = len(events) > limit
-        events = events[:limit]
+        if last:  # the newest page (what a screen shows), still oldest first
+            events, more = registry.audit_log(who, last=last), False
+        else:
+            events = registry.audit_log(who, after=after, limit=limit + 1)
+            more = len(events) > limit
+            events = events[:limit]
         following = events[-1]["id"] if more else None
         if fmt == "jsonl":
             return PlainTextResponse("".join(json.dumps(e) + "\n" for e in events),

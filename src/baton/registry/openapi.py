@@ -83,6 +83,8 @@ OPERATIONS: tuple[Operation, ...] = (
                                 "default": AUDIT_PAGE_DEFAULT}, "Events in this page"),
                      ("after", {"type": "integer", "minimum": 0, "default": 0},
                       "Only events with a larger id: the previous page's 'next'"),
+                     ("last", {"type": "integer", "minimum": 1, "maximum": AUDIT_PAGE_MAX},
+                      "Instead of limit and after: the newest N events (next is null)"),
                      ("format", {"enum": ["json", "jsonl"]}, "jsonl: JSON Lines, and the "
                       "next cursor in the X-Next-After header")),
               answer={"type": "object", "required": ["events", "head", "next"], "properties": {

@@ -312,10 +312,16 @@ class Registry:
             self._sign(s, bv, event)
             return self._describe(s, bv, full=True)
 
-    def audit_log(self, actor: Actor, *, after: int = 0,
-                  limit: int | None = None) -> list[dict[str, Any]]:
-        """Audit events with an id above ``after``, oldest first, at most ``limit``."""
-        return self.history(actor, since_id=after, limit=limit)
+    def audit_log(self, actor: Actor, *, after: int = 0, limit: int | None = None,
+                  last: int | None = None) -> list[dict[str, Any]]:
+        """Audit events with an id above ``after``, oldest first, at most ``limit``; or
+        the newest ``last`` events, oldest first."""
+        if last is None:
+            return self.history(actor, since_id=after, limit=limit)
+        require(actor.role, "read", actor.name)
+        with self.db.session() as s:
+            q = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(last)
+            return [e.to_dict() for e in reversed(list(s.scalars(q)))]
 
     # -- internals ---------------------------------------------------------------------
     def _require_approvals(self, bv: BundleVersion) -> None:

@@ -203,7 +203,7 @@ async function refresh() {
     renderBundles(bundles, details);
     renderAuditFilter([...new Set(bundles.map((b) => b.name))]);
     const name = document.getElementById("audit-filter").value;
-    const { events } = await get(name ? `/history/${enc(name)}` : "/audit");
+    const { events } = await get(name ? `/history/${enc(name)}` : `/audit?last=${AUDIT_ROWS}`);
     if (stale()) return;
     renderAudit(events);
   } catch (err) {
