@@ -67,7 +67,7 @@ def test_metrics_count_traffic_errors_by_stage_and_workers(
     assert post([{"action": "crash", "x": 1}]).status_code == 503
     deadline = time.monotonic() + 30
     while post([{"action": "ok", "x": 1}]).status_code != 200:
-        assert time.monotonic() < deadline
+        assert time.monotonic() < deadline, "the crashed worker was not replaced in 30 s"
         time.sleep(0.05)
     data = samples(server)
     assert value(data, "baton_worker_restarts_total", **base) == 1

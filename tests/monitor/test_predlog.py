@@ -260,10 +260,9 @@ def test_an_unreachable_sink_is_retried_with_a_bounded_buffer(tmp_path: Path) ->
     log.open()
     for _ in range(4):
         log.record("m", "1", new_ids(1)[0], batch([1.0, 2.0]), Batch({"y": [1, 2]}, 2))
-    started = time.perf_counter()
     log.flush_now()
-    assert time.perf_counter() - started < 1.0
-    assert log.written == 8  # the store is not held back by the sink
+    # The store is not held back by the sink: all 8 are stored while the sink takes none.
+    assert log.written == 8 and export.exported == 0
     assert export.dropped == 4 and export.pending == 4  # 2 batches kept, 2 dropped
     deadline = time.monotonic() + 10
     while export.failures < 2:
@@ -287,9 +286,7 @@ def test_what_the_sink_never_took_is_counted_at_shutdown(tmp_path: Path) -> None
     log.open()
     log.record("m", "1", new_ids(1)[0], batch([1.0, 2.0, 3.0]), Batch({"y": [1, 2, 3]}, 3))
     log.flush_now()
-    started = time.perf_counter()
-    log.close()
-    assert time.perf_counter() - started < 3
+    log.close()  # gives up after drain_timeout: what the sink never took is dropped
     assert export.dropped == 3 and export.exported == 0 and export.pending == 0
 
 
