@@ -4,6 +4,7 @@ datatypes checked against the contract, and ``Allow`` on 405."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import struct
 from collections.abc import Callable, Iterator
@@ -298,6 +299,42 @@ def test_output_parameters_are_checked(server: Server) -> None:
     answer = error(server.client.post("/v2/models/rowsum/infer", json={
         **body, "parameters": {"binary_data_output": 1}}), 400)
     assert answer["details"]["field"] == "parameters.binary_data_output"
+
+
+# -- Compressed request bodies (tritonclient's request_compression_algorithm) -------------
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_tritonclient_compressed_requests(client: Any, algorithm: str) -> None:
+    x = np.array([[1.0, 2.0, 3.0]] * 500)
+    result = client.infer("rowsum", [tensor("x", x, "FP64")],
+                          request_compression_algorithm=algorithm,
+                          response_compression_algorithm=algorithm)
+    np.testing.assert_array_equal(result.as_numpy("sum"), np.full((500, 1), 6.0))
+
+
+def test_compressed_bodies_are_checked(serve: Callable[..., Server],
+                                       tensor_bundle: Path) -> None:
+    server = serve([tensor_bundle], "--max-body-bytes", "2000")
+    body = json.dumps({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP64",
+                                   "data": [1, 2, 3]}]}).encode()
+
+    def post(content: bytes, encoding: str) -> Any:
+        return server.client.post("/v2/models/rowsum/infer", content=content,
+                                  headers={"content-encoding": encoding})
+
+    assert post(gzip.compress(body), "gzip").json()["outputs"][0]["data"] == [6.0]
+    bomb = gzip.compress(b" " * 1_000_000 + body)  # 1 MB of JSON whitespace in 1 kB
+    assert len(bomb) < 2000
+    answer = error(post(bomb, "gzip"), 413)
+    assert answer["code"] == "PAYLOAD_TOO_LARGE" and "inflates" in answer["error"]
+    for content, words in [(gzip.compress(body)[:-9], "cut short"),
+                           (gzip.compress(body) + b"junk", "bytes after its end"),
+                           (body, "not valid gzip")]:
+        answer = error(post(content, "gzip"), 400)
+        assert answer["details"]["field"] == "Content-Encoding" and words in answer["error"]
+    answer = error(post(body, "br"), 415)
+    assert answer["code"] == "UNSUPPORTED_ENCODING" and "'br'" in answer["error"]
+    assert post(body, "identity").status_code == 200
 
 
 # -- 405 says what is allowed -------------------------------------------------------------
