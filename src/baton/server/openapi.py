@@ -16,6 +16,7 @@ _ERROR = {"$ref": "#/components/schemas/Error"}
 
 def _errors(*codes: int) -> dict[str, Any]:
     text = {400: "Malformed request", 404: "Unknown model", 413: "Body too large",
+            415: "Content-Encoding other than gzip or deflate",
             422: "Contract violated", 500: "Exception inside the model",
             503: "Model not ready"}
     return {str(c): {"description": text[c],
@@ -38,7 +39,7 @@ def _records_paths(svc: ModelService) -> dict[str, Any]:
                         "content": {"application/json": {"schema": request}}},
         "responses": {"200": {"description": "One prediction per record, in order",
                               "content": {"application/json": {"schema": response}}},
-                      **_errors(400, 404, 413, 422, 500, 503)}}}}
+                      **_errors(400, 404, 413, 415, 422, 500, 503)}}}}
 
 
 def _v2_input_schema(svc: ModelService) -> dict[str, Any]:
@@ -91,7 +92,7 @@ def _v2_paths(svc: ModelService) -> dict[str, Any]:
         "responses": {"200": {"description": "V2 inference response (binary outputs follow "
                                              f"the JSON when asked for; {binary.HEADER} "
                                              "then gives its length)"},
-                      **_errors(400, 404, 413, 422, 500, 503)}}}
+                      **_errors(400, 404, 413, 415, 422, 500, 503)}}}
     meta = {"get": {"summary": f"Metadata of {svc.name}",
                     "responses": {"200": {"description": "V2 model metadata"},
                                   **_errors(404)}}}
@@ -130,7 +131,7 @@ def _feedback_paths(svc: ModelService) -> dict[str, Any]:
                         "content": {"application/json": {"schema": request}}},
         "responses": {"200": {"description": "What was attached, and the quality now",
                               "content": {"application/json": {"schema": response}}},
-                      **_errors(400, 404, 413, 422)}}}}
+                      **_errors(400, 404, 413, 415, 422)}}}}
 
 
 def openapi_document(engine: Engine, *, auth: bool = False) -> dict[str, Any]:
