@@ -125,9 +125,11 @@ class _LogToReport(logging.Handler):
 
 @contextlib.contextmanager
 def log_into(report: CheckReport) -> Iterator[None]:
-    """Baton's and asyncio's log lines (the worker's output among them) go to the report."""
+    """The worker's, the pool's and asyncio's log lines (what the model printed, its
+    tracebacks, restarts) go to the report. Baton's other warnings, such as a tampered
+    extraction cache, still reach standard error: they are not about the model's run."""
     handler = _LogToReport(report)
-    loggers = [logging.getLogger(name) for name in ("baton", "asyncio")]
+    loggers = [logging.getLogger(name) for name in ("baton.worker", "baton.pool", "asyncio")]
     saved = [(lg.level, lg.propagate) for lg in loggers]
     for lg in loggers:
         lg.addHandler(handler)
