@@ -11,12 +11,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import Server, records_contract, write_bundle
+from tests.conftest import Server, free_port, records_contract, write_bundle
 from tests.security.engines import bearer, write_token_file
 
 WORDS_CODE = '''
@@ -348,6 +349,16 @@ def test_a_405_carries_allow(server: Server, method: str, path: str, allow: str)
     resp = server.client.request(method, path)
     assert resp.status_code == 405 and resp.json()["code"] == "METHOD_NOT_ALLOWED"
     assert resp.headers["allow"] == allow
+
+
+def test_the_metrics_port_405_carries_allow(serve: Callable[..., Server],
+                                            tensor_bundle: Path) -> None:
+    port = free_port()
+    serve([tensor_bundle], "--metrics-port", str(port))
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as metrics:
+        resp = metrics.post("/metrics")
+        assert resp.status_code == 405 and resp.headers["allow"] == "GET"
+        assert metrics.get("/metrics").status_code == 200
 
 
 # -- Authentication covers the binary framing too -----------------------------------------
