@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import collections
+import inspect
 import json
 import statistics
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,13 +46,15 @@ def figure(page: Page, testid: str) -> float | None:
     return float(value) if value else None
 
 
-def wait_until(page: Page, cond: Callable[[], bool], timeout: float = 20) -> None:
+def wait_until(page: Page, cond: Callable[[], bool], timeout: float = 30) -> None:
     """Poll ``cond`` while the page runs (its timers keep firing between checks)."""
-    for _ in range(int(timeout / 0.2)):
-        if cond():
-            return
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            source = inspect.getsource(cond).strip()
+            raise AssertionError(f"not met within {timeout}s: {source}\n"
+                                 f"page text: {page.inner_text('body')[:2000]}")
         page.wait_for_timeout(200)
-    raise AssertionError("condition not met in time")
 
 
 @contextmanager
