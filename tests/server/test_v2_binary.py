@@ -302,6 +302,15 @@ def test_output_parameters_are_checked(server: Server) -> None:
     assert answer["details"]["field"] == "parameters.binary_data_output"
 
 
+def test_an_unknown_output_is_refused_before_the_model_runs(server: Server) -> None:
+    resp = server.client.post("/v2/models/chaos/infer", json={
+        "inputs": [{"name": "action", "shape": [1], "datatype": "BYTES", "data": ["raise"]},
+                   {"name": "x", "shape": [1], "datatype": "FP64", "data": [1.0]}],
+        "outputs": [{"name": "risk"}]})
+    answer = error(resp, 400)  # not the model's 500: it was never called
+    assert answer["details"]["field"] == "outputs" and "'risk'" in answer["error"]
+
+
 # -- Compressed request bodies (tritonclient's request_compression_algorithm) -------------
 
 @pytest.mark.parametrize("algorithm", ["gzip", "deflate"])

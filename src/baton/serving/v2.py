@@ -141,9 +141,15 @@ def _output_selection(req: InferenceRequest) -> OutputSelection:
 
 
 def decode_request(contract: Contract, req: InferenceRequest) -> Batch:
+    """The checked batch of a parsed request (its requested outputs checked too, so that a
+    request the answer would refuse never costs model time)."""
     by_name = {inp.name: inp for inp in req.inputs}
     if len(by_name) != len(req.inputs):
         raise RequestError("inputs repeat a name", details={"field": "inputs"})
+    unknown_out = sorted({o.name for o in req.outputs or ()} - set(contract.output_names))
+    if unknown_out:
+        raise RequestError(f"requested output {unknown_out[0]!r} does not exist; outputs are "
+                           f"{contract.output_names}", details={"field": "outputs"})
     wanted = set(contract.input_names)
     unknown = [n for n in by_name if n not in wanted]
     if unknown and contract.unknown_fields == "reject":
@@ -308,12 +314,8 @@ def encode_response(contract: Contract, model: str, version: str, request_id: st
     """The V2 response body: JSON, or a :class:`~baton.serving.binary.Framed` body when an
     output is asked for as binary data (an output holding a null stays JSON)."""
     specs = contract.outputs
-    if wanted:
+    if wanted:  # names checked by decode_request
         names = {o.name for o in wanted}
-        unknown = sorted(names - set(contract.output_names))
-        if unknown:
-            raise RequestError(f"requested output {unknown[0]!r} does not exist; outputs are "
-                               f"{contract.output_names}", details={"field": "outputs"})
         specs = tuple(s for s in specs if s.name in names)
     as_binary = _binary_outputs(wanted)
     tensors, parts = [], []
