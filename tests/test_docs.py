@@ -146,3 +146,38 @@ def test_help_shown_in_docs_is_the_real_help(page: Path) -> None:
             stale.append(f"{page.name}: `{command} --help` differs from the real help:\n"
                          f"--- docs\n{shown}\n--- real\n{result.output.rstrip()}")
     assert not stale, "\n\n".join(stale)
+
+
+_NO_DEFAULT = click.Option(["--x"]).default  # what click holds for an option given none
+
+
+def _option_problems(path: str, option: click.Option) -> list[str]:
+    name = option.opts[-1] if option.opts[-1].startswith("--") else option.opts[0]
+    text = option.help or ""
+    problems = [] if text.strip() else [f"{path} {name}: no help text"]
+    if re.search(r"\bdefault\b", text, re.IGNORECASE):
+        problems.append(f"{path} {name}: writes its default into the help; use show_default")
+    default = option.default
+    stated = default not in (None, _NO_DEFAULT, "", ()) and not option.is_flag
+    if stated and not option.show_default:
+        problems.append(f"{path} {name}: default {default!r} not shown (show_default=True)")
+    return problems
+
+
+def test_every_option_has_help_and_shows_its_default_one_way() -> None:
+    """Each option says what it does; a default is shown one way, click's ``[default: …]``
+    (a computed one in parentheses: ``show_default="…"``), never written into the text."""
+    problems = [p for path, cmd in _commands(main) for param in cmd.params
+                if isinstance(param, click.Option) and not param.hidden
+                for p in _option_problems(path, param)]
+    assert not problems, "options to fix:\n" + "\n".join(problems)
+
+
+def test_serve_marks_its_stream_options_and_promote_names_its_stage_option() -> None:
+    serve = main.commands["serve"]
+    marked = {p.opts[0] for p in serve.params
+              if isinstance(p, click.Option) and (p.help or "").startswith("[streams]")}
+    assert marked == {"--input", "--output", "--dead-letter", "--group", "--max-batch",
+                      "--labels"}
+    promote = CliRunner().invoke(main, ["promote", "--help"], terminal_width=80).output
+    assert "stage given by --to" in promote and "--to [validated|staging|production" in promote

@@ -57,7 +57,8 @@ def users() -> None:
 @users.command("create")
 @click.argument("name")
 @click.option("--role", required=True, type=click.Choice(
-    ["client", "viewer", "data-scientist", "operator", "approver", "admin"]))
+    ["client", "viewer", "data-scientist", "operator", "approver", "admin"]),
+    help="What the user may do (docs/registry.md#roles).")
 @registry_option
 @errors_to_exit
 def users_create(name: str, role: str, registry_url: str | None) -> None:
@@ -75,11 +76,11 @@ def tokens() -> None:
 @tokens.command("create")
 @click.argument("user")
 @click.option("--days", type=float,
-              help="Validity in days (default and most: the registry's token maximum, 90; "
-                   "more only with --service).")
+              help="Validity in days (at most the registry's token maximum; more only with "
+                   "--service).", show_default="the token maximum, 90")
 @click.option("--scope", "scopes", multiple=True, type=click.Choice(SCOPES),
-              help="Engine scope the token carries (repeat; default: all of the user's "
-                   "role's).")
+              help="Engine scope the token carries (repeat for several).",
+              show_default="all of the user's role's")
 @click.option("--service", is_flag=True,
               help="A service token (admins only): may exceed the maximum.")
 @click.option("--no-expiry", is_flag=True, help="A service token that never expires.")
@@ -105,7 +106,7 @@ users.add_command(tokens_create, "token")
 
 
 @tokens.command("list")
-@click.option("--user", help="This user's tokens (admins; default: your own).")
+@click.option("--user", help="This user's tokens (admins).", show_default="your own")
 @click.option("--all", "all_users", is_flag=True, help="Every user's tokens (admins).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @registry_option

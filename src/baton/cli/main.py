@@ -64,7 +64,7 @@ def main() -> None:
 
 @main.command()
 @click.argument("directory", type=click.Path(path_type=Path))
-@click.option("--name", help="Model name (default: the folder's name).")
+@click.option("--name", help="Model name.", show_default="the folder's name")
 @errors_to_exit
 def init(directory: Path, name: str | None) -> None:
     """Scaffold a bundle with a custom Python model in DIRECTORY."""
@@ -108,7 +108,7 @@ def extract(archive: Path, directory: Path, digest: str | None) -> None:
 @main.command()
 @click.argument("bundle", type=click.Path(exists=True, path_type=Path))
 @click.option("--side", type=click.Choice(["inputs", "outputs"]), default="inputs",
-              show_default=True)
+              show_default=True, help="Which side of the contract to print.")
 @errors_to_exit
 def contract(bundle: Path, side: str) -> None:
     """Print BUNDLE's contract as JSON Schema."""
@@ -153,15 +153,19 @@ def check(bundle: Path, report: Path, iterations: int, wheelhouse: Path | None,
 
 @main.command()
 @click.argument("bundles", nargs=-1)
-@click.option("--host", help="Address to bind (default 127.0.0.1).")
-@click.option("--port", type=int, help="Port to bind (default 8000).")
-@click.option("--workers", type=int, help="Worker processes per model (default: bundle's).")
+@click.option("--host", help="Address to bind.", show_default="127.0.0.1")
+@click.option("--port", type=int, help="Port to bind.", show_default="8000")
+@click.option("--workers", type=int, help="Worker processes per model.",
+              show_default="the bundle's, else 1 or 2 by measured memory")
 @click.option("--timeout", type=float, help="Seconds a batch may take before its worker is "
-              "killed and restarted (default: bundle's).")
-@click.option("--max-body-bytes", type=int, help="Largest request body (default 8 MiB).")
+              "killed and restarted.", show_default="the bundle's, else from its check, else 30")
+@click.option("--max-body-bytes", type=int, help="Largest request body, in bytes.",
+              show_default="8 MiB")
 @click.option("--unknown-fields", type=click.Choice(["reject", "ignore"]),
               help="Override the contracts' policy for unknown input fields.")
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+              help="Least severe level of the engine's log lines.",
+              show_default="info")
 @click.option("--registry", "registry_url", envvar="BATON_REGISTRY",
               help="Serve from this registry: with no BUNDLES, "
               "every model in --stage, following promotions and rollbacks.")
@@ -169,25 +173,28 @@ def check(bundle: Path, report: Path, iterations: int, wheelhouse: Path | None,
               type=click.Choice(["staging", "production"]),
               help="The registry stage this engine serves (its policy).")
 @click.option("--registry-key", help="The registry's public key (ed25519:BASE64, or a file "
-              "holding it): serve only what it signed (default: the one 'baton login' saved).")
+              "holding it): serve only what it signed.",
+              show_default="the one 'baton login' saved")
 @click.option("--poll", type=float, default=2.0, show_default=True,
               help="Seconds between registry checks.")
 @click.option("--canary", help="REF=PERCENT: send PERCENT of unversioned requests to REF "
               "(a bundle path, or NAME@VERSION in the registry).")
 @click.option("--shadow", help="REF: mirror traffic to REF, compare, never return its output.")
-@click.option("--input", "input_url", help="Stream records in from this URL "
+@click.option("--input", "input_url", help="[streams] Read records from this URL "
               "(kafka://, redis[s]://, nats://, amqp[s]://, mqtt[s]://, file://; passwords "
               "in the URL or ?password_env=/?password_file=, see docs/streams.md).")
-@click.option("--output", "output_url", help="Stream scores out to this URL.")
-@click.option("--dead-letter", "dead_letter_url", help="Where records (and labels) that fail "
-              "go, with their reason.")
-@click.option("--group", help="Consumer group / durable name (default baton-MODEL).")
+@click.option("--output", "output_url", help="[streams] Write scores to this URL.")
+@click.option("--dead-letter", "dead_letter_url", help="[streams] Where records (and "
+              "labels) that fail go, with their reason.")
+@click.option("--group", help="[streams] Consumer group / durable name.",
+              show_default="baton-MODEL")
 @click.option("--max-batch", type=int, default=256, show_default=True,
-              help="Records per micro-batch into the model.")
+              help="[streams] Records per micro-batch into the model.")
 @click.option("--deployment", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A deployment file: bundles with their workers and stream bindings.")
-@click.option("--labels", "labels_url", help="Read true values {\"id\", \"label\"} from "
-              "this stream URL and join them to logged predictions (needs --dead-letter).")
+@click.option("--labels", "labels_url", help="[streams] Read true values {\"id\", "
+              "\"label\"} from this stream URL and join them to logged predictions (needs "
+              "--dead-letter).")
 @click.option("--tokens", "tokens_file", type=click.Path(exists=True, dir_okay=False,
               path_type=Path), help="Local token file: callers need one of its tokens "
               "(see 'baton engine-tokens add').")

@@ -13,7 +13,8 @@ import click
 from baton.cli.main import errors_to_exit, main
 
 registry_option = click.option("--registry", "registry_url", envvar="BATON_REGISTRY",
-                               help="Registry URL (default: the one saved by 'baton login').")
+                               help="Registry URL.",
+                               show_default="the one saved by 'baton login'")
 
 
 def _client(url: str | None) -> Any:
@@ -79,7 +80,7 @@ def list_cmd(name: str | None, stage: str | None, as_json: bool, registry_url: s
 
 @main.command()
 @click.argument("ref")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @registry_option
 @errors_to_exit
 def show(ref: str, as_json: bool, registry_url: str | None) -> None:
@@ -102,12 +103,14 @@ def show(ref: str, as_json: bool, registry_url: str | None) -> None:
 @main.command()
 @click.argument("ref")
 @click.option("--to", "stage", required=True,
-              type=click.Choice(["validated", "staging", "production", "archived"]))
+              type=click.Choice(["validated", "staging", "production", "archived"]),
+              help="The stage to move REF to.")
 @click.option("--reason", default="", help="Why (kept in the audit log).")
 @registry_option
 @errors_to_exit
 def promote(ref: str, stage: str, reason: str, registry_url: str | None) -> None:
-    """Move REF to STAGE. 'validated' makes the registry run 'baton check' on it."""
+    """Move REF to the stage given by --to. '--to validated' makes the registry run
+    'baton check' on it."""
     info = _client(registry_url).promote(ref, stage, reason)
     click.echo(_line(info))
     report = info.get("check_report")
@@ -137,7 +140,7 @@ main.command("reject")(_decide("reject"))
 
 @main.command()
 @click.argument("name")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @registry_option
 @errors_to_exit
 def history(name: str, as_json: bool, registry_url: str | None) -> None:
@@ -153,7 +156,8 @@ def history(name: str, as_json: bool, registry_url: str | None) -> None:
 
 
 @main.group(invoke_without_command=True)
-@click.option("--output", "-o", type=click.Path(path_type=Path), help="File (default: stdout).")
+@click.option("--output", "-o", type=click.Path(path_type=Path),
+              help="File to write the JSON Lines to.", show_default="stdout")
 @registry_option
 @click.pass_context
 @errors_to_exit
@@ -170,15 +174,16 @@ def audit(ctx: click.Context, output: Path | None, registry_url: str | None) -> 
 
 @audit.command("verify")
 @click.option("--registry-key", "pinned", envvar="BATON_REGISTRY_KEY", default="",
-              help="The registry's public key (ed25519:BASE64 or a file; default: the one "
-                   "'baton login' saved).")
+              help="The registry's public key (ed25519:BASE64 or a file).",
+              show_default="the one 'baton login' saved")
 @click.option("--local", is_flag=True,
               help="Read the registry's database directly (on the registry host).")
-@click.option("--db", help="Database URL to read (implies --local; default: BATON_REGISTRY_DB "
-                           "or SQLite in the Baton home).")
+@click.option("--db", help="Database URL to read (implies --local).",
+              show_default="BATON_REGISTRY_DB, else SQLite in the Baton home")
 @click.option("--key-file", type=click.Path(dir_okay=False, path_type=Path),
-              help="The registry's signing key (implies --local; default: "
-                   "$BATON_HOME/registry/signing.key); its signed head checkpoint is next to it.")
+              help="The registry's signing key (implies --local); its signed head "
+                   "checkpoint is next to it.",
+              show_default="$BATON_HOME/registry/signing.key")
 @registry_option
 @errors_to_exit
 def audit_verify(pinned: str, local: bool, db: str | None, key_file: Path | None,
@@ -273,26 +278,26 @@ def _signing_key(path: Path) -> Any:
     return key
 
 
-db_option = click.option("--db", help="Database URL (default: SQLite in the Baton home; "
-                         "production: postgresql+psycopg://...).")
+db_option = click.option("--db", help="Database URL (production: "
+                         "postgresql+psycopg://...).", show_default="SQLite in the Baton home")
 storage_option = click.option("--storage", type=click.Path(path_type=Path),
-                              help="Content folder (default: in the Baton home).")
+                              help="Content folder.", show_default="in the Baton home")
 key_file_option = click.option(
     "--key-file", type=click.Path(dir_okay=False, path_type=Path),
-    help="The registry's signing key (default: $BATON_HOME/registry/signing.key; created on "
-         "first start). Keep it out of the database's reach.")
+    help="The registry's signing key (created on first start). Keep it out of the database's "
+         "reach.", show_default="$BATON_HOME/registry/signing.key")
 
 
 @registry.command("serve")
 @db_option
 @storage_option
 @key_file_option
-@click.option("--approvals", type=int, help="Approvals production needs (default 1).")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8700, show_default=True)
+@click.option("--approvals", type=int, help="Approvals production needs.", show_default="1")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", default=8700, show_default=True, help="Port to bind.")
 @click.option("--token-max-days", type=float,
-              help="Longest token a user may ask for, in days (default 90); admins' "
-                   "service tokens excepted.")
+              help="Longest token a user may ask for, in days; admins' service tokens "
+                   "excepted.", show_default="90")
 @click.option("--tls-cert", type=click.Path(dir_okay=False, path_type=Path),
               help="Serve HTTPS with this certificate (PEM; with --tls-key).")
 @click.option("--tls-key", type=click.Path(dir_okay=False, path_type=Path),
@@ -388,8 +393,8 @@ def registry_gc(db: str | None, storage: Path | None, key_file: Path | None,
 @db_option
 @storage_option
 @key_file_option
-@click.option("--days", type=float,
-              help="Validity of the token (default and most: the token maximum, 90).")
+@click.option("--days", type=float, help="Validity of the token, in days (at most the token "
+              "maximum).", show_default="the token maximum, 90")
 @errors_to_exit
 def registry_bootstrap(name: str, db: str | None, storage: Path | None, key_file: Path | None,
                        days: float | None) -> None:

@@ -26,21 +26,22 @@ FORMAT_CHOICES = ("csv", "jsonl", "parquet")
 @click.option("--output", "output_path", required=True, type=click.Path(path_type=Path),
               help="Scores: the id column, then the model's outputs (.csv, .jsonl, .parquet).")
 @click.option("--dead-letter", "dead_letter", type=click.Path(path_type=Path),
-              help="Rows that fail, with their reason (JSON Lines; default: OUTPUT's name "
-              "with .dead-letter.jsonl).")
-@click.option("--id-column", help="Input column copied to the output so scores join back "
-              "(default: a 0-based row number column 'row').")
+              help="Rows that fail, with their reason (JSON Lines).",
+              show_default="OUTPUT's name with .dead-letter.jsonl")
+@click.option("--id-column", help="Input column copied to the output so scores join back.",
+              show_default="a 0-based row number column 'row'")
 @click.option("--chunk-rows", type=click.IntRange(min=1),
-              help="Rows read, checked and sent to a worker at a time (default: about "
-              "4 MiB of input values, e.g. 26,214 rows of 20 fields).")
+              help="Rows read, checked and sent to a worker at a time.",
+              show_default="about 4 MiB of input values, e.g. 26,214 rows of 20 fields")
 @click.option("--workers", type=click.IntRange(min=1),
-              help="Worker processes (default: the bundle's); one chunk in flight each.")
+              help="Worker processes; one chunk in flight each.",
+              show_default="the bundle's")
 @click.option("--format", "fmt", type=click.Choice(FORMAT_CHOICES),
-              help="Input format (default: from its extension); the output's comes from its "
-              "extension, else it is the input's.")
+              help="Input format; the output's comes from its extension, else it is the "
+              "input's.", show_default="from its extension")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
-              help="Seconds a worker may spend on one chunk (default: the bundle's batch "
-              "timeout scaled to the chunk size).")
+              help="Seconds a worker may spend on one chunk.",
+              show_default="the bundle's batch timeout scaled to the chunk size")
 @click.option("--registry", "registry_url", help="Take BUNDLE as NAME@VERSION from this "
               "registry (staging or production only).")
 @click.option("--report", type=click.Path(path_type=Path),
@@ -48,8 +49,9 @@ FORMAT_CHOICES = ("csv", "jsonl", "parquet")
 @click.option("--null-values", metavar="LIST",
               help="Comma-separated cell texts that mean null (CSV: unquoted cells only; "
               "an empty cell always means null, a quoted \"\" is the empty string; '' for "
-              "none besides the empty cell).  [default: pandas' read_csv ones: NA, N/A, "
-              "NULL, null, NaN, nan, None, #N/A, <NA>, ...]")
+              "none besides the empty cell).",
+              show_default="pandas' read_csv ones: NA, N/A, NULL, null, NaN, nan, None, #N/A, "
+              "<NA>, ...")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
 @with_env_options
 @errors_to_exit

@@ -19,10 +19,10 @@ _ENGINE_OPTIONS = [
     click.option("--url", default="http://127.0.0.1:8000", show_default=True,
                  envvar="BATON_URL", help="The engine to ask."),
     click.option("--token", envvar="BATON_TOKEN", help="A token with the 'read' scope, "
-                 "for an engine that asks for one (default: BATON_TOKEN)."),
+                 "for an engine that asks for one.", show_default="BATON_TOKEN"),
     click.option("--cacert", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                 help="The certificate authority (PEM) of an https engine (default: the "
-                 "system's)."),
+                 help="The certificate authority (PEM) of an https engine.",
+                 show_default="the system's"),
 ]
 
 
@@ -169,7 +169,8 @@ def status(url: str, token: str | None, cacert: Path | None) -> None:
 
 @main.command()
 @engine_options
-@click.option("--interval", type=float, default=1.0, show_default=True)
+@click.option("--interval", type=float, default=1.0, show_default=True,
+              help="Seconds between refreshes.")
 @errors_to_exit
 def top(url: str, token: str | None, cacert: Path | None, interval: float) -> None:
     """The same figures, live (Ctrl-C to quit)."""
