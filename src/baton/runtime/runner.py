@@ -220,13 +220,31 @@ class Runner:
     def _frame(self, columns: dict[str, Any], names: list[str]) -> Any:
         if self.pd is None:
             return {n: columns[n] for n in names}
-        data = {}
-        for n in names:
-            col = columns[n]
-            # Missing values reach pandas and scikit-learn as NaN, their convention.
-            data[n] = [math.nan if v is None else v for v in col] if isinstance(col, list) \
-                else col
+        fields = self.config.get("fields") or [{} for _ in names]
+        data = {n: self._column(columns[n], f) for n, f in zip(names, fields, strict=True)}
         return self.pd.DataFrame(data, columns=names)
+
+    def _column(self, col: Any, field: dict[str, Any]) -> Any:
+        """One input column with the dtype the model saw in its training sample.
+
+        Built from the field alone, never from the values, so a column's dtype does not
+        depend on the other records of the batch (an all-null string column stays text).
+        The defaults and dtypes are in docs/contract.md#what-the-model-receives.
+        """
+        pd, dtype = self.pd, field.get("dtype")
+        if dtype == "object":  # the sample's missing values were None
+            return pd.Series(col if isinstance(col, list) else col.tolist(), dtype=object)
+        if dtype == "category":
+            values = col.tolist() if not isinstance(col, list) else col
+            if field["type"] == "integer":
+                values = [None if v is None or v != v else int(v) for v in values]
+            return pd.Series(pd.Categorical(values, categories=field["categories"]))
+        if isinstance(col, list):
+            # Missing values reach pandas and scikit-learn as NaN, their convention.
+            col = [math.nan if v is None else v for v in col]
+            if dtype is None and field.get("type") in ("string", "boolean"):
+                dtype = object
+        return col if dtype is None else pd.Series(col, dtype=dtype)
 
     def _as_columns(self, result: Any, outputs: list[str]) -> dict[str, Any]:
         if self.pd is not None and isinstance(result, self.pd.DataFrame):

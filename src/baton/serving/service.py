@@ -41,7 +41,8 @@ def worker_spec(bundle: Bundle, env: Environment, settings: Settings) -> WorkerS
     return WorkerSpec(
         model=m.name, python=env.python, bundle_dir=bundle.path,
         load={"model": m.model.to_dict(), "kind": m.contract.kind,
-              "inputs": m.contract.input_names, "outputs": m.contract.output_names},
+              "inputs": m.contract.input_names, "outputs": m.contract.output_names,
+              "fields": [s.to_dict() for s in m.contract.inputs]},
         env={"PYTHONUNBUFFERED": "1"}, load_timeout=settings.load_timeout,
         threads=settings.worker_threads)
 
