@@ -24,7 +24,6 @@ import math
 import os
 import re
 import shlex
-import signal
 import subprocess
 import time
 import uuid
@@ -34,7 +33,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import EXAMPLE, ROOT, free_port
+from tests.conftest import EXAMPLE, ROOT, free_port, stop_process
 
 README = ROOT / "README.md"
 _SKIP = re.compile(r"<!-- readme-test: skip \((.+)\) -->")
@@ -200,13 +199,7 @@ class Shell:
             return
         proc, _ = self.server
         self.server = None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_process(proc)
 
 
 def _fresh_env(baton_env: dict[str, str], port: int) -> dict[str, str]:
