@@ -31,8 +31,9 @@ def test_example_bundle_passes_check(baton_env: dict[str, str], tmp_path: Path) 
 def test_example_is_served_and_the_printed_request_works(
         serve: Callable[..., Server]) -> None:
     server = serve([EXAMPLE])
-    deadline = time.monotonic() + 10
-    while "Try:" not in server.output() and time.monotonic() < deadline:
+    deadline = time.monotonic() + 60
+    while "Try:" not in server.output():
+        assert time.monotonic() < deadline, f"serve printed no request to try:\n{server.output()}"
         time.sleep(0.05)
     out = server.output()
     assert f"Baton is serving at {server.url}" in out
