@@ -6,6 +6,7 @@ The models here are the scaffolded one (`baton init`) edited to fail in one way 
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from baton.check import run_check
 from baton.settings import Settings
 from tests.cli.conftest import check_streams, edit
+from tests.conftest import TENSOR_CODE, TENSOR_CONTRACT, write_bundle
 
 PREDICT = "    def predict(self, inputs):\n"
 
@@ -183,3 +185,28 @@ def test_a_huge_error_message_with_brackets_is_printed_cut_and_kept_whole_in_the
     assert len(stdout) < 20_000 and "characters cut)" in stdout
     assert_only_the_error_on_stderr(stderr, "MODEL_ERROR")
     assert len(stderr) < 2_000 and stderr.rstrip().endswith("characters cut)")
+
+
+def test_a_tensor_model_passes_every_stage(tensor_bundle: Path, tmp_path: Path,
+                                           baton_env: dict[str, str]) -> None:
+    bundle = tmp_path / "rowsum"
+    shutil.copytree(tensor_bundle, bundle)
+    code, report, _, stderr = check_streams(bundle, baton_env)
+    assert code == 0, stderr
+    notes = {s["stage"]: s["note"] for s in report["stages"]}
+    assert notes["single_records"] == "2 calls of one record, answers as in the batch"
+    assert notes["null_record"] == "no nullable input fields"
+    assert stderr == ""
+
+
+def test_a_tensor_row_whose_answer_depends_on_the_batch_fails(
+        tmp_path: Path, baton_env: dict[str, str], numpy_pin: str) -> None:
+    bundle = write_bundle(
+        tmp_path / "scaled", name="scaled", requirements=[numpy_pin], contract=TENSOR_CONTRACT,
+        code=TENSOR_CODE.replace("keepdims=True)", "keepdims=True) * len(x)"),
+        samples=({"x": [[1.0, 2.0, 3.0], [0.5, 0.5, 0.0]]}, {"sum": [[12.0], [2.0]]}))
+    code, report, _, _ = check_streams(bundle, baton_env)
+    assert (code, report["failed_stage"], report["error"]["code"]) == (
+        3, "single_records", "BATCH_DEPENDENT_ANSWER")
+    assert report["error"]["details"] == {"record": 0, "field": "sum", "in_batch": 12.0,
+                                          "alone": 6.0}
