@@ -51,3 +51,8 @@ def test_a_single_huge_line_keeps_its_start_and_says_how_much_was_cut() -> None:
     assert cut.startswith("Traceback (most recent call last):\n")
     assert cut.rstrip("\n").endswith(" characters cut)") and "ValueError: xxx" in cut
     assert "... (1 lines cut)" in cut  # the File line made room for the exception's start
+
+
+def test_one_long_line_keeps_as_much_of_its_start_as_fits() -> None:
+    cut = cut_lines("ValueError: " + "x" * 10_000, 1000)
+    assert 900 <= len(cut) <= 1000 and cut.endswith(" characters cut)")

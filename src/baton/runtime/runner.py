@@ -319,7 +319,7 @@ def cut_lines(text: str, limit: int = 4000) -> str:
         return text
     lines = text.splitlines(keepends=True)
     room = max(limit - 40, 80)  # the marker's room
-    head = _cut_line(lines[0], room // 2)
+    head = _cut_line(lines[0], room // 2 if len(lines) > 1 else room)
     used, tail = len(head), []
     for line in reversed(lines[1:]):
         if used + len(line) > room:
