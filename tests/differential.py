@@ -4,6 +4,7 @@ answer the notebook gets: what the differential tests compare Baton's answers wi
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -208,3 +209,50 @@ def _close(x: Any, y: Any) -> bool:
         return (math.isnan(x) and math.isnan(y)) or math.isclose(x, y, rel_tol=REL_TOL,
                                                                  abs_tol=1e-300)
     return bool(x == y) and type(x) is type(y)
+
+
+# -- One set of records for every path ---------------------------------------------------------
+
+#: What each V2 input carries for a field of each type.
+V2_DATATYPES = {"float": "FP64", "integer": "INT64", "boolean": "BOOL", "string": "BYTES"}
+
+
+def sample_records(fields: tuple[FieldSpec, ...], n: int, seed: int) -> list[dict[str, Any]]:
+    """``coverage`` and ``n`` records drawn from the same values as ``records``, a tenth of
+    them broken in a way every format can carry (a category not allowed, a null where none
+    is, a fraction in an integer field)."""
+    rnd = random.Random(seed)
+    out = coverage(fields)
+    for _ in range(n):
+        rec = {s.name: _draw(s, rnd) for s in fields}
+        if rnd.random() < 0.1:
+            rec.update(_broken(fields, rnd))
+        out.append(rec)
+    return out
+
+
+def _draw(spec: FieldSpec, rnd: random.Random) -> Any:
+    if spec.nullable and rnd.random() < 0.2:
+        return None
+    if spec.categories is not None:
+        return rnd.choice(spec.categories)
+    edge = rnd.random() < 0.3
+    if spec.type == "float":
+        return rnd.choice(FLOAT_EDGES) if edge else rnd.uniform(-1e3, 1e3)
+    if spec.type == "integer":
+        return rnd.choice(INT_EDGES) if edge else rnd.randint(-10**6, 10**6)
+    if spec.type == "boolean":
+        return rnd.random() < 0.5
+    return rnd.choice(TEXT_EDGES) if edge else "".join(
+        rnd.choice("abcé ,;'\"") for _ in range(rnd.randint(0, 8)))
+
+
+def _broken(fields: tuple[FieldSpec, ...], rnd: random.Random) -> dict[str, Any]:
+    spec = rnd.choice(fields)
+    if spec.categories is not None and spec.type == "string":
+        return {spec.name: "nope"}
+    if not spec.nullable:
+        return {spec.name: None}
+    if spec.type == "integer":
+        return {spec.name: 1.5}
+    return {fields[0].name: None} if not fields[0].nullable else {}
