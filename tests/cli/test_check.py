@@ -14,7 +14,7 @@ import pytest
 from baton.check import run_check
 from baton.settings import Settings
 from tests.cli.conftest import check_streams, edit
-from tests.conftest import TENSOR_CODE, TENSOR_CONTRACT, write_bundle
+from tests.conftest import TENSOR_CODE, TENSOR_CONTRACT, run_baton, write_bundle
 
 PREDICT = "    def predict(self, inputs):\n"
 
@@ -205,3 +205,14 @@ def test_a_tensor_row_whose_answer_depends_on_the_batch_fails(
         3, "single_records", "BATCH_DEPENDENT_ANSWER")
     assert report["error"]["details"] == {"record": 0, "field": "sum", "in_batch": 12.0,
                                           "alone": 6.0}
+
+
+def test_a_report_that_cannot_be_written_is_an_error_after_the_table(
+        scaffolded: Path, tmp_path: Path, baton_env: dict[str, str]) -> None:
+    (tmp_path / "a-file").write_text("")
+    r = run_baton("check", scaffolded, "--report", tmp_path / "a-file" / "report.json",
+                  "--iterations", "5", env=baton_env)
+    assert r.returncode == 1
+    assert "PASS" in r.stdout and "│ latency" in r.stdout
+    assert_only_the_error_on_stderr(r.stderr, "REPORT_UNWRITABLE")
+    assert r.stderr.rstrip().endswith(f"report.json: File exists: {tmp_path / 'a-file'}")

@@ -137,12 +137,15 @@ def check(bundle: Path, report: Path, iterations: int, wheelhouse: Path | None,
 
     result = run_check(bundle, _settings(wheelhouse=wheelhouse, offline=offline),
                        iterations=iterations)
-    render_check(result)
-    try:
+    try:  # the report first: CI reads it whatever happens next
         result.write(report)
+        unwritable = None
     except OSError as exc:
-        raise BatonError(f"cannot write the report to {report}: {exc.strerror}",
-                         code="REPORT_UNWRITABLE") from None
+        unwritable = BatonError(f"cannot write the report to {report}: {exc.strerror}: "
+                                f"{exc.filename}", code="REPORT_UNWRITABLE")
+    render_check(result)
+    if unwritable is not None:
+        raise unwritable
     click.echo(f"report written to {report}")
     if not result.passed:
         if result.error:
