@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
+from baton.bundle.loader import open_bundle
 from baton.runtime.pool import auto_worker_count
-from baton.serving.defaults import derived_timeout
+from baton.serving.defaults import default_timeout, derived_timeout
 from tests.conftest import Server, run_baton
 from tests.runtime.test_faults import wait_until
 
@@ -100,3 +101,16 @@ def test_the_timeout_comes_from_the_bundles_check_report(
     server = serve([bundle])
     assert (params(server, "rowsum")["timeout"],
             params(server, "rowsum")["timeout_from"]) == (30.0, "default")
+
+
+def test_a_check_report_given_by_the_registry_counts_only_for_its_own_content(
+        tensor_bundle: Path, baton_home: Path) -> None:
+    bundle = open_bundle(tensor_bundle, baton_home / "bundles")
+    report = {"passed": True, "bundle": {"digest": bundle.digest},
+              "measurements": {"latency": {"rows_100": {"p99_ms": 3000.0}}}}
+    assert default_timeout(bundle, report) == (76.8, "check: p99 3000 ms for 100 rows")
+    assert default_timeout(bundle, {**report, "passed": False}) == (30.0, "default")
+    other = {**report, "bundle": {"digest": "sha256:" + "0" * 64}}
+    assert default_timeout(bundle, other) == (30.0, "default")
+    assert default_timeout(bundle, {"passed": True, "bundle": {"digest": bundle.digest},
+                                    "measurements": {}}) == (30.0, "default")

@@ -152,6 +152,10 @@ def test_promotion_and_rollback_under_load_with_zero_failed_requests(
     try:
         server.wait_ready()
         wait_for(lambda: version_of(server) == "1.0.0")
+        # The check the registry ran when it validated the version sets its timeout.
+        params = server.model("scorer")["parameters"]
+        assert params["timeout_from"].startswith("check: p99 "), params["timeout_from"]
+        assert params["timeout"] >= 10.0
         seen: list[tuple[int, str]] = []
         stop = threading.Event()
 

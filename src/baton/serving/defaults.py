@@ -2,8 +2,9 @@
 
 A worker's timeout should sit well above the slowest legitimate batch and not much higher:
 a hung worker holds its requests for the whole timeout. When ``baton check`` measured the
-bundle (its report, ``check-report.json``, next to the bundle's files and for exactly its
-digest), the timeout is derived from that measurement; otherwise it is the fixed default.
+bundle, for exactly its digest, the timeout is derived from that measurement; otherwise it is
+the fixed default. The report comes from the registry (the check it ran when the version was
+validated) or from ``check-report.json`` next to the bundle's files.
 """
 
 from __future__ import annotations
@@ -32,27 +33,29 @@ def derived_timeout(p99_100_rows_ms: float, max_batch_rows: int) -> float:
     return max(TIMEOUT_FLOOR, TIMEOUT_FACTOR * p99_100_rows_ms / 1000 * scale)
 
 
-def checked_latency(bundle: Bundle) -> float | None:
-    """The p99 (ms) of a 100-row call that a passed check of exactly this bundle measured,
-    or None when no such report is next to its files."""
-    path = bundle.path / REPORT_NAME
+def checked_latency(bundle: Bundle, report: dict[str, Any] | None = None) -> float | None:
+    """The p99 (ms) of a 100-row call that a passed check of exactly this bundle measured:
+    in ``report`` if given, else in the report next to its files; None without one."""
+    where = "the registry's check report" if report is not None else REPORT_NAME
     try:
-        report: dict[str, Any] = json.loads(path.read_text())
+        if report is None:
+            report = json.loads((bundle.path / REPORT_NAME).read_text())
         if report.get("bundle", {}).get("digest") != bundle.digest or not report["passed"]:
             return None
         p99 = float(report["measurements"]["latency"]["rows_100"]["p99_ms"])
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        log.warning("%s: %s unusable, timeout not derived from it: %s", bundle.name, path,
+        log.warning("%s: %s unusable, timeout not derived from it: %s", bundle.name, where,
                     exc)
         return None
     return p99 if p99 > 0 else None
 
 
-def default_timeout(bundle: Bundle) -> tuple[float, str]:
+def default_timeout(bundle: Bundle,
+                    report: dict[str, Any] | None = None) -> tuple[float, str]:
     """The timeout for a bundle that sets none, and where it comes from."""
-    p99 = checked_latency(bundle)
+    p99 = checked_latency(bundle, report)
     if p99 is None:
         return DEFAULT_TIMEOUT, "default"
     timeout = derived_timeout(p99, bundle.manifest.serving.max_batch_rows)

@@ -72,7 +72,9 @@ def prepare_from_registry(client: RegistrySource, ref: str, settings: Settings,
 
 
 def _service(client: RegistrySource, decision: Decision, settings: Settings) -> ModelService:
-    """The service for exactly the signed digest: pulled, verified, environment ready."""
+    """The service for exactly the signed digest: pulled, verified, environment ready. The
+    registry's check report of it (unsigned: it only tunes the default timeout, which has a
+    floor) derives the timeout when nothing sets one."""
     limits = ArchiveLimits.from_settings(settings)  # an oversized download stops early too
     archive, digest = client.pull(f"{decision.name}@{decision.digest}",
                                   settings.home / "pulls", limits=limits)
@@ -80,7 +82,9 @@ def _service(client: RegistrySource, decision: Decision, settings: Settings) -> 
                          limits=limits)
     builder = EnvBuilder(settings.envs_dir, wheelhouse=settings.wheelhouse,
                          offline=settings.offline)
-    return ModelService(bundle, builder.ensure(bundle.manifest.environment), settings)
+    report = client.show(f"{decision.name}@{decision.digest}").get("check_report")
+    return ModelService(bundle, builder.ensure(bundle.manifest.environment), settings,
+                        report if isinstance(report, dict) else None)
 
 
 def _is_missing(exc: BatonError) -> bool:

@@ -66,7 +66,10 @@ class LabelsOutcome:
 class ModelService:
     """A bundle being served: contract checks on both sides of its worker pool."""
 
-    def __init__(self, bundle: Bundle, env: Environment, settings: Settings) -> None:
+    def __init__(self, bundle: Bundle, env: Environment, settings: Settings,
+                 check_report: dict[str, Any] | None = None) -> None:
+        """``check_report``: a ``baton check`` report of this bundle (the registry's), to
+        derive the timeout from when nothing sets one (see :mod:`baton.serving.defaults`)."""
         m = bundle.manifest
         self.bundle = bundle
         self.env = env
@@ -80,7 +83,7 @@ class ModelService:
         #: Where the worker timeout comes from: the settings or bundle, a check, the default.
         self.timeout_from = "setting" if timeout else ""
         if not timeout:
-            timeout, self.timeout_from = default_timeout(bundle)
+            timeout, self.timeout_from = default_timeout(bundle, check_report)
         self.pool = WorkerPool(
             worker_spec(bundle, env, settings),
             workers=settings.workers or m.serving.workers,  # 0: sized by measured memory
