@@ -17,10 +17,14 @@ Limits that come from MQTT itself, not from this connector:
 - While connected, the broker sends at most its in-flight window of unacknowledged
   messages (Mosquitto: ``max_inflight_messages``, default 20), so micro-batches stay that
   small; a backlog queued while the engine was away arrives at once and waits in memory.
-- Acknowledgements belong to a connection. While disconnected, ``read`` hands nothing out
-  (its ack could not reach the broker); after a reconnect that kept the session, messages
-  of the old connection not yet handed out are dropped here, since the broker sends them
-  again. A batch in flight across a reconnect is therefore scored twice (at least once).
+- While disconnected, ``read`` hands nothing out. After a reconnect that kept the session,
+  the broker sends again every message it has had no PUBACK for, with the same packet id
+  and the DUP flag: messages of the old connection not yet handed out are dropped here
+  (their copies take their place), and the copies of messages the pipeline still holds
+  are dropped too, their PUBACK going out on the new connection when the pipeline
+  acknowledges them. A packet id without its PUBACK cannot name another message, so this
+  never drops one by mistake. Without the session (expired, or a broker that keeps none)
+  the broker has forgotten them: they are not acknowledged and do not come again.
 - There is no replay: once acknowledged, a message cannot be read again (``baton replay``
   from an MQTT dead-letter topic sees only what arrives after it subscribed).
 - Mosquitto may lose PUBACKs that it had not read yet when a client hangs up while it is
@@ -148,6 +152,9 @@ class _Session:
     def hook(self, client: Any) -> None:
         """Set more callbacks before connecting (the source's subscription, its messages)."""
 
+    def renew(self, session_present: bool) -> None:
+        """Runs under the lock as a connection begins, before any of its messages."""
+
     def after_connect(self, client: Any, session_present: bool) -> bool:
         """Runs in paho's thread once connected; False when ready is signalled later."""
         return True
@@ -167,6 +174,7 @@ class _Session:
         with self.lock:
             self.generation += 1
             self.connected = True
+            self.renew(flags.session_present)
         if self.after_connect(client, flags.session_present):
             self.signal_ready()
 
@@ -213,6 +221,24 @@ class _SourceSession(_Session):
     def __init__(self, url: StreamURL, client_id: str, inbox: Inbox[Any]) -> None:
         super().__init__(url, client_id, persistent=True)
         self.inbox = inbox
+        #: Packet id -> state of each message handed out whose PUBACK was never sent:
+        #: "held" (in the pipeline), "resent" (in the pipeline, and its copy came on a later
+        #: connection and was dropped), "acked" (acknowledged while no PUBACK could go out:
+        #: sent when its copy comes). The broker reuses no such id, so a DUP copy with it
+        #: is that very message. Guarded by ``lock``.
+        self.unacked: dict[int, str] = {}
+        #: Messages of connections before this generation belong to a session the broker
+        #: forgot (or to a closed source): nothing to acknowledge for them.
+        self.session_since = 0
+
+    def renew(self, session_present: bool) -> None:
+        if not session_present:
+            self.forget(self.generation)
+
+    def forget(self, since: int) -> None:
+        """Under the lock: messages of connections before ``since`` are not acknowledged."""
+        self.unacked.clear()
+        self.session_since = since
 
     def hook(self, client: Any) -> None:
         client.on_subscribe = self._on_subscribe
@@ -240,10 +266,16 @@ class _SourceSession(_Session):
         self.signal_ready(f"subscription to {self.url.name!r} refused: {failed[0]}"
                           if failed else None)
 
-    def _on_message(self, _c: Any, _ud: Any, msg: Any) -> None:
+    def _on_message(self, client: Any, _ud: Any, msg: Any) -> None:
         with self.lock:
             generation = self.generation
-        if self._loop is not None:
+            state = self.unacked.get(msg.mid) if msg.dup else None
+            if state == "acked":  # done already: the broker only missed its PUBACK
+                del self.unacked[msg.mid]
+                client.ack(msg.mid, msg.qos)
+            elif state is not None:  # still in the pipeline: acknowledged from there
+                self.unacked[msg.mid] = "resent"
+        if state is None and self._loop is not None:
             try:
                 self._loop.call_soon_threadsafe(self.inbox.put, (generation, msg))
             except RuntimeError:  # closing: the broker sends it again to the next session
@@ -273,6 +305,10 @@ class MqttSource:
         if not self.session.connected:
             raise _error("receive", self.url, self.session.lost or "not connected")
         got = await self.inbox.take(max_records, timeout)
+        s = self.session
+        with s.lock:  # a copy sent again after a reconnect is known by its packet id
+            s.unacked.update((m.mid, "held") for generation, m in got
+                             if m.qos > 0 and generation == s.generation)
         return [self._message(generation, m) for generation, m in got]
 
     def _message(self, generation: int, m: Any) -> Message:
@@ -284,12 +320,16 @@ class MqttSource:
     async def ack(self, messages: Sequence[Message]) -> None:
         s = self.session
         with s.lock:  # paho's thread cannot start a new connection while we ack
-            if not s.connected or s.client is None:
-                return  # the broker sends them again on the next connection
             for m in messages:
                 generation, mid, qos = m.position
-                if generation == s.generation and qos > 0:
+                if qos == 0 or generation < s.session_since:
+                    continue  # nothing to acknowledge, or the broker forgot it
+                live = s.connected and s.client is not None
+                if live and (generation == s.generation or s.unacked.get(mid) == "resent"):
                     s.client.ack(mid, qos)
+                    s.unacked.pop(mid, None)
+                elif mid in s.unacked:
+                    s.unacked[mid] = "acked"  # PUBACK when the broker sends it again
 
     async def lag(self) -> int | None:
         """Messages received and not yet read. MQTT does not tell what the broker still
@@ -297,6 +337,8 @@ class MqttSource:
         return len(self.inbox)
 
     async def close(self) -> None:
+        with self.session.lock:  # what was handed out is abandoned: the broker resends it
+            self.session.forget(self.session.generation + 1)
         await self.session.close()
 
 
