@@ -27,7 +27,15 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import machine, source_state  # noqa: E402
-from run import BATON, INFER_PATH, MODEL_NAME, free_port, make_body, make_model  # noqa: E402
+from run import (  # noqa: E402
+    BATON,
+    INFER_PATH,
+    MODEL_NAME,
+    Server,
+    free_port,
+    make_body,
+    make_model,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "build" / "bench" / "faults"
@@ -216,32 +224,16 @@ def main(argv: list[str] | None = None) -> int:
     WORK.mkdir(parents=True, exist_ok=True)
     bundle, env = prepare()
     port = free_port()
-    log = (WORK / "serve.log").open("w")
     extra = ["--workers", str(args.workers)] if args.workers else []
-    proc = subprocess.Popen([str(BATON), "serve", str(bundle), "--port", str(port), *extra],
-                            env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = Server("baton-faults", [str(BATON), "serve", str(bundle), "--port", str(port),
+                                     *extra], port, env, grace=30)
+    body = make_body(make_model()[1], 1)
+    server.start()
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"baton serve did not get ready; see {WORK / 'serve.log'}")
-            time.sleep(0.05)
-        load = Load(port, make_body(make_model()[1], 1), args.connections)
-        result = asyncio.run(faults(port, load, args))
+        server.wait_first_prediction(body)
+        result = asyncio.run(faults(port, Load(port, body, args.connections), args))
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
+        server.stop()
     result.update({"time": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
                    "machine": machine(), "source": source_state(),
                    "connections": args.connections, "serve_options": extra,
