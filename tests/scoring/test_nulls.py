@@ -50,9 +50,12 @@ def test_csv_empty_cells_and_markers_are_null_quoted_text_is_text(
                    'a,"",1.5\n'              # a quoted "" is the empty string
                    'NA,NULL,nan\n'           # pandas' null markers
                    'b,"NA",2\n'              # a quoted marker is text
-                   '"",x,3\n')               # "" is not one of the categories
+                   '"",x,3\n'               # "" is not one of the categories
+                   '"a","",""\n'             # no number reads "" or "NA", quoted or not:
+                   'b,"NA","NA"\n')          # null (and the rest of the file is read as text)
     seen, dead = _seen(echo_bundle, inp, baton_env)
-    assert seen == ["None|None|nan", "'a'|''|1.5", "None|None|nan", "'b'|'NA'|2.0"]
+    assert seen == ["None|None|nan", "'a'|''|1.5", "None|None|nan", "'b'|'NA'|2.0",
+                    "'a'|''|nan", "'b'|'NA'|nan"]
     assert list(dead) == [4]
     assert dead[4]["message"] == ("input contract violated at row 4, field 'kind': not an "
                                   "allowed category; expected string one of 'a', 'b', or "
