@@ -109,6 +109,22 @@ def test_acknowledged_messages_are_not_delivered_again_after_reopen(broker: Kit,
     aio.run(body())
 
 
+async def held_source(kit: Kit, stream: str, grp: str, *, batch: int = 10,
+                      n: int = 6) -> tuple[Any, list[Message]]:
+    """A source on ``stream`` that read the ``n`` records just published to it and
+    acknowledged none: what an engine holds in flight."""
+    source = await opened_source(kit, kit.url(stream), grp)
+    try:
+        sent = records(n)
+        await kit.publish(stream, sent)
+        held = await read_n(source, n, ack=False, batch=batch)
+        assert pairs(held) == sent
+    except BaseException:
+        await source.close()
+        raise
+    return source, held
+
+
 async def nothing_before_the_next(broker: Kit, stream: str, source: Any, n: int) -> None:
     """Nothing is delivered (again) before record ``n``, published now: whatever would
     come again comes before what is published later, so this decides without a wait."""
@@ -153,18 +169,23 @@ def test_unacknowledged_messages_are_delivered_again_after_reopen(broker: Kit,
     aio.run(body())
 
 
-async def read_in_flight(source: Any, *, until: str | None, window: int = 3,
-                         batch: int = 2, patience: float = 30) -> list[Message]:
+async def read_in_flight(source: Any, *, until: str, window: int = 3, batch: int = 2,
+                         patience: float = 30) -> list[Message]:
     """Read as the pipeline does: up to ``window`` batches read and not yet acknowledged,
     the oldest acknowledged before the next read; until the message keyed ``until`` came
-    (then everything is acknowledged), or ``patience`` seconds passed."""
+    (then everything is acknowledged), or ``patience`` seconds passed. Reads that fail
+    while the source reconnects (after a broker restart) are tried again."""
     got: list[Message] = []
     held: deque[list[Message]] = deque()
     deadline = time.monotonic() + patience
     while time.monotonic() < deadline and until not in {m.key for m in got}:
         if len(held) == window:
             await source.ack(held.popleft())
-        chunk = await source.read(batch, 0.5)
+        try:
+            chunk = await source.read(batch, 0.5)
+        except StreamError:
+            await asyncio.sleep(0.1)
+            continue
         assert len(chunk) <= batch, f"read returned {len(chunk)} > max_records={batch}"
         if chunk:
             held.append(chunk)
