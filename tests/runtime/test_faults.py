@@ -167,6 +167,40 @@ def test_hung_worker_is_timed_out_killed_and_restarted(
     assert not alive, "the hung worker must have been killed"
 
 
+def test_requests_behind_a_hung_worker_go_to_the_healthy_one(
+        serve: Callable[..., Server], chaos_bundle: Path) -> None:
+    server = serve([chaos_bundle], "--workers", "2", "--timeout", "300")
+    wait_until(lambda: len(server.worker_pids("chaos")) == 2, what="two ready workers")
+    hung, healthy = server.worker_pids("chaos")
+    os.kill(hung, signal.SIGSTOP)  # hung: alive, answers nothing
+
+    def in_flight(pids: tuple[int, ...]) -> int:
+        return sum(w["in_flight"] for w in server.model("chaos")["parameters"]["workers"]
+                   if w["pid"] in pids)
+
+    sent: list[tuple[threading.Thread, dict[str, httpx.Response]]] = []
+    try:
+        # A slow request keeps the healthy worker busy, so the next one goes to the hung
+        # worker (free workers are taken last-freed first: it may take a few tries).
+        deadline = time.monotonic() + 60
+        while not in_flight((hung,)):
+            assert time.monotonic() < deadline, "no request reached the hung worker"
+            sent.append(post_in_thread(server, rec("sleep", 1)))
+            wait_until(lambda: in_flight((hung, healthy)) > 0 or not sent[-1][0].is_alive(),
+                       what="the slow request dispatched")
+        answers = [server.client.post("/v1/models/chaos/predict", json=rec(x=i))
+                   for i in range(10)]
+        assert [a.status_code for a in answers] == [200] * 10
+        assert {a.json()["predictions"][0]["pid"] for a in answers} == {healthy}
+        assert in_flight((hung,)) == 1  # still held by the hung worker
+    finally:
+        os.kill(hung, signal.SIGCONT)
+    for thread, _ in sent:
+        thread.join(60)
+    assert [r["resp"].status_code for _, r in sent] == [200] * len(sent)
+    assert hung in {r["resp"].json()["predictions"][0]["pid"] for _, r in sent}
+
+
 def test_worker_killed_with_sigkill_under_load_fails_no_request(
         serve: Callable[..., Server], chaos_bundle: Path) -> None:
     server = serve([chaos_bundle], "--workers", "2")
