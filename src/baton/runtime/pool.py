@@ -161,6 +161,8 @@ class WorkerPool:
         asyncio.get_running_loop().create_task(self._watch(worker))
         self.load_error = None
         self._served = True
+        for item in self._queue:  # a worker is back: what waits for it no longer expires
+            self._disarm(item)
         self._idle.append(worker)
         self._dispatch()
 
@@ -288,6 +290,12 @@ class WorkerPool:
             item.expiry = asyncio.get_running_loop().call_later(
                 self.restart_wait, self._expire, item)
 
+    @staticmethod
+    def _disarm(item: _Item) -> None:
+        if item.expiry is not None:
+            item.expiry.cancel()
+            item.expiry = None
+
     def _expire(self, item: _Item) -> None:
         """No worker came back within ``restart_wait``: fail the request, if still queued."""
         try:
@@ -330,9 +338,7 @@ class WorkerPool:
                 rows += nxt.batch.rows
             self._queued_rows -= rows
             for it in items:
-                if it.expiry is not None:
-                    it.expiry.cancel()
-                    it.expiry = None
+                self._disarm(it)
             live = [it for it in items if not it.future.done()]  # callers may have left
             if not live:
                 self._idle.append(worker)
@@ -386,8 +392,7 @@ class WorkerPool:
     def _fail_queue(self, exc: Exception) -> None:
         while self._queue:
             it = self._queue.popleft()
-            if it.expiry is not None:
-                it.expiry.cancel()
+            self._disarm(it)
             if not it.future.done():
                 it.future.set_exception(exc)
         self._queued_rows = 0
