@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from baton.bundle.loader import open_bundle
-from baton.runtime.pool import auto_worker_count
+from baton.runtime.sizing import auto_worker_count
 from baton.serving.defaults import default_timeout, derived_timeout
 from tests.conftest import Server, run_baton
 from tests.runtime.test_faults import wait_until

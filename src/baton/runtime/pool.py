@@ -7,13 +7,13 @@ When a merged batch fails inside the model, its requests are retried one by one 
 one bad request never fails its neighbours.
 
 Worker faults stay out of sight where that is safe. A model is a pure function of its
-input, so the requests of a batch whose worker died are queued again, each alone, and
-answered by another worker (once: a request that kills a second worker fails). While no
+input, so the requests of a batch whose worker was killed from outside (not by its own exit
+or fault) are queued again, each alone, and answered by another worker, once. While no
 worker is ready, because the only one is restarting, requests wait in the queue for up to
 ``restart_wait`` seconds instead of failing at once. A batch that timed out is not retried:
 the input may be what hangs the model. With ``workers=0`` the pool sizes itself: one
 worker, and a second once the first one's memory shows that it fits
-(:func:`auto_worker_count`).
+(:mod:`baton.runtime.sizing`).
 """
 
 from __future__ import annotations
@@ -21,13 +21,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-
-import psutil
 
 from baton.batch import Batch, concat_batches, split_batch
 from baton.errors import (
@@ -38,29 +35,10 @@ from baton.errors import (
     WorkerCrashed,
     WorkerError,
 )
+from baton.runtime import sizing
 from baton.runtime.worker import Worker, WorkerSpec
 
 log = logging.getLogger("baton.pool")
-
-
-#: Workers a self-sized pool (``workers=0``) grows to when they fit.
-AUTO_WORKERS = 2
-
-
-def auto_worker_count(worker_bytes: int, available_bytes: int, cpus: int,
-                      threads: int = 1) -> int:
-    """Workers for a model whose first worker holds ``worker_bytes``: two when a second one
-    fits with room to spare, i.e. it would take at most a quarter of the memory still
-    available, and the CPUs hold both workers' threads; else one."""
-    fits = worker_bytes > 0 and worker_bytes * 4 <= available_bytes
-    return AUTO_WORKERS if fits and cpus >= AUTO_WORKERS * threads else 1
-
-
-def _cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))  # the CPUs this process may run on
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 @dataclass(eq=False)
@@ -94,7 +72,7 @@ class WorkerPool:
                  backoff: tuple[float, float] = (0.2, 30.0),
                  restart_wait: float = 10.0) -> None:
         self.spec = spec
-        #: ``workers=0``: sized by :func:`auto_worker_count` once the first worker is up.
+        #: ``workers=0``: sized by :func:`sizing.decide` once the first worker is up.
         self.auto = workers == 0
         workers = workers or 1
         self.size = workers
@@ -140,15 +118,11 @@ class WorkerPool:
         start it in the background (the model is ready already)."""
         [worker] = self.workers
         assert worker is not None
-        used, available = worker.memory(), int(psutil.virtual_memory().available)
-        cpus = _cpus()
-        count = auto_worker_count(used, available, cpus, self.spec.threads)
-        self.sizing = {"workers": count, "decided_by": "memory",
-                       "worker_mb": round(used / 2**20, 1),
-                       "available_mb": round(available / 2**20), "cpus": cpus}
+        self.sizing = sizing.decide(worker.memory(), self.spec.threads)
         log.info("%s: %d worker(s): one uses %.0f MB, %.0f MB available, %d CPUs",
-                 self.spec.model, count, used / 2**20, available / 2**20, cpus)
-        for slot in range(self.size, count):
+                 self.spec.model, self.sizing["workers"], self.sizing["worker_mb"],
+                 self.sizing["available_mb"], self.sizing["cpus"])
+        for slot in range(self.size, self.sizing["workers"]):
             self.workers.append(None)
             self._failures_in_row.append(0)
             self.size += 1
