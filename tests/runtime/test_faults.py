@@ -95,6 +95,33 @@ def test_crash_fails_in_flight_request_clearly_then_worker_is_replaced(
     assert server.worker_pids("chaos") != [old_pid]
 
 
+FAULT_CODE = '''
+import os, signal
+
+class Model:
+    def predict(self, inputs):
+        if inputs["x"][0] < 0:
+            os.kill(os.getpid(), signal.SIGSEGV if inputs["x"][0] == -1 else signal.SIGABRT)
+        return {"y": list(inputs["x"])}
+'''
+
+
+def test_a_worker_that_faults_on_a_request_is_not_given_a_second_worker_to_kill(
+        serve: Callable[..., Server], tmp_path: Path) -> None:
+    from tests.conftest import records_contract, write_bundle
+
+    bundle = write_bundle(tmp_path / "faulty", name="faulty", code=FAULT_CODE,
+                          contract=records_contract({"x": "float"}, {"y": "float"}))
+    server = serve([bundle], "--workers", "2")
+    wait_until(lambda: len(server.worker_pids("faulty")) == 2, what="two ready workers")
+    for x, name in ((-1, "SIGSEGV"), (-2, "SIGABRT")):
+        resp = server.client.post("/v1/models/faulty/predict", json=[{"x": x}])
+        assert resp.status_code == 503, resp.text
+        assert resp.json()["code"] == "WORKER_CRASHED" and name in resp.json()["error"]
+    params = server.model("faulty")["parameters"]
+    assert params["retried_requests"] == 0 and params["restarts"] == 2
+
+
 def test_a_request_in_flight_on_a_worker_killed_from_outside_is_answered_by_another(
         serve: Callable[..., Server], chaos_bundle: Path) -> None:
     server = serve([chaos_bundle], "--workers", "2")
