@@ -51,7 +51,7 @@ def main(out: Path) -> Path:
         model, sample=X_train, name="penguins", version="1.0.0", path=out,
         description=f"Penguin species from island, sex and body measurements "
                     f"(logistic regression, test accuracy {accuracy:.3f})",
-        owner="data-science@example.com", sample_rows=20, workers=1, overwrite=True)
+        owner="data-science@example.com", sample_rows=20, overwrite=True)
     print(f"bundle written to {path} (test accuracy {accuracy:.3f})")
     return path
 
