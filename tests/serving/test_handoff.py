@@ -14,6 +14,8 @@ from baton.env.builder import EnvBuilder
 from baton.monitor.predlog import PredictionLog
 from baton.serving.service import ModelService
 from baton.settings import Settings
+from baton.streams.base import Message
+from baton.streams.pipeline import StreamBinding, StreamPipeline
 from tests.conftest import records_contract, write_bundle
 
 # x == -1 holds the worker until the test creates RELEASE next to the bundle's files.
@@ -47,8 +49,8 @@ async def wait_for(cond: Callable[[], bool], what: str, timeout: float = 60.0) -
         await asyncio.sleep(0.01)
 
 
-def test_a_request_scored_by_the_successor_carries_the_successors_version(
-        baton_home: Path, tmp_path: Path) -> None:
+def two_versions(baton_home: Path, tmp_path: Path) -> tuple[ModelService, ModelService, Path]:
+    """Services of scorer 1.0.0 and 2.0.0 (not started), and 1.0.0's folder."""
     settings = Settings(home=baton_home, workers=1)
     builder = EnvBuilder(settings.envs_dir)
     old_dir, new_dir = version_bundle(tmp_path, "1.0.0", 2.0), version_bundle(tmp_path,
@@ -58,7 +60,12 @@ def test_a_request_scored_by_the_successor_carries_the_successors_version(
         bundle = open_bundle(path, settings.bundles_dir)
         services.append(ModelService(bundle, builder.ensure(bundle.manifest.environment),
                                      settings))
-    old, new = services
+    return services[0], services[1], old_dir
+
+
+def test_a_request_scored_by_the_successor_carries_the_successors_version(
+        baton_home: Path, tmp_path: Path) -> None:
+    old, new, old_dir = two_versions(baton_home, tmp_path)
     predlog = PredictionLog(tmp_path / "predictions.sqlite")
 
     async def run() -> None:
@@ -90,6 +97,49 @@ def test_a_request_scored_by_the_successor_carries_the_successors_version(
             assert len(result.accepted) == 2
             assert [t for _, t in predlog.labelled("scorer", "2.0.0", 10)] == [6.0]
             assert [t for _, t in predlog.labelled("scorer", "1.0.0", 10)] == [-2.0]
+        finally:
+            await asyncio.gather(old.close(5), new.close(5))
+            predlog.close()
+
+    asyncio.run(run())
+
+
+def test_a_stream_record_scored_by_the_successor_carries_the_successors_version(
+        baton_home: Path, tmp_path: Path) -> None:
+    """The stream path looks its model version up before scoring: a hand-off in between must
+    not label the successor's answer (and its logged prediction) with the old version."""
+    old, new, old_dir = two_versions(baton_home, tmp_path)
+    predlog = PredictionLog(tmp_path / "predictions.sqlite")
+    binding = StreamBinding(model="scorer", input="file://in", output="file://out",
+                            dead_letter="file://dead")
+
+    async def run() -> None:
+        predlog.open()
+        for svc in (old, new):
+            svc.instrument(None, predlog)
+            await svc.pool.start()
+        pipeline = StreamPipeline(binding, lambda: old)  # the engine still names 1.0.0
+        try:
+            held = asyncio.create_task(old.predict_records(b'[{"x": -1}]'))
+            await wait_for(lambda: old.pool.in_flight == 1, "the held request in flight")
+            old.successor = new
+            closing = asyncio.create_task(old.close(60))
+            await wait_for(lambda: old.pool.closing, "the old version closing")
+
+            scorer, outputs, dead = await pipeline._score([Message("k", b'{"x": 2}')])
+            assert dead == [] and scorer is new
+            [record] = [orjson.loads(o.value) for o in outputs]
+            assert record["version"] == "2.0.0"
+            assert record["output"] == {"y": 6.0, "v": "2.0.0"}
+
+            (old_dir / "RELEASE").write_text("")
+            await held
+            await closing
+            await predlog.flush()
+            result = predlog.add_labels("scorer", [(record["id"], 6.0)])
+            assert len(result.accepted) == 1
+            assert [t for _, t in predlog.labelled("scorer", "2.0.0", 10)] == [6.0]
+            assert predlog.labelled("scorer", "1.0.0", 10) == []
         finally:
             await asyncio.gather(old.close(5), new.close(5))
             predlog.close()

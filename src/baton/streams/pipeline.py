@@ -85,6 +85,10 @@ class Backoff:
         self.delay = self.first
 
 
+def _identity(svc: Any) -> ModelIdentity:
+    return ModelIdentity(svc.name, svc.version, svc.bundle.digest)
+
+
 class StreamPipeline:
     def __init__(self, binding: StreamBinding, service: Callable[[], Any]) -> None:
         """``service()`` returns the model version to use now (it follows version switches)."""
@@ -236,7 +240,7 @@ class StreamPipeline:
     async def _score(self, messages: Sequence[Message]) -> tuple[Any, list[OutRecord],
                                                                  list[OutRecord]]:
         svc = await self._ready_service()
-        model = ModelIdentity(svc.name, svc.version, svc.bundle.digest)
+        model = _identity(svc)
         decoded = decode_messages(messages, svc.records, model)
         outputs: list[OutRecord] = []
         dead = list(decoded.dead)
@@ -244,7 +248,10 @@ class StreamPipeline:
         if decoded.batch is None:
             return svc, outputs, dead
         try:
-            out = await self._predict(svc, decoded.batch)
+            # What scored it names itself: after a hand-off, the successor (its version on the
+            # outputs, in the prediction log and in the metrics).
+            svc, out = await self._predict(svc, decoded.batch)
+            model, m = _identity(svc), svc.metrics
             if m is not None:
                 m.records("stream", out.rows)
             ids = svc.log_predictions(decoded.batch, out, [msg.key for msg in decoded.good])
@@ -256,22 +263,25 @@ class StreamPipeline:
         for i, msg in enumerate(decoded.good):  # isolate the record(s) that broke the model
             one = decoded.batch.slice(i, i + 1)
             try:
-                out = await self._predict(svc, one)
-                [pid] = svc.log_predictions(one, out, [msg.key])
-                outputs.append(output_record(msg, out.to_records()[0], model, pid))
+                scorer, out = await self._predict(svc, one)
+                [pid] = scorer.log_predictions(one, out, [msg.key])
+                outputs.append(output_record(msg, out.to_records()[0], _identity(scorer), pid))
             except (ModelError, WorkerError, ContractViolation) as exc:
                 dead.append(dead_letter(msg, _stage(exc), exc, model))
         if m is not None and outputs:
             m.records("stream", len(outputs))
         return svc, outputs, dead
 
-    async def _predict(self, svc: Any, batch: Any) -> Any:
+    async def _predict(self, svc: Any, batch: Any) -> tuple[Any, Any]:
+        """The version that scored the batch (``svc``, or its successor after a hand-off)
+        and its outputs."""
         backoff = Backoff()
         while True:
             try:
-                out = await svc.predict(batch)
+                scorer = svc.answering()
+                out = await scorer.predict(batch)
                 self._model_back()
-                return out
+                return scorer, out
             except ModelNotReady as exc:  # restarting or queue full: wait, never dead-letter
                 self.stats.retries += 1
                 self._model_waiting(exc.message)
