@@ -75,14 +75,20 @@ class Terminal:
         self.seen = ""
 
     def read_until(self, done: Callable[[str], bool], proc: subprocess.Popen[bytes],
-                   what: str, timeout: float = 60) -> str:
+                   what: str, timeout: float = 60, exiting: bool = False) -> str:
+        """Read what the process draws until ``done(seen)``; it must keep running unless
+        ``exiting``."""
         deadline = time.monotonic() + timeout
         while not done(self.seen):
             left = deadline - time.monotonic()
-            assert left > 0 and proc.poll() is None, (
+            assert left > 0 and (exiting or proc.poll() is None), (
                 f"no {what} within {timeout}s (exit {proc.poll()}):\n{self.seen}")
-            if select.select([self.master], [], [], min(left, 0.5))[0]:
-                self.seen += os.read(self.master, 65536).decode(errors="replace")
+            if select.select([self.master], [], [], min(left, 0.1))[0]:
+                try:
+                    self.seen += os.read(self.master, 65536).decode(errors="replace")
+                except OSError:  # EIO: the process closed its end (it exited)
+                    if not exiting:
+                        raise
         return self.seen
 
 
@@ -99,7 +105,11 @@ def test_top_refreshes_until_interrupted(serve: Callable[..., Server], chaos_bun
         # loop: a fixed sleep sent Ctrl-C while a loaded machine was still importing.
         term.read_until(lambda s: s.count("req/s") >= 2, proc, "second frame")
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 0, term.seen
+        # Keep reading: a terminal nobody reads fills up, and top's last frame (drawn on its
+        # way out) would block in write() forever.
+        term.read_until(lambda _: proc.poll() is not None, proc, "exit after Ctrl-C",
+                        exiting=True)
+        assert proc.wait() == 0, term.seen
         out = term.seen
     finally:
         if proc.poll() is None:
