@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,9 +140,12 @@ MODELS: dict[str, Callable[[], tuple[Any, pd.DataFrame, str]]] = {
     "regression": regression}
 
 
-def package_all(folder: Path) -> dict[str, Packaged]:
+def package_all(folder: Path, only: Sequence[str] = ()) -> dict[str, Packaged]:
+    """Every model of ``MODELS`` (or ``only`` these), packaged with ``baton.package``."""
     out = {}
     for name, build in MODELS.items():
+        if only and name not in only:
+            continue
         model, sample, method = build()
         path = baton.package(model, sample, name=name, version="1.0.0", path=folder / name,
                              method=method, sample_rows=12)
