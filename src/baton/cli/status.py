@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -174,14 +176,18 @@ def status(url: str, token: str | None, cacert: Path | None) -> None:
 @errors_to_exit
 def top(url: str, token: str | None, cacert: Path | None, interval: float) -> None:
     """The same figures, live (Ctrl-C to quit)."""
-    with engine_client(token, cacert) as client:
-        before = fetch(url, client)
-        with Live(render(before, None), refresh_per_second=4, screen=False) as live:
-            try:
-                while True:
-                    time.sleep(interval)
+    # Ctrl-C sets a flag rather than raising KeyboardInterrupt wherever the main thread is
+    # (inside rich's locks or an HTTP call, where an exception can leave a lock held and the
+    # refresh thread drawing forever): the loop ends at its next step and exits cleanly.
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        with engine_client(token, cacert) as client:
+            before = fetch(url, client)
+            with Live(render(before, None), refresh_per_second=4, screen=False) as live:
+                while not stop.wait(interval):
                     now = fetch(url, client)
                     live.update(render(now, before))
                     before = now
-            except KeyboardInterrupt:
-                pass
+    finally:
+        signal.signal(signal.SIGINT, previous)
