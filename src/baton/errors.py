@@ -87,6 +87,13 @@ class PayloadTooLarge(RequestError):
     http_status = 413
 
 
+class UnsupportedEncoding(RequestError):
+    """A request body's Content-Encoding is neither gzip, deflate nor identity."""
+
+    code = "UNSUPPORTED_ENCODING"
+    http_status = 415
+
+
 class ContractViolation(BatonError):
     """Data broke a contract. ``details['violations']`` lists record, field, expected, got."""
 

@@ -28,6 +28,7 @@ from baton.errors import (
     PayloadTooLarge,
     RequestError,
     RouteNotFound,
+    UnsupportedEncoding,
 )
 from baton.monitor.metrics import CONTENT_TYPE
 from baton.server.auth import CHALLENGE, Guard
@@ -279,11 +280,6 @@ async def _reply(send: Send, status: int, body: bytes,
                 "headers": [*content_type, (b"content-length", str(len(body)).encode()),
                             *(extra or [])]})
     await send({"type": "http.response.body", "body": body})
-
-
-class UnsupportedEncoding(RequestError):
-    code = "UNSUPPORTED_ENCODING"
-    http_status = 415
 
 
 _WBITS = {b"gzip": 16 + zlib.MAX_WBITS, b"deflate": zlib.MAX_WBITS, b"identity": 0}
