@@ -35,6 +35,7 @@ test: install services
 
 lint: install
 	$(VENV)/bin/ruff check src tests bench examples
+	$(VENV)/bin/mypy
 
 ## Side-by-side benchmark against MLServer and a thin ASGI floor (see bench/README.md).
 bench: install
