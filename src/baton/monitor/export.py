@@ -13,8 +13,9 @@ that connector. Each prediction is one JSON record::
 Serving never waits for it: the prediction log hands over what it takes from its queue
 (:meth:`PredictionExport.offer`, a few appends), and a thread of its own, with its own
 event loop, encodes and writes batches of up to 1,000 records. When the sink fails, the
-batch is retried with exponential backoff (0.5 s doubling to 30 s) on a fresh connection;
-meanwhile records wait in a buffer of at most 100,000, and beyond it new ones are dropped:
+batch is retried on a fresh connection with jittered exponential backoff (up to 0.5 s,
+doubling to 30 s); meanwhile records wait in a buffer of at most 100,000, and beyond it
+new ones are dropped:
 counted (``dropped``, ``baton_prediction_log_export_dropped_total``) and said in the log.
 """
 
@@ -30,6 +31,7 @@ from typing import Any
 
 import orjson
 
+from baton.backoff import Backoff
 from baton.batch import Batch
 from baton.monitor.predlog import Pending
 from baton.streams.base import OutRecord, Sink, open_sink, redact_url
@@ -191,7 +193,7 @@ class PredictionExport:
         self._started.set()
         sink: Sink | None = None
         batch: list[OutRecord] = []
-        delay = self.first_backoff
+        backoff = Backoff(self.first_backoff, self.max_backoff)
         failing = False
         while True:
             if not batch:
@@ -221,14 +223,13 @@ class PredictionExport:
                 if self._stopping.is_set() and left <= 0:
                     self._give_up()
                     break
-                await _backoff(min(delay, left), stop)
-                delay = min(delay * 2, self.max_backoff)
+                await _pause(min(backoff.next(), left), stop)
                 continue
             with self._lock:
                 self._buffered -= len(batch)
                 self.exported += len(batch)
             batch = []
-            delay = self.first_backoff
+            backoff.reset()
             if failing:
                 log.info("prediction export to %s: writing again", self.sink)
                 failing = False
@@ -246,7 +247,7 @@ class PredictionExport:
             self._drop(lost, "the engine stopped before the sink took them")
 
 
-async def _backoff(seconds: float, stop: asyncio.Event) -> None:
+async def _pause(seconds: float, stop: asyncio.Event) -> None:
     """Wait ``seconds``, or until a stop is asked (to retry once more before giving up)."""
     if stop.is_set():
         await asyncio.sleep(seconds)

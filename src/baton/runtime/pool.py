@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from baton.backoff import Backoff
 from baton.batch import Batch, concat_batches, split_batch
 from baton.errors import (
     BatonError,
@@ -92,7 +93,8 @@ class WorkerPool:
         self._queued_rows = 0
         self._busy = 0
         self._closing = False
-        self._failures_in_row = [0] * workers
+        #: Per slot: how long to wait before its next restart (reset by a served batch).
+        self._backoffs = [self._new_backoff() for _ in range(workers)]
         self._restarts: set[asyncio.Task[None]] = set()
         self._drained = asyncio.Event()
         self._served = False  # a worker has been ready once: requests may wait for one
@@ -105,33 +107,39 @@ class WorkerPool:
         """Start every worker; raise the first load error if none of them came up."""
         results = await asyncio.gather(*(self._start_slot(i) for i in range(self.size)),
                                        return_exceptions=True)
-        errors = [r for r in results if isinstance(r, BaseException)]
+        started: list[Worker] = []
+        errors: list[BaseException] = []
         for slot, result in enumerate(results):  # failed slots retry in the background
             if isinstance(result, BaseException):
+                errors.append(result)
                 self._schedule_restart(slot, result)
-        if len(errors) == self.size:
+            else:
+                started.append(result)
+        if not started:
             err = errors[0]
             self.load_error = err if isinstance(err, BatonError) else WorkerError(str(err))
             raise self.load_error
         if self.auto:
-            self._size_itself()
+            self._size_itself(started[0])
 
-    def _size_itself(self) -> None:
+    def _new_backoff(self) -> Backoff:
+        first, cap = self.backoff
+        return Backoff(first, cap)
+
+    def _size_itself(self, worker: Worker) -> None:
         """Decide from the first worker's measured memory whether a second one fits; if so,
         start it in the background (the model is ready already)."""
-        [worker] = self.workers
-        assert worker is not None
         self.sizing = sizing.decide(worker.memory(), self.spec.threads)
         log.info("%s: %d worker(s): one uses %.0f MB, %.0f MB available, %d CPUs",
                  self.spec.model, self.sizing["workers"], self.sizing["worker_mb"],
                  self.sizing["available_mb"], self.sizing["cpus"])
         for slot in range(self.size, self.sizing["workers"]):
             self.workers.append(None)
-            self._failures_in_row.append(0)
+            self._backoffs.append(self._new_backoff())
             self.size += 1
             self._spawn(slot, 0.0)
 
-    async def _start_slot(self, slot: int) -> None:
+    async def _start_slot(self, slot: int) -> Worker:
         worker = Worker(self.spec, slot)
         self.workers[slot] = worker
         await worker.start()
@@ -142,6 +150,7 @@ class WorkerPool:
             self._disarm(item)
         self._idle.append(worker)
         self._dispatch()
+        return worker
 
     async def _watch(self, worker: Worker) -> None:
         await worker.exited.wait()
@@ -159,9 +168,7 @@ class WorkerPool:
     def _schedule_restart(self, slot: int, err: BaseException | None) -> None:
         if err is not None:
             self._record_failure(slot, str(err))
-        fails = self._failures_in_row[slot]
-        self._failures_in_row[slot] = fails + 1
-        self._spawn(slot, min(self.backoff[0] * (2 ** fails), self.backoff[1]))
+        self._spawn(slot, self._backoffs[slot].next())
 
     def _spawn(self, slot: int, delay: float) -> None:
         task = asyncio.get_running_loop().create_task(self._restart(slot, delay))
@@ -336,7 +343,7 @@ class WorkerPool:
             result = fut.result()
             self.stats.batches += 1
             self.stats.rows += result.rows
-            self._failures_in_row[worker.slot] = 0
+            self._backoffs[worker.slot].reset()
             parts = split_batch(result, [it.batch.rows for it in items])
             for it, part in zip(items, parts, strict=True):
                 if not it.future.done():

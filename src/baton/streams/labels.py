@@ -23,11 +23,12 @@ from typing import Any
 
 import orjson
 
+from baton.backoff import Backoff
 from baton.contract.spec import FieldSpec
 from baton.errors import BatonError, ContractViolation
 from baton.monitor.quality import check_label
 from baton.streams.base import Message, OutRecord
-from baton.streams.pipeline import Backoff, StreamBinding, StreamPipeline
+from baton.streams.pipeline import StreamBinding, StreamPipeline
 from baton.streams.records import ModelIdentity, dead_letter
 
 #: The dead-letter stage of every label that could not be attached.
@@ -122,13 +123,13 @@ class LabelsPipeline(StreamPipeline):
 
     async def _live_service(self) -> Any:
         """The live version; waited for (never dead-lettered) while there is none yet."""
-        backoff = Backoff()
+        backoff = Backoff(0.1, 10.0)
         while True:
             try:
                 return self.service()
             except BatonError as exc:
                 self.stats.last_error = exc.message
-                await backoff.wait()
+                await backoff.sleep()
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "labels": dict(self.results)}

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from baton.backoff import Backoff
 from baton.errors import BatonError, ContractViolation, ModelError, ModelNotReady, WorkerError
 from baton.streams.base import (
     Message,
@@ -71,18 +72,6 @@ class StreamStats:
     lag: int | None = None
     last_error: str | None = None
     started_at: float = field(default_factory=time.time)
-
-
-class Backoff:
-    def __init__(self, first: float = 0.1, cap: float = 10.0) -> None:
-        self.first, self.cap, self.delay = first, cap, first
-
-    async def wait(self) -> None:
-        await asyncio.sleep(self.delay)
-        self.delay = min(self.delay * 2, self.cap)
-
-    def reset(self) -> None:
-        self.delay = self.first
 
 
 def _identity(svc: Any) -> ModelIdentity:
@@ -275,7 +264,7 @@ class StreamPipeline:
     async def _predict(self, svc: Any, batch: Any) -> tuple[Any, Any]:
         """The version that scored the batch (``svc``, or its successor after a hand-off)
         and its outputs."""
-        backoff = Backoff()
+        backoff = Backoff(0.1, 10.0)
         while True:
             try:
                 scorer = svc.answering()
@@ -285,10 +274,10 @@ class StreamPipeline:
             except ModelNotReady as exc:  # restarting or queue full: wait, never dead-letter
                 self.stats.retries += 1
                 self._model_waiting(exc.message)
-                await backoff.wait()
+                await backoff.sleep()
 
     async def _ready_service(self) -> Any:
-        backoff = Backoff()
+        backoff = Backoff(0.1, 10.0)
         while True:
             try:
                 svc = self.service()
@@ -298,7 +287,7 @@ class StreamPipeline:
             except BatonError as exc:
                 why = exc.message
             self._model_waiting(why)
-            await backoff.wait()
+            await backoff.sleep()
 
     def _model_waiting(self, why: str) -> None:
         self.stats.last_error = self._waiting_for_model = f"model: {why}"
@@ -329,9 +318,10 @@ class StreamPipeline:
                 self.stats.last_error = f"{what}: {message}"
                 # The traceback of an unexpected error helps, unless its text held a secret.
                 trace = not isinstance(exc, BatonError) and message == said
+                delay = backoff.next()
                 log.warning("%s: cannot %s (retrying in %.1fs): %s", self.binding.model, what,
-                            backoff.delay, message, exc_info=trace)
-                await self._pause(backoff)
+                            delay, message, exc_info=trace)
+                await self._pause(delay)
 
     def _scrub(self, text: str) -> str:
         """Connectors scrub their own errors; this also covers what a client raised
@@ -340,12 +330,11 @@ class StreamPipeline:
             text = text.replace(secret, "***")
         return text
 
-    async def _pause(self, backoff: Backoff) -> None:
+    async def _pause(self, delay: float) -> None:
         """Back off before a retry, but leave at once when stop is asked meanwhile."""
         try:
-            await asyncio.wait_for(self._stopping.wait(), backoff.delay)
+            await asyncio.wait_for(self._stopping.wait(), delay)
         except TimeoutError:
-            backoff.delay = min(backoff.delay * 2, backoff.cap)
             return
         raise _Stopped()
 
