@@ -13,7 +13,11 @@ from collections import deque
 from typing import Any
 
 from baton.contract.spec import Contract, FieldSpec
-from baton.errors import ContractViolation, RequestError
+from baton.errors import BundleError, ContractViolation, RequestError
+
+#: The built-in metrics that apply to a prediction field, by its type.
+APPLICABLE = {"float": ("mae", "rmse"), "integer": ("accuracy",), "string": ("accuracy",),
+              "boolean": ("accuracy",)}
 
 
 def prediction_field(contract: Contract) -> FieldSpec | None:
@@ -23,6 +27,23 @@ def prediction_field(contract: Contract) -> FieldSpec | None:
     by_name = {s.name: s for s in contract.outputs}
     spec = by_name.get("prediction", contract.outputs[0])
     return spec if isinstance(spec, FieldSpec) else None
+
+
+def check_metrics(contract: Contract, declared: tuple[str, ...]) -> None:
+    """Refuse a declared built-in metric the model's prediction field cannot yield (``mae``
+    on a classifier, ``accuracy`` on a regressor, any of them on a tensor model)."""
+    spec = prediction_field(contract)
+    kind = "tensor" if contract.kind != "records" else spec.type if spec else "none"
+    applicable = APPLICABLE.get(kind, ())
+    for metric in declared:
+        if ":" not in metric and metric not in applicable:
+            field = spec.name if spec else "outputs"
+            fits = f"it takes {', '.join(applicable)}" if applicable else "no built-in applies"
+            raise BundleError(
+                f"monitoring.metrics declares {metric!r}, which cannot apply to the model's "
+                f"{kind} prediction field {field!r} ({fits})", code="METRIC_NOT_APPLICABLE",
+                details={"metric": metric, "field": field, "kind": kind,
+                         "applicable": list(applicable)})
 
 
 def check_label(spec: FieldSpec, index: int, label: Any) -> None:
