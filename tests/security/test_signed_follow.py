@@ -24,7 +24,6 @@ from baton.registry.client import RegistryClient
 from baton.serving.follow import RegistryFollower, prepare_from_registry
 from baton.serving.gate import CANDIDATE, LIVE, ServeGate
 from baton.serving.service import Engine
-from baton.serving.traffic import Canary, Shadow
 from baton.settings import Settings
 from baton.trust import Decision, SigningKey, sign_decision
 from tests.conftest import Server
@@ -198,8 +197,8 @@ def test_candidates_that_stop_qualifying_leave_traffic_at_the_next_step(
     async def scenario(engine: Engine, follower: RegistryFollower, src: SignedSource) -> None:
         canary = prepare_from_registry(src, "scorer@2.0.0", settings, follower.gate, CANDIDATE)
         shadow = prepare_from_registry(src, "scorer@3.0.0", settings, follower.gate, CANDIDATE)
-        engine.canaries["scorer"] = Canary(canary, 1.0)
-        engine.shadows["scorer"] = Shadow(shadow)
+        engine.add_canary(canary, 1.0)
+        engine.add_shadow(shadow)
         await asyncio.gather(canary.pool.start(), shadow.pool.start())
         await follower.sync()
         live = engine.models["scorer"]

@@ -35,6 +35,7 @@ from baton.env.builder import EnvBuilder
 from baton.errors import BatonError, NotApproved, StageNotAllowed, UntrustedDecision
 from baton.serving.gate import CANDIDATE, LIVE, ServeGate
 from baton.serving.service import Engine, ModelService
+from baton.serving.versions import CANARY, SHADOW
 from baton.settings import Settings
 from baton.trust import Decision
 
@@ -246,40 +247,42 @@ class RegistryFollower:
         await self.engine.remove(name)
 
     async def _check_candidates(self) -> None:
-        for role, table in (("canary", self.engine.canaries), ("shadow", self.engine.shadows)):
-            for name, traffic in list(table.items()):
-                cand = traffic.candidate
-                info: dict[str, Any] = {"name": name, "version": cand.version,
-                                        "digest": cand.bundle.digest}
-                try:
-                    info = await asyncio.to_thread(self.client.show,
-                                                   f"{name}@{cand.bundle.digest}")
-                    decision = self.gate.verify(info, CANDIDATE, cand.bundle.digest)
-                except REFUSALS as exc:
-                    await self._withdraw(role, name, info, exc)
-                    continue
-                except BatonError as exc:
-                    if not _is_missing(exc):
-                        raise
-                    await self._withdraw(role, name, info, exc)
-                    continue
-                self.gate.accept(decision, CANDIDATE)
+        for role, cand, _ in self.engine.versions.entries():
+            if role not in (CANARY, SHADOW):
+                continue
+            name = cand.name
+            info: dict[str, Any] = {"name": name, "version": cand.version,
+                                    "digest": cand.bundle.digest}
+            try:
+                info = await asyncio.to_thread(self.client.show,
+                                               f"{name}@{cand.bundle.digest}")
+                decision = self.gate.verify(info, CANDIDATE, cand.bundle.digest)
+            except REFUSALS as exc:
+                await self._withdraw(role, name, info, exc)
+                continue
+            except BatonError as exc:
+                if not _is_missing(exc):
+                    raise
+                await self._withdraw(role, name, info, exc)
+                continue
+            self.gate.accept(decision, CANDIDATE)
 
     async def _withdraw(self, role: str, name: str, info: dict[str, Any],
                         exc: BatonError) -> None:
         """Take a canary or shadow candidate out of traffic for good."""
-        live = self.engine.models.get(name)
-        if role == "canary":
-            cand = self.engine.canaries.pop(name).candidate
-            cand.successor = live  # a request already routed to it is answered by live
+        versions = self.engine.versions
+        cand: ModelService | None
+        if role == CANARY:
+            # A request already routed to the candidate is answered by the live version.
+            cand = versions.withdraw_canary(name)
         else:
-            shadow = self.engine.shadows.pop(name)
-            if live is not None and live.shadow is shadow:
-                live.shadow = None
-            await shadow.drain()
-            cand = shadow.candidate
+            shadow = versions.withdraw_shadow(name)
+            if shadow is not None:
+                await shadow.drain()
+            cand = shadow.candidate if shadow is not None else None
         self._refuse(info, role, exc, f"{exc.message}; {role} withdrawn")
-        await cand.close(self.settings.drain_timeout)
+        if cand is not None:
+            await cand.close(self.settings.drain_timeout)
 
     def _refuse(self, info: dict[str, Any], role: str, exc: BatonError,
                 reason: str | None = None) -> None:

@@ -14,7 +14,7 @@ from baton.contract.spec import Contract
 from baton.errors import BatonError
 
 if TYPE_CHECKING:
-    from baton.serving.service import ModelService
+    from baton.serving.model import ModelService
 
 
 def load_samples(bundle: Bundle) -> tuple[Any, Any, float]:

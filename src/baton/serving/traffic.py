@@ -23,7 +23,7 @@ from baton.batch import Batch
 from baton.errors import BatonError
 
 if TYPE_CHECKING:
-    from baton.serving.service import ModelService
+    from baton.serving.model import ModelService
 
 log = logging.getLogger("baton.traffic")
 
