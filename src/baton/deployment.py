@@ -20,6 +20,11 @@
     max_batch = 256                       # optional: labels per micro-batch
 
 A deployment is separate from its bundle, so approving a bundle never rewrites it.
+
+An :class:`EngineSpec` is everything an engine serves, already parsed and checked: its
+deployments, where a registry source comes in, a canary or shadow candidate, and the stream
+and labels bindings of its one model. ``baton serve`` only turns its options into one;
+:func:`baton.serving.assembly.build_engine` builds the engine from it.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from baton.errors import BatonError
+from baton.errors import BatonError, SettingsError
 
 
 class DeploymentError(BatonError):
@@ -59,11 +64,73 @@ class LabelsSpec:
 
 @dataclass(frozen=True)
 class DeploymentSpec:
+    """One model to serve: a bundle folder, an archive or, from a registry, NAME@VERSION."""
+
     bundle: str
     workers: int | None = None
     timeout: float | None = None
     stream: StreamSpec | None = None
     labels: LabelsSpec | None = None
+
+
+@dataclass(frozen=True)
+class CanarySpec:
+    """Send ``weight`` (0..1) of a model's unversioned requests to the candidate ``ref``."""
+
+    ref: str
+    weight: float
+
+    def __post_init__(self) -> None:
+        if not self.ref or not 0 <= self.weight <= 1:
+            raise _canary_error(f"{self.ref}={self.weight * 100:g}")
+
+
+@dataclass(frozen=True)
+class ShadowSpec:
+    """Mirror a model's traffic to the candidate ``ref``; compare, never answer with it."""
+
+    ref: str
+
+
+@dataclass(frozen=True)
+class RegistrySpec:
+    """Serve from a registry: ``url`` (None: the saved login), the ``stage`` this engine
+    serves (its policy), and the seconds between checks."""
+
+    url: str | None
+    stage: str = "production"
+    poll: float = 2.0
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """What an engine serves, besides its settings. ``stream`` and ``labels`` bind the one
+    model it serves; several models carry their own bindings in their deployments. With a
+    ``registry`` and no deployments, the engine follows the registry's stage."""
+
+    deployments: tuple[DeploymentSpec, ...] = ()
+    registry: RegistrySpec | None = None
+    canary: CanarySpec | None = None
+    shadow: ShadowSpec | None = None
+    stream: StreamSpec | None = None
+    labels: LabelsSpec | None = None
+
+
+def parse_canary(value: str) -> CanarySpec:
+    """``REF=PERCENT`` (``baton serve --canary``) as a :class:`CanarySpec`."""
+    ref, _, percent = value.rpartition("=")
+    try:
+        weight = float(percent) / 100
+    except ValueError:
+        weight = -1.0
+    if not ref or not 0 <= weight <= 1:
+        raise _canary_error(value)
+    return CanarySpec(ref, weight)
+
+
+def _canary_error(value: str) -> SettingsError:
+    return SettingsError(f"--canary takes REF=PERCENT with PERCENT in 0..100, got {value!r}",
+                         details={"field": "canary", "value": value})
 
 
 def _only(table: dict[str, Any], allowed: set[str], where: str) -> None:

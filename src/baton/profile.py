@@ -8,11 +8,15 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tomli_w
 
 from baton.errors import BatonError
+
+if TYPE_CHECKING:
+    from baton.registry.client import RegistryClient
+    from baton.settings import Settings
 
 
 def config_path() -> Path:
@@ -69,11 +73,12 @@ def registry_key(url: str, explicit: str = "") -> str | None:
     return None
 
 
-def open_registry_client(url: str | None, settings: Any) -> Any:
+def open_registry_client(url: str | None, settings: Settings) -> RegistryClient:
     """A client for the registry at ``url`` (or the saved one) with the settings' TLS
     options (``registry_ca``, ``registry_client_cert``/``_key``)."""
     from baton.registry.client import RegistryClient
 
-    cert = (settings.registry_client_cert, settings.registry_client_key) \
-        if settings.registry_client_cert else None
-    return RegistryClient(*registry_credentials(url), ca=settings.registry_ca, cert=cert)
+    # Settings refuse a certificate without its key, and a key without its certificate.
+    cert, key = settings.registry_client_cert, settings.registry_client_key
+    return RegistryClient(*registry_credentials(url), ca=settings.registry_ca,
+                          cert=(cert, key) if cert and key else None)

@@ -16,7 +16,15 @@ import pytest
 
 from baton.errors import BatonError, SettingsError
 from baton.profile import save_login
-from baton.serving.assembly import EngineSpec, build_engine
+from baton.deployment import (
+    CanarySpec,
+    DeploymentSpec,
+    EngineSpec,
+    RegistrySpec,
+    ShadowSpec,
+    load_deployments,
+)
+from baton.serving.assembly import build_engine
 from baton.serving.gate import CANDIDATE, LIVE, ServeGate
 from baton.settings import Settings
 from baton.trust import Decision, SigningKey, sign_decision
@@ -172,6 +180,7 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
 
 # Nothing listens on port 9: each refusal below comes before the registry is asked anything.
 NOWHERE = "http://127.0.0.1:9"
+FROM_NOWHERE = RegistrySpec(NOWHERE)
 
 
 def build_error(spec: EngineSpec, settings: Settings) -> BatonError:
@@ -183,21 +192,23 @@ def build_error(spec: EngineSpec, settings: Settings) -> BatonError:
 def test_an_engine_spec_with_another_stage_is_refused(settings: Settings,
                                                       chaos_bundle: Path) -> None:
     for registry in (None, NOWHERE):
-        err = build_error(EngineSpec([str(chaos_bundle)], registry, stage="archived"),
-                          settings)
+        err = build_error(EngineSpec((DeploymentSpec(str(chaos_bundle)),),
+                                     RegistrySpec(registry, stage="archived")), settings)
         assert (err.code, err.exit_code, err.details["field"]) == ("INVALID_SETTING", 2,
                                                                    "stage")
 
 
 def test_no_pinned_key_no_registry_serving(settings: Settings, key: SigningKey) -> None:
-    err = build_error(EngineSpec([], NOWHERE), settings)
+    err = build_error(EngineSpec(registry=FROM_NOWHERE), settings)
     assert (err.code, err.exit_code) == ("REGISTRY_KEY_REQUIRED", 6)
     assert "baton registry key" in err.message and "--registry-key" in err.message
     # The key 'baton login' saved for this registry is pinned; it is a valid key.
     save_login(NOWHERE, "token", "ed25519:bm90IGEga2V5")
-    assert build_error(EngineSpec([], NOWHERE), settings).code == "INVALID_REGISTRY_KEY"
+    assert build_error(EngineSpec(registry=FROM_NOWHERE),
+                       settings).code == "INVALID_REGISTRY_KEY"
     save_login(NOWHERE, "token", key.public.text)
-    err = build_error(EngineSpec([], NOWHERE, canary="scorer@1.0.0=10"), settings)
+    err = build_error(EngineSpec(registry=FROM_NOWHERE,
+                                 canary=CanarySpec("scorer@1.0.0", 0.1)), settings)
     assert err.code == "REGISTRY_UNREACHABLE"  # pinned: it went on to ask the registry
 
 
@@ -209,13 +220,13 @@ def test_a_registry_engine_serves_nothing_local(settings: Settings, key: Signing
     pinned = Settings(home=settings.home, registry_key=key.public.text)
     deployment = tmp_path / "deploy.toml"
     deployment.write_text(f'[[deployments]]\nbundle = "{archive}"\n')
-    for spec in (EngineSpec([], NOWHERE, canary=f"{archive}=100"),
-                 EngineSpec([], NOWHERE, canary=f"{chaos_bundle}=100"),
-                 EngineSpec([], NOWHERE, shadow=str(archive)),
-                 EngineSpec([], NOWHERE, shadow=str(chaos_bundle)),
-                 EngineSpec([str(archive)], NOWHERE),
-                 EngineSpec([str(chaos_bundle)], NOWHERE),
-                 EngineSpec([], NOWHERE, deployment=deployment)):
+    for spec in (EngineSpec(registry=FROM_NOWHERE, canary=CanarySpec(str(archive), 1.0)),
+                 EngineSpec(registry=FROM_NOWHERE, canary=CanarySpec(str(chaos_bundle), 1.0)),
+                 EngineSpec(registry=FROM_NOWHERE, shadow=ShadowSpec(str(archive))),
+                 EngineSpec(registry=FROM_NOWHERE, shadow=ShadowSpec(str(chaos_bundle))),
+                 EngineSpec((DeploymentSpec(str(archive)),), FROM_NOWHERE),
+                 EngineSpec((DeploymentSpec(str(chaos_bundle)),), FROM_NOWHERE),
+                 EngineSpec(tuple(load_deployments(deployment)), FROM_NOWHERE)):
         err = build_error(spec, pinned)
         assert (err.code, err.exit_code) == ("STAGE_NOT_ALLOWED", 6), spec
         assert "serves only versions the registry signed" in err.message
@@ -337,7 +348,7 @@ def test_batch_scoring_takes_only_a_signed_unrejected_version(
         staged: Registry, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     """``registry_version`` (``baton score --registry``): staging or production, signed,
     never rejected; the same key pinning as an engine."""
-    from baton.serving.assembly import registry_version
+    from baton.serving.opening import registry_version
 
     monkeypatch.setenv("BATON_TOKEN", staged.tokens["eve"])
     with pytest.raises(BatonError) as caught:

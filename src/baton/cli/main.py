@@ -38,8 +38,11 @@ def errors_to_exit(fn: F) -> F:
 
 def _settings(**overrides: Any) -> Any:
     from baton.settings import Settings
+    from baton.streams.base import check_settings
 
-    return Settings.from_env(**overrides)
+    settings = Settings.from_env(**overrides)
+    check_settings(settings)  # stream URLs: the streams package knows the schemes
+    return settings
 
 
 env_options = [
@@ -217,15 +220,14 @@ def serve(bundles: tuple[str, ...], registry_url: str | None, stage: str, poll: 
           max_batch: int, deployment: Path | None, labels_url: str | None,
           **options: Any) -> None:
     """Serve BUNDLES (folders, archives, or registry refs), each in its own environment."""
-    from baton.cli.serve import run_server
-    from baton.serving.assembly import EngineSpec
+    from baton.cli.serve import engine_spec, run_server
 
     if not bundles and not registry_url and deployment is None:
         raise click.UsageError("give one or more BUNDLES, --deployment FILE, or --registry URL")
-    opts = EngineSpec(list(bundles), registry_url, stage, poll, canary, shadow, input_url,
-                      output_url, dead_letter_url, group, max_batch, deployment,
-                      labels=labels_url)
-    run_server(opts, _settings(**options))
+    settings = _settings(**options)
+    spec = engine_spec(bundles, registry_url, stage, poll, canary, shadow, input_url,
+                       output_url, dead_letter_url, group, max_batch, deployment, labels_url)
+    run_server(spec, settings)
 
 
 from baton.cli import engine_tokens as _engine_token_commands  # noqa: E402,F401

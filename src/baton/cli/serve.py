@@ -13,14 +13,25 @@ import logging
 import signal
 import socket
 import time
+from pathlib import Path
 
 import click
 
-from baton.errors import BatonError
+from baton.deployment import (
+    DeploymentSpec,
+    EngineSpec,
+    LabelsSpec,
+    RegistrySpec,
+    ShadowSpec,
+    StreamSpec,
+    load_deployments,
+    parse_canary,
+)
+from baton.errors import BatonError, SettingsError
 from baton.server.auth import Guard
 from baton.server.tls import HttpProtocol, tls_options
 from baton.server.tokens import TokenFile
-from baton.serving.assembly import EngineSpec, build_engine
+from baton.serving.assembly import build_engine
 from baton.serving.service import Engine, ModelService
 from baton.settings import Settings
 
@@ -42,6 +53,41 @@ def _example_request(svc: ModelService, base: str, auth: bool = False) -> str:
             f"-H 'content-type: application/json' -d '{body}'")
 
 
+def engine_spec(bundles: tuple[str, ...], registry: str | None, stage: str, poll: float,
+                canary: str | None, shadow: str | None, input_url: str | None,
+                output_url: str | None, dead_letter: str | None, group: str | None,
+                max_batch: int, deployment: Path | None, labels: str | None) -> EngineSpec:
+    """``baton serve``'s options as the engine spec the library builds from."""
+    deployments = [DeploymentSpec(ref) for ref in bundles]
+    if deployment is not None:
+        deployments += load_deployments(deployment)
+    stream = None
+    if input_url or output_url or (dead_letter and not labels):
+        stream = _stream_option(input_url, output_url, dead_letter, group, max_batch)
+    return EngineSpec(
+        tuple(deployments), RegistrySpec(registry, stage, poll) if registry else None,
+        parse_canary(canary) if canary else None, ShadowSpec(shadow) if shadow else None,
+        stream, _labels_option(labels, dead_letter, group, max_batch) if labels else None)
+
+
+def _stream_option(input_url: str | None, output_url: str | None, dead_letter: str | None,
+                   group: str | None, max_batch: int) -> StreamSpec:
+    missing = [n for n, v in (("--input", input_url), ("--output", output_url),
+                              ("--dead-letter", dead_letter)) if not v]
+    if not input_url or not output_url or not dead_letter:
+        raise SettingsError(f"a stream binding needs --input, --output and --dead-letter; "
+                            f"missing {', '.join(missing)}")
+    return StreamSpec(input_url, output_url, dead_letter, group or "", max_batch)
+
+
+def _labels_option(labels: str, dead_letter: str | None, group: str | None,
+                   max_batch: int) -> LabelsSpec:
+    if not dead_letter:
+        raise SettingsError("a labels binding needs --dead-letter (where labels that cannot "
+                            "be attached go); missing --dead-letter")
+    return LabelsSpec(labels, dead_letter, f"{group}-labels" if group else "", max_batch)
+
+
 def run_server(opts: EngineSpec, settings: Settings) -> None:
     import uvicorn
 
@@ -58,7 +104,7 @@ def run_server(opts: EngineSpec, settings: Settings) -> None:
     sock = _listen(settings.host, settings.port)
     port = sock.getsockname()[1]
     msock = _listen(settings.host, settings.metrics_port) if settings.metrics_port else None
-    auth = tokens is not None or bool(opts.registry)
+    auth = tokens is not None or opts.registry is not None
     if not auth and _exposed(sock):
         _warn_open(settings.host, port)
     engine = build_engine(opts, settings)
@@ -121,12 +167,12 @@ def _guard(tokens: TokenFile | None, opts: EngineSpec, engine: Engine,
     """The token sources: the file, then (when following one) the registry, reached with
     the same URL and TLS options as the engine's own registry client."""
     registry = None
-    if opts.registry:
+    if opts.registry is not None:
         from baton.registry.client import tls_options
         from baton.server.registry_tokens import RegistryTokens
 
         client = getattr(engine.source, "client", None)
-        url = getattr(client, "url", None) or opts.registry.rstrip("/")
+        url = getattr(client, "url", None) or (opts.registry.url or "").rstrip("/")
         tls = getattr(client, "tls", None)
         if not isinstance(tls, dict):
             cert = (settings.registry_client_cert, settings.registry_client_key) \
