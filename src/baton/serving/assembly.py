@@ -33,7 +33,6 @@ from baton.serving.opening import (
     open_registry,
 )
 from baton.serving.service import Engine, ModelService
-from baton.serving.traffic import Canary, Shadow
 from baton.settings import Settings
 
 __all__ = ["CanarySpec", "DeploymentSpec", "EngineSpec", "LabelsSpec", "RegistrySpec",
@@ -121,7 +120,7 @@ def _add_canary(engine: Engine, spec: CanarySpec, settings: Settings, builder: E
     cand = _candidate(spec.ref, settings, builder, registry, "--canary")
     if not following:
         _check_candidate(engine, cand, "--canary")
-    engine.canaries[cand.name] = Canary(cand, spec.weight)
+    engine.add_canary(cand, spec.weight)
 
 
 def _add_shadow(engine: Engine, spec: ShadowSpec, settings: Settings, builder: EnvBuilder,
@@ -129,7 +128,7 @@ def _add_shadow(engine: Engine, spec: ShadowSpec, settings: Settings, builder: E
     cand = _candidate(spec.ref, settings, builder, registry, "--shadow")
     if not following:
         _check_candidate(engine, cand, "--shadow")
-    engine.shadows[cand.name] = Shadow(cand)
+    engine.add_shadow(cand)
 
 
 def _check_candidate(engine: Engine, cand: ModelService, option: str) -> None:
