@@ -121,7 +121,8 @@ def test_shifted_inputs_raise_a_drift_alert(serve: Callable[..., Server], bundle
     assert [(a["feature"], a["rows"] > 400) for a in received] == [("x", True)]
     alert = received[0]
     assert (alert["model"], alert["feature"]) == ("drifty", "x")
-    assert alert["psi"] > alert["threshold"] == 0.2 and alert["ks"] > 0.3
+    assert alert["psi"] > alert["threshold"] == 0.2 and alert["ks_at_percentiles"] > 0.3
+    assert alert["ks"] == alert["ks_at_percentiles"]  # the deprecated name still answers
     assert drift_alert(server, "x") == 1.0 and drift_alert(server, "colour") == 0.0
     stats = server.client.get("/v1/stats").json()["models"][0]
     assert stats["drift"]["x"]["drifting"] and not stats["drift"]["colour"]["drifting"]
@@ -169,7 +170,8 @@ def test_psi_and_ks_agree_with_scipy(shift: float) -> None:
     # KS is measured at the reference's 101 quantiles: within one percentile step (plus the
     # quantiles' interpolation, 1/n) of the exact two-sample statistic.
     exact = scipy.stats.ks_2samp(x, train["x"]).statistic
-    assert abs(got["x"]["ks"] - exact) <= 0.01 + 1 / len(train)
+    assert abs(got["x"]["ks_at_percentiles"] - exact) <= 0.01 + 1 / len(train)
+    assert got["x"]["ks"] == got["x"]["ks_at_percentiles"]
     assert got["x"]["drifting"] == (got["x"]["psi"] > 0.2)
 
     cats = ["blue", "green", "red"]
@@ -226,3 +228,20 @@ def test_the_window_holds_exactly_the_latest_values(window: int, sizes: list[int
     reference = DriftMonitor(_WINDOW_REFERENCE, window=window)
     reference.observe(_live(tail_x, stream_c[n - latest:]))
     assert monitor.compute(max_age=0) == reference.compute(max_age=0)
+
+
+def test_ks_at_percentiles_is_the_gap_at_the_reference_percentiles() -> None:
+    """A hand-computed case where the figure and the two-sample statistic differ: the
+    reference's 101 quantiles are 0, 1, ..., 100 and every live value is 50.5. At the
+    percentiles the live share below 50 is 0 against 0.5 for the reference (a gap of
+    0.5); the two-sample statistic against those 101 values would be 51/101."""
+    reference = {"features": {"x": {
+        "kind": "numeric", "missing": 0.0, "edges": [10.0 * k for k in range(1, 10)],
+        "proportions": [0.1] * 10, "quantiles": [float(k) for k in range(101)]}}}
+    monitor = drift.DriftMonitor(reference)
+    monitor.observe(Batch({"x": np.full(100, 50.5)}, 100))
+    got = monitor.compute(max_age=0)["x"]
+    assert got["ks_at_percentiles"] == 0.5
+    assert got["ks"] == 0.5  # the deprecated name carries the same figure
+    two_sample = scipy.stats.ks_2samp(np.full(100, 50.5), np.arange(101.0)).statistic
+    assert two_sample == pytest.approx(51 / 101)

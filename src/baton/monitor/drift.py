@@ -5,24 +5,35 @@ numeric feature, decile bin edges with the training share in each bin and 101 qu
 for a categorical one, the share of each category. The engine keeps the latest inputs in a
 fixed-size window per feature and computes, on demand, the population stability index
 (PSI, binned by the reference's edges or categories) and, for numeric features, the
-Kolmogorov-Smirnov distance to the reference distribution.
+Kolmogorov-Smirnov distance measured at the reference's percentiles (``ks_at_percentiles``).
+
+That KS figure is not the two-sample statistic against the training sample (the profile
+does not keep the sample): it is the largest gap between the window's empirical
+distribution and the reference's at the reference's 101 quantiles, so it reads at most
+0.01 (one percentile) plus 1/(training rows) away from the two-sample statistic. The key
+``ks`` carries the same value, kept for readers of the old name (deprecated).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from baton.batch import Batch
+from baton.contract.spec import FieldSpec
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 EPS = 1e-4
 MIN_ROWS = 100
 
 
-def reference_profile(frame: Any, fields: Any) -> dict[str, Any]:
+def reference_profile(frame: pd.DataFrame, fields: Iterable[FieldSpec]) -> dict[str, Any]:
     """The reference profile of a training DataFrame (called by the SDK)."""
     features: dict[str, Any] = {}
     for spec in fields:
@@ -107,7 +118,8 @@ class DriftMonitor:
                 ring.extend(col)
 
     def compute(self, max_age: float = 1.0) -> dict[str, Any]:
-        """Per-feature PSI (and KS for numbers), cached for ``max_age`` seconds."""
+        """Per-feature PSI (and the KS distance at the reference's percentiles for
+        numbers), cached for ``max_age`` seconds."""
         now = time.monotonic()
         if self._cache is not None and now - self._cache[0] < max_age:
             return self._cache[1]
@@ -134,13 +146,14 @@ def _numeric(ref: dict[str, Any], values: np.ndarray) -> dict[str, Any]:
     present = values[~np.isnan(values)]
     edges = np.asarray(ref["edges"])
     if present.size == 0:
-        return {"psi": math.inf, "ks": 1.0, "missing": 1.0}
+        return {"psi": math.inf, "ks_at_percentiles": 1.0, "ks": 1.0, "missing": 1.0}
     counts = np.bincount(np.searchsorted(edges, present, side="right"),
                          minlength=edges.size + 1) / present.size
     quantiles = np.asarray(ref["quantiles"])
     ecdf = np.searchsorted(np.sort(present), quantiles, side="right") / present.size
     ks = float(np.max(np.abs(ecdf - np.linspace(0, 1, quantiles.size))))
-    return {"psi": psi(np.asarray(ref["proportions"]), counts), "ks": ks,
+    return {"psi": psi(np.asarray(ref["proportions"]), counts), "ks_at_percentiles": ks,
+            "ks": ks,
             "missing": float(1 - present.size / values.size)}
 
 

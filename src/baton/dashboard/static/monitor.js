@@ -121,7 +121,8 @@ export class MonitorView {
           el("div", { class: "small muted" }, `${d.rows ?? "?"} recent inputs`)),
         el("td", {}, el("div", { class: "psi" }, el("span", { class: "track" }, bar),
           el("span", {}, fmtPsi(d.psi)))),
-        el("td", { class: "num" }, d.ks == null ? "—" : d.ks.toFixed(3)),
+        el("td", { class: "num" },
+          d.ks_at_percentiles == null ? "—" : d.ks_at_percentiles.toFixed(3)),
         el("td", { class: "num" }, fmtShare(d.missing)),
         el("td", { class: "num" }, fmtShare(d.unseen_share)),
         el("td", {}, el("span", { class: `badge ${d.drifting ? "bad" : "ok"}` },
@@ -134,7 +135,7 @@ export class MonitorView {
     document.getElementById("drift-alerts").replaceChildren(...alerts.map((a) => el("li", {},
       el("strong", {}, `${fmtTime(a.time * 1000)}: ${a.feature} started drifting`),
       ` — PSI ${fmtPsi(a.psi)} over the threshold ${a.threshold}` +
-      (a.ks != null ? `, KS ${a.ks.toFixed(3)}` : ""))));
+      (a.ks_at_percentiles != null ? `, KS ${a.ks_at_percentiles.toFixed(3)}` : ""))));
     document.getElementById("drift-alerts-title").hidden = alerts.length === 0;
   }
 }
