@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol
 
 import psutil
 from prometheus_client import CollectorRegistry, generate_latest
@@ -24,8 +24,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from baton.serving.service import Engine, ModelService
+from baton.monitor.state import ModelSnapshot, Observable, PredictionLogCounters
 
 #: Error stages, in the order a request meets them.
 STAGES = ("decode", "contract", "queue", "model", "output")
@@ -66,11 +65,27 @@ class Hist:
         return float("inf")
 
     def buckets(self) -> list[tuple[str, float]]:
-        out, total = [], 0
+        out: list[tuple[str, float]] = []
+        total = 0
         for bound, n in zip((*map(str, self.bounds), "+Inf"), self.counts, strict=True):
             total += n
             out.append((bound, total))
         return out
+
+
+class QualityFigures(Protocol):
+    """What the metrics read of a version's quality tracker."""
+
+    @property
+    def labelled(self) -> int: ...
+    @property
+    def current(self) -> Mapping[str, float]: ...
+    @property
+    def failures(self) -> Mapping[str, int]: ...
+    @property
+    def last_errors(self) -> Mapping[str, str]: ...
+    @property
+    def history(self) -> Iterable[dict[str, Any]]: ...
 
 
 class ModelMetrics:
@@ -87,7 +102,7 @@ class ModelMetrics:
         self.record_counts: dict[str, int] = {}
         self.errors: dict[tuple[str, str], int] = {}
         #: Set when predictions are logged and labels can arrive (a QualityTracker).
-        self.quality: Any = None
+        self.quality: QualityFigures | None = None
 
     def request(self, endpoint: str, status: int, rows: int, seconds: float) -> None:
         key = (endpoint, str(status))
@@ -140,9 +155,9 @@ class EngineMetrics:
             self._models[key] = ModelMetrics(name, version)
         return self._models[key]
 
-    def watch(self, engine: Engine) -> None:
-        """Expose the engine's state (workers, queues, streams) at scrape time."""
-        self.registry.register(_EngineCollector(engine))
+    def watch(self, source: Observable) -> None:
+        """Expose the engine's state (workers, queues, drift, streams) at scrape time."""
+        self.registry.register(_StateCollector(source))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -218,78 +233,74 @@ class ProcessSampler:
             del self._procs[pid]
 
 
-class _EngineCollector(Collector):
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.sampler = ProcessSampler()
+class _StateCollector(Collector):
+    """The engine's state, read from its snapshots when Prometheus scrapes."""
 
-    def _services(self) -> list[ModelService]:
-        e = self.engine
-        return [*e.models.values(), *(c.candidate for c in e.canaries.values()),
-                *(s.candidate for s in e.shadows.values())]
+    def __init__(self, source: Observable) -> None:
+        self.source = source
 
     def collect(self) -> Iterable[Metric]:
-        labels = ["model", "version"]
-        queued = GaugeMetricFamily("baton_queue_rows", "Rows waiting for a worker.", labels=labels)
-        inflight = GaugeMetricFamily("baton_in_flight_batches", "Batches being scored.",
-                                     labels=labels)
-        alive = GaugeMetricFamily("baton_workers_alive", "Workers ready to score.",
-                                  labels=labels)
-        ready = GaugeMetricFamily("baton_model_ready", "1 when the model can serve.",
-                                  labels=labels)
-        restarts = CounterMetricFamily("baton_worker_restarts", "Workers restarted after a "
-                                       "crash, a hang or a failed load.", labels=labels)
-        cpu = CounterMetricFamily("baton_worker_cpu_seconds", "CPU time of each worker.",
-                                  labels=[*labels, "slot"])
-        rss = GaugeMetricFamily("baton_worker_resident_memory_bytes", "Resident memory of "
-                                "each worker.", labels=[*labels, "slot"])
-        live: set[int] = set()
-        for svc in self._services():
-            lv = [svc.name, svc.version]
-            pool = svc.pool
-            queued.add_metric(lv, pool.queued_rows)
-            inflight.add_metric(lv, pool.in_flight)
-            alive.add_metric(lv, sum(1 for w in pool.workers if w and w.state == "ready"))
-            ready.add_metric(lv, 1.0 if svc.ready else 0.0)
-            restarts.add_metric(lv, pool.stats.restarts)
-            for w in pool.workers:
-                if w is None or w.pid is None or w.state != "ready":
-                    continue
-                sample = self.sampler.sample(w.pid)
-                if sample is None:
-                    continue
-                live.add(w.pid)
-                cpu.add_metric([*lv, str(w.slot)], sample[0])
-                rss.add_metric([*lv, str(w.slot)], sample[1])
-        self.sampler.forget_except(live)
-        yield from (queued, inflight, alive, ready, restarts, cpu, rss)
-        yield from _drift_metrics(self._services())
-        yield from _stream_metrics(self.engine.streams)
-        yield from _prediction_log_metrics(self.engine.predlog)
-        yield _refusal_metrics(self.engine.source)
+        snapshots = self.source.snapshots()
+        yield from _worker_metrics(snapshots)
+        yield from _drift_metrics(snapshots)
+        yield from _stream_metrics(self.source.stream_states())
+        yield from _prediction_log_metrics(self.source.prediction_log())
+        yield _refusal_metrics(self.source.refusals())
 
 
-def _drift_metrics(services: list[ModelService]) -> Iterable[Metric]:
+def _worker_metrics(snapshots: list[ModelSnapshot]) -> Iterable[Metric]:
+    labels = ["model", "version"]
+    queued = GaugeMetricFamily("baton_queue_rows", "Rows waiting for a worker.", labels=labels)
+    inflight = GaugeMetricFamily("baton_in_flight_batches", "Batches being scored.",
+                                 labels=labels)
+    alive = GaugeMetricFamily("baton_workers_alive", "Workers ready to score.",
+                              labels=labels)
+    ready = GaugeMetricFamily("baton_model_ready", "1 when the model can serve.",
+                              labels=labels)
+    restarts = CounterMetricFamily("baton_worker_restarts", "Workers restarted after a "
+                                   "crash, a hang or a failed load.", labels=labels)
+    cpu = CounterMetricFamily("baton_worker_cpu_seconds", "CPU time of each worker.",
+                              labels=[*labels, "slot"])
+    rss = GaugeMetricFamily("baton_worker_resident_memory_bytes", "Resident memory of "
+                            "each worker.", labels=[*labels, "slot"])
+    for snap in snapshots:
+        lv = [snap.name, snap.version]
+        queued.add_metric(lv, snap.queued_rows)
+        inflight.add_metric(lv, snap.in_flight)
+        alive.add_metric(lv, snap.workers_alive)
+        ready.add_metric(lv, 1.0 if snap.ready else 0.0)
+        restarts.add_metric(lv, snap.restarts)
+        for w in snap.workers:
+            if w.cpu_seconds is not None and w.rss_bytes is not None:
+                cpu.add_metric([*lv, str(w.slot)], w.cpu_seconds)
+                rss.add_metric([*lv, str(w.slot)], w.rss_bytes)
+    yield from (queued, inflight, alive, ready, restarts, cpu, rss)
+
+
+def _drift_metrics(snapshots: list[ModelSnapshot]) -> Iterable[Metric]:
     labels = ["model", "version", "feature"]
     psi = GaugeMetricFamily("baton_drift_psi", "Population stability index of recent inputs "
                             "against the training reference, per feature.", labels=labels)
-    ks = GaugeMetricFamily("baton_drift_ks", "Kolmogorov-Smirnov distance of recent inputs "
-                           "to the training reference (numeric features).", labels=labels)
+    ks = GaugeMetricFamily("baton_drift_ks_at_percentiles", "Largest gap between the "
+                           "cumulative distribution of recent inputs and the training "
+                           "reference's, at the reference's 101 percentiles (numeric "
+                           "features).", labels=labels)
+    ks_alias = GaugeMetricFamily("baton_drift_ks", "Deprecated: the same figure as "
+                                 "baton_drift_ks_at_percentiles.", labels=labels)
     drifting = GaugeMetricFamily("baton_drift_alert", "1 when a feature's PSI is above the "
                                  "bundle's drift threshold.", labels=labels)
-    for svc in services:
-        if svc.drift is None:
-            continue
-        for feature, d in svc.drift.compute().items():
-            lv = [svc.name, svc.version, feature]
+    for snap in snapshots:
+        for feature, d in (snap.drift or {}).items():
+            lv = [snap.name, snap.version, feature]
             psi.add_metric(lv, d["psi"])
             drifting.add_metric(lv, 1.0 if d["drifting"] else 0.0)
-            if "ks" in d:
-                ks.add_metric(lv, d["ks"])
-    yield from (psi, ks, drifting)
+            if "ks_at_percentiles" in d:
+                ks.add_metric(lv, d["ks_at_percentiles"])
+                ks_alias.add_metric(lv, d["ks_at_percentiles"])
+    yield from (psi, ks, ks_alias, drifting)
 
 
-def _stream_metrics(streams: list[Any]) -> Iterable[Metric]:
+def _stream_metrics(streams: list[dict[str, Any]]) -> Iterable[Metric]:
     labels = ["model", "input"]
     families = {k: CounterMetricFamily(f"baton_stream_{k}", text, labels=labels) for k, text in (
         ("consumed", "Records read from the input and acknowledged."),
@@ -301,8 +312,7 @@ def _stream_metrics(streams: list[Any]) -> Iterable[Metric]:
     results = CounterMetricFamily("baton_stream_labels", "Labels read from a labels stream, "
                                   "by what became of them (accepted, unknown, duplicate, "
                                   "invalid, unavailable).", labels=[*labels, "result"])
-    for st in streams:
-        d = st.describe()
+    for d in streams:
         lv = [d["model"], d["input"]]
         for key, fam in families.items():
             fam.add_metric(lv, d[key])
@@ -315,7 +325,7 @@ def _stream_metrics(streams: list[Any]) -> Iterable[Metric]:
     yield results
 
 
-def _prediction_log_metrics(predlog: Any) -> Iterable[Metric]:
+def _prediction_log_metrics(predlog: PredictionLogCounters | None) -> Iterable[Metric]:
     """The prediction log's store (label ``store``: local, registry) and export sink
     (label ``sink``, its URL without password); families are empty when they are off."""
     written = CounterMetricFamily("baton_prediction_log_written", "Predictions written to "
@@ -348,14 +358,14 @@ def _prediction_log_metrics(predlog: Any) -> Iterable[Metric]:
     yield from (written, dropped, exported, export_dropped, export_failures, export_pending)
 
 
-def _refusal_metrics(source: Any) -> Metric:
-    """Versions a registry-following engine refused (``source.refusals``: counts by model
-    and code, each refusal counted once when it appears)."""
+def _refusal_metrics(refusals: Mapping[tuple[str, str], int]) -> Metric:
+    """Versions a registry-following engine refused (counts by model and code, each
+    refusal counted once when it appears)."""
     refused = CounterMetricFamily("baton_registry_refusals", "Registry versions this engine "
                                   "refused to serve, by model and code (STAGE_NOT_ALLOWED, "
                                   "NOT_APPROVED, UNSIGNED, BAD_SIGNATURE, DECISION_MISMATCH, "
                                   "DECISION_REPLAYED, ...).", labels=["model", "code"])
-    for (model, code), n in (getattr(source, "refusals", None) or {}).items():
+    for (model, code), n in refusals.items():
         refused.add_metric([model, code], n)
     return refused
 
