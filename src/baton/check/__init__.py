@@ -20,8 +20,7 @@ from typing import Any
 
 import psutil
 
-from baton.bundle.archive import ArchiveLimits
-from baton.bundle.loader import Bundle, open_bundle
+from baton.bundle.loader import Bundle
 from baton.check.report import (
     STAGE_EXIT,
     CheckReport,
@@ -38,9 +37,10 @@ from baton.check.samples import (
     sample_rows,
     with_record,
 )
-from baton.env.builder import EnvBuilder, Environment
+from baton.env.builder import Environment
 from baton.errors import BatonError, ContractViolation, ModelLoadError, SampleMismatch
 from baton.serving import v2
+from baton.serving.opening import ensure_environment, open_local
 from baton.serving.samples import call, load_samples, request_body
 from baton.serving.service import ModelService
 from baton.settings import Settings
@@ -54,8 +54,8 @@ def run_check(ref: str | Path, settings: Settings, *, iterations: int = 200) -> 
     with log_into(report):
         try:
             bundle, env = _prepare(report, ref, settings)
-            asyncio.run(_Running(bundle, env, replace(settings, workers=1), report,
-                                 iterations).run())
+            asyncio.run(_run_stages(bundle, env, replace(settings, workers=1), report,
+                                    iterations))
         except Stopped:
             pass
         except Exception as exc:  # outside every stage: still a report, never a traceback
@@ -66,68 +66,63 @@ def run_check(ref: str | Path, settings: Settings, *, iterations: int = 200) -> 
 def _prepare(report: CheckReport, ref: str | Path,
              settings: Settings) -> tuple[Bundle, Environment]:
     with record_stage(report, "manifest"):
-        bundle = open_bundle(ref, settings.bundles_dir,
-                             limits=ArchiveLimits.from_settings(settings))
+        bundle = open_local(ref, settings)
         report.bundle = {"name": bundle.name, "version": bundle.version,
                          "digest": bundle.digest, "path": str(ref)}
     with record_stage(report, "dependency_resolution") as s:
-        builder = EnvBuilder(settings.envs_dir, wheelhouse=settings.wheelhouse,
-                             offline=settings.offline)
-        env = builder.ensure(bundle.manifest.environment)
+        env = ensure_environment(bundle, settings)
         s.note = "cached" if env.cached else f"built in {env.build_seconds:.2f}s"
         report.measurements["environment"] = {"key": env.key, "cached": env.cached,
                                               "build_seconds": round(env.build_seconds, 3)}
     return bundle, env
 
 
-class _Running:
-    """The stages that need the worker: each one a method, in order."""
-
-    def __init__(self, bundle: Bundle, env: Environment, settings: Settings,
-                 report: CheckReport, iterations: int) -> None:
-        self.bundle, self.env, self.settings = bundle, env, settings
-        self.report, self.iterations = report, iterations
-        self._svc: ModelService | None = None
-
-    @property
-    def svc(self) -> ModelService:
-        assert self._svc is not None, "the import stage makes the service"
-        return self._svc
-
-    async def run(self) -> None:
-        try:
-            await self._start()
-            inputs, actual, tol = await self._samples()
-            if inputs is not None:
-                await self._single_records(inputs, actual, tol)
-                await self._null_record(inputs, tol)
-                await self._latency(inputs)
-        finally:  # also after a failure: no worker outlives the check, no loop noise
-            await self._shutdown()
-
-    async def _shutdown(self) -> None:
-        if self._svc is None:
-            return
-        try:
-            await self._svc.pool.close(5.0)
-        except Exception as exc:
-            fail_late(self.report, "shutdown", exc)
-
-    async def _start(self) -> None:
-        started = time.perf_counter()
-        with record_stage(self.report, "import") as s:
-            self._svc = ModelService(self.bundle, self.env, self.settings)
+async def _run_stages(bundle: Bundle, env: Environment, settings: Settings,
+                      report: CheckReport, iterations: int) -> None:
+    """Start the model's worker (stages ``import`` and ``load``), then the stages that need
+    it; also after a failure, no worker outlives the check and the loop ends quietly."""
+    started = time.perf_counter()
+    svc: ModelService | None = None
+    try:
+        with record_stage(report, "import") as s:
+            svc = ModelService(bundle, env, settings)
             try:
-                await self.svc.pool.start()
+                await svc.pool.start()
             except ModelLoadError as exc:
                 s.name = exc.details.get("stage", "load")
                 raise
-            worker = self.svc.pool.workers[0]
-            assert worker is not None
-            load = worker.info.get("load_seconds") or 0.0
+            worker = svc.pool.workers[0]
+            load = float((worker.info.get("load_seconds") if worker else None) or 0.0)
             s.seconds = time.perf_counter() - started - load
-        self.report.stage("load", load)
-        self.report.measurements["load_seconds"] = round(time.perf_counter() - started, 3)
+        report.stage("load", load)
+        report.measurements["load_seconds"] = round(time.perf_counter() - started, 3)
+        await _Running(svc, bundle, report, iterations).run()
+    finally:
+        if svc is not None:
+            await _shutdown(svc, report)
+
+
+async def _shutdown(svc: ModelService, report: CheckReport) -> None:
+    try:
+        await svc.pool.close(5.0)
+    except Exception as exc:
+        fail_late(report, "shutdown", exc)
+
+
+class _Running:
+    """The stages that need the started worker: each one a method, in order."""
+
+    def __init__(self, svc: ModelService, bundle: Bundle, report: CheckReport,
+                 iterations: int) -> None:
+        self.svc, self.bundle = svc, bundle
+        self.report, self.iterations = report, iterations
+
+    async def run(self) -> None:
+        inputs, actual, tol = await self._samples()
+        if inputs is not None:
+            await self._single_records(inputs, actual, tol)
+            await self._null_record(inputs, tol)
+            await self._latency(inputs)
 
     async def _samples(self) -> tuple[Any, Any, float]:
         with record_stage(self.report, "input_contract") as s:
