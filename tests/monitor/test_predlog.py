@@ -12,14 +12,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, inspect, text
 
 from baton.batch import Batch
 from baton.errors import BatonError
 from baton.monitor.export import PredictionExport
 from baton.monitor.predlog import PredictionLog, new_ids
-from baton.monitor.predstore import DatabaseStore
-from tests.conftest import migration_head
+from baton.monitor.predlog.store import DatabaseStore
 
 MakeLog = Callable[..., PredictionLog]
 
@@ -186,11 +185,26 @@ def test_the_registry_store_keeps_json_in_postgresql(postgres_url: str, model: s
             row = conn.execute(text(
                 "SELECT pg_typeof(inputs)::text, inputs->'x'->>0, inputs->'s'->>1, "
                 "outputs->'y'->>1 FROM prediction_batches WHERE rid = :rid"), {"rid": rid}).one()
-            head = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+            head = conn.execute(text("SELECT version_num FROM baton_predlog_version")).scalar()
+            tables = set(inspect(conn).get_table_names())
     finally:
         engine.dispose()
     assert tuple(row) == ("json", "1.5", None, "q")
-    assert head == migration_head()  # the registry's schema, at its newest revision
+    assert head == predlog_migration_head()  # the log's own schema, at its newest revision
+    assert "alembic_version" not in tables  # and nothing of the registry's
+
+
+def predlog_migration_head() -> str:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from baton.monitor.predlog.store import MIGRATIONS
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    head = ScriptDirectory.from_config(cfg).get_current_head()
+    assert head is not None
+    return head
 
 
 def test_an_unreachable_registry_database_is_a_clear_error_at_open() -> None:

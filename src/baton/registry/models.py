@@ -2,8 +2,9 @@
 
 Schema changes go through Alembic migrations (``registry/migrations``); the same schema
 runs on SQLite (the zero-configuration default) and PostgreSQL (production). Engines may
-keep their prediction log here too (``BATON_PREDICTION_LOG_STORE=registry``): the
-``prediction_*`` tables at the end.
+keep their prediction log in the same database (``BATON_PREDICTION_LOG_STORE=registry``):
+its tables are the monitoring package's (``baton.monitor.predlog.tables``), under its own
+migrations and version table.
 """
 
 from __future__ import annotations
@@ -13,21 +14,16 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
-    Column,
     DateTime,
-    Dialect,
-    Float,
     ForeignKey,
     Index,
     Integer,
     String,
-    Table,
     Text,
     UniqueConstraint,
     func,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
-from sqlalchemy.types import TypeDecorator, TypeEngine, UserDefinedType
 
 STAGES = ("draft", "validated", "staging", "production", "archived")
 ROLES = ("client", "viewer", "data-scientist", "operator", "approver", "admin")
@@ -178,72 +174,3 @@ class AuditEvent(Base):
                 "digest": self.digest, "from": self.from_stage, "to": self.to_stage,
                 "reason": self.reason, "details": self.details or {},
                 "prev_hash": self.prev_hash, "hash": self.hash, "signature": self.signature}
-
-
-# -- The prediction log (BATON_PREDICTION_LOG_STORE=registry) ------------------------------
-# Engines write these with SQLAlchemy Core (baton.monitor.predstore), not through the ORM:
-# one row per scored batch, its columns as JSON, so logging costs per request, not per row.
-
-
-class _RawJSON(UserDefinedType[str]):
-    """PostgreSQL ``json`` bound from text that is already JSON (encoded by orjson, which
-    also serialises numpy arrays): no second encoding on the way in."""
-
-    cache_ok = True
-
-    def get_col_spec(self, **kw: Any) -> str:
-        return "JSON"
-
-    def bind_processor(self, dialect: Dialect) -> None:
-        return None
-
-    def result_processor(self, dialect: Dialect, coltype: object) -> None:
-        return None
-
-
-class JSONText(TypeDecorator[str]):
-    """A JSON document held as its text: ``json`` on PostgreSQL (queryable with ``->``),
-    ``TEXT`` on SQLite. Written and read as ``str``; select ``CAST(col AS TEXT)`` to get
-    text back from PostgreSQL too."""
-
-    impl = Text
-    cache_ok = True
-
-    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
-        if dialect.name == "postgresql":
-            return _RawJSON()
-        return dialect.type_descriptor(Text())
-
-
-prediction_batches = Table(
-    "prediction_batches", Base.metadata,
-    Column("rid", Text, primary_key=True),  # the request (or stream micro-batch) id
-    Column("model", Text, nullable=False),
-    Column("version", Text, nullable=False),
-    Column("time", Float, nullable=False, index=True),  # Unix seconds
-    Column("rows", Integer, nullable=False),
-    Column("inputs", JSONText, nullable=False),  # {"column": [value per row], ...}
-    Column("outputs", JSONText, nullable=False),
-)
-
-#: A stream record's key names the latest prediction made with it, per model.
-prediction_keys = Table(
-    "prediction_keys", Base.metadata,
-    Column("model", Text, primary_key=True),
-    Column("key", Text, primary_key=True),
-    Column("rid", Text, nullable=False),
-    Column("idx", Integer, nullable=False),
-    Column("time", Float, nullable=False, index=True),  # its batch's time (for retention)
-)
-
-prediction_labels = Table(
-    "prediction_labels", Base.metadata,
-    Column("id", Text, primary_key=True),  # the prediction id, RID-IDX
-    Column("model", Text, nullable=False),
-    Column("version", Text, nullable=False),
-    Column("rid", Text, nullable=False),
-    Column("idx", Integer, nullable=False),
-    Column("label", Text, nullable=False),  # JSON
-    Column("time", Float, nullable=False, index=True),
-    Index("prediction_labels_model_time", "model", "version", "time"),
-)
