@@ -7,7 +7,11 @@ options override those. A plain dataclass keeps start-up fast and the engine lig
 
 from __future__ import annotations
 
+import functools
+import math
 import os
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -160,22 +164,9 @@ class Settings:
         self._check_prediction_log()
 
     def _check_prediction_log(self) -> None:
-        """The sink must be a stream URL a connector takes; the registry store needs a
-        SQLite or PostgreSQL registry database. Values are shown without passwords."""
-        if self.prediction_log_sink:
-            from baton.streams.base import StreamError, parse_url, redact_url
-
-            try:
-                url = parse_url(self.prediction_log_sink)
-                problem = "" if url.name else "it names no file, stream, topic or queue"
-            except StreamError as exc:
-                problem = exc.message
-            if problem:
-                raise SettingsError(
-                    "setting prediction_log_sink (BATON_PREDICTION_LOG_SINK) must be a stream "
-                    "URL such as file:///PATH.jsonl or redis://HOST:PORT/STREAM, got "
-                    f"{redact_url(self.prediction_log_sink)!r}: {problem}",
-                    details={"field": "prediction_log_sink"})
+        """The registry store needs a SQLite or PostgreSQL registry database (shown without
+        its password). The sink's URL is checked by the streams package, which knows the
+        schemes (:func:`baton.streams.base.check_settings`)."""
         if self.prediction_log_store == "registry" and self.registry_db:
             from sqlalchemy.engine import make_url
             from sqlalchemy.exc import ArgumentError
@@ -217,29 +208,62 @@ class Settings:
         return self.registry_key_file or self.home / "registry" / "signing.key"
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
-        environ = dict(os.environ) if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = environ.get(f"BATON_{f.name.upper()}")
+    def from_env(cls, environ: Mapping[str, str] | None = None, *,
+                 defaults: Mapping[str, Any] | None = None, **overrides: Any) -> Settings:
+        """The settings of a command: ``defaults`` (the command's own, where it differs
+        from the field's), then ``BATON_<FIELD>`` variables parsed by the field's type,
+        then ``overrides`` (its options; None means not given)."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = dict(defaults or {})
+        for name, kind in _field_types().items():
+            raw = environ.get(f"BATON_{name.upper()}")
             if raw is not None and raw != "":
-                values[f.name] = _parse(f.name, f.type, raw)
+                values[name] = _parse(name, kind, raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return replace(cls(), **values)
 
 
-def _parse(name: str, kind: Any, raw: str) -> Any:
-    kind = str(kind)
-    try:
-        if "Path" in kind:  # absolute: it means the same in a worker's folder
-            return Path(raw).expanduser().absolute()
-        if kind == "bool":
-            return raw.lower() in ("1", "true", "yes", "on")
-        if kind == "int":
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+@functools.cache
+def _field_types() -> dict[str, type]:
+    """Field name -> the type its variable is parsed into (``Path | None`` -> Path)."""
+    hints = typing.get_type_hints(Settings)
+    out = {}
+    for f in fields(Settings):
+        hint = hints[f.name]
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        out[f.name] = args[0] if len(args) == 1 else hint
+    return out
+
+
+def _parse(name: str, kind: type, raw: str) -> Any:
+    variable = f"BATON_{name.upper()}"
+    if kind is Path:  # absolute: it means the same in a worker's folder
+        return Path(raw).expanduser().absolute()
+    if kind is bool:
+        word = raw.strip().lower()
+        if word in _TRUE or word in _FALSE:
+            return word in _TRUE
+        expected = "a boolean: " + ", ".join(_TRUE + _FALSE) + " (any case)"
+    elif kind is int:
+        try:
             return int(raw)
-        if kind == "float":
-            return float(raw)
-    except ValueError:
-        raise SettingsError(f"environment variable BATON_{name.upper()}={raw!r} is not a "
-                            f"valid {kind}", details={"field": name}) from None
-    return raw
+        except ValueError:
+            expected = "a whole number"
+    elif kind is float:
+        try:
+            number = float(raw)
+        except ValueError:
+            number = math.nan
+        if math.isfinite(number):
+            return number
+        expected = "a finite number"
+    elif kind is str:
+        return raw
+    else:  # a new field of a type this function does not know yet
+        raise TypeError(f"setting {name}: no parser for {kind!r}")
+    raise SettingsError(f"environment variable {variable}={raw!r} is not {expected}",
+                        details={"field": name})

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from baton.cli.main import errors_to_exit, main
+from baton.cli.main import _settings, errors_to_exit, main
 from baton.cli.registry import _client, registry_option
 
 SCOPES = ("infer", "feedback", "read", "admin")  # baton.scopes.SCOPES, without importing it
@@ -27,10 +27,9 @@ def login(url: str, token: str, expected_key: str) -> None:
     from baton.errors import UntrustedDecision
     from baton.profile import save_login
     from baton.registry.client import RegistryClient
-    from baton.settings import Settings
     from baton.trust import parse_public_key
 
-    s = Settings.from_env()
+    s = _settings()
     cert = (s.registry_client_cert, s.registry_client_key) if s.registry_client_cert else None
     client = RegistryClient(url, token, ca=s.registry_ca, cert=cert)
     me = client.whoami()

@@ -1,5 +1,5 @@
 """Registry verbs of the ``baton`` command: login, push, pull, list, show, promote, approve,
-users and tokens, and ``baton registry`` to run one."""
+users and tokens (``baton registry``, to run one, is in :mod:`baton.cli.registry_service`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from baton.cli.main import errors_to_exit, main
+from baton.cli.main import _settings, errors_to_exit, main
 
 registry_option = click.option("--registry", "registry_url", envvar="BATON_REGISTRY",
                                help="Registry URL.",
@@ -21,9 +21,8 @@ def _client(url: str | None) -> Any:
     """A client with the saved login and the TLS settings (BATON_REGISTRY_CA,
     BATON_REGISTRY_CLIENT_CERT/_KEY) applied to every registry command."""
     from baton.profile import open_registry_client
-    from baton.settings import Settings
 
-    return open_registry_client(url, Settings.from_env())
+    return open_registry_client(url, _settings())
 
 
 def _print(data: Any, as_json: bool, fmt: Any) -> None:
@@ -59,9 +58,8 @@ def push(bundle: Path, registry_url: str | None) -> None:
 def pull(ref: str, output: Path, registry_url: str | None) -> None:
     """Download REF (NAME@VERSION or NAME@sha256:...), verified against its digest."""
     from baton.bundle.archive import ArchiveLimits
-    from baton.settings import Settings
 
-    limits = ArchiveLimits.from_settings(Settings.from_env())
+    limits = ArchiveLimits.from_settings(_settings())
     path, digest = _client(registry_url).pull(ref, output, limits=limits)
     click.echo(f"{path}\n{digest}")
 
@@ -224,10 +222,9 @@ def _verify_remote(registry_url: str | None, pinned: str) -> tuple[Any, bool]:
 def _verify_local(db: str | None, key_file: Path | None, pinned: str) -> tuple[Any, bool]:
     from baton.registry.audit import checkpoint_path, verify_database
     from baton.registry.db import Database
-    from baton.settings import Settings
     from baton.trust import load_signing_key, parse_public_key
 
-    s = Settings.from_env(registry_db=db, registry_key_file=key_file)
+    s = _settings(registry_db=db, registry_key_file=key_file)
     path = s.registry_signing_key
     key = parse_public_key(pinned) if pinned else load_signing_key(path).public
     head_file = checkpoint_path(path)
@@ -239,171 +236,5 @@ def _verify_local(db: str | None, key_file: Path | None, pinned: str) -> tuple[A
         database.dispose()
 
 
-@main.group()
-def registry() -> None:
-    """Run the registry service."""
-
-
-def _open_registry(db: str | None, storage: Path | None, approvals: int | None,
-                   **settings: Any) -> Any:
-    from baton.bundle.archive import ArchiveLimits
-    from baton.registry.app import subprocess_check_runner
-    from baton.registry.audit import checkpoint_path
-    from baton.registry.blobs import BlobStore
-    from baton.registry.db import Database
-    from baton.registry.service import Registry
-    from baton.settings import Settings
-
-    s = Settings.from_env(registry_db=db, registry_storage=storage, approvals=approvals,
-                          **settings)
-    key = _signing_key(s.registry_signing_key)
-    database = Database(s.registry_url)
-    database.migrate()
-    blobs = BlobStore(s.registry_blobs, ArchiveLimits.from_settings(s))
-    return Registry(database, blobs, key, approvals_required=s.approvals,
-                    check_runner=subprocess_check_runner(s.home),
-                    token_max_days=s.token_max_days,
-                    head_file=checkpoint_path(s.registry_signing_key)), s
-
-
-def _signing_key(path: Path) -> Any:
-    """The registry's signing key, created (and announced) on first start."""
-    from baton.trust import load_or_create_signing_key
-
-    key, created = load_or_create_signing_key(path)
-    if created:
-        click.echo(f"created the registry's signing key {path}: public key "
-                   f"{key.public.text} (key id {key.public.key_id}); engines pin it with "
-                   "--registry-key", err=True)
-    return key
-
-
-db_option = click.option("--db", help="Database URL (production: "
-                         "postgresql+psycopg://...).", show_default="SQLite in the Baton home")
-storage_option = click.option("--storage", type=click.Path(path_type=Path),
-                              help="Content folder.", show_default="in the Baton home")
-key_file_option = click.option(
-    "--key-file", type=click.Path(dir_okay=False, path_type=Path),
-    help="The registry's signing key (created on first start). Keep it out of the database's "
-         "reach.", show_default="$BATON_HOME/registry/signing.key")
-
-
-@registry.command("serve")
-@db_option
-@storage_option
-@key_file_option
-@click.option("--approvals", type=int, help="Approvals production needs.", show_default="1")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
-@click.option("--port", default=8700, show_default=True, help="Port to bind.")
-@click.option("--token-max-days", type=float,
-              help="Longest token a user may ask for, in days; admins' service tokens "
-                   "excepted.", show_default="90")
-@click.option("--tls-cert", type=click.Path(dir_okay=False, path_type=Path),
-              help="Serve HTTPS with this certificate (PEM; with --tls-key).")
-@click.option("--tls-key", type=click.Path(dir_okay=False, path_type=Path),
-              help="The private key of --tls-cert (PEM).")
-@click.option("--tls-client-ca", type=click.Path(dir_okay=False, path_type=Path),
-              help="Require client certificates signed by this authority (PEM).")
-@errors_to_exit
-def registry_serve(db: str | None, storage: Path | None, key_file: Path | None,
-                   approvals: int | None, host: str, port: int, token_max_days: float | None,
-                   tls_cert: Path | None, tls_key: Path | None,
-                   tls_client_ca: Path | None) -> None:
-    """Serve the registry API (migrating the database first)."""
-    import uvicorn
-
-    from baton.registry.app import create_app
-
-    reg, s = _open_registry(db, storage, approvals, token_max_days=token_max_days,
-                            tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca,
-                            registry_key_file=key_file)
-    tls = _uvicorn_tls(s)
-    scheme = "https" if tls else "http"
-    clients = ", client certificates required" if s.tls_client_ca else ""
-    click.echo(f"Baton registry at {scheme}://{host}:{port} (db "
-               f"{s.registry_url.split('@')[-1]}, content {s.registry_blobs}, {s.approvals} "
-               f"approval(s) for production, tokens up to {s.token_max_days:g} days{clients})",
-               err=True)
-    uvicorn.run(create_app(reg), host=host, port=port, log_level="warning",
-                access_log=False, **tls)
-
-
-def _uvicorn_tls(s: Any) -> dict[str, Any]:
-    """uvicorn's ssl options, after loading them once here so that a wrong file is a clear
-    INVALID_SETTING instead of a traceback from inside uvicorn."""
-    import ssl
-    from functools import partial
-
-    from baton.errors import SettingsError
-
-    if s.tls_cert is None:
-        return {}
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    loads = [("tls_cert", partial(context.load_cert_chain, s.tls_cert, s.tls_key))]
-    if s.tls_client_ca:
-        loads.append(("tls_client_ca", partial(context.load_verify_locations, s.tls_client_ca)))
-    for field, load in loads:
-        try:
-            load()
-        except (OSError, ssl.SSLError) as exc:
-            raise SettingsError(f"cannot use {field} ({exc}): give PEM files this process "
-                                "can read", details={"field": field}) from None
-    out: dict[str, Any] = {"ssl_certfile": str(s.tls_cert), "ssl_keyfile": str(s.tls_key)}
-    if s.tls_client_ca:
-        out.update(ssl_ca_certs=str(s.tls_client_ca), ssl_cert_reqs=ssl.CERT_REQUIRED)
-    return out
-
-
-@registry.command("key")
-@key_file_option
-@errors_to_exit
-def registry_key_cmd(key_file: Path | None) -> None:
-    """Print the registry's public key (ed25519:BASE64) and its key id, for engines to pin."""
-    from baton.settings import Settings
-    from baton.trust import load_signing_key
-
-    path = Settings.from_env(registry_key_file=key_file).registry_signing_key
-    public = load_signing_key(path).public
-    click.echo(f"{public.text}\nkey id {public.key_id}")
-
-
-@registry.command("gc")
-@db_option
-@storage_option
-@key_file_option
-@click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
-@errors_to_exit
-def registry_gc(db: str | None, storage: Path | None, key_file: Path | None,
-                dry_run: bool) -> None:
-    """Remove archives no version references (refused or interrupted pushes) and stale
-    temporary uploads from the content folder."""
-    reg, _ = _open_registry(db, storage, None, registry_key_file=key_file)
-    try:
-        removed = reg.collect_garbage(dry_run=dry_run)
-    finally:
-        reg.db.dispose()
-    verb = "would remove" if dry_run else "removed"
-    for path in removed:
-        click.echo(f"{verb} {path}")
-    click.echo(f"{verb} {len(removed)} file(s)")
-
-
-@registry.command("bootstrap-admin")
-@click.argument("name")
-@db_option
-@storage_option
-@key_file_option
-@click.option("--days", type=float, help="Validity of the token, in days (at most the token "
-              "maximum).", show_default="the token maximum, 90")
-@errors_to_exit
-def registry_bootstrap(name: str, db: str | None, storage: Path | None, key_file: Path | None,
-                       days: float | None) -> None:
-    """Create admin NAME directly in the database and print a token (first start)."""
-    reg, _ = _open_registry(db, storage, None, registry_key_file=key_file)
-    try:
-        click.echo(reg.bootstrap_admin(name, ... if days is None else days))
-    finally:
-        reg.db.dispose()
-
-
 from baton.cli import identity as _identity_commands  # noqa: E402,F401  (registers verbs)
+from baton.cli import registry_service as _registry_service  # noqa: E402,F401

@@ -34,7 +34,7 @@ import orjson
 from baton.backoff import Backoff
 from baton.batch import Batch
 from baton.monitor.predlog import Pending
-from baton.streams.base import OutRecord, Sink, open_sink, redact_url
+from baton.streams.base import OutRecord, Sink, check_url, open_sink, redact_url
 
 log = logging.getLogger("baton.predlog")
 
@@ -67,6 +67,7 @@ class PredictionExport:
     def __init__(self, url: str, *, max_records: int = 100_000, batch_records: int = 1000,
                  first_backoff: float = 0.5, max_backoff: float = 30.0,
                  drain_timeout: float = 5.0) -> None:
+        check_url(url, setting="prediction_log_sink")  # a library caller's settings too
         self.url = url
         self.sink = redact_url(url)
         self.max_records = max_records

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
-from baton.errors import BatonError
+from baton.errors import BatonError, SettingsError
+from baton.settings import Settings
 from baton.streams import security
 
 #: What a ``?option=`` must be: ``text``, ``number`` (>= 0), ``count`` (a whole number >= 0),
@@ -170,6 +171,27 @@ def parse_url(raw: str) -> StreamURL:
     if check is not None:  # what only this connector knows (Kafka: SASL needs a user)
         check(url)
     return url
+
+
+def check_url(raw: str, *, setting: str) -> None:
+    """Refuse, as an ``INVALID_SETTING`` naming ``setting`` and its variable, a value that
+    is not a stream URL a connector takes (the password masked in the message)."""
+    try:
+        problem = "" if parse_url(raw).name else "it names no file, stream, topic or queue"
+    except StreamError as exc:
+        problem = exc.message
+    if problem:
+        raise SettingsError(
+            f"setting {setting} (BATON_{setting.upper()}) must be a stream URL such as "
+            f"file:///PATH.jsonl or redis://HOST:PORT/STREAM, got {redact_url(raw)!r}: "
+            f"{problem}", details={"field": setting})
+
+
+def check_settings(settings: Settings) -> None:
+    """The stream URLs among an operator's settings (``prediction_log_sink``), checked by
+    every command right after it reads its settings: settings know no stream schemes."""
+    if settings.prediction_log_sink:
+        check_url(settings.prediction_log_sink, setting="prediction_log_sink")
 
 
 def url_secrets(raw: str) -> list[str]:
