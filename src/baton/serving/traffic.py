@@ -96,6 +96,8 @@ class Shadow:
             self._record({"rows": batch.rows, "error": type(exc).__name__,
                           "message": str(exc)})
             return
+        if self.candidate.drift is not None:  # its inputs drift as the live ones do
+            self.candidate.drift.observe(batch)
         mismatched, max_diff = compare_batches(live, shadow, self.tolerance)
         self.stats.compared_rows += batch.rows
         self.stats.mismatched_rows += mismatched
