@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any, Protocol
 
 from baton.monitor.alerts import AlertSender, DriftWatch
 from baton.monitor.metrics import EngineMetrics
@@ -23,9 +23,26 @@ from baton.serving.traffic import Canary, Shadow
 from baton.serving.versions import VersionTable
 from baton.settings import Settings
 
-__all__ = ["Engine", "ModelService", "worker_spec"]
+__all__ = ["Engine", "ModelService", "ModelSource", "StreamTask", "worker_spec"]
 
 log = logging.getLogger("baton.serving")
+
+
+class ModelSource(Protocol):
+    """Where an engine's models come from when not from the command line (a
+    ``RegistryFollower``); shown under ``source`` in ``/v1/models``."""
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+class StreamTask(Protocol):
+    """A stream binding run with the engine (a ``StreamPipeline``)."""
+
+    async def run(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def describe(self) -> dict[str, Any]: ...
 
 
 class Engine:
@@ -40,13 +57,13 @@ class Engine:
         #: Live, canary and shadow versions: the one list of what is served.
         self.versions = VersionTable(services)
         #: Long-running helpers (e.g. a registry follower) started with the engine.
-        self.background: list[Callable[[], Awaitable[None]]] = []
+        self.background: list[Callable[[], Coroutine[Any, Any, None]]] = []
         #: False until the background helpers' first pass is done (e.g. first registry sync).
         self.synced = True
         #: Where models come from, when not from the command line (e.g. a registry follower).
-        self.source: Any = None
-        #: Stream bindings: anything with ``run()``, ``stop()`` and ``describe()``.
-        self.streams: list[Any] = []
+        self.source: ModelSource | None = None
+        #: Stream bindings, started with the engine and drained first when it closes.
+        self.streams: list[StreamTask] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
         #: What monitoring reads (``/metrics`` and ``/v1/stats``), with the one sampler.
