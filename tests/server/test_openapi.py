@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from baton.server.handlers import ENGINE_ROUTES
+from baton.server.openapi import model_path
 from tests.conftest import Server
 
 BODIES: dict[str, list[dict[str, Any]]] = {
@@ -103,3 +105,26 @@ def test_every_documented_engine_path_answers(server: Server, doc: dict[str, Any
             resp = server.client.request(method.upper(), path, json=BODIES.get(
                 path.split("/")[3], []) if method == "post" else None)
             assert resp.status_code not in (404, 405), (method, path, resp.text)
+
+
+def test_every_route_of_the_table_is_documented(doc: dict[str, Any]) -> None:
+    """Static routes by their path; a model's routes once per served model and version
+    path (chaos takes records and labels, rowsum tensors: between them every route)."""
+    versions = {"chaos": "1.0.0", "rowsum": "1.0.0"}
+    listed = set(doc["paths"])
+    for route in ENGINE_ROUTES.static.values():
+        assert route.path in listed, route.path
+        assert set(doc["paths"][route.path]) == {m.lower() for m in route.methods}
+    for family in ENGINE_ROUTES.families:
+        for route in family.routes:
+            paths = {model_path(family, name, v, route.path)
+                     for name, version in versions.items()
+                     for v in ((None, version) if family.versions else (None,))}
+            assert paths & listed, (family.prefix, route.path)
+
+
+def test_every_documented_path_is_a_route_of_the_table(doc: dict[str, Any]) -> None:
+    for path, ops in doc["paths"].items():
+        match = ENGINE_ROUTES.resolve(path)
+        assert match is not None and match.route is not None, path
+        assert {m.upper() for m in ops} <= set(match.route.methods), path

@@ -1,8 +1,10 @@
 """Who may call which engine route: bearer tokens with scopes, checked before routing.
 
-One table maps each path to the scope it needs (:data:`ROUTE_SCOPES`); probes and the
-dashboard's static files are open. Any other path needs a valid token before the router
-sees it, so an unauthenticated caller learns nothing about which routes or models exist.
+Each path needs the scope its route declares in the route table
+(:data:`~baton.server.handlers.ENGINE_ROUTES`), plus the dashboard's paths: together
+:data:`ROUTE_SCOPES`. Probes and the dashboard's static files are open. Any other path
+needs a valid token before the router sees it, so an unauthenticated caller learns nothing
+about which routes or models exist.
 
 Tokens come from two sources, tried in this order: the local token file
 (:class:`~baton.server.tokens.TokenFile`) and, when the engine follows a registry, the
@@ -22,34 +24,27 @@ from typing import TYPE_CHECKING, Any
 
 from baton.errors import Forbidden, Unauthorized
 from baton.scopes import SCOPES
+from baton.server.handlers import ENGINE_ROUTES
+from baton.server.routes import OPEN, Header
 from baton.server.tokens import TOKEN_PREFIX, TokenEntry, TokenFile, hash_token
 
 if TYPE_CHECKING:
     from baton.server.registry_tokens import RegistryTokens
 
-#: A route anyone may call.
-OPEN = "open"
+__all__ = ["ANY", "OPEN", "ROUTE_SCOPES", "Guard", "Principal", "RouteScopes", "bearer"]
+
 #: Any valid token, whatever its scopes: paths that match no route (the router says 404).
 ANY = "authenticated"
 #: Path pattern -> scope. ``*`` is one segment, a trailing ``**`` any number (even none).
 ROUTE_SCOPES: list[tuple[str, str]] = [
-    ("/v2/health/live", OPEN),
-    ("/v2/health/ready", OPEN),
+    *ENGINE_ROUTES.scope_patterns(),
     ("/ui", OPEN),
     ("/ui/static/**", OPEN),
-    ("/v2", "infer"),
-    ("/v2/models/**", "infer"),
-    ("/v1/models/*/predict", "infer"),
-    ("/openapi.json", "infer"),
-    ("/v1/models/*/feedback", "feedback"),
-    ("/v1/models", "read"),
-    ("/v1/stats", "read"),
-    ("/metrics", "read"),
     ("/ui/api/**", "read"),
 ]
 #: Longest token accepted: anything longer is not a token and is never looked up.
 MAX_TOKEN_BYTES = 512
-CHALLENGE = [(b"www-authenticate", b'Bearer realm="baton"')]
+CHALLENGE: tuple[Header, ...] = ((b"www-authenticate", b'Bearer realm="baton"'),)
 
 
 class Principal:

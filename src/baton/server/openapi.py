@@ -1,16 +1,26 @@
-"""An OpenAPI 3.1 document generated from the contracts of the models being served."""
+"""The OpenAPI 3.1 document, generated from the route table and the served models' contracts.
+
+Every route of the table is listed: a static route as the table describes it, a per-model
+route once per served model (and per version path), described from that model's contract
+by the generator named by the route's ``operation``; a generator that returns None leaves
+the route out for that model because it answers there only with an error (records on a
+tensor model, feedback without labels).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from baton import __version__
 from baton.contract.jsonschema import field_schema, record_schema, tensor_schema
 from baton.contract.spec import FieldSpec
 from baton.errors import BatonError
+from baton.server.routes import OPEN, ModelRoutes, Route, RouteTable
 from baton.serving import binary, v2
 from baton.serving.service import Engine, ModelService
 
+Operation = dict[str, Any]
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
 
@@ -23,15 +33,18 @@ def _errors(*codes: int) -> dict[str, Any]:
                      "content": {"application/json": {"schema": _ERROR}}} for c in codes}
 
 
-def _records_paths(svc: ModelService) -> dict[str, Any]:
+def _predict_op(svc: ModelService, versioned: bool) -> Operation | None:
+    """``POST /v1/models/NAME/predict``, for a model with a records contract."""
     c = svc.contract
+    if c.kind != "records":
+        return None
     request = {"type": "array", "minItems": 1,
                "items": record_schema(c.inputs, reject_unknown=c.unknown_fields == "reject")}
     response = {"type": "object", "properties": {
         "model_name": {"type": "string"}, "model_version": {"type": "string"},
         "predictions": {"type": "array",
                         "items": record_schema(c.outputs, reject_unknown=True)}}}
-    return {f"/v1/models/{svc.name}/predict": {"post": {
+    return {
         "summary": f"Score records with {svc.name} {svc.version}",
         "description": svc.bundle.manifest.description,
         "operationId": f"predict_{svc.name}",
@@ -39,7 +52,7 @@ def _records_paths(svc: ModelService) -> dict[str, Any]:
                         "content": {"application/json": {"schema": request}}},
         "responses": {"200": {"description": "One prediction per record, in order",
                               "content": {"application/json": {"schema": response}}},
-                      **_errors(400, 404, 413, 415, 422, 500, 503)}}}}
+                      **_errors(400, 404, 413, 415, 422, 500, 503)}}
 
 
 def _v2_input_schema(svc: ModelService) -> dict[str, Any]:
@@ -47,6 +60,7 @@ def _v2_input_schema(svc: ModelService) -> dict[str, Any]:
     the datatypes the server accepts for it."""
     items, required = [], []
     for spec in svc.contract.inputs:
+        item: dict[str, Any]
         if isinstance(spec, FieldSpec):
             item = {"type": "object", "required": ["name", "shape", "datatype", "data"],
                     "properties": {"name": {"const": spec.name},
@@ -80,8 +94,8 @@ _BINARY_BODY = {"application/octet-stream": {
                        f"{binary.HEADER} bytes, then each binary input's bytes in order"}}
 
 
-def _v2_paths(svc: ModelService) -> dict[str, Any]:
-    op = {"post": {
+def _infer_op(svc: ModelService, versioned: bool) -> Operation:
+    return {
         "summary": f"Open Inference Protocol inference on {svc.name}",
         "parameters": [{"name": binary.HEADER, "in": "header", "required": False,
                         "schema": {"type": "integer", "minimum": 0},
@@ -92,27 +106,26 @@ def _v2_paths(svc: ModelService) -> dict[str, Any]:
         "responses": {"200": {"description": "V2 inference response (binary outputs follow "
                                              f"the JSON when asked for; {binary.HEADER} "
                                              "then gives its length)"},
-                      **_errors(400, 404, 413, 415, 422, 500, 503)}}}
-    meta = {"get": {"summary": f"Metadata of {svc.name}",
-                    "responses": {"200": {"description": "V2 model metadata"},
-                                  **_errors(404)}}}
-    base = f"/v2/models/{svc.name}"
-    versioned = f"{base}/versions/{svc.version}"
-    ready = {"get": {"summary": "Model readiness", "responses": {
-        "200": {"description": "ready"}, **_errors(404, 503)}}}
-    return {base: meta, f"{base}/ready": ready, f"{base}/infer": {
-        **{k: {**v, "operationId": f"infer_{svc.name}"} for k, v in op.items()}},
-        versioned: meta, f"{versioned}/ready": ready,
-        f"{versioned}/infer": {k: {**v, "operationId": f"infer_{svc.name}_versioned"}
-                               for k, v in op.items()}}
+                      **_errors(400, 404, 413, 415, 422, 500, 503)},
+        "operationId": f"infer_{svc.name}_versioned" if versioned else f"infer_{svc.name}"}
 
 
-def _feedback_paths(svc: ModelService) -> dict[str, Any]:
+def _metadata_op(svc: ModelService, versioned: bool) -> Operation:
+    return {"summary": f"Metadata of {svc.name}",
+            "responses": {"200": {"description": "V2 model metadata"}, **_errors(404)}}
+
+
+def _ready_op(svc: ModelService, versioned: bool) -> Operation:
+    return {"summary": "Model readiness", "responses": {
+        "200": {"description": "ready"}, **_errors(404, 503)}}
+
+
+def _feedback_op(svc: ModelService, versioned: bool) -> Operation | None:
     """``POST /v1/models/NAME/feedback``, for a version that takes labels."""
     try:
         label = field_schema(svc.label_spec())
     except BatonError:  # no prediction log or no prediction field: the route answers 400
-        return {}
+        return None
     request = {"type": "array", "minItems": 1, "items": {
         "type": "object", "required": ["id", "label"],
         "properties": {"id": {"type": "string", "description": "A prediction id, from the "
@@ -124,29 +137,62 @@ def _feedback_paths(svc: ModelService) -> dict[str, Any]:
         "quality": {"type": "object", "additionalProperties": {"type": "number"}},
         "labelled": {"type": "integer"},
         "metric_errors": {"type": "object", "additionalProperties": {"type": "string"}}}}
-    return {f"/v1/models/{svc.name}/feedback": {"post": {
+    return {
         "summary": f"Attach true labels to predictions of {svc.name}",
         "operationId": f"feedback_{svc.name}",
         "requestBody": {"required": True,
                         "content": {"application/json": {"schema": request}}},
         "responses": {"200": {"description": "What was attached, and the quality now",
                               "content": {"application/json": {"schema": response}}},
-                      **_errors(400, 404, 413, 415, 422)}}}}
+                      **_errors(400, 404, 413, 415, 422)}}
 
 
-def openapi_document(engine: Engine, *, auth: bool = False) -> dict[str, Any]:
-    """``auth``: the engine asks for tokens; every path but the probes then says so."""
-    paths: dict[str, Any] = {
-        "/v2/health/live": {"get": {"summary": "Liveness",
-                                    "responses": {"200": {"description": "live"}}}},
-        "/v2/health/ready": {"get": {"summary": "Readiness of every model", "responses": {
-            "200": {"description": "ready"}, "503": {"description": "not ready"}}}},
-    }
+#: A per-model route's ``operation`` -> its description from a model's contract (None:
+#: the route answers only errors for that model).
+OPERATIONS: dict[str, Callable[[ModelService, bool], Operation | None]] = {
+    "metadata": _metadata_op, "ready": _ready_op, "infer": _infer_op,
+    "predict": _predict_op, "feedback": _feedback_op}
+
+
+def _static_op(route: Route) -> Operation:
+    responses: dict[str, Any] = {}
+    for status, (description, schema) in route.responses.items():
+        responses[str(status)] = {"description": description} if schema is None else {
+            "description": description, "content": {route.media: {"schema": schema}}}
+    return {"summary": route.summary, "responses": responses}
+
+
+def model_path(family: ModelRoutes, name: str, version: str | None, rest: str) -> str:
+    """The path of a per-model route for one model (and version)."""
+    base = f"{family.prefix}/{name}" + (f"/versions/{version}" if version else "")
+    return f"{base}/{rest}" if rest else base
+
+
+def _model_paths(svc: ModelService, family: ModelRoutes) -> dict[str, Any]:
+    paths: dict[str, Any] = {}
+    for versioned in (False, True) if family.versions else (False,):
+        for route in family.routes:
+            op = OPERATIONS[route.operation](svc, versioned)
+            if op is not None:
+                path = model_path(family, svc.name, svc.version if versioned else None,
+                                  route.path)
+                paths[path] = {m.lower(): op for m in route.methods}
+    return paths
+
+
+def openapi_document(engine: Engine, routes: RouteTable, *, auth: bool = False
+                     ) -> dict[str, Any]:
+    """``auth``: the engine asks for tokens; every path but the open ones then says so."""
+    paths: dict[str, Any] = {}
+    for route in routes.static.values():
+        if route.offered is None or route.offered(engine):
+            op = _static_op(route)
+            if auth and route.scope == OPEN:
+                op["security"] = []
+            paths[route.path] = {m.lower(): op for m in route.methods}
     for svc in engine.models.values():
-        paths.update(_v2_paths(svc))
-        if svc.contract.kind == "records":
-            paths.update(_records_paths(svc))
-        paths.update(_feedback_paths(svc))
+        for family in routes.families:
+            paths.update(_model_paths(svc, family))
     doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "Baton engine", "version": __version__,
@@ -162,6 +208,4 @@ def openapi_document(engine: Engine, *, auth: bool = False) -> dict[str, Any]:
             "type": "http", "scheme": "bearer",
             "description": "A token with the route's scope: infer, feedback, read or admin"}}
         doc["security"] = [{"bearer": []}]
-        for probe in ("/v2/health/live", "/v2/health/ready"):
-            paths[probe]["get"]["security"] = []
     return doc

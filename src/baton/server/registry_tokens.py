@@ -117,8 +117,9 @@ class RegistryTokens:
     def _refuse(self, digest: str, resp: httpx.Response) -> Unauthorized:
         body = _json(resp)
         code = body.get("code") if body.get("code") in _CODES else "INVALID_TOKEN"
-        message = body.get("error") if isinstance(body.get("error"), str) else "invalid token"
-        message = f"the registry refused this token: {message[:200]}"
+        error = body.get("error")
+        said = error if isinstance(error, str) else "invalid token"
+        message = f"the registry refused this token: {said[:200]}"
         if self.refused_seconds > 0:
             self._remember(self._refused, digest,
                            (time.monotonic() + self.refused_seconds, code, message),
