@@ -1,0 +1,184 @@
+"""The prediction store's schema: the upgrade of each earlier store's tables, with their
+data, to the one schema; stream keys indexed only when a label names one; and SQLAlchemy
+kept off the import of the prediction log."""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+from sqlalchemy import create_engine, text
+
+from baton.batch import Batch
+from baton.monitor.predlog import Pending, PredictionLog, new_ids
+from baton.monitor.predlog.store import DatabaseStore
+from baton.registry.db import Database
+from tests.registry.conftest import PG_URL, pg_admin
+
+#: The local file's schema before one store (baton.monitor.predlog.LocalStore, raw sqlite3).
+LOCAL_STORE_DDL = """
+CREATE TABLE prediction_batches (
+    rid TEXT PRIMARY KEY, model TEXT NOT NULL, version TEXT NOT NULL, time REAL NOT NULL,
+    rows INTEGER NOT NULL, inputs BLOB NOT NULL, outputs BLOB NOT NULL, keys BLOB,
+    keyed INTEGER NOT NULL DEFAULT 1);
+CREATE INDEX prediction_batches_time ON prediction_batches (time);
+CREATE INDEX prediction_batches_unkeyed ON prediction_batches (time) WHERE keyed = 0;
+CREATE TABLE prediction_key_index (
+    model TEXT NOT NULL, id TEXT NOT NULL, rid TEXT NOT NULL, idx INTEGER NOT NULL,
+    PRIMARY KEY (model, id)) WITHOUT ROWID;
+CREATE TABLE labels (
+    id TEXT PRIMARY KEY, model TEXT NOT NULL, version TEXT NOT NULL, rid TEXT NOT NULL,
+    idx INTEGER NOT NULL, label TEXT NOT NULL, time REAL NOT NULL);
+CREATE INDEX labels_model_time ON labels (model, version, time);
+"""
+
+
+def columns(values: list[str]) -> bytes:
+    return orjson.dumps({"y": values})
+
+
+def test_a_local_file_of_the_earlier_schema_keeps_its_predictions_and_labels(
+        tmp_path: Path) -> None:
+    path = tmp_path / "predictions.sqlite"
+    now = time.time()
+    db = sqlite3.connect(path)
+    db.executescript(LOCAL_STORE_DDL)
+    db.executemany("INSERT INTO prediction_batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", [
+        ("aaaa", "m", "1", now - 30, 2, columns(["x1", "x2"]), columns(["a", "b"]),
+         orjson.dumps(["k1", "k2"]), 1),  # keys indexed already
+        ("bbbb", "m", "1", now - 20, 2, columns(["x3", "x4"]), columns(["c", "d"]),
+         orjson.dumps(["k3", None]), 0),  # keys not indexed yet
+        ("cccc", "m", "2", now - 10, 1, columns(["x5"]), columns(["e"]), None, 1)])
+    db.executemany("INSERT INTO prediction_key_index VALUES (?, ?, ?, ?)",
+                   [("m", "k1", "aaaa", 0), ("m", "k2", "aaaa", 1)])
+    db.execute("INSERT INTO labels VALUES ('aaaa-0', 'm', '1', 'aaaa', 0, '\"A\"', ?)",
+               (now - 5,))
+    db.commit()
+    db.close()
+
+    log = PredictionLog(path)
+    log.open()
+    try:
+        assert log.labelled("m", "1", 10) == [({"y": "a"}, "A")]  # the label survived
+        result = log.add_labels("m", [("k1", "again"), ("k2", "B"), ("k3", "C"),
+                                      ("bbbb-1", "D"), ("cccc-0", "E"), ("k9", "?")])
+        assert result.duplicates == ["k1"]  # k1 names aaaa-0, labelled before the upgrade
+        assert result.accepted == ["k2", "k3", "bbbb-1", "cccc-0"] and result.unknown == ["k9"]
+        pairs = sorted(log.labelled("m", "1", 10), key=lambda p: p[1])
+        assert pairs == [({"y": "a"}, "A"), ({"y": "b"}, "B"), ({"y": "c"}, "C"),
+                         ({"y": "d"}, "D")]
+        assert log.labelled("m", "2", 10) == [({"y": "e"}, "E")]
+        rid, ids = new_ids(1)  # and it goes on logging
+        log.record("m", "1", rid, Batch({"x": np.array([1.0])}, 1), Batch({"y": ["f"]}, 1))
+        log.flush_now()
+        assert log.add_labels("m", [(ids[0], "F")]).accepted == [ids[0]]
+    finally:
+        log.close()
+    with sqlite3.connect(path) as db:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert "labels" not in tables and "prediction_key_index" not in tables
+    assert {"prediction_batches", "prediction_keys", "prediction_labels"} <= tables
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A new registry database, migrated by the registry (whose 0003 made the prediction
+    log's tables of the earlier releases)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/registry.db"
+        name = None
+    else:
+        name = f"baton_predstore_{secrets.token_hex(6)}"
+        with pg_admin() as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        url = PG_URL.format(db=name)
+    db = Database(url)
+    try:
+        db.migrate()
+    finally:
+        db.dispose()
+    try:
+        yield url
+    finally:
+        if name is not None:
+            with pg_admin() as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_the_registry_databases_earlier_tables_keep_their_predictions_and_labels(
+        registry_url: str) -> None:
+    now = time.time()
+    engine = create_engine(registry_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(
+                "INSERT INTO prediction_batches (rid, model, version, time, rows, inputs, "
+                "outputs) VALUES ('r1', 'm', '1', :t, 2, '{\"x\": [1, 2]}', "
+                "'{\"y\": [\"a\", \"b\"]}')"), {"t": now - 10})
+            conn.execute(text("INSERT INTO prediction_keys VALUES ('m', 'k1', 'r1', 1, :t)"),
+                         {"t": now - 10})
+            conn.execute(text("INSERT INTO prediction_labels VALUES ('r1-0', 'm', '1', 'r1', "
+                              "0, '\"A\"', :t)"), {"t": now - 5})
+    finally:
+        engine.dispose()
+    log = PredictionLog(DatabaseStore(registry_url))
+    log.open()
+    try:
+        assert log.labelled("m", "1", 10) == [({"y": "a"}, "A")]
+        result = log.add_labels("m", [("r1-0", "again"), ("k1", "B")])
+        assert result.duplicates == ["r1-0"] and result.accepted == ["k1"]
+        rid, _ = new_ids(1)
+        log.record("m", "1", rid, Batch({"x": np.array([3.0])}, 1), Batch({"y": ["c"]}, 1),
+                   keys=["k1"])
+        log.flush_now()
+        assert log.add_labels("m", [("k1", "C")]).accepted == ["k1"]  # its newest prediction
+        assert sorted(t for _, t in log.labelled("m", "1", 10)) == ["A", "B", "C"]
+    finally:
+        log.close()
+
+
+def keyed(model: str, when: float, keys: list[str], values: list[str]) -> Pending:
+    n = len(values)
+    return Pending(model, "1", when, new_ids(0)[0], keys, Batch({"x": np.zeros(n)}, n),
+                   Batch({"y": values}, n))
+
+
+def test_keys_are_indexed_only_when_a_label_names_one_and_the_latest_wins(
+        tmp_path: Path) -> None:
+    store = DatabaseStore.local(tmp_path / "p.sqlite")
+    store.open()
+    try:
+        now = time.time()
+        store.write([keyed("m", now - 30, ["k", "j"], ["old-k", "j"]),
+                     keyed("m", now - 10, ["k"], ["new-k"])])
+        count = text("SELECT count(*) FROM prediction_keys")
+        with store.engine.connect() as conn:
+            assert conn.execute(count).scalar() == 0  # the writer wrote no row per key
+        assert store.add_labels("m", [("j", "J")]).accepted == ["j"]
+        with store.engine.connect() as conn:
+            assert conn.execute(count).scalar() == 2
+        # A batch written late, made before the newest one: the key stays where it is.
+        store.write([keyed("m", now - 20, ["k"], ["late-k"])])
+        assert store.add_labels("m", [("k", "K")]).accepted == ["k"]
+        assert sorted(store.labelled("m", "1", 10), key=lambda p: p[1]) == [
+            ({"y": "j"}, "J"), ({"y": "new-k"}, "K")]
+    finally:
+        store.close()
+
+
+def test_importing_the_prediction_log_does_not_load_sqlalchemy() -> None:
+    probe = ("import sys, baton.monitor.predlog as p; "
+             "p.PredictionLog, p.open_prediction_log, p.new_ids; "
+             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+             "('sqlalchemy', 'alembic') or m.startswith('baton.registry')))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         timeout=120, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
