@@ -153,7 +153,8 @@ class _GuardedTarInfo(tarfile.TarInfo):
     """Refuses, before tarfile reads them into memory, headers that no bundle needs."""
 
     def _proc_member(self, tar: tarfile.TarFile) -> tarfile.TarInfo:  # tarfile's hook
-        assert isinstance(tar, _GuardedTarFile)
+        if not isinstance(tar, _GuardedTarFile):  # its counter lives there: never skip checks
+            raise TypeError("_GuardedTarInfo is read only through _GuardedTarFile")
         if self.type == tarfile.XGLTYPE:
             raise UnsafeArchiveError("archive has a global extended header, which would "
                                      "change every entry after it; bundles never need one")
@@ -273,7 +274,8 @@ def _next(archive: Path, tar: tarfile.TarFile) -> tarfile.TarInfo | None:
 
 def _chunks(archive: Path, tar: tarfile.TarFile, member: tarfile.TarInfo) -> Iterator[bytes]:
     src = tar.extractfile(member)
-    assert src is not None
+    if src is None:  # _safe_member let only regular files through
+        raise BundleError(f"{archive}: entry {member.name!r} has no content to read")
     while True:
         with _reading(archive):
             chunk = src.read(1 << 20)

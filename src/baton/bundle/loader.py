@@ -76,7 +76,7 @@ class _CachedCopy:
             digest = stream_archive(archive, self._destination, expected_digest, limits)
             target = self.bundles_dir / digest.split(":", 1)[1]
             if self.tmp is not None:
-                self._publish(digest, target)
+                self._publish(digest, self.tmp, target)
         finally:
             if self.tmp is not None:
                 _remove(self.tmp)
@@ -92,9 +92,8 @@ class _CachedCopy:
         self.tmp = Path(tempfile.mkdtemp(dir=self.bundles_dir, prefix=f".{target.name}-"))
         return self.tmp
 
-    def _publish(self, digest: str, target: Path) -> None:
-        assert self.tmp is not None
-        _make_read_only(self.tmp)
+    def _publish(self, digest: str, tmp: Path, target: Path) -> None:
+        _make_read_only(tmp)
         if self.problems:
             log.warning("the extracted copy of %s in %s did not match its archive (%s); "
                         "extracting it again", digest, target, "; ".join(self.problems))
@@ -103,7 +102,7 @@ class _CachedCopy:
             stale = target.with_name(f".{target.name}-stale-{uuid.uuid4().hex[:8]}")
             os.replace(target, stale)
         try:
-            os.replace(self.tmp, target)
+            os.replace(tmp, target)
             self.tmp = None
         except OSError:
             pass  # another process published the same verified content a moment ago

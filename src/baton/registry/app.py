@@ -200,15 +200,19 @@ def create_app(registry: Registry, *, max_upload_bytes: int = 1 << 30) -> Starle
                                details={"field": "id"})
         return JSONResponse(registry.revoke_token(actor(request), int(raw)))
 
+    # Starlette types every handler for Exception; one registered for a class gets only it,
+    # and anything else would be a crash.
     async def on_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, BatonError)
+        if not isinstance(exc, BatonError):
+            return await on_crash(request, exc)
         body: dict[str, Any] = {"error": exc.message, "code": exc.code}
         if exc.details:
             body["details"] = exc.details
         return JSONResponse(body, status_code=exc.http_status)
 
     async def on_http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
+        if not isinstance(exc, HTTPException):
+            return await on_crash(request, exc)
         code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "HTTP_ERROR")
         body: dict[str, Any] = {"error": f"{request.method} {request.url.path}: {exc.detail}",
                                 "code": code}

@@ -250,7 +250,9 @@ class Registry:
         with self.db.session() as s:
             self._lock(s, _name_of(ref))
             bv = s.get(BundleVersion, bid)
-            assert bv is not None
+            if bv is None:  # versions are never deleted; a database edited by hand could
+                raise NotFound(f"{ref} disappeared from the registry while it was checked",
+                               code="BUNDLE_NOT_FOUND")
             before = bv.stage
             after = "validated" if passed and before == "draft" else before
             self._change(s, actor, "validate", bv, after,

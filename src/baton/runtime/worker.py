@@ -132,9 +132,12 @@ class Worker:
         self.state = "ready"
 
     async def _await_control(self, op: str) -> dict[str, Any]:
-        assert self._control is not None
+        control = self._control
+        if control is None:  # only start() waits for control messages, after creating it
+            raise WorkerError(f"{self.spec.model}: no '{op}' can come: the worker was "
+                              "never started")
         try:
-            msg = await asyncio.wait_for(asyncio.shield(self._control),
+            msg = await asyncio.wait_for(asyncio.shield(control),
                                          self.spec.load_timeout)
         except TimeoutError:
             raise WorkerTimeout(f"{self.spec.model}: worker sent no '{op}' within "
@@ -158,8 +161,8 @@ class Worker:
         self.state = "stopping"
         try:
             self._send(pack_frame(orjson.dumps({"op": "shutdown"})))
-            assert self._stdin is not None
-            self._stdin.close()
+            if self._stdin is not None:
+                self._stdin.close()
         except (RuntimeError, OSError):
             pass
         try:
@@ -207,8 +210,13 @@ class Worker:
         return fut
 
     def _send(self, frame: bytes) -> None:
-        assert self._stdin is not None
-        self._stdin.write(frame)
+        """Write a frame; RuntimeError (what a closed pipe raises too) when there is no
+        pipe, which callers already treat as a worker that is gone."""
+        stdin = self._stdin
+        if stdin is None:
+            raise RuntimeError(f"{self.spec.model}: worker slot {self.slot} has no pipe "
+                               "(never started)")
+        stdin.write(frame)
 
     # -- events from the pipes ---------------------------------------------------------
     def _on_frame(self, header: dict[str, Any], payload: bytes) -> None:

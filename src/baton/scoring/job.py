@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -109,6 +109,14 @@ class _Scored:
     failed: list[tuple[int, str, BatonError]]
 
 
+class _Files(NamedTuple):
+    """What :meth:`ScoreJob.open` opened."""
+
+    reader: InputReader
+    output: OutputWriter
+    dead: DeadLetterWriter
+
+
 class ScoreJob:
     def __init__(self, spec: ScoreSpec, contract: Contract) -> None:
         if contract.kind != "records":
@@ -155,10 +163,15 @@ class ScoreJob:
         if self.dead is not None:
             self.dead.close(publish)
 
+    def _files(self) -> _Files:
+        if self.reader is None or self.output is None or self.dead is None:
+            raise RuntimeError("ScoreJob.open() must come before run()")
+        return _Files(self.reader, self.output, self.dead)
+
     async def run(self, svc: Any, started: float,
                   progress: Callable[[Progress], None] | None = None) -> ScoreSummary:
         """Start ``svc``'s workers, score the whole input, publish the outputs."""
-        assert self.reader is not None, "open() first"
+        files = self._files()
         pool = svc.pool
         # The job bounds what is in flight itself (one chunk per worker): let the pool
         # queue that much, and give a chunk the time its rows would get as served batches.
@@ -183,14 +196,12 @@ class ScoreJob:
         s.scoring_seconds = scored - ready
         s.rows_per_s = s.rows_in / s.seconds if s.seconds else 0.0
         s.steady_rows_per_s = s.rows_in / s.scoring_seconds if s.scoring_seconds else 0.0
-        assert self.dead is not None
-        s.dead_by_stage = dict(self.dead.by_stage)
+        s.dead_by_stage = dict(files.dead.by_stage)
         return s
 
     # -- the three stages ------------------------------------------------------------------
     async def _pipeline(self, svc: Any, progress: Callable[[Progress], None] | None) -> None:
-        assert self.reader is not None
-        chunks = iter(self.reader.chunks())
+        chunks = iter(self._files().reader.chunks())
         window = asyncio.Semaphore(svc.pool.size)
         order: asyncio.Queue[asyncio.Task[_Scored] | None] = asyncio.Queue(svc.pool.size + 1)
 
@@ -276,7 +287,7 @@ class ScoreJob:
                                code="OUTPUT_WRITE_FAILED") from None
 
     def _write_chunk(self, scored: _Scored) -> None:
-        assert self.output is not None and self.dead is not None
+        files = self._files()
         chunk = scored.chunk
         s = self.summary
         if scored.parts:
@@ -286,7 +297,7 @@ class ScoreJob:
                 index = np.concatenate([np.arange(start, start + b.rows)
                                         for start, b in scored.parts])
                 ids = ids.take(pa.array(index))
-            self.output.write(ids, outputs)
+            files.output.write(ids, outputs)
             s.scored += outputs.rows
         dead = list(chunk.dead)
         for i, stage, err in scored.failed:
@@ -294,7 +305,7 @@ class ScoreJob:
                                 chunk.payload(i)))
         if dead:
             dead.sort(key=lambda d: -1 if d.row is None else d.row)
-            self.dead.write(dead)
+            files.dead.write(dead)
         s.dead_lettered += len(dead)
         s.rows_in += chunk.rows_read
         s.chunks += 1

@@ -190,8 +190,9 @@ class CsvSource:
                 raise self._unreadable(exc) from None
             rows, dead = self._place(first, batch.num_rows)
             first += batch.num_rows + len(dead)
-            assert self._file is not None
-            yield batch, rows, dead, self._file.tell()
+            # Bytes read so far, for progress (the file is open while batches come).
+            done = self._file.tell() if self._file is not None else self.total_bytes
+            yield batch, rows, dead, done
         rows, dead = self._place(first, 0, last=True)
         if dead:
             yield pa.record_batch([], schema=pa.schema([])), rows, dead, self.total_bytes

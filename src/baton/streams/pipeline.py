@@ -74,6 +74,15 @@ class StreamStats:
     started_at: float = field(default_factory=time.time)
 
 
+@dataclass(frozen=True)
+class _Ends:
+    """A connected binding's streams: where records come from and where they go."""
+
+    source: Source
+    sink: Sink | None
+    dead: Sink
+
+
 def _identity(svc: Any) -> ModelIdentity:
     return ModelIdentity(svc.name, svc.version, svc.bundle.digest)
 
@@ -100,8 +109,7 @@ class StreamPipeline:
             return
         self._running = True
         try:
-            await self._connect()
-            await self._flow()
+            await self._flow(await self._connect())
         except _Stopped:
             log.info("%s: stream stopped with batches unacknowledged (they will be "
                      "redelivered)", self.binding.model)
@@ -119,27 +127,28 @@ class StreamPipeline:
             await self._stopped.wait()
 
     # -- steps ---------------------------------------------------------------------------
-    async def _connect(self) -> None:
+    async def _connect(self) -> _Ends:
         b = self.binding
         self._secrets = [secret for raw in (b.input, b.output, b.dead_letter) if raw
                          for secret in url_secrets(raw)]
-        self.source = open_source(b.input, group=b.consumer_group)
-        self.sink = open_sink(b.output) if b.output else None
-        self.dead = open_sink(b.dead_letter)
-        for name, part in (("input", self.source), ("output", self.sink),
-                           ("dead letter", self.dead)):
+        ends = _Ends(open_source(b.input, group=b.consumer_group),
+                     open_sink(b.output) if b.output else None, open_sink(b.dead_letter))
+        self.source, self.sink, self.dead = ends.source, ends.sink, ends.dead  # to close
+        for name, part in (("input", ends.source), ("output", ends.sink),
+                           ("dead letter", ends.dead)):
             if part is not None:
                 await self._retry(f"open {name}", part.open)
         log.info("%s: streaming %s -> %s (dead letters: %s)", b.model, redact_url(b.input),
                  redact_url(b.output) if b.output else b.kind, redact_url(b.dead_letter))
+        return ends
 
-    async def _flow(self) -> None:
+    async def _flow(self, ends: _Ends) -> None:
         """Read ahead while earlier batches are scored and written; acknowledge in order."""
         window = asyncio.Semaphore(max(1, self.binding.in_flight))
         order: asyncio.Queue[_Batch | None] = asyncio.Queue()
-        reader = asyncio.create_task(self._read_ahead(order, window))
-        writer = asyncio.create_task(self._write_in_order(order, window))
-        watcher = asyncio.create_task(self._watch_lag())
+        reader = asyncio.create_task(self._read_ahead(ends.source, order, window))
+        writer = asyncio.create_task(self._write_in_order(ends, order, window))
+        watcher = asyncio.create_task(self._watch_lag(ends.source))
         try:
             done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
@@ -156,14 +165,14 @@ class StreamPipeline:
             await asyncio.gather(*tasks, return_exceptions=True)
             self.stats.in_flight = 0
 
-    async def _read_ahead(self, order: asyncio.Queue[_Batch | None],
+    async def _read_ahead(self, source: Source, order: asyncio.Queue[_Batch | None],
                           window: asyncio.Semaphore) -> None:
         try:
             while not self._stopping.is_set():
                 await window.acquire()
                 if self._stopping.is_set():
                     break
-                messages = await self._read()
+                messages = await self._read(source)
                 if not messages:
                     window.release()
                     continue
@@ -172,17 +181,17 @@ class StreamPipeline:
         finally:
             order.put_nowait(None)  # the writer finishes what was read, then ends
 
-    async def _write_in_order(self, order: asyncio.Queue[_Batch | None],
+    async def _write_in_order(self, ends: _Ends, order: asyncio.Queue[_Batch | None],
                               window: asyncio.Semaphore) -> None:
         while (item := await order.get()) is not None:
             svc, outputs, dead = await item.scoring
-            await self._deliver(item.messages, svc, outputs, dead)
+            await self._deliver(ends, item.messages, svc, outputs, dead)
             self.stats.in_flight -= 1
             window.release()
 
-    async def _watch_lag(self) -> None:
+    async def _watch_lag(self, source: Source) -> None:
         """Sample the input's backlog now and then; a failure only leaves it unknown."""
-        lag = getattr(self.source, "lag", None)
+        lag = getattr(source, "lag", None)
         if lag is None:
             return
         while True:
@@ -193,25 +202,21 @@ class StreamPipeline:
                 self.stats.lag = None
             await asyncio.sleep(self.binding.lag_interval)
 
-    async def _read(self) -> list[Message]:
-        assert self.source is not None
-        source = self.source
+    async def _read(self, source: Source) -> list[Message]:
         return await self._retry("read input", lambda: source.read(
             self.binding.max_batch, self.binding.read_timeout))
 
-    async def _deliver(self, messages: Sequence[Message], svc: Any, outputs: list[OutRecord],
-                       dead: list[OutRecord]) -> None:
+    async def _deliver(self, ends: _Ends, messages: Sequence[Message], svc: Any,
+                       outputs: list[OutRecord], dead: list[OutRecord]) -> None:
         """Write outputs and dead letters durably, then acknowledge the inputs."""
         self._count_dead(svc, dead)
-        assert self.dead is not None
-        sink, dead_sink = self.sink, self.dead
+        sink, dead_sink, source = ends.sink, ends.dead, ends.source
         if outputs:
-            assert sink is not None
+            if sink is None:  # only a labels binding has no output, and it scores nothing
+                raise RuntimeError(f"{self.binding.model}: outputs but no output stream")
             await self._retry("write output", lambda: sink.write(outputs))
         if dead:
             await self._retry("write dead letters", lambda: dead_sink.write(dead))
-        assert self.source is not None
-        source = self.source
         await self._retry("acknowledge input", lambda: source.ack(messages))
         self.stats.consumed += len(messages)
         self.stats.produced += len(outputs)

@@ -111,7 +111,8 @@ class FileSink:
             raise StreamError(f"cannot open {self.path} for writing: {exc}") from None
 
     async def write(self, records: Sequence[OutRecord]) -> None:
-        assert self._fd is not None
+        if self._fd is None:
+            raise StreamError(f"cannot write to {self.path}: it is not open")
         data = b"".join(r.value + b"\n" for r in records)
         try:
             os.write(self._fd, data)
