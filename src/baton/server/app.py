@@ -141,8 +141,6 @@ class BatonApp:
         match = self.routes.resolve(path)
         if match is None:
             return not_found(method, path)
-        request = Request(self.engine, scope, receive, self.max_body_bytes,
-                          self.guard is not None, match.name, match.version)
         if match.family is not None and match.family.model_first:
             self.engine.lookup(match.name, match.version)  # an unknown model is 404 first
         route = match.route
@@ -150,7 +148,8 @@ class BatonApp:
             return not_found(method, path)
         if method not in route.methods:
             return not_allowed(method, route)
-        return await route.handler(request)
+        return await route.handler(Request(self.engine, scope, receive, self.max_body_bytes,
+                                           self.guard is not None, match.name, match.version))
 
     async def _metrics_only(self, scope: Scope, send: Send) -> None:
         """The metrics port: ``GET /metrics`` and nothing else (no token: for Prometheus)."""
