@@ -35,7 +35,7 @@ from baton.bundle.manifest import (
     ServingSpec,
 )
 from baton.contract.infer import MAX_INFERRED_CATEGORIES, infer_fields, infer_tensor
-from baton.contract.spec import Contract, FieldSpec
+from baton.contract.spec import Contract, FieldSpec, TensorSpec
 from baton.errors import BundleError
 from baton.monitor.drift import reference_profile
 
@@ -71,19 +71,22 @@ def package(model: Any, sample: Any, *, name: str, version: str = "0.1.0",
     head = _pick_samples(sample, sample_rows) if records else sample[:sample_rows]
     if records:
         _warn_empty_columns(sample)
-        inputs: tuple[Any, ...] = infer_fields(sample, max_categories=max_categories,
-                                               ranges=ranges)
-        outputs = _record_outputs(model, method, head)
+        fields = infer_fields(sample, max_categories=max_categories, ranges=ranges)
+        inputs: tuple[FieldSpec, ...] | tuple[TensorSpec, ...] = fields
+        outputs: tuple[FieldSpec, ...] | tuple[TensorSpec, ...] = \
+            _record_outputs(model, method, head)
         sample_in: Any = _records_of(head)
         sample_out: Any = _predict_records(model, method, head)
     else:
         import numpy as np
 
         arr = np.asarray(sample)
-        inputs = (infer_tensor(arr),)
+        fields = ()
+        tensor = infer_tensor(arr)
+        inputs = (tensor,)
         result = np.asarray(getattr(model, method)(arr[:sample_rows]))
         outputs = (infer_tensor(result, name=method),)
-        sample_in = {inputs[0].name: np.asarray(head).tolist()}
+        sample_in = {tensor.name: np.asarray(head).tolist()}
         sample_out = {method: result.tolist()}
     contract = Contract("records" if records else "tensors", inputs, outputs)
 
@@ -116,7 +119,7 @@ def package(model: Any, sample: Any, *, name: str, version: str = "0.1.0",
         (tmp / "samples/expected.json").write_text(_json(sample_out))
         if records:
             (tmp / "monitoring").mkdir()
-            (tmp / REFERENCE).write_text(_json(reference_profile(sample, inputs)))
+            (tmp / REFERENCE).write_text(_json(reference_profile(sample, fields)))
         for src in map(Path, code):
             dest = tmp / src.name
             if src.is_dir():

@@ -149,6 +149,12 @@ _EXTENDED = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE
 _READ_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error)
 
 
+#: tarfile's per-member hook, private and so absent from typeshed: where the guard looks at
+#: a header before tarfile reads what it announces.
+_PROC_MEMBER: Callable[[tarfile.TarInfo, tarfile.TarFile], tarfile.TarInfo] = \
+    vars(tarfile.TarInfo)["_proc_member"]
+
+
 class _GuardedTarInfo(tarfile.TarInfo):
     """Refuses, before tarfile reads them into memory, headers that no bundle needs."""
 
@@ -163,7 +169,7 @@ class _GuardedTarInfo(tarfile.TarInfo):
                                      "hold regular files only", details={"entry": self.name})
         if self.type not in _EXTENDED:
             tar.headers_in_a_row = 0
-            return super()._proc_member(tar)
+            return _PROC_MEMBER(self, tar)
         if self.size > MAX_HEADER_BYTES:
             raise fixed_limit_exceeded("header_bytes", MAX_HEADER_BYTES, self.size,
                                        f"an extended tar header of {self.size} bytes")
@@ -172,15 +178,19 @@ class _GuardedTarInfo(tarfile.TarInfo):
             raise UnsafeArchiveError("archive chains extended tar headers; an entry needs "
                                      "at most a long name and a PAX header")
         # tarfile would expand GNU sparse maps (unbounded, and zeros from nothing): look first.
-        if b"GNU.sparse" in tar.fileobj.peek(self.size):  # type: ignore[union-attr]
+        if b"GNU.sparse" in tar.stream.peek(self.size):
             raise UnsafeArchiveError("archive entry is a sparse file; bundles hold regular "
                                      "files only")
-        return super()._proc_member(tar)
+        return _PROC_MEMBER(self, tar)
 
 
 class _GuardedTarFile(tarfile.TarFile):
     tarinfo = _GuardedTarInfo
     headers_in_a_row = 0
+
+    def __init__(self, stream: UnpackedStream) -> None:
+        self.stream = stream  # before tarfile reads the first header through the guard
+        super().__init__(fileobj=stream, mode="r")
 
 
 def _safe_member(member: tarfile.TarInfo) -> str:
@@ -243,7 +253,7 @@ def stream_archive(archive: Path, dest_for: DestinationFor, expected_digest: str
         raise BundleError(f"{archive} is not a readable bundle archive: {exc}") from None
     try:
         with _reading(archive):
-            tar = _GuardedTarFile(fileobj=stream, mode="r")  # type: ignore[arg-type]
+            tar = _GuardedTarFile(stream)
         with tar:
             digest, index = _read_index(archive, tar, expected_digest, limits)
             _read_members(archive, tar, index, dest_for(digest, index), limits)
@@ -333,7 +343,7 @@ def _check_member_size(rel: str, size: int, tar: tarfile.TarFile,
     if size > limits.max_file_bytes:
         raise limits.exceeded("max_file_bytes", size, f"archive file {rel!r} is {size} bytes",
                               path=rel)
-    total = tar.fileobj.tell() + size  # type: ignore[union-attr]
+    total = tar.fileobj.tell() + size
     if total > limits.max_bytes:
         raise limits.exceeded("max_bytes", total, f"with {rel!r} the archive unpacks to "
                               f"{total} bytes", path=rel)

@@ -12,9 +12,12 @@ from __future__ import annotations
 import gzip
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from baton.errors import BundleError
+
+if TYPE_CHECKING:
+    from baton.settings import Settings
 
 #: Unpacked bytes after which the compression ratio is checked.
 RATIO_CHECKED_AFTER = 64 * 2**20
@@ -47,7 +50,7 @@ class ArchiveLimits:
     max_ratio: float = 200.0
 
     @classmethod
-    def from_settings(cls, settings: Any) -> ArchiveLimits:
+    def from_settings(cls, settings: Settings) -> ArchiveLimits:
         return cls(settings.archive_max_bytes, settings.archive_max_files,
                    settings.archive_max_file_bytes, settings.archive_max_ratio)
 
@@ -79,6 +82,10 @@ class _CountingFile:
         self.count += len(data)
         return data
 
+    def seek(self, offset: int, whence: int = 0) -> int:
+        # gzip asks for it only to rewind, which reading forward never does
+        return self.f.seek(offset, whence)
+
 
 class UnpackedStream:
     """The unpacked tar stream of an archive, forward only, held to ``limits``.
@@ -91,7 +98,7 @@ class UnpackedStream:
     def __init__(self, archive: Path, limits: ArchiveLimits) -> None:
         self.limits = limits
         self._raw = _CountingFile(archive.open("rb"))
-        self._gz = gzip.GzipFile(fileobj=self._raw, mode="rb")  # type: ignore[arg-type]
+        self._gz = gzip.GzipFile(fileobj=self._raw, mode="rb")
         self.unpacked, self.pos, self.last = 0, 0, b""
         self._ahead = b""
 
@@ -141,6 +148,9 @@ class UnpackedStream:
         while self.pos < offset and self.read(min(_CHUNK, offset - self.pos)):
             pass
         return self.pos
+
+    def write(self, data: bytes) -> int:
+        raise OSError("an archive being verified is read only")
 
     def rest_is_zeros(self) -> bool:
         """Read to the end (so gzip checks its CRC): is nothing but zeros left?"""

@@ -57,8 +57,8 @@ def infer_fields(frame: Any, *, max_categories: int = MAX_INFERRED_CATEGORIES,
                 raise ContractError(f"{where} mixes strings with other values; "
                                     "convert it to one type before packaging")
             uniques = sorted(set(present))
-            cats = tuple(uniques) if 0 < len(uniques) <= max_categories else None
-            specs.append(FieldSpec(name, "string", nullable, categories=cats,
+            found = tuple(uniques) if 0 < len(uniques) <= max_categories else None
+            specs.append(FieldSpec(name, "string", nullable, categories=found,
                                    dtype=_dtype(col, "string")))
         else:
             raise ContractError(f"{where} has dtype {col.dtype}, which a contract cannot "

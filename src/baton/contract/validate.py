@@ -46,7 +46,7 @@ def value_type(spec: FieldSpec) -> Any:
     """The msgspec type that accepts exactly the values a field allows."""
     base: Any
     if spec.categories is not None:
-        base = Literal[tuple(spec.categories)]  # type: ignore[misc]
+        base = Literal[tuple(spec.categories)]
     elif spec.type == "float":
         base = Annotated[float, msgspec.Meta(ge=spec.min, le=spec.max)] \
             if spec.min is not None or spec.max is not None else float
@@ -160,9 +160,9 @@ class RecordsDecoder:
         elif field is None:
             v = _violation(index, None, "a JSON object (record)", _lookup(body, index, None), msg)
         else:
-            spec = self._by_name.get(field)
+            known = self._by_name.get(field)
             got = _lookup(body, index, field)
-            v = _violation(index, field, describe(spec) if spec else "", got, msg)
+            v = _violation(index, field, describe(known) if known else "", got, msg)
         where = f"record {index}" + (f", field {v['field']!r}" if field else "")
         return ContractViolation(f"input contract violated at {where}: expected {v['expected']},"
                                  f" got {as_text(v['got'])}", violations=[v])

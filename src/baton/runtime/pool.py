@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -332,7 +333,7 @@ class WorkerPool:
             if self.on_batch is not None:
                 self.on_batch(merged.rows)
             fut = worker.predict(merged, self.timeout)
-            fut.add_done_callback(lambda f, w=worker, its=live: self._done(w, its, f))
+            fut.add_done_callback(functools.partial(self._done, worker, live))
 
     def _done(self, worker: Worker, items: list[_Item], fut: asyncio.Future[Batch]) -> None:
         self._busy -= 1

@@ -33,13 +33,13 @@ def encode_predict(request_id: int, batch: Batch, raw: bool) -> bytes:
     parts: list[bytes] = []
     offset = 0
     for name, col in batch.columns.items():
-        datatype = _DTYPE_TO_DATATYPE.get(col.dtype.newbyteorder("<")) \
-            if raw and isinstance(col, np.ndarray) else None
-        if datatype is None:
+        arr = col if raw and isinstance(col, np.ndarray) else None
+        datatype = None if arr is None else _DTYPE_TO_DATATYPE.get(arr.dtype.newbyteorder("<"))
+        if arr is None or datatype is None:
             metas.append({"name": name, "datatype": "JSON", "values": _json_values(col)})
             continue
-        buf = np.ascontiguousarray(col, dtype=_NATIVE[datatype]).tobytes()
-        metas.append({"name": name, "datatype": datatype, "shape": list(col.shape),
+        buf = np.ascontiguousarray(arr, dtype=_NATIVE[datatype]).tobytes()
+        metas.append({"name": name, "datatype": datatype, "shape": list(arr.shape),
                       "offset": offset, "nbytes": len(buf)})
         parts.append(buf)
         offset += len(buf)

@@ -82,7 +82,8 @@ class Worker:
         self.exited = asyncio.Event()
         self._transport: asyncio.SubprocessTransport | None = None
         self._stdin: asyncio.WriteTransport | None = None
-        self._pending: dict[int, asyncio.Future[Batch]] = {}
+        #: Request id -> its answer: a Batch (predict) or a header (metrics).
+        self._pending: dict[int, asyncio.Future[Any]] = {}
         self._timers: dict[int, asyncio.TimerHandle] = {}
         self._control: asyncio.Future[dict[str, Any]] | None = None
         self._next_id = 0
@@ -225,8 +226,10 @@ class Worker:
                 self._control.set_result(header)
             return
         rid = header.get("id")
-        fut = self._pending.pop(rid, None)  # type: ignore[arg-type]
-        timer = self._timers.pop(rid, None)  # type: ignore[arg-type]
+        if not isinstance(rid, int):  # answers no request: nothing waits for it
+            return
+        fut = self._pending.pop(rid, None)
+        timer = self._timers.pop(rid, None)
         if timer:
             timer.cancel()
         if fut is None or fut.done():

@@ -80,7 +80,7 @@ def split_parts(body: Framed, inputs: list[tuple[str, Any]]) -> dict[str, memory
     return parts
 
 
-def decode_part(name: str, datatype: str, shape: list[int], part: memoryview) -> Any:
+def decode_part(name: str, datatype: str, shape: list[int], part: memoryview) -> np.ndarray:
     """One input's bytes as an array of ``shape`` (BYTES: an object array of ``str``)."""
     count = math.prod(shape)
     field = f"inputs.{name}.parameters.binary_data_size"

@@ -164,6 +164,7 @@ def decode_request(contract: Contract, req: InferenceRequest) -> Batch:
     for spec in contract.inputs:
         inp = by_name[spec.name]
         part = parts.get(spec.name)
+        col: Column
         if isinstance(spec, TensorSpec):
             _check_datatype(spec.name, inp.datatype, spec.datatype)
             col = _decode_tensor(spec, inp) if part is None else _binary_tensor(spec, inp, part)

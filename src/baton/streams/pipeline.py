@@ -15,9 +15,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from baton.backoff import Backoff
 from baton.errors import BatonError, ContractViolation, ModelError, ModelNotReady, WorkerError
@@ -34,6 +34,8 @@ from baton.streams.base import (
 from baton.streams.records import ModelIdentity, dead_letter, decode_messages, output_record
 
 log = logging.getLogger("baton.streams")
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -155,7 +157,7 @@ class StreamPipeline:
                 task.result()  # a step that gave up (stop asked while it kept failing)
             await writer
         finally:
-            tasks = [reader, writer, watcher]
+            tasks: list[asyncio.Task[Any]] = [reader, writer, watcher]
             while not order.empty():  # read, never written: redelivered after the restart
                 item = order.get_nowait()
                 if item is not None:
@@ -304,7 +306,7 @@ class StreamPipeline:
                 self.stats.last_error = None
             self._waiting_for_model = None
 
-    async def _retry(self, what: str, step: Callable[[], Any]) -> Any:
+    async def _retry(self, what: str, step: Callable[[], Awaitable[T]]) -> T:
         """Run ``step`` until it succeeds, with backoff; errors are logged and visible."""
         backoff = Backoff(0.2, 10.0)
         while True:

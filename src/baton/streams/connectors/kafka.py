@@ -172,7 +172,8 @@ class _Client:
                     raise
 
     def _partitions(self, client: Any) -> list[int]:
-        from confluent_kafka.admin import AdminClient, NewTopic
+        from confluent_kafka.admin import AdminClient
+        from confluent_kafka.cimpl import NewTopic
 
         # The metadata of every topic: asking for this one by name would let a broker with
         # auto.create.topics.enable create it, with its own default partition count.

@@ -52,7 +52,7 @@ import ssl
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from baton.streams.base import Message, OptionKind, OutRecord, StreamError, StreamURL
 from baton.streams.connectors._support import (
@@ -66,6 +66,9 @@ from baton.streams.connectors._support import (
     stream_error,
 )
 from baton.streams.security import PASSWORD_FROM, TLS_FILES
+
+if TYPE_CHECKING:
+    from paho.mqtt.properties import Properties
 
 #: The client library (module, package) and the ``?options`` this connector reads.
 CLIENT: tuple[str, str] | None = ("paho.mqtt", "paho-mqtt")
@@ -108,14 +111,14 @@ class _Session:
 
     async def connect(self) -> None:
         import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
         from paho.mqtt.packettypes import PacketTypes
-        from paho.mqtt.properties import Properties
 
         if not self.url.name:
             raise _error("open", self.url, "the URL names no topic (mqtt://HOST:PORT/TOPIC)")
         self._loop = asyncio.get_running_loop()
         self._ready = self._loop.create_future()
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
                              protocol=mqtt.MQTTv5, manual_ack=self.persistent)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -124,7 +127,7 @@ class _Session:
             client.username_pw_set(self.url.username, self.url.password)
         if self.url.tls_context is not None:
             client.tls_set_context(self.url.tls_context)
-        props = Properties(PacketTypes.CONNECT)
+        props = _properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = (int(number(self.url, "session_expiry", 604800))
                                        if self.persistent else 0)
         self.client = client
@@ -354,7 +357,6 @@ class MqttSink:
 
     async def write(self, records: Sequence[OutRecord]) -> None:
         from paho.mqtt.packettypes import PacketTypes
-        from paho.mqtt.properties import Properties
 
         if not records:
             return
@@ -367,7 +369,7 @@ class MqttSink:
         client = self.session.client
         infos = []
         for r in records:
-            props = Properties(PacketTypes.PUBLISH)
+            props = _properties(PacketTypes.PUBLISH)
             pairs = [*([(KEY_HEADER, r.key)] if r.key is not None else []),
                      *r.headers.items()]
             if pairs:
@@ -402,3 +404,10 @@ def open_source(url: StreamURL, *, group: str) -> MqttSource:
 
 def open_sink(url: StreamURL) -> MqttSink:
     return MqttSink(url)
+
+
+def _properties(packet_type: int) -> Properties:
+    """MQTT v5 properties of one packet (paho's Properties, whose constructor is untyped)."""
+    from paho.mqtt.properties import Properties
+
+    return Properties(packet_type)  # type: ignore[no-untyped-call]  # paho leaves it unannotated
