@@ -23,9 +23,9 @@ from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Match, Route
 
 from baton.errors import BatonError, PayloadTooLarge, RequestError
-from baton.registry.identity import only_fields, token_fields
+from baton.registry.identity import Actor, only_fields, token_fields
 from baton.registry.openapi import AUDIT_PAGE_DEFAULT, AUDIT_PAGE_MAX, openapi_document
-from baton.registry.service import Actor, Registry
+from baton.registry.service import Registry
 from baton.runtime.runner import cut_lines
 
 API = "/api/v1"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import os
 import tempfile
 from pathlib import Path
@@ -137,7 +138,7 @@ class RegistryClient:
         return self._call("POST", f"/bundles/{_path(ref)}/{decision}",  # type: ignore[no-any-return]
                           json={"reason": reason}).json()
 
-    def history(self, name: str) -> list[dict[str, Any]]:
+    def history(self, name: str) -> builtins.list[dict[str, Any]]:
         return self._call("GET", f"/history/{name}").json()["events"]  # type: ignore[no-any-return]
 
     def audit_jsonl(self, page: int = AUDIT_PAGE_MAX) -> str:
@@ -169,7 +170,7 @@ class RegistryClient:
         return str(self.issue_token(user, days=days)["token"])
 
     def issue_token(self, user: str, *, days: float | None = None,
-                    scopes: list[str] | None = None, service: bool = False,
+                    scopes: builtins.list[str] | None = None, service: bool = False,
                     label: str = "", never_expires: bool = False) -> dict[str, Any]:
         """The registry's answer: the token (shown once), its id, scopes, expiry."""
         body: dict[str, Any] = {"service": service, "label": label}
@@ -181,7 +182,7 @@ class RegistryClient:
                           json=body).json()
 
     def list_tokens(self, user: str | None = None,
-                    all_users: bool = False) -> list[dict[str, Any]]:
+                    all_users: bool = False) -> builtins.list[dict[str, Any]]:
         params = {"all": "1"} if all_users else ({"user": user} if user else {})
         return self._call("GET", "/tokens", params=params).json()["tokens"]  # type: ignore[no-any-return]
 

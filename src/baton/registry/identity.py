@@ -16,10 +16,10 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from types import EllipsisType
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -35,8 +35,11 @@ __all__ = ["Actor", "Identity", "TokenInfo", "only_fields", "token_fields"]
 
 _USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,99}$")
 _LABEL_MAX = 100
-#: Audit hook: ``(session, actor, action, *, reason, details)``, the registry's ``_audit``.
-AuditHook = Callable[..., None]
+class AuditHook(Protocol):
+    """Appends an audit event in the caller's transaction: the registry's ``_audit``."""
+
+    def __call__(self, s: Session, actor: Actor, action: str, *, reason: str,
+                 details: dict[str, Any] | None = None) -> object: ...
 
 
 @dataclass(frozen=True)

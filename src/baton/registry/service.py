@@ -8,6 +8,7 @@ sees the other's result.
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 import json
 import shutil
@@ -216,7 +217,7 @@ class Registry:
             return self._describe(s, bv, full=True)
 
     def history(self, actor: Actor, name: str | None = None, since_id: int = 0,
-                limit: int | None = None) -> list[dict[str, Any]]:
+                limit: int | None = None) -> builtins.list[dict[str, Any]]:
         require(actor.role, "read", actor.name)
         with self.db.session() as s:
             q = select(AuditEvent).where(AuditEvent.id > since_id).order_by(AuditEvent.id)
@@ -249,18 +250,18 @@ class Registry:
         passed = bool(report.get("passed"))
         with self.db.session() as s:
             self._lock(s, _name_of(ref))
-            bv = s.get(BundleVersion, bid)
-            if bv is None:  # versions are never deleted; a database edited by hand could
+            checked = s.get(BundleVersion, bid)
+            if checked is None:  # versions are never deleted; a database edited by hand could
                 raise NotFound(f"{ref} disappeared from the registry while it was checked",
                                code="BUNDLE_NOT_FOUND")
-            before = bv.stage
+            before = checked.stage
             after = "validated" if passed and before == "draft" else before
-            self._change(s, actor, "validate", bv, after,
+            self._change(s, actor, "validate", checked, after,
                          reason="check passed" if passed else
                          f"check failed at {report.get('failed_stage')}",
                          details={"passed": passed, "failed_stage": report.get("failed_stage")})
-            bv.check_report = report
-            return self._describe(s, bv, full=True)
+            checked.check_report = report
+            return self._describe(s, checked, full=True)
 
     def promote(self, actor: Actor, ref: str, to: str, reason: str = "") -> dict[str, Any]:
         if to not in STAGES:
@@ -315,7 +316,7 @@ class Registry:
             return self._describe(s, bv, full=True)
 
     def audit_log(self, actor: Actor, *, after: int = 0, limit: int | None = None,
-                  last: int | None = None) -> list[dict[str, Any]]:
+                  last: int | None = None) -> builtins.list[dict[str, Any]]:
         """Audit events with an id above ``after``, oldest first, at most ``limit``; or
         the newest ``last`` events, oldest first."""
         if last is None:
