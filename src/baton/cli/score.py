@@ -8,13 +8,21 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import click
 
 from baton.cli.main import _settings, errors_to_exit, main, with_env_options
 from baton.errors import BatonError
+
+if TYPE_CHECKING:  # imported inside the command: `baton --help` stays instant
+    from baton.bundle.loader import Bundle
+    from baton.scoring.job import Progress, ScoreJob, ScoreSpec, ScoreSummary
+    from baton.serving.service import ModelService
+    from baton.settings import Settings
 
 FORMAT_CHOICES = ("csv", "jsonl", "parquet")
 
@@ -76,7 +84,7 @@ def score(bundle: str, input_path: Path, output_path: Path, dead_letter: Path | 
     spec = ScoreSpec(input_path, output_path, dead_path, in_fmt,
                      file_format(output_path, default=in_fmt), id_column, chunk_rows, timeout,
                      nulls)
-    settings = _settings(workers=workers, wheelhouse=wheelhouse, offline=offline)
+    settings: Settings = _settings(workers=workers, wheelhouse=wheelhouse, offline=offline)
     _quiet_logs(quiet)
     _lean_process()
     svc, job = _prepare(bundle, registry_url, settings, spec, quiet)
@@ -130,56 +138,45 @@ def _lean_process() -> None:
 class _WithoutPandas(importlib.abc.MetaPathFinder):
     """Imports of pandas fail in this process, as if it were not installed."""
 
-    def find_spec(self, name: str, path: Any, target: Any = None) -> None:
+    def find_spec(self, name: str, path: Sequence[str] | None,
+                  target: ModuleType | None = None) -> None:
         if name == "pandas" or name.startswith("pandas."):
             raise ModuleNotFoundError("baton score's own process runs without pandas",
                                       name=name)
 
 
-def _prepare(ref: str, registry_url: str | None, settings: Any, spec: Any,
-             quiet: bool) -> tuple[Any, Any]:
+def _prepare(ref: str, registry_url: str | None, settings: Settings, spec: ScoreSpec,
+             quiet: bool) -> tuple[ModelService, ScoreJob]:
     """The model's service (not started) and the opened job: bad input fails before workers."""
-    from baton.bundle.archive import ArchiveLimits
-    from baton.bundle.loader import open_bundle
-    from baton.env.builder import EnvBuilder
     from baton.scoring.job import ScoreJob
-    from baton.serving.service import ModelService
+    from baton.serving.opening import env_note, local_service, open_local, open_service
 
     if Path(ref).exists():
-        bundle = open_bundle(ref, settings.bundles_dir,
-                             limits=ArchiveLimits.from_settings(settings))
+        # The job opens its input first: a bad file fails before an environment is built.
+        bundle = open_local(ref, settings)
         job = ScoreJob(spec, bundle.manifest.contract)
         job.open(_identity(bundle))
         try:
-            builder = EnvBuilder(settings.envs_dir, wheelhouse=settings.wheelhouse,
-                                 offline=settings.offline)
-            env = builder.ensure(bundle.manifest.environment)
-            svc = ModelService(bundle, env, settings)
+            svc = local_service(bundle, settings)
         except BaseException:
             job.close(publish=False)
             raise
-        how = "cached" if env.cached else f"built in {env.build_seconds:.1f}s"
-    elif registry_url is not None:
-        from baton.serving.assembly import registry_version
-
-        svc = registry_version(registry_url, ref, settings)
+    else:
+        svc = open_service(ref, settings, registry=registry_url)
         job = ScoreJob(spec, svc.contract)
         job.open(_identity(svc.bundle))
-        how = "cached" if svc.env.cached else f"built in {svc.env.build_seconds:.1f}s"
-    else:
-        raise BatonError(f"no bundle at {ref} (give a folder or an archive, or --registry URL "
-                         "to score NAME@VERSION)", code="BUNDLE_NOT_FOUND", details={"ref": ref})
     if not quiet:
         click.echo(f"{svc.name} {svc.version} {svc.bundle.digest[:19]}…  environment "
-                   f"{svc.env.key[:12]} ({how}), {svc.pool.size} worker(s)", err=True)
+                   f"{svc.env.key[:12]} ({env_note(svc.env)}), {svc.pool.size} worker(s)",
+                   err=True)
     return svc, job
 
 
-def _identity(bundle: Any) -> dict[str, str]:
+def _identity(bundle: Bundle) -> dict[str, str]:
     return {"name": bundle.name, "version": bundle.version, "digest": bundle.digest}
 
 
-def _run(job: Any, svc: Any, started: float, quiet: bool) -> Any:
+def _run(job: ScoreJob, svc: ModelService, started: float, quiet: bool) -> ScoreSummary:
     try:
         import uvloop
 
@@ -218,7 +215,7 @@ class _ProgressBar:
         self.task = self.progress.add_task("score", total=None, rows=0, rate=0.0)
         return self
 
-    def update(self, p: Any) -> None:
+    def update(self, p: Progress) -> None:
         rate = p.rows / p.seconds if p.seconds > 0 else 0.0
         self.progress.update(self.task, total=p.total_bytes or None, completed=p.bytes_done,
                              rows=p.rows, rate=rate)
@@ -227,7 +224,7 @@ class _ProgressBar:
         self.progress.stop()
 
 
-def _print_summary(s: Any) -> None:
+def _print_summary(s: ScoreSummary) -> None:
     click.echo(f"scored {s.scored:,} of {s.rows_in:,} rows in {s.seconds:.2f}s "
                f"({s.rows_per_s:,.0f} rows/s; {s.steady_rows_per_s:,.0f} rows/s after "
                f"{s.startup_seconds:.2f}s of start-up) -> {s.output}")

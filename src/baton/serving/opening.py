@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from baton.bundle.archive import ArchiveLimits
 from baton.bundle.loader import Bundle, open_bundle
 from baton.env.builder import EnvBuilder, Environment
-from baton.errors import BundleError
+from baton.errors import BatonError
 from baton.serving.gate import CANDIDATE, ServeGate, pinned_key
 from baton.serving.service import ModelService
 from baton.settings import Settings
@@ -75,8 +75,8 @@ def open_service(ref: str, settings: Settings, *, registry: str | None = None) -
         return local_service(open_local(ref, settings), settings)
     if registry is not None:
         return registry_version(registry, ref, settings)
-    raise BundleError(f"no bundle at {ref} (give a folder or an archive, or --registry URL "
-                      "to score NAME@VERSION)", code="BUNDLE_NOT_FOUND", details={"ref": ref})
+    raise BatonError(f"no bundle at {ref} (give a folder or an archive, or --registry URL "
+                     "to score NAME@VERSION)", code="BUNDLE_NOT_FOUND", details={"ref": ref})
 
 
 def registry_version(url: str | None, ref: str, settings: Settings) -> ModelService:
