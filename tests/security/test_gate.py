@@ -14,8 +14,6 @@ from typing import Any
 
 import pytest
 
-from baton.errors import BatonError, SettingsError
-from baton.profile import save_login
 from baton.deployment import (
     CanarySpec,
     DeploymentSpec,
@@ -24,6 +22,8 @@ from baton.deployment import (
     ShadowSpec,
     load_deployments,
 )
+from baton.errors import BatonError, SettingsError
+from baton.profile import save_login
 from baton.serving.assembly import build_engine
 from baton.serving.gate import CANDIDATE, LIVE, ServeGate
 from baton.settings import Settings
