@@ -141,7 +141,7 @@ def stream_keys() -> int:
         try:
             batches, logged = db.execute(
                 "SELECT count(*), sum(rows) FROM prediction_batches").fetchone()
-            indexed = db.execute("SELECT count(*) FROM prediction_key_index").fetchone()[0]
+            indexed = db.execute("SELECT count(*) FROM prediction_keys").fetchone()[0]
         finally:
             db.close()
         print(f"{n} records scored (10 keys x 100 records each): {len(outputs)} outputs with "

@@ -42,7 +42,7 @@ TOOLS = run.WORK / "envs" / "tools"
 STAGES = [
     ("worker: predict_proba (scikit-learn)", ("predict_proba (sklearn",)),
     ("worker: DataFrame, frames in/out, waiting", ("baton/runtime/runner.py",)),
-    ("engine: prediction log (SQLite, to_records)", ("baton/monitor/predlog.py",)),
+    ("engine: prediction log (SQLite, to_records)", ("baton/monitor/predlog/",)),
     ("engine: metrics", ("baton/monitor/metrics.py",)),
     ("engine: source read (connector)", ("read (baton/streams/connectors", "_poll (baton",
                                          "take (baton/streams")),
