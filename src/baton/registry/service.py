@@ -38,29 +38,16 @@ from baton.registry.blobs import BlobStore
 from baton.registry.db import Database
 from baton.registry.identity import Actor, Identity
 from baton.registry.models import STAGES, Approval, AuditEvent, BundleVersion, Model
+from baton.registry.versions import (
+    TRANSITIONS,
+    describe_version,
+    name_of,
+    parse_ref,
+    transition_refusal,
+)
 from baton.trust import SigningKey
 
-#: Promotions a user may ask for; ``draft -> validated`` happens only by a passing check.
-#: ``archived -> production`` is a rollback, allowed only to a version that was in
-#: production before (``was_production``).
-TRANSITIONS = {
-    ("validated", "staging"),
-    ("staging", "production"),
-    ("draft", "archived"), ("validated", "archived"), ("staging", "archived"),
-    ("production", "archived"),
-}
-
 CheckRunner = Callable[[Path], dict[str, Any]]
-
-
-def parse_ref(ref: str) -> tuple[str, str | None, str | None]:
-    """``name``, ``name@version`` or ``name@sha256:...`` -> (name, version, digest)."""
-    name, _, rest = ref.partition("@")
-    if not rest:
-        return name, None, None
-    if rest.startswith("sha256:"):
-        return name, None, rest
-    return name, rest, None
 
 
 #: PostgreSQL advisory lock class for pushes and garbage collection (see _lock_content).
@@ -208,7 +195,7 @@ class Registry:
                 q = q.where(BundleVersion.stage == stage)
             rows = list(s.scalars(q))
             signed = decisions.latest(s, [bv.id for bv in rows])
-            return [_describe(bv, decision=signed.get(bv.id)) for bv in rows]
+            return [describe_version(bv, decision=signed.get(bv.id)) for bv in rows]
 
     def show(self, actor: Actor, ref: str) -> dict[str, Any]:
         require(actor.role, "read", actor.name)
@@ -249,7 +236,7 @@ class Registry:
             shutil.rmtree(bundle_dir, ignore_errors=True)
         passed = bool(report.get("passed"))
         with self.db.session() as s:
-            self._lock(s, _name_of(ref))
+            self._lock(s, name_of(ref))
             checked = s.get(BundleVersion, bid)
             if checked is None:  # versions are never deleted; a database edited by hand could
                 raise NotFound(f"{ref} disappeared from the registry while it was checked",
@@ -271,12 +258,12 @@ class Registry:
             return self.validate(actor, ref)
         require(actor.role, "promote", actor.name)
         with self.db.session() as s:
-            self._lock(s, _name_of(ref))
+            self._lock(s, name_of(ref))
             bv = self._find(s, ref)
             before = bv.stage
             rollback = (before, to) == ("archived", "production") and bv.was_production
             if (before, to) not in TRANSITIONS and not rollback:
-                raise Conflict(_transition_refusal(bv, to), code="INVALID_TRANSITION",
+                raise Conflict(transition_refusal(bv, to), code="INVALID_TRANSITION",
                                details={"from": before, "to": to})
             if to == "production":
                 self._require_approvals(bv)
@@ -294,7 +281,7 @@ class Registry:
             raise RequestError(f"a reason is required to {decision}", code="REASON_REQUIRED",
                                details={"field": "reason"})
         with self.db.session() as s:
-            self._lock(s, _name_of(ref))
+            self._lock(s, name_of(ref))
             bv = self._find(s, ref)
             if bv.author == actor.name:
                 raise Forbidden(f"{actor.name} is the author of {bv.name}@{bv.version} and "
@@ -376,7 +363,7 @@ class Registry:
         decisions.record(s, self.signing_key, bv, event, self.approvals_required)
 
     def _describe(self, s: Session, bv: BundleVersion, full: bool = False) -> dict[str, Any]:
-        return _describe(bv, full, decisions.latest(s, [bv.id]).get(bv.id))
+        return describe_version(bv, full, decisions.latest(s, [bv.id]).get(bv.id))
 
     def _audit(self, s: Session, actor: Actor, action: str, bv: BundleVersion | None = None,
                *, from_stage: str | None = None, to_stage: str | None = None,
@@ -409,44 +396,5 @@ class Registry:
             return int(s.scalar(select(func.count(AuditEvent.id))) or 0)
 
 
-def _name_of(ref: str) -> str:
-    return parse_ref(ref)[0]
-
-
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-def _aware(t: dt.datetime) -> dt.datetime:
-    return t if t.tzinfo is not None else t.replace(tzinfo=dt.UTC)  # SQLite drops the zone
-
-
-def _transition_refusal(bv: BundleVersion, to: str) -> str:
-    if (bv.stage, to) == ("archived", "production"):
-        return (f"{bv.name}@{bv.version} is archived and was never in production: production "
-                "is reached only from staging, or by a rollback to a version that was in "
-                "production before")
-    order = ["draft", "validated", "staging", "production"]
-    if bv.stage in order and to in order and order.index(to) > order.index(bv.stage) + 1:
-        skipped = order[order.index(bv.stage) + 1:order.index(to)]
-        return (f"{bv.name}@{bv.version} is {bv.stage}: promoting to {to} would skip "
-                f"{', '.join(skipped)}")
-    return f"{bv.name}@{bv.version} cannot go from {bv.stage} to {to}"
-
-
-def _describe(bv: BundleVersion, full: bool = False,
-              decision: dict[str, str] | None = None) -> dict[str, Any]:
-    """``decision``: the version's latest signed decision (null before migration 0005)."""
-    out: dict[str, Any] = {
-        "name": bv.name, "version": bv.version, "digest": bv.digest, "stage": bv.stage,
-        "author": bv.author, "description": bv.description, "size": bv.size,
-        "created_at": _aware(bv.created_at).isoformat(),
-        "updated_at": _aware(bv.updated_at).isoformat(),
-        "decision": decision,
-    }
-    if full:
-        out["approvals"] = [{"user": a.user, "decision": a.decision, "reason": a.reason,
-                             "time": _aware(a.created_at).isoformat()} for a in bv.approvals]
-        out["check_report"] = bv.check_report
-        out["manifest"] = bv.manifest
-    return out

@@ -35,22 +35,21 @@ stay in order, and the event loop never waits on the broker.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 from baton.streams.base import (
     Message,
     OptionKind,
     OutRecord,
-    StreamError,
     StreamURL,
     bad_url,
 )
-from baton.streams.connectors._support import address, number, probe, reason, stream_error
+from baton.streams.connectors._kafka_client import KafkaClient, kafka_error
+from baton.streams.connectors._kafka_client import security_config as security_config
+from baton.streams.connectors._support import reason
 from baton.streams.security import PASSWORD_FROM, TLS_FILES, TLS_SWITCH
 
 #: The client library (module, package) and the ``?options`` this connector reads.
@@ -61,13 +60,7 @@ OPTIONS: dict[str, OptionKind] = {
     "start": ("earliest", "latest", "beginning", "end", "smallest", "largest"),
     "sasl": SASL_MECHANISMS, **PASSWORD_FROM, **TLS_SWITCH, **TLS_FILES}
 
-T = TypeVar("T")
 log = logging.getLogger("baton.streams.kafka")
-DEFAULT_PORT = 9092
-
-
-def _error(what: str, url: StreamURL, exc: BaseException | str) -> StreamError:
-    return stream_error("kafka", what, url, exc)
 
 
 def check(url: StreamURL) -> None:
@@ -82,140 +75,9 @@ def check(url: StreamURL) -> None:
                       f"?sasl= with one of {', '.join(SASL_MECHANISMS)}")
 
 
-def security_config(url: StreamURL) -> dict[str, str]:
-    """librdkafka's security settings for ``url``: the protocol, SASL and TLS files."""
-    sasl = url.options.get("sasl")
-    protocol = {(False, False): "PLAINTEXT", (True, False): "SSL",
-                (False, True): "SASL_PLAINTEXT", (True, True): "SASL_SSL"}[
-        (url.tls, sasl is not None)]
-    config = {"security.protocol": protocol}
-    if sasl is not None:
-        config.update({"sasl.mechanism": sasl, "sasl.username": url.username or "",
-                       "sasl.password": url.password or ""})
-    if url.tls:
-        config["ssl.endpoint.identification.algorithm"] = "https"  # check the host name
-    if "ca" in url.options:
-        config["ssl.ca.location"] = url.options["ca"]
-    if "cert" in url.options:  # a cert file without ?key= holds the key as well
-        config["ssl.certificate.location"] = url.options["cert"]
-        config["ssl.key.location"] = url.options.get("key", url.options["cert"])
-    return config
-
-
-class _Client:
-    """What source and sink share: the client thread, the connection check, the topic."""
-
-    def __init__(self, url: StreamURL) -> None:
-        self.url = url
-        self.topic = url.name
-        host, port = address(url, DEFAULT_PORT)
-        # librdkafka logs every refused reconnect as an error; what matters reaches the
-        # pipeline's log through error_cb and StreamError, so keep only critical lines.
-        self.config: dict[str, Any] = {
-            "bootstrap.servers": f"{host}:{port}", "logger": log, "log_level": 2,
-            "error_cb": self._on_error, "reconnect.backoff.max.ms": 2000,
-            **security_config(url)}
-        self.timeout = number(url, "timeout", 30)
-        self._threads: dict[str, ThreadPoolExecutor] = {}
-        self._last_error: str | None = None
-
-    def _on_error(self, err: Any) -> None:  # librdkafka thread-side errors, seen on poll
-        self._last_error = str(err)
-
-    def take_error(self) -> str | None:
-        err, self._last_error = self._last_error, None
-        return err
-
-    def create(self, client_type: Callable[[dict[str, Any]], T]) -> T:
-        try:
-            return client_type(self.config)
-        except Exception as exc:  # a bad option (?start=sometimes): say which URL
-            raise _error("configure", self.url, exc) from None
-
-    async def call(self, fn: Callable[..., T], *args: Any, lane: str = "main") -> T:
-        """Run a client call on the lane's own thread (calls of one lane stay in order)."""
-        thread = self._threads.get(lane)
-        if thread is None:
-            thread = self._threads[lane] = ThreadPoolExecutor(
-                1, thread_name_prefix=f"baton-kafka-{lane}")
-        return await asyncio.get_running_loop().run_in_executor(thread, fn, *args)
-
-    async def check_topic(self, client: Any) -> list[int]:
-        """Connect, make sure the topic exists (creating it), return its partitions."""
-        if not self.topic:
-            raise _error("open", self.url, "the URL names no topic (kafka://HOST:PORT/TOPIC)")
-        await probe(self.url, DEFAULT_PORT, "kafka")
-        try:
-            return await self.call(self._partitions, client)
-        except StreamError:
-            raise
-        except Exception as exc:  # KafkaException, or anything the client raises
-            # The client's own report says why (SASL refused, TLS handshake failed); the
-            # exception only that the metadata never came.
-            why = self.take_error()
-            raise _error("connect", self.url, f"{why}; {reason(exc)}" if why
-                         else exc) from None
-
-    def _metadata(self, client: Any, timeout: float = 10) -> Any:
-        """The cluster's metadata; an error the client reports meanwhile (SASL refused, TLS
-        handshake failed) ends the wait at once. Reports reach error_cb only while the
-        client is polled, which list_topics does not do: poll between short tries."""
-        from confluent_kafka import KafkaException
-
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                return client.list_topics(timeout=min(1.0, timeout))
-            except KafkaException:
-                client.poll(0)  # nothing is assigned yet: this serves callbacks only
-                if self._last_error is not None or time.monotonic() > deadline:
-                    raise
-
-    def _partitions(self, client: Any) -> list[int]:
-        from confluent_kafka.admin import AdminClient
-        from confluent_kafka.cimpl import NewTopic
-
-        # The metadata of every topic: asking for this one by name would let a broker with
-        # auto.create.topics.enable create it, with its own default partition count.
-        found = self._metadata(client).topics.get(self.topic)
-        if found is not None and found.error is None and found.partitions:
-            return sorted(found.partitions)
-        admin = AdminClient({k: v for k, v in self.config.items()
-                             if k not in ("error_cb", "on_commit")})
-        count = max(1, int(number(self.url, "partitions", 1)))
-        for future in admin.create_topics([NewTopic(self.topic, count)],
-                                          operation_timeout=10).values():
-            try:
-                future.result(timeout=15)
-            except Exception as exc:
-                if "TOPIC_ALREADY_EXISTS" not in str(exc):  # created meanwhile: fine
-                    raise _error("create topic", self.url, exc) from None
-        found = client.list_topics(self.topic, timeout=10).topics.get(self.topic)
-        if found is None or found.error is not None or not found.partitions:
-            raise _error("open", self.url, f"topic {self.topic!r} has no partitions "
-                                           f"({found.error if found else 'not found'})")
-        return sorted(found.partitions)
-
-    async def shutdown(self, last: Callable[[], Any] | None) -> None:
-        """Let the other lanes finish what they run (a commit), then run ``last`` (close)."""
-        lanes, self._threads = self._threads, {}
-        main = lanes.pop("main", None)
-        for other in lanes.values():
-            await asyncio.to_thread(other.shutdown, True)
-        if main is None:
-            return
-        try:
-            if last is not None:
-                await asyncio.get_running_loop().run_in_executor(main, last)
-        except Exception as exc:
-            log.warning("closing %s: %s", self.url.redacted, reason(exc))
-        finally:
-            main.shutdown(wait=False)
-
-
 class KafkaSource:
     def __init__(self, url: StreamURL, group: str) -> None:
-        self.client = _Client(url)
+        self.client = KafkaClient(url)
         self.url = url
         self.client.config.update({
             "group.id": url.option("group", group), "enable.auto.commit": False,
@@ -244,18 +106,18 @@ class KafkaSource:
         try:
             got = await self.client.call(self._poll, max_records, timeout)
         except Exception as exc:
-            raise _error("consume", self.url, exc) from None
+            raise kafka_error("consume", self.url, exc) from None
         messages, errors = [], []
         for m in got:
             if m.error() is None:
                 messages.append(self._message(m))
             elif m.error().fatal():
-                raise _error("consume", self.url, str(m.error()))
+                raise kafka_error("consume", self.url, str(m.error()))
             else:
                 errors.append(str(m.error()))
         pending = self.client.take_error()
         if not messages and (errors or pending):  # never drop messages for a transient error
-            raise _error("consume", self.url, errors[0] if errors else str(pending))
+            raise kafka_error("consume", self.url, errors[0] if errors else str(pending))
         return messages
 
     def _poll(self, max_records: int, timeout: float) -> list[Any]:
@@ -301,10 +163,10 @@ class KafkaSource:
             done = await self.client.call(
                 lambda: consumer.commit(offsets=offsets, asynchronous=False), lane="commit")
         except Exception as exc:
-            raise _error("commit", self.url, exc) from None
+            raise kafka_error("commit", self.url, exc) from None
         failed = [tp for tp in done or [] if tp.error is not None]
         if failed:
-            raise _error("commit", self.url, str(failed[0].error))
+            raise kafka_error("commit", self.url, str(failed[0].error))
         self._committed = offsets
 
     async def lag(self) -> int | None:
@@ -351,7 +213,7 @@ class KafkaSource:
 
 class KafkaSink:
     def __init__(self, url: StreamURL) -> None:
-        self.client = _Client(url)
+        self.client = KafkaClient(url)
         self.url = url
         # Delivery reports only for failures: a success needs no Python callback (each one
         # would wait for the GIL on the client's thread), flush() returning 0 says it.
@@ -383,7 +245,7 @@ class KafkaSink:
             # A fresh producer for the retry: after some errors (a fenced or otherwise
             # fatal idempotent producer) the old one never delivers again.
             await self.close()
-            raise _error("produce", self.url, failures[0])
+            raise kafka_error("produce", self.url, failures[0])
 
     def _produce(self, records: Sequence[OutRecord]) -> list[str]:
         failures: list[str] = []
