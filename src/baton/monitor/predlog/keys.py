@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
 from baton.monitor.predlog.tables import prediction_batches as B
 from baton.monitor.predlog.tables import prediction_keys as K
@@ -17,13 +18,11 @@ from baton.monitor.predlog.tables import prediction_keys as K
 _BATCHES = 200
 
 
-def upsert(engine: sa.Engine, table: sa.Table) -> Any:
+def upsert(engine: sa.Engine, table: sa.Table) -> postgresql.Insert | sqlite.Insert:
     """The dialect's ``INSERT`` that takes ``ON CONFLICT`` (SQLite and PostgreSQL)."""
     if engine.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert(table)
+        return postgresql.insert(table)
+    return sqlite.insert(table)
 
 
 def index_keys(engine: sa.Engine, conn: sa.Connection) -> None:

@@ -36,10 +36,15 @@ class PredictionLog(PredictionBuffer):
 
             store = DatabaseStore.local(Path(store))
         self.store: PredictionStore = store
-        self.retention = retention_days * 86400
         self.export = export
-        self.writer = PredictionWriter(self, store, retention=self.retention, export=export)
+        self.writer = PredictionWriter(self, store, retention=retention_days * 86400,
+                                       export=export)
         self._opened = False
+
+    @property
+    def retention(self) -> float:
+        """Seconds a logged prediction and its label are kept."""
+        return self.writer.retention
 
     @property
     def written(self) -> int:

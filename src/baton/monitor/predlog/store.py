@@ -65,6 +65,11 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def _quiet(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(("Context impl", "Will assume"))
+
+
+
 def _begin_immediate(conn: sa.Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
@@ -116,11 +121,15 @@ class DatabaseStore:
 
     @staticmethod
     def _migrate(engine: sa.Engine) -> None:
+        # Alembic's "setup plugin" (on import), "Context impl" and "Will assume" lines on
+        # every start say nothing to an operator; "Running upgrade" does, and stays.
+        logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+        migration = logging.getLogger("alembic.runtime.migration")
+        if _quiet not in migration.filters:
+            migration.addFilter(_quiet)
         from alembic import command
         from alembic.config import Config
 
-        # Alembic's "setup plugin" lines on every start say nothing to an operator.
-        logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS))
         with engine.begin() as conn:
