@@ -16,6 +16,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Server, free_port
+from tests.serving.test_registry_serving import wait_for
+from tests.serving.test_stats_roles import scorer_dir, stats
 
 
 def samples(server: Server) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -72,6 +74,37 @@ def test_metrics_count_traffic_errors_by_stage_and_workers(
     data = samples(server)
     assert value(data, "baton_worker_restarts_total", **base) == 1
     assert value(data, "baton_errors_total", **base, stage="model", code="WORKER_CRASHED") == 1
+
+
+@pytest.mark.slow
+def test_metrics_and_stats_describe_the_same_versions_and_workers(
+        serve: Callable[..., Server], tmp_path: Path) -> None:
+    """/metrics and /v1/stats are rendered from the same snapshots: the live version, its
+    canary and its shadow each appear in both, with the same workers sampled."""
+    live = scorer_dir(tmp_path, "1.0.0", 2.0)
+    canary = scorer_dir(tmp_path, "2.0.0", 3.0)
+    shadow = scorer_dir(tmp_path, "3.0.0", 5.0)
+    server = serve([live], "--canary", f"{canary}=30", "--shadow", str(shadow))
+    wait_for(lambda: len(stats(server)) == 3 and all(m["ready"] for m in stats(server)))
+
+    models = stats(server)
+    data = samples(server)
+    listed = {(dict(ls)["model"], dict(ls)["version"])
+              for (name, ls) in data if name == "baton_model_ready"}
+    assert listed == {("scorer", "1.0.0"), ("scorer", "2.0.0"), ("scorer", "3.0.0")}
+    assert listed == {(m["name"], m["version"]) for m in models}
+    for m in models:
+        lv = {"model": m["name"], "version": m["version"]}
+        assert value(data, "baton_model_ready", **lv) == 1
+        assert value(data, "baton_queue_rows", **lv) == m["queued_rows"] == 0
+        assert value(data, "baton_worker_restarts_total", **lv) == m["restarts"] == 0
+        assert value(data, "baton_workers_alive", **lv) == len(m["workers"]) == 1
+        [worker] = m["workers"]
+        slot = str(worker["slot"])
+        assert worker["rss_bytes"] > 1_000_000
+        assert value(data, "baton_worker_resident_memory_bytes", **lv, slot=slot) > 1_000_000
+        assert value(data, "baton_worker_cpu_seconds_total", **lv, slot=slot) >= \
+            worker["cpu_seconds"]  # read after /v1/stats, from the same process
 
 
 @pytest.fixture

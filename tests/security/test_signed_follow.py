@@ -70,7 +70,7 @@ def follow(settings: Settings, source: SignedSource, key: SigningKey, scenario: 
         engine.source = RegistryFollower(engine, source, settings, ServeGate(key, stage),
                                          interval=0.1, follow=follow)
         assert engine.metrics is not None
-        engine.metrics.watch(engine)
+        engine.metrics.watch(engine.observer)
         try:
             await scenario(engine, engine.source, source)
         finally:
