@@ -189,6 +189,9 @@ def test_drift_shows_each_feature_and_names_the_drifting_one(
     expect(page.get_by_test_id("drift-x")).to_have_attribute("data-drifting", "true")
     expect(page.get_by_test_id("drift-action")).to_have_attribute("data-drifting", "false")
     expect(page.get_by_test_id("drift-x")).to_contain_text("drifting")
+    # KS at the reference's percentiles: every value lies above them all; none for categories.
+    expect(page.get_by_test_id("drift-x").locator("td").nth(2)).to_have_text("1.000")
+    expect(page.get_by_test_id("drift-action").locator("td").nth(2)).to_have_text("—")
     banner = page.get_by_test_id("drift-banner")
     expect(banner).to_contain_text("Input drift on chaos 1.0.0: x (PSI ")
     expect(banner).not_to_contain_text("action")
