@@ -15,7 +15,19 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import (
+    JSON,
+    Column,
+    Engine,
+    Float,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    create_engine,
+    inspect,
+    text,
+)
 
 from baton.batch import Batch
 from baton.monitor.predlog import Pending, PredictionLog, new_ids
@@ -88,29 +100,47 @@ def test_a_local_file_of_the_earlier_schema_keeps_its_predictions_and_labels(
     assert {"prediction_batches", "prediction_keys", "prediction_labels"} <= tables
 
 
+def create_registry_0003_tables(engine: Engine) -> None:
+    """The tables the registry's migration 0003 made in earlier releases."""
+    old = MetaData()
+    json_text = Text().with_variant(JSON(), "postgresql")
+    Table("prediction_batches", old, Column("rid", Text, primary_key=True),
+          Column("model", Text, nullable=False), Column("version", Text, nullable=False),
+          Column("time", Float, nullable=False, index=True),
+          Column("rows", Integer, nullable=False), Column("inputs", json_text, nullable=False),
+          Column("outputs", json_text, nullable=False))
+    Table("prediction_keys", old, Column("model", Text, primary_key=True),
+          Column("key", Text, primary_key=True), Column("rid", Text, nullable=False),
+          Column("idx", Integer, nullable=False), Column("time", Float, nullable=False))
+    Table("prediction_labels", old, Column("id", Text, primary_key=True),
+          Column("model", Text, nullable=False), Column("version", Text, nullable=False),
+          Column("rid", Text, nullable=False), Column("idx", Integer, nullable=False),
+          Column("label", Text, nullable=False), Column("time", Float, nullable=False))
+    old.create_all(engine)
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A new registry database, migrated by the registry (whose 0003 made the prediction
-    log's tables of the earlier releases)."""
+    """A new, empty database on each back end."""
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path}/registry.db"
-        name = None
-    else:
-        name = f"baton_predstore_{secrets.token_hex(6)}"
+        yield f"sqlite:///{tmp_path}/registry.db"
+        return
+    name = f"baton_predstore_{secrets.token_hex(6)}"
+    with pg_admin() as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield PG_URL.format(db=name)
+    finally:
         with pg_admin() as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        url = PG_URL.format(db=name)
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def migrate_registry(url: str) -> None:
     db = Database(url)
     try:
         db.migrate()
     finally:
         db.dispose()
-    try:
-        yield url
-    finally:
-        if name is not None:
-            with pg_admin() as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def test_the_registry_databases_earlier_tables_keep_their_predictions_and_labels(
@@ -118,6 +148,7 @@ def test_the_registry_databases_earlier_tables_keep_their_predictions_and_labels
     now = time.time()
     engine = create_engine(registry_url)
     try:
+        create_registry_0003_tables(engine)
         with engine.begin() as conn:
             conn.execute(text(
                 "INSERT INTO prediction_batches (rid, model, version, time, rows, inputs, "
@@ -129,6 +160,7 @@ def test_the_registry_databases_earlier_tables_keep_their_predictions_and_labels
                               "0, '\"A\"', :t)"), {"t": now - 5})
     finally:
         engine.dispose()
+    migrate_registry(registry_url)  # the registry's own upgrade leaves them alone
     log = PredictionLog(DatabaseStore(registry_url))
     log.open()
     try:
@@ -143,6 +175,28 @@ def test_the_registry_databases_earlier_tables_keep_their_predictions_and_labels
         assert sorted(t for _, t in log.labelled("m", "1", 10)) == ["A", "B", "C"]
     finally:
         log.close()
+
+
+def test_the_registry_migrates_a_database_that_an_engines_log_used_first(
+        registry_url: str) -> None:
+    log = PredictionLog(DatabaseStore(registry_url))
+    log.open()
+    try:
+        rid, ids = new_ids(1)
+        log.record("m", "1", rid, Batch({"x": np.array([1.0])}, 1), Batch({"y": ["a"]}, 1))
+        log.flush_now()
+        migrate_registry(registry_url)
+        assert log.add_labels("m", [(ids[0], "A")]).accepted == [ids[0]]
+    finally:
+        log.close()
+    engine = create_engine(registry_url)
+    try:
+        with engine.connect() as conn:
+            tables = set(inspect(conn).get_table_names())
+    finally:
+        engine.dispose()
+    assert {"bundle_versions", "alembic_version", "baton_predlog_version",
+            "prediction_batches"} <= tables
 
 
 def keyed(model: str, when: float, keys: list[str], values: list[str]) -> Pending:
