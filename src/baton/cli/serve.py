@@ -14,6 +14,7 @@ import signal
 import socket
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -34,6 +35,9 @@ from baton.server.tokens import TokenFile
 from baton.serving.assembly import build_engine
 from baton.serving.service import Engine, ModelService
 from baton.settings import Settings
+
+if TYPE_CHECKING:
+    from baton.registry.client import RegistryClient
 
 log = logging.getLogger("baton.serve")
 _AUTH_HEADER = '-H "authorization: Bearer $BATON_TOKEN" '
@@ -110,7 +114,7 @@ def run_server(opts: EngineSpec, settings: Settings) -> None:
     engine = build_engine(opts, settings)
     if engine.predlog is not None:
         engine.predlog.open()  # a store it cannot reach stops serve here, not later
-    guard = _guard(tokens, opts, engine, settings) if auth else None
+    guard = _guard(tokens, engine, settings) if auth else None
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     scheme = "https" if tls else "http"
     base = f"{scheme}://{host}:{port}"
@@ -162,26 +166,28 @@ def run_server(opts: EngineSpec, settings: Settings) -> None:
                          "is the port in use?)", code="SERVER_START_FAILED")
 
 
-def _guard(tokens: TokenFile | None, opts: EngineSpec, engine: Engine,
-           settings: Settings) -> Guard:
-    """The token sources: the file, then (when following one) the registry, reached with
-    the same URL and TLS options as the engine's own registry client."""
+def _guard(tokens: TokenFile | None, engine: Engine, settings: Settings) -> Guard:
+    """The token sources: the file, then (when it serves from one) the registry, reached
+    with the same URL and TLS options as the engine's own registry client."""
     registry = None
-    if opts.registry is not None:
-        from baton.registry.client import tls_options
+    client = _registry_client(engine)
+    if client is not None:
         from baton.server.registry_tokens import RegistryTokens
 
-        client = getattr(engine.source, "client", None)
-        url = getattr(client, "url", None) or (opts.registry.url or "").rstrip("/")
-        tls = getattr(client, "tls", None)
-        if not isinstance(tls, dict):
-            cert = (settings.registry_client_cert, settings.registry_client_key) \
-                if settings.registry_client_cert and settings.registry_client_key else None
-            tls = tls_options(settings.registry_ca, cert)
-        registry = RegistryTokens(url, tls, settings.auth_cache_seconds)
+        registry = RegistryTokens(client.url, client.tls, settings.auth_cache_seconds)
     guard = Guard(tokens, registry)
     log.info("authentication on: tokens from the %s", guard.describe())
     return guard
+
+
+def _registry_client(engine: Engine) -> RegistryClient | None:
+    from baton.registry.client import RegistryClient
+    from baton.serving.follow import RegistryFollower
+
+    source = engine.source
+    if isinstance(source, RegistryFollower) and isinstance(source.client, RegistryClient):
+        return source.client
+    return None
 
 
 def _exposed(sock: socket.socket) -> bool:
