@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -30,6 +30,9 @@ from baton.scoring.base import ROW_COLUMN, Chunk, DeadRow, ScoringError
 from baton.scoring.columns import NULL_TOKENS
 from baton.scoring.readers import InputReader, open_input
 from baton.scoring.writers import DeadLetterWriter, OutputWriter
+
+if TYPE_CHECKING:
+    from baton.runtime.pool import WorkerPool
 
 #: Seconds the job waits for a model with no worker ready before it gives up.
 NOT_READY_LIMIT = 120.0
@@ -109,6 +112,16 @@ class _Scored:
     failed: list[tuple[int, str, BatonError]]
 
 
+class ScoringModel(Protocol):
+    """The model a job scores with (serving's ModelService is one): its pool, sized and
+    started by the job, and the checked request path."""
+
+    @property
+    def pool(self) -> WorkerPool: ...
+
+    async def predict(self, batch: Batch) -> Batch: ...
+
+
 class _Files(NamedTuple):
     """What :meth:`ScoreJob.open` opened."""
 
@@ -168,7 +181,7 @@ class ScoreJob:
             raise RuntimeError("ScoreJob.open() must come before run()")
         return _Files(self.reader, self.output, self.dead)
 
-    async def run(self, svc: Any, started: float,
+    async def run(self, svc: ScoringModel, started: float,
                   progress: Callable[[Progress], None] | None = None) -> ScoreSummary:
         """Start ``svc``'s workers, score the whole input, publish the outputs."""
         files = self._files()
@@ -200,7 +213,8 @@ class ScoreJob:
         return s
 
     # -- the three stages ------------------------------------------------------------------
-    async def _pipeline(self, svc: Any, progress: Callable[[Progress], None] | None) -> None:
+    async def _pipeline(self, svc: ScoringModel,
+                        progress: Callable[[Progress], None] | None) -> None:
         chunks = iter(self._files().reader.chunks())
         window = asyncio.Semaphore(svc.pool.size)
         order: asyncio.Queue[asyncio.Task[_Scored] | None] = asyncio.Queue(svc.pool.size + 1)
@@ -231,7 +245,7 @@ class ScoreJob:
         since = time.perf_counter() - self._ready_at if self._ready_at else 0.0
         return Progress(s.rows_in, self._bytes_done, total, s.scored, s.dead_lettered, since)
 
-    async def _score(self, svc: Any, chunk: Chunk, window: asyncio.Semaphore) -> _Scored:
+    async def _score(self, svc: ScoringModel, chunk: Chunk, window: asyncio.Semaphore) -> _Scored:
         try:
             if chunk.batch is None:
                 return _Scored(chunk, [], [])
@@ -251,7 +265,7 @@ class ScoreJob:
         finally:
             window.release()
 
-    async def _isolate(self, svc: Any, batch: Batch, start: int,
+    async def _isolate(self, svc: ScoringModel, batch: Batch, start: int,
                        parts: list[tuple[int, Batch]],
                        failed: list[tuple[int, str, BatonError]]) -> None:
         try:
@@ -265,7 +279,7 @@ class ScoreJob:
         await self._isolate(svc, batch.slice(0, mid), start, parts, failed)
         await self._isolate(svc, batch.slice(mid, batch.rows), start + mid, parts, failed)
 
-    async def _predict(self, svc: Any, batch: Batch) -> Batch:
+    async def _predict(self, svc: ScoringModel, batch: Batch) -> Batch:
         waited, delay = 0.0, 0.05
         while True:
             try:

@@ -28,8 +28,8 @@ from baton.contract.spec import FieldSpec
 from baton.errors import BatonError, ContractViolation
 from baton.monitor.quality import check_label
 from baton.streams.base import Message, OutRecord
-from baton.streams.pipeline import StreamBinding, StreamPipeline
-from baton.streams.records import ModelIdentity, dead_letter
+from baton.streams.pipeline import Scored, StreamBinding, StreamPipeline
+from baton.streams.records import ModelIdentity, StreamModel, dead_letter
 
 #: The dead-letter stage of every label that could not be attached.
 STAGE = "labels"
@@ -75,22 +75,21 @@ class LabelsPipeline(StreamPipeline):
     """Read labels, attach each micro-batch at once, dead-letter what cannot be attached,
     acknowledge. ``service()`` returns the model's live version (the one quality is for)."""
 
-    def __init__(self, binding: StreamBinding, service: Callable[[], Any]) -> None:
+    def __init__(self, binding: StreamBinding, service: Callable[[], StreamModel]) -> None:
         super().__init__(binding, service)
         self.results = dict.fromkeys(RESULTS, 0)
         self._serial = asyncio.Lock()
 
-    def _count_dead(self, svc: Any, dead: Sequence[OutRecord]) -> None:
+    def _count_dead(self, svc: StreamModel, dead: Sequence[OutRecord]) -> None:
         """Label failures are counted in ``results``, not as the model's scoring errors."""
 
-    async def _score(self, messages: Sequence[Message]) -> tuple[Any, list[OutRecord],
-                                                                 list[OutRecord]]:
+    async def _score(self, messages: Sequence[Message]) -> Scored:
         # One batch at a time, in the order read: the first label of a prediction stays.
         async with self._serial:
             svc = await self._live_service()
-            return svc, [], await self._attach(svc, messages)
+            return Scored(svc, [], await self._attach(svc, messages))
 
-    async def _attach(self, svc: Any, messages: Sequence[Message]) -> list[OutRecord]:
+    async def _attach(self, svc: StreamModel, messages: Sequence[Message]) -> list[OutRecord]:
         model = ModelIdentity(svc.name, svc.version, svc.bundle.digest)
         outcome: list[tuple[str, BatonError | None]] = []  # per message: result, reason
         try:
@@ -121,7 +120,7 @@ class LabelsPipeline(StreamPipeline):
                 dead.append(dead_letter(msg, STAGE, why, model))
         return dead
 
-    async def _live_service(self) -> Any:
+    async def _live_service(self) -> StreamModel:
         """The live version; waited for (never dead-lettered) while there is none yet."""
         backoff = Backoff(0.1, 10.0)
         while True:

@@ -17,9 +17,10 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from baton.backoff import Backoff
+from baton.batch import Batch
 from baton.errors import BatonError, ContractViolation, ModelError, ModelNotReady, WorkerError
 from baton.streams.base import (
     Message,
@@ -31,7 +32,13 @@ from baton.streams.base import (
     redact_url,
     url_secrets,
 )
-from baton.streams.records import ModelIdentity, dead_letter, decode_messages, output_record
+from baton.streams.records import (
+    ModelIdentity,
+    StreamModel,
+    dead_letter,
+    decode_messages,
+    output_record,
+)
 
 log = logging.getLogger("baton.streams")
 
@@ -76,6 +83,14 @@ class StreamStats:
     started_at: float = field(default_factory=time.time)
 
 
+class Scored(NamedTuple):
+    """A micro-batch scored: the version that scored it, its outputs, its dead letters."""
+
+    model: StreamModel
+    outputs: list[OutRecord]
+    dead: list[OutRecord]
+
+
 @dataclass(frozen=True)
 class _Ends:
     """A connected binding's streams: where records come from and where they go."""
@@ -85,12 +100,12 @@ class _Ends:
     dead: Sink
 
 
-def _identity(svc: Any) -> ModelIdentity:
+def _identity(svc: StreamModel) -> ModelIdentity:
     return ModelIdentity(svc.name, svc.version, svc.bundle.digest)
 
 
 class StreamPipeline:
-    def __init__(self, binding: StreamBinding, service: Callable[[], Any]) -> None:
+    def __init__(self, binding: StreamBinding, service: Callable[[], StreamModel]) -> None:
         """``service()`` returns the model version to use now (it follows version switches)."""
         self.binding = binding
         self.service = service
@@ -208,7 +223,7 @@ class StreamPipeline:
         return await self._retry("read input", lambda: source.read(
             self.binding.max_batch, self.binding.read_timeout))
 
-    async def _deliver(self, ends: _Ends, messages: Sequence[Message], svc: Any,
+    async def _deliver(self, ends: _Ends, messages: Sequence[Message], svc: StreamModel,
                        outputs: list[OutRecord], dead: list[OutRecord]) -> None:
         """Write outputs and dead letters durably, then acknowledge the inputs."""
         self._count_dead(svc, dead)
@@ -225,7 +240,7 @@ class StreamPipeline:
         self.stats.dead_lettered += len(dead)
         self.stats.batches += 1
 
-    def _count_dead(self, svc: Any, dead: Sequence[OutRecord]) -> None:
+    def _count_dead(self, svc: StreamModel, dead: Sequence[OutRecord]) -> None:
         """Count dead letters as the model's errors, by stage and code (a hook)."""
         if svc.metrics is not None:
             for letter in dead:
@@ -233,16 +248,17 @@ class StreamPipeline:
                 svc.metrics.error("output" if stage == "output_contract" else stage,
                                   letter.headers["baton-code"])
 
-    async def _score(self, messages: Sequence[Message]) -> tuple[Any, list[OutRecord],
-                                                                 list[OutRecord]]:
+    async def _score(self, messages: Sequence[Message]) -> Scored:
         svc = await self._ready_service()
         model = _identity(svc)
+        if svc.records is None:  # streams are bound to records models only
+            raise RuntimeError(f"{model.name} has a tensor contract: a stream carries records")
         decoded = decode_messages(messages, svc.records, model)
         outputs: list[OutRecord] = []
         dead = list(decoded.dead)
         m = svc.metrics
         if decoded.batch is None:
-            return svc, outputs, dead
+            return Scored(svc, outputs, dead)
         try:
             # What scored it names itself: after a hand-off, the successor (its version on the
             # outputs, in the prediction log and in the metrics).
@@ -251,11 +267,12 @@ class StreamPipeline:
             if m is not None:
                 m.records("stream", out.rows)
             ids = svc.log_predictions(decoded.batch, out, [msg.key for msg in decoded.good])
-            return svc, [output_record(msg, r, model, pid) for msg, r, pid in
-                         zip(decoded.good, out.to_records(), ids, strict=True)], dead
+            return Scored(svc, [output_record(msg, r, model, pid) for msg, r, pid in
+                                zip(decoded.good, out.to_records(), ids, strict=True)], dead)
         except (ModelError, WorkerError, ContractViolation) as exc:
             if len(decoded.good) == 1:
-                return svc, [], [*dead, dead_letter(decoded.good[0], _stage(exc), exc, model)]
+                return Scored(svc, [], [*dead, dead_letter(decoded.good[0], _stage(exc), exc,
+                                                           model)])
         for i, msg in enumerate(decoded.good):  # isolate the record(s) that broke the model
             one = decoded.batch.slice(i, i + 1)
             try:
@@ -266,9 +283,9 @@ class StreamPipeline:
                 dead.append(dead_letter(msg, _stage(exc), exc, model))
         if m is not None and outputs:
             m.records("stream", len(outputs))
-        return svc, outputs, dead
+        return Scored(svc, outputs, dead)
 
-    async def _predict(self, svc: Any, batch: Any) -> tuple[Any, Any]:
+    async def _predict(self, svc: StreamModel, batch: Batch) -> tuple[StreamModel, Batch]:
         """The version that scored the batch (``svc``, or its successor after a hand-off)
         and its outputs."""
         backoff = Backoff(0.1, 10.0)
@@ -283,7 +300,7 @@ class StreamPipeline:
                 self._model_waiting(exc.message)
                 await backoff.sleep()
 
-    async def _ready_service(self) -> Any:
+    async def _ready_service(self) -> StreamModel:
         backoff = Backoff(0.1, 10.0)
         while True:
             try:
@@ -370,7 +387,7 @@ class _Batch:
     """Messages read, and their scoring (running, or done and waiting to be written)."""
 
     messages: list[Message]
-    scoring: asyncio.Task[tuple[Any, list[OutRecord], list[OutRecord]]]
+    scoring: asyncio.Task[Scored]
 
 
 class _Stopped(Exception):

@@ -11,7 +11,7 @@ import base64
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
@@ -20,12 +20,64 @@ from baton.contract.validate import RecordsDecoder
 from baton.errors import BatonError, ContractViolation
 from baton.streams.base import Message, OutRecord
 
+if TYPE_CHECKING:
+    from baton.bundle.loader import Bundle
+    from baton.contract.spec import FieldSpec
+    from baton.monitor.predlog import FeedbackResult
+
 
 @dataclass(frozen=True)
 class ModelIdentity:
     name: str
     version: str
     digest: str
+
+
+class ModelCounts(Protocol):
+    """The model's counters a stream adds to."""
+
+    def records(self, source: str, rows: int) -> None: ...
+
+    def error(self, stage: str, code: str) -> None: ...
+
+
+class LabelsResult(Protocol):
+    @property
+    def result(self) -> FeedbackResult: ...
+
+
+class StreamModel(Protocol):
+    """What a stream binding needs of the model version it scores with or labels (serving's
+    ModelService is one)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def bundle(self) -> Bundle: ...
+
+    @property
+    def records(self) -> RecordsDecoder | None: ...
+
+    @property
+    def metrics(self) -> ModelCounts | None: ...
+
+    @property
+    def ready(self) -> bool: ...
+
+    def answering(self) -> StreamModel: ...
+
+    async def predict(self, batch: Batch) -> Batch: ...
+
+    def log_predictions(self, inputs: Batch, outputs: Batch,
+                        keys: Sequence[str | None] | None = None) -> list[str]: ...
+
+    def label_spec(self) -> FieldSpec: ...
+
+    async def apply_labels(self, labels: Sequence[tuple[str, Any]]) -> LabelsResult: ...
 
 
 def dead_letter(msg: Message, stage: str, err: BatonError, model: ModelIdentity) -> OutRecord:
