@@ -30,8 +30,10 @@ def login(url: str, token: str, expected_key: str) -> None:
     from baton.trust import parse_public_key
 
     s = _settings()
-    cert = (s.registry_client_cert, s.registry_client_key) if s.registry_client_cert else None
-    client = RegistryClient(url, token, ca=s.registry_ca, cert=cert)
+    # Settings refuse a certificate without its key, and a key without its certificate.
+    cert, cert_key = s.registry_client_cert, s.registry_client_key
+    client = RegistryClient(url, token, ca=s.registry_ca,
+                            cert=(cert, cert_key) if cert and cert_key else None)
     me = client.whoami()
     key = client.public_key()
     if expected_key and parse_public_key(expected_key) != key:

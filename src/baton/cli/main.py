@@ -7,12 +7,15 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from baton import __version__
 from baton.errors import BatonError, BundleError
+
+if TYPE_CHECKING:
+    from baton.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -36,7 +39,7 @@ def errors_to_exit(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _settings(**overrides: Any) -> Any:
+def _settings(**overrides: Any) -> Settings:
     from baton.settings import Settings
     from baton.streams.base import check_settings
 

@@ -72,7 +72,7 @@ class RegistryProxy:
         parts = [p for p in rest.split("/") if p]
         if not parts:  # the page asks first whether there is a registry to show
             if method != "GET":
-                return _match(method, ["whoami"])  # the same 405 as any read-only route
+                return _not_allowed(method, ["GET"])  # the same 405 as any read-only route
             return json_reply(200, {"url": url, "stage": getattr(self.engine.source, "stage",
                                                                  None) if url else None})
         if url is None:
@@ -107,11 +107,12 @@ def _match(method: str, parts: list[str]) -> tuple[str, ...] | Reply:
             if verb == method:
                 return query
             allowed.append(verb)
-    if allowed:
-        return json_reply(405, {"error": f"method {method} not allowed here; use "
-                                f"{allowed[0]}", "code": "METHOD_NOT_ALLOWED",
-                                "details": {"allowed": allowed[0]}})
-    return _not_found(parts)
+    return _not_allowed(method, allowed) if allowed else _not_found(parts)
+
+
+def _not_allowed(method: str, allowed: list[str]) -> Reply:
+    return json_reply(405, {"error": f"method {method} not allowed here; use {allowed[0]}",
+                            "code": "METHOD_NOT_ALLOWED", "details": {"allowed": allowed[0]}})
 
 
 def _not_found(parts: list[str]) -> Reply:

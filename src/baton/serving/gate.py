@@ -46,7 +46,7 @@ from baton.trust import (
     verify_decision,
 )
 
-#: The stages an engine may serve (``EngineSpec.stage``, ``baton serve --stage``).
+#: The stages an engine may serve (``RegistrySpec.stage``, ``baton serve --stage``).
 ENGINE_STAGES = ("staging", "production")
 #: What a version is to the engine: the one that answers, or a canary/shadow candidate.
 LIVE, CANDIDATE = "live", "candidate"
