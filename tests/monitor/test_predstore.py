@@ -4,7 +4,6 @@ kept off the import of the prediction log."""
 
 from __future__ import annotations
 
-import secrets
 import sqlite3
 import subprocess
 import sys
@@ -33,7 +32,7 @@ from baton.batch import Batch
 from baton.monitor.predlog import Pending, PredictionLog, new_ids
 from baton.monitor.predlog.store import DatabaseStore
 from baton.registry.db import Database
-from tests.registry.conftest import PG_URL, pg_admin
+from tests.registry.conftest import new_pg_database
 
 #: The local file's schema before one store (baton.monitor.predlog.LocalStore, raw sqlite3).
 LOCAL_STORE_DDL = """
@@ -125,14 +124,8 @@ def registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/registry.db"
         return
-    name = f"baton_predstore_{secrets.token_hex(6)}"
-    with pg_admin() as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield PG_URL.format(db=name)
-    finally:
-        with pg_admin() as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with new_pg_database("baton_predstore") as url:
+        yield url
 
 
 def migrate_registry(url: str) -> None:

@@ -7,6 +7,7 @@ users with a random suffix (:func:`unique`).
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import socket
 import threading
@@ -48,6 +49,21 @@ def pg_admin() -> psycopg.Connection[Any]:
                     ".ci/run do), or see the project's shared INFRA notes.", pytrace=False)
 
 
+@contextlib.contextmanager
+def new_pg_database(prefix: str = "baton_test") -> Iterator[str]:
+    """A new, empty PostgreSQL database (its URL), dropped afterwards. Engines are disposed
+    at each test's teardown; FORCE also ends the connections of a server (`baton registry
+    serve`, an engine) that a failed test could not stop."""
+    name = f"{prefix}_{secrets.token_hex(6)}"
+    with pg_admin() as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield PG_URL.format(db=name)
+    finally:
+        with pg_admin() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def _migrate(url: str) -> None:
     db = Database(url)
     try:
@@ -65,18 +81,9 @@ def database_url(request: pytest.FixtureRequest,
         _migrate(url)
         yield url
         return
-    name = f"baton_test_{secrets.token_hex(6)}"
-    with pg_admin() as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        url = PG_URL.format(db=name)
+    with new_pg_database() as url:
         _migrate(url)
         yield url
-    finally:
-        # Engines are disposed at each test's teardown; FORCE also ends the connections of
-        # a `baton registry serve` that a failed test could not stop.
-        with pg_admin() as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 _KEYS: dict[str, tuple[Path, SigningKey]] = {}

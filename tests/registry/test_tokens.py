@@ -7,7 +7,6 @@ import base64
 import datetime as dt
 import json
 import re
-import secrets
 import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,7 +23,7 @@ from baton.registry.db import MIGRATIONS, Database
 from baton.registry.models import Token
 from baton.registry.service import Registry
 
-from .conftest import PG_URL, ApiServer, MakeRegistry, assert_error, pg_admin, unique
+from .conftest import ApiServer, MakeRegistry, assert_error, new_pg_database, unique
 from .test_cli import Cli, RegistryProcess, cli, registry_process  # noqa: F401  (fixtures)
 
 Serve = Callable[[Registry], ApiServer]
@@ -288,14 +287,8 @@ def blank_database_url(backend: str, tmp_path: Path) -> Iterator[str]:
     if backend == "sqlite":
         yield f"sqlite:///{tmp_path / 'old.db'}"
         return
-    name = f"baton_test_{secrets.token_hex(6)}"
-    with pg_admin() as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield PG_URL.format(db=name)
-    finally:
-        with pg_admin() as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with new_pg_database() as url:
+        yield url
 
 
 def test_case_variant_users_stop_the_migration_until_resolved(blank_database_url: str) -> None:
