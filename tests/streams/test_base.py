@@ -69,7 +69,9 @@ def test_every_option_a_connector_reads_is_declared() -> None:
                "rabbitmq": "amqp", "mqtt": "mqtt", "kafka": "kafka"}
     folder = Path(base.__file__).parent / "connectors"
     for module, scheme in modules.items():
-        code = (folder / f"{module}.py").read_text()
+        # the connector's module and its own helpers beside it (_kafka_client.py, ...)
+        code = "\n".join(p.read_text() for p in [folder / f"{module}.py",
+                                                 *sorted(folder.glob(f"_{module}_*.py"))])
         read[scheme] = set(re.findall(
             r'(?:option|options\.get|number\([a-z.]+,)\(?\s*"(\w+)"', code)) | set(
             re.findall(r'"(\w+)" in url\.options', code))
