@@ -6,6 +6,11 @@ missing=()
 command -v prometheus >/dev/null || missing+=(prometheus)
 command -v curl >/dev/null || missing+=(curl)
 command -v chromium >/dev/null || missing+=(chromium)
+# Container images (`baton image`): podman with runc, and debootstrap for the local base.
+command -v podman >/dev/null || missing+=(podman buildah runc fuse-overlayfs slirp4netns uidmap)
+command -v debootstrap >/dev/null || missing+=(debootstrap)
+# The `sandbox` isolation level of model workers.
+command -v bwrap >/dev/null || missing+=(bubblewrap)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
