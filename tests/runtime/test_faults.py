@@ -95,6 +95,28 @@ def test_crash_fails_in_flight_request_clearly_then_worker_is_replaced(
     assert server.worker_pids("chaos") != [old_pid]
 
 
+def test_a_request_that_kills_its_worker_never_fails_the_requests_merged_with_it(
+        serve: Callable[..., Server], chaos_bundle: Path) -> None:
+    """The model exits on one request of a merged batch: only that request fails."""
+    server = serve([chaos_bundle])
+    busy, _ = post_in_thread(server, rec("sleep", 1))  # holds the one worker
+    busy_worker(server)
+    crash, crashed = post_in_thread(server, rec("crash"))
+    fine, answered = post_in_thread(server, rec(x=4))
+    # both wait behind the sleeping request, so the worker takes them as one batch
+    wait_until(lambda: server.model("chaos")["parameters"]["queued_rows"] == 2,
+               what="the crashing and the good request queued together")
+    for thread in (busy, crash, fine):
+        thread.join(120)
+    assert crashed["resp"].status_code == 503, crashed["resp"].text
+    assert crashed["resp"].json()["code"] == "WORKER_CRASHED"
+    assert answered["resp"].status_code == 200, answered["resp"].text
+    assert answered["resp"].json()["predictions"][0]["y"] == 8.0
+    params = server.model("chaos")["parameters"]
+    # one restart for the merged batch, one for the crashing request alone
+    assert params["restarts"] == 2 and params["retried_requests"] == 0
+
+
 FAULT_CODE = '''
 import os, signal
 

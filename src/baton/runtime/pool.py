@@ -6,8 +6,9 @@ answers a single request at once, with no timer. Measured in process with 16 cal
 1-row requests to a logistic regression, greedy batching gave about 35,000 req/s at 0.45 ms
 p50, against about 10,500 req/s at 1.5 ms p50 for a timer (flush at 32 rows or 1 ms) and
 7,600 req/s at 2.1 ms p50 for no batching.
-When a merged batch fails inside the model, its requests are retried one by one so that
-one bad request never fails its neighbours.
+When a merged batch fails inside the model (an exception, or the model exiting or faulting
+on one of its inputs), its requests are retried one by one so that one bad request never
+fails its neighbours.
 
 Worker faults stay out of sight where that is safe. A model is a pure function of its
 input, so the requests of a batch whose worker was killed from outside (not by its own exit
@@ -357,6 +358,12 @@ class WorkerPool:
             for it in reversed(items):  # answered nowhere: once more, each alone
                 it.retried = it.solo = True
                 self.stats.retried += 1
+                self._enqueue(it, front=True)
+        elif isinstance(exc, WorkerCrashed) and len(items) > 1 and not self._closing:
+            # The model exited on one of several merged requests: which one is unknown, so
+            # each goes again alone, and only the one that kills a worker alone fails.
+            for it in reversed(items):
+                it.solo = True
                 self._enqueue(it, front=True)
         else:
             for it in items:
