@@ -1,0 +1,137 @@
+"""The handoff report's sections that need no running model: identity, contract,
+dependencies against the packaging environment, the SBOM summary, the check, the drift
+reference and the resources a deployment requests. Each is plain JSON data."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from baton import __version__
+from baton.bundle.loader import Bundle
+from baton.env.builder import Environment
+from baton.env.packages import InstalledPackage, normalise
+from baton.errors import BatonError
+
+#: Memory a worker may grow to beyond its measured peak before the limit stops it.
+MEMORY_HEADROOM = 1.5
+#: What the engine process itself needs beside its workers (HTTP, batching, metrics), MiB.
+ENGINE_MB = 128
+
+
+def identity(bundle: Bundle, source: str, env: Environment) -> dict[str, Any]:
+    m = bundle.manifest
+    return {"name": m.name, "version": m.version, "digest": bundle.digest,
+            "description": m.description, "owner": m.owner, "source": source,
+            "runner": m.model.runner, "entrypoint": m.model.entrypoint,
+            "method": m.model.method, "environment_key": env.key,
+            "baton_version": __version__}
+
+
+def contract(bundle: Bundle) -> dict[str, Any]:
+    """The contract as the manifest declares it: fields, types, categories, ranges."""
+    return bundle.manifest.contract.to_dict()
+
+
+def dependencies(bundle: Bundle, env: Environment,
+                 packages: list[InstalledPackage]) -> dict[str, Any]:
+    """Each pin the data scientist packaged with against what the model's environment
+    holds: ``same``, ``differs`` (another version), ``missing``; and packages installed
+    that no pin names (``unpinned``)."""
+    spec = bundle.manifest.environment
+    have = {p.name: p.version for p in packages}
+    rows, pinned = [], set()
+    for pin in spec.requirements:
+        name, _, version = pin.split(";")[0].partition("==")
+        key = normalise(name.split("[")[0].strip())
+        pinned.add(key)
+        got = have.get(key)
+        status = "missing" if got is None else "same" if got == version.strip() else "differs"
+        rows.append({"name": key, "pinned": version.strip(), "installed": got,
+                     "status": status})
+    rows += [{"name": p.name, "pinned": None, "installed": p.version, "status": "unpinned"}
+             for p in packages if p.name not in pinned]
+    python = _python_version(env)
+    return {"python": {"packaged": spec.python, "environment": python,
+                       "status": "same" if python.startswith(spec.python + ".") or
+                       python == spec.python else "differs"},
+            "packages": rows,
+            "differences": [r for r in rows if r["status"] != "same"]}
+
+
+def _python_version(env: Environment) -> str:
+    """The environment's interpreter version, from its ``pyvenv.cfg`` (no process)."""
+    try:
+        for line in (env.path / "pyvenv.cfg").read_text().splitlines():
+            key, _, value = line.partition("=")
+            if key.strip() in ("version", "version_info"):
+                return value.strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def sbom(packages: list[InstalledPackage]) -> dict[str, Any]:
+    """What an SBOM of the model's environment lists, summarised: every package URL."""
+    return {"format": "package URLs (pkg:pypi) of the model's environment",
+            "count": len(packages),
+            "components": [{"name": p.name, "version": p.version, "purl": p.purl}
+                           for p in packages]}
+
+
+def check_section(report: dict[str, Any]) -> dict[str, Any]:
+    """The ``baton check`` report as the handoff shows it (its log left out)."""
+    return {k: report.get(k) for k in ("passed", "failed_stage", "error", "exit_code",
+                                       "stages", "measurements", "sample_mismatches")}
+
+
+def load_check_report(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise BatonError(f"cannot read the check report {path}: {exc}",
+                         code="INVALID_CHECK_REPORT", details={"path": str(path)}) from None
+    if not isinstance(data, dict) or not isinstance(data.get("stages"), list):
+        raise BatonError(f"{path} is not a 'baton check' report (no stages)",
+                         code="INVALID_CHECK_REPORT", details={"path": str(path)})
+    return data
+
+
+def drift_reference(bundle: Bundle) -> dict[str, Any] | None:
+    """The reference profile's histograms (bins and shares per feature), or None."""
+    ref = bundle.manifest.monitoring.reference
+    if ref is None:
+        return None
+    try:
+        profile = json.loads((bundle.path / ref).read_text())
+    except (OSError, ValueError) as exc:
+        raise BatonError(f"cannot read the drift reference {ref}: {exc}",
+                         code="INVALID_REFERENCE", details={"path": ref}) from None
+    features = {}
+    for name, f in profile.get("features", {}).items():
+        keep = {k: f[k] for k in ("kind", "missing", "edges", "proportions") if k in f}
+        features[name] = keep
+    return {"rows": profile.get("rows"), "threshold": bundle.manifest.monitoring.drift_threshold,
+            "features": features}
+
+
+def resources(memory: list[dict[str, Any]], grid: list[dict[str, Any]],
+              workers: int) -> dict[str, Any]:
+    """What a deployment requests for ``workers`` workers: memory from the measured peak
+    with headroom, CPU from what one worker used at its busiest cell of the grid."""
+    peak = max((m["peak_rss_mb"] for m in memory), default=0.0)
+    busiest = max((c["worker_cpu_cores"] for c in grid), default=0.0)
+    per_worker_mb = _round_up(peak * MEMORY_HEADROOM, 16)
+    cpu = max(0.1, math.ceil(busiest * 10) / 10)
+    return {"workers": workers, "measured_peak_worker_mb": peak,
+            "measured_worker_cpu_cores": busiest,
+            "memory_request_mb": _round_up(ENGINE_MB + workers * per_worker_mb, 16),
+            "cpu_request_cores": round(workers * cpu, 1),
+            "rule": f"memory: {ENGINE_MB} MiB for the engine + per worker its peak RSS x "
+                    f"{MEMORY_HEADROOM}; CPU: per worker the cores it used at its busiest"}
+
+
+def _round_up(value: float, step: int) -> int:
+    return int(math.ceil(value / step) * step)

@@ -1,0 +1,32 @@
+"""A registry version as the handoff report's source: its archive (pulled and verified
+against its digest), the check the registry ran on it, its approvals and audit trail."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from baton.bundle.archive import ArchiveLimits
+
+if TYPE_CHECKING:
+    from baton.registry.client import RegistryClient
+
+
+class RegistryVersion(NamedTuple):
+    archive: Path
+    #: The registry's own ``baton check`` report of this digest (None before validation).
+    check_report: dict[str, Any] | None
+    #: The report's ``registry`` section: url, stage, author, approvals, audit events.
+    record: dict[str, Any]
+
+
+def pull_version(client: RegistryClient, ref: str, dest: Path,
+                 limits: ArchiveLimits) -> RegistryVersion:
+    """Pull ``ref`` (NAME@VERSION or NAME@sha256:…) into ``dest`` with its record."""
+    info = client.show(ref)
+    archive, _ = client.pull(f"{info['name']}@{info['digest']}", dest, limits=limits)
+    events = [e for e in client.history(info["name"]) if e.get("version") == info["version"]]
+    record = {"url": client.url, "stage": info["stage"], "author": info["author"],
+              "created_at": info["created_at"], "approvals": info.get("approvals", []),
+              "decision": info.get("decision"), "audit": events}
+    return RegistryVersion(archive, info.get("check_report"), record)
