@@ -1,0 +1,127 @@
+"""``baton deploy``: manifests for the orchestrator IT runs, sized from ``baton check``.
+
+:func:`kubernetes_spec` turns a reference into a :class:`KubernetesSpec`:
+
+* a BUNDLE (folder or archive) gives the name, version and digest; the image is ``--image``
+  or the local ``localhost/baton/NAME:VERSION`` that ``baton image`` built (refused when
+  absent); the figures come from ``--check-report`` or a check run now;
+* an IMAGE (anything that is not a path) is inspected with podman: its labels give the
+  bundle's identity, its user the pod's, its volumes the writable paths; the figures come
+  from ``--check-report``, which must be the check of the image's digest.
+
+:func:`write_manifests` writes them. Nothing here talks to a cluster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from baton.deploy.kubernetes import KubernetesSpec
+from baton.deploy.output import write_manifests
+from baton.deploy.sizing import provenance, size_pod
+from baton.deploy.source import (
+    CheckFigures,
+    DeployError,
+    Identity,
+    ImageInfo,
+    inspect_image,
+    read_check_report,
+)
+
+if TYPE_CHECKING:
+    from baton.settings import Settings
+
+__all__ = ["DeployError", "DeployOptions", "KubernetesSpec", "kubernetes_spec",
+           "write_manifests"]
+
+
+@dataclass(frozen=True)
+class DeployOptions:
+    """What the operator chose; every field has the default ``baton deploy`` uses."""
+
+    image: str = ""
+    check_report: Path | None = None
+    name: str = ""
+    namespace: str = ""
+    workers: int = 1
+    worker_threads: int = 1
+    min_replicas: int = 2
+    max_replicas: int = 6
+    registry: str = ""
+    stage: str = "production"
+    secret: str = ""
+    service_monitor: bool = False
+    kserve: bool = False
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+def image_name(identity: Identity) -> str:
+    """The name ``baton image`` gives a bundle's image."""
+    return f"localhost/baton/{identity.name}:{identity.version}"
+
+
+def kubernetes_spec(ref: str, options: DeployOptions, settings: Settings) -> KubernetesSpec:
+    """The manifests' spec for ``ref`` (a bundle path or an image reference)."""
+    if options.min_replicas < 1 or options.max_replicas < options.min_replicas:
+        raise DeployError(f"replicas must be 1 <= min ({options.min_replicas}) <= max "
+                          f"({options.max_replicas})", code="INVALID_REPLICAS")
+    if Path(ref).exists():
+        identity, info = _from_bundle(ref, options, settings)
+    else:
+        info = inspect_image(ref)
+        identity = info.identity()
+    figures = _figures(ref, identity, options, settings)
+    return KubernetesSpec(
+        identity=identity, image=options.image or info.ref,
+        sizing=size_pod(figures, options.workers, options.worker_threads),
+        provenance=provenance(figures, options.workers, options.worker_threads),
+        image_info=info, name=options.name, namespace=options.namespace,
+        workers=options.workers, worker_threads=options.worker_threads,
+        min_replicas=options.min_replicas, max_replicas=options.max_replicas,
+        registry=options.registry, stage=options.stage, secret=options.secret,
+        service_monitor=options.service_monitor, kserve=options.kserve,
+        extra_env=options.extra_env)
+
+
+def _from_bundle(ref: str, options: DeployOptions,
+                 settings: Settings) -> tuple[Identity, ImageInfo]:
+    from baton.serving.opening import open_local
+
+    bundle = open_local(ref, settings)
+    identity = Identity(bundle.name, bundle.version, bundle.digest,
+                        "the bundle's baton.toml and content digest")
+    if options.image:  # the image IT pulls from its own registry: nothing to inspect here
+        return identity, ImageInfo(ref=options.image)
+    local = image_name(identity)
+    from baton.image.podman import image_exists
+
+    if not image_exists(local):
+        raise DeployError(f"no image for {identity.name} {identity.version}: build it with "
+                          f"'baton image {ref}' (it makes {local}), or name the image the "
+                          "cluster pulls with --image REF", code="NO_IMAGE",
+                          details={"image": local})
+    info = inspect_image(local)
+    if (found := info.identity()).digest != identity.digest:
+        raise DeployError(f"image {local} holds {found.digest}, not this bundle's "
+                          f"{identity.digest}: rebuild it with 'baton image {ref}'",
+                          code="IMAGE_MISMATCH", details={"image": local})
+    return identity, info
+
+
+def _figures(ref: str, identity: Identity, options: DeployOptions,
+             settings: Settings) -> CheckFigures:
+    if options.check_report is not None:
+        return read_check_report(options.check_report, identity)
+    if not Path(ref).exists():
+        raise DeployError(f"no check report for image {ref}: pass --check-report FILE (the "
+                          "'baton check' report of the bundle in the image)",
+                          code="NO_CHECK_REPORT", details={"image": ref})
+    from baton.check import run_check
+
+    report = run_check(ref, settings)
+    if not report.passed:
+        raise DeployError(f"baton check failed at stage {report.failed_stage!r}: "
+                          f"{report.message}", code="CHECK_FAILED")
+    return CheckFigures.from_report(report.to_dict(), f"baton check {Path(ref).name}", identity)
