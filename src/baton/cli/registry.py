@@ -83,7 +83,8 @@ def list_cmd(name: str | None, stage: str | None, as_json: bool, registry_url: s
 @errors_to_exit
 def show(ref: str, as_json: bool, registry_url: str | None) -> None:
     """Show REF (NAME, NAME@VERSION or NAME@sha256:...): stage, approvals, check result."""
-    info = _client(registry_url).show(ref)
+    client = _client(registry_url)
+    info = client.show(ref)
 
     def fmt(b: dict[str, Any]) -> str:
         lines = [_line(b), f"  {b['description']}"]
@@ -91,6 +92,8 @@ def show(ref: str, as_json: bool, registry_url: str | None) -> None:
         if report:
             verdict = "passed" if report.get("passed") else f"FAILED at {report['failed_stage']}"
             lines.append(f"  check: {verdict}")
+        if b.get("report"):
+            lines.append(f"  handoff report: {client.url}{b['report']['html']}")
         for a in b.get("approvals", []):
             lines.append(f"  {a['decision']}d by {a['user']} at {a['time']}: {a['reason']}")
         return "\n".join(lines)
@@ -123,7 +126,14 @@ def _decide(decision: str) -> Any:
     @registry_option
     @errors_to_exit
     def command(ref: str, reason: str, registry_url: str | None) -> None:
-        info = _client(registry_url).decide(ref, decision, reason)
+        from baton.report.source import stored_report
+
+        client = _client(registry_url)
+        if decision == "approve":  # what the approver signs, before it is recorded
+            handoff = stored_report(client, ref)
+            click.echo(f"handoff report: {handoff.summary}\n  {handoff.link}" if handoff else
+                       f"no handoff report for {ref} ('baton report {ref}' writes one)")
+        info = client.decide(ref, decision, reason)
         past = {"approve": "approved", "reject": "rejected"}[decision]
         click.echo(f"{past} {info['name']}@{info['version']} "
                    f"({sum(a['decision'] == 'approve' for a in info['approvals'])} approvals)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,9 @@ from baton.cli.main import _settings, errors_to_exit, main, with_env_options
 def report(ref: str, output: Path, check_report: Path | None, cell_seconds: float,
            registry_url: str | None, **options: Any) -> None:
     """Write the handoff report of REF (a bundle folder, an archive, or NAME@VERSION in the
-    registry): one self-contained HTML page and its JSON, for the approver."""
+    registry): one self-contained HTML page and its JSON, for the approver. A bundle whose
+    check fails still gets its report (without measurements); the exit status is then the
+    check's."""
     from baton.report.build import build_report, write_report
     from baton.report.sections import load_check_report
 
@@ -42,6 +45,12 @@ def report(ref: str, output: Path, check_report: Path | None, cell_seconds: floa
     written = write_report(result, output)
     click.echo(result["summary"])
     click.echo(f"report written to {written.html} and {written.json}")
+    check = result["check"]
+    if not check.get("passed"):  # the page says why; the exit status tells a script
+        error = check.get("error") or {}
+        click.secho(f"error [{error.get('code', 'CHECK_FAILED')}]: the check failed at "
+                    f"{check.get('failed_stage')}", fg="red", err=True)
+        sys.exit(int(check.get("exit_code") or 1))
 
 
 def _from_registry(ref: str, settings: Any, given: dict[str, Any] | None, cell_seconds: float,

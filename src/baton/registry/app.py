@@ -25,6 +25,7 @@ from starlette.routing import Match, Route
 from baton.errors import BatonError, PayloadTooLarge, RequestError
 from baton.registry.identity import Actor, only_fields, token_fields
 from baton.registry.openapi import AUDIT_PAGE_DEFAULT, AUDIT_PAGE_MAX, openapi_document
+from baton.registry.reports import PAGE_HEADERS, handoff_report, served_json, with_report
 from baton.registry.service import Registry
 from baton.runtime.runner import cut_lines
 
@@ -116,7 +117,17 @@ def create_app(registry: Registry, *, max_upload_bytes: int = 1 << 30) -> Starle
         return JSONResponse(desc, status_code=201 if created else 200)
 
     def show(request: Request) -> Response:
-        return JSONResponse(registry.show(actor(request), _ref(request)))
+        return JSONResponse(with_report(registry.reports, registry.show(actor(request),
+                                                                        _ref(request))))
+
+    def report(request: Request) -> Response:
+        a = actor(request)
+        desc = registry.show(a, _ref(request))  # the version's read scope, and its digest
+        if request.url.path.endswith(".html"):
+            return Response(registry.reports.read(desc["digest"], "html"),
+                            media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
+        stored = registry.reports.read(desc["digest"], "json")
+        return JSONResponse(served_json(stored, desc, registry.history(a, desc["name"])))
 
     def archive(request: Request) -> Response:
         desc, path = registry.archive_path(actor(request), _ref(request))
@@ -245,6 +256,8 @@ def create_app(registry: Registry, *, max_upload_bytes: int = 1 << 30) -> Starle
         Route(f"{API}/bundles/{{name}}", show),
         Route(f"{API}/bundles/{{name}}/{{version}}", show),
         Route(f"{API}/bundles/{{name}}/{{version}}/archive", archive),
+        Route(f"{API}/bundles/{{name}}/{{version}}/report", report),
+        Route(f"{API}/bundles/{{name}}/{{version}}/report.html", report),
         Route(f"{API}/bundles/{{name}}/{{version}}/promote", promote, methods=["POST"]),
         Route(f"{API}/bundles/{{name}}/{{version}}/approve", decide, methods=["POST"]),
         Route(f"{API}/bundles/{{name}}/{{version}}/reject", decide, methods=["POST"]),
@@ -260,7 +273,8 @@ def create_app(registry: Registry, *, max_upload_bytes: int = 1 << 30) -> Starle
 
 
 def subprocess_check_runner(home: Path, timeout: float = 900.0) -> Any:
-    """Run ``baton check`` in a child process with the registry's own Baton home."""
+    """Run ``baton check`` in a child process with the registry's own Baton home; on a
+    pass, ``baton report`` too (its report under ``handoff``, see registry/reports.py)."""
 
     def run(bundle_dir: Path) -> dict[str, Any]:
         with tempfile.TemporaryDirectory(prefix="baton-report-") as tmp:
@@ -280,6 +294,8 @@ def subprocess_check_runner(home: Path, timeout: float = 900.0) -> Any:
                 return {"passed": False, "failed_stage": "check",
                         "error": {"code": "CHECK_CRASHED", "message": cut_lines(proc.stderr, 2000)}}
             result: dict[str, Any] = json.loads(report.read_text())
+            if result.get("passed"):  # what approvers read: written beside the check
+                result["handoff"] = handoff_report(bundle_dir, report, env, timeout)
             return result
 
     return run

@@ -66,6 +66,12 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("/api/v1/bundles/{name}/{version}/archive", "get", "Download the archive "
               "(header x-baton-digest)", "read", answer={"type": "string", "format": "binary"},
               answer_type="application/octet-stream", errors=(404,)),
+    Operation("/api/v1/bundles/{name}/{version}/report", "get", "The version's handoff "
+              "report (JSON; written at validation) with its live stage, approvals and audit "
+              "trail", "read", errors=(404,)),
+    Operation("/api/v1/bundles/{name}/{version}/report.html", "get", "The handoff report "
+              "as one self-contained page", "read", answer={"type": "string"},
+              answer_type="text/html", errors=(404,)),
     Operation("/api/v1/bundles/{name}/{version}/promote", "post", "Move a version to a "
               "stage", "promote", errors=(400, 404, 409, 503),
               body={"type": "object", "required": ["to"], "properties": {

@@ -25,19 +25,14 @@ from sqlalchemy.orm import Session
 
 from baton.bundle.archive import extract_archive
 from baton.bundle.manifest import BundleManifest
-from baton.errors import (
-    Conflict,
-    Forbidden,
-    NotFound,
-    RequestError,
-    Unavailable,
-)
+from baton.errors import Conflict, Forbidden, NotFound, RequestError, Unavailable
 from baton.registry import audit, decisions
 from baton.registry.auth import require
 from baton.registry.blobs import BlobStore
 from baton.registry.db import Database
 from baton.registry.identity import Actor, Identity
 from baton.registry.models import STAGES, Approval, AuditEvent, BundleVersion, Model
+from baton.registry.reports import ReportStore
 from baton.registry.versions import (
     TRANSITIONS,
     describe_version,
@@ -63,6 +58,7 @@ class Registry:
                  token_max_days: float = 90.0, head_file: Path | None = None) -> None:
         self.db = db
         self.blobs = blobs
+        self.reports = ReportStore(blobs.root / "reports")  # beside the archives
         self.signing_key = signing_key
         self.head_file = head_file
         self.approvals_required = approvals_required
@@ -233,6 +229,7 @@ class Registry:
             bundle_dir = Path(tmp) / "bundle"
             extract_archive(archive, bundle_dir, digest, limits=self.blobs.limits)
             report = self.check_runner(bundle_dir)
+            self.reports.keep(digest, report)  # its handoff report, if the runner wrote one
             shutil.rmtree(bundle_dir, ignore_errors=True)
         passed = bool(report.get("passed"))
         with self.db.session() as s:

@@ -30,3 +30,26 @@ def pull_version(client: RegistryClient, ref: str, dest: Path,
               "created_at": info["created_at"], "approvals": info.get("approvals", []),
               "decision": info.get("decision"), "audit": events}
     return RegistryVersion(archive, info.get("check_report"), record)
+
+
+class StoredReport(NamedTuple):
+    summary: str
+    #: The page's address on the registry (read scope).
+    link: str
+
+
+def stored_report(client: RegistryClient, ref: str) -> StoredReport | None:
+    """The summary line and link of the report the registry keeps for ``ref``; None when
+    it keeps none (a version not validated yet, or validated before reports existed)."""
+    import httpx
+
+    paths = client.show(ref).get("report")
+    if not paths:
+        return None
+    try:
+        resp = client.http.get(paths["json"].removeprefix("/api/v1"))
+    except httpx.HTTPError:
+        return None
+    if resp.status_code != 200:
+        return None
+    return StoredReport(str(resp.json().get("summary", "")), client.url + paths["html"])
