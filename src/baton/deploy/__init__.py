@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from baton.deploy.kubernetes import KubernetesSpec
+from baton.deploy.kubernetes import KubernetesSpec, object_name
 from baton.deploy.output import write_manifests
 from baton.deploy.sizing import provenance, size_pod
 from baton.deploy.source import (
@@ -72,6 +72,8 @@ def kubernetes_spec(ref: str, options: DeployOptions, settings: Settings) -> Kub
     else:
         info = inspect_image(ref)
         identity = info.identity()
+    # a name Kubernetes refuses is refused before a check runs or a file is written
+    object_name(options.name, identity.name, options.registry, options.stage)
     figures = _figures(ref, identity, options, settings)
     return KubernetesSpec(
         identity=identity, image=options.image or info.ref,

@@ -59,13 +59,7 @@ class KubernetesSpec:
 
     @property
     def app(self) -> str:
-        name = self.name or (f"baton-{self.stage}" if self.registry else self.identity.name)
-        app = name.lower().replace("_", "-").replace(".", "-")
-        if not _DNS_LABEL.match(app):
-            raise DeployError(f"{name!r} cannot name Kubernetes objects (lower-case letters, "
-                              "digits and '-', at most 63): pass --name", code="INVALID_NAME",
-                              details={"name": name})
-        return app
+        return object_name(self.name, self.identity.name, self.registry, self.stage)
 
     @property
     def secret_name(self) -> str:
@@ -108,6 +102,17 @@ class KubernetesSpec:
                     "privileged": False, "capabilities": {"drop": ["ALL"]}}
         ctx["seccompProfile"] = {"type": "RuntimeDefault"}
         return ctx
+
+
+def object_name(name: str, bundle: str, registry: str, stage: str) -> str:
+    """The objects' name: ``name``, else the bundle's (``baton-STAGE`` for a registry)."""
+    name = name or (f"baton-{stage}" if registry else bundle)
+    app = name.lower().replace("_", "-").replace(".", "-")
+    if not _DNS_LABEL.match(app):
+        raise DeployError(f"{name!r} cannot name Kubernetes objects (lower-case letters, "
+                          "digits and '-', at most 63): pass --name", code="INVALID_NAME",
+                          details={"name": name})
+    return app
 
 
 def config_map(spec: KubernetesSpec) -> Object:
