@@ -26,7 +26,8 @@ from baton.settings import Settings
 from ..conftest import free_port
 from .conftest import BUNDLE, labels, podman, remove_image
 
-pytestmark = pytest.mark.slow
+# A first build under load takes minutes (base, wheelhouses, layers): past the 300 s default.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 SAMPLES = json.loads((BUNDLE / "samples" / "input.json").read_text())
 EXPECTED = json.loads((BUNDLE / "samples" / "expected.json").read_text())

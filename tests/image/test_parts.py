@@ -113,3 +113,13 @@ def test_the_default_name_is_the_bundles() -> None:
 
     bundle = open_bundle(BUNDLE, Path("/nonexistent"))
     assert default_tag(bundle) == "localhost/baton/penguins:1.0.0"
+
+
+def test_offline_without_a_wheelhouse_is_refused_before_any_download(tmp_path: Path) -> None:
+    from baton.bundle.manifest import EnvironmentSpec
+    from baton.image.wheelhouse import model_wheelhouse
+
+    with pytest.raises(BatonError) as err:
+        model_wheelhouse(tmp_path, EnvironmentSpec("3.11", ("six==1.16.0",)), offline=True)
+    assert err.value.code == "WHEELHOUSE_REQUIRED"
+    assert [p.name for p in tmp_path.iterdir()] == []  # no partial wheelhouse left

@@ -71,8 +71,9 @@ def build_image(ref: str, settings: Settings, *, tag: str | None = None,
                          details={"bundle": spec.python, "image": PYTHON})
     work = settings.home / "image"
     base = ensure_base(work, debian_mirror)
-    engine = engine_wheelhouse(work / "wheels", wheelhouse=settings.wheelhouse)
-    model = model_wheelhouse(work / "wheels", spec, settings.wheelhouse)
+    engine = engine_wheelhouse(work / "wheels", wheelhouse=settings.wheelhouse,
+                               offline=settings.offline)
+    model = model_wheelhouse(work / "wheels", spec, settings.wheelhouse, settings.offline)
     tag = tag or default_tag(bundle)
     labels = image_labels(bundle, base.tag, source.label)
     layers = Layers(base.tag, engine.key, __version__, PYTHON, model.key, labels)

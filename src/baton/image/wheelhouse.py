@@ -46,7 +46,7 @@ class Wheelhouse:
 
 
 def engine_wheelhouse(work: Path, source: Path | None = None,
-                      wheelhouse: Path | None = None) -> Wheelhouse:
+                      wheelhouse: Path | None = None, offline: bool = False) -> Wheelhouse:
     """Baton's wheel (built from its checkout when its source changes, a few seconds; or
     taken from ``wheelhouse``) and its runtime dependencies at this host's versions
     (collected when those or Baton's requirements change: the slow part)."""
@@ -62,7 +62,7 @@ def engine_wheelhouse(work: Path, source: Path | None = None,
     def collect(tmp: Path) -> None:
         (tmp.parent / "constraints.txt").write_text("\n".join(pins) + "\n")
         _pip_download([str(wheel), "-c", str(tmp.parent / "constraints.txt")], tmp,
-                      wheelhouse)
+                      wheelhouse, offline)
         for copy in tmp.glob("baton-*.whl"):  # Baton's own wheel lives in ``own``
             copy.unlink()
 
@@ -95,7 +95,7 @@ def _own_wheel(work: Path, source: Path | None, wheelhouse: Path | None) -> tupl
 
 
 def model_wheelhouse(work: Path, spec: EnvironmentSpec,
-                     wheelhouse: Path | None = None) -> Wheelhouse:
+                     wheelhouse: Path | None = None, offline: bool = False) -> Wheelhouse:
     """The wheels of the bundle's locked requirements (and anything they need)."""
     key = _digest([lock_key(spec), str(wheelhouse or "")])
     final = work / f"model-{key}"
@@ -105,7 +105,8 @@ def model_wheelhouse(work: Path, spec: EnvironmentSpec,
     def collect(tmp: Path) -> None:
         if spec.requirements:
             (tmp.parent / "requirements.txt").write_text("\n".join(spec.requirements) + "\n")
-            _pip_download(["-r", str(tmp.parent / "requirements.txt")], tmp, wheelhouse)
+            _pip_download(["-r", str(tmp.parent / "requirements.txt")], tmp, wheelhouse,
+                          offline)
 
     _publish(work, final, collect)
     return Wheelhouse((final,), key, False)
@@ -134,7 +135,12 @@ def source_digest(root: Path) -> str:
     return h.hexdigest()
 
 
-def _pip_download(args: list[str], dest: Path, wheelhouse: Path | None) -> None:
+def _pip_download(args: list[str], dest: Path, wheelhouse: Path | None,
+                  offline: bool) -> None:
+    if offline and wheelhouse is None:
+        raise BatonError("--offline needs --wheelhouse DIR: the image's wheels are not in "
+                         "Baton's cache yet and no index may be reached",
+                         code="WHEELHOUSE_REQUIRED", details={"needs": args})
     cmd = [sys.executable, "-m", "pip", "download", "--only-binary=:all:", "--quiet",
            "--disable-pip-version-check", "-d", str(dest), *args]
     if wheelhouse is not None:
