@@ -1,9 +1,9 @@
 """The registry, reached from the browser through the engine (same origin).
 
-Only the registry calls the dashboard makes are forwarded: reads (list, show, history,
-audit, whoami) and decisions (approve, reject). Each carries the caller's own
-``Authorization`` header and nothing else, so the registry applies the caller's role; the
-engine's own registry token is never used here.
+Only the registry calls the dashboard makes are forwarded: reads (list, show, a version's
+report page, history, audit, whoami) and decisions (approve, reject). Each carries the
+caller's own ``Authorization`` header and nothing else, so the registry applies the caller's
+role; the engine's own registry token is never used here.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ ROUTES: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
     ("GET", ("bundles",), ("name", "stage")),
     ("GET", ("bundles", _ANY), ()),
     ("GET", ("bundles", _ANY, _ANY), ()),
+    ("GET", ("bundles", _ANY, _ANY, "report.html"), ()),
     ("POST", ("bundles", _ANY, _ANY, "approve"), ()),
     ("POST", ("bundles", _ANY, _ANY, "reject"), ()),
     ("GET", ("history", _ANY), ()),

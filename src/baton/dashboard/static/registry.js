@@ -85,6 +85,37 @@ function approvalsCell(details) {
   a.reason ? `: ${a.reason}` : "")));
 }
 
+// The handoff report the registry wrote when it validated the version: fetched with the
+// signed-in token (a plain link could not carry it) and shown from a blob in a new tab; the
+// page holds no script and its own policy forbids loading anything.
+function reportLink(b, details) {
+  if (!details?.report) return null;
+  const link = el("a", { href: "#", class: "small report-link",
+    "data-testid": `report-${b.name}-${b.version}`,
+    title: "the handoff report: what an approver reads before approving" }, "report");
+  link.addEventListener("click", (event) => {
+    event.preventDefault();
+    openReport(b);
+  });
+  return [" ", link];
+}
+
+async function openReport(b) {
+  const tab = window.open("", "_blank"); // within the click, so no pop-up blocker stops it
+  const token = registryToken();
+  try {
+    const resp = await fetch(`${API}/bundles/${enc(b.name)}/${enc(b.version)}/report.html`, {
+      headers: token ? { authorization: `Bearer ${token}` } : {}, cache: "no-store",
+    });
+    if (!resp.ok) throw new RegistryFailure(resp.status, await resp.json().catch(() => ({})));
+    const page = new Blob([await resp.text()], { type: "text/html" });
+    tab.location.href = URL.createObjectURL(page);
+  } catch (err) {
+    tab?.close();
+    message("error", explain("Opening the report", err), err.status);
+  }
+}
+
 function decideCell(b, details) {
   if (b.stage !== "validated" && b.stage !== "staging") return el("td", { class: "muted" }, "—");
   const mine = (details?.approvals ?? []).find((a) => a.user === reg.me?.name);
@@ -138,7 +169,7 @@ function renderBundles(bundles, details) {
     for (const b of [...versions].reverse()) { // newest first within a model
       rows.push(el("tr", { "data-testid": `bundle-${b.name}-${b.version}`, "data-stage": b.stage },
         el("td", {}, el("strong", {}, b.name)),
-        el("td", {}, b.version),
+        el("td", {}, b.version, reportLink(b, details.get(`${b.name}@${b.version}`))),
         el("td", {}, el("span", { class: `badge stage-${b.stage}`, "data-testid": "stage" },
           b.stage)),
         el("td", {}, b.author),
