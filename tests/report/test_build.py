@@ -4,10 +4,12 @@ measured (the real check, the model's environment, the bundle's files), not cons
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 from baton.bundle.archive import bundle_digest
 from baton.bundle.manifest import BundleManifest
@@ -56,9 +58,30 @@ def test_throughput_grid_memory_and_resources_are_measured(example_report: Writt
                                                 rel=0.01)
     [worker] = r["performance"]["memory"]
     assert worker["peak_rss_mb"] >= worker["rss_mb"] > 20  # a real Python with scikit-learn
+    assert r["resources"]["measured_peak_worker_mb"] == worker["peak_rss_mb"]
+
+
+def test_resources_are_what_the_manifests_request(example_report: Written, tmp_path: Path,
+                                                  baton_env: dict[str, str]) -> None:
+    """The approver reads the figures 'baton deploy kubernetes' writes, from the same check."""
+    r = example_report.data
+    check = dict(r["check"], bundle={"name": "penguins", "version": "1.0.0",
+                                     "digest": r["identity"]["digest"]})
+    (tmp_path / "check.json").write_text(json.dumps(check))
+    d = run_baton("deploy", "kubernetes", EXAMPLE, "--check-report", tmp_path / "check.json",
+                  "--image", "registry.example.com/ml/penguins:1.0.0", "-o", tmp_path / "k8s",
+                  env=baton_env)
+    assert d.returncode == 0, (d.stdout, d.stderr)
+    deployment = yaml.safe_load((tmp_path / "k8s" / "deployment.yaml").read_text())
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
     res = r["resources"]
-    assert res["measured_peak_worker_mb"] == worker["peak_rss_mb"]
-    assert res["memory_request_mb"] >= 128 + worker["peak_rss_mb"] * 1.5
+    assert {"requests": res["requests"], "limits": res["limits"]} == container["resources"]
+    peak = r["check"]["measurements"]["memory_mb"]["worker_peak_rss_mb"]
+    assert res["requests"]["memory"] == f"{_up16(128 + _up16(peak * 1.5))}Mi"
+
+
+def _up16(mb: float) -> int:
+    return int(math.ceil(mb / 16) * 16)
 
 
 def test_dependencies_and_sbom_come_from_the_models_environment(

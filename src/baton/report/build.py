@@ -66,6 +66,10 @@ def build_report(ref: str | Path, settings: Settings, *, source: str | None = No
     }
     if check_report.get("passed"):
         report.update(asyncio.run(_measured(bundle, env, settings, cell_seconds)))
+        if report["performance"].get("grid"):
+            report["resources"] = sections.resources(
+                check_report, report["identity"], report["performance"]["memory"],
+                report["performance"]["grid"])
     report["summary"] = summary_line(report)
     return report
 
@@ -93,10 +97,9 @@ async def _measured(bundle: Bundle, env: Environment, settings: Settings,
         memory = worker_memory(svc)
     finally:
         await svc.pool.close(5.0)
-    workers = bundle.manifest.serving.workers or settings.workers or 1
     return {"performance": {"workers_measured": 1, "cell_seconds": cell_seconds,
                             "grid": grid, "memory": memory},
-            "quality": quality, "resources": sections.resources(memory, grid, workers)}
+            "quality": quality}
 
 
 def summary_line(report: dict[str, Any]) -> str:
@@ -116,7 +119,7 @@ def summary_line(report: dict[str, Any]) -> str:
         parts.append(f"p50 {single['p50_ms']:.1f} ms at 1 row, up to {best['rows_per_s']:.0f} "
                      f"rows/s ({best['rows']} rows x {best['concurrency']})")
     res = report.get("resources")
-    if res:
+    if res and res.get("measured_peak_worker_mb"):
         parts.append(f"{res['measured_peak_worker_mb']:.0f} MiB per worker")
     deps = report["dependencies"]
     parts.append(f"{report['sbom']['count']} packages, {len(deps['differences'])} differ "

@@ -119,10 +119,17 @@ def _performance(report: dict[str, Any]) -> str:
                  [(m["pid"], m["rss_mb"], m["peak_rss_mb"]) for m in perf.get("memory", [])],
                  "memory")
     res = report.get("resources") or {}
-    requested = (f"<p data-testid=\"resources\">A deployment of {res.get('workers')} "
-                 f"worker(s) requests <strong>{res.get('memory_request_mb')} MiB</strong> and "
-                 f"<strong>{res.get('cpu_request_cores')} CPU</strong> "
-                 f"<span class=\"muted\">({escape(str(res.get('rule', '')))})</span></p>")
+    if "requests" in res:
+        req, lim = res["requests"], res["limits"]
+        requested = (f"<p data-testid=\"resources\">'baton deploy kubernetes' requests "
+                     f"<strong>{escape(req['memory'])}</strong> and <strong>"
+                     f"{escape(req['cpu'])}</strong> CPU (limits {escape(lim['memory'])}, "
+                     f"{escape(lim['cpu'])}) for {res['workers']} worker(s), and allows "
+                     f"{res['startup_probe_seconds']} s to start. <span class=\"muted\">"
+                     f"{escape(res['rule'])}</span></p>")
+    else:
+        requested = (f'<p data-testid="resources" class="muted">'
+                     f"{escape(str(res.get('note', 'not sized')))}</p>")
     return _section(
         "Performance", "performance",
         f"<p>One worker, through the service's request path (no HTTP), each cell for "

@@ -5,7 +5,6 @@ reference and the resources a deployment requests. Each is plain JSON data."""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +14,8 @@ from baton.env.builder import Environment
 from baton.env.packages import InstalledPackage, normalise
 from baton.errors import BatonError
 
-#: Memory a worker may grow to beyond its measured peak before the limit stops it.
-MEMORY_HEADROOM = 1.5
-#: What the engine process itself needs beside its workers (HTTP, batching, metrics), MiB.
-ENGINE_MB = 128
+#: ``baton deploy kubernetes``'s defaults, which the report's resources are sized for.
+WORKERS, WORKER_THREADS = 1, 1
 
 
 def identity(bundle: Bundle, source: str, env: Environment) -> dict[str, Any]:
@@ -117,21 +114,25 @@ def drift_reference(bundle: Bundle) -> dict[str, Any] | None:
             "features": features}
 
 
-def resources(memory: list[dict[str, Any]], grid: list[dict[str, Any]],
-              workers: int) -> dict[str, Any]:
-    """What a deployment requests for ``workers`` workers: memory from the measured peak
-    with headroom, CPU from what one worker used at its busiest cell of the grid."""
-    peak = max((m["peak_rss_mb"] for m in memory), default=0.0)
-    busiest = max((c["worker_cpu_cores"] for c in grid), default=0.0)
-    per_worker_mb = _round_up(peak * MEMORY_HEADROOM, 16)
-    cpu = max(0.1, math.ceil(busiest * 10) / 10)
-    return {"workers": workers, "measured_peak_worker_mb": peak,
-            "measured_worker_cpu_cores": busiest,
-            "memory_request_mb": _round_up(ENGINE_MB + workers * per_worker_mb, 16),
-            "cpu_request_cores": round(workers * cpu, 1),
-            "rule": f"memory: {ENGINE_MB} MiB for the engine + per worker its peak RSS x "
-                    f"{MEMORY_HEADROOM}; CPU: per worker the cores it used at its busiest"}
+def resources(check_report: dict[str, Any], ident: dict[str, Any],
+              memory: list[dict[str, Any]], grid: list[dict[str, Any]]) -> dict[str, Any]:
+    """What ``baton deploy kubernetes`` requests for this bundle with its defaults (one
+    worker of one thread), by the same rule from the same check (:mod:`baton.deploy.sizing`),
+    beside what this report measured: the worker's peak memory and its busiest CPU."""
+    from baton.deploy.sizing import provenance, size_pod
+    from baton.deploy.source import CheckFigures, Identity
 
-
-def _round_up(value: float, step: int) -> int:
-    return int(math.ceil(value / step) * step)
+    measured = {"measured_peak_worker_mb": max((m["peak_rss_mb"] for m in memory),
+                                               default=0.0),
+                "measured_worker_cpu_cores": max((c["worker_cpu_cores"] for c in grid),
+                                                 default=0.0)}
+    try:
+        figures = CheckFigures.from_report(check_report, "the check", Identity(
+            ident["name"], ident["version"], ident["digest"], ident["source"]))
+    except BatonError as exc:
+        return {**measured, "note": f"not sized: {exc.message}"}
+    sizing = size_pod(figures, WORKERS, WORKER_THREADS)
+    rules = provenance(figures, WORKERS, WORKER_THREADS)
+    return {**measured, "workers": WORKERS, "worker_threads": WORKER_THREADS,
+            **sizing.resources(), "startup_probe_seconds": sizing.startup_seconds,
+            "rule": f"memory: {rules['baton.io/memory']}; CPU: {rules['baton.io/cpu']}"}
