@@ -43,8 +43,7 @@ def _lines(value: Any, indent: str) -> list[str]:
     out = []
     for item in value:
         # "- " then the item's first line; its other lines keep the list's indent + 2.
-        nested = _member(f"{indent}-", item, indent, in_list=True)
-        out += nested
+        out += _member(f"{indent}-", item, indent, in_list=True)
     return out
 
 
