@@ -50,3 +50,13 @@ def browser() -> Iterator[Browser]:
                                       args=CHROMIUM_ARGS)
         yield chromium
         chromium.close()
+
+
+# The dashboard's real registry and engine, its tab and screenshots (tests/dashboard/).
+from tests.dashboard.conftest import (  # noqa: E402,F401
+    expected_console,
+    page,
+    registry_engine,
+    screenshot_dir,
+    shot,
+)
