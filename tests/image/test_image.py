@@ -116,9 +116,10 @@ def test_labels_carry_the_bundle_digest_and_the_health_check(built: BuiltImage,
     assert found["io.baton.bundle.digest"] == digest == built.bundle.digest
     assert found["org.opencontainers.image.version"] == "1.0.0"
     assert found["io.baton.image.source"] == "folder:bundle"
-    config = json.loads(podman("image", "inspect", built.tag).stdout)[0]["Config"]
-    assert "baton.image.health" in " ".join(config["Healthcheck"]["Test"])
-    assert config["User"] == "10001:0"
+    image = json.loads(podman("image", "inspect", built.tag).stdout)[0]
+    assert "baton.image.health" in " ".join(image["Healthcheck"]["Test"])
+    assert image["Config"]["User"] == "10001:0"
+    assert list(image["Config"]["Volumes"]) == ["/var/lib/baton"]
 
 
 def test_an_unchanged_bundle_rebuilds_entirely_from_the_cache(built: BuiltImage,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import os
 import re
 import shutil
 import subprocess
@@ -26,9 +27,10 @@ SUITE = "bookworm"
 PYTHON = "3.11"
 PACKAGES = ("python3", "ca-certificates")
 _SOURCES = (Path("/etc/apt/sources.list"), Path("/etc/apt/sources.list.d"))
-# Dropped from the tree: apt's package lists and caches, manuals. Licences stay.
+# Dropped from the tree: apt's package lists and caches, manuals, message catalogues (the
+# engine speaks English), documentation but each package's licence (``copyright``): 44 MB.
 _PRUNE = ("var/lib/apt/lists", "var/cache/apt", "var/cache/debconf/templates.dat-old",
-          "usr/share/man", "usr/share/info")
+          "usr/share/man", "usr/share/info", "usr/share/locale")
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,8 @@ def debian_mirror(sources: tuple[Path, ...] = _SOURCES) -> str:
 
 def base_tag(mirror: str, arch: str) -> str:
     """``localhost/baton/base:bookworm-<key>``, the key a digest of every input."""
-    text = f"{SUITE}\nminbase\n{','.join(PACKAGES)}\n{mirror}\n{arch}\n"
+    text = f"{SUITE}\nminbase\n{','.join(PACKAGES)}\n{mirror}\n{arch}\n{','.join(_PRUNE)}\n" \
+        "docs: copyright only\n"
     return f"localhost/baton/base:{SUITE}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
 
@@ -86,11 +89,16 @@ def _build(work: Path, tag: str, mirror: str) -> None:
               SUITE, str(tmp), mirror], "debootstrap")
         for rel in _PRUNE:
             target = tmp / rel
-            if target.is_dir():
+            if target.is_dir() and not target.is_symlink():
                 shutil.rmtree(target)
                 target.mkdir()
             elif target.exists():
                 target.unlink()
+        # os.walk never follows a link: an absolute one would point into this host.
+        for root, _dirs, files in os.walk(tmp / "usr" / "share" / "doc"):
+            for name in files:
+                if name != "copyright":
+                    os.unlink(os.path.join(root, name))
         # ``tar | podman import``: the tree's owners and modes are kept as they are.
         tar = subprocess.Popen(["tar", "-C", str(tmp), "--numeric-owner", "--one-file-system",
                                 "-c", "."],

@@ -20,7 +20,8 @@ _DPKG_FORMAT = "${Package}\t${Version}\t${Architecture}\n"
 def inventory() -> dict[str, list[list[str]]]:
     out: dict[str, list[list[str]]] = {
         "engine": [[p.name, p.version] for p in installed(Path(str(VENV), "bin", "python"))]}
-    for env in sorted(Path(str(ENVS)).iterdir()):
+    for env in sorted(p for p in Path(str(ENVS)).iterdir()
+                      if p.is_dir() and not p.name.startswith(".")):  # not the build locks
         out[f"model:{env.name}"] = [[p.name, p.version]
                                     for p in installed(env / "bin" / "python")]
     listing = subprocess.run(["dpkg-query", "-W", "-f", _DPKG_FORMAT], capture_output=True,
