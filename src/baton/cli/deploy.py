@@ -62,8 +62,8 @@ def kubernetes(ref: str, output: Path, check_report: Path | None, registry_url: 
     spec = kubernetes_spec(ref, opts, _settings(wheelhouse=wheelhouse, offline=offline))
     written = write_manifests(spec, output)
     s = spec.sizing
-    click.echo(f"{spec.identity.name} {spec.identity.version} ({spec.identity.digest[:19]}) "
-               f"-> {spec.image}")
+    click.echo(f"{spec.identity.name} {spec.identity.version} -> {spec.image}")
+    click.echo(spec.identity.digest)
     click.echo(f"  startup probe {s.startup_seconds}s, requests cpu {s.cpu_request_m}m memory "
                f"{s.memory_request_mi}Mi, limits cpu {s.cpu_limit_m}m memory "
                f"{s.memory_limit_mi}Mi")
