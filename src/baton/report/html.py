@@ -226,7 +226,10 @@ def _drift(ref: dict[str, Any] | None) -> str:
 def _registry(reg: dict[str, Any] | None) -> str:
     if not reg:
         return _section("Approvals and audit trail", "registry",
-                        '<p class="muted">a local bundle: no registry record</p>')
+                        '<p class="muted">none in this page: a local bundle, or the page '
+                        "the registry wrote when it validated the version (its approvals and "
+                        "audit trail as they are now: 'baton show NAME@VERSION', or the page "
+                        "'baton report NAME@VERSION' writes)</p>")
     approvals = _table(("user", "decision", "reason", "time"),
                        [(a["user"], a["decision"], a["reason"], a["time"])
                         for a in reg.get("approvals", [])], "approvals")

@@ -86,8 +86,9 @@ function approvalsCell(details) {
 }
 
 // The handoff report the registry wrote when it validated the version: fetched with the
-// signed-in token (a plain link could not carry it) and shown from a blob in a new tab; the
-// page holds no script and its own policy forbids loading anything.
+// signed-in token (a plain link could not carry it) and saved as a file. Not opened from a
+// blob in a tab: that page would inherit this page's policy, which forbids its inline style;
+// a saved page is also what gets attached to a change ticket.
 function reportLink(b, details) {
   if (!details?.report) return null;
   const link = el("a", { href: "#", class: "small report-link",
@@ -95,24 +96,26 @@ function reportLink(b, details) {
     title: "the handoff report: what an approver reads before approving" }, "report");
   link.addEventListener("click", (event) => {
     event.preventDefault();
-    openReport(b);
+    saveReport(b);
   });
   return [" ", link];
 }
 
-async function openReport(b) {
-  const tab = window.open("", "_blank"); // within the click, so no pop-up blocker stops it
+async function saveReport(b) {
   const token = registryToken();
   try {
     const resp = await fetch(`${API}/bundles/${enc(b.name)}/${enc(b.version)}/report.html`, {
       headers: token ? { authorization: `Bearer ${token}` } : {}, cache: "no-store",
     });
     if (!resp.ok) throw new RegistryFailure(resp.status, await resp.json().catch(() => ({})));
-    const page = new Blob([await resp.text()], { type: "text/html" });
-    tab.location.href = URL.createObjectURL(page);
+    const url = URL.createObjectURL(new Blob([await resp.text()], { type: "text/html" }));
+    const save = el("a", { href: url, download: `${b.name}-${b.version}-report.html` });
+    document.body.append(save);
+    save.click();
+    save.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60000);
   } catch (err) {
-    tab?.close();
-    message("error", explain("Opening the report", err), err.status);
+    message("error", explain("Fetching the report", err), err.status);
   }
 }
 
