@@ -129,10 +129,11 @@ def _decide(decision: str) -> Any:
         from baton.report.source import stored_report
 
         client = _client(registry_url)
-        if decision == "approve":  # what the approver signs, before it is recorded
-            handoff = stored_report(client, ref)
+        if decision == "approve":  # what the approver signs, before it is recorded; on
+            handoff = stored_report(client, ref)  # standard error: the output stays the result
             click.echo(f"handoff report: {handoff.summary}\n  {handoff.link}" if handoff else
-                       f"no handoff report for {ref} ('baton report {ref}' writes one)")
+                       f"no handoff report for {ref} ('baton report {ref}' writes one)",
+                       err=True)
         info = client.decide(ref, decision, reason)
         past = {"approve": "approved", "reject": "rejected"}[decision]
         click.echo(f"{past} {info['name']}@{info['version']} "
