@@ -12,21 +12,24 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import kubernetes_validate
 import pytest
 import yaml
 
 from baton.deploy import yaml as baton_yaml
 from baton.image.podman import podman_env
-from tests.conftest import EXAMPLE, run_baton
+from tests.conftest import EXAMPLE, free_port, run_baton
 
 KUBECTL = Path(sys.executable).parent / "kubectl"
 CORE = ["configmap.yaml", "deployment.yaml", "service.yaml", "horizontalpodautoscaler.yaml",
@@ -151,7 +154,7 @@ def test_settings_in_a_configmap_and_no_secret_values(manifests: Path) -> None:
     assert all(isinstance(v, str) for v in data.values())
     assert all(d["kind"] != "Secret" for d in docs.values())
     text = "".join(p.read_text() for p in manifests.rglob("*.yaml"))
-    assert "bt_" not in text and "BEGIN" not in text
+    assert "bt_" not in text and "bte_" not in text and "BEGIN" not in text
 
 
 @pytest.mark.slow  # a real check of the example bundle (module fixture)
@@ -368,3 +371,92 @@ def test_a_bundle_with_no_report_is_checked_now(baton_env: dict[str, str],
 def test_yaml_strings_read_back_as_written(value: str) -> None:
     doc = {"kind": "X", "data": {value or "k": value}, "list": [[value], {}, [], {"a": [1]}]}
     assert yaml.safe_load(baton_yaml.dump(doc)) == doc
+
+
+@pytest.fixture(scope="module")
+def baton_image() -> Iterator[str]:
+    """The example's real image, built by `baton image` code under a tag of this run (its
+    layers come from the image tests' cache when they ran before)."""
+    from baton.image.build import build_image
+    from baton.settings import Settings
+    from tests.image.conftest import HOME
+
+    tag = f"localhost/baton-test/deploy-{uuid.uuid4().hex[:8]}:1"
+    build_image(str(EXAMPLE), Settings(home=HOME), tag=tag)
+    yield tag
+    podman("rmi", tag)  # the tag only: the same image may carry other names
+
+
+def podman_run_args(out: Path, secrets: Path, port: int) -> list[str]:
+    """`podman run` options that do what the Deployment's pod spec says, read from it."""
+    docs = load_dir(out)
+    pod = docs["deployment.yaml"]["spec"]["template"]["spec"]
+    [c] = pod["containers"]
+    sc = c["securityContext"]
+    args = ["--user", f"{sc['runAsUser']}:{sc['runAsGroup']}", "--cap-drop",
+            ",".join(c["securityContext"]["capabilities"]["drop"]).lower()]
+    if sc["readOnlyRootFilesystem"]:
+        args.append("--read-only")
+    if sc["allowPrivilegeEscalation"] is False:
+        args += ["--security-opt", "no-new-privileges"]
+    for key, value in docs["configmap.yaml"]["data"].items():
+        args += ["-e", f"{key}={value}"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for mount in c["volumeMounts"]:
+        volume = volumes[mount["name"]]
+        if "emptyDir" in volume:
+            args += ["--tmpfs", mount["mountPath"]]
+        else:  # a Secret: its files as the kubelet writes them (defaultMode, group fsGroup)
+            for f in secrets.iterdir():
+                f.chmod(volume["secret"]["defaultMode"])
+                os.chown(f, 0, pod["securityContext"]["fsGroup"])
+            args += ["-v", f"{secrets}:{mount['mountPath']}:ro"]
+    limits = c["resources"]["limits"]
+    args += ["--memory", limits["memory"].replace("Mi", "m"),
+             "--cpus", str(int(limits["cpu"].rstrip("m")) / 1000)]
+    http = next(p["containerPort"] for p in c["ports"] if p["name"] == "http")
+    return [*args, "-p", f"127.0.0.1:{port}:{http}", c["image"]]
+
+
+@pytest.mark.slow  # builds (or reuses) the real image and starts it
+def test_the_deployments_pod_runs_the_image(baton_image: str, check_report: Path,
+                                            baton_env: dict[str, str],
+                                            tmp_path: Path) -> None:
+    """The manifests' settings, user, read-only root, writable paths, token Secret and
+    memory limit, applied by podman to the real image: the engine gets ready and answers."""
+    out, secrets = tmp_path / "k8s", tmp_path / "secret"
+    r = deploy(baton_image, "--check-report", check_report, "-o", out, env=baton_env)
+    assert r.returncode == 0, r.stderr
+    secrets.mkdir()
+    added = run_baton("engine-tokens", "add", secrets / "tokens.toml", "--name", "t",
+                      "--scope", "infer", env=baton_env)
+    assert added.returncode == 0, added.stderr
+    token = added.stdout.split()[-1]
+    port = free_port()
+    started = podman("run", "-d", *podman_run_args(out, secrets, port))
+    assert started.returncode == 0, started.stderr
+    cid = started.stdout.strip()
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 300
+        while not _answers(f"{url}/v2/health/ready"):
+            running = podman("ps", "-q", "--filter", f"id={cid}").stdout.strip()
+            assert running and time.monotonic() < deadline, podman("logs", cid).stderr
+            time.sleep(0.5)
+        assert httpx.get(f"{url}/v2/health/live").status_code == 200
+        body = (EXAMPLE / "samples" / "input.json").read_bytes()
+        predict = f"{url}/v1/models/penguins/predict"
+        assert httpx.post(predict, content=body).status_code == 401
+        answer = httpx.post(predict, content=body, headers={"authorization": f"Bearer {token}"})
+        assert answer.status_code == 200, answer.text
+        assert len(answer.json()["predictions"]) == len(json.loads(body))
+    finally:
+        podman("stop", "-t", "10", cid)
+        podman("rm", "-f", cid)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
