@@ -52,8 +52,20 @@ def tag() -> str:
 
 
 @pytest.fixture(scope="module")
-def built(settings: Settings, tag: str) -> Iterator[BuiltImage]:
-    image = build_image(str(BUNDLE), settings, tag=tag)
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Baton's checkout, frozen for the module: an edit elsewhere in the working tree while
+    the tests run must not change the engine layer between a build and its rebuild."""
+    root = tmp_path_factory.mktemp("baton-source")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, root / name)
+    shutil.copytree(ROOT / "src" / "baton", root / "src" / "baton",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    return root
+
+
+@pytest.fixture(scope="module")
+def built(settings: Settings, tag: str, source: Path) -> Iterator[BuiltImage]:
+    image = build_image(str(BUNDLE), settings, tag=tag, source=source)
     yield image
     remove_image(image.image_id)
 

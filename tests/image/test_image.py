@@ -122,21 +122,21 @@ def test_labels_carry_the_bundle_digest_and_the_health_check(built: BuiltImage,
     assert list(image["Config"]["Volumes"]) == ["/var/lib/baton"]
 
 
-def test_an_unchanged_bundle_rebuilds_entirely_from_the_cache(built: BuiltImage,
-                                                               settings: Settings) -> None:
-    again = build_image(str(BUNDLE), settings, tag=built.tag)
+def test_an_unchanged_bundle_rebuilds_entirely_from_the_cache(
+        built: BuiltImage, settings: Settings, source: Path) -> None:
+    again = build_image(str(BUNDLE), settings, tag=built.tag, source=source)
     assert again.fully_cached, again
     assert again.image_id == built.image_id
     print(f"warm rebuild: {again.total_seconds:.1f}s (podman build {again.build_seconds:.1f}s)")
 
 
-def test_a_changed_bundle_rebuilds_only_its_own_layers(built: BuiltImage, settings: Settings,
-                                                       tmp_path: Path) -> None:
+def test_a_changed_bundle_rebuilds_only_its_own_layers(
+        built: BuiltImage, settings: Settings, source: Path, tmp_path: Path) -> None:
     changed = tmp_path / "bundle"
     shutil.copytree(BUNDLE, changed)
     toml = changed / "baton.toml"
     toml.write_text(toml.read_text().replace('version = "1.0.0"', 'version = "1.0.1"'))
-    image = build_image(str(changed), settings, tag=f"{built.tag}-changed")
+    image = build_image(str(changed), settings, tag=f"{built.tag}-changed", source=source)
     try:
         assert image.cached_steps >= 3  # ENV, the engine venv, the model environment
         assert not image.fully_cached

@@ -60,22 +60,24 @@ def default_tag(bundle: Bundle) -> str:
 
 
 def build_image(ref: str, settings: Settings, *, tag: str | None = None,
-                registry: str | None = None, debian_mirror: str | None = None) -> BuiltImage:
-    """Build the image of ``ref`` (folder, archive or ``NAME@VERSION``) and tag it."""
+                registry: str | None = None, debian_mirror: str | None = None,
+                source: Path | None = None) -> BuiltImage:
+    """Build the image of ``ref`` (folder, archive or ``NAME@VERSION``) and tag it; the
+    engine from the checkout at ``source`` (default: the one running)."""
     started = time.perf_counter()
-    source = open_source(ref, settings, registry)
-    bundle, spec = source.bundle, source.bundle.manifest.environment
+    opened = open_source(ref, settings, registry)
+    bundle, spec = opened.bundle, opened.bundle.manifest.environment
     if spec.python != PYTHON:
         raise BatonError(f"{bundle.name} {bundle.version} needs Python {spec.python}; the "
                          f"image's Debian base has Python {PYTHON}", code="PYTHON_MISMATCH",
                          details={"bundle": spec.python, "image": PYTHON})
     work = settings.home / "image"
     base = ensure_base(work, debian_mirror)
-    engine = engine_wheelhouse(work / "wheels", wheelhouse=settings.wheelhouse,
+    engine = engine_wheelhouse(work / "wheels", source, wheelhouse=settings.wheelhouse,
                                offline=settings.offline)
     model = model_wheelhouse(work / "wheels", spec, settings.wheelhouse, settings.offline)
     tag = tag or default_tag(bundle)
-    labels = image_labels(bundle, base.tag, source.label)
+    labels = image_labels(bundle, base.tag, opened.label)
     layers = Layers(base.tag, engine.key, __version__, PYTHON, model.key, labels)
     with tempfile.TemporaryDirectory(dir=work, prefix=".context-") as tmp:
         context = Path(tmp)
