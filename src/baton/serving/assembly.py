@@ -35,8 +35,7 @@ from baton.serving.opening import (
 from baton.serving.service import Engine, ModelService
 from baton.settings import Settings
 
-__all__ = ["CanarySpec", "DeploymentSpec", "EngineSpec", "LabelsSpec", "RegistrySpec",
-           "ShadowSpec", "StreamSpec", "build_engine"]
+__all__ = ["build_engine"]
 
 
 def build_engine(spec: EngineSpec, settings: Settings) -> Engine:
