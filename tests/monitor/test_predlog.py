@@ -5,6 +5,8 @@ store in a real PostgreSQL database."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +21,7 @@ from baton.errors import BatonError
 from baton.monitor.export import PredictionExport
 from baton.monitor.predlog import PredictionLog, new_ids
 from baton.monitor.predlog.store import DatabaseStore
+from baton.monitor.predlog.tables import HEAD_REVISION
 
 MakeLog = Callable[..., PredictionLog]
 
@@ -205,6 +208,22 @@ def predlog_migration_head() -> str:
     head = ScriptDirectory.from_config(cfg).get_current_head()
     assert head is not None
     return head
+
+
+def test_a_store_at_the_newest_revision_opens_without_alembic(tmp_path: Path) -> None:
+    """Every ``baton serve`` opens the log: only the first start runs the migrations."""
+    assert HEAD_REVISION == predlog_migration_head()
+    path = tmp_path / "p.sqlite"
+    store = DatabaseStore.local(path)
+    store.open()  # the first open: Alembic creates the tables
+    store.close()
+    probe = ("import sys; from pathlib import Path; "
+             "from baton.monitor.predlog.store import DatabaseStore; "
+             f"s = DatabaseStore.local(Path({str(path)!r})); s.open(); s.close(); "
+             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'alembic'))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         timeout=120, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
 
 
 def test_an_unreachable_registry_database_is_a_clear_error_at_open() -> None:

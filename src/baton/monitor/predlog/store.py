@@ -31,6 +31,7 @@ from baton.monitor.predlog.records import (
     first_line,
     labelled_pairs,
 )
+from baton.monitor.predlog.tables import HEAD_REVISION, VERSION_TABLE
 from baton.monitor.predlog.tables import prediction_batches as B
 from baton.monitor.predlog.tables import prediction_keys as K
 from baton.monitor.predlog.tables import prediction_labels as L
@@ -69,9 +70,17 @@ def _quiet(record: logging.LogRecord) -> bool:
     return not str(record.msg).startswith(("Context impl", "Will assume"))
 
 
-
 def _begin_immediate(conn: sa.Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _at_head(conn: sa.Connection) -> bool:
+    """Whether the tables are at the newest revision: then every start after the first
+    skips Alembic (about 0.4 s to import and read its scripts)."""
+    if not sa.inspect(conn).has_table(VERSION_TABLE):
+        return False
+    version = sa.table(VERSION_TABLE, sa.column("version_num"))
+    return list(conn.execute(sa.select(version.c.version_num)).scalars()) == [HEAD_REVISION]
 
 
 class DatabaseStore:
@@ -121,6 +130,9 @@ class DatabaseStore:
 
     @staticmethod
     def _migrate(engine: sa.Engine) -> None:
+        with engine.begin() as conn:
+            if _at_head(conn):
+                return
         # Alembic's "setup plugin" (on import), "Context impl" and "Will assume" lines on
         # every start say nothing to an operator; "Running upgrade" does, and stays.
         logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)

@@ -31,6 +31,9 @@ from sqlalchemy.types import TypeDecorator, TypeEngine, UserDefinedType
 #: Where Alembic records the prediction log's schema revision (not ``alembic_version``:
 #: the database may be the registry's, whose own migrations use that one).
 VERSION_TABLE = "baton_predlog_version"
+#: The newest migration's revision: a store whose version table names it opens without
+#: loading Alembic (tests/monitor/test_predstore.py checks it against the scripts).
+HEAD_REVISION = "p0001"
 
 metadata = MetaData()
 
