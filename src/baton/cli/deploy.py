@@ -70,5 +70,5 @@ def kubernetes(ref: str, output: Path, check_report: Path | None, registry_url: 
     for path in written:
         click.echo(f"  wrote {path}")
     click.echo(f"Secret to create: {spec.secret_name} "
-               f"({'keys token, registry-key' if spec.registry else 'key tokens.toml'})")
+               f"({'keys token, registry-key' if spec.options.registry else 'key tokens.toml'})")
     click.echo(f"apply with: kubectl apply -k {output}")

@@ -14,11 +14,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from baton.deploy.kubernetes import KubernetesSpec, object_name
+from baton.deploy.kubernetes import DeployOptions, KubernetesSpec, object_name
 from baton.deploy.output import write_manifests
 from baton.deploy.sizing import provenance, size_pod
 from baton.deploy.source import (
@@ -35,26 +34,6 @@ if TYPE_CHECKING:
 
 __all__ = ["DeployError", "DeployOptions", "KubernetesSpec", "kubernetes_spec",
            "write_manifests"]
-
-
-@dataclass(frozen=True)
-class DeployOptions:
-    """What the operator chose; every field has the default ``baton deploy`` uses."""
-
-    image: str = ""
-    check_report: Path | None = None
-    name: str = ""
-    namespace: str = ""
-    workers: int = 1
-    worker_threads: int = 1
-    min_replicas: int = 2
-    max_replicas: int = 6
-    registry: str = ""
-    stage: str = "production"
-    secret: str = ""
-    service_monitor: bool = False
-    kserve: bool = False
-    extra_env: dict[str, str] = field(default_factory=dict)
 
 
 def image_name(identity: Identity) -> str:
@@ -79,12 +58,7 @@ def kubernetes_spec(ref: str, options: DeployOptions, settings: Settings) -> Kub
         identity=identity, image=options.image or info.ref,
         sizing=size_pod(figures, options.workers, options.worker_threads),
         provenance=provenance(figures, options.workers, options.worker_threads),
-        image_info=info, name=options.name, namespace=options.namespace,
-        workers=options.workers, worker_threads=options.worker_threads,
-        min_replicas=options.min_replicas, max_replicas=options.max_replicas,
-        registry=options.registry, stage=options.stage, secret=options.secret,
-        service_monitor=options.service_monitor, kserve=options.kserve,
-        extra_env=options.extra_env)
+        options=options, image_info=info)
 
 
 def _from_bundle(ref: str, options: DeployOptions,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from baton.deploy.sizing import PROBE_PERIOD_S, Sizing
@@ -29,17 +30,13 @@ Object = dict[str, Any]
 
 
 @dataclass(frozen=True)
-class KubernetesSpec:
-    """What ``baton deploy kubernetes`` writes manifests for."""
+class DeployOptions:
+    """What the operator chose; every field has the default ``baton deploy`` uses."""
 
-    #: The bundle served (for a registry-following engine: the one the figures came from).
-    identity: Identity
-    #: The image reference the cluster pulls.
-    image: str
-    sizing: Sizing
-    #: Annotations saying where each figure came from.
-    provenance: dict[str, str]
-    image_info: ImageInfo | None = None
+    #: The image reference the cluster pulls (default: the one ``baton image`` built).
+    image: str = ""
+    #: The ``baton check`` report to size from (default: a check run now, for a bundle).
+    check_report: Path | None = None
     #: Object names; default: the bundle's name (``baton-STAGE`` when following a registry).
     name: str = ""
     namespace: str = ""
@@ -57,13 +54,31 @@ class KubernetesSpec:
     kserve: bool = False
     extra_env: dict[str, str] = field(default_factory=dict)
 
+
+@dataclass(frozen=True)
+class KubernetesSpec:
+    """What ``baton deploy kubernetes`` writes manifests for: the operator's options with
+    what was resolved from them."""
+
+    #: The bundle served (for a registry-following engine: the one the figures came from).
+    identity: Identity
+    #: The image reference the cluster pulls.
+    image: str
+    sizing: Sizing
+    #: Annotations saying where each figure came from.
+    provenance: dict[str, str]
+    options: DeployOptions
+    image_info: ImageInfo | None = None
+
     @property
     def app(self) -> str:
-        return object_name(self.name, self.identity.name, self.registry, self.stage)
+        o = self.options
+        return object_name(o.name, self.identity.name, o.registry, o.stage)
 
     @property
     def secret_name(self) -> str:
-        return self.secret or f"{self.app}-{'registry' if self.registry else 'tokens'}"
+        o = self.options
+        return o.secret or f"{self.app}-{'registry' if o.registry else 'tokens'}"
 
     def labels(self) -> dict[str, str]:
         return {"app.kubernetes.io/name": self.app,
@@ -77,8 +92,8 @@ class KubernetesSpec:
 
     def metadata(self, suffix: str = "", **extra: Any) -> Object:
         meta: Object = {"name": self.app + suffix}
-        if self.namespace:
-            meta["namespace"] = self.namespace
+        if self.options.namespace:
+            meta["namespace"] = self.options.namespace
         meta["labels"] = self.labels()
         meta.update(extra)
         return meta
@@ -116,15 +131,16 @@ def object_name(name: str, bundle: str, registry: str, stage: str) -> str:
 
 
 def config_map(spec: KubernetesSpec) -> Object:
+    o = spec.options
     data = {"BATON_HOST": "0.0.0.0", "BATON_PORT": str(HTTP_PORT),
-            "BATON_METRICS_PORT": str(METRICS_PORT), "BATON_WORKERS": str(spec.workers),
-            "BATON_WORKER_THREADS": str(spec.worker_threads), "BATON_LOG_LEVEL": "info"}
-    if spec.registry:
+            "BATON_METRICS_PORT": str(METRICS_PORT), "BATON_WORKERS": str(o.workers),
+            "BATON_WORKER_THREADS": str(o.worker_threads), "BATON_LOG_LEVEL": "info"}
+    if o.registry:
         # serve's --stage, through the image's entrypoint (BATON_SERVE_<OPTION>)
-        data |= {"BATON_REGISTRY": spec.registry, "BATON_SERVE_STAGE": spec.stage}
+        data |= {"BATON_REGISTRY": o.registry, "BATON_SERVE_STAGE": o.stage}
     else:
         data["BATON_TOKENS_FILE"] = f"{TOKENS_MOUNT}/tokens.toml"
-    data |= spec.extra_env
+    data |= o.extra_env
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": spec.metadata("-settings"),
             "data": dict(sorted(data.items()))}
 
@@ -137,13 +153,13 @@ def container(spec: KubernetesSpec, name: str = "engine") -> Object:
                   {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
         "envFrom": [{"configMapRef": {"name": f"{spec.app}-settings"}}],
     }
-    if spec.registry:  # the registry's token and public key, by reference only
+    if spec.options.registry:  # the registry's token and public key, by reference only
         c["env"] = [_secret_env("BATON_TOKEN", spec.secret_name, "token"),
                     _secret_env("BATON_REGISTRY_KEY", spec.secret_name, "registry-key")]
     c |= {"resources": spec.sizing.resources(), **probes(spec.sizing),
           "securityContext": spec.security_context(),
           "volumeMounts": [{"name": v, "mountPath": p} for v, p in _writable(spec)]}
-    if not spec.registry:
+    if not spec.options.registry:
         c["volumeMounts"].append({"name": "tokens", "mountPath": TOKENS_MOUNT,
                                   "readOnly": True})
     return c
@@ -174,7 +190,7 @@ def _writable(spec: KubernetesSpec) -> list[tuple[str, str]]:
 
 def pod_volumes(spec: KubernetesSpec) -> list[Object]:
     volumes: list[Object] = [{"name": v, "emptyDir": {}} for v, _ in _writable(spec)]
-    if not spec.registry:
+    if not spec.options.registry:
         volumes.append({"name": "tokens", "secret": {"secretName": spec.secret_name,
                                                      "defaultMode": 0o440}})
     return volumes
@@ -192,7 +208,7 @@ def deployment(spec: KubernetesSpec) -> Object:
     return {"apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": spec.metadata(annotations=annotations),
             "spec": {
-                "replicas": spec.min_replicas,
+                "replicas": spec.options.min_replicas,
                 "revisionHistoryLimit": 5,
                 "selector": {"matchLabels": spec.selector()},
                 "strategy": {"type": "RollingUpdate",
@@ -222,7 +238,8 @@ def autoscaler(spec: KubernetesSpec) -> Object:
             "metadata": spec.metadata(),
             "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment",
                                         "name": spec.app},
-                     "minReplicas": spec.min_replicas, "maxReplicas": spec.max_replicas,
+                     "minReplicas": spec.options.min_replicas,
+                     "maxReplicas": spec.options.max_replicas,
                      "metrics": [{"type": "Resource", "resource": {
                          "name": "cpu", "target": {"type": "Utilization",
                                                    "averageUtilization": 70}}}]}}
@@ -230,7 +247,7 @@ def autoscaler(spec: KubernetesSpec) -> Object:
 
 def disruption_budget(spec: KubernetesSpec) -> Object:
     return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": spec.metadata(),
-            "spec": {"minAvailable": max(1, spec.min_replicas - 1),
+            "spec": {"minAvailable": max(1, spec.options.min_replicas - 1),
                      "selector": {"matchLabels": spec.selector()}}}
 
 

@@ -39,7 +39,7 @@ def inference_service(spec: KubernetesSpec) -> Object:
             "metadata": spec.metadata(annotations={"serving.kserve.io/deploymentMode":
                                                    "RawDeployment"}),
             "spec": {"predictor": {
-                "minReplicas": spec.min_replicas, "maxReplicas": spec.max_replicas,
+                "minReplicas": spec.options.min_replicas, "maxReplicas": spec.options.max_replicas,
                 "automountServiceAccountToken": False,
                 "securityContext": spec.security_context(pod=True),
                 "model": {"modelFormat": {"name": MODEL_FORMAT, "version": "1"},

@@ -29,10 +29,10 @@ def kustomization(objects: list[Object]) -> Object:
 def manifest_sets(spec: KubernetesSpec) -> dict[str, list[Object]]:
     """Folder (relative to the output) -> the objects written there."""
     core = core_objects(spec)
-    if spec.service_monitor:
+    if spec.options.service_monitor:
         core.append(service_monitor(spec))
     sets = {"": core}
-    if spec.kserve:
+    if spec.options.kserve:
         sets["kserve"] = [config_map(spec), serving_runtime(spec), inference_service(spec)]
     return sets
 
