@@ -350,21 +350,14 @@ class WorkerPool:
             for it, part in zip(items, parts, strict=True):
                 if not it.future.done():
                     it.future.set_result(part)
-        elif isinstance(exc, ModelError) and len(items) > 1:
-            for it in reversed(items):  # isolate the request that broke the model
-                it.solo = True
-                self._enqueue(it, front=True)
         elif isinstance(exc, WorkerCrashed) and self._may_retry(worker, items):
-            for it in reversed(items):  # answered nowhere: once more, each alone
-                it.retried = it.solo = True
-                self.stats.retried += 1
-                self._enqueue(it, front=True)
-        elif isinstance(exc, WorkerCrashed) and len(items) > 1 and not self._closing:
-            # The model exited on one of several merged requests: which one is unknown, so
-            # each goes again alone, and only the one that kills a worker alone fails.
-            for it in reversed(items):
-                it.solo = True
-                self._enqueue(it, front=True)
+            self._again_alone(items, retried=True)  # answered nowhere: once more
+        elif len(items) > 1 and (isinstance(exc, ModelError) or
+                                 isinstance(exc, WorkerCrashed) and not self._closing):
+            # The model raised, exited or faulted on one of several merged requests: which
+            # one is unknown, so each goes again alone, and only the one that fails alone
+            # fails.
+            self._again_alone(items)
         else:
             for it in items:
                 if not it.future.done():
@@ -372,6 +365,16 @@ class WorkerPool:
         self._dispatch()
         if not self._queue and not self._busy:
             self._drained.set()
+
+    def _again_alone(self, items: list[_Item], *, retried: bool = False) -> None:
+        """Queue a failed batch's requests again at the front, in order, each alone;
+        ``retried``: after their worker died, which counts and happens once only."""
+        for it in reversed(items):
+            it.solo = True
+            if retried:
+                it.retried = True
+                self.stats.retried += 1
+            self._enqueue(it, front=True)
 
     def _may_retry(self, worker: Worker, items: list[_Item]) -> bool:
         """A batch whose worker died is sent again when the death cannot be the batch's
