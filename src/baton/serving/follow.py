@@ -30,10 +30,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from baton.bundle.archive import ArchiveLimits
-from baton.bundle.loader import open_bundle
-from baton.env.builder import EnvBuilder
 from baton.errors import BatonError, NotApproved, StageNotAllowed, UntrustedDecision
 from baton.serving.gate import CANDIDATE, LIVE, ServeGate
+from baton.serving.opening import ensure_environment, open_local
 from baton.serving.service import Engine, ModelService
 from baton.serving.versions import CANARY, SHADOW
 from baton.settings import Settings
@@ -79,12 +78,9 @@ def _service(client: RegistrySource, decision: Decision, settings: Settings) -> 
     limits = ArchiveLimits.from_settings(settings)  # an oversized download stops early too
     archive, digest = client.pull(f"{decision.name}@{decision.digest}",
                                   settings.home / "pulls", limits=limits)
-    bundle = open_bundle(archive, settings.bundles_dir, expected_digest=decision.digest,
-                         limits=limits)
-    builder = EnvBuilder(settings.envs_dir, wheelhouse=settings.wheelhouse,
-                         offline=settings.offline)
+    bundle = open_local(archive, settings, expected_digest=decision.digest)
     report = client.show(f"{decision.name}@{decision.digest}").get("check_report")
-    return ModelService(bundle, builder.ensure(bundle.manifest.environment), settings,
+    return ModelService(bundle, ensure_environment(bundle, settings), settings,
                         report if isinstance(report, dict) else None)
 
 

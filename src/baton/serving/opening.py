@@ -41,10 +41,12 @@ def env_builder(settings: Settings) -> EnvBuilder:
                       offline=settings.offline)
 
 
-def open_local(ref: str | Path, settings: Settings) -> Bundle:
+def open_local(ref: str | Path, settings: Settings,
+               expected_digest: str | None = None) -> Bundle:
     """The bundle folder or archive at ``ref``, verified (an archive within the settings'
-    limits) and opened."""
-    return open_bundle(ref, settings.bundles_dir, limits=ArchiveLimits.from_settings(settings))
+    limits; against ``expected_digest`` when given) and opened."""
+    return open_bundle(ref, settings.bundles_dir, expected_digest,
+                       limits=ArchiveLimits.from_settings(settings))
 
 
 def ensure_environment(bundle: Bundle, settings: Settings,
