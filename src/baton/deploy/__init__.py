@@ -36,11 +36,6 @@ __all__ = ["DeployError", "DeployOptions", "KubernetesSpec", "kubernetes_spec",
            "write_manifests"]
 
 
-def image_name(identity: Identity) -> str:
-    """The name ``baton image`` gives a bundle's image."""
-    return f"localhost/baton/{identity.name}:{identity.version}"
-
-
 def kubernetes_spec(ref: str, options: DeployOptions, settings: Settings) -> KubernetesSpec:
     """The manifests' spec for ``ref`` (a bundle path or an image reference)."""
     if options.min_replicas < 1 or options.max_replicas < options.min_replicas:
@@ -70,9 +65,10 @@ def _from_bundle(ref: str, options: DeployOptions,
                         "the bundle's baton.toml and content digest")
     if options.image:  # the image IT pulls from its own registry: nothing to inspect here
         return identity, ImageInfo(ref=options.image)
-    local = image_name(identity)
+    from baton.image.build import default_tag
     from baton.image.podman import image_exists
 
+    local = default_tag(bundle)
     if not image_exists(local):
         raise DeployError(f"no image for {identity.name} {identity.version}: build it with "
                           f"'baton image {ref}' (it makes {local}), or name the image the "
