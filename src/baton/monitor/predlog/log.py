@@ -23,9 +23,9 @@ log = logging.getLogger("baton.predlog")
 class PredictionLog(PredictionBuffer):
     """``store`` is a :class:`PredictionStore`, or the path of a local SQLite file.
 
-    Serving calls :meth:`log` and :meth:`record` (the buffer's, no I/O); the engine runs
-    :meth:`run` in the background; feedback calls :meth:`flush`, :meth:`add_labels` and
-    :meth:`labelled`."""
+    Serving calls :meth:`log` (the buffer's, no I/O; tools and tests may :meth:`record`
+    under ids of their own); the engine runs :meth:`run` in the background; feedback calls
+    :meth:`flush`, :meth:`add_labels` and :meth:`labelled`."""
 
     def __init__(self, store: PredictionStore | Path | str, *, sample: float = 1.0,
                  retention_days: float = 7.0, max_pending: int = 100_000,
