@@ -202,14 +202,15 @@ def test_candidates_that_stop_qualifying_leave_traffic_at_the_next_step(
         await asyncio.gather(canary.pool.start(), shadow.pool.start())
         await follower.sync()
         live = engine.models["scorer"]
-        assert await answer(engine) == "2.0.0" and live.shadow is engine.shadows["scorer"]
+        assert await answer(engine) == "2.0.0" and live.shadow is engine.versions.shadows["scorer"]
         await follower.sync()  # still qualifying: nothing changes
         assert await answer(engine) == "2.0.0" and refused(follower) == set()
         # 2.0.0 rejected by the registry (signed); 3.0.0's decision removed from the database.
         src.act("scorer@2.0.0", "reject", reject="rita")
         src.edit("scorer@3.0.0", decision=None)
         await follower.sync()
-        assert engine.canaries == {} and engine.shadows == {} and live.shadow is None
+        assert engine.versions.canaries == {} and engine.versions.shadows == {} \
+            and live.shadow is None
         assert await answer(engine) == "1.0.0"
         assert canary.pool.closing and shadow.pool.closing
         assert refused(follower) == {("scorer@2.0.0", "canary", "NOT_APPROVED"),

@@ -19,7 +19,6 @@ from baton.monitor.predlog import PredictionLog
 from baton.monitor.stats import render_stats
 from baton.serving.model import ModelService, worker_spec
 from baton.serving.observe import EngineObserver
-from baton.serving.traffic import Canary, Shadow
 from baton.serving.versions import VersionTable
 from baton.settings import Settings
 
@@ -77,16 +76,6 @@ class Engine:
     def models(self) -> Mapping[str, ModelService]:
         """The live version of each model, by name (read-only)."""
         return self.versions.live
-
-    @property
-    def canaries(self) -> Mapping[str, Canary]:
-        """Canary splits by model name (read-only; see :meth:`add_canary`)."""
-        return self.versions.canaries
-
-    @property
-    def shadows(self) -> Mapping[str, Shadow]:
-        """Shadow mirrors by model name (read-only; see :meth:`add_shadow`)."""
-        return self.versions.shadows
 
     def get(self, name: str, version: str | None = None) -> ModelService:
         """The version that answers a request: a canary split applies to unversioned ones."""
