@@ -20,7 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from baton.errors import BatonError
-from baton.image.podman import ImageBuildError, image_exists, podman_binary, podman_env
+from baton.image.podman import (
+    ImageBuildError,
+    image_exists,
+    podman_binary,
+    podman_env,
+    run_tool,
+)
 
 SUITE = "bookworm"
 #: The base's interpreter: wheels built for the host's 3.11 install in it.
@@ -64,7 +70,7 @@ def base_tag(mirror: str, arch: str) -> str:
 def ensure_base(work: Path, mirror: str | None = None) -> BaseImage:
     """The base image, built now if no image carries its tag yet (one builder at a time)."""
     mirror = mirror or debian_mirror()
-    arch = _run(["dpkg", "--print-architecture"], "dpkg").strip()
+    arch = run_tool(["dpkg", "--print-architecture"], what="dpkg").strip()
     tag = base_tag(mirror, arch)
     if image_exists(tag):
         return BaseImage(tag, 0.0, True)
@@ -85,8 +91,8 @@ def _build(work: Path, tag: str, mirror: str) -> None:
                          code="DEBOOTSTRAP_MISSING", details={"tool": "debootstrap"})
     tmp = Path(tempfile.mkdtemp(dir=work, prefix=".rootfs-"))
     try:
-        _run(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}",
-              SUITE, str(tmp), mirror], "debootstrap")
+        run_tool(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}",
+                  SUITE, str(tmp), mirror], what="debootstrap")
         for rel in _PRUNE:
             target = tmp / rel
             if target.is_dir() and not target.is_symlink():
@@ -122,12 +128,3 @@ def _unmount_below(root: Path) -> None:
     mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
     for point in sorted((m for m in mounts if m.startswith(prefix)), reverse=True):
         subprocess.run(["umount", "-l", point], capture_output=True, check=False)
-
-
-def _run(args: list[str], what: str) -> str:
-    proc = subprocess.run(args, capture_output=True, text=True, stdin=subprocess.DEVNULL)
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-10:])
-        raise ImageBuildError(f"{what} failed: {tail}", details={
-            "command": args, "output": proc.stderr + proc.stdout})
-    return proc.stdout

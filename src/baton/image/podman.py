@@ -1,4 +1,5 @@
-"""Calling podman: Baton's own containers.conf, and failures turned into errors with a code.
+"""Calling podman (and the other tools a build runs): Baton's own containers.conf, and
+failures turned into errors with a code.
 
 The configuration shipped beside this module (runc, cgroupfs, ulimits of 1024) is applied
 through ``CONTAINERS_CONF`` unless the operator set that variable: their choice wins.
@@ -40,18 +41,24 @@ def podman_binary() -> str:
     return found
 
 
+def run_tool(cmd: Sequence[str], *, what: str, env: Mapping[str, str] | None = None,
+             cwd: Path | None = None, timeout: float | None = None, tail: int = 10) -> str:
+    """Run a build tool (podman, debootstrap, uv, pip); its standard output, or
+    :class:`ImageBuildError` saying ``what`` failed with the tool's last ``tail`` lines."""
+    proc = subprocess.run(list(cmd), capture_output=True, text=True, env=env, cwd=cwd,
+                          stdin=subprocess.DEVNULL, timeout=timeout)
+    if proc.returncode != 0:
+        last = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-tail:])
+        raise ImageBuildError(f"{what} failed: {last}", details={
+            "command": list(cmd), "output": proc.stderr + proc.stdout})
+    return proc.stdout
+
+
 def podman(args: Sequence[str], *, what: str, cwd: Path | None = None,
            timeout: float | None = None) -> str:
-    """Run ``podman ARGS``; its standard output, or :class:`ImageBuildError` saying ``what``
-    failed with podman's last lines."""
-    proc = subprocess.run([podman_binary(), *args], capture_output=True, text=True,
-                          env=podman_env(), cwd=cwd, stdin=subprocess.DEVNULL,
-                          timeout=timeout)
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
-        raise ImageBuildError(f"{what} failed: {tail}", details={
-            "command": ["podman", *args], "output": proc.stderr + proc.stdout})
-    return proc.stdout
+    """Run ``podman ARGS`` with :func:`podman_env` (see :func:`run_tool`)."""
+    return run_tool([podman_binary(), *args], what=what, env=podman_env(), cwd=cwd,
+                    timeout=timeout, tail=15)
 
 
 def image_exists(name: str) -> bool:

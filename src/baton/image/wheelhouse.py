@@ -14,7 +14,6 @@ import hashlib
 import importlib.metadata
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
@@ -27,7 +26,7 @@ from baton.bundle.manifest import EnvironmentSpec
 from baton.env.builder import lock_key, uv_binary
 from baton.env.packages import installed
 from baton.errors import BatonError
-from baton.image.podman import ImageBuildError
+from baton.image.podman import run_tool
 
 _SKIP_DIRS = {"__pycache__", ".mypy_cache"}
 
@@ -86,8 +85,8 @@ def _own_wheel(work: Path, source: Path | None, wheelhouse: Path | None) -> tupl
             shutil.copy2(shipped[-1], tmp / shipped[-1].name)
             return
         assert source is not None
-        _run([uv_binary(), "build", "--wheel", "--quiet", "--out-dir", str(tmp), str(source)],
-             "building Baton's wheel", {**os.environ, "UV_PYTHON_DOWNLOADS": "never"})
+        run_tool([uv_binary(), "build", "--wheel", "--quiet", "--out-dir", str(tmp), str(source)],
+                 what="building Baton's wheel", env={**os.environ, "UV_PYTHON_DOWNLOADS": "never"})
 
     if not own.is_dir():
         _publish(work, own, build_wheel)
@@ -145,7 +144,7 @@ def _pip_download(args: list[str], dest: Path, wheelhouse: Path | None,
            "--disable-pip-version-check", "-d", str(dest), *args]
     if wheelhouse is not None:
         cmd += ["--no-index", "--find-links", str(wheelhouse)]
-    _run(cmd, "collecting wheels (pip download)", None)
+    run_tool(cmd, what="collecting wheels (pip download)")
 
 
 def _publish(work: Path, final: Path, collect: Callable[[Path], None]) -> None:
@@ -162,12 +161,3 @@ def _publish(work: Path, final: Path, collect: Callable[[Path], None]) -> None:
 
 def _digest(parts: list[str]) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
-
-
-def _run(cmd: list[str], what: str, env: dict[str, str] | None) -> None:
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env,
-                          stdin=subprocess.DEVNULL)
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-10:])
-        raise ImageBuildError(f"{what} failed: {tail}",
-                              details={"command": cmd, "output": proc.stderr + proc.stdout})
