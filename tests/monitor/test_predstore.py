@@ -31,8 +31,7 @@ from sqlalchemy import (
 from baton.batch import Batch
 from baton.monitor.predlog import Pending, PredictionLog, new_ids
 from baton.monitor.predlog.store import DatabaseStore
-from baton.registry.db import Database
-from tests.registry.conftest import new_pg_database
+from tests.registry.conftest import migrate_registry, new_pg_database
 
 #: The local file's schema before one store (baton.monitor.predlog.LocalStore, raw sqlite3).
 LOCAL_STORE_DDL = """
@@ -126,14 +125,6 @@ def registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         return
     with new_pg_database("baton_predstore") as url:
         yield url
-
-
-def migrate_registry(url: str) -> None:
-    db = Database(url)
-    try:
-        db.migrate()
-    finally:
-        db.dispose()
 
 
 def test_the_registry_databases_earlier_tables_keep_their_predictions_and_labels(

@@ -64,7 +64,8 @@ def new_pg_database(prefix: str = "baton_test") -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def _migrate(url: str) -> None:
+def migrate_registry(url: str) -> None:
+    """Bring a registry database up to date, as ``baton registry serve`` does."""
     db = Database(url)
     try:
         db.migrate()
@@ -78,11 +79,11 @@ def database_url(request: pytest.FixtureRequest,
     """A fresh, migrated registry database for this module, on each back end."""
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path_factory.mktemp('registry-db') / 'registry.db'}"
-        _migrate(url)
+        migrate_registry(url)
         yield url
         return
     with new_pg_database() as url:
-        _migrate(url)
+        migrate_registry(url)
         yield url
 
 
