@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from baton.bundle.manifest import EnvironmentSpec
+from baton.env.packages import normalise
 from baton.errors import EnvironmentBuildError
 
 _READY = ".baton-ready"
@@ -51,7 +52,7 @@ def _normalise(pin: str) -> str:
     """``Foo_Bar.baz == 1.0`` and ``foo-bar-baz==1.0`` name the same thing (PEP 503)."""
     pin = re.sub(r"\s+", "", pin)
     name, sep, rest = pin.partition("==")
-    return re.sub(r"[-_.]+", "-", name).lower() + sep + rest
+    return normalise(name) + sep + rest
 
 
 def uv_binary() -> str:
