@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,14 +38,26 @@ class Watched:
         self.drift.observe(Batch({"x": np.random.default_rng(4).normal(5, 1, 400)}, 400))
 
 
+@contextlib.asynccontextmanager
+async def running_tasks(*jobs: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
+    """Run ``jobs`` (the sender's, the watch's loop) as tasks for the block, then cancel
+    them."""
+    tasks = [asyncio.create_task(job) for job in jobs]
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def test_a_hanging_webhook_does_not_hold_back_another_models_alert() -> None:
     a, b = Watched("a"), Watched("b")
 
     async def scenario(hook: Webhook) -> None:
         sender = AlertSender(hook.url, timeout=3600)  # a post may hang for an hour
         watch = DriftWatch(lambda: [a, b], 0.01, sender)
-        tasks = [asyncio.create_task(sender.run()), asyncio.create_task(watch.run())]
-        try:
+        async with running_tasks(sender.run(), watch.run()):
             a.shift()
             await until(hook.entered.is_set, "a's alert posted")
             assert not hook.release.is_set()  # ... and the webhook holds it
@@ -54,10 +68,6 @@ def test_a_hanging_webhook_does_not_hold_back_another_models_alert() -> None:
             hook.release.set()
             await until(lambda: len(hook.received) == 2, "both alerts delivered")
             assert [r["model"] for r in hook.received] == ["a", "b"]
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
 
     with running(Webhook(hold=True)) as hook:
         asyncio.run(scenario(hook))
@@ -66,13 +76,9 @@ def test_a_hanging_webhook_does_not_hold_back_another_models_alert() -> None:
 def test_a_failing_webhook_is_retried_until_it_takes_the_alert() -> None:
     async def scenario(hook: Webhook) -> AlertSender:
         sender = AlertSender(hook.url, attempts=4, first=0.01, cap=0.05)
-        task = asyncio.create_task(sender.run())
-        try:
+        async with running_tasks(sender.run()):
             sender.submit({"model": "a", "feature": "x"})
             await until(lambda: sender.sent == 1, "the alert delivered")
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
         return sender
 
     with running(Webhook(fail_first=2)) as hook:
@@ -84,16 +90,12 @@ def test_a_failing_webhook_is_retried_until_it_takes_the_alert() -> None:
 def test_an_alert_is_given_up_after_its_attempts() -> None:
     async def scenario(hook: Webhook) -> AlertSender:
         sender = AlertSender(hook.url, attempts=2, first=0.01, cap=0.05)
-        task = asyncio.create_task(sender.run())
-        try:
+        async with running_tasks(sender.run()):
             sender.submit({"model": "a"})
             sender.submit({"model": "b"})
             # the sender's own count: the webhook records the post before the sender reads
             # its answer, so waiting on the webhook alone races the count checked below
             await until(lambda: sender.sent == 1, "the second alert delivered")
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
         return sender
 
     with running(Webhook(fail_first=2)) as hook:
@@ -108,12 +110,8 @@ def test_a_full_queue_drops_the_oldest_alert_and_counts_it() -> None:
         for n in range(3):
             sender.submit({"n": n})
         assert (sender.queued, sender.dropped) == (2, 1)
-        task = asyncio.create_task(sender.run())
-        try:
+        async with running_tasks(sender.run()):
             await until(lambda: len(hook.received) == 2, "the queued alerts delivered")
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
         return sender
 
     with running(Webhook()) as hook:
