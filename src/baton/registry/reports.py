@@ -90,16 +90,21 @@ def with_report(store: ReportStore, described: dict[str, Any]) -> dict[str, Any]
     return described
 
 
+def registry_record(described: dict[str, Any], events: list[dict[str, Any]]) -> dict[str, Any]:
+    """A report's ``registry`` section: the version's stage, author, approvals, signed
+    decision and its own audit events (``events`` may hold the model's other versions')."""
+    return {"stage": described["stage"], "author": described["author"],
+            "created_at": described["created_at"],
+            "approvals": described.get("approvals", []),
+            "decision": described.get("decision"),
+            "audit": [e for e in events if e.get("version") == described["version"]]}
+
+
 def served_json(stored: bytes, described: dict[str, Any],
                 events: list[dict[str, Any]]) -> dict[str, Any]:
     """The stored report with the version's registry record as it is now."""
     report: dict[str, Any] = json.loads(stored)
-    report["registry"] = {"stage": described["stage"], "author": described["author"],
-                          "created_at": described["created_at"],
-                          "approvals": described.get("approvals", []),
-                          "decision": described.get("decision"),
-                          "audit": [e for e in events if e.get("version") ==
-                                    described["version"]]}
+    report["registry"] = registry_record(described, events)
     return report
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from baton.bundle.archive import ArchiveLimits
+from baton.registry.reports import registry_record
 
 if TYPE_CHECKING:
     from baton.registry.client import RegistryClient
@@ -25,10 +26,7 @@ def pull_version(client: RegistryClient, ref: str, dest: Path,
     """Pull ``ref`` (NAME@VERSION or NAME@sha256:…) into ``dest`` with its record."""
     info = client.show(ref)
     archive, _ = client.pull(f"{info['name']}@{info['digest']}", dest, limits=limits)
-    events = [e for e in client.history(info["name"]) if e.get("version") == info["version"]]
-    record = {"url": client.url, "stage": info["stage"], "author": info["author"],
-              "created_at": info["created_at"], "approvals": info.get("approvals", []),
-              "decision": info.get("decision"), "audit": events}
+    record = {"url": client.url, **registry_record(info, client.history(info["name"]))}
     return RegistryVersion(archive, info.get("check_report"), record)
 
 
