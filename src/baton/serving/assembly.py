@@ -88,30 +88,29 @@ def _deployed(d: DeploymentSpec, settings: Settings, builder: EnvBuilder,
         own = replace(own, workers=d.workers)
     if d.timeout:
         own = replace(own, timeout=d.timeout)
-    if registry is not None:
-        if local_ref(d.bundle):
-            raise refuse_local(d.bundle, "bundle")
-        from baton.serving.follow import prepare_from_registry
-
-        return prepare_from_registry(registry.client, d.bundle, own, registry.gate, LIVE)
-    if Path(d.bundle).exists():
-        return local_service(open_local(d.bundle, own), own, builder)
-    raise BundleError(f"no bundle at {d.bundle}", code="BUNDLE_NOT_FOUND")
+    return _open(d.bundle, own, builder, registry, LIVE, "bundle")
 
 
 def _candidate(ref: str, settings: Settings, builder: EnvBuilder,
                registry: RegistryAccess | None, option: str) -> ModelService:
     """A canary or shadow candidate: a local bundle, or a version the registry signed."""
+    return _open(ref, settings, builder, registry, CANDIDATE, option,
+                 " (give a path, or --registry to use NAME@VERSION)")
+
+
+def _open(ref: str, settings: Settings, builder: EnvBuilder, registry: RegistryAccess | None,
+          role: str, option: str, hint: str = "") -> ModelService:
+    """Without a registry, the local bundle at ``ref``; with one, the version ``ref`` names
+    if a signed decision lets ``role`` serve it (a local path is refused)."""
     if registry is not None:
         if local_ref(ref):
             raise refuse_local(ref, option)
         from baton.serving.follow import prepare_from_registry
 
-        return prepare_from_registry(registry.client, ref, settings, registry.gate, CANDIDATE)
+        return prepare_from_registry(registry.client, ref, settings, registry.gate, role)
     if Path(ref).exists():
         return local_service(open_local(ref, settings), settings, builder)
-    raise BundleError(f"no bundle at {ref} (give a path, or --registry to use "
-                      "NAME@VERSION)", code="BUNDLE_NOT_FOUND")
+    raise BundleError(f"no bundle at {ref}{hint}", code="BUNDLE_NOT_FOUND")
 
 
 def _add_canary(engine: Engine, spec: CanarySpec, settings: Settings, builder: EnvBuilder,
