@@ -13,6 +13,7 @@ import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from baton.errors import EnvironmentBuildError
 
@@ -38,7 +39,7 @@ class InstalledPackage:
     @property
     def purl(self) -> str:
         """The package URL (``pkg:pypi/scikit-learn@1.5.2``) an SBOM identifies it by."""
-        return f"pkg:pypi/{self.name}@{self.version}"
+        return f"pkg:pypi/{self.name}@{quote(self.version, safe='.+!-_')}"
 
 
 def normalise(name: str) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import quote
 
 from baton import __version__
+from baton.env.packages import InstalledPackage
 from baton.image.layout import VENV
 from baton.image.podman import podman
 
@@ -38,7 +39,7 @@ def sbom(tag: str, labels: dict[str, str], inventory: dict[str, list[list[str]]]
     components = []
     for scope, packages in sorted(inventory.items()):
         for package in packages:
-            purl = _deb_purl(*package) if scope == "debian" else _pypi_purl(*package[:2])
+            purl = _deb_purl(*package) if scope == "debian" else InstalledPackage(*package[:2]).purl
             components.append({
                 "type": "library", "bom-ref": f"{scope}|{purl}", "name": package[0],
                 "version": package[1], "purl": purl,
@@ -63,10 +64,6 @@ def write_sbom(tag: str, labels: dict[str, str], target: Path) -> int:
     document = sbom(tag, labels, image_inventory(tag))
     target.write_text(json.dumps(document, indent=2) + "\n")
     return len(document["components"])
-
-
-def _pypi_purl(name: str, version: str) -> str:
-    return f"pkg:pypi/{name}@{quote(version, safe='.+!-_')}"
 
 
 def _deb_purl(name: str, version: str, arch: str = "") -> str:
