@@ -46,15 +46,16 @@ def run_baton(*args: str | Path, env: dict[str, str], timeout: float = 300,
                           timeout=timeout, cwd=cwd, stdin=subprocess.DEVNULL)
 
 
-def migration_head() -> str:
-    """The newest Alembic revision of the registry's schema (the prediction log shares it)."""
+def migration_head(migrations: Path | None = None) -> str:
+    """The newest Alembic revision in ``migrations`` (default: the registry's schema; the
+    prediction log has its own, ``baton.monitor.predlog.store.MIGRATIONS``)."""
     from alembic.config import Config
     from alembic.script import ScriptDirectory
 
     from baton.registry.db import MIGRATIONS
 
     cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("script_location", str(migrations or MIGRATIONS))
     head = ScriptDirectory.from_config(cfg).get_current_head()
     assert head is not None
     return head

@@ -22,6 +22,7 @@ from baton.monitor.export import PredictionExport
 from baton.monitor.predlog import PredictionLog, new_ids
 from baton.monitor.predlog.store import DatabaseStore
 from baton.monitor.predlog.tables import HEAD_REVISION
+from tests.conftest import migration_head
 
 MakeLog = Callable[..., PredictionLog]
 
@@ -198,16 +199,9 @@ def test_the_registry_store_keeps_json_in_postgresql(postgres_url: str, model: s
 
 
 def predlog_migration_head() -> str:
-    from alembic.config import Config
-    from alembic.script import ScriptDirectory
-
     from baton.monitor.predlog.store import MIGRATIONS
 
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    head = ScriptDirectory.from_config(cfg).get_current_head()
-    assert head is not None
-    return head
+    return migration_head(MIGRATIONS)
 
 
 def test_a_store_at_the_newest_revision_opens_without_alembic(tmp_path: Path) -> None:
