@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import psutil
 from prometheus_client import CollectorRegistry, generate_latest
@@ -24,7 +24,10 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from baton.monitor.state import ModelSnapshot, Observable, PredictionLogCounters
+from baton.monitor.state import ModelSnapshot, Observable
+
+if TYPE_CHECKING:
+    from baton.monitor.predlog import PredictionLog
 
 #: Error stages, in the order a request meets them.
 STAGES = ("decode", "contract", "queue", "model", "output")
@@ -325,7 +328,7 @@ def _stream_metrics(streams: list[dict[str, Any]]) -> Iterable[Metric]:
     yield results
 
 
-def _prediction_log_metrics(predlog: PredictionLogCounters | None) -> Iterable[Metric]:
+def _prediction_log_metrics(predlog: PredictionLog | None) -> Iterable[Metric]:
     """The prediction log's store (label ``store``: local, registry) and export sink
     (label ``sink``, its URL without password); families are empty when they are off."""
     written = CounterMetricFamily("baton_prediction_log_written", "Predictions written to "

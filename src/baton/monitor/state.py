@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from baton.monitor.predlog import PredictionLog
 
 
 @dataclass(frozen=True)
@@ -53,42 +56,6 @@ class ModelSnapshot:
         return sum(1 for w in self.workers if w.state == "ready")
 
 
-class StoreInfo(Protocol):
-    @property
-    def kind(self) -> str:
-        """``local`` or ``registry``."""
-
-
-class ExportCounters(Protocol):
-    """The prediction log's export to a stream."""
-
-    @property
-    def sink(self) -> str:
-        """The sink's URL, without its password."""
-
-    @property
-    def exported(self) -> int: ...
-    @property
-    def dropped(self) -> int: ...
-    @property
-    def failures(self) -> int: ...
-    @property
-    def pending(self) -> int: ...
-
-
-class PredictionLogCounters(Protocol):
-    """What monitoring reads of the prediction log."""
-
-    @property
-    def store(self) -> StoreInfo: ...
-    @property
-    def written(self) -> int: ...
-    @property
-    def dropped(self) -> int: ...
-    @property
-    def export(self) -> ExportCounters | None: ...
-
-
 class Observable(Protocol):
     """An engine as monitoring sees it."""
 
@@ -99,7 +66,7 @@ class Observable(Protocol):
     def stream_states(self) -> list[dict[str, Any]]:
         """Each stream binding's ``describe()``."""
 
-    def prediction_log(self) -> PredictionLogCounters | None:
+    def prediction_log(self) -> PredictionLog | None:
         """The prediction log, or None when it is off."""
 
     def refusals(self) -> Mapping[tuple[str, str], int]:

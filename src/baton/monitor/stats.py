@@ -12,10 +12,12 @@ from baton.monitor.state import ModelSnapshot, Observable, WorkerState
 def render_stats(source: Observable) -> dict[str, Any]:
     """Traffic, errors by stage, latency, workers and resources of every served version
     (each model's live version first, then its canary and shadow candidates), and the
-    stream bindings."""
+    stream bindings and the prediction log's figures (None when it is off)."""
+    predlog = source.prediction_log()
     return {"time": time.time(),
             "models": [version_stats(s) for s in source.snapshots()],
-            "streams": source.stream_states()}
+            "streams": source.stream_states(),
+            "prediction_log": predlog.describe() if predlog is not None else None}
 
 
 def version_stats(snap: ModelSnapshot) -> dict[str, Any]:

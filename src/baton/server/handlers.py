@@ -48,10 +48,7 @@ async def models(req: Request) -> Reply:
 
 
 async def stats(req: Request) -> Reply:
-    figures = req.engine.stats()
-    predlog = req.engine.predlog
-    figures["prediction_log"] = predlog.describe() if predlog is not None else None
-    return Reply(200, orjson.dumps(figures, option=_NUMPY))
+    return Reply(200, orjson.dumps(req.engine.stats(), option=_NUMPY))
 
 
 async def metrics(req: Request) -> Reply:

@@ -12,10 +12,11 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from baton.monitor.metrics import ProcessSampler
-from baton.monitor.state import ModelSnapshot, PredictionLogCounters, WorkerState
+from baton.monitor.state import ModelSnapshot, WorkerState
 from baton.runtime.worker import Worker
 
 if TYPE_CHECKING:
+    from baton.monitor.predlog import PredictionLog
     from baton.serving.service import Engine
     from baton.serving.versions import VersionEntry
 
@@ -36,7 +37,7 @@ class EngineObserver:
     def stream_states(self) -> list[dict[str, Any]]:
         return [st.describe() for st in self.engine.streams]
 
-    def prediction_log(self) -> PredictionLogCounters | None:
+    def prediction_log(self) -> PredictionLog | None:
         return self.engine.predlog
 
     def refusals(self) -> Mapping[tuple[str, str], int]:
