@@ -39,6 +39,7 @@ from baton.check.samples import (
 )
 from baton.env.builder import Environment
 from baton.errors import BatonError, ContractViolation, ModelLoadError, SampleMismatch
+from baton.runtime.worker import peak_rss
 from baton.serving import v2
 from baton.serving.opening import ensure_environment, open_local
 from baton.serving.samples import call, load_samples, request_body
@@ -228,12 +229,6 @@ def _summary(times: list[float]) -> dict[str, Any]:
 def _memory(pid: int | None) -> dict[str, float]:
     if pid is None:
         return {}
-    rss = psutil.Process(pid).memory_info().rss / 2**20
-    peak = rss
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                peak = int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return {"worker_rss_mb": round(rss, 1), "worker_peak_rss_mb": round(peak, 1)}
+    rss = psutil.Process(pid).memory_info().rss
+    peak = peak_rss(pid) or rss
+    return {"worker_rss_mb": round(rss / 2**20, 1), "worker_peak_rss_mb": round(peak / 2**20, 1)}

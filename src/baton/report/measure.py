@@ -20,6 +20,7 @@ import numpy as np
 import psutil
 
 from baton.check.samples import compare
+from baton.runtime.worker import peak_rss
 from baton.serving.model import ModelService
 from baton.serving.samples import call, request_body
 
@@ -97,23 +98,13 @@ def worker_memory(svc: ModelService) -> list[dict[str, Any]]:
     out = []
     for p in _processes(svc):
         try:
-            rss = p.memory_info().rss / 2**20
-            peak = _peak_mb(p.pid, rss)
+            rss = p.memory_info().rss
         except psutil.NoSuchProcess:
             continue
-        out.append({"pid": p.pid, "rss_mb": round(rss, 1), "peak_rss_mb": round(peak, 1)})
+        peak = peak_rss(p.pid) or rss
+        out.append({"pid": p.pid, "rss_mb": round(rss / 2**20, 1),
+                    "peak_rss_mb": round(peak / 2**20, 1)})
     return out
-
-
-def _peak_mb(pid: int, fallback: float) -> float:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return fallback
 
 
 async def sample_quality(svc: ModelService, inputs: Any, expected: Any,

@@ -312,10 +312,20 @@ class Worker:
             return 0
         try:
             rss = int(psutil.Process(self.pid).memory_info().rss)
-            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):  # Linux: the peak resident set
-                    rss = max(rss, int(line.split()[1]) * 1024)
-        except (psutil.Error, OSError, ValueError):
+        except psutil.Error:
             return 0
-        return rss
+        return max(rss, peak_rss(self.pid) or 0)
+
+
+def peak_rss(pid: int) -> int | None:
+    """The peak resident set of process ``pid`` in bytes (Linux's VmHWM), or None where it
+    cannot be read (the process is gone, or no /proc)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
 

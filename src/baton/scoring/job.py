@@ -26,6 +26,7 @@ import pyarrow as pa
 from baton.batch import Batch, concat_batches
 from baton.contract.spec import Contract
 from baton.errors import BatonError, ContractViolation, ModelError, ModelNotReady, WorkerError
+from baton.runtime.worker import peak_rss
 from baton.scoring.base import ROW_COLUMN, Chunk, DeadRow, ScoringError
 from baton.scoring.columns import NULL_TOKENS
 from baton.scoring.readers import InputReader, open_input
@@ -349,13 +350,7 @@ def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 
 def _vm_hwm_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except (OSError, ValueError):
-        pass
-    return 0.0
+    return (peak_rss(pid) or 0) / 2**20
 
 
 def _peak_rss(worker_pids: list[int | None]) -> dict[str, float]:
