@@ -216,10 +216,11 @@ class _Running:
         except BatonError as exc:
             exc.message = f"measuring latency of {what}: {exc.message}"
             raise
-        return _summary(times)
+        return latency_summary(times)
 
 
-def _summary(times: list[float]) -> dict[str, Any]:
+def latency_summary(times: list[float]) -> dict[str, Any]:
+    """p50, p99 and mean of ``times`` (milliseconds), and how many there were."""
     times = sorted(times)
     return {"p50_ms": round(statistics.median(times), 3),
             "p99_ms": round(times[min(len(times) - 1, int(len(times) * 0.99))], 3),

@@ -11,7 +11,6 @@ time on a fast model and on a slow one.
 from __future__ import annotations
 
 import asyncio
-import statistics
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 import psutil
 
+from baton.check import latency_summary
 from baton.check.samples import compare
 from baton.runtime.worker import peak_rss
 from baton.serving.model import ModelService
@@ -61,13 +61,12 @@ async def _cell(svc: ModelService, send: Callable[[bytes], Awaitable[bytes]], bo
 
     await asyncio.gather(*(caller() for _ in range(callers)))
     elapsed = time.perf_counter() - started
-    latencies.sort()
+    summary = latency_summary(latencies)
     return {"rows": rows, "concurrency": callers, "requests": len(latencies),
             "seconds": round(elapsed, 3),
             "requests_per_s": round(len(latencies) / elapsed, 1),
             "rows_per_s": round(len(latencies) * rows / elapsed, 1),
-            "p50_ms": round(statistics.median(latencies), 3),
-            "p99_ms": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))], 3),
+            "p50_ms": summary["p50_ms"], "p99_ms": summary["p99_ms"],
             "worker_cpu_cores": round((_cpu_seconds(svc) - cpu_before) / elapsed, 2)}
 
 
