@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -49,14 +50,22 @@ from baton.settings import Settings
 __all__ = ["STAGE_EXIT", "CheckReport", "compare", "run_check"]
 
 
-def run_check(ref: str | Path, settings: Settings, *, iterations: int = 200) -> CheckReport:
-    """Run every stage on the bundle at ``ref``; never raises: failures are in the report."""
+#: What runs on the checked model's started worker once every stage passed (the handoff
+#: report measures there, instead of starting the model a second time).
+OnPassed = Callable[[ModelService, Bundle, Environment], Awaitable[None]]
+
+
+def run_check(ref: str | Path, settings: Settings, *, iterations: int = 200,
+              on_passed: OnPassed | None = None) -> CheckReport:
+    """Run every stage on the bundle at ``ref``; never raises: failures are in the report.
+    ``on_passed`` runs on the started service after the last stage passed, before the
+    worker stops; it keeps its own failures (one escaping it would fail the check late)."""
     report = CheckReport()
     with log_into(report):
         try:
             bundle, env = _prepare(report, ref, settings)
             asyncio.run(_run_stages(bundle, env, replace(settings, workers=1), report,
-                                    iterations))
+                                    iterations, on_passed))
         except Stopped:
             pass
         except Exception as exc:  # outside every stage: still a report, never a traceback
@@ -79,7 +88,8 @@ def _prepare(report: CheckReport, ref: str | Path,
 
 
 async def _run_stages(bundle: Bundle, env: Environment, settings: Settings,
-                      report: CheckReport, iterations: int) -> None:
+                      report: CheckReport, iterations: int,
+                      on_passed: OnPassed | None = None) -> None:
     """Start the model's worker (stages ``import`` and ``load``), then the stages that need
     it; also after a failure, no worker outlives the check and the loop ends quietly."""
     started = time.perf_counter()
@@ -98,6 +108,8 @@ async def _run_stages(bundle: Bundle, env: Environment, settings: Settings,
         report.stage("load", load)
         report.measurements["load_seconds"] = round(time.perf_counter() - started, 3)
         await _Running(svc, bundle, report, iterations).run()
+        if on_passed is not None:
+            await on_passed(svc, bundle, env)
     finally:
         if svc is not None:
             await _shutdown(svc, report)

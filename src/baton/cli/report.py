@@ -20,6 +20,9 @@ from baton.cli.main import _settings, errors_to_exit, main, with_env_options
 @click.option("--check-report", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A 'baton check' report of the same bundle, instead of running the check.",
               show_default="the registry's check for NAME@VERSION, else run it now")
+@click.option("--check-out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the check it runs, as 'baton check --report' would (the model "
+                   "loads once for both).")
 @click.option("--seconds", "cell_seconds", type=click.FloatRange(0.05, 60.0), default=0.4,
               show_default=True, help="How long each throughput cell runs (9 cells).")
 @click.option("--registry", "registry_url", envvar="BATON_REGISTRY",
@@ -27,8 +30,8 @@ from baton.cli.main import _settings, errors_to_exit, main, with_env_options
               show_default="the one saved by 'baton login'")
 @with_env_options
 @errors_to_exit
-def report(ref: str, output: Path, check_report: Path | None, cell_seconds: float,
-           registry_url: str | None, **options: Any) -> None:
+def report(ref: str, output: Path, check_report: Path | None, check_out: Path | None,
+           cell_seconds: float, registry_url: str | None, **options: Any) -> None:
     """Write the handoff report of REF (a bundle folder, an archive, or NAME@VERSION in the
     registry): one self-contained HTML page and its JSON, for the approver. A bundle whose
     check fails still gets its report (without measurements); the exit status is then the
@@ -39,9 +42,10 @@ def report(ref: str, output: Path, check_report: Path | None, cell_seconds: floa
     settings = _settings(**options)
     given = load_check_report(check_report) if check_report else None
     if Path(ref).exists():
-        result = build_report(ref, settings, check_report=given, cell_seconds=cell_seconds)
+        result = build_report(ref, settings, check_report=given, cell_seconds=cell_seconds,
+                              check_out=check_out)
     else:
-        result = _from_registry(ref, settings, given, cell_seconds, registry_url)
+        result = _from_registry(ref, settings, given, cell_seconds, registry_url, check_out)
     written = write_report(result, output)
     click.echo(result["summary"])
     click.echo(f"report written to {written.html} and {written.json}")
@@ -54,7 +58,7 @@ def report(ref: str, output: Path, check_report: Path | None, cell_seconds: floa
 
 
 def _from_registry(ref: str, settings: Any, given: dict[str, Any] | None, cell_seconds: float,
-                   registry_url: str | None) -> dict[str, Any]:
+                   registry_url: str | None, check_out: Path | None) -> dict[str, Any]:
     from baton.bundle.archive import ArchiveLimits
     from baton.errors import BatonError
     from baton.profile import open_registry_client
@@ -70,6 +74,7 @@ def _from_registry(ref: str, settings: Any, given: dict[str, Any] | None, cell_s
             version = pull_version(client, ref, Path(tmp), ArchiveLimits.from_settings(settings))
             return build_report(version.archive, settings, source=f"{client.url} {ref}",
                                 check_report=given or version.check_report,
-                                cell_seconds=cell_seconds, registry=version.record)
+                                cell_seconds=cell_seconds, registry=version.record,
+                                check_out=check_out)
     finally:
         client.close()

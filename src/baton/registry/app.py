@@ -25,7 +25,13 @@ from starlette.routing import Match, Route
 from baton.errors import BatonError, PayloadTooLarge, RequestError
 from baton.registry.identity import Actor, only_fields, token_fields
 from baton.registry.openapi import AUDIT_PAGE_DEFAULT, AUDIT_PAGE_MAX, openapi_document
-from baton.registry.reports import PAGE_HEADERS, handoff_report, served_json, with_report
+from baton.registry.reports import (
+    CELL_SECONDS,
+    PAGE_HEADERS,
+    served_json,
+    with_report,
+    written_report,
+)
 from baton.registry.service import Registry
 from baton.runtime.runner import cut_lines
 
@@ -273,29 +279,31 @@ def create_app(registry: Registry, *, max_upload_bytes: int = 1 << 30) -> Starle
 
 
 def subprocess_check_runner(home: Path, timeout: float = 900.0) -> Any:
-    """Run ``baton check`` in a child process with the registry's own Baton home; on a
-    pass, ``baton report`` too (its report under ``handoff``, see registry/reports.py)."""
+    """Check a bundle in a child process with the registry's own Baton home: ``baton
+    report`` runs the check (its report is the result) and, on a pass, measures the
+    handoff report on the same started worker (kept under ``handoff``, see
+    registry/reports.py)."""
 
     def run(bundle_dir: Path) -> dict[str, Any]:
         with tempfile.TemporaryDirectory(prefix="baton-report-") as tmp:
-            report = Path(tmp) / "report.json"
+            check, handoff = Path(tmp) / "check.json", Path(tmp) / "handoff"
             env = dict(os.environ, BATON_HOME=str(home))
             try:
                 proc = subprocess.run(
-                    [sys.executable, "-m", "baton", "check", str(bundle_dir),
-                     "--report", str(report), "--iterations", "50"],
+                    [sys.executable, "-m", "baton", "report", str(bundle_dir), "--check-out",
+                     str(check), "--output", str(handoff), "--seconds", str(CELL_SECONDS)],
                     capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL,
                     timeout=timeout)
             except subprocess.TimeoutExpired:
                 return {"passed": False, "failed_stage": "check",
                         "error": {"code": "CHECK_TIMEOUT",
                                   "message": f"baton check took over {timeout:.0f}s"}}
-            if not report.exists():
+            if not check.exists():
                 return {"passed": False, "failed_stage": "check",
                         "error": {"code": "CHECK_CRASHED", "message": cut_lines(proc.stderr, 2000)}}
-            result: dict[str, Any] = json.loads(report.read_text())
+            result: dict[str, Any] = json.loads(check.read_text())
             if result.get("passed"):  # what approvers read: written beside the check
-                result["handoff"] = handoff_report(bundle_dir, report, env, timeout)
+                result["handoff"] = written_report(handoff, proc)
             return result
 
     return run

@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Literal
@@ -112,23 +111,14 @@ def served_json(stored: bytes, described: dict[str, Any],
 CELL_SECONDS = 0.25
 
 
-def handoff_report(bundle_dir: Path, check_report: Path, env: dict[str, str],
-                   timeout: float) -> dict[str, Any] | None:
-    """``baton report`` of a checked bundle in a child process, from that check's report:
+def written_report(out: Path, proc: subprocess.CompletedProcess[str]) -> dict[str, Any] | None:
+    """The handoff report ``baton report`` wrote into ``out`` beside a passed check:
     ``{"json": …, "html": …}``; None (and a log line) when it could not be written, which
     leaves the validation as the check decided it."""
-    out = check_report.parent / "handoff"
     try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "baton", "report", str(bundle_dir), "--check-report",
-             str(check_report), "--output", str(out), "--seconds", str(CELL_SECONDS)],
-            capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        log.warning("baton report took over %.0fs; the version has no handoff report", timeout)
-        return None
-    if proc.returncode != 0:
+        return {"json": json.loads((out / "report.json").read_text()),
+                "html": (out / "report.html").read_text(encoding="utf-8")}
+    except (OSError, ValueError):
         log.warning("baton report failed (exit %d); the version has no handoff report: %s",
                     proc.returncode, proc.stderr[-2000:])
         return None
-    return {"json": json.loads((out / "report.json").read_text()),
-            "html": (out / "report.html").read_text(encoding="utf-8")}

@@ -1,8 +1,9 @@
 """Assemble the handoff report of one bundle: what an approver reads before approving.
 
 The sections that need no model come from the bundle, its environment and the check
-report (:mod:`baton.report.sections`); the measured ones from the model started once more
-through the service's own request path (:mod:`baton.report.measure`). A bundle whose check
+report (:mod:`baton.report.sections`); the measured ones through the service's own request
+path (:mod:`baton.report.measure`), on the worker the check started when the report runs
+the check itself, else on a worker started for them. A bundle whose check
 failed still gets its report, without measurements: the page says where it failed.
 """
 
@@ -41,15 +42,17 @@ class WrittenReport(NamedTuple):
 
 def build_report(ref: str | Path, settings: Settings, *, source: str | None = None,
                  check_report: dict[str, Any] | None = None, cell_seconds: float = CELL_SECONDS,
-                 registry: dict[str, Any] | None = None) -> dict[str, Any]:
+                 registry: dict[str, Any] | None = None,
+                 check_out: Path | None = None) -> dict[str, Any]:
     """The report of the bundle at ``ref`` (a folder or archive). ``check_report``: a
-    ``baton check`` report of the same digest (else the check runs now); ``registry``:
-    the version's stage, approvals and audit events, when it comes from a registry."""
-    bundle = open_local(ref, settings)
+    ``baton check`` report of the same digest (else the check runs now, measured on its
+    own started worker, and is written to ``check_out`` when given — before anything
+    else can fail); ``registry``: the version's stage, approvals and audit events, when
+    it comes from a registry."""
+    measured: dict[str, Any] | None = None
     if check_report is None:
-        from baton.check import run_check
-
-        check_report = run_check(ref, settings, iterations=CHECK_ITERATIONS).to_dict()
+        check_report, measured = _check_and_measure(ref, settings, cell_seconds, check_out)
+    bundle = open_local(ref, settings)
     _same_digest(bundle, check_report)
     env = ensure_environment(bundle, settings)
     packages = installed(env.python)
@@ -65,7 +68,7 @@ def build_report(ref: str | Path, settings: Settings, *, source: str | None = No
         "registry": registry,
     }
     if check_report.get("passed"):
-        report.update(asyncio.run(_measured(bundle, env, settings, cell_seconds)))
+        report.update(measured or asyncio.run(_measured(bundle, env, settings, cell_seconds)))
         if report["performance"].get("grid"):
             report["resources"] = sections.resources(
                 check_report, report["identity"], report["performance"]["memory"],
@@ -83,22 +86,49 @@ def _same_digest(bundle: Bundle, check_report: dict[str, Any]) -> None:
                          details={"checked": checked, "bundle": bundle.digest})
 
 
+def _check_and_measure(ref: str | Path, settings: Settings, cell_seconds: float,
+                       check_out: Path | None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """``baton check`` of ``ref`` and, when it passes, the measurements taken on the worker
+    the check started: the model loads once."""
+    from baton.check import run_check
+
+    measured: dict[str, Any] = {}
+    failure: list[BaseException] = []
+
+    async def measure(svc: ModelService, bundle: Bundle, _env: Environment) -> None:
+        try:
+            measured.update(await _measure(svc, bundle, cell_seconds))
+        except Exception as exc:  # the report's failure, not the check's
+            failure.append(exc)
+
+    checked = run_check(ref, settings, iterations=CHECK_ITERATIONS, on_passed=measure)
+    if check_out is not None:
+        checked.write(check_out)
+    if failure:
+        raise failure[0]
+    return checked.to_dict(), measured or None
+
+
 async def _measured(bundle: Bundle, env: Environment, settings: Settings,
                     cell_seconds: float) -> dict[str, Any]:
-    """Start one worker, measure it, stop it, whatever happens."""
-    inputs, expected, tolerance = load_samples(bundle)
-    if inputs is None:
-        return {"performance": {"note": "the bundle declares no samples to send"}}
+    """Start one worker, measure it, stop it, whatever happens (a check report was given)."""
     svc = ModelService(bundle, env, replace(settings, workers=1))
     await svc.pool.start()
     try:
-        quality = await sample_quality(svc, inputs, expected, tolerance)
-        grid = await throughput_grid(svc, inputs, cell_seconds)
-        memory = worker_memory(svc)
+        return await _measure(svc, bundle, cell_seconds)
     finally:
         await svc.pool.close(5.0)
+
+
+async def _measure(svc: ModelService, bundle: Bundle, cell_seconds: float) -> dict[str, Any]:
+    """Sample quality, the throughput grid and worker memory of a started service."""
+    inputs, expected, tolerance = load_samples(bundle)
+    if inputs is None:
+        return {"performance": {"note": "the bundle declares no samples to send"}}
+    quality = await sample_quality(svc, inputs, expected, tolerance)
+    grid = await throughput_grid(svc, inputs, cell_seconds)
     return {"performance": {"workers_measured": 1, "cell_seconds": cell_seconds,
-                            "grid": grid, "memory": memory},
+                            "grid": grid, "memory": worker_memory(svc)},
             "quality": quality}
 
 
