@@ -147,7 +147,8 @@ class StubCheck:
 
 @pytest.fixture
 def real_check(baton_home: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """The check runner ``baton registry serve`` uses: a real ``baton check`` subprocess."""
+    """The check runner ``baton registry serve`` uses: a real ``baton report --check-out``
+    subprocess (the check, then the handoff report on the worker it started)."""
     monkeypatch.setenv("UV_PYTHON_DOWNLOADS", "never")
     monkeypatch.delenv("VIRTUAL_ENV", raising=False)
     return subprocess_check_runner(baton_home)
