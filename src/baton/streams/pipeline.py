@@ -112,9 +112,8 @@ class StreamPipeline:
         self.stats = StreamStats()
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
-        self.source: Source | None = None
-        self.sink: Sink | None = None
-        self.dead: Sink | None = None
+        #: The connected streams, kept to close them (set before they are opened).
+        self._ends: _Ends | None = None
         self._running = False
         self._waiting_for_model: str | None = None
         #: The binding's passwords and tokens: no error text it shows may contain them.
@@ -148,9 +147,9 @@ class StreamPipeline:
         b = self.binding
         self._secrets = [secret for raw in (b.input, b.output, b.dead_letter) if raw
                          for secret in url_secrets(raw)]
-        ends = _Ends(open_source(b.input, group=b.consumer_group),
-                     open_sink(b.output) if b.output else None, open_sink(b.dead_letter))
-        self.source, self.sink, self.dead = ends.source, ends.sink, ends.dead  # to close
+        ends = self._ends = _Ends(open_source(b.input, group=b.consumer_group),
+                                  open_sink(b.output) if b.output else None,
+                                  open_sink(b.dead_letter))
         for name, part in (("input", ends.source), ("output", ends.sink),
                            ("dead letter", ends.dead)):
             if part is not None:
@@ -363,7 +362,8 @@ class StreamPipeline:
         raise _Stopped()
 
     async def _close(self) -> None:
-        for part in (self.source, self.sink, self.dead):
+        ends = self._ends
+        for part in (ends.source, ends.sink, ends.dead) if ends is not None else ():
             if part is not None:
                 try:
                     await part.close()
