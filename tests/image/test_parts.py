@@ -35,6 +35,19 @@ def test_serve_and_check_get_the_images_bundle_unless_given_another(
     assert baton_args(given) == expected
 
 
+def test_the_images_commands_still_answer_dash_h_after_their_arguments_are_read() -> None:
+    """The entrypoint reads serve's arguments, then runs baton in the same process."""
+    from click.testing import CliRunner
+
+    from baton.cli.main import main
+
+    for command in ("serve", "check"):
+        baton_args([command, "-h"])
+        shown = CliRunner().invoke(main, [command, "-h"], prog_name="baton")
+        assert shown.exit_code == 0, shown.output
+        assert f"Usage: baton {command}" in shown.output
+
+
 def test_a_registry_given_by_variable_replaces_the_images_bundle(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BATON_REGISTRY", "https://registry:8443")

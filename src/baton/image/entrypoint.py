@@ -42,8 +42,13 @@ def baton_args(args: list[str]) -> list[str]:
     if not args or args[0] not in ("serve", "check"):
         return args
     command = main.commands[args[0]]
-    with command.make_context(args[0], list(args[1:]), resilient_parsing=True,
-                              auto_envvar_prefix=f"{PREFIX}_{args[0].upper()}") as ctx:
+    # Parsed under baton's own context, as main.main will: click caches a command's help
+    # option on first use, so a context without the group's settings would leave the
+    # command answering only --help (not -h) for the rest of the process.
+    parent = click.Context(main, info_name="baton", auto_envvar_prefix=PREFIX,
+                           **main.context_settings)
+    with command.make_context(args[0], list(args[1:]), parent=parent,
+                              resilient_parsing=True) as ctx:
         params = ctx.params
     given = params.get("bundles") or params.get("bundle") or params.get("registry_url") \
         or params.get("deployment")
