@@ -159,6 +159,14 @@ class WorkerCrashed(WorkerError):
     code = "WORKER_CRASHED"
 
 
+class WorkerLimitExceeded(WorkerCrashed):
+    """The worker was stopped at one of its limits (``MEMORY_LIMIT``, ``PROCESS_LIMIT``):
+    the request's own doing, so not one to retry (500, not 503)."""
+
+    code = "WORKER_LIMIT_EXCEEDED"
+    http_status = 500
+
+
 class WorkerTimeout(WorkerError):
     code = "WORKER_TIMEOUT"
     http_status = 504

@@ -58,6 +58,16 @@ class Settings:
     drain_timeout: float = 30.0
     #: Threads each worker's numeric libraries may use (OMP, BLAS).
     worker_threads: int = 1
+    #: Isolation level of every model's workers, 'process' or 'sandbox'; empty: each
+    #: bundle's own. The stricter of this and the bundle's wins (docs/isolation.md).
+    isolation: str = ""
+    #: Whether a sandboxed model that asks for the network may have it (false: none may).
+    model_network: bool = True
+    #: Per-worker limits (0: the bundle's, if any); the lower of this and the bundle's wins.
+    worker_memory_mb: int = 0
+    worker_cpus: float = 0.0
+    worker_open_files: int = 0
+    worker_processes: int = 0
     log_level: str = "info"
     #: Expose Prometheus metrics at /metrics (and count every request).
     metrics: bool = True
@@ -127,6 +137,12 @@ class Settings:
             ("max_queue_rows", self.max_queue_rows > 0, "a positive number of rows"),
             ("drain_timeout", self.drain_timeout >= 0, "a number of seconds >= 0"),
             ("worker_threads", self.worker_threads > 0, "a positive integer"),
+            ("isolation", self.isolation in ("", "process", "sandbox"),
+             "'process' or 'sandbox' (empty: the bundle's)"),
+            ("worker_memory_mb", self.worker_memory_mb >= 0, "a number of MiB >= 0"),
+            ("worker_cpus", self.worker_cpus >= 0, "a number of CPUs >= 0"),
+            ("worker_open_files", self.worker_open_files >= 0, "an integer >= 0"),
+            ("worker_processes", self.worker_processes >= 0, "an integer >= 0"),
             ("port", 0 <= self.port <= 65535, "a TCP port (0-65535)"),
             ("approvals", self.approvals >= 1, "an integer >= 1"),
             ("prediction_log_sample", 0.0 <= self.prediction_log_sample <= 1.0,

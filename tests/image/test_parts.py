@@ -115,6 +115,20 @@ def test_a_bundle_for_another_python_is_refused_before_anything_is_built(
     assert not (tmp_path / "home" / "image").exists()
 
 
+def test_a_bundle_asking_for_the_sandbox_is_refused_before_anything_is_built(
+        tmp_path: Path) -> None:
+    """bubblewrap cannot nest in the image's capability-less container: refused, not an
+    image whose model never starts."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(BUNDLE, bundle)
+    toml = bundle / "baton.toml"
+    toml.write_text(toml.read_text() + '\n[isolation]\nlevel = "sandbox"\n')
+    with pytest.raises(BatonError, match="asks for isolation level 'sandbox'") as err:
+        build_image(str(bundle), Settings(home=tmp_path / "home"))
+    assert err.value.code == "SANDBOX_UNAVAILABLE"
+    assert not (tmp_path / "home" / "image").exists()
+
+
 def test_a_missing_bundle_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(BatonError) as err:
         build_image(str(tmp_path / "nothing"), Settings(home=tmp_path / "home"))

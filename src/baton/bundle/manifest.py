@@ -12,6 +12,7 @@ import tomli_w
 
 from baton.contract.spec import Contract
 from baton.errors import ContractError, ManifestError
+from baton.runtime.isolation import LEVELS, Isolation
 
 MANIFEST_NAME = "baton.toml"
 BUILTIN_SKLEARN = "builtin:sklearn"
@@ -23,7 +24,8 @@ _ENTRYPOINT = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _PIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9,._-]+\])?==[A-Za-z0-9.+!_-]+"
                   r"(\s*;\s*[^;]+)?$")
 _PYTHON = re.compile(r"^3\.\d{1,2}$")
-_SECTIONS = {"bundle", "model", "environment", "contract", "samples", "serving", "monitoring"}
+_SECTIONS = {"bundle", "model", "environment", "contract", "samples", "serving", "monitoring",
+             "isolation"}
 #: Keys each section accepts ([contract] checks its own): a misspelt key is an error, not
 #: a silently ignored setting (``requirement = [...]`` would build an empty environment).
 _KEYS = {"bundle": {"name", "version", "description", "owner"},
@@ -31,7 +33,8 @@ _KEYS = {"bundle": {"name", "version", "description", "owner"},
          "environment": {"python", "requirements"},
          "samples": {"input", "expected", "tolerance"},
          "serving": {"workers", "timeout", "max_batch_rows"},
-         "monitoring": {"reference", "drift_threshold", "metrics"}}
+         "monitoring": {"reference", "drift_threshold", "metrics"},
+         "isolation": {"level", "network", "memory_mb", "cpus", "open_files", "processes"}}
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,8 @@ class BundleManifest:
     description: str = ""
     owner: str = ""
     monitoring: MonitoringSpec = field(default_factory=MonitoringSpec)
+    #: The sandbox and per-worker limits the model asks for (docs/isolation.md).
+    isolation: Isolation = field(default_factory=Isolation)
 
     @classmethod
     def load(cls, bundle_dir: Path) -> BundleManifest:
@@ -157,7 +162,7 @@ class BundleManifest:
                    environment=_environment(_table(data, "environment")), contract=contract,
                    samples=samples, serving=serving,
                    description=str(b.get("description", "")), owner=str(b.get("owner", "")),
-                   monitoring=monitoring)
+                   monitoring=monitoring, isolation=_isolation(data.get("isolation", {})))
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -181,6 +186,9 @@ class BundleManifest:
             if self.monitoring.metrics:
                 mon["metrics"] = list(self.monitoring.metrics)
             out["monitoring"] = mon
+        if self.isolation != Isolation():
+            out["isolation"] = {k: v for k, v in self.isolation.to_dict().items()
+                                if v or k == "level"}
         out["contract"] = self.contract.to_dict()
         return out
 
@@ -235,6 +243,24 @@ def _number(value: Any, name: str, *, lo: float, integer: bool = False) -> Any:
     if isinstance(value, bool) or not ok or value < lo:
         raise _invalid(name, f"{'an integer' if integer else 'a number'} >= {lo}", value)
     return value
+
+
+def _isolation(s: Any) -> Isolation:
+    if not isinstance(s, dict):
+        raise _invalid("isolation", "a table", s)
+    level = s.get("level", "process")
+    if level not in LEVELS:
+        raise _invalid("isolation.level", " or ".join(f"'{v}'" for v in LEVELS), level)
+    network = s.get("network", False)
+    if not isinstance(network, bool):
+        raise _invalid("isolation.network", "true or false", network)
+    return Isolation(
+        level=level, network=network,
+        memory_mb=_number(s.get("memory_mb", 0), "isolation.memory_mb", lo=0, integer=True),
+        cpus=float(_number(s.get("cpus", 0), "isolation.cpus", lo=0)),
+        open_files=_number(s.get("open_files", 0), "isolation.open_files", lo=0,
+                           integer=True),
+        processes=_number(s.get("processes", 0), "isolation.processes", lo=0, integer=True))
 
 
 def _relpath(table: dict[str, Any], dotted: str) -> str:

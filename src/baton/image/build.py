@@ -71,6 +71,12 @@ def build_image(ref: str, settings: Settings, *, tag: str | None = None,
         raise BatonError(f"{bundle.name} {bundle.version} needs Python {spec.python}; the "
                          f"image's Debian base has Python {PYTHON}", code="PYTHON_MISMATCH",
                          details={"bundle": spec.python, "image": PYTHON})
+    if bundle.manifest.isolation.sandboxed:
+        raise BatonError(f"{bundle.name} {bundle.version} asks for isolation level 'sandbox', "
+                         "which cannot run inside the image's container (no bubblewrap, no "
+                         "capabilities to create namespaces): the container is the isolation "
+                         "there; see docs/isolation.md", code="SANDBOX_UNAVAILABLE",
+                         details={"field": "isolation.level"})
     work = settings.home / "image"
     base = ensure_base(work, debian_mirror)
     engine = engine_wheelhouse(work / "wheels", source, wheelhouse=settings.wheelhouse,

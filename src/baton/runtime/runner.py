@@ -13,6 +13,7 @@ standard error instead, so model code can never corrupt the stream.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import json
 import math
@@ -56,6 +57,8 @@ class Runner:
 
     def __init__(self, out: BinaryIO) -> None:
         self.out = out
+        #: A process the model forks that returns here ends rather than answer or read.
+        self.pid = os.getpid()
         self.model: Any = None
         self.config: dict[str, Any] = {}
         try:
@@ -66,7 +69,12 @@ class Runner:
         self.pd: Any = None
 
     # -- messages ------------------------------------------------------------------------
+    def owns_protocol(self) -> bool:
+        return os.getpid() == self.pid
+
     def send(self, header: dict[str, Any], payload: bytes = b"") -> None:
+        if not self.owns_protocol():
+            os._exit(0)
         data = json.dumps(header, allow_nan=False, separators=(",", ":")).encode()
         self.out.write(pack_frame(data, payload))
         self.out.flush()
@@ -152,7 +160,7 @@ class Runner:
             meta, blob = self.encode_columns(outputs)
         except Exception as exc:
             self.send({"op": "result", "id": rid, "ok": False,
-                       "error": _StageError("model", "MODEL_ERROR", exc).to_dict()})
+                       "error": _StageError("model", error_code(exc), exc).to_dict()})
             return
         self.send({"op": "result", "id": rid, "ok": True, "rows": header["rows"],
                    "seconds": time.perf_counter() - started, "columns": meta}, blob)
@@ -297,6 +305,30 @@ def _json_safe(values: list[Any]) -> list[Any]:
                 v = None
         out.append(v)
     return out
+
+
+#: errno values the sandbox gives a model connecting without network, or writing outside /tmp.
+_NO_NETWORK = {errno.ENETUNREACH, errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.EAFNOSUPPORT}
+_READ_ONLY = {errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def error_code(exc: BaseException | None) -> str:
+    """A model error's code, naming the isolation limit behind it (docs/isolation.md)."""
+    env = os.environ
+    for _ in range(8):  # the error, and what it was raised from or during
+        if isinstance(exc, MemoryError) and env.get("BATON_LIMIT_MEMORY_MB"):
+            return "MEMORY_LIMIT"
+        if isinstance(exc, OSError):
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                return "OPEN_FILES_LIMIT"
+            if exc.errno == errno.EAGAIN and env.get("BATON_LIMIT_PROCESSES"):
+                return "PROCESS_LIMIT"
+            offline = env.get("BATON_NO_NETWORK") and (
+                exc.errno in _NO_NETWORK or type(exc).__name__ == "gaierror")
+            if env.get("BATON_ISOLATION") == "sandbox" and (offline or exc.errno in _READ_ONLY):
+                return "SANDBOX_REFUSED"
+        exc = exc and (exc.__cause__ or exc.__context__)
+    return "MODEL_ERROR"
 
 
 class _StageError(Exception):

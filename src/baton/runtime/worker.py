@@ -17,8 +17,17 @@ import orjson
 import psutil
 
 from baton.batch import Batch
-from baton.errors import ModelError, ModelLoadError, WorkerCrashed, WorkerError, WorkerTimeout
-from baton.runtime import runner
+from baton.errors import (
+    ModelError,
+    ModelLoadError,
+    WorkerCrashed,
+    WorkerError,
+    WorkerLimitExceeded,
+    WorkerTimeout,
+)
+from baton.runtime import runner, sandbox
+from baton.runtime.isolation import LIMIT_CODES, Isolation
+from baton.runtime.limits import WorkerLimits
 from baton.runtime.protocol import FrameReader, decode_columns, encode_predict, pack_frame
 
 log = logging.getLogger("baton.worker")
@@ -41,11 +50,17 @@ class WorkerSpec:
     load_timeout: float = 120.0
     #: Threads the model's numeric libraries may use (OMP, OpenBLAS, MKL).
     threads: int = 1
+    #: The sandbox and limits the worker runs under (docs/isolation.md).
+    isolation: Isolation = field(default_factory=Isolation)
 
     def command(self) -> list[str]:
         # -I: no user site, no PYTHON* variables, no script folder on sys.path (so Baton
         # itself is never importable); -B: never write bytecode into the bundle.
-        return [str(self.python), "-I", "-B", str(RUNNER_PATH)]
+        inner = [str(self.python), "-I", "-B", str(RUNNER_PATH)]
+        if not self.isolation.sandboxed:
+            return inner
+        return sandbox.command(inner, python=self.python, bundle_dir=self.bundle_dir,
+                               runner=RUNNER_PATH, network=self.isolation.network)
 
 
 class _Pipes(asyncio.SubprocessProtocol):
@@ -75,7 +90,11 @@ class Worker:
         self.spec = spec
         self.slot = slot
         self.state = "new"
+        #: The process running the model (inside a sandbox, bwrap's child): the one to
+        #: measure, and the pid shown.
         self.pid: int | None = None
+        #: The process started, leader of the worker's process group (bwrap, if sandboxed).
+        self.leader: int | None = None
         self.started_at = 0.0
         self.info: dict[str, Any] = {}
         self.raw = False
@@ -90,31 +109,42 @@ class Worker:
         self._stderr = collections.deque[str](maxlen=40)
         self._partial = b""
         self.exit_reason = ""
+        #: The error code of a limit that stopped the worker (MEMORY_LIMIT...), if one did.
+        self.limit_hit = ""
         self.returncode: int | None = None
+        self.limits: WorkerLimits | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         threads = str(self.spec.threads)
         env = {**os.environ, "OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads,
-               "MKL_NUM_THREADS": threads, **self.spec.env}
+               "MKL_NUM_THREADS": threads, **self.spec.env, **self.spec.isolation.runner_env()}
         env.pop("VIRTUAL_ENV", None)
         self.state = "starting"
         self.started_at = time.monotonic()
         self._control = loop.create_future()
+        iso = self.spec.isolation
         try:
+            command = self.spec.command()
+            if iso.limited:
+                self.limits = WorkerLimits.prepare(iso, f"{self.spec.model}-{self.slot}")
             transport, _ = await loop.subprocess_exec(
-                lambda: _Pipes(self), *self.spec.command(), cwd=str(self.spec.bundle_dir),
+                lambda: _Pipes(self), *command, cwd=str(self.spec.bundle_dir),
                 env=env, start_new_session=True)
-        except OSError as exc:
+        except (OSError, WorkerError) as exc:
             self.state = "dead"
+            self._release_limits()
+            if isinstance(exc, WorkerError):
+                raise
             raise WorkerError(f"{self.spec.model}: cannot start worker: {exc}") from None
         self._transport = transport
         self._stdin = transport.get_pipe_transport(0)  # type: ignore[assignment]
-        self.pid = transport.get_pid()
+        self.pid = self.leader = transport.get_pid()
         try:
             hello = await self._await_control("hello")
             self.info = hello
+            self._contain()
             self.raw = "raw" in hello.get("encodings", [])
             load = {"op": "load", "bundle_dir": str(self.spec.bundle_dir), **self.spec.load}
             self._send(pack_frame(orjson.dumps(load)))
@@ -131,6 +161,20 @@ class Worker:
                                           "traceback": err.get("traceback", "")})
         self.info["load_seconds"] = loaded.get("seconds")
         self.state = "ready"
+
+    def _contain(self) -> None:
+        """Before the model loads: find the process running it (inside the sandbox, a
+        child of bwrap) and put every process of the worker under its limits."""
+        if self.leader is None or not (self.spec.isolation.sandboxed or self.limits):
+            return
+        pids, self.pid = sandbox.processes(self.leader, RUNNER_PATH)
+        if self.limits is not None:
+            self.limits.apply(pids)
+
+    def _release_limits(self) -> None:
+        if self.limits is not None:
+            self.limits.kill_all()
+            self.limits.remove()
 
     async def _await_control(self, op: str) -> dict[str, Any]:
         control = self._control
@@ -149,11 +193,13 @@ class Worker:
         return msg
 
     def kill(self) -> None:
-        if self._transport is not None and self.pid is not None and not self.exited.is_set():
+        if self._transport is not None and self.leader is not None and not self.exited.is_set():
             try:
-                os.killpg(self.pid, signal.SIGKILL)
+                os.killpg(self.leader, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+            if self.limits is not None:  # what left the worker's session, too
+                self.limits.kill_all()
 
     async def stop(self, grace: float = 5.0) -> None:
         """Ask the worker to exit; kill it if it has not after ``grace`` seconds."""
@@ -245,8 +291,18 @@ class Worker:
             err = header.get("error", {})
             log.warning("%s: model raised: %s\n%s", self.spec.model, err.get("message"),
                         err.get("traceback", ""))
-            fut.set_exception(ModelError(err.get("message", "model failed"),
-                                         code=err.get("code", "MODEL_ERROR"),
+            code = err.get("code", "MODEL_ERROR")
+            message = err.get("message", "model failed")
+            hit = self.limits.hit() if self.limits is not None else None
+            code = hit or code
+            if code in LIMIT_CODES:
+                message = f"{self.spec.isolation.explain(code)}: {message}"
+            if code in ("MEMORY_LIMIT", "PROCESS_LIMIT"):
+                # Memory it could not get, or processes it started: the worker is replaced.
+                self.limit_hit, self.exit_reason = code, self.spec.isolation.explain(code)
+                self.state = "exiting"  # it takes no more batches
+                self.kill()
+            fut.set_exception(ModelError(message, code=code,
                                          details={"stage": err.get("stage", "model")}))
 
     def _on_stderr(self, data: bytes) -> None:
@@ -265,16 +321,25 @@ class Worker:
         self.kill()
 
     def _on_exit(self) -> None:
-        code = self.returncode = self._transport.get_returncode() if self._transport else None
+        code = self._transport.get_returncode() if self._transport else None
+        if self.spec.isolation.sandboxed and code is not None and 128 < code < 160:
+            code = 128 - code  # bwrap passes on its child's death by signal N as 128 + N
+        self.returncode = code
+        hit = self.limits.hit() if self.limits is not None else None
+        if hit:
+            self.limit_hit, self.exit_reason = hit, self.spec.isolation.explain(hit)
+        self._release_limits()
         if not self.exit_reason:
             self.exit_reason = (f"killed by signal {signal.Signals(-code).name}"
                                 if code is not None and code < 0 else f"exited with code {code}")
         was = self.state
         self.state = "dead"
         tail = " | ".join(list(self._stderr)[-5:])
-        self._fail_all(WorkerCrashed(
+        crashed = WorkerLimitExceeded if self.limit_hit else WorkerCrashed
+        self._fail_all(crashed(
             f"{self.spec.model}: worker {self.pid} {self.exit_reason} while handling this "
             "request" + (f"; its last output: {tail}" if tail else ""),
+            code=self.limit_hit or None,
             details={"pid": self.pid, "reason": self.exit_reason}))
         if self._control is not None and not self._control.done():
             self._control.set_exception(WorkerCrashed(
@@ -299,7 +364,8 @@ class Worker:
     def killed_from_outside(self) -> bool:
         """Whether the process died of a signal sent from outside (see OUTSIDE_SIGNALS)."""
         code = self.returncode
-        return code is not None and code < 0 and -code in OUTSIDE_SIGNALS
+        return (code is not None and code < 0 and -code in OUTSIDE_SIGNALS
+                and not self.limit_hit)
 
     @property
     def last_output(self) -> list[str]:
@@ -308,13 +374,14 @@ class Worker:
     def memory(self) -> int:
         """Bytes of memory the worker holds: the larger of its resident set now and at its
         peak (a model often needs more while it loads than once loaded); 0 if it is gone."""
-        if self.pid is None or self.exited.is_set():
+        pid = self.pid
+        if pid is None or self.exited.is_set():
             return 0
         try:
-            rss = int(psutil.Process(self.pid).memory_info().rss)
+            rss = int(psutil.Process(pid).memory_info().rss)
         except psutil.Error:
             return 0
-        return max(rss, peak_rss(self.pid) or 0)
+        return max(rss, peak_rss(pid) or 0)
 
 
 def peak_rss(pid: int) -> int | None:

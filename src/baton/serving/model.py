@@ -29,6 +29,7 @@ from baton.monitor.feedback import Feedback, LabelsOutcome
 from baton.monitor.metrics import EngineMetrics, ModelMetrics
 from baton.monitor.predlog import PredictionLog, new_ids
 from baton.monitor.quality import QualityTracker, check_metrics, prediction_field
+from baton.runtime.isolation import Isolation
 from baton.runtime.pool import WorkerPool
 from baton.runtime.worker import WorkerSpec
 from baton.serving import v2
@@ -57,7 +58,15 @@ def worker_spec(bundle: Bundle, env: Environment, settings: Settings) -> WorkerS
               "inputs": m.contract.input_names, "outputs": m.contract.output_names,
               "fields": [s.to_dict() for s in m.contract.inputs]},
         env={"PYTHONUNBUFFERED": "1"}, load_timeout=settings.load_timeout,
-        threads=settings.worker_threads)
+        threads=settings.worker_threads, isolation=isolation(m.isolation, settings))
+
+
+def isolation(asked: Isolation, settings: Settings) -> Isolation:
+    """What the bundle asks for and what the operator sets, the stricter on every point."""
+    return asked.stricter(Isolation(
+        level=settings.isolation or "process", network=settings.model_network,
+        memory_mb=settings.worker_memory_mb, cpus=settings.worker_cpus,
+        open_files=settings.worker_open_files, processes=settings.worker_processes))
 
 
 class ModelService:
@@ -261,7 +270,7 @@ class ModelService:
                 "digest": self.bundle.digest, "contract": self.contract.kind,
                 "description": self.bundle.manifest.description,
                 "owner": self.bundle.manifest.owner, "ready": self.ready,
-                "environment": self.env.key,
+                "environment": self.env.key, "isolation": self.pool.spec.isolation.to_dict(),
                 "load_error": self.pool.load_error.to_dict() if self.pool.load_error else None,
                 **self.pool.describe(), "timeout_from": self.timeout_from,
                 **({"traffic": self.shadow.describe()} if self.shadow else {})},
