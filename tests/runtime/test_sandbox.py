@@ -19,6 +19,7 @@ import httpx
 import psutil
 import pytest
 
+from baton.runtime import limits
 from tests.conftest import Server, records_contract, write_bundle
 from tests.runtime.test_faults import wait_until
 
@@ -186,9 +187,9 @@ def test_the_operator_can_sandbox_a_bundle_that_did_not_ask_and_cannot_unsandbox
 def test_a_model_past_its_limits_is_stopped_with_a_clear_error_and_restarted(
         serve: Callable[..., Server], chaos_bundle: Path, tmp_path: Path, listener: int,
         level: str) -> None:
-    limits = "".join(f"{k} = {v}\n" for k, v in LIMITS.items())
+    asked = "".join(f"{k} = {v}\n" for k, v in LIMITS.items())
     bundle = hostile_bundle(tmp_path / "hostile", tmp_path / "secret", listener,
-                            f'[isolation]\nlevel = "{level}"\n{limits}')
+                            f'[isolation]\nlevel = "{level}"\n{asked}')
     server = serve([bundle, chaos_bundle])
     neighbour = Neighbour(server)
     try:
@@ -207,6 +208,12 @@ def test_a_model_past_its_limits_is_stopped_with_a_clear_error_and_restarted(
         assert "limit" in failure["reason"], failure
     finally:
         neighbour.stop()
+    engine = server.proc.pid
+    groups = [limits._engine_group(c) for c in ("memory", "cpu", "pids")]
+    assert any((g / f"baton-{engine}").is_dir() for g in groups if g)  # where they were
+    assert server.stop() == 0
+    left = [str(g / f"baton-{engine}") for g in groups if g and (g / f"baton-{engine}").exists()]
+    assert not left, f"control groups left behind: {left}"
 
 
 def test_a_child_the_model_forks_never_answers_or_reads_a_request(
@@ -244,7 +251,6 @@ def test_a_limit_that_cannot_be_enforced_refuses_to_start(
     empty folder), memory falls back to an address-space limit, and a CPU quota, which has
     no fallback, is refused rather than dropped."""
     from baton.errors import WorkerError
-    from baton.runtime import limits
     from baton.runtime.isolation import Isolation
 
     monkeypatch.setattr(limits, "CGROUP_ROOT", tmp_path)

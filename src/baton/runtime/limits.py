@@ -16,12 +16,15 @@ before it loads the model, so no model code ever runs without them.
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import contextlib
 import itertools
 import logging
 import os
 import resource
 import signal
+import time
 from pathlib import Path
 
 from baton.errors import WorkerError
@@ -54,10 +57,10 @@ class WorkerLimits:
         wanted = {c for c, v in (("memory", isolation.memory_mb), ("cpu", isolation.cpus),
                                  ("pids", isolation.processes)) if v}
         available = {c: p for c in wanted if (p := _engine_group(c)) is not None}
-        name = f"{_safe(label)}-{os.getpid()}-{next(_SEQ)}"
+        name = f"{_safe(label)}-{next(_SEQ)}"
         try:
             for controller, parent in available.items():
-                folder = parent / name
+                folder = _own_folder(parent) / name
                 folder.mkdir()
                 limits.groups[controller] = folder
             limits._configure()
@@ -138,12 +141,79 @@ class WorkerLimits:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
 
-    def remove(self) -> None:
-        """Remove the worker's groups (once their processes are gone)."""
-        for folder in self.groups.values():
-            with contextlib.suppress(OSError):
+    def release(self) -> None:
+        """End what is left in the worker's groups and remove them: now, or (in the running
+        event loop) once the processes just killed are gone."""
+        self.kill_all()
+        if not self.remove():
+            with contextlib.suppress(RuntimeError):  # no loop: left for the next sweep
+                task = asyncio.get_running_loop().create_task(self._remove_later())
+                _PENDING.add(task)
+                task.add_done_callback(_PENDING.discard)
+
+    async def _remove_later(self, deadline: float = 10.0) -> None:
+        ends = time.monotonic() + deadline
+        while not self.remove() and time.monotonic() < ends:
+            await asyncio.sleep(0.05)
+
+    def remove(self) -> bool:
+        """Remove the worker's groups; False while processes are still ending in one (call
+        again: a group holding a process cannot be removed)."""
+        for controller, folder in list(self.groups.items()):
+            try:
                 folder.rmdir()
-        self.groups = {}
+            except FileNotFoundError:
+                pass
+            except OSError:
+                continue
+            del self.groups[controller]
+        return not self.groups
+
+
+#: The folders holding this engine's worker groups, one per controller, removed at exit.
+_OWN: set[Path] = set()
+#: Removals waiting for killed processes to end (kept referenced while they run).
+_PENDING: set[asyncio.Task[None]] = set()
+
+
+def _own_folder(parent: Path) -> Path:
+    """``baton-PID`` below the engine's own group: where its workers' groups go. The first
+    time, the folders that engines no longer running left behind are removed."""
+    folder = parent / f"baton-{os.getpid()}"
+    if folder not in _OWN:
+        for stale in parent.glob("baton-*"):
+            pid = stale.name.removeprefix("baton-")
+            if pid.isdigit() and not _alive(int(pid)):
+                _remove_tree(stale)
+        folder.mkdir(exist_ok=True)
+        if not _OWN:
+            atexit.register(_remove_own)
+        _OWN.add(folder)
+    return folder
+
+
+def _remove_own() -> None:
+    for folder in _OWN:
+        _remove_tree(folder)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_tree(folder: Path) -> None:
+    """Remove an empty group and the empty groups below it (a group's files are not files:
+    only its folders are removed)."""
+    for sub in sorted((p for p in folder.glob("*") if p.is_dir()), reverse=True):
+        _remove_tree(sub)
+    with contextlib.suppress(OSError):
+        folder.rmdir()
 
 
 def _engine_group(controller: str) -> Path | None:

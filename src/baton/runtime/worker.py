@@ -173,8 +173,7 @@ class Worker:
 
     def _release_limits(self) -> None:
         if self.limits is not None:
-            self.limits.kill_all()
-            self.limits.remove()
+            self.limits.release()
 
     async def _await_control(self, op: str) -> dict[str, Any]:
         control = self._control
