@@ -32,6 +32,7 @@ def test_identity_and_contract_are_the_bundles(example_report: Written) -> None:
     manifest = BundleManifest.load(EXAMPLE)
     assert r["identity"]["digest"] == bundle_digest(EXAMPLE)
     assert (r["identity"]["name"], r["identity"]["version"]) == ("penguins", "1.0.0")
+    assert r["identity"]["isolation"]["summary"] == "process"  # the example asks for none
     assert r["contract"] == manifest.contract.to_dict()
     assert r["summary"].startswith(f"penguins@1.0.0 {bundle_digest(EXAMPLE)[:19]}")
     assert example_report.stdout.splitlines()[0] == r["summary"]

@@ -83,6 +83,7 @@ def _identity(report: dict[str, Any]) -> str:
             ("description", i["description"]), ("owner", i["owner"]),
             ("model", f"{i['runner']} {i['entrypoint']} ({i['method']})"),
             ("source", i["source"]), ("environment", i["environment_key"]),
+            ("isolation asked", i["isolation"]["summary"]),
             ("report", f"{report['generated_at']} by Baton {i['baton_version']}")]
     return _section("Identity", "identity", _table(("", ""), rows))
 

@@ -24,6 +24,7 @@ def identity(bundle: Bundle, source: str, env: Environment) -> dict[str, Any]:
             "description": m.description, "owner": m.owner, "source": source,
             "runner": m.model.runner, "entrypoint": m.model.entrypoint,
             "method": m.model.method, "environment_key": env.key,
+            "isolation": {**m.isolation.to_dict(), "summary": m.isolation.describe()},
             "baton_version": __version__}
 
 
