@@ -46,6 +46,9 @@ class Model:
             elif action == "read_secret":
                 out.append(float(os.path.exists(SECRET)))
                 continue
+            elif action == "read_env":  # a credential in the engine's environment
+                out.append(float("BATON_TEST_CREDENTIAL" in os.environ))
+                continue
             elif action == "connect":
                 socket.create_connection(("127.0.0.1", PORT), timeout=5).close()
             elif action == "allocate":
@@ -75,7 +78,7 @@ class Model:
 '''
 
 ACTIONS = ["ok", "write_bundle", "write_home", "write_tmp", "read_secret", "connect",
-           "allocate", "fork", "fork_return", "spin", "open_files"]
+           "allocate", "fork", "fork_return", "spin", "open_files", "read_env"]
 CONTRACT = records_contract(inputs={"action": {"type": "string", "categories": ACTIONS}},
                             outputs={"y": "float"})
 LIMITS = {"memory_mb": 200, "processes": 24, "open_files": 64}
@@ -145,9 +148,11 @@ def test_a_sandboxed_model_cannot_write_outside_tmp_read_the_host_or_reach_the_n
     secret.write_text("s3cret")
     bundle = hostile_bundle(tmp_path / "hostile", secret, listener,
                             '[isolation]\nlevel = "sandbox"\n')
-    server = serve([bundle, chaos_bundle])
+    credential = {"BATON_TEST_CREDENTIAL": "token-of-the-engine"}
+    server = serve([bundle, chaos_bundle], env=credential)
     neighbour = Neighbour(server)
     try:
+        assert predict(server, "read_env").json()["predictions"][0]["y"] == 0.0
         expect_error(predict(server, "write_bundle"), 500, "SANDBOX_REFUSED",
                      "read-only", "Read-only file system")
         assert not (bundle / "planted.py").exists()
@@ -163,8 +168,9 @@ def test_a_sandboxed_model_cannot_write_outside_tmp_read_the_host_or_reach_the_n
     # the same model, unsandboxed, could do all of it: the refusals are the sandbox's
     (tmp_path / "plain").mkdir()
     plain = hostile_bundle(tmp_path / "plain" / "hostile", secret, listener, "")
-    unsandboxed = serve([plain])
+    unsandboxed = serve([plain], env=credential)
     assert predict(unsandboxed, "read_secret").json()["predictions"][0]["y"] == 1.0
+    assert predict(unsandboxed, "read_env").json()["predictions"][0]["y"] == 1.0
     assert predict(unsandboxed, "connect").status_code == 200
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 
 import psutil
@@ -28,6 +29,19 @@ ETC_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/l
              "/etc/nsswitch.conf", "/etc/mime.types")
 #: Added when the model may use the network: name resolution.
 NETWORK_FILES = ("/etc/resolv.conf", "/etc/hosts", "/etc/host.conf", "/etc/gai.conf")
+
+
+#: The engine's variables a sandboxed model still sees (with every LC_*): nothing else of
+#: the engine's environment (tokens, passwords, cloud credentials) crosses into the sandbox.
+PASSED_VARIABLES = frozenset({"PATH", "LANG", "LANGUAGE", "TZ", "SSL_CERT_FILE",
+                              "SSL_CERT_DIR"})
+
+
+def environment(engine: Mapping[str, str], sandboxed: bool) -> dict[str, str]:
+    """The part of the engine's environment a worker starts with."""
+    if not sandboxed:
+        return dict(engine)
+    return {k: v for k, v in engine.items() if k in PASSED_VARIABLES or k.startswith("LC_")}
 
 
 def bwrap() -> str:

@@ -118,7 +118,8 @@ class Worker:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         threads = str(self.spec.threads)
-        env = {**os.environ, "OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads,
+        env = {**sandbox.environment(os.environ, self.spec.isolation.sandboxed),
+               "OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads,
                "MKL_NUM_THREADS": threads, **self.spec.env, **self.spec.isolation.runner_env()}
         env.pop("VIRTUAL_ENV", None)
         self.state = "starting"
