@@ -93,6 +93,9 @@ class Settings:
     registry_storage: Path | None = None
     #: Approvals a bundle needs before production.
     approvals: int = 1
+    #: Isolation level the registry validates pushed bundles under: 'sandbox' keeps pushed
+    #: code away from the signing key, the database and the registry's tokens.
+    validation_isolation: str = "sandbox"
     #: The registry's Ed25519 signing key (PEM, created on first start); empty:
     #: ``home``/registry/signing.key. Keep it out of the database's reach.
     registry_key_file: Path | None = None
@@ -139,6 +142,8 @@ class Settings:
             ("worker_threads", self.worker_threads > 0, "a positive integer"),
             ("isolation", self.isolation in ("", "process", "sandbox"),
              "'process' or 'sandbox' (empty: the bundle's)"),
+            ("validation_isolation", self.validation_isolation in ("process", "sandbox"),
+             "'process' or 'sandbox'"),
             ("worker_memory_mb", self.worker_memory_mb >= 0, "a number of MiB >= 0"),
             ("worker_cpus", self.worker_cpus >= 0, "a number of CPUs >= 0"),
             ("worker_open_files", self.worker_open_files >= 0, "an integer >= 0"),

@@ -33,7 +33,8 @@ def _open_registry(db: str | None, storage: Path | None, approvals: int | None,
     database.migrate()
     blobs = BlobStore(s.registry_blobs, ArchiveLimits.from_settings(s))
     return Registry(database, blobs, key, approvals_required=s.approvals,
-                    check_runner=subprocess_check_runner(s.home),
+                    check_runner=subprocess_check_runner(
+                        s.home, isolation=s.validation_isolation),
                     token_max_days=s.token_max_days,
                     head_file=checkpoint_path(s.registry_signing_key)), s
 

@@ -278,16 +278,18 @@ def create_app(registry: Registry, *, max_upload_bytes: int = 1 << 30) -> Starle
         BatonError: on_error, HTTPException: on_http_error, Exception: on_crash})
 
 
-def subprocess_check_runner(home: Path, timeout: float = 900.0) -> Any:
+def subprocess_check_runner(home: Path, timeout: float = 900.0,
+                            isolation: str = "sandbox") -> Any:
     """Check a bundle in a child process with the registry's own Baton home: ``baton
     report`` runs the check (its report is the result) and, on a pass, measures the
     handoff report on the same started worker (kept under ``handoff``, see
-    registry/reports.py)."""
+    registry/reports.py). The model runs under ``isolation`` (default: the sandbox, so that
+    pushed code never sees the registry's signing key, database or tokens)."""
 
     def run(bundle_dir: Path) -> dict[str, Any]:
         with tempfile.TemporaryDirectory(prefix="baton-report-") as tmp:
             check, handoff = Path(tmp) / "check.json", Path(tmp) / "handoff"
-            env = dict(os.environ, BATON_HOME=str(home))
+            env = dict(os.environ, BATON_HOME=str(home), BATON_ISOLATION=isolation)
             try:
                 proc = subprocess.run(
                     [sys.executable, "-m", "baton", "report", str(bundle_dir), "--check-out",
