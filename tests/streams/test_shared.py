@@ -1,0 +1,83 @@
+"""One input shared by many engines, the broker being the distributed engine (docs/streams.md,
+"Many engines on one input"): three `baton serve` processes consume one input in one group,
+each taking a share; one is SIGKILLed mid-stream and never restarted. Every record must end
+with an output or a dead letter, the survivors take over the dead engine's share, and
+duplicates stay within the dead engine's in-flight window.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Server
+from tests.streams.brokers import Tansu
+from tests.streams.conftest import Aio, make_kit
+from tests.streams.kits import suffix
+from tests.streams.test_faults import (
+    WINDOW,
+    Engines,
+    Outcome,
+    Tidy,
+    check_complete,
+    engines,  # noqa: F401  (fixture)
+    make_inputs,
+    sigkill,
+    stream_stats,
+    tidy,  # noqa: F401  (fixture)
+    urls,
+    wait_until,
+)
+
+#: Brokers whose consumers share one input; each scheme's connector documents how.
+SHARED = ["redis", "nats", "amqp", "mqtt", "kafka"]
+#: Extra options on the input URL of the shared test, per scheme: a short idle time before
+#: a dead engine's entries are claimed (Redis), so that the test need not wait a minute.
+INPUT_OPTIONS = {"redis": "claim_idle=2"}
+
+
+def consumed(server: Server) -> int:
+    return int(stream_stats(server)["consumed"])
+
+
+@pytest.mark.parametrize("scheme", SHARED)
+def test_three_engines_share_one_input_and_the_survivors_finish_a_dead_ones_share(
+        scheme: str, tmp_path: Path, tansu: Tansu, aio: Aio, engines: Engines,  # noqa: F811
+        tidy: Tidy) -> None:  # noqa: F811
+    kit = make_kit(scheme, tmp_path, tansu)
+    tidy(kit.cleanup)
+    n = 1500
+    streams = (kit.fresh(), kit.fresh(), kit.fresh())
+    group = f"shared-{suffix()}"
+    inp, out, dead = urls(kit, streams)
+    if scheme in INPUT_OPTIONS:
+        inp += ("&" if "?" in inp else "?") + INPUT_OPTIONS[scheme]
+    aio.run(kit.prepare(inp, group))
+    outcome = Outcome(aio, kit, streams[1], streams[2]).start()
+    tidy(outcome.close)
+    items, bad = make_inputs(n)
+
+    three = [engines(inp, out, dead, group, sleep=0.02) for _ in range(3)]
+    aio.run(kit.publish(streams[0], items))
+    # Each engine takes a share before one of them dies.
+    wait_until(lambda: all(consumed(s) >= 40 for s in three), "every engine consuming",
+               three[0], patience=120)
+    victim, survivors = three[0], three[1:]
+    sigkill(victim)
+    shares_at_kill = [consumed(s) for s in survivors]
+    done_at_kill = len(outcome.seen())
+    wait_until(lambda: len(outcome.seen()) == n, "every record done", survivors[0],
+               patience=180)
+    shares = [consumed(s) for s in survivors]
+    digest = survivors[0].client.get("/v1/models").json()["models"][0]["digest"]
+    for server in survivors:
+        assert server.stop() == 0
+
+    dups, summary = check_complete(outcome, items, bad, digest)
+    print(f"{scheme}: the survivors consumed {shares_at_kill} when the third was killed "
+          f"({done_at_kill} of {n} done), {shares} in the end; {summary} (window: {WINDOW})")
+    assert done_at_kill < n, "the kill did not land mid-stream"
+    assert all(after > at for after, at in zip(shares, shares_at_kill, strict=True)), (
+        "each survivor goes on taking its share after the kill")
+    assert dups <= WINDOW, f"{dups} duplicates: more than the dead engine's window {WINDOW}"
