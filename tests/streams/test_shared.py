@@ -20,6 +20,7 @@ from tests.streams.test_faults import (
     Engines,
     Outcome,
     Tidy,
+    bundle,  # noqa: F401  (fixture)
     check_complete,
     engines,  # noqa: F401  (fixture)
     make_inputs,
