@@ -7,6 +7,7 @@ duplicates stay within the dead engine's in-flight window.
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ import pytest
 from tests.conftest import Server
 from tests.streams.brokers import Tansu
 from tests.streams.conftest import Aio, make_kit
-from tests.streams.kits import suffix
+from tests.streams.kits import RedisKit, suffix
 from tests.streams.test_faults import (
     WINDOW,
     Engines,
@@ -59,12 +60,14 @@ def test_three_engines_share_one_input_and_the_survivors_finish_a_dead_ones_shar
     tidy(outcome.close)
     items, bad = make_inputs(n)
 
-    three = [engines(inp, out, dead, group, sleep=0.02) for _ in range(3)]
+    # A fifth of a second per micro-batch of 20: slow enough for the kill to land early.
+    three = [engines(inp, out, dead, group, sleep=0.2) for _ in range(3)]
     aio.run(kit.publish(streams[0], items))
     # Each engine takes a share before one of them dies.
     wait_until(lambda: all(consumed(s) >= 40 for s in three), "every engine consuming",
                three[0], patience=120)
     victim, survivors = three[0], three[1:]
+    victim_share = consumed(victim)
     sigkill(victim)
     shares_at_kill = [consumed(s) for s in survivors]
     done_at_kill = len(outcome.seen())
@@ -77,8 +80,47 @@ def test_three_engines_share_one_input_and_the_survivors_finish_a_dead_ones_shar
 
     dups, summary = check_complete(outcome, items, bad, digest)
     print(f"{scheme}: the survivors consumed {shares_at_kill} when the third was killed "
+          f"with {victim_share} consumed "
           f"({done_at_kill} of {n} done), {shares} in the end; {summary} (window: {WINDOW})")
     assert done_at_kill < n, "the kill did not land mid-stream"
     assert all(after > at for after, at in zip(shares, shares_at_kill, strict=True)), (
         "each survivor goes on taking its share after the kill")
     assert dups <= WINDOW, f"{dups} duplicates: more than the dead engine's window {WINDOW}"
+
+
+def test_a_redis_engine_restarted_on_its_host_takes_over_what_it_held_at_once(
+        tmp_path: Path, tansu: Tansu, aio: Aio, engines: Engines,  # noqa: F811
+        tidy: Tidy) -> None:  # noqa: F811
+    """Each engine is its own consumer (GROUP-HOST-PID); one restarted on the same host
+    takes its dead predecessor's pending entries over on open (not after ?claim_idle=, a
+    minute by default) and removes that consumer from the group."""
+    kit = make_kit("redis", tmp_path, tansu)
+    assert isinstance(kit, RedisKit)
+    tidy(kit.cleanup)
+    streams = (kit.fresh(), kit.fresh(), kit.fresh())
+    group = f"restart-{suffix()}"
+    inp, out, dead = urls(kit, streams)
+    aio.run(kit.prepare(inp, group))
+    outcome = Outcome(aio, kit, streams[1], streams[2]).start()
+    tidy(outcome.close)
+    items, bad = make_inputs(600)
+    aio.run(kit.publish(streams[0], items))
+    first = engines(inp, out, dead, group, sleep=0.05)
+    wait_until(lambda: consumed(first) >= 100, "100 records consumed", first)
+    sigkill(first)
+    assert aio.run(kit.pending(streams[0], group)) > 0  # it died holding entries
+    second = engines(inp, out, dead, group, sleep=0.0)
+    wait_until(lambda: len(outcome.seen()) == len(items), "every record done", second)
+
+    async def consumers() -> list[str]:
+        client = kit.client()
+        try:
+            return [c["name"].decode()
+                    for c in await client.xinfo_consumers(streams[0], group)]
+        finally:
+            await client.aclose()
+
+    assert aio.run(consumers()) == [f"{group}-{socket.gethostname()}-{second.proc.pid}"]
+    digest = second.client.get("/v1/models").json()["models"][0]["digest"]
+    assert second.stop() == 0
+    check_complete(outcome, items, bad, digest)

@@ -6,12 +6,21 @@ alone for ``requirepass`` (``redis://:PASSWORD@...``); the password may come fro
 ``?cert=``/``?key=`` when the server asks for client certificates
 (``tls-auth-clients``); the server's certificate and host name are always verified.
 
-Source: ``XREADGROUP`` in group ``?group=`` (default: the binding's), consumer
-``?consumer=`` (default ``GROUP-1``). On start it first reads its own pending entries
-(delivered before a crash, never acknowledged) once, page by page from the last one read,
-then only new ones; ``XACK`` acknowledges. After a failed read (the reply may be lost
-after Redis assigned the entries) it looks through its pending entries once more, handing
-out only those it does not hold already, so each entry comes again at most once.
+Source: ``XREADGROUP`` in group ``?group=`` (default: the binding's), as a consumer of its
+own: ``?consumer=``, default ``GROUP-HOST-PID``, so that engines on one group share the
+entries (Redis hands each new entry to one consumer). On start it first reads its own
+pending entries (delivered before a crash, never acknowledged) once, page by page from the
+last one read, then only new ones; ``XACK`` acknowledges. After a failed read (the reply
+may be lost after Redis assigned the entries) it looks through its pending entries once
+more, handing out only those it does not hold already, so each entry comes again at most
+once. Entries another consumer has held unacknowledged for ``?claim_idle=`` seconds
+(default 60: well above a micro-batch's time, so that only a dead or stuck engine's
+entries move) are taken over with ``XAUTOCLAIM``, checked every ``claim_idle / 2``
+seconds; a consumer so taken over that holds nothing and has been idle ten times that
+long is removed from the group (``XGROUP DELCONSUMER``), so dead engines do not pile up.
+An engine restarted on the same host does not wait that long for what it held before: on
+open it takes over at once the entries of the group's consumers named for this host whose
+process is gone (``XCLAIM``), and removes them.
 The group is created at ``?start=`` (default ``0``: the whole stream). A record is the
 entry's ``value`` field; its key is the ``key`` field, or the entry id.
 Sink: ``XADD`` with ``key`` and ``value`` fields, every record of a batch in one command: a
@@ -23,6 +32,9 @@ records, bench/streams).
 
 from __future__ import annotations
 
+import os
+import socket
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,7 +45,10 @@ from baton.streams.security import PASSWORD_FROM, TLS_FILES
 #: The client library (module, package) and the ``?options`` this connector reads.
 CLIENT: tuple[str, str] | None = ("redis", "redis")
 OPTIONS: dict[str, OptionKind] = {"db": "count", "group": "text", "consumer": "text",
-                                   "start": "text", **PASSWORD_FROM, **TLS_FILES}
+                                   "start": "text", "claim_idle": "number",
+                                   **PASSWORD_FROM, **TLS_FILES}
+#: Seconds an entry may stay unacknowledged with a consumer before another one takes it.
+CLAIM_IDLE = 60.0
 
 
 def _client(url: StreamURL) -> Any:
@@ -64,7 +79,15 @@ class RedisSource:
         self.url = url
         self.stream = url.name
         self.group = url.option("group", group)
-        self.consumer = url.option("consumer", f"{self.group}-1")
+        self.consumer = url.option("consumer",
+                                   f"{self.group}-{socket.gethostname()}-{os.getpid()}")
+        self.claim_idle = float(url.option("claim_idle", str(CLAIM_IDLE)))
+        if self.claim_idle <= 0:  # every entry in flight would be taken from its engine
+            raise StreamError(f"redis: ?claim_idle= must be a number of seconds > 0 on "
+                              f"{url.redacted}", code="BAD_STREAM_URL",
+                              details={"url": url.redacted, "option": "claim_idle"})
+        #: When to look for entries a dead consumer left (monotonic seconds).
+        self._next_claim = 0.0
         self.redis: Any = None
         #: Where the next read of our own pending entries starts ("0": all of them), or
         #: None once every one was read: then only new entries (">").
@@ -88,6 +111,30 @@ class RedisSource:
                 raise _error("XGROUP CREATE", self.url, exc) from None
         except (RedisError, OSError) as exc:
             raise _error("connect", self.url, exc) from None
+        try:
+            await self._adopt_predecessors()
+        except (RedisError, OSError) as exc:
+            raise _error("XCLAIM", self.url, exc) from None
+
+    async def _adopt_predecessors(self) -> None:
+        """Take over the pending entries of this host's consumers whose process is gone
+        (this engine before a restart); they are then read as our own pending entries."""
+        prefix = f"{self.group}-{socket.gethostname()}-"
+        for info in await self.redis.xinfo_consumers(self.stream, self.group):
+            name = info.get("name")
+            name = name.decode() if isinstance(name, bytes) else str(name)
+            pid = name.removeprefix(prefix)
+            if name == self.consumer or not name.startswith(prefix) or not pid.isdigit() \
+                    or _alive(int(pid)):
+                continue
+            while True:
+                page = await self.redis.xpending_range(self.stream, self.group, min="-",
+                                                       max="+", count=500, consumername=name)
+                if not page:
+                    break
+                await self.redis.xclaim(self.stream, self.group, self.consumer, 0,
+                                        [p["message_id"] for p in page], justid=True)
+            await self.redis.xgroup_delconsumer(self.stream, self.group, name)
 
     async def read(self, max_records: int, timeout: float) -> list[Message]:
         from redis.exceptions import RedisError
@@ -97,6 +144,10 @@ class RedisSource:
                 pending = await self._read_pending(max_records)
                 if pending:
                     return pending
+            if time.monotonic() >= self._next_claim:
+                claimed = await self._claim(max_records)
+                if claimed:
+                    return claimed
             got = await self.redis.xreadgroup(self.group, self.consumer, {self.stream: ">"},
                                               count=max_records,
                                               block=max(1, int(timeout * 1000)))
@@ -124,6 +175,32 @@ class RedisSource:
             if fresh:
                 return self._hand_out(fresh)
         return []
+
+    async def _claim(self, max_records: int) -> list[Message]:
+        """Entries other consumers have held past ``claim_idle`` (their engine died or is
+        stuck), taken over; then consumers left with nothing and long idle are removed."""
+        idle_ms = int(self.claim_idle * 1000)
+        start: bytes | str = "0-0"
+        while True:
+            reply = await self.redis.xautoclaim(self.stream, self.group, self.consumer,
+                                                min_idle_time=idle_ms, start_id=start,
+                                                count=max_records)
+            start, entries = reply[0], [e for e in reply[1] if e[1] is not None]
+            fresh = [(i, f) for i, f in entries if i not in self._held]
+            if fresh or start in (b"0-0", "0-0"):
+                break
+        if not fresh:  # nothing to take over until the next look
+            self._next_claim = time.monotonic() + self.claim_idle / 2
+            await self._forget_dead_consumers()
+        return self._hand_out(fresh)
+
+    async def _forget_dead_consumers(self) -> None:
+        for info in await self.redis.xinfo_consumers(self.stream, self.group):
+            name = info.get("name")
+            name = name.decode() if isinstance(name, bytes) else name
+            if (name != self.consumer and not info.get("pending")
+                    and int(info.get("idle", 0)) > 10 * self.claim_idle * 1000):
+                await self.redis.xgroup_delconsumer(self.stream, self.group, name)
 
     def _hand_out(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[Message]:
         self._held.update(i for i, _ in entries)
@@ -161,6 +238,16 @@ class RedisSource:
         self._held.clear()  # what was handed out is abandoned: pending, for the next open
         if client is not None:
             await client.aclose()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
 
 
 #: XADD every (key, value) pair of ARGV to KEYS[1], in order; answers the count.
