@@ -32,8 +32,12 @@ async def live(req: Request) -> Reply:
 
 
 async def ready(req: Request) -> Reply:
+    """Every model ready, and every stream binding reaching its brokers."""
     if not req.engine.ready:
         return Reply(503, b'{"ready":false}')
+    down = [why for st in req.engine.streams if (why := st.unreachable)]
+    if down:
+        return Reply(503, orjson.dumps({"ready": False, "streams": down}))
     return Reply(200, b'{"ready":true}')
 
 

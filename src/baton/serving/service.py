@@ -43,6 +43,9 @@ class StreamTask(Protocol):
 
     def describe(self) -> dict[str, Any]: ...
 
+    @property
+    def unreachable(self) -> str | None: ...
+
 
 class Engine:
     """Every model served by one process; started and stopped as a whole."""

@@ -370,6 +370,16 @@ class StreamPipeline:
                 except Exception as exc:
                     log.warning("closing a stream failed: %s", exc)
 
+    @property
+    def unreachable(self) -> str | None:
+        """Why the binding cannot reach its broker now (connecting, reading, writing or
+        acknowledging keeps failing, or the stream stopped), or None: what makes
+        ``/v2/health/ready`` answer 503. A model not ready is the model's readiness."""
+        error = self.stats.last_error
+        if error is None or error == self._waiting_for_model:
+            return None
+        return f"{redact_url(self.binding.input)}: {error}"
+
     def describe(self) -> dict[str, Any]:
         b, s = self.binding, self.stats
         return {"model": b.model, "kind": b.kind, "input": redact_url(b.input),
