@@ -1,11 +1,13 @@
 """The connection half of the Kafka connector (:mod:`baton.streams.connectors.kafka`):
-librdkafka's settings for a URL, the client threads, and the topic check every source and
-sink does when it opens."""
+librdkafka's settings for a URL, the client threads, the topic check every source and
+sink does when it opens, and what a group member holds (:class:`Held`)."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -152,3 +154,52 @@ class KafkaClient:
             log.warning("closing %s: %s", self.url.redacted, reason(exc))
         finally:
             main.shutdown(wait=False)
+
+
+class Held:
+    """The partitions this engine holds, each with the generation of its assignment, and the
+    offsets handed out and acknowledged in each. The client's poll thread (rebalance
+    callbacks) and the acks meet here, under one lock held only for dictionary work."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.generation: dict[int, int] = {}
+        self.first: dict[int, int] = {}  # partition -> the first offset handed out
+        self.handed: dict[int, int] = {}  # partition -> the offset after the last handed out
+        self.acked: dict[int, int] = {}  # partition -> the offset after the last acknowledged
+        self._next = itertools.count()
+
+    def assign(self, partitions: list[int]) -> None:
+        with self.lock:
+            for p in partitions:
+                self.generation[p] = next(self._next)
+
+    def release(self, partitions: list[int]) -> tuple[dict[int, int], int]:
+        """Forget ``partitions``: their latest acks (to commit now, or never) and how many
+        records were handed out of them and not acknowledged (their next owner reads those
+        again from the committed offset)."""
+        with self.lock:
+            acked, unacked = {}, 0
+            for p in partitions:
+                self.generation.pop(p, None)
+                done, first = self.acked.pop(p, None), self.first.pop(p, None)
+                if done is not None:
+                    acked[p] = done
+                if first is not None:
+                    unacked += self.handed.pop(p) - max(first, done or 0)
+            return acked, unacked
+
+    def hand_out(self, partition: int, offset: int) -> int | None:
+        """The generation to tag a record with, None if the partition is no longer held."""
+        generation = self.generation.get(partition)
+        if generation is not None:
+            self.first.setdefault(partition, offset)
+            self.handed[partition] = offset + 1
+        return generation
+
+    def still_held(self, upto: dict[tuple[int, int], int]) -> dict[int, int]:
+        """Of ``upto`` ((partition, generation) -> next offset), what this engine may still
+        commit: partitions held since the records were handed out. Call under the lock."""
+        held = {p: o for (p, g), o in upto.items() if self.generation.get(p) == g}
+        self.acked.update(held)
+        return held

@@ -1,17 +1,35 @@
 """``kafka://HOST:PORT/TOPIC``: Apache Kafka (or a Kafka-compatible broker) via confluent-kafka.
 
-Source: a consumer of group ``?group=`` (default: the binding's) that is *assigned* every
-partition the topic has when it opens, instead of subscribing: no group membership, so no
-rebalance wait on start, and no partition split between engines either (run one engine per
-group and topic). It resumes from the group's committed offsets (``?start=earliest`` or
-``latest`` when the group has none; default ``earliest``) and, on ack, commits the next
-offset of each partition. The commit is queued without waiting for the broker (the outputs
-are already durable, so a lost commit only means records delivered again); a failed commit,
-reported back while the source polls, makes the next ack commit synchronously and raise if
-that fails too; close commits the latest ack synchronously. Partitions added to the topic
-later are not picked up until the engine restarts. The record key is the Kafka key (UTF-8), or
-``PARTITION-OFFSET`` when a message has none; Kafka headers become message headers.
-A missing topic is created with ``?partitions=`` partitions (default 1).
+Source: a member of consumer group ``?group=`` (default: the binding's ``--group``) that
+*subscribes* to the topic, so the engines of one group share its partitions: each partition
+is read by one engine at a time, and the group can use as many engines as the topic has
+partitions (``?partitions=``, given when the topic is created; more engines stay idle).
+Partitions are shared out by the client-side ``cooperative-sticky`` assignor, which Tansu
+and Kafka both accept (the broker only picks a protocol every member names): when an engine
+joins or leaves, only the partitions that move stop, the others keep flowing. An engine that
+dies without leaving (SIGKILL, a lost host) keeps its partitions until ``?session_timeout=``
+seconds (default 10) pass without its heartbeat (every third of that, at most 3 s): long
+enough for a busy event loop or a slow broker not to cost a rebalance, short enough that a
+dead engine's share moves on within seconds (librdkafka's own default is 45 s). A join is
+slow on Tansu 0.6: about 5 s for the first member, up to about 20 s for the next (two
+rounds of the cooperative protocol); a dead member's partitions moved in about 15 s.
+
+Records are acknowledged per partition: on ack, the source commits the next offset of each
+partition it still holds, and only after the outputs are durable. The commit is queued
+without waiting for the broker (a lost commit only means records delivered again); a failed
+commit, reported back while the source polls, makes the next ack commit synchronously and
+raise if that fails too; close commits the latest acks synchronously, then leaves the group.
+Each record carries the generation of its partition's assignment: when a partition is
+revoked, the latest acks of it are committed at once and never again, so an ack that comes
+later (the pipeline was still writing those outputs) commits nothing, even if the partition
+came back meanwhile. What was handed out of it and not acknowledged is read again by its
+next owner, from the committed offset: at-least-once, the duplicates bounded by what the
+engine held in flight. A partition *lost* (this engine missed its own session timeout) is
+dropped without a commit. The group resumes from its committed offsets (``?start=earliest``
+or ``latest`` when it has none; default ``earliest``). The record key is the Kafka key
+(UTF-8), or ``PARTITION-OFFSET`` when a message has none; Kafka headers become message
+headers. A missing topic is created with ``?partitions=`` partitions (default 1). The
+backlog (``lag``) counts this engine's partitions, or the whole topic before it first joins.
 
 Sink: an idempotent producer (``acks=all``); ``write`` returns once every record is
 acknowledged by the broker (``flush``), keys and headers carried as Kafka keys and headers.
@@ -28,9 +46,10 @@ choose ``security.protocol``: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL. The br
 certificate and host name are always verified.
 
 confluent-kafka blocks, so client calls run on threads owned by the connector: the
-producer's on one, the consumer's polls on one and its synchronous commits on another (so
-they never wait behind a poll; librdkafka's consumer is thread-safe). Calls on one thread
-stay in order, and the event loop never waits on the broker.
+producer's on one, the consumer's polls (and with them the rebalance callbacks) on one and
+its synchronous commits on another (so they never wait behind a poll; librdkafka's consumer
+is thread-safe). Calls on one thread stay in order, and the event loop never waits on the
+broker; the acks and the rebalance callbacks meet in :class:`Held`, under a lock.
 """
 
 from __future__ import annotations
@@ -47,16 +66,18 @@ from baton.streams.base import (
     StreamURL,
     bad_url,
 )
-from baton.streams.connectors._kafka_client import KafkaClient, kafka_error
+from baton.streams.connectors._kafka_client import Held, KafkaClient, kafka_error
 from baton.streams.connectors._kafka_client import security_config as security_config
-from baton.streams.connectors._support import reason
+from baton.streams.connectors._support import number, reason
 from baton.streams.security import PASSWORD_FROM, TLS_FILES, TLS_SWITCH
 
 #: The client library (module, package) and the ``?options`` this connector reads.
 CLIENT: tuple[str, str] | None = ("confluent_kafka", "confluent-kafka")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+#: Seconds without a heartbeat before the group hands a silent engine's partitions out.
+SESSION_TIMEOUT = 10.0
 OPTIONS: dict[str, OptionKind] = {
-    "group": "text", "partitions": "count", "timeout": "number",
+    "group": "text", "partitions": "count", "timeout": "number", "session_timeout": "number",
     "start": ("earliest", "latest", "beginning", "end", "smallest", "largest"),
     "sasl": SASL_MECHANISMS, **PASSWORD_FROM, **TLS_SWITCH, **TLS_FILES}
 
@@ -73,31 +94,41 @@ def check(url: StreamURL) -> None:
     if sasl is None and (url.username is not None or url.password is not None):
         raise bad_url(url.raw, "sasl", f"Kafka credentials need a SASL mechanism: add "
                       f"?sasl= with one of {', '.join(SASL_MECHANISMS)}")
+    if number(url, "session_timeout", SESSION_TIMEOUT) < 1:
+        raise bad_url(url.raw, "session_timeout", "?session_timeout= is in seconds, at least 1")
 
 
 class KafkaSource:
     def __init__(self, url: StreamURL, group: str) -> None:
         self.client = KafkaClient(url)
         self.url = url
+        session_ms = int(number(url, "session_timeout", SESSION_TIMEOUT) * 1000)
         self.client.config.update({
             "group.id": url.option("group", group), "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "auto.offset.reset": url.option("start", "earliest"),
+            "partition.assignment.strategy": "cooperative-sticky",
+            "session.timeout.ms": session_ms,
+            "heartbeat.interval.ms": max(1, min(3000, session_ms // 3)),
             "on_commit": self._on_commit})
         self.consumer: Any = None
         self._commit_error: str | None = None
-        self._committed: list[Any] = []  # the offsets of the latest ack
+        self._held = Held()
+        self._partitions: list[int] = []
+        self._joined = False  # an assignment came (empty, with more engines than partitions)
 
     async def open(self) -> None:
-        from confluent_kafka import Consumer, TopicPartition
+        from confluent_kafka import Consumer
 
         await self.close()
+        self._held, self._joined = Held(), False
         self.consumer = self.client.create(Consumer)
         try:
-            partitions = await self.client.check_topic(self.consumer)
-            # No offset given: each partition resumes from the group's committed offset.
-            await self.client.call(self.consumer.assign,
-                                   [TopicPartition(self.client.topic, p) for p in partitions])
+            self._partitions = await self.client.check_topic(self.consumer)
+            # Membership: the group's coordinator shares the partitions out, on the polls.
+            await self.client.call(lambda: self.consumer.subscribe(
+                [self.client.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
+                on_lost=self._on_lost))
         except BaseException:
             await self.close()
             raise
@@ -108,9 +139,9 @@ class KafkaSource:
         except Exception as exc:
             raise kafka_error("consume", self.url, exc) from None
         messages, errors = [], []
-        for m in got:
+        for m, generation in got:
             if m.error() is None:
-                messages.append(self._message(m))
+                messages.append(self._message(m, generation))
             elif m.error().fatal():
                 raise kafka_error("consume", self.url, str(m.error()))
             else:
@@ -120,54 +151,74 @@ class KafkaSource:
             raise kafka_error("consume", self.url, errors[0] if errors else str(pending))
         return messages
 
-    def _poll(self, max_records: int, timeout: float) -> list[Any]:
+    def _poll(self, max_records: int, timeout: float) -> list[tuple[Any, int]]:
+        """Poll (rebalance callbacks run in here, on this thread), then tag each record
+        with its partition's generation, while no callback can run."""
         first = self.consumer.poll(timeout)
         if first is None:
             return []
-        return [first, *self.consumer.consume(max_records - 1, 0)] if max_records > 1 \
+        got = [first, *self.consumer.consume(max_records - 1, 0)] if max_records > 1 \
             else [first]
+        tagged = []
+        with self._held.lock:
+            for m in got:
+                if m.error() is not None:
+                    tagged.append((m, -1))
+                elif (generation := self._held.hand_out(m.partition(), m.offset())) is not None:
+                    tagged.append((m, generation))  # else revoked meanwhile: not ours now
+        return tagged
 
-    def _message(self, m: Any) -> Message:
+    def _message(self, m: Any, generation: int) -> Message:
         key = m.key()
         headers = {k: (v or b"").decode("utf-8", "replace") for k, v in (m.headers() or [])}
         return Message(key.decode("utf-8", "replace") if key is not None
                        else f"{m.partition()}-{m.offset()}", m.value() or b"",
-                       (m.partition(), m.offset()), headers)
+                       (m.partition(), m.offset(), generation), headers)
 
-    async def ack(self, messages: Sequence[Message]) -> None:
+    def _offsets(self, upto: dict[int, int]) -> list[Any]:
         from confluent_kafka import TopicPartition
 
+        return [TopicPartition(self.client.topic, p, o) for p, o in sorted(upto.items())]
+
+    async def ack(self, messages: Sequence[Message]) -> None:
         if not messages:
             return
-        upto: dict[int, int] = {}
+        upto: dict[tuple[int, int], int] = {}
         for m in messages:
-            partition, offset = m.position
-            upto[partition] = max(upto.get(partition, -1), offset + 1)
-        offsets = [TopicPartition(self.client.topic, p, o) for p, o in sorted(upto.items())]
+            partition, offset, generation = m.position
+            upto[partition, generation] = max(upto.get((partition, generation), -1), offset + 1)
         consumer = self.consumer
         error, self._commit_error = self._commit_error, None
         if error is None:
             # The outputs are durable already: the commit is queued for the client's thread
             # (no wait), its result comes back through on_commit while the source polls.
-            try:
-                consumer.commit(offsets=offsets, asynchronous=True)
-                self._committed = offsets
-                return
-            except Exception as exc:
-                error = reason(exc)
+            # Under the lock, so that a revoke cannot come between the check and the queue.
+            with self._held.lock:
+                held = self._held.still_held(upto)
+                if not held:  # revoked since: the new owner delivers those records again
+                    return
+                try:
+                    consumer.commit(offsets=self._offsets(held), asynchronous=True)
+                    return
+                except Exception as exc:
+                    error = reason(exc)
         # An earlier commit failed (or this one could not be queued): commit this batch,
         # which covers the earlier ones, and wait for the broker's answer.
         log.info("a commit on %s failed (%s); committing synchronously", self.url.redacted,
                  error)
         try:
-            done = await self.client.call(
-                lambda: consumer.commit(offsets=offsets, asynchronous=False), lane="commit")
+            done = await self.client.call(self._commit_held, consumer, upto, lane="commit")
         except Exception as exc:
             raise kafka_error("commit", self.url, exc) from None
-        failed = [tp for tp in done or [] if tp.error is not None]
+        failed = [tp for tp in done if tp.error is not None]
         if failed:
             raise kafka_error("commit", self.url, str(failed[0].error))
-        self._committed = offsets
+
+    def _commit_held(self, consumer: Any, upto: dict[tuple[int, int], int]) -> list[Any]:
+        with self._held.lock:  # a revoke waits for this commit, no longer
+            held = self._held.still_held(upto)
+            return (consumer.commit(offsets=self._offsets(held), asynchronous=False) or []
+                    ) if held else []
 
     async def lag(self) -> int | None:
         """Records after the consumer's position, up to each partition's high watermark."""
@@ -177,8 +228,12 @@ class KafkaSource:
         return await self.client.call(self._lag, consumer, lane="commit")
 
     def _lag(self, consumer: Any) -> int | None:
+        """Of this engine's partitions; until its first assignment, of the whole topic (what
+        the group has not read yet)."""
         total = 0
-        for tp in consumer.position(consumer.assignment()):
+        mine = consumer.assignment() if self._joined else self._offsets(
+            dict.fromkeys(self._partitions, -1001))  # -1001: no offset
+        for tp in consumer.position(mine):
             _low, high = consumer.get_watermark_offsets(tp, timeout=5, cached=False)
             if tp.offset >= 0:  # a position is known once the partition was fetched from
                 total += max(0, high - tp.offset)
@@ -192,12 +247,43 @@ class KafkaSource:
         if err is not None or failed:
             self._commit_error = str(err) if err is not None else failed[0]
 
-    def _last_commit_and_close(self, consumer: Any, offsets: list[Any]) -> None:
-        """Make sure the latest ack is committed before leaving (a clean stop leaves nothing
-        to deliver again), then close."""
+    def _on_assign(self, _consumer: Any, partitions: list[Any]) -> None:
+        self._held.assign([tp.partition for tp in partitions])
+        self._joined = True
+        log.info("%s: partitions %s assigned", self.url.redacted,
+                 [tp.partition for tp in partitions])
+
+    def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
+        """Handed to another engine: commit the latest acks of those partitions now and
+        never again (an ack that comes later is dropped); what was handed out and not
+        acknowledged is read again by the new owner, from the committed offset."""
+        acked, unacked = self._held.release([tp.partition for tp in partitions])
+        log.info("%s: partitions %s revoked; %d record(s) handed out and not acknowledged "
+                 "go to their next owner", self.url.redacted,
+                 [tp.partition for tp in partitions], unacked)
+        if not acked:
+            return
+        try:  # waits behind the queued commits of the same partitions
+            consumer.commit(offsets=self._offsets(acked), asynchronous=False)
+        except Exception as exc:
+            log.warning("commit on revoke on %s failed (those records come again): %s",
+                        self.url.redacted, reason(exc))
+
+    def _on_lost(self, _consumer: Any, partitions: list[Any]) -> None:
+        """Taken away without a revoke (this engine missed its session timeout): they may
+        belong to another engine already, so nothing is committed for them any more."""
+        _acked, unacked = self._held.release([tp.partition for tp in partitions])
+        log.warning("%s: partitions %s lost (session timed out); %d record(s) handed out "
+                    "come again", self.url.redacted, [tp.partition for tp in partitions],
+                    unacked)
+
+    def _last_commit_and_close(self, consumer: Any) -> None:
+        """Make sure the latest acks are committed before leaving the group (a clean stop
+        leaves nothing to deliver again), then close."""
+        acked, _unacked = self._held.release(list(self._held.generation))
         try:
-            if offsets:
-                consumer.commit(offsets=offsets, asynchronous=False)
+            if acked:
+                consumer.commit(offsets=self._offsets(acked), asynchronous=False)
         except Exception as exc:
             log.warning("final commit on %s failed (those records come again): %s",
                         self.url.redacted, reason(exc))
@@ -205,9 +291,8 @@ class KafkaSource:
 
     async def close(self) -> None:
         consumer, self.consumer = self.consumer, None
-        offsets, self._committed = self._committed, []
         await self.client.shutdown(
-            (lambda: self._last_commit_and_close(consumer, offsets)) if consumer is not None
+            (lambda: self._last_commit_and_close(consumer)) if consumer is not None
             else None)
 
 
