@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 
-from baton.streams.base import open_sink, open_source
+from baton.streams.base import Message, open_sink, open_source
 from tests.streams.brokers import Tansu
 from tests.streams.conftest import Aio
 
@@ -31,3 +33,66 @@ def test_missing_topics_are_created_with_the_partitions_the_url_asks_for(
         assert (partitions(tansu, out), partitions(tansu, inp)) == (3, 2)
 
     aio.run(body())
+
+
+def publish(tansu: Tansu, topic: str, partitions: int, each: int) -> None:
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": f"127.0.0.1:{tansu.port}", "acks": "all"})
+    for p in range(partitions):
+        for i in range(each):
+            producer.produce(topic, f"{p}-{i}".encode(), partition=p)
+    assert producer.flush(30) == 0
+
+
+def committed(tansu: Tansu, topic: str, group: str, partitions: int) -> list[int]:
+    """The group's committed offsets (-1001: none), asked without joining the group."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": f"127.0.0.1:{tansu.port}", "group.id": group})
+    try:
+        return [tp.offset for tp in consumer.committed(
+            [TopicPartition(topic, p) for p in range(partitions)], timeout=10)]
+    finally:
+        consumer.close()
+
+
+def test_two_sources_of_one_group_share_the_partitions_and_a_late_ack_commits_nothing(
+        tansu: Tansu, aio: Aio) -> None:
+    """The second source takes one of the first's two partitions. The first acknowledges
+    everything it read after that: only its own partition is committed, and the new owner
+    reads the moved one from the start, the records the first held unacknowledged included
+    (at-least-once)."""
+    async def body() -> None:
+        topic, group = f"baton-in-{uuid.uuid4().hex[:8]}", f"g-{uuid.uuid4().hex[:8]}"
+        url = f"kafka://127.0.0.1:{tansu.port}/{topic}?partitions=2"
+        first, second = open_source(url, group=group), open_source(url, group=group)
+        await first.open()
+        await asyncio.to_thread(publish, tansu, topic, 2, 50)
+        held: list[Message] = []
+        deadline = time.monotonic() + 60  # the group join comes first
+        while len(held) < 100 and time.monotonic() < deadline:
+            held += await first.read(100, 0.2)
+        assert len(held) == 100, f"{len(held)} of 100 records read by the only member"
+
+        await second.open()
+        taken: list[Message] = []
+        deadline = time.monotonic() + 90  # both must poll for the rebalance to go on
+        while len({m.position[0] for m in taken}) < 1 and time.monotonic() < deadline:
+            assert not await first.read(100, 0.2), "nothing new was published"
+            taken += await second.read(100, 0.2)
+        moved = {m.position[0] for m in taken}
+        assert len(moved) == 1, f"the second source reads partitions {moved}"
+        (gone,) = moved
+        assert sorted(m.value for m in taken) == sorted(
+            m.value for m in held if m.position[0] == gone)
+
+        await first.ack(held)  # late for the moved partition
+        await first.close()
+        assert committed(tansu, topic, group, 2)[gone] == -1001  # OFFSET_INVALID: none
+        assert committed(tansu, topic, group, 2)[1 - gone] == 50
+        await second.ack(taken)
+        await second.close()
+        assert committed(tansu, topic, group, 2) == [50, 50]
+
+    aio.run(body(), timeout=200)
