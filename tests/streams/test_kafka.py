@@ -6,7 +6,9 @@ import asyncio
 import time
 import uuid
 
-from baton.streams.base import Message, open_sink, open_source
+import pytest
+
+from baton.streams.base import Message, StreamError, open_sink, open_source
 from tests.streams.brokers import Tansu
 from tests.streams.conftest import Aio
 
@@ -96,3 +98,10 @@ def test_two_sources_of_one_group_share_the_partitions_and_a_late_ack_commits_no
         assert committed(tansu, topic, group, 2) == [50, 50]
 
     aio.run(body(), timeout=200)
+
+
+def test_a_session_timeout_under_a_second_is_a_bad_url() -> None:
+    with pytest.raises(StreamError) as err:
+        open_source("kafka://127.0.0.1:9092/t?session_timeout=0.5", group="g")
+    assert (err.value.code, err.value.details["option"]) == ("BAD_STREAM_URL",
+                                                             "session_timeout")
