@@ -159,7 +159,8 @@ class KafkaClient:
 class Held:
     """The partitions this engine holds, each with the generation of its assignment, and the
     offsets handed out and acknowledged in each. The client's poll thread (rebalance
-    callbacks) and the acks meet here, under one lock held only for dictionary work."""
+    callbacks) and the acks meet here, under one lock, held by an ack from its check of
+    the partitions until its commit is queued, so that no revoke comes in between."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
