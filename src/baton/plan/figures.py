@@ -1,0 +1,77 @@
+"""The figures ``baton plan`` starts from: a passed check of the bundle planned for.
+
+The check is read as ``baton deploy`` reads it (:class:`baton.deploy.source.CheckFigures`:
+the same refusals of another bundle's or a failed check, the same memory and load time), and
+the latency medians that the queueing model needs are added from the same report.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from baton.deploy.source import CheckFigures, DeployError, Identity
+from baton.plan.model import ModelTimes
+
+if TYPE_CHECKING:
+    from baton.settings import Settings
+
+
+@dataclass(frozen=True)
+class PlanInput:
+    identity: Identity
+    check: CheckFigures
+    times: ModelTimes
+    max_batch_rows: int
+
+
+def times_from_report(data: dict[str, Any], where: str) -> ModelTimes:
+    """The per-call latencies of a check report (already validated as a passed check)."""
+    latency = data["measurements"].get("latency") or {}
+    try:
+        one, hundred = latency["rows_1"], latency["rows_100"]
+        p50_1, p50_100 = float(one["p50_ms"]), float(hundred["p50_ms"])
+        p99_1, p99_100 = float(one["p99_ms"]), float(hundred["p99_ms"])
+    except (KeyError, TypeError, ValueError):
+        raise DeployError(f"{where} lacks measurements.latency.rows_1/rows_100 p50_ms and "
+                          "p99_ms: run 'baton check' again", code="INVALID_CHECK_REPORT",
+                          details={"report": where}) from None
+    ratio = max(p99_1 / p50_1, p99_100 / p50_100, 1.0)
+    return ModelTimes(p50_1, p50_100, ratio, p99_1)
+
+
+def plan_input(ref: str, check_report: Path | None, settings: Settings) -> PlanInput:
+    """The bundle at ``ref`` and its check: ``check_report`` when given, else a check run now
+    (as ``baton deploy kubernetes`` does)."""
+    from baton.serving.opening import open_local
+
+    bundle = open_local(ref, settings)
+    identity = Identity(bundle.name, bundle.version, bundle.digest,
+                        "the bundle's baton.toml and content digest")
+    if check_report is not None:
+        data, where = _read(check_report), check_report.name
+    else:
+        from baton.check import run_check
+
+        report = run_check(ref, settings)
+        if not report.passed:
+            raise DeployError(f"baton check failed at stage {report.failed_stage!r}: "
+                              f"{report.message}", code="CHECK_FAILED")
+        data, where = report.to_dict(), f"baton check {Path(ref).name}"
+    check = CheckFigures.from_report(data, where, identity)
+    return PlanInput(identity, check, times_from_report(data, where),
+                     bundle.manifest.serving.max_batch_rows)
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DeployError(f"cannot read the check report {path}: {exc}",
+                          code="INVALID_CHECK_REPORT", details={"report": str(path)}) from None
+    if not isinstance(data, dict):
+        raise DeployError(f"{path.name} is not a 'baton check' report",
+                          code="INVALID_CHECK_REPORT", details={"report": str(path)})
+    return data
