@@ -1,12 +1,15 @@
 """The paho sessions behind the MQTT connector (:mod:`baton.streams.connectors.mqtt`): one
 client each, connected without blocking the event loop; the source's also keeps the packet
-ids of messages not yet acknowledged across reconnects."""
+ids of messages not yet acknowledged across reconnects, leaves a notice when it goes away
+(its will, or on close) and can be adopted by another engine that drains and ends it."""
 
 from __future__ import annotations
 
 import asyncio
 import ssl
 import threading
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from baton.streams.base import StreamError, StreamURL
@@ -16,6 +19,7 @@ from baton.streams.connectors._support import (
     explain,
     number,
     reason,
+    safe_name,
     stream_error,
 )
 
@@ -25,6 +29,12 @@ if TYPE_CHECKING:
 DEFAULT_PORT = 1883
 TLS_PORT = 8883
 CONNECT_TIMEOUT = 10.0
+#: Seconds the broker waits before publishing a vanished session's notice (its will): a
+#: connection that comes back sooner (paho retries every 1 to 5 s) cancels it, so a blip
+#: never lets another engine take over a live engine's session.
+WILL_DELAY = 10
+#: The DISCONNECT reason code when another connection with the same client id came.
+SESSION_TAKEN_OVER = 0x8E
 
 
 def mqtt_error(what: str, url: StreamURL, exc: BaseException | str) -> StreamError:
@@ -42,15 +52,19 @@ def _settle(fut: asyncio.Future[None], error: str | None) -> None:
 class MqttSession:
     """One paho client: connect without blocking the loop, know whether it is connected."""
 
-    def __init__(self, url: StreamURL, client_id: str, persistent: bool) -> None:
+    def __init__(self, url: StreamURL, client_id: str, persistent: bool,
+                 reconnect: bool = True) -> None:
         self.url = url
         self.client_id = client_id
         self.persistent = persistent
+        self.reconnect = reconnect
         self.client: Any = None
         self.lock = threading.Lock()  # guards connected/generation against paho's thread
         self.connected = False
         self.generation = 0
         self.lost = ""
+        self.taken_over = False  # another connection took this client id (and session)
+        self.ended = False  # closed with the session ended
         self.gone = threading.Event()  # set by paho's thread when a connection ends
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready: asyncio.Future[None] | None = None
@@ -65,7 +79,8 @@ class MqttSession:
         self._loop = asyncio.get_running_loop()
         self._ready = self._loop.create_future()
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
-                             protocol=mqtt.MQTTv5, manual_ack=self.persistent)
+                             protocol=mqtt.MQTTv5, manual_ack=self.persistent,
+                             reconnect_on_failure=self.reconnect)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.reconnect_delay_set(1, 5)
@@ -76,6 +91,9 @@ class MqttSession:
         props = mqtt_properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = (int(number(self.url, "session_expiry", 604800))
                                        if self.persistent else 0)
+        if self.persistent:  # flow control: the broker holds what does not fit
+            props.ReceiveMaximum = max(1, min(65535, int(number(
+                self.url, "receive_maximum", 1000))))
         self.client = client
         self.hook(client)
         host, port = address(self.url, TLS_PORT if self.url.tls else DEFAULT_PORT)
@@ -143,33 +161,55 @@ class MqttSession:
     def _on_disconnect(self, _c: Any, _ud: Any, _flags: Any, rc: Any, _props: Any) -> None:
         with self.lock:
             self.connected = False
+            self.taken_over = getattr(rc, "value", None) == SESSION_TAKEN_OVER
+        if self.taken_over:  # reconnecting would take it back: the owner decides
+            _c.disconnect()
             self.lost = f"disconnected from the broker ({rc}); reconnecting"
         self.gone.set()
         # Hung up on before accepting the connection (a TLS listener reached without TLS):
         # say so now rather than after CONNECT_TIMEOUT. Once connected this settles nothing.
         self.signal_ready(f"the broker closed the connection before accepting it ({rc})")
 
-    async def close(self) -> None:
+    def leaving(self, client: Any, end: bool) -> None:
+        """Runs before a clean disconnect (``end``: the session ends with it)."""
+
+    async def close(self, end: bool = False) -> None:
+        """Disconnect; ``end`` ends the session too (its expiry set to 0 on DISCONNECT)."""
+        from paho.mqtt.packettypes import PacketTypes
+
         client, self.client = self.client, None
         if client is None:
             return
         with self.lock:
             was_connected, self.connected = self.connected, False
         if was_connected:
+            self.ended = end
+            self.leaving(client, end)
             if self.persistent:
                 await asyncio.to_thread(self._settle_acks, client)
+            props = None
+            if end:
+                props = mqtt_properties(PacketTypes.DISCONNECT)
+                props.SessionExpiryInterval = 0
             # DISCONNECT goes out after every PUBACK queued before it; wait until it has
             # left, since stopping paho's loop first would drop what is still queued.
             self.gone.clear()
-            client.disconnect()
+            client.disconnect(properties=props)
             await asyncio.to_thread(self.gone.wait, 5)
         await asyncio.to_thread(client.loop_stop)
 
 
 class SourceSession(MqttSession):
-    def __init__(self, url: StreamURL, client_id: str, inbox: Inbox[Any]) -> None:
-        super().__init__(url, client_id, persistent=True)
+    """A persistent session subscribed to the group's shared subscription, or, ``adopted``,
+    the session of an engine that went away, taken over to drain what it still holds."""
+
+    def __init__(self, url: StreamURL, client_id: str, inbox: Inbox[Any], share: str,
+                 notices: str, on_notice: Callable[[str, bytes], None] | None = None,
+                 adopted: bool = False) -> None:
+        super().__init__(url, client_id, persistent=True, reconnect=not adopted)
         self.inbox = inbox
+        self.share, self.notices, self.adopted = share, notices, adopted
+        self.on_notice = on_notice
         #: Packet id -> state of each message handed out whose PUBACK was never sent:
         #: "held" (in the pipeline), "resent" (in the pipeline, and its copy came on a later
         #: connection and was dropped), "acked" (acknowledged while no PUBACK could go out:
@@ -179,8 +219,17 @@ class SourceSession(MqttSession):
         #: Messages of connections before this generation belong to a session the broker
         #: forgot (or to a closed source): nothing to acknowledge for them.
         self.session_since = 0
+        #: Messages of this session in the inbox, and when the last one came (drain check).
+        self.waiting = 0
+        self.last_message = time.monotonic()
+        self.present = False
+
+    @property
+    def notice_topic(self) -> str:
+        return f"{self.notices}/{safe_name(self.client_id)}"
 
     def renew(self, session_present: bool) -> None:
+        self.present = session_present
         if not session_present:
             self.forget(self.generation)
 
@@ -189,9 +238,25 @@ class SourceSession(MqttSession):
         self.unacked.clear()
         self.session_since = since
 
+    def drained(self, quiet: float) -> bool:
+        """Nothing of this session waits or is unacknowledged, and nothing came lately."""
+        with self.lock:
+            return (not self.waiting and not self.unacked
+                    and time.monotonic() - self.last_message > quiet)
+
     def hook(self, client: Any) -> None:
+        from paho.mqtt.packettypes import PacketTypes
+
         client.on_subscribe = self._on_subscribe
+        client.on_unsubscribe = lambda *_args: self.signal_ready()
         client.on_message = self._on_message
+        # The broker publishes the notice when the connection ends without DISCONNECT
+        # (a killed engine) and no reconnect came within WILL_DELAY: another engine of the
+        # group then adopts the session and drains it.
+        props = mqtt_properties(PacketTypes.WILLMESSAGE)
+        props.WillDelayInterval = WILL_DELAY
+        client.will_set(self.notice_topic, self.client_id.encode(), qos=1, retain=True,
+                        properties=props)
 
     def after_connect(self, client: Any, session_present: bool) -> bool:
         from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -201,14 +266,26 @@ class SourceSession(MqttSession):
             # drop the copies still waiting here, or each would be scored twice. (Without
             # the session they are nowhere else, so they stay.) Runs before any message of
             # this connection reaches the inbox: call_soon_threadsafe keeps the order.
-            generation = self.generation
-            self._loop.call_soon_threadsafe(
-                self.inbox.discard, lambda item: item[0] < generation)
-
+            self._loop.call_soon_threadsafe(self._drop_stale, self.generation)
+        if self.adopted:  # take no new messages: drain what the session holds, then end it
+            client.unsubscribe([self.share, f"{self.notices}/+"])
+            return False
+        client.publish(self.notice_topic, b"", qos=1, retain=True)  # this session is back
         # Every connect: harmless when the session kept the subscription, and it repairs
         # a session the broker forgot (retained messages only for a new subscription).
-        client.subscribe(self.url.name, options=SubscribeOptions(qos=1, retainHandling=1))
+        client.subscribe([(self.share, SubscribeOptions(qos=1, retainHandling=1)),
+                          (f"{self.notices}/+", SubscribeOptions(qos=1))])
         return False  # ready once the SUBACK arrives
+
+    def _drop_stale(self, generation: int) -> None:
+        before = len(self.inbox)
+        self.inbox.discard(lambda item: item[0] is self and item[1] < generation)
+        with self.lock:
+            self.waiting -= before - len(self.inbox)
+
+    def leaving(self, client: Any, end: bool) -> None:
+        if not end:  # what the session still holds is for whichever engine adopts it
+            client.publish(self.notice_topic, self.client_id.encode(), qos=1, retain=True)
 
     def _on_subscribe(self, _c: Any, _ud: Any, _mid: int, codes: list[Any], _p: Any) -> None:
         failed = [c for c in codes if c.is_failure]
@@ -216,6 +293,12 @@ class SourceSession(MqttSession):
                           if failed else None)
 
     def _on_message(self, client: Any, _ud: Any, msg: Any) -> None:
+        if msg.topic.startswith(self.notices + "/"):
+            if msg.qos:
+                client.ack(msg.mid, msg.qos)
+            if self.on_notice is not None and not self.adopted and self._loop is not None:
+                self._loop.call_soon_threadsafe(self.on_notice, msg.topic, bytes(msg.payload))
+            return
         with self.lock:
             generation = self.generation
             state = self.unacked.get(msg.mid) if msg.dup else None
@@ -224,11 +307,42 @@ class SourceSession(MqttSession):
                 client.ack(msg.mid, msg.qos)
             elif state is not None:  # still in the pipeline: acknowledged from there
                 self.unacked[msg.mid] = "resent"
+            self.last_message = time.monotonic()
+            if state is None:
+                self.waiting += 1
         if state is None and self._loop is not None:
             try:
-                self._loop.call_soon_threadsafe(self.inbox.put, (generation, msg))
+                self._loop.call_soon_threadsafe(self.inbox.put, (self, generation, msg))
             except RuntimeError:  # closing: the broker sends it again to the next session
                 pass
+
+
+class NoticeReader(MqttSession):
+    """A throw-away connection that reads the group's retained notices: the sessions that
+    engines left behind, by notice topic -> client id."""
+
+    def __init__(self, url: StreamURL, notices: str) -> None:
+        super().__init__(url, "", persistent=False)
+        self.notices = notices
+        self.found: dict[str, str] = {}
+
+    def hook(self, client: Any) -> None:
+        client.on_message = self._on_message
+        # The retained notices come right after the SUBACK: the UNSUBACK of a later
+        # packet comes after them.
+        client.on_subscribe = lambda *_args: client.unsubscribe("baton-sync/notices")
+        client.on_unsubscribe = lambda *_args: self.signal_ready()
+
+    def after_connect(self, client: Any, session_present: bool) -> bool:
+        client.subscribe(f"{self.notices}/+", qos=1)
+        return False
+
+    def _on_message(self, _c: Any, _ud: Any, msg: Any) -> None:
+        with self.lock:
+            if msg.payload:
+                self.found[msg.topic] = bytes(msg.payload).decode(errors="replace")
+            else:  # claimed by an engine
+                self.found.pop(msg.topic, None)
 
 
 def mqtt_properties(packet_type: int) -> Properties:

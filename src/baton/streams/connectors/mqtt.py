@@ -48,13 +48,17 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import random
+import socket
 import time
 from collections.abc import Sequence
 from typing import Any
 
-from baton.streams.base import Message, OptionKind, OutRecord, StreamURL
+from baton.streams.base import Message, OptionKind, OutRecord, StreamError, StreamURL
 from baton.streams.connectors._mqtt_session import (
     MqttSession,
+    NoticeReader,
     SourceSession,
     mqtt_error,
     mqtt_properties,
@@ -71,49 +75,109 @@ from baton.streams.security import PASSWORD_FROM, TLS_FILES
 #: The client library (module, package) and the ``?options`` this connector reads.
 CLIENT: tuple[str, str] | None = ("paho.mqtt", "paho-mqtt")
 OPTIONS: dict[str, OptionKind] = {"client_id": "text", "group": "text",
-                                   "session_expiry": "number", "timeout": "number",
-                                   **PASSWORD_FROM, **TLS_FILES}
+                                   "session_expiry": "number", "receive_maximum": "number",
+                                   "timeout": "number", **PASSWORD_FROM, **TLS_FILES}
+#: An adopted session is drained once nothing of it is waiting or unacknowledged and no
+#: message came for this long (the broker sends its queue as acknowledgements free room).
+DRAIN_QUIET = 3.0
+#: Engines that saw the same notice wait a random time in this range before claiming it:
+#: the first claim (the notice cleared) reaches the others, who leave it alone.
+CLAIM_JITTER = (0.5, 2.0)
+
+
+def _digest(url: StreamURL) -> str:
+    return hashlib.sha256(url.name.encode()).hexdigest()[:10]
+
 
 def _client_id(url: StreamURL, group: str) -> str:
-    digest = hashlib.sha256(url.name.encode()).hexdigest()[:10]
-    return url.option("client_id", f"{safe_name(group)[:40]}-{digest}")
+    engine = f"{safe_name(socket.gethostname())[:30]}-{os.getpid()}"
+    return url.option("client_id", f"{safe_name(group)[:40]}-{_digest(url)}-{engine}")
 
 
 class MqttSource:
     def __init__(self, url: StreamURL, group: str) -> None:
         self.url = url
         self.inbox: Inbox[Any] = Inbox()
-        self.session = SourceSession(url, _client_id(url, url.option("group", group)),
-                                     self.inbox)
+        group = url.option("group", group)
+        self.share = f"$share/{safe_name(group)}/{url.name}"
+        self.notices = f"baton/orphans/{safe_name(group)[:40]}-{_digest(url)}"
+        self.own_id = _client_id(url, group)
+        self.session = self._session(self.own_id, adopted=False)
+        self.inherit = "client_id" not in url.options
+        self.adopted: dict[str, SourceSession] = {}
+        self.adopting: dict[str, asyncio.Task[None]] = {}
+        self.wanted: set[str] = set()  # notices not yet claimed by anyone
+
+    def _session(self, client_id: str, adopted: bool) -> SourceSession:
+        return SourceSession(self.url, client_id, self.inbox, self.share, self.notices,
+                             self._notice, adopted=adopted)
 
     async def open(self) -> None:
         await self.session.close()
-        self.inbox.clear()
+        self.inbox.discard(lambda item: item[0] is self.session)
+        with self.session.lock:
+            self.session.waiting = 0
+        if self.inherit:  # once: carry on with a session an engine left, in its order
+            self.inherit = False
+            owner = await self._left_behind()
+            if owner is not None:
+                self.session = self._session(owner, adopted=False)
         await self.session.connect()
+
+    async def _recover(self) -> None:
+        """Another connection took the session: take back this engine's own session, or,
+        if the session was inherited (another engine inherits it too), start its own."""
+        old = self.session
+        await old.close()
+        with old.lock:  # what was handed out is abandoned: the session's holder gets it
+            old.forget(old.generation + 1)
+        self.inbox.discard(lambda item: item[0] is old)
+        self.session = self._session(self.own_id if old.taken_over else old.client_id,
+                                     adopted=False)
+        await self.session.connect()
+
+    async def _left_behind(self) -> str | None:
+        """The client id of a session an engine of the group left behind, if any."""
+        reader = NoticeReader(self.url, self.notices)
+        try:
+            await reader.connect()
+        except StreamError:
+            return None  # the real connection says why
+        try:  # engines starting together: the first claim reaches the others
+            await asyncio.sleep(random.uniform(0, CLAIM_JITTER[0]))
+            with reader.lock:
+                topic, owner = min(reader.found.items(), default=(None, None))
+            if topic is not None and reader.client is not None:  # claimed
+                reader.client.publish(topic, b"", qos=1, retain=True)
+            return owner
+        finally:
+            await reader.close()
 
     async def read(self, max_records: int, timeout: float) -> list[Message]:
         # While disconnected, hand nothing out: an ack could not reach the broker, which
         # sends those messages again if the session survives (then they are dropped here).
         if not self.session.connected:
-            raise mqtt_error("receive", self.url, self.session.lost or "not connected")
+            if not (self.session.taken_over or self.session.client is None):
+                raise mqtt_error("receive", self.url, self.session.lost or "not connected")
+            await self._recover()
         got = await self.inbox.take(max_records, timeout)
-        s = self.session
-        with s.lock:  # a copy sent again after a reconnect is known by its packet id
-            s.unacked.update((m.mid, "held") for generation, m in got
-                             if m.qos > 0 and generation == s.generation)
-        return [self._message(generation, m) for generation, m in got]
+        for s, generation, m in got:
+            with s.lock:  # a copy sent again after a reconnect is known by its packet id
+                s.waiting -= 1
+                if m.qos > 0 and generation == s.generation:
+                    s.unacked[m.mid] = "held"
+        return [self._message(s, generation, m) for s, generation, m in got]
 
-    def _message(self, generation: int, m: Any) -> Message:
+    def _message(self, s: SourceSession, generation: int, m: Any) -> Message:
         props = getattr(m.properties, "UserProperty", None) or []
         headers = {str(k): str(v) for k, v in props}
         key = headers.pop(KEY_HEADER, None)
-        return Message(key, bytes(m.payload), (generation, m.mid, m.qos), headers)
+        return Message(key, bytes(m.payload), (s, generation, m.mid, m.qos), headers)
 
     async def ack(self, messages: Sequence[Message]) -> None:
-        s = self.session
-        with s.lock:  # paho's thread cannot start a new connection while we ack
-            for m in messages:
-                generation, mid, qos = m.position
+        for m in messages:
+            s, generation, mid, qos = m.position
+            with s.lock:  # paho's thread cannot start a new connection while we ack
                 if qos == 0 or generation < s.session_since:
                     continue  # nothing to acknowledge, or the broker forgot it
                 live = s.connected and s.client is not None
@@ -128,8 +192,65 @@ class MqttSource:
         queues for the session, so this is a lower bound."""
         return len(self.inbox)
 
+    def _notice(self, topic: str, payload: bytes) -> None:
+        """A session of the group went away (payload: its client id) or was claimed
+        (empty): claim it after a random wait unless another engine does first."""
+        owner = payload.decode(errors="replace")
+        if not payload:
+            self.wanted.discard(topic)
+        elif owner != self.session.client_id and topic not in self.adopting:
+            self.wanted.add(topic)
+            task = asyncio.get_running_loop().create_task(self._adopt(topic, owner))
+            self.adopting[topic] = task
+            task.add_done_callback(lambda _t: self.adopting.pop(topic, None))
+
+    async def _adopt(self, topic: str, owner: str) -> None:
+        await asyncio.sleep(random.uniform(*CLAIM_JITTER))
+        client = self.session.client
+        if topic not in self.wanted or client is None:
+            return
+        self.wanted.discard(topic)
+        client.publish(topic, b"", qos=1, retain=True)  # claimed: the others leave it
+        adopted = self.adopted[topic] = self._session(owner, adopted=True)
+        try:
+            while not await self._drain(adopted):
+                await asyncio.sleep(1.0)  # the broker went away: take the session again
+        finally:
+            self.adopted.pop(topic, None)
+            with adopted.lock:  # what was handed out is abandoned: the broker resends it
+                adopted.forget(adopted.generation + 1)
+            await adopted.close()
+            if not adopted.ended and not adopted.taken_over:
+                self._leave_notice(adopted)
+
+    async def _drain(self, adopted: SourceSession) -> bool:
+        """Take the session over, and end it once drained: True when done (ended, or
+        taken over by someone else), False when the connection failed."""
+        await adopted.close()  # the previous try's client, if any
+        try:
+            await adopted.connect()
+        except StreamError:
+            return adopted.taken_over
+        while adopted.connected:
+            if not adopted.present or adopted.drained(DRAIN_QUIET):
+                await adopted.close(end=True)
+                return True
+            await asyncio.sleep(0.5)
+        return adopted.taken_over
+
+    def _leave_notice(self, s: SourceSession) -> None:
+        """Another engine is to adopt what ``s`` still holds (its own notice went out
+        already if it was connected)."""
+        if self.session.connected and self.session.client is not None:
+            self.session.client.publish(s.notice_topic, s.client_id.encode(), qos=1,
+                                        retain=True)
+
     async def close(self) -> None:
-        with self.session.lock:  # what was handed out is abandoned: the broker resends it
+        tasks = [*self.adopting.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)  # each leaves its notice
+        with self.session.lock:
             self.session.forget(self.session.generation + 1)
         await self.session.close()
 
