@@ -15,7 +15,8 @@ from baton.monitor.predlog import PredictionLog
 from baton.serving.service import ModelService
 from baton.settings import Settings
 from baton.streams.base import Message
-from baton.streams.pipeline import StreamBinding, StreamPipeline
+from baton.streams.binding import StreamBinding
+from baton.streams.pipeline import StreamPipeline
 from tests.conftest import records_contract, write_bundle
 
 # x == -1 holds the worker until the test creates RELEASE next to the bundle's files.

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from baton.streams.base import redact_url
-from baton.streams.pipeline import StreamBinding
+from baton.streams.binding import StreamBinding
 from tests.conftest import Server, free_port, records_contract, write_bundle
 from tests.streams.brokers import (
     PrivateMosquitto,

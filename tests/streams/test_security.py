@@ -225,8 +225,9 @@ def test_a_client_error_holding_the_password_is_scrubbed_from_stats_and_log(
     import asyncio
     import time
 
+    from baton.streams.binding import StreamBinding
     from baton.streams.connectors import redis_streams
-    from baton.streams.pipeline import StreamBinding, StreamPipeline
+    from baton.streams.pipeline import StreamPipeline
 
     async def leaky_open(self: redis_streams.RedisSource) -> None:
         raise RuntimeError(f"cannot AUTH with {self.url.password}")

@@ -168,7 +168,8 @@ def _add_labels(engine: Engine, svc: ModelService, spec: LabelsSpec) -> None:
 
 def _add_stream(engine: Engine, svc: ModelService, spec: StreamSpec) -> None:
     from baton.streams.base import parse_url
-    from baton.streams.pipeline import StreamBinding, StreamPipeline
+    from baton.streams.binding import StreamBinding
+    from baton.streams.pipeline import StreamPipeline
 
     for url in (spec.input, spec.output, spec.dead_letter):
         parse_url(url)

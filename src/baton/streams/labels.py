@@ -28,7 +28,8 @@ from baton.contract.spec import FieldSpec
 from baton.errors import BatonError, ContractViolation
 from baton.monitor.quality import check_label
 from baton.streams.base import Message, OutRecord
-from baton.streams.pipeline import Scored, StreamBinding, StreamPipeline
+from baton.streams.binding import StreamBinding
+from baton.streams.pipeline import Scored, StreamPipeline
 from baton.streams.records import ModelIdentity, StreamModel, dead_letter
 
 #: The dead-letter stage of every label that could not be attached.

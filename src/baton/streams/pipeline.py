@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
 from baton.backoff import Backoff
@@ -32,6 +31,7 @@ from baton.streams.base import (
     redact_url,
     url_secrets,
 )
+from baton.streams.binding import StreamBinding, StreamStats
 from baton.streams.records import (
     ModelIdentity,
     StreamModel,
@@ -43,44 +43,6 @@ from baton.streams.records import (
 log = logging.getLogger("baton.streams")
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class StreamBinding:
-    """Where a model's records come from and where its scores and dead letters go."""
-
-    model: str
-    input: str
-    #: Where outputs go; "" for a binding that writes none (e.g. a labels stream).
-    output: str
-    dead_letter: str
-    group: str = ""
-    max_batch: int = 256
-    read_timeout: float = 0.2
-    #: Micro-batches read but not yet acknowledged, at most (1: strictly one at a time).
-    in_flight: int = 3
-    #: Seconds between two looks at the input's backlog (``lag``), where the connector can tell.
-    lag_interval: float = 5.0
-    #: What the binding does, as /v1/models shows it: "predictions" (scores) or "labels".
-    kind: str = "predictions"
-
-    @property
-    def consumer_group(self) -> str:
-        return self.group or f"baton-{self.model}"
-
-
-@dataclass
-class StreamStats:
-    consumed: int = 0
-    produced: int = 0
-    dead_lettered: int = 0
-    batches: int = 0
-    retries: int = 0
-    in_flight: int = 0
-    #: Records in the input this binding has not read yet (None: the connector cannot tell).
-    lag: int | None = None
-    last_error: str | None = None
-    started_at: float = field(default_factory=time.time)
 
 
 class Scored(NamedTuple):
@@ -372,24 +334,22 @@ class StreamPipeline:
 
     @property
     def unreachable(self) -> str | None:
-        """Why the binding cannot reach its broker now (connecting, reading, writing or
-        acknowledging keeps failing, or the stream stopped), or None: what makes
-        ``/v2/health/ready`` answer 503. A model not ready is the model's readiness."""
+        """Why a broker step keeps failing (or the stream stopped): /v2/health/ready's 503."""
         error = self.stats.last_error
-        if error is None or error == self._waiting_for_model:
-            return None
-        return f"{redact_url(self.binding.input)}: {error}"
+        return None if error in (None, self._waiting_for_model) else \
+            f"{redact_url(self.binding.input)}: {error}"
 
     def describe(self) -> dict[str, Any]:
         b, s = self.binding, self.stats
         return {"model": b.model, "kind": b.kind, "input": redact_url(b.input),
                 "output": redact_url(b.output) if b.output else None,
-                "dead_letter": redact_url(b.dead_letter),
-                "group": b.consumer_group,
-                "consumed": s.consumed, "produced": s.produced,
-                "dead_lettered": s.dead_lettered, "batches": s.batches, "retries": s.retries,
-                "in_flight": s.in_flight, "lag": s.lag,
-                "last_error": s.last_error}
+                "dead_letter": redact_url(b.dead_letter), "group": b.consumer_group,
+                **{name: getattr(s, name) for name in _SHOWN}}
+
+
+#: The statistics /v1/models shows for a binding.
+_SHOWN = ("consumed", "produced", "dead_lettered", "batches", "retries", "in_flight", "lag",
+          "last_error")
 
 
 @dataclass(slots=True)
