@@ -65,6 +65,10 @@ class MqttSession:
         self.lost = ""
         self.taken_over = False  # another connection took this client id (and session)
         self.ended = False  # closed with the session ended
+        #: The broker confirmed the subscription on this connection (Mosquitto before
+        #: 2.0.19 does not keep shared subscriptions across its restart: until then,
+        #: what is published is not queued for this session).
+        self.subscribed = False
         self.gone = threading.Event()  # set by paho's thread when a connection ends
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready: asyncio.Future[None] | None = None
@@ -160,7 +164,7 @@ class MqttSession:
 
     def _on_disconnect(self, _c: Any, _ud: Any, _flags: Any, rc: Any, _props: Any) -> None:
         with self.lock:
-            self.connected = False
+            self.connected = self.subscribed = False
             self.taken_over = getattr(rc, "value", None) == SESSION_TAKEN_OVER
         if self.taken_over:  # reconnecting would take it back: the owner decides
             _c.disconnect()
@@ -229,7 +233,7 @@ class SourceSession(MqttSession):
         return f"{self.notices}/{safe_name(self.client_id)}"
 
     def renew(self, session_present: bool) -> None:
-        self.present = session_present
+        self.present, self.subscribed = session_present, False
         if not session_present:
             self.forget(self.generation)
 
@@ -289,6 +293,7 @@ class SourceSession(MqttSession):
 
     def _on_subscribe(self, _c: Any, _ud: Any, _mid: int, codes: list[Any], _p: Any) -> None:
         failed = [c for c in codes if c.is_failure]
+        self.subscribed = not failed
         self.signal_ready(f"subscription to {self.url.name!r} refused: {failed[0]}"
                           if failed else None)
 
