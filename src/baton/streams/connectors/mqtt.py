@@ -1,30 +1,58 @@
 """``mqtt://HOST:PORT/TOPIC``: MQTT 5 with QoS 1, via paho-mqtt 2.
 
-Source: a persistent session (clean start off, ``?session_expiry=`` seconds, default 7
-days) under a client id derived from the group and the topic (``?client_id=`` to choose
-it), subscribed at QoS 1. Messages are acknowledged (PUBACK) only when the pipeline acks
-them (paho's ``manual_ack``), so a message delivered to an engine that dies before its
-output is written is sent again when the session reconnects. The record key is the MQTT 5
-user property ``key``; other user properties become headers.
+Source: engines of one ``--group`` share the input through an MQTT 5 shared subscription,
+``$share/GROUP/TOPIC``: the broker hands each message to one member (Mosquitto: in turn,
+at publish time). Each engine has its own persistent session (clean start off,
+``?session_expiry=`` seconds, default 7 days), under a client id made of the group, a
+digest of the topic, the host name and the pid (``?client_id=`` to choose it), so engines
+never take each other's session. Messages are acknowledged (PUBACK) only when the pipeline
+acks them (paho's ``manual_ack``); the record key is the MQTT 5 user property ``key``,
+other user properties become headers.
 
-Limits that come from MQTT itself, not from this connector:
+An engine that goes away leaves its session behind, with what the broker assigned to it
+and never had a PUBACK for. Mosquitto (2.0) gives none of it to the other members: a
+session that ends (expiry 0) takes its messages with it, one that is kept holds them (and
+still gets its turn of new ones) until it expires. So the session is kept, and a notice
+names it: a retained message ``baton/orphans/GROUP-DIGEST/CLIENT_ID`` whose payload is the
+client id, published on ``close`` and, for an engine killed or cut off, by the broker (the
+session's will, after ``WILL_DELAY`` seconds without a reconnect). Every engine of the
+group watches these notices:
+
+- An engine that starts inherits a session left behind: it connects under that client
+  id, as if it had restarted (a single engine keeps its order across a clean restart).
+- A running engine adopts one after a random wait, claiming it (the notice cleared, which
+  the others see): it connects under its client id, unsubscribes it, takes what it holds
+  (the unacknowledged ones come again, then the queue) into its own inbox, and once nothing
+  of it is unacknowledged and nothing came for ``DRAIN_QUIET`` seconds, ends it (session
+  expiry 0 on DISCONNECT).
+
+What that costs: a killed engine's messages wait ``WILL_DELAY`` seconds and come again
+once (at-least-once: the ones the engine had scored without acknowledging are the
+duplicates, within its in-flight window); an engine restarted before its will went out
+starts a new session and adopts the old one, so its order is kept only per session. The
+notices need publish and subscribe rights on ``baton/orphans/#``.
+
+Backlog: the source sends Receive Maximum (``?receive_maximum=``, default 1000) when it
+connects, so the broker has at most that many messages unacknowledged on the way to it
+and keeps the rest queued (Mosquitto honours it, after a reconnect too): the engine's
+memory holds at most that many. Size it above the pipeline's micro-batches in flight.
+
+Limits that come from MQTT and Mosquitto, not from this connector:
 
 - A session only receives what is published *after* its first subscription: start the
   engine once (or open the source once) before publishing, or those messages are gone.
-- While the engine is away the broker queues for the session only up to its own limit
-  (Mosquitto: ``max_queued_messages``, default 1000; beyond it new messages are dropped) and
-  for ``session_expiry`` seconds. Size both for the longest outage you must survive.
-- While connected, the broker sends at most its in-flight window of unacknowledged
-  messages (Mosquitto: ``max_inflight_messages``, default 20), so micro-batches stay that
-  small; a backlog queued while the engine was away arrives at once and waits in memory.
-- While disconnected, ``read`` hands nothing out. After a reconnect that kept the session,
-  the broker sends again every message it has had no PUBACK for, with the same packet id
-  and the DUP flag: messages of the old connection not yet handed out are dropped here
-  (their copies take their place), and the copies of messages the pipeline still holds
-  are dropped too, their PUBACK going out on the new connection when the pipeline
-  acknowledges them. A packet id without its PUBACK cannot name another message, so this
-  never drops one by mistake. Without the session (expired, or a broker that keeps none)
-  the broker has forgotten them: they are not acknowledged and do not come again.
+- Mosquitto queues for a session only up to ``max_queued_messages`` (default 1000; beyond
+  it new messages are dropped), for ``session_expiry`` seconds. Size both for the longest
+  outage you must survive; with N engines each session gets about 1/N of the messages.
+- Mosquitto before 2.0.19 does not keep shared subscriptions across its own restart (the
+  sessions and their messages, yes): what is published after the broker came back and
+  before the engines subscribed again (paho reconnects within 1 to 5 s) is dropped.
+- After a reconnect that kept the session, the broker sends again every message it has had
+  no PUBACK for, with the same packet id and the DUP flag: messages of the old connection
+  not yet handed out are dropped here (their copies take their place), and the copies of
+  messages the pipeline still holds are dropped too, their PUBACK going out on the new
+  connection when the pipeline acknowledges them. While disconnected, ``read`` hands
+  nothing out. Without the session (expired) the broker has forgotten them.
 - There is no replay: once acknowledged, a message cannot be read again (``baton replay``
   from an MQTT dead-letter topic sees only what arrives after it subscribed).
 - Mosquitto may lose PUBACKs that it had not read yet when a client hangs up while it is
