@@ -33,7 +33,7 @@ class ModelTimes:
 
     t1_ms: float
     t100_ms: float
-    #: The model's own tail: the larger p99/p50 of the 1-row and 100-row calls.
+    #: The model's own tail: p99/p50 of the check's calls (the mean of 1-row and 100-row).
     p99_ratio: float
     #: p99 of single 1-row calls: no deployment answers faster than this.
     single_p99_ms: float

@@ -55,7 +55,7 @@ class Plan:
                 "resources": self.sizing.resources(),
                 "startup_seconds": self.sizing.startup_seconds,
                 "serving": {"workers": p.workers, "max_batch_rows": self.load.max_batch_rows},
-                "command": f"baton deploy kubernetes {self.source.identity.name} --workers "
+                "command": f"baton deploy kubernetes {self.source.ref} --workers "
                            f"{p.workers} --min-replicas {self.min_replicas} --max-replicas "
                            f"{self.max_replicas}"}
 
