@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from baton.cli.main import _settings, errors_to_exit, main, with_env_options
+
+if TYPE_CHECKING:
+    from baton.plan import Plan
 
 
 @main.command()
@@ -90,10 +94,7 @@ def _milliseconds(text: str) -> float:
     return ms
 
 
-def _render(result: object) -> None:
-    from baton.plan import Plan
-
-    assert isinstance(result, Plan)
+def _render(result: Plan) -> None:
     p, s, ident = result.prediction, result.sizing, result.source.identity
     click.echo(f"{ident.name} {ident.version}: {result.load.rps:g} req/s of "
                f"{result.load.rows} row(s) at p99 <= {result.load.p99_ms:g} ms")
