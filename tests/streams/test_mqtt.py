@@ -66,7 +66,8 @@ def test_messages_held_across_a_broker_restart_are_not_delivered_again(
         broker.stop()
 
 
-def url_as(kit: Kit, stream: str, client_id: str, extra: str = "") -> str:
+def url_as(kit: Kit, stream: str, client_id: str, extra: str = "&shared=true") -> str:
+    """An engine's input URL: its own session, in the group's shared subscription."""
     return f"{kit.url(stream)}&client_id={client_id}{extra}"
 
 

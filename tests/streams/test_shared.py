@@ -37,7 +37,8 @@ SHARED = ["redis", "nats", "amqp", "mqtt", "kafka"]
 #: Extra options on the input URL of the shared test, per scheme. Redis: a short idle time
 #: before a dead engine's entries are claimed, so that the test need not wait a minute.
 #: Kafka: six partitions, so that each of the three engines (then each survivor) has some.
-INPUT_OPTIONS = {"redis": "claim_idle=2", "kafka": "partitions=6"}
+#: MQTT: the shared subscription, opt-in (see the connector).
+INPUT_OPTIONS = {"redis": "claim_idle=2", "kafka": "partitions=6", "mqtt": "shared=true"}
 
 
 def consumed(server: Server) -> int:

@@ -96,8 +96,8 @@ class MqttSession:
         props.SessionExpiryInterval = (int(number(self.url, "session_expiry", 604800))
                                        if self.persistent else 0)
         if self.persistent:  # flow control: the broker holds what does not fit
-            props.ReceiveMaximum = max(1, min(65535, int(number(
-                self.url, "receive_maximum", 1000))))
+            receive_maximum = int(number(self.url, "receive_maximum", 1000))
+            props.ReceiveMaximum = max(1, min(65535, receive_maximum))
         self.client = client
         self.hook(client)
         host, port = address(self.url, TLS_PORT if self.url.tls else DEFAULT_PORT)

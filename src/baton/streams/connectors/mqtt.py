@@ -1,8 +1,10 @@
 """``mqtt://HOST:PORT/TOPIC``: MQTT 5 with QoS 1, via paho-mqtt 2.
 
-Source: engines of one ``--group`` share the input through an MQTT 5 shared subscription,
-``$share/GROUP/TOPIC``: the broker hands each message to one member (Mosquitto: in turn,
-at publish time). Each engine has its own persistent session (clean start off,
+Source: a subscription to the topic; with ``?shared=true``, engines of one ``--group``
+share the input through an MQTT 5 shared subscription, ``$share/GROUP/TOPIC``: the broker
+hands each message to one member (Mosquitto: in turn, at publish time). Opt-in, because
+Mosquitto before 2.0.19 forgets shared subscriptions on restart (below); without it each
+engine gets every message. Each engine has its own persistent session (clean start off,
 ``?session_expiry=`` seconds, default 7 days), under a client id made of the group, a
 digest of the topic, the host name and the pid (``?client_id=`` to choose it), so engines
 never take each other's session. Messages are acknowledged (PUBACK) only when the pipeline
@@ -45,8 +47,9 @@ Limits that come from MQTT and Mosquitto, not from this connector:
   it new messages are dropped), for ``session_expiry`` seconds. Size both for the longest
   outage you must survive; with N engines each session gets about 1/N of the messages.
 - Mosquitto before 2.0.19 does not keep shared subscriptions across its own restart (the
-  sessions and their messages, yes): what is published after the broker came back and
-  before the engines subscribed again (paho reconnects within 1 to 5 s) is dropped.
+  sessions and their messages, yes): with ``?shared=true``, what is published after the
+  broker came back and before the engines subscribed again (paho reconnects within 1 to
+  5 s) is dropped. A plain subscription, the default, it keeps.
 - After a reconnect that kept the session, the broker sends again every message it has had
   no PUBACK for, with the same packet id and the DUP flag: messages of the old connection
   not yet handed out are dropped here (their copies take their place), and the copies of
@@ -103,6 +106,7 @@ from baton.streams.security import PASSWORD_FROM, TLS_FILES
 #: The client library (module, package) and the ``?options`` this connector reads.
 CLIENT: tuple[str, str] | None = ("paho.mqtt", "paho-mqtt")
 OPTIONS: dict[str, OptionKind] = {"client_id": "text", "group": "text",
+                                   "shared": ("true", "false"),
                                    "session_expiry": "number", "receive_maximum": "number",
                                    "timeout": "number", **PASSWORD_FROM, **TLS_FILES}
 #: An adopted session is drained once nothing of it is waiting or unacknowledged and no
@@ -127,7 +131,11 @@ class MqttSource:
         self.url = url
         self.inbox: Inbox[Any] = Inbox()
         group = url.option("group", group)
-        self.share = f"$share/{safe_name(group)}/{url.name}"
+        # Opt-in: Mosquitto before 2.0.19 forgets shared subscriptions when it restarts, and
+        # drops what is published before the engines subscribe again (a plain subscription
+        # it keeps); one engine loses nothing without it.
+        self.share = f"$share/{safe_name(group)}/{url.name}" \
+            if url.option("shared", "false") == "true" else url.name
         self.notices = f"baton/orphans/{safe_name(group)[:40]}-{_digest(url)}"
         self.own_id = _client_id(url, group)
         self.session = self._session(self.own_id, adopted=False)
@@ -188,6 +196,10 @@ class MqttSource:
             if not (self.session.taken_over or self.session.client is None):
                 raise mqtt_error("receive", self.url, self.session.lost or "not connected")
             await self._recover()
+        elif not self.session.subscribed and not self.session.adopted:
+            # Reconnected, subscription not confirmed yet: say so (the binding shows it, and
+            # /v2/health/ready is 503) until the broker queues the input for this session.
+            raise mqtt_error("receive", self.url, "connected, not subscribed again yet")
         got = await self.inbox.take(max_records, timeout)
         for s, generation, m in got:
             with s.lock:  # a copy sent again after a reconnect is known by its packet id
