@@ -132,9 +132,17 @@ class CheckFigures:
 
 
 def read_check_report(path: Path, identity: Identity) -> CheckFigures:
+    return CheckFigures.from_report(read_report_data(path), path.name, identity)
+
+
+def read_report_data(path: Path) -> dict[str, Any]:
+    """A check report file's JSON object, or ``INVALID_CHECK_REPORT`` saying why not."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise DeployError(f"cannot read the check report {path}: {exc}",
                           code="INVALID_CHECK_REPORT", details={"report": str(path)}) from None
-    return CheckFigures.from_report(data, path.name, identity)
+    if not isinstance(data, dict):
+        raise DeployError(f"{path.name} is not a 'baton check' report",
+                          code="INVALID_CHECK_REPORT", details={"report": str(path)})
+    return data

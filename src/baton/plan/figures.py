@@ -7,12 +7,11 @@ the latency medians that the queueing model needs are added from the same report
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from baton.deploy.source import CheckFigures, DeployError, Identity
+from baton.deploy.source import CheckFigures, DeployError, Identity, read_report_data
 from baton.plan.model import ModelTimes
 
 if TYPE_CHECKING:
@@ -55,7 +54,7 @@ def plan_input(ref: str, check_report: Path | None, settings: Settings) -> PlanI
     identity = Identity(bundle.name, bundle.version, bundle.digest,
                         "the bundle's baton.toml and content digest")
     if check_report is not None:
-        data, where = _read(check_report), check_report.name
+        data, where = read_report_data(check_report), check_report.name
     else:
         from baton.check import run_check
 
@@ -67,15 +66,3 @@ def plan_input(ref: str, check_report: Path | None, settings: Settings) -> PlanI
     check = CheckFigures.from_report(data, where, identity)
     return PlanInput(identity, check, times_from_report(data, where),
                      bundle.manifest.serving.max_batch_rows, ref)
-
-
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise DeployError(f"cannot read the check report {path}: {exc}",
-                          code="INVALID_CHECK_REPORT", details={"report": str(path)}) from None
-    if not isinstance(data, dict):
-        raise DeployError(f"{path.name} is not a 'baton check' report",
-                          code="INVALID_CHECK_REPORT", details={"report": str(path)})
-    return data
