@@ -66,7 +66,10 @@ def test_a_hanging_webhook_does_not_hold_back_another_models_alert() -> None:
             assert (b.drift_alerts[0]["model"], b.drift_alerts[0]["feature"]) == ("b", "x")
             assert hook.received == [] and sender.queued == 1  # b's waits behind a's
             hook.release.set()
-            await until(lambda: len(hook.received) == 2, "both alerts delivered")
+            # the sender's own count: the webhook records b's post before the sender reads
+            # its answer, and leaving then would cancel a request in flight (its socket
+            # collected after the loop closed: an unraisable ResourceWarning in CI)
+            await until(lambda: sender.sent == 2, "both alerts delivered")
             assert [r["model"] for r in hook.received] == ["a", "b"]
 
     with running(Webhook(hold=True)) as hook:
@@ -111,7 +114,7 @@ def test_a_full_queue_drops_the_oldest_alert_and_counts_it() -> None:
             sender.submit({"n": n})
         assert (sender.queued, sender.dropped) == (2, 1)
         async with running_tasks(sender.run()):
-            await until(lambda: len(hook.received) == 2, "the queued alerts delivered")
+            await until(lambda: sender.sent == 2, "the queued alerts delivered")
         return sender
 
     with running(Webhook()) as hook:
