@@ -52,7 +52,9 @@ def wait_ready(port: int, container: str, deadline_s: float = 180) -> None:
                                         timeout=2) as reply:
                 if reply.status == 200:
                     return
-        except (OSError, urllib.error.URLError):
+        except urllib.error.HTTPError as exc:  # 503 while the model loads
+            exc.close()  # it holds the response's socket: unclosed, a ResourceWarning later
+        except OSError:
             pass
         state = podman("inspect", "--format", "{{.State.Running}}", container, check=False)
         if state.stdout.strip() != "true":

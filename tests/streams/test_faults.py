@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from baton.streams.base import redact_url
@@ -141,17 +142,21 @@ Engines = Callable[..., Server]
 @pytest.fixture
 def engines(bundle: Path, baton_env: dict[str, str]) -> Iterator[Engines]:
     """Factory: ``engines(input_url, output_url, dead_letter_url, group, sleep)`` starts a
-    ready `baton serve` bound to those streams; whatever is still running at the end of
-    the test (a failed one included) is killed by PID."""
+    ready `baton serve` bound to those streams (``broker_down=True``: only live, since an
+    engine that cannot reach its broker is not ready); whatever is still running at the end
+    of the test (a failed one included) is killed by PID."""
     started: list[Server] = []
 
     def start(inp: str, out: str, dead: str, group: str, sleep: float,
-              **env: str) -> Server:
+              broker_down: bool = False, **env: str) -> Server:
         server = Server([bundle], {**baton_env, "BATON_TEST_SLEEP": str(sleep), **env},
                         ["--input", inp, "--output", out, "--dead-letter", dead,
                          "--group", group, "--max-batch", str(MAX_BATCH)])
         started.append(server)
-        server.wait_ready()
+        if broker_down:
+            wait_until(lambda: _answers(server, "/v2/health/live"), "the engine live", server)
+        else:
+            server.wait_ready()
         return server
 
     yield start
@@ -159,6 +164,13 @@ def engines(bundle: Path, baton_env: dict[str, str]) -> Iterator[Engines]:
         if server.proc.poll() is None:
             sigkill(server)
         server.stop()
+
+
+def _answers(server: Server, path: str) -> bool:
+    try:
+        return server.client.get(path).status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 Tidy = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
@@ -374,7 +386,7 @@ def test_engine_started_while_its_broker_is_down_retries_with_backoff_then_consu
     port = free_port()  # Tansu starts here later
     kit = KafkaKit(port)
     streams = (kit.fresh(), kit.fresh(), kit.fresh())
-    server = engines(*urls(kit, streams), "late", sleep=0)
+    server = engines(*urls(kit, streams), "late", sleep=0, broker_down=True)
     tansu: Tansu | None = None
     try:
         wait_until(lambda: stream_stats(server)["retries"] >= 3, "three retries", server)
@@ -407,7 +419,7 @@ def test_engine_stuck_on_a_broker_that_is_down_stops_cleanly_when_asked(
     budget (2s here, while a backoff grows to 10s), and the engine exits 0."""
     kit = KafkaKit(free_port())  # nothing ever listens there
     server = engines(*urls(kit, (kit.fresh(), kit.fresh(), kit.fresh())), "stuck", sleep=0,
-                     BATON_DRAIN_TIMEOUT="2")
+                     broker_down=True, BATON_DRAIN_TIMEOUT="2")
     wait_until(lambda: stream_stats(server)["retries"] >= 5, "five retries", server)
     code = server.stop()
     log = Path(server.log.name).read_text()
