@@ -25,8 +25,8 @@ from baton.deploy.source import (
     DeployError,
     Identity,
     ImageInfo,
+    check_data,
     inspect_image,
-    read_check_report,
 )
 
 if TYPE_CHECKING:
@@ -61,8 +61,7 @@ def _from_bundle(ref: str, options: DeployOptions,
     from baton.serving.opening import open_local
 
     bundle = open_local(ref, settings)
-    identity = Identity(bundle.name, bundle.version, bundle.digest,
-                        "the bundle's baton.toml and content digest")
+    identity = Identity.of_bundle(bundle)
     if options.image:  # the image IT pulls from its own registry: nothing to inspect here
         return identity, ImageInfo(ref=options.image)
     from baton.image.build import default_tag
@@ -84,16 +83,9 @@ def _from_bundle(ref: str, options: DeployOptions,
 
 def _figures(ref: str, identity: Identity, options: DeployOptions,
              settings: Settings) -> CheckFigures:
-    if options.check_report is not None:
-        return read_check_report(options.check_report, identity)
-    if not Path(ref).exists():
+    if options.check_report is None and not Path(ref).exists():
         raise DeployError(f"no check report for image {ref}: pass --check-report FILE (the "
                           "'baton check' report of the bundle in the image)",
                           code="NO_CHECK_REPORT", details={"image": ref})
-    from baton.check import run_check
-
-    report = run_check(ref, settings)
-    if not report.passed:
-        raise DeployError(f"baton check failed at stage {report.failed_stage!r}: "
-                          f"{report.message}", code="CHECK_FAILED")
-    return CheckFigures.from_report(report.to_dict(), f"baton check {Path(ref).name}", identity)
+    data, where = check_data(ref, options.check_report, settings)
+    return CheckFigures.from_report(data, where, identity)

@@ -10,9 +10,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from baton.errors import BatonError
+
+if TYPE_CHECKING:
+    from baton.bundle.loader import Bundle
+    from baton.settings import Settings
 
 #: The labels a Baton image carries (src/baton/image/build.py): Baton's, then OCI's.
 NAME_LABELS = ("io.baton.bundle.name", "org.opencontainers.image.title")
@@ -42,6 +46,11 @@ class Identity:
     version: str
     digest: str
     source: str
+
+    @classmethod
+    def of_bundle(cls, bundle: Bundle) -> Identity:
+        return cls(bundle.name, bundle.version, bundle.digest,
+                   "the bundle's baton.toml and content digest")
 
 
 @dataclass(frozen=True)
@@ -131,8 +140,18 @@ class CheckFigures:
                    where)
 
 
-def read_check_report(path: Path, identity: Identity) -> CheckFigures:
-    return CheckFigures.from_report(read_report_data(path), path.name, identity)
+def check_data(ref: str, report: Path | None, settings: Settings) -> tuple[dict[str, Any], str]:
+    """The check report of the bundle at ``ref`` and where it came from: the file
+    ``report`` when given, else a ``baton check`` run now (refused when it fails)."""
+    if report is not None:
+        return read_report_data(report), report.name
+    from baton.check import run_check
+
+    result = run_check(ref, settings)
+    if not result.passed:
+        raise DeployError(f"baton check failed at stage {result.failed_stage!r}: "
+                          f"{result.message}", code="CHECK_FAILED")
+    return result.to_dict(), f"baton check {Path(ref).name}"
 
 
 def read_report_data(path: Path) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from baton.deploy.source import CheckFigures, DeployError, Identity, read_report_data
+from baton.deploy.source import CheckFigures, DeployError, Identity, check_data
 from baton.plan.model import ModelTimes
 
 if TYPE_CHECKING:
@@ -51,18 +51,8 @@ def plan_input(ref: str, check_report: Path | None, settings: Settings) -> PlanI
     from baton.serving.opening import open_local
 
     bundle = open_local(ref, settings)
-    identity = Identity(bundle.name, bundle.version, bundle.digest,
-                        "the bundle's baton.toml and content digest")
-    if check_report is not None:
-        data, where = read_report_data(check_report), check_report.name
-    else:
-        from baton.check import run_check
-
-        report = run_check(ref, settings)
-        if not report.passed:
-            raise DeployError(f"baton check failed at stage {report.failed_stage!r}: "
-                              f"{report.message}", code="CHECK_FAILED")
-        data, where = report.to_dict(), f"baton check {Path(ref).name}"
+    identity = Identity.of_bundle(bundle)
+    data, where = check_data(ref, check_report, settings)
     check = CheckFigures.from_report(data, where, identity)
     return PlanInput(identity, check, times_from_report(data, where),
                      bundle.manifest.serving.max_batch_rows, ref)
