@@ -27,6 +27,8 @@ import signal
 import time
 from pathlib import Path
 
+import psutil
+
 from baton.errors import WorkerError
 from baton.runtime.isolation import Isolation
 
@@ -183,7 +185,7 @@ def _own_folder(parent: Path) -> Path:
     if folder not in _OWN:
         for stale in parent.glob("baton-*"):
             pid = stale.name.removeprefix("baton-")
-            if pid.isdigit() and not _alive(int(pid)):
+            if pid.isdigit() and not psutil.pid_exists(int(pid)):
                 _remove_tree(stale)
         folder.mkdir(exist_ok=True)
         if not _OWN:
@@ -195,16 +197,6 @@ def _own_folder(parent: Path) -> Path:
 def _remove_own() -> None:
     for folder in _OWN:
         _remove_tree(folder)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _remove_tree(folder: Path) -> None:

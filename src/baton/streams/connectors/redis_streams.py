@@ -38,6 +38,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import psutil
+
 from baton.streams.base import Message, OptionKind, OutRecord, StreamError, StreamURL
 from baton.streams.connectors._support import explain, probe
 from baton.streams.security import PASSWORD_FROM, TLS_FILES
@@ -125,7 +127,7 @@ class RedisSource:
             name = name.decode() if isinstance(name, bytes) else str(name)
             pid = name.removeprefix(prefix)
             if name == self.consumer or not name.startswith(prefix) or not pid.isdigit() \
-                    or _alive(int(pid)):
+                    or psutil.pid_exists(int(pid)):
                 continue
             while True:
                 page = await self.redis.xpending_range(self.stream, self.group, min="-",
@@ -238,16 +240,6 @@ class RedisSource:
         self._held.clear()  # what was handed out is abandoned: pending, for the next open
         if client is not None:
             await client.aclose()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: alive
-        return True
-    return True
 
 
 #: XADD every (key, value) pair of ARGV to KEYS[1], in order; answers the count.
