@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import platform
+import socket
 import subprocess
 import sys
 import time
@@ -43,6 +44,12 @@ def source_state() -> dict[str, Any]:
     dirty = [line[3:] for line in git("status", "--porcelain", "--", "src",
                                       "pyproject.toml").splitlines()]
     return {"commit": git("rev-parse", "HEAD"), "uncommitted_changes": dirty}
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def _busy(t: Any) -> float:

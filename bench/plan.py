@@ -28,7 +28,6 @@ import collections
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -39,7 +38,7 @@ from typing import Any
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import set_autogroup_nice  # noqa: E402
+from benchlib import _busy, free_port, set_autogroup_nice  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "examples" / "penguins" / "bundle"
@@ -77,12 +76,6 @@ def run_reniced(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[st
     if proc.returncode:
         sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err}")
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def request_bytes(port: int) -> bytes:
@@ -233,8 +226,7 @@ def plan(check: Path, rps: float, p99: float, front_us: float) -> dict[str, Any]
 
 
 def _busy_cores() -> float:
-    t = psutil.cpu_times()
-    return float(t.user + t.nice + t.system + getattr(t, "irq", 0) + getattr(t, "softirq", 0))
+    return float(_busy(psutil.cpu_times()))
 
 
 def _tree_cpu(pid: int) -> float:

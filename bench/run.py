@@ -17,7 +17,6 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,7 +30,14 @@ import orjson
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import _busy, machine, set_autogroup_nice, source_state, wait_for_quiet  # noqa: E402
+from benchlib import (  # noqa: E402
+    _busy,
+    free_port,
+    machine,
+    set_autogroup_nice,
+    source_state,
+    wait_for_quiet,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -188,12 +194,6 @@ def check_answer(status: int, raw: bytes, expected: np.ndarray) -> str | None:
 
 
 # -- servers ----------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 class Server:
     """A system under test: its own process group, logs to a file, stopped by PID."""
