@@ -75,6 +75,14 @@ def remove_image(image_id: str) -> None:
     podman("rmi", "--force", image_id, check=False)
 
 
+def assert_running(container: str) -> None:
+    """Fail with the container's logs if it has stopped (a wait need not run on)."""
+    state = podman("inspect", "--format", "{{.State.Running}}", container, check=False)
+    if state.stdout.strip() != "true":
+        logs = podman("logs", container, check=False)
+        raise AssertionError(f"the container stopped: {logs.stdout}{logs.stderr}")
+
+
 def labels(ref: str) -> dict[str, str]:
     config = json.loads(podman("image", "inspect", ref).stdout)[0]
     return dict(config["Labels"] or {})

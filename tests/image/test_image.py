@@ -26,7 +26,7 @@ from baton.image.layout import BUNDLE as IMAGE_BUNDLE
 from baton.settings import Settings
 
 from ..conftest import free_port
-from .conftest import BUNDLE, labels, podman, remove_image
+from .conftest import BUNDLE, assert_running, labels, podman, remove_image
 
 # A first build under load takes minutes (base, wheelhouses, layers): past the 300 s default.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -56,10 +56,7 @@ def wait_ready(port: int, container: str, deadline_s: float = 180) -> None:
             exc.close()  # it holds the response's socket: unclosed, a ResourceWarning later
         except OSError:
             pass
-        state = podman("inspect", "--format", "{{.State.Running}}", container, check=False)
-        if state.stdout.strip() != "true":
-            logs = podman("logs", container, check=False)
-            raise AssertionError(f"the container stopped: {logs.stdout}{logs.stderr}")
+        assert_running(container)
         time.sleep(0.2)
     raise AssertionError(f"not ready within {deadline_s}s: {podman('logs', container).stderr}")
 

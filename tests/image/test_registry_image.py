@@ -22,7 +22,7 @@ from baton.settings import Settings
 from tests.conftest import free_port
 from tests.serving.test_registry_serving import Registry, running_registry, scorer
 
-from .conftest import labels, podman, remove_image
+from .conftest import assert_running, labels, podman, remove_image
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 LOCKED_DOWN = ("--read-only", "--cap-drop", "all", "--security-opt", "no-new-privileges")
@@ -76,10 +76,7 @@ def wait_for_version(port: int, token: str, version: str, container: str,
     while time.monotonic() < deadline:
         if answer(port, token) == version:
             return
-        state = podman("inspect", "--format", "{{.State.Running}}", container, check=False)
-        if state.stdout.strip() != "true":
-            logs = podman("logs", container, check=False)
-            raise AssertionError(f"the container stopped: {logs.stdout}{logs.stderr}")
+        assert_running(container)
         time.sleep(0.2)
     logs = podman("logs", "--tail", "40", container, check=False)
     raise AssertionError(f"not serving {version} within {deadline_s}s: {logs.stderr}")
