@@ -109,6 +109,12 @@ def _outermost(paths: list[Path]) -> list[Path]:
     return kept
 
 
+def returncode(code: int | None) -> int | None:
+    """The model process's exit status as Python reports a child's: bwrap passes on its
+    child's death by signal N as 128 + N, which becomes -N (an outside SIGKILL stays one)."""
+    return 128 - code if code is not None and 128 < code < 160 else code
+
+
 def processes(pid: int, runner: Path) -> tuple[list[int], int]:
     """Every process of the worker started as ``pid`` (bwrap and what it started, or just
     the runner), and the one running ``runner``: the model's process."""

@@ -322,8 +322,8 @@ class Worker:
 
     def _on_exit(self) -> None:
         code = self._transport.get_returncode() if self._transport else None
-        if self.spec.isolation.sandboxed and code is not None and 128 < code < 160:
-            code = 128 - code  # bwrap passes on its child's death by signal N as 128 + N
+        if self.spec.isolation.sandboxed:
+            code = sandbox.returncode(code)
         self.returncode = code
         hit = self.limits.hit() if self.limits is not None else None
         if hit:
