@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import Server
 from tests.streams.brokers import PrivateRedis
-from tests.streams.test_faults import bundle, wait_until  # noqa: F401  (fixture)
+from tests.streams.engines import wait_until
 
 
 @pytest.fixture
@@ -24,7 +24,7 @@ def redis_later(tmp_path: Path) -> Iterator[PrivateRedis]:
 
 
 def test_an_engine_whose_broker_is_unreachable_is_not_ready_until_it_answers(
-        bundle: Path, baton_env: dict[str, str], redis_later: PrivateRedis) -> None:  # noqa: F811
+        bundle: Path, baton_env: dict[str, str], redis_later: PrivateRedis) -> None:
     url = f"redis://127.0.0.1:{redis_later.port}"
     server = Server([bundle], baton_env, ["--input", f"{url}/in", "--output", f"{url}/out",
                                           "--dead-letter", f"{url}/dead"])

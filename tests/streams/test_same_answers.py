@@ -15,8 +15,8 @@ from tests.conftest import Server
 from tests.differential import Packaged, package_all, sample_records
 from tests.streams.brokers import Tansu
 from tests.streams.conftest import BROKERS, Aio, make_kit
+from tests.streams.engines import Outcome
 from tests.streams.kits import suffix
-from tests.streams.test_faults import Outcome
 from tests.test_paths import Verdict, _agree, via_v1
 
 MODEL = "native"  # categories read natively: the model the old bug broke

@@ -15,22 +15,19 @@ import pytest
 from tests.conftest import Server
 from tests.streams.brokers import Tansu
 from tests.streams.conftest import Aio, make_kit
-from tests.streams.kits import RedisKit, suffix
-from tests.streams.test_faults import (
+from tests.streams.engines import (
     WINDOW,
     Engines,
     Outcome,
     Tidy,
-    bundle,  # noqa: F401  (fixture)
     check_complete,
-    engines,  # noqa: F401  (fixture)
     make_inputs,
     sigkill,
     stream_stats,
-    tidy,  # noqa: F401  (fixture)
     urls,
     wait_until,
 )
+from tests.streams.kits import RedisKit, suffix
 
 #: Brokers whose consumers share one input; each scheme's connector documents how.
 #: MQTT is left out for now: its three-engine run failed once in a clean-clone suite (one
@@ -50,8 +47,8 @@ def consumed(server: Server) -> int:
 
 @pytest.mark.parametrize("scheme", SHARED)
 def test_three_engines_share_one_input_and_the_survivors_finish_a_dead_ones_share(
-        scheme: str, tmp_path: Path, tansu: Tansu, aio: Aio, engines: Engines,  # noqa: F811
-        tidy: Tidy) -> None:  # noqa: F811
+        scheme: str, tmp_path: Path, tansu: Tansu, aio: Aio, engines: Engines,
+        tidy: Tidy) -> None:
     kit = make_kit(scheme, tmp_path, tansu)
     tidy(kit.cleanup)
     n = 1500
@@ -95,8 +92,8 @@ def test_three_engines_share_one_input_and_the_survivors_finish_a_dead_ones_shar
 
 
 def test_a_redis_engine_restarted_on_its_host_takes_over_what_it_held_at_once(
-        tmp_path: Path, tansu: Tansu, aio: Aio, engines: Engines,  # noqa: F811
-        tidy: Tidy) -> None:  # noqa: F811
+        tmp_path: Path, tansu: Tansu, aio: Aio, engines: Engines,
+        tidy: Tidy) -> None:
     """Each engine is its own consumer (GROUP-HOST-PID); one restarted on the same host
     takes its dead predecessor's pending entries over on open (not after ?claim_idle=, a
     minute by default) and removes that consumer from the group."""
