@@ -16,7 +16,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "baton"
 #: The foundation: every layer may use these, and they use none of the upper ones.
 LOWER = ("errors", "batch", "settings", "contract", "runtime", "bundle", "backoff")
 UPPER = ("serving", "server", "cli", "monitor", "registry", "streams", "dashboard", "check",
-         "scoring", "image", "deploy", "report", "plan")
+         "scoring", "image", "deploy", "report", "plan", "cluster")
 
 #: layer -> the layers it must never import.
 FORBIDDEN: dict[str, tuple[str, ...]] = {
