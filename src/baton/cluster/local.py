@@ -80,7 +80,7 @@ class LocalCluster:
                                                         f"--ray-client-server-port="
                                                         f"{self.base + 1}"]))
         self.wait_for_nodes(1, timeout)
-        for i in range(1, workers + 1):
+        for _ in range(workers):
             self.add_node(timeout)
         return self
 
