@@ -20,7 +20,8 @@ from baton.errors import BatonError
 
 if TYPE_CHECKING:  # imported inside the command: `baton --help` stays instant
     from baton.bundle.loader import Bundle
-    from baton.scoring.job import Progress, ScoreJob, ScoreSpec, ScoreSummary
+    from baton.cluster.score import ClusterModel, RayOptions
+    from baton.scoring.job import Progress, ScoreJob, ScoreSpec, ScoreSummary, ScoringModel
     from baton.serving.service import ModelService
     from baton.settings import Settings
 
@@ -60,21 +61,37 @@ FORMAT_CHOICES = ("csv", "jsonl", "parquet")
               "none besides the empty cell).",
               show_default="pandas' read_csv ones: NA, N/A, NULL, null, NaN, nan, None, #N/A, "
               "<NA>, ...")
+@click.option("--ray", "ray_address", metavar="ADDRESS",
+              help="Score on the Ray cluster at ADDRESS (its head's HOST:PORT): this process "
+              "reads, checks and writes as without it; actors on the nodes run the model, "
+              "each with --workers worker processes (docs/scale.md).")
+@click.option("--ray-actors", type=click.IntRange(min=1),
+              help="With --ray: actors running the model, spread round the nodes.",
+              show_default="one per node with CPUs")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
 @with_env_options
 @errors_to_exit
 def score(bundle: str, input_path: Path, output_path: Path, dead_letter: Path | None,
           id_column: str | None, chunk_rows: int | None, workers: int | None, fmt: str | None,
           timeout: float | None, registry_url: str | None, report: Path | None,
-          null_values: str | None, quiet: bool, wheelhouse: Path | None,
-          offline: bool | None) -> None:
+          null_values: str | None, ray_address: str | None, ray_actors: int | None,
+          quiet: bool, wheelhouse: Path | None, offline: bool | None) -> None:
     """Score the rows of a file with BUNDLE (a folder, an archive or, with --registry,
     NAME@VERSION). Rows that fail go to the dead-letter file and the job goes on; it exits 0
     once every row is either scored or dead-lettered."""
     started = time.perf_counter()
+    from baton.cluster.score import RayOptions
+    from baton.errors import SettingsError
     from baton.scoring.base import file_format
     from baton.scoring.columns import NULL_TOKENS
     from baton.scoring.job import ScoreSpec
+
+    cluster = None if ray_address is None else RayOptions(ray_address, ray_actors)
+    if cluster is None and ray_actors is not None:
+        raise SettingsError("--ray-actors needs --ray ADDRESS")
+    if cluster is not None and registry_url is not None:
+        raise SettingsError("--registry and --ray do not go together yet: `baton pull "
+                            "NAME@VERSION` first, then score the archive it writes with --ray")
 
     in_fmt = file_format(input_path, fmt)
     dead_path = dead_letter or output_path.with_name(
@@ -87,20 +104,30 @@ def score(bundle: str, input_path: Path, output_path: Path, dead_letter: Path | 
     settings: Settings = _settings(workers=workers, wheelhouse=wheelhouse, offline=offline)
     _quiet_logs(quiet)
     _lean_process()
-    svc, job = _prepare(bundle, registry_url, settings, spec, quiet)
+    svc: ScoringModel
+    model: ClusterModel | None = None
+    if cluster is None:
+        svc, job = _prepare(bundle, registry_url, settings, spec, quiet)
+    else:
+        model, job = _prepare_cluster(bundle, settings, spec, cluster, quiet)
+        svc = model
     try:
         summary = _run(job, svc, started, quiet)
     except KeyboardInterrupt:
         raise click.Abort() from None
+    where = None if model is None else _cluster_summary(summary, model)
+    body = summary.to_dict() if where is None else {**summary.to_dict(), "cluster": where}
     if report is not None:
         try:
             report.parent.mkdir(parents=True, exist_ok=True)
-            report.write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
+            report.write_text(json.dumps(body, indent=2) + "\n")
         except OSError as exc:
             raise BatonError(f"scored, but cannot write the report {report}: {exc}",
                              code="REPORT_NOT_WRITTEN") from None
     if not quiet:
         _print_summary(summary)
+        if where is not None:
+            _print_cluster(where)
 
 
 def _distinct(*paths: Path) -> None:
@@ -172,11 +199,52 @@ def _prepare(ref: str, registry_url: str | None, settings: Settings, spec: Score
     return svc, job
 
 
+def _prepare_cluster(ref: str, settings: Settings, spec: ScoreSpec, options: RayOptions,
+                     quiet: bool) -> tuple[ClusterModel, ScoreJob]:
+    """The cluster's actors (not started) and the opened job: the input is opened and the
+    bundle verified before the cluster is reached."""
+    from baton.cluster.score import cluster_model
+    from baton.scoring.job import ScoreJob
+    from baton.serving.opening import open_local
+
+    bundle = open_local(ref, settings)
+    job = ScoreJob(spec, bundle.manifest.contract)
+    job.open(_identity(bundle))
+    try:
+        model = cluster_model(ref, bundle, settings, options)
+    except BaseException:
+        job.close(publish=False)
+        raise
+    if not quiet:
+        click.echo(f"{bundle.name} {bundle.version} {bundle.digest[:19]}…  on the Ray cluster "
+                   f"at {options.address}: starting the actors", err=True)
+    return model, job
+
+
+def _cluster_summary(s: ScoreSummary, model: ClusterModel) -> dict[str, object]:
+    """Where the job ran: the actors, their nodes and rows; memory of the whole job."""
+    actors = model.cluster.describe()
+    actor_mb = sum(a["peak_rss_mb"].get("actor", 0.0) for a in actors)
+    worker_mb = sum(a["peak_rss_mb"].get("workers", 0.0) for a in actors)
+    s.peak_rss_mb.update(actors=round(actor_mb, 1), workers=round(worker_mb, 1),
+                         total=round(s.peak_rss_mb.get("baton", 0.0) + actor_mb + worker_mb, 1))
+    return {"address": model.cluster.options.address, "nodes": len({a["node"] for a in actors}),
+            "actors": actors}
+
+
+def _print_cluster(c: dict[str, object]) -> None:
+    actors = c["actors"]
+    assert isinstance(actors, list)
+    shares = ", ".join(f"{a['host']}/{str(a['node'])[:8]} {a['rows']:,} rows "
+                       f"({a['workers']} worker(s), environment {a['env']})" for a in actors)
+    click.echo(f"on {c['nodes']} node(s), {len(actors)} actor(s): {shares}")
+
+
 def _identity(bundle: Bundle) -> dict[str, str]:
     return {"name": bundle.name, "version": bundle.version, "digest": bundle.digest}
 
 
-def _run(job: ScoreJob, svc: ModelService, started: float, quiet: bool) -> ScoreSummary:
+def _run(job: ScoreJob, svc: ScoringModel, started: float, quiet: bool) -> ScoreSummary:
     try:
         import uvloop
 
@@ -234,5 +302,6 @@ def _print_summary(s: ScoreSummary) -> None:
     else:
         click.echo("dead-lettered 0 rows")
     m = s.peak_rss_mb
+    actors = f"actors {m['actors']:,.0f} + " if "actors" in m else ""  # --ray
     click.echo(f"peak memory {m.get('total', 0):,.0f} MiB (baton {m.get('baton', 0):,.0f} + "
-               f"{s.workers} worker(s) {m.get('workers', 0):,.0f})")
+               f"{actors}{s.workers} worker(s) {m.get('workers', 0):,.0f})")
