@@ -26,6 +26,8 @@ from baton.errors import BatonError
 _PORTS = ("node-manager-port", "object-manager-port", "dashboard-agent-grpc-port",
           "dashboard-agent-listen-port", "metrics-export-port", "runtime-env-agent-port")
 PORTS_PER_NODE = 1000
+#: What ``ray start`` prints once its node has joined the cluster.
+_STARTED = "Ray runtime started"
 #: Worker processes of a node listen in the upper part of its block.
 _WORKER_PORTS = (100, PORTS_PER_NODE - 1)
 
@@ -78,7 +80,8 @@ class LocalCluster:
         self.nodes.append(self._start_node("head", 0, ["--head", f"--port={self.base}",
                                                         "--include-dashboard=false",
                                                         f"--ray-client-server-port="
-                                                        f"{self.base + 1}"]))
+                                                        f"{self.base + 1}",
+                                                        f"--dashboard-port={self.base + 2}"]))
         self.wait_for_nodes(1, timeout)
         for _ in range(workers):
             self.add_node(timeout)
@@ -89,7 +92,7 @@ class LocalCluster:
         i = len(self.nodes)
         node = self._start_node(f"worker{i}", i, [f"--address={self.address}"])
         self.nodes.append(node)
-        self.wait_for_nodes(len([n for n in self.nodes if n.proc.poll() is None]), timeout)
+        self.wait_for_nodes(len(self.nodes), timeout)
         return node
 
     def _start_node(self, name: str, index: int, extra: list[str]) -> Node:
@@ -106,34 +109,24 @@ class LocalCluster:
                f"--max-worker-port={base + high}",
                f"--temp-dir={self.root / 'ray'}" if index == 0 else "",
                *ports, *extra]
-        with log.open("ab") as out:
+        with log.open("wb") as out:
             proc = subprocess.Popen([c for c in cmd if c], stdout=out, stderr=subprocess.STDOUT,
                                     env=ray_environment(), start_new_session=True)
         return Node(name, proc, log)
 
-    def alive_nodes(self) -> int:
-        """How many nodes the head counts as alive (``ray list nodes``' view, via ``ray
-        status``' machine-readable summary)."""
-        ray = Path(sys.executable).parent / "ray"
-        out = subprocess.run([str(ray if ray.exists() else "ray"), "status",
-                              f"--address={self.address}"], capture_output=True, text=True,
-                             env=ray_environment(), timeout=60)
-        if out.returncode != 0:
-            return 0
-        text = out.stdout
-        active = text.split("Active:", 1)[-1].split("Pending:", 1)[0]
-        return sum(1 for line in active.splitlines() if "node_" in line)
-
     def wait_for_nodes(self, count: int, timeout: float) -> None:
+        """Wait until the first ``count`` nodes have said they started (``ray start`` says
+        so once the node has joined the head)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             dead = [n for n in self.nodes if n.proc.poll() is not None]
             if dead:
                 raise BatonError(f"Ray node {dead[0].name} exited: see {dead[0].log}",
                                  code="RAY_START_FAILED")
-            if self.alive_nodes() >= count:
+            if all(_STARTED in n.log.read_text(errors="replace")
+                   for n in self.nodes[:count]):
                 return
-            time.sleep(0.5)
+            time.sleep(0.2)
         raise BatonError(f"the local Ray cluster did not reach {count} node(s) in "
                          f"{timeout:.0f} s (see {self.root})", code="RAY_START_FAILED")
 

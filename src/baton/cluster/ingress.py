@@ -1,0 +1,170 @@
+"""The cluster's HTTP front: Ray Serve's proxies hand every request to an ingress replica,
+which authenticates it and forwards it whole to a replica of the model it names.
+
+Model routes (``/v2/models/NAME/...``, ``/v1/models/NAME/...``) and ``/v2`` are answered by a
+model replica's own engine, so they are byte for byte what one machine answers. The ingress
+answers what concerns the whole cluster: liveness, readiness (every model has a replica that
+serves), the list of models, and ``/v1/cluster`` (every replica, its node and its state).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from baton.errors import BatonError, ModelNotFound, PayloadTooLarge, RouteNotFound
+from baton.server.app import error_reply
+from baton.server.auth import CHALLENGE, Guard
+from baton.server.routes import Reply
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+    from baton.server.tokens import TokenFile
+
+log = logging.getLogger("baton.cluster")
+
+#: Seconds the ingress waits for a model's replica to say it is ready.
+READY_TIMEOUT = 5.0
+#: Paths one machine serves but a cluster answers elsewhere (said in the 404).
+ELSEWHERE = {"/metrics": "each replica's figures are in /v1/cluster; Ray exports its own "
+                         "metrics per node",
+             "/v1/stats": "per replica in /v1/cluster",
+             "/openapi.json": "ask one engine, or see docs/openapi.json"}
+
+
+class Ingress:
+    """The ingress deployment's class: ``models`` maps each model's name to the handle of
+    its deployment."""
+
+    def __init__(self, models: dict[str, Any], tokens: TokenFile | None,
+                 max_body_bytes: int, app_name: str) -> None:
+        self.models = models
+        self.guard = Guard(tokens.load(), None) if tokens is not None else None
+        self.max_body_bytes = max_body_bytes
+        self.app_name = app_name
+
+    async def __call__(self, request: Request) -> Response:
+        from starlette.responses import Response
+
+        try:
+            reply = await self._answer(request)
+        except BatonError as err:
+            reply = error_reply(err, CHALLENGE if err.http_status == 401 else ())
+        except Exception:
+            log.exception("ingress: %s %s", request.method, request.url.path)
+            reply = Reply(500, b'{"error":"internal error","code":"INTERNAL"}')
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in reply.headers}
+        return Response(reply.body, reply.status, headers,
+                        media_type=reply.content_type.decode())
+
+    async def _answer(self, request: Request) -> Reply:
+        scope = request.scope
+        if self.guard is not None:
+            await self.guard.admit(dict(scope))
+        path = scope["path"].rstrip("/") or "/"
+        parts = path.split("/")
+        if path == "/v2/health/live":
+            return _json(200, {"live": True})
+        if path == "/v2/health/ready":
+            return await self._ready()
+        if path == "/v1/cluster":
+            return _json(200, await self.describe())
+        if path in ("/v1/models", "/v2/models"):
+            return _json(200, {"models": await self._list()})
+        if len(parts) >= 4 and parts[1] in ("v1", "v2") and parts[2] == "models":
+            handle = self.models.get(parts[3])
+            if handle is None:
+                raise ModelNotFound(f"no model named {parts[3]!r} is served here "
+                                    f"(serving: {', '.join(sorted(self.models))})")
+            return await self._forward(handle, request, path)
+        if path == "/v2" and self.models:
+            return await self._forward(next(iter(self.models.values())), request, path)
+        where = ELSEWHERE.get(path)
+        raise RouteNotFound(f"no route {request.method} {path} on a cluster"
+                            + (f": {where}" if where else ""))
+
+    async def _forward(self, handle: Any, request: Request, path: str) -> Reply:
+        body = await _read(request, self.max_body_bytes)
+        scope = request.scope
+        status, headers, out = await handle.handle.remote(
+            (scope["method"], path, scope.get("query_string", b""),
+             list(scope["headers"]), body))
+        ctype = next((v for k, v in headers if k == b"content-type"), b"application/json")
+        rest = tuple((k, v) for k, v in headers if k not in (b"content-type",
+                                                              b"content-length"))
+        return Reply(status, out, ctype, rest)
+
+    async def _ready(self) -> Reply:
+        async def one(name: str, handle: Any) -> tuple[str, bool]:
+            try:
+                return name, bool(await asyncio.wait_for(handle.ready.remote(),
+                                                         READY_TIMEOUT))
+            except Exception:  # no replica answered in time: not ready, whatever the cause
+                return name, False
+        answers = await asyncio.gather(*(one(n, h) for n, h in self.models.items()))
+        waiting = sorted(n for n, ok in answers if not ok)
+        if waiting:
+            return _json(503, {"ready": False, "error": f"no ready replica of "
+                               f"{', '.join(waiting)}", "code": "NOT_READY",
+                               "models": waiting})
+        return _json(200, {"ready": True})
+
+    async def _list(self) -> list[dict[str, Any]]:
+        async def one(handle: Any) -> dict[str, Any]:
+            item: dict[str, Any] = await handle.describe.remote()
+            return {k: item[k] for k in ("model", "version", "digest", "ready")}
+        return list(await asyncio.gather(*(one(h) for h in self.models.values())))
+
+    async def describe(self) -> dict[str, Any]:
+        """Every replica of this application, by deployment, with its node."""
+        details = await asyncio.to_thread(_serve_details)
+        app = details.get("applications", {}).get(self.app_name, {})
+        deployments = {}
+        for name, dep in app.get("deployments", {}).items():
+            replicas = [{"replica": r.get("replica_id"), "state": r.get("state"),
+                         "node": r.get("node_id"), "node_ip": r.get("node_ip"),
+                         "pid": r.get("pid"), "since": r.get("start_time_s")}
+                        for r in dep.get("replicas", [])]
+            deployments[name] = {"status": dep.get("status"), "message": dep.get("message"),
+                                 "replicas": replicas}
+        nodes = sorted({r["node"] for d in deployments.values() for r in d["replicas"]
+                        if r["node"]})
+        return {"application": self.app_name, "status": app.get("status"),
+                "models": sorted(self.models), "deployments": deployments, "nodes": nodes,
+                "at": time.time()}
+
+
+def _serve_details() -> dict[str, Any]:
+    """Ray Serve's controller's view of every application, deployment and replica."""
+    from ray.serve.context import _get_global_client
+
+    client = _get_global_client()
+    if client is None:
+        raise BatonError("Ray Serve's controller is not reachable", code="CLUSTER_UNREACHABLE")
+    details: dict[str, Any] = client.get_serve_details()
+    return details
+
+
+async def _read(request: Request, limit: int) -> bytes:
+    size = int(request.headers.get("content-length") or 0)
+    if size > limit:
+        raise PayloadTooLarge(f"the body is {size} bytes; at most {limit} are accepted",
+                              details={"limit": limit})
+    chunks, total = [], 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise PayloadTooLarge(f"the body is over {limit} bytes",
+                                  details={"limit": limit})
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _json(status: int, body: dict[str, Any]) -> Reply:
+    return Reply(status, orjson.dumps(body))
