@@ -224,6 +224,7 @@ def _prepare_cluster(ref: str, settings: Settings, spec: ScoreSpec, options: Ray
 def _cluster_summary(s: ScoreSummary, model: ClusterModel) -> dict[str, object]:
     """Where the job ran: the actors, their nodes and rows; memory of the whole job."""
     actors = model.cluster.describe()
+    s.workers = model.cluster.workers_total  # the job's window, pool.size, holds more
     actor_mb = sum(a["peak_rss_mb"].get("actor", 0.0) for a in actors)
     worker_mb = sum(a["peak_rss_mb"].get("workers", 0.0) for a in actors)
     s.peak_rss_mb.update(actors=round(actor_mb, 1), workers=round(worker_mb, 1),

@@ -171,7 +171,7 @@ class _Actor:
 
 class ClusterPool:
     """The actors, in the place of a local job's worker pool: :class:`ScoreJob` sizes its
-    window by ``size`` (every actor's workers together), sets ``timeout`` and
+    window (chunks in flight) by ``size``, sets ``timeout`` and
     ``max_queue_rows`` before ``start`` (forwarded to each node's pool), and closes it."""
 
     def __init__(self, shipment: Shipment, settings: Settings, options: RayOptions, *,
@@ -209,7 +209,14 @@ class ClusterPool:
             raise failed[0]
         for actor, info in zip(self.actors, infos, strict=True):
             actor.info = cast(dict[str, Any], info)
-        self.size = sum(int(a.info["workers"]) for a in self.actors)
+        # One chunk more per actor than it has workers: it waits in the node's pool while
+        # finished chunks travel back, so no worker idles for a round trip.
+        self.size = self.workers_total + len(self.actors)
+
+    @property
+    def workers_total(self) -> int:
+        """Worker processes of every actor together."""
+        return sum(int(a.info.get("workers", 0)) for a in self.actors)
 
     async def predict(self, batch: Batch) -> Batch:
         from ray.exceptions import RayActorError
