@@ -1,7 +1,7 @@
 """Batch scoring on a Ray cluster: ``baton score --ray`` on one node and on two, against local
 ``baton score``, on the same file, in one run.
 
-``.venv/bin/python bench/cluster_score.py`` (about 5 minutes on 2 cores):
+``.venv/bin/python bench/cluster_score.py`` (about 2 minutes on 2 cores):
 
 1. generates a penguins-like CSV (``--rows``, default 5,000,000; fixed seed; the example
    bundle's seven input fields, 1 row in 10,000 with an island the contract does not know,
