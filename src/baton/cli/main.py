@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from baton import __version__
+from baton.cli.cluster import with_cluster_options
 from baton.errors import BatonError, BundleError
 
 if TYPE_CHECKING:
@@ -215,6 +216,7 @@ def check(bundle: Path, report: Path, iterations: int, wheelhouse: Path | None,
               help="Require client certificates signed by this CA (PEM).")
 @click.option("--metrics-port", type=int, help="Also serve /metrics, without authentication, "
               "on this port (for Prometheus).")
+@with_cluster_options
 @with_env_options
 @errors_to_exit
 def serve(bundles: tuple[str, ...], registry_url: str | None, stage: str, poll: float,
@@ -223,10 +225,17 @@ def serve(bundles: tuple[str, ...], registry_url: str | None, stage: str, poll: 
           max_batch: int, deployment: Path | None, labels_url: str | None,
           **options: Any) -> None:
     """Serve BUNDLES (folders, archives, or registry refs), each in its own environment."""
+    from baton.cli.cluster import pop_cluster_options, serve_on_ray
     from baton.cli.serve import engine_spec, run_server
 
     if not bundles and not registry_url and deployment is None:
         raise click.UsageError("give one or more BUNDLES, --deployment FILE, or --registry URL")
+    cluster = pop_cluster_options(options)
+    if cluster["ray_address"]:
+        given = {"registry_url": registry_url, "canary": canary, "shadow": shadow,
+                 "input_url": input_url, "labels_url": labels_url, **options}
+        serve_on_ray(bundles, deployment, cluster, given, lambda: _settings(**options))
+        return
     settings = _settings(**options)
     spec = engine_spec(bundles, registry_url, stage, poll, canary, shadow, input_url,
                        output_url, dead_letter_url, group, max_batch, deployment, labels_url)

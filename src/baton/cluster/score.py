@@ -57,9 +57,6 @@ _ERRORS: dict[str, type[BatonError]] = {c.__name__: c for c in (
     ModelError, WorkerError, WorkerCrashed, WorkerLimitExceeded, WorkerTimeout, ModelLoadError,
     ModelNotReady, PayloadTooLarge, EnvironmentBuildError, BundleError, DigestMismatchError,
     ManifestError)}
-#: Seconds to reach the cluster's address before saying it is not there (Ray itself retries
-#: for minutes).
-CONNECT_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
@@ -286,31 +283,13 @@ def cluster_model(ref: str, bundle: Bundle, settings: Settings,
     from baton.serving.defaults import default_timeout
 
     shipment = ship(ref, settings)
+    from baton.cluster.serve import connect
+
     connect(options.address)
     m = bundle.manifest
     timeout = settings.timeout or m.serving.timeout or default_timeout(bundle)[0]
     return ClusterModel(ClusterPool(shipment, settings, options, timeout=timeout,
                                     max_batch_rows=m.serving.max_batch_rows))
-
-
-def connect(address: str) -> None:
-    """Join the cluster at ``address``: a clear error at once when nothing listens there."""
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        raise BatonError("Ray is not installed: pip install 'baton[ray]'",
-                         code="RAY_MISSING") from None
-    host, _, port = address.rpartition(":")
-    if host and port.isdigit() and "://" not in address:
-        try:
-            socket.create_connection((host, int(port)), CONNECT_TIMEOUT).close()
-        except OSError as exc:
-            raise BatonError(f"no Ray cluster at {address}: {exc.strerror or exc} (start one "
-                             "with `ray start --head`, or give its head's HOST:PORT)",
-                             code="RAY_UNREACHABLE") from None
-    from baton.cluster.serve import connect as join
-
-    join(address)
 
 
 def _cpu_nodes() -> list[str]:

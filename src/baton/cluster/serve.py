@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -122,6 +123,7 @@ def connect(address: str) -> None:
                          code="RAY_MISSING") from None
     if ray.is_initialized():
         return
+    _reachable(address)  # Ray itself would retry an unreachable head for minutes
     try:
         ray.init(address=address, namespace="baton", logging_level=logging.WARNING,
                  log_to_driver=False)
@@ -130,23 +132,51 @@ def connect(address: str) -> None:
                          code="RAY_UNREACHABLE") from None
 
 
+def _reachable(address: str, timeout: float = 5.0) -> None:
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise SettingsError(f"--ray takes the head's HOST:PORT (e.g. 10.0.0.5:6379), "
+                            f"not {address!r}")
+    try:
+        socket.create_connection((host, int(port)), timeout).close()
+    except OSError as exc:
+        raise BatonError(f"no Ray cluster at {address}: {exc.strerror or exc} (start one "
+                         "with `ray start --head`, or give its head's HOST:PORT)",
+                         code="RAY_UNREACHABLE") from None
+
+
 def deploy(deployments: list[DeploymentSpec], settings: Settings, options: ClusterOptions,
            tokens: TokenFile | None = None, timeout: float = 600.0) -> dict[str, Any]:
     """Run (or update) the application on the cluster and wait until it serves."""
     from ray import serve
 
+    connect(options.address)  # an unreachable cluster fails before any bundle is shipped
     shipments = [ship(d.bundle, settings) for d in deployments]
     workers = {s.name: d.workers for s, d in zip(shipments, deployments, strict=True)}
     names = [s.name for s in shipments]
     if len(set(names)) != len(names):
         raise SettingsError(f"one version per model on a cluster; given {', '.join(names)}")
-    connect(options.address)
     location = "EveryNode" if options.proxy == "every-node" else "HeadOnly"
     serve.start(http_options={"host": settings.host, "port": settings.port,
                               "location": location})
+    _same_listener(settings)
     serve.run(application(shipments, workers, settings, options, tokens), name=APP,
               route_prefix="/", blocking=False)
     return wait_running(timeout)
+
+
+def _same_listener(settings: Settings) -> None:
+    """Ray Serve listens where its first start said, for the whole cluster: a driver that
+    asks for another address would announce one nobody listens on."""
+    from ray.serve.context import _get_global_client
+
+    client = _get_global_client()
+    http = (client.get_serve_details() if client is not None else {}).get("http_options", {})
+    where = (http.get("host"), http.get("port"))
+    if where[1] is not None and where != (settings.host, settings.port):
+        raise SettingsError(f"Ray Serve already listens on {where[0]}:{where[1]} on this "
+                            f"cluster; give --host {where[0]} --port {where[1]} (or remove "
+                            "its applications and shut Serve down first)")
 
 
 def wait_running(timeout: float) -> dict[str, Any]:
@@ -169,9 +199,13 @@ def wait_running(timeout: float) -> dict[str, Any]:
 
 
 def undeploy() -> None:
+    """Remove the application; with nothing else on the cluster's Serve, Serve too (so the
+    next driver may listen elsewhere)."""
     from ray import serve
 
     serve.delete(APP)
+    if not serve.status().applications:
+        serve.shutdown()  # type: ignore[no-untyped-call]
 
 
 def run(deployments: list[DeploymentSpec], settings: Settings, options: ClusterOptions,

@@ -1,0 +1,274 @@
+"""``baton serve --ray`` on a real two-node Ray cluster: replicas on both nodes, the same
+answers and errors as one machine, tokens, a new version with no failed request, a node
+SIGKILLed under load, and the autoscaler up and down.
+
+Each engine is a real ``baton serve --ray`` process (the driver); the tests reach the models
+through Ray Serve's proxy on the head (``--ray-proxy head-only``: two nodes on one machine
+cannot both listen on one port).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from baton.cluster.local import LocalCluster
+from tests.conftest import BATON, Server, run_baton, stop_process
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "penguins" / "bundle"
+ROWS = json.loads((EXAMPLE / "samples" / "input.json").read_text())
+EXPECTED = json.loads((EXAMPLE / "samples" / "expected.json").read_text())
+
+pytestmark = pytest.mark.timeout(900)
+
+
+def cluster_serve(bundle: Path, cluster: LocalCluster, env: dict[str, str],
+                  *args: str) -> Server:
+    server = Server([bundle], env, ["--ray", cluster.address, "--ray-proxy", "head-only",
+                                    *args])
+    server.wait_ready(timeout=300)  # one replica serves: the proxy answers
+    wait_for(lambda: "Baton is serving on the Ray cluster" in server.output() or
+             server.proc.poll() is not None, "every replica running (the driver says so)", 300)
+    assert server.proc.poll() is None, server.output()
+    return server
+
+
+def stop(server: Server) -> None:
+    """SIGTERM the driver (it removes the application) and close what the test held."""
+    stop_process(server.proc, grace=120)
+    server.client.close()
+    server.log.close()
+
+
+def redeploy(bundle: Path, engine: Server, cluster: LocalCluster, env: dict[str, str],
+             log: Path, *args: str) -> subprocess.Popen[bytes]:
+    """A second driver deploying ``bundle`` over the engine's application (same port: Ray
+    Serve listens where it first did), returned once it says every replica runs."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen([*BATON, "serve", str(bundle), "--ray", cluster.address,
+                                 "--ray-proxy", "head-only", "--port", str(engine.port),
+                                 *args], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    wait_for(lambda: "Baton is serving on the Ray cluster" in log.read_text() or
+             proc.poll() is not None, "the second driver's replicas running", 300)
+    assert proc.poll() is None, log.read_text()
+    return proc
+
+
+def replicas(server: Server, model: str = "penguins") -> list[dict[str, Any]]:
+    info = server.client.get("/v1/cluster").json()
+    return [r for r in info["deployments"][f"model-{model}"]["replicas"]
+            if r["state"] == "RUNNING"]
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def wait_for(cond: Any, what: str, timeout: float = 180.0) -> float:
+    """Seconds until ``cond()`` holds (fails after ``timeout``)."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if cond():
+            return time.monotonic() - started
+        time.sleep(0.25)
+    raise AssertionError(f"{what}: not within {timeout:.0f} s")
+
+
+@dataclass
+class Load:
+    """Clients predicting without pause; every answer kept with its time."""
+
+    url: str
+    headers: dict[str, str] = field(default_factory=dict)
+    clients: int = 4
+    answers: list[tuple[float, int, str]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+
+    def __enter__(self) -> Load:
+        for _ in range(self.clients):
+            t = threading.Thread(target=self._run, daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(60)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.url, headers=self.headers, timeout=60) as client:
+            while not self._stop.is_set():
+                try:
+                    r = client.post("/v1/models/penguins/predict", json=ROWS[:3])
+                    version = r.json().get("model_version", "") if r.status_code == 200 else ""
+                    self.answers.append((time.monotonic(), r.status_code, version))
+                except httpx.TransportError as exc:
+                    self.answers.append((time.monotonic(), 0, type(exc).__name__))
+
+    def failed(self) -> list[tuple[float, int, str]]:
+        return [a for a in list(self.answers) if a[1] != 200]
+
+    def count(self) -> int:
+        return len(self.answers)
+
+    def last_ok(self, n: int) -> bool:
+        tail = list(self.answers)[-n:]
+        return len(tail) == n and all(a[1] == 200 for a in tail)
+
+
+@pytest.fixture(scope="module")
+def tokens(tmp_path_factory: pytest.TempPathFactory, baton_env: dict[str, str]
+           ) -> tuple[Path, dict[str, str]]:
+    path = tmp_path_factory.mktemp("tokens") / "tokens.toml"
+    added = run_baton("engine-tokens", "add", path, "--name", "caller", "--scope", "infer",
+                      "--scope", "read", env=baton_env)
+    assert added.returncode == 0, added.stderr
+    token = next(w for w in added.stdout.split() if len(w) > 30)
+    return path, {"authorization": f"Bearer {token}"}
+
+
+@pytest.fixture(scope="module")
+def engine(ray_cluster: LocalCluster, baton_env: dict[str, str],
+           tokens: tuple[Path, dict[str, str]]) -> Iterator[Server]:
+    server = cluster_serve(EXAMPLE, ray_cluster, baton_env, "--replicas", "2",
+                           "--tokens", str(tokens[0]))
+    server.client.headers.update(tokens[1])
+    try:
+        yield server
+    finally:
+        stop(server)
+
+
+def test_replicas_land_on_both_nodes(engine: Server) -> None:
+    running = replicas(engine)
+    assert len(running) == 2
+    assert len({r["node"] for r in running}) == 2, running
+    assert "Baton is serving on the Ray cluster" in engine.output()
+
+
+def test_answers_and_errors_are_one_machines(engine: Server) -> None:
+    r = engine.client.post("/v1/models/penguins/predict", json=ROWS)
+    assert r.status_code == 200, r.text
+    got = r.json()["predictions"]
+    assert [p["prediction"] for p in got] == [e["prediction"] for e in EXPECTED]
+    for p, e in zip(got, EXPECTED, strict=True):
+        for key in e:
+            if key.startswith("proba_"):
+                assert p[key] == pytest.approx(e[key], abs=1e-9)
+    bad = engine.client.post("/v1/models/penguins/predict",
+                             json=[{**ROWS[0], "bill_length_mm": "long"}])
+    assert bad.status_code == 422
+    assert "bill_length_mm" in bad.text
+    v2 = engine.client.get("/v2/models/penguins")
+    assert v2.status_code == 200 and v2.json()["name"] == "penguins"
+    missing = engine.client.get("/v2/models/nope")
+    assert missing.status_code == 404 and "penguins" in missing.text
+    listed = engine.client.get("/v1/models").json()["models"]
+    assert [(m["model"], m["version"], m["ready"]) for m in listed] == [
+        ("penguins", "1.0.0", True)]
+
+
+def test_a_token_is_needed(engine: Server) -> None:
+    anonymous = httpx.post(f"{engine.url}/v1/models/penguins/predict", json=ROWS[:1])
+    assert anonymous.status_code == 401
+    assert anonymous.headers["www-authenticate"].startswith("Bearer")
+    assert httpx.get(f"{engine.url}/v2/health/live").status_code == 200
+
+
+def test_a_new_version_fails_no_request(engine: Server, ray_cluster: LocalCluster,
+                                        baton_env: dict[str, str], tmp_path: Path,
+                                        tokens: tuple[Path, dict[str, str]]) -> None:
+    """A second driver deploys 2.0.0 over 1.0.0 (what a registry follower does): Ray starts
+    the new replicas, sends them traffic once they are ready, then drains the old ones."""
+    v2 = tmp_path / "bundle"
+    shutil.copytree(EXAMPLE, v2)
+    toml = v2 / "baton.toml"
+    toml.write_text(toml.read_text().replace('version = "1.0.0"', 'version = "2.0.0"', 1))
+    with Load(engine.url, dict(tokens[1])) as load:
+        wait_for(lambda: load.count() > 20, "answers before the switch")
+        started = time.monotonic()
+        other = redeploy(v2, engine, ray_cluster, baton_env, tmp_path / "driver.log",
+                         "--replicas", "2", "--tokens", str(tokens[0]))
+        try:
+            wait_for(lambda: list(load.answers)[-1][2] == "2.0.0" and load.last_ok(20),
+                     "answers from 2.0.0")
+            switched = time.monotonic() - started
+            wait_for(lambda: len(replicas(engine)) == 2, "the old replicas gone")
+        finally:
+            other.kill()  # the application stays: the engine's driver owns it
+            other.wait()
+    versions = [a[2] for a in load.answers if a[1] == 200]
+    print(f"\nswitch 1.0.0 -> 2.0.0 under load: {len(load.answers)} requests, "
+          f"{len(load.failed())} failed, 2.0.0 answering {switched:.1f} s after the second "
+          "driver started (shipping, new replicas ready, old ones drained)")
+    assert not load.failed(), load.failed()[:5]
+    assert versions[0] == "1.0.0" and versions[-1] == "2.0.0"
+    assert "1.0.0" not in versions[versions.index("2.0.0"):][-50:]
+
+
+def test_a_node_lost_under_load(engine: Server, ray_cluster: LocalCluster,
+                                tokens: tuple[Path, dict[str, str]]) -> None:
+    """SIGKILL every process of the worker node at once: requests fail for a bounded blip,
+    then all succeed on the head's replicas while Ray starts replacements."""
+    worker = ray_cluster.nodes[1]
+    assert len({r["node"] for r in replicas(engine)}) == 2
+    with Load(engine.url, dict(tokens[1])) as load:
+        wait_for(lambda: load.count() > 20, "answers before the loss")
+        killed = time.monotonic()
+        worker.kill()
+        recovered = wait_for(lambda: load.last_ok(50), "50 answers in a row after the loss")
+        # Ray noticed: both replicas run again, on the one node left.
+        replaced = wait_for(lambda: len(replicas(engine)) == 2 and
+                            len({r["node"] for r in replicas(engine)}) == 1,
+                            "a replacement replica on the surviving node", 300)
+        before = load.count()
+        wait_for(lambda: load.count() > before + 100, "100 more answers")
+    failed = [a for a in load.answers if a[1] != 200 and a[0] >= killed]
+    blip = (max(a[0] for a in failed) - killed) if failed else 0.0
+    after = [a for a in load.answers if a[0] > killed + blip]
+    print(f"\nnode SIGKILLed under load: {len(failed)} of {len(load.answers)} requests "
+          f"failed, the last {blip:.2f} s after the kill; 50 in a row succeeded "
+          f"{recovered:.1f} s after it; a replacement replica ran "
+          f"{recovered + replaced:.1f} s after it")
+    assert all(a[1] == 200 for a in after[-100:])
+    ray_cluster.nodes.remove(worker)
+    ray_cluster.add_node()  # the session's other tests keep two nodes
+    wait_for(lambda: len({r["node"] for r in replicas(engine)}) >= 1, "replicas serving")
+
+
+def test_the_autoscaler_adds_and_removes_replicas(ray_cluster: LocalCluster,
+                                                  baton_env: dict[str, str],
+                                                  tokens: tuple[Path, dict[str, str]],
+                                                  engine: Server) -> None:
+    """One replica at rest, a second under load (queue above the target), one again after."""
+    stop(engine)  # one application per cluster: the engine's goes
+    wait_for(lambda: not _listening(engine.port), "the application removed")
+    server = cluster_serve(EXAMPLE, ray_cluster, baton_env, "--replicas", "1",
+                           "--max-replicas", "2", "--target-ongoing", "1",
+                           "--upscale-delay", "2", "--downscale-delay", "5",
+                           "--tokens", str(tokens[0]))
+    server.client.headers.update(tokens[1])
+    try:
+        assert len(replicas(server)) == 1
+        with Load(server.url, dict(tokens[1]), clients=8):
+            up = wait_for(lambda: len(replicas(server)) == 2, "a second replica", 300)
+        down = wait_for(lambda: len(replicas(server)) == 1, "back to one replica", 300)
+        print(f"\nautoscaler: a second replica running {up:.1f} s into the load, "
+              f"back to one {down:.1f} s after it")
+    finally:
+        stop(server)
