@@ -1,6 +1,6 @@
 """``baton serve --ray`` on a real two-node Ray cluster: replicas on both nodes, the same
-answers and errors as one machine, tokens, a new version with no failed request, a node
-SIGKILLed under load, and the autoscaler up and down.
+answers and errors as one machine, tokens, every replica in ``baton status``, and a node
+SIGKILLed under load. Versions rolled under load and the autoscaler: test_follow_ray.py.
 
 Each engine is a real ``baton serve --ray`` process (the driver); the tests reach the models
 through Ray Serve's proxy on the head (``--ray-proxy head-only``: two nodes on one machine
@@ -10,9 +10,6 @@ cannot both listen on one port).
 from __future__ import annotations
 
 import json
-import shutil
-import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -24,7 +21,7 @@ import httpx
 import pytest
 
 from baton.cluster.local import LocalCluster
-from tests.conftest import BATON, Server, run_baton, stop_process
+from tests.conftest import Server, run_baton, stop_process
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "penguins" / "bundle"
 ROWS = json.loads((EXAMPLE / "samples" / "input.json").read_text())
@@ -51,30 +48,10 @@ def stop(server: Server) -> None:
     server.log.close()
 
 
-def redeploy(bundle: Path, engine: Server, cluster: LocalCluster, env: dict[str, str],
-             log: Path, *args: str) -> subprocess.Popen[bytes]:
-    """A second driver deploying ``bundle`` over the engine's application (same port: Ray
-    Serve listens where it first did), returned once it says every replica runs."""
-    with log.open("wb") as out:
-        proc = subprocess.Popen([*BATON, "serve", str(bundle), "--ray", cluster.address,
-                                 "--ray-proxy", "head-only", "--port", str(engine.port),
-                                 *args], env=env, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-    wait_for(lambda: "Baton is serving on the Ray cluster" in log.read_text() or
-             proc.poll() is not None, "the second driver's replicas running", 300)
-    assert proc.poll() is None, log.read_text()
-    return proc
-
-
 def replicas(server: Server, model: str = "penguins") -> list[dict[str, Any]]:
     info = server.client.get("/v1/cluster").json()
     return [r for r in info["deployments"][f"model-{model}"]["replicas"]
             if r["state"] == "RUNNING"]
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def wait_for(cond: Any, what: str, timeout: float = 180.0) -> float:
@@ -190,35 +167,31 @@ def test_a_token_is_needed(engine: Server) -> None:
     assert httpx.get(f"{engine.url}/v2/health/live").status_code == 200
 
 
-def test_a_new_version_fails_no_request(engine: Server, ray_cluster: LocalCluster,
-                                        baton_env: dict[str, str], tmp_path: Path,
-                                        tokens: tuple[Path, dict[str, str]]) -> None:
-    """A second driver deploys 2.0.0 over 1.0.0 (what a registry follower does): Ray starts
-    the new replicas, sends them traffic once they are ready, then drains the old ones."""
-    v2 = tmp_path / "bundle"
-    shutil.copytree(EXAMPLE, v2)
-    toml = v2 / "baton.toml"
-    toml.write_text(toml.read_text().replace('version = "1.0.0"', 'version = "2.0.0"', 1))
-    with Load(engine.url, dict(tokens[1])) as load:
-        wait_for(lambda: load.count() > 20, "answers before the switch")
-        started = time.monotonic()
-        other = redeploy(v2, engine, ray_cluster, baton_env, tmp_path / "driver.log",
-                         "--replicas", "2", "--tokens", str(tokens[0]))
-        try:
-            wait_for(lambda: list(load.answers)[-1][2] == "2.0.0" and load.last_ok(20),
-                     "answers from 2.0.0")
-            switched = time.monotonic() - started
-            wait_for(lambda: len(replicas(engine)) == 2, "the old replicas gone")
-        finally:
-            other.kill()  # the application stays: the engine's driver owns it
-            other.wait()
-    versions = [a[2] for a in load.answers if a[1] == 200]
-    print(f"\nswitch 1.0.0 -> 2.0.0 under load: {len(load.answers)} requests, "
-          f"{len(load.failed())} failed, 2.0.0 answering {switched:.1f} s after the second "
-          "driver started (shipping, new replicas ready, old ones drained)")
-    assert not load.failed(), load.failed()[:5]
-    assert versions[0] == "1.0.0" and versions[-1] == "2.0.0"
-    assert "1.0.0" not in versions[versions.index("2.0.0"):][-50:]
+def test_status_shows_every_replica_and_node(engine: Server, baton_env: dict[str, str],
+                                             tokens: tuple[Path, dict[str, str]]) -> None:
+    """Each replica posts its engine's figures: /v1/stats has one entry per replica, with
+    its node, and ``baton status`` a row each."""
+    for _ in range(20):
+        assert engine.client.post("/v1/models/penguins/predict", json=ROWS[:2]).status_code \
+            == 200
+
+    def entries() -> list[dict[str, Any]]:
+        return list(engine.client.get("/v1/stats").json()["models"])
+
+    wait_for(lambda: len(entries()) == 2 and
+             sum(e["metrics"]["requests"] for e in entries()) >= 20, "every replica posted")
+    stats = entries()
+    assert {e["node"] for e in stats} == {r["node"] for r in replicas(engine)}
+    assert len({e["node"] for e in stats}) == 2
+    assert all(e["name"] == "penguins" and e["ready"] for e in stats)
+    assert {e["replica"] for e in stats} == {r["replica"] for r in replicas(engine)}
+    assert all(r["version"] == "1.0.0" and r["ready"] for r in replicas(engine))
+    token = tokens[1]["authorization"].split()[1]
+    shown = run_baton("status", "--url", engine.url, "--token", token, env=baton_env)
+    assert shown.returncode == 0, shown.stderr
+    for e in stats:
+        assert e["replica"] in shown.stdout and e["node"][:12] in shown.stdout
+    assert "replicas" in shown.stdout
 
 
 def test_a_node_lost_under_load(engine: Server, ray_cluster: LocalCluster,
@@ -249,26 +222,3 @@ def test_a_node_lost_under_load(engine: Server, ray_cluster: LocalCluster,
     ray_cluster.nodes.remove(worker)
     ray_cluster.add_node()  # the session's other tests keep two nodes
     wait_for(lambda: len({r["node"] for r in replicas(engine)}) >= 1, "replicas serving")
-
-
-def test_the_autoscaler_adds_and_removes_replicas(ray_cluster: LocalCluster,
-                                                  baton_env: dict[str, str],
-                                                  tokens: tuple[Path, dict[str, str]],
-                                                  engine: Server) -> None:
-    """One replica at rest, a second under load (queue above the target), one again after."""
-    stop(engine)  # one application per cluster: the engine's goes
-    wait_for(lambda: not _listening(engine.port), "the application removed")
-    server = cluster_serve(EXAMPLE, ray_cluster, baton_env, "--replicas", "1",
-                           "--max-replicas", "2", "--target-ongoing", "1",
-                           "--upscale-delay", "2", "--downscale-delay", "5",
-                           "--tokens", str(tokens[0]))
-    server.client.headers.update(tokens[1])
-    try:
-        assert len(replicas(server)) == 1
-        with Load(server.url, dict(tokens[1]), clients=8):
-            up = wait_for(lambda: len(replicas(server)) == 2, "a second replica", 300)
-        down = wait_for(lambda: len(replicas(server)) == 1, "back to one replica", 300)
-        print(f"\nautoscaler: a second replica running {up:.1f} s into the load, "
-              f"back to one {down:.1f} s after it")
-    finally:
-        stop(server)

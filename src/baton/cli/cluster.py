@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,7 +38,7 @@ cluster_options = [
                  "machine)."),
 ]
 #: What ``--ray`` cannot be combined with yet, and why.
-_REFUSED = {"registry_url": "--registry", "canary": "--canary", "shadow": "--shadow",
+_REFUSED = {"canary": "--canary", "shadow": "--shadow",
             "input_url": "--input", "labels_url": "--labels", "tls_cert": "--tls-cert",
             "metrics_port": "--metrics-port"}
 
@@ -56,9 +57,11 @@ def pop_cluster_options(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def serve_on_ray(bundles: tuple[str, ...], deployment: Path | None, cluster: dict[str, Any],
-                 given: dict[str, Any], settings_of: Callable[[], Any]) -> None:
-    """Deploy BUNDLES on the cluster and hold them there until SIGTERM or Ctrl-C."""
-    from baton.cluster.serve import ClusterOptions, run
+                 given: dict[str, Any], settings_of: Callable[[], Any],
+                 registry: tuple[str | None, str, float]) -> None:
+    """Deploy BUNDLES (or, with a registry, what its stage holds) on the cluster and hold
+    them there until SIGTERM or Ctrl-C."""
+    from baton.cluster.serve import ClusterOptions, IngressAuth, run
     from baton.deployment import DeploymentSpec, load_deployments
     from baton.server.tokens import TokenFile
 
@@ -66,6 +69,11 @@ def serve_on_ray(bundles: tuple[str, ...], deployment: Path | None, cluster: dic
     if refused:
         raise SettingsError(f"--ray does not take {', '.join(refused)} yet: serve those on "
                             "one machine (docs/scale.md#what-a-cluster-does-not-do-yet)")
+    url, stage, poll = registry
+    if url and (bundles or deployment is not None):
+        raise SettingsError("--ray with --registry follows the registry's stage: give no "
+                            "BUNDLES or --deployment (serving given registry versions on a "
+                            "cluster is not there yet)")
     specs = [DeploymentSpec(ref) for ref in bundles]
     if deployment is not None:
         specs += load_deployments(deployment)
@@ -73,11 +81,26 @@ def serve_on_ray(bundles: tuple[str, ...], deployment: Path | None, cluster: dic
         raise SettingsError("--ray serves requests, not streams: bind streams on engines "
                             "that share the input (docs/streams.md#many-engines-on-one-input)")
     settings = settings_of()
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     options = ClusterOptions(cluster["ray_address"], cluster["replicas"],
                              cluster["max_replicas"], cluster["target_ongoing"],
                              cluster["upscale_delay"], cluster["downscale_delay"],
                              proxy=cluster["ray_proxy"])
     tokens = TokenFile(settings.tokens_file) if settings.tokens_file else None
+    follower = None
+    auth = IngressAuth(tokens)
+    if url:
+        from baton.cluster.follow import ClusterFollower
+        from baton.serving.gate import check_stage
+        from baton.serving.opening import open_registry
+
+        access = open_registry(url, check_stage(stage), settings)
+        auth = IngressAuth(tokens, (access.client.url, access.client.tls,
+                                    settings.auth_cache_seconds))
+
+        def follower(apply: Callable[[dict[str, Any]], None]) -> ClusterFollower:
+            return ClusterFollower(access.client, access.gate, settings, apply)
 
     def announce(states: dict[str, Any], seconds: float) -> None:
         host = f"[{settings.host}]" if ":" in settings.host else settings.host
@@ -86,8 +109,10 @@ def serve_on_ray(bundles: tuple[str, ...], deployment: Path | None, cluster: dic
         lines += [f"  {name}: {', '.join(f'{n} {s}' for s, n in counts.items())}"
                   for name, counts in states.items()]
         lines.append(f"  Replicas and nodes: http://{host}:{settings.port}/v1/cluster")
-        if tokens is not None:
-            lines.append(f"  Authentication: tokens from {settings.tokens_file}")
+        if auth.on:
+            where = [f"{settings.tokens_file}"] if tokens is not None else []
+            where += [f"the registry {url} (following {stage})"] if url else []
+            lines.append(f"  Authentication: tokens from {' and '.join(where)}")
         click.echo("\n".join(lines), err=True)
 
-    run(specs, settings, options, tokens, announce)
+    run(specs, settings, options, auth, announce, follower, poll)

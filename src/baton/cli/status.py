@@ -98,19 +98,21 @@ def version_label(m: dict[str, Any]) -> str:
     return f"{m['version']} (live)" if traffic else m["version"]
 
 
-def _key(m: dict[str, Any]) -> tuple[str, str, str]:
-    return m["name"], m["version"], m.get("role", "live")
+def _key(m: dict[str, Any]) -> tuple[str, str, str, str]:
+    return m["name"], m["version"], m.get("role", "live"), m.get("replica", "")
 
 
 def render(now: dict[str, Any], before: dict[str, Any] | None) -> Group:
     """One table of models (with rates when ``before`` is given) and one of streams."""
     dt = (now["time"] - before["time"]) if before else 0.0
     prev = {_key(m): m for m in (before or {}).get("models", [])}
-    table = Table(title="models", title_justify="left")
-    for col in ("model", "version", "ready", "workers", "restarts", "req/s", "rec/s",
+    cluster = bool(now.get("cluster"))
+    table = Table(title="replicas" if cluster else "models", title_justify="left")
+    where = ("replica", "node") if cluster else ()
+    for col in ("model", "version", *where, "ready", "workers", "restarts", "req/s", "rec/s",
                 "requests", "errors", "failing stage", "p50 ms", "p99 ms", "queue",
                 "cpu %", "memory MB", "quality"):
-        table.add_column(col, justify="left" if col in ("model", "version",
+        table.add_column(col, justify="left" if col in ("model", "version", *where,
                                                         "failing stage") else "right")
     for m in now["models"]:
         met = m.get("metrics") or {}
@@ -129,8 +131,9 @@ def render(now: dict[str, Any], before: dict[str, Any] | None) -> Group:
         quality = met.get("quality") or {}
         shown = ", ".join(f"{k} {v:.3f}" for k, v in quality.items()
                           if k not in ("labelled", "history") and isinstance(v, float))
+        placed = (m.get("replica", ""), str(m.get("node", ""))[:12]) if cluster else ()
         table.add_row(
-            m["name"], version_label(m), "yes" if m["ready"] else "[red]NO[/red]",
+            m["name"], version_label(m), *placed, "yes" if m["ready"] else "[red]NO[/red]",
             f"{sum(w['state'] == 'ready' for w in workers)}/{len(workers)}",
             str(m["restarts"]), rate("requests"), rate("records"),
             str(met.get("requests", 0)), str(met.get("errors", 0)),

@@ -4,7 +4,8 @@ which authenticates it and forwards it whole to a replica of the model it names.
 Model routes (``/v2/models/NAME/...``, ``/v1/models/NAME/...``) and ``/v2`` are answered by a
 model replica's own engine, so they are byte for byte what one machine answers. The ingress
 answers what concerns the whole cluster: liveness, readiness (every model has a replica that
-serves), the list of models, and ``/v1/cluster`` (every replica, its node and its state).
+serves), the list of models, ``/v1/cluster`` (every replica, its node and its state) and
+``/v1/stats`` (each replica's own figures, from the board: :mod:`baton.cluster.board`).
 """
 
 from __future__ import annotations
@@ -25,27 +26,34 @@ if TYPE_CHECKING:
     from starlette.requests import Request
     from starlette.responses import Response
 
-    from baton.server.tokens import TokenFile
+    from baton.cluster.serve import IngressAuth
 
 log = logging.getLogger("baton.cluster")
 
 #: Seconds the ingress waits for a model's replica to say it is ready.
 READY_TIMEOUT = 5.0
 #: Paths one machine serves but a cluster answers elsewhere (said in the 404).
-ELSEWHERE = {"/metrics": "each replica's figures are in /v1/cluster; Ray exports its own "
+ELSEWHERE = {"/metrics": "each replica's figures are in /v1/stats; Ray exports its own "
                          "metrics per node",
-             "/v1/stats": "per replica in /v1/cluster",
-             "/openapi.json": "ask one engine, or see docs/openapi.json"}
+             "/openapi.json": "the routes are one machine's (docs/http.md); ask an engine "
+                              "serving the same bundles there"}
 
 
 class Ingress:
     """The ingress deployment's class: ``models`` maps each model's name to the handle of
     its deployment."""
 
-    def __init__(self, models: dict[str, Any], tokens: TokenFile | None,
-                 max_body_bytes: int, app_name: str) -> None:
+    def __init__(self, models: dict[str, Any], auth: IngressAuth, max_body_bytes: int,
+                 app_name: str) -> None:
         self.models = models
-        self.guard = Guard(tokens.load(), None) if tokens is not None else None
+        self.guard = None
+        if auth.on:
+            registry = None
+            if auth.registry is not None:
+                from baton.server.registry_tokens import RegistryTokens
+
+                registry = RegistryTokens(*auth.registry)
+            self.guard = Guard(auth.tokens.load() if auth.tokens else None, registry)
         self.max_body_bytes = max_body_bytes
         self.app_name = app_name
 
@@ -75,6 +83,8 @@ class Ingress:
             return await self._ready()
         if path == "/v1/cluster":
             return _json(200, await self.describe())
+        if path == "/v1/stats":
+            return _json(200, await self.stats())
         if path in ("/v1/models", "/v2/models"):
             return _json(200, {"models": await self._list()})
         if len(parts) >= 4 and parts[1] in ("v1", "v2") and parts[2] == "models":
@@ -122,15 +132,21 @@ class Ingress:
         return list(await asyncio.gather(*(one(h) for h in self.models.values())))
 
     async def describe(self) -> dict[str, Any]:
-        """Every replica of this application, by deployment, with its node."""
-        details = await asyncio.to_thread(_serve_details)
+        """Every replica of this application, by deployment, with its node; a model
+        replica's version, readiness and workers as it last posted them."""
+        details, posts = await asyncio.gather(asyncio.to_thread(_serve_details),
+                                              self._posts())
         app = details.get("applications", {}).get(self.app_name, {})
         deployments = {}
         for name, dep in app.get("deployments", {}).items():
-            replicas = [{"replica": r.get("replica_id"), "state": r.get("state"),
-                         "node": r.get("node_id"), "node_ip": r.get("node_ip"),
-                         "pid": r.get("pid"), "since": r.get("start_time_s")}
-                        for r in dep.get("replicas", [])]
+            replicas = []
+            for r in dep.get("replicas", []):
+                post = posts.get(str(r.get("replica_id")), {})
+                replicas.append({"replica": r.get("replica_id"), "state": r.get("state"),
+                                 "node": r.get("node_id"), "node_ip": r.get("node_ip"),
+                                 "pid": r.get("pid"), "since": r.get("start_time_s"),
+                                 **{k: post[k] for k in ("version", "ready", "workers")
+                                    if k in post}})
             deployments[name] = {"status": dep.get("status"), "message": dep.get("message"),
                                  "replicas": replicas}
         nodes = sorted({r["node"] for d in deployments.values() for r in d["replicas"]
@@ -138,6 +154,33 @@ class Ingress:
         return {"application": self.app_name, "status": app.get("status"),
                 "models": sorted(self.models), "deployments": deployments, "nodes": nodes,
                 "at": time.time()}
+
+    async def stats(self) -> dict[str, Any]:
+        """``/v1/stats`` of the cluster: each running model replica's own entry, with its
+        replica id and node (``baton status`` shows a row each)."""
+        details, posts = await asyncio.gather(asyncio.to_thread(_serve_details),
+                                              self._posts())
+        app = details.get("applications", {}).get(self.app_name, {})
+        models: list[dict[str, Any]] = []
+        for dep in app.get("deployments", {}).values():
+            for r in dep.get("replicas", []):
+                post = posts.get(str(r.get("replica_id")))
+                if r.get("state") != "RUNNING" or post is None:
+                    continue
+                for entry in post["stats"]["models"]:
+                    models.append({**entry, "replica": r.get("replica_id"),
+                                   "node": r.get("node_id"), "node_ip": r.get("node_ip")})
+        return {"time": time.time(), "models": models, "streams": [],
+                "prediction_log": None, "cluster": True}
+
+    async def _posts(self) -> dict[str, dict[str, Any]]:
+        from baton.cluster.board import board
+
+        try:
+            posts: dict[str, dict[str, Any]] = await board().all.remote()
+        except Exception:  # no board (the driver starts it): nothing posted
+            return {}
+        return posts
 
 
 def _serve_details() -> dict[str, Any]:

@@ -55,7 +55,7 @@ class ModelReplica:
         self.shipment = shipment
         logging.basicConfig(level=settings.log_level.upper(),
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        path = await asyncio.to_thread(_unpack, shipment, settings)
+        path = await asyncio.to_thread(unpack, shipment, settings)
         spec = EngineSpec((DeploymentSpec(str(path), workers=workers),))
         own = replace(settings, metrics=True)
         self.engine = await asyncio.to_thread(build_engine, spec, own)
@@ -68,6 +68,13 @@ class ModelReplica:
         await svc.warm_up()
         self.app = BatonApp(self.engine, max_body_bytes=settings.max_body_bytes)
         self.started_at = time.time()
+        from ray import serve
+
+        from baton.cluster.board import post_forever
+
+        self.replica_id = serve.get_replica_context().replica_id.unique_id
+        self._posting = asyncio.get_running_loop().create_task(
+            post_forever(self.replica_id, self.describe))
         log.info("%s@%s ready on node %s in %.2fs", shipment.name, shipment.version,
                  _node_id()[:12], time.perf_counter() - started)
 
@@ -102,11 +109,9 @@ class ModelReplica:
     def describe(self) -> dict[str, Any]:
         """This replica, for ``baton status`` and ``/v1/cluster``: where it runs, what it
         serves, its workers and its traffic so far."""
-        from ray import serve
-
         svc = self.engine.models.get(self.shipment.name)
         stats = self.engine.stats()
-        return {"replica": serve.get_replica_context().replica_id.unique_id,
+        return {"replica": self.replica_id,
                 "node": _node_id(), "pid": os.getpid(), "model": self.shipment.name,
                 "version": self.shipment.version, "digest": self.shipment.digest,
                 "ready": bool(svc and svc.ready), "since": self.started_at,
@@ -126,13 +131,17 @@ class ModelReplica:
 
     async def __del__(self) -> None:
         """Ray Serve stops a replica gracefully: requests it holds finish, workers stop."""
+        posting = getattr(self, "_posting", None)
+        if posting is not None:
+            posting.cancel()
         engine = getattr(self, "engine", None)
         if engine is not None:
             await engine.close()
 
 
-def _unpack(shipment: Shipment, settings: Settings) -> Path:
-    """The shipped archive under this node's Baton home (written once per digest)."""
+def unpack(shipment: Shipment, settings: Settings) -> Path:
+    """The shipped archive under this node's Baton home (written once per digest),
+    verified against the shipment's digest."""
     folder = settings.home / "cluster"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{shipment.name}-{shipment.digest.split(':')[-1][:32]}.baton"

@@ -21,9 +21,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from baton.batch import Batch
@@ -108,7 +106,7 @@ class ScoringActor:
         from baton.serving.opening import env_note, local_service
 
         try:
-            bundle = await asyncio.to_thread(_unpack, self.shipment, self.settings)
+            bundle = await asyncio.to_thread(_open, self.shipment, self.settings)
             svc = await asyncio.to_thread(local_service, bundle, self.settings)
             svc.pool.timeout = timeout
             svc.pool.max_queue_rows = max(svc.pool.max_queue_rows, max_queue_rows)
@@ -140,15 +138,13 @@ class ScoringActor:
         return {"actor": (peak_rss(os.getpid()) or 0) / 2**20, "workers": workers}
 
 
-def _unpack(shipment: Shipment, settings: Settings) -> Bundle:
-    """The shipped archive, written to a temporary folder of this node and opened against
-    its digest (its files land in the node's bundle cache, its environment in its own)."""
+def _open(shipment: Shipment, settings: Settings) -> Bundle:
+    """The shipped bundle on this node (its archive kept under the node's Baton home, as a
+    serving replica keeps it), opened against its digest."""
+    from baton.cluster.replica import unpack
     from baton.serving.opening import open_local
 
-    with tempfile.TemporaryDirectory(prefix="baton-score-") as tmp:
-        path = Path(tmp) / f"{shipment.name}-{shipment.version}.baton"
-        path.write_bytes(shipment.archive)
-        return open_local(path, settings, expected_digest=shipment.digest)
+    return open_local(unpack(shipment, settings), settings, expected_digest=shipment.digest)
 
 
 @dataclass
@@ -279,13 +275,11 @@ def cluster_model(ref: str, bundle: Bundle, settings: Settings,
                   options: RayOptions) -> ClusterModel:
     """Ship ``bundle`` (opened from ``ref``) and join the cluster; the actors start with the
     job (``ScoreJob.run`` starts its pool)."""
-    from baton.cluster.serve import ship
+    from baton.cluster.serve import connect, ship
     from baton.serving.defaults import default_timeout
 
+    connect(options.address)  # an unreachable cluster fails before the bundle is shipped
     shipment = ship(ref, settings)
-    from baton.cluster.serve import connect
-
-    connect(options.address)
     m = bundle.manifest
     timeout = settings.timeout or m.serving.timeout or default_timeout(bundle)[0]
     return ClusterModel(ClusterPool(shipment, settings, options, timeout=timeout,

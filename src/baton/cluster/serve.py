@@ -6,8 +6,9 @@ per model, a deployment of :class:`~baton.cluster.replica.ModelReplica` replicas
 the nodes, autoscaled on their queue between ``min_replicas`` and ``max_replicas``. A new
 version of a model is a new deployment version: Ray starts the new replicas, sends them
 traffic once they are ready (environment built, workers loaded, samples scored) and only
-then drains the old ones, so no request fails. The application lives as long as the driver:
-SIGTERM or Ctrl-C deletes it.
+then drains the old ones, so no request fails. With a registry, the driver follows its stage
+(:mod:`baton.cluster.follow`) and rolls each promotion or rollback out that way. The
+application lives as long as the driver: SIGTERM or Ctrl-C deletes it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import signal
 import socket
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +28,7 @@ from baton.errors import BatonError, SettingsError
 from baton.settings import Settings
 
 if TYPE_CHECKING:
+    from baton.cluster.follow import ClusterFollower
     from baton.deployment import DeploymentSpec
     from baton.server.tokens import TokenFile
 
@@ -83,9 +86,21 @@ def ship(ref: str, settings: Settings) -> Shipment:
         return Shipment(bundle.name, bundle.version, bundle.digest, archive.read_bytes())
 
 
+@dataclass(frozen=True)
+class IngressAuth:
+    """Where the ingress finds callers' tokens: a token file (at the same path on every
+    node) and/or the registry the cluster follows (its URL, TLS options, cache seconds)."""
+
+    tokens: TokenFile | None = None
+    registry: tuple[str, dict[str, Any], float] | None = None
+
+    @property
+    def on(self) -> bool:
+        return self.tokens is not None or self.registry is not None
+
+
 def application(shipments: list[Shipment], workers: dict[str, int | None],
-                settings: Settings, options: ClusterOptions,
-                tokens: TokenFile | None) -> Any:
+                settings: Settings, options: ClusterOptions, auth: IngressAuth) -> Any:
     """The Ray Serve application: one deployment per model, one ingress."""
     from ray import serve
 
@@ -111,7 +126,7 @@ def application(shipments: list[Shipment], workers: dict[str, int | None],
     ingress = serve.deployment(name="ingress", num_replicas=options.ingress_replicas,
                                ray_actor_options={"num_cpus": 0.1},
                                max_ongoing_requests=256)(Ingress)
-    return ingress.bind(models, tokens, settings.max_body_bytes, APP)
+    return ingress.bind(models, auth, settings.max_body_bytes, APP)
 
 
 def connect(address: str) -> None:
@@ -146,21 +161,32 @@ def _reachable(address: str, timeout: float = 5.0) -> None:
 
 
 def deploy(deployments: list[DeploymentSpec], settings: Settings, options: ClusterOptions,
-           tokens: TokenFile | None = None, timeout: float = 600.0) -> dict[str, Any]:
-    """Run (or update) the application on the cluster and wait until it serves."""
-    from ray import serve
-
+           auth: IngressAuth | None = None, timeout: float = 600.0) -> dict[str, Any]:
+    """Run (or update) the application with local bundles; wait until it serves."""
     connect(options.address)  # an unreachable cluster fails before any bundle is shipped
     shipments = [ship(d.bundle, settings) for d in deployments]
     workers = {s.name: d.workers for s, d in zip(shipments, deployments, strict=True)}
     names = [s.name for s in shipments]
     if len(set(names)) != len(names):
         raise SettingsError(f"one version per model on a cluster; given {', '.join(names)}")
+    return roll_out(shipments, workers, settings, options, auth or IngressAuth(), timeout)
+
+
+def roll_out(shipments: list[Shipment], workers: dict[str, int | None], settings: Settings,
+             options: ClusterOptions, auth: IngressAuth,
+             timeout: float = 600.0) -> dict[str, Any]:
+    """Run the application with these shipments (Ray rolls the deployments that changed);
+    wait until it serves."""
+    from ray import serve
+
+    from baton.cluster.board import start_board
+
     location = "EveryNode" if options.proxy == "every-node" else "HeadOnly"
     serve.start(http_options={"host": settings.host, "port": settings.port,
                               "location": location})
     _same_listener(settings)
-    serve.run(application(shipments, workers, settings, options, tokens), name=APP,
+    start_board()
+    serve.run(application(shipments, workers, settings, options, auth), name=APP,
               route_prefix="/", blocking=False)
     return wait_running(timeout)
 
@@ -203,17 +229,25 @@ def undeploy() -> None:
     next driver may listen elsewhere)."""
     from ray import serve
 
-    serve.delete(APP)
-    if not serve.status().applications:
+    from baton.cluster.board import remove_board
+
+    others = [a for a in serve.status().applications if a != APP]
+    log.info("removing the application%s", "" if others else " and Ray Serve")
+    if others:
+        serve.delete(APP)
+    else:
         serve.shutdown()  # type: ignore[no-untyped-call]
+    log.info("removed")
+    remove_board()
 
 
 def run(deployments: list[DeploymentSpec], settings: Settings, options: ClusterOptions,
-        tokens: TokenFile | None, announce: Any) -> None:
-    """``baton serve --ray``: deploy, say where, hold until SIGTERM/Ctrl-C, then undeploy."""
+        auth: IngressAuth, announce: Callable[[dict[str, Any], float], None],
+        follower: Callable[[Callable[[dict[str, Shipment]], None]], ClusterFollower]
+        | None = None, poll: float = 2.0) -> None:
+    """``baton serve --ray``: deploy (local bundles, or what ``follower`` chooses from a
+    registry), say where, hold until SIGTERM/Ctrl-C, then undeploy."""
     started = time.perf_counter()
-    states = deploy(deployments, settings, options, tokens)
-    announce(states, time.perf_counter() - started)
     stop = False
 
     def _stop(signum: int, frame: object) -> None:
@@ -222,9 +256,38 @@ def run(deployments: list[DeploymentSpec], settings: Settings, options: ClusterO
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    following = None
     try:
+        if follower is None:
+            states = deploy(deployments, settings, options, auth)
+        else:
+            connect(options.address)
+
+            def apply(wanted: dict[str, Shipment]) -> None:
+                roll_out(list(wanted.values()), {}, settings, options, auth)
+
+            following = follower(apply)
+            if not following.step():
+                apply({})  # nothing in the stage yet: the ingress alone, ready
+            states = wait_running(60)
+        announce(states, time.perf_counter() - started)
+        next_poll = time.monotonic() + poll
         while not stop:
-            time.sleep(0.2)
+            time.sleep(0.1)
+            if following is not None and time.monotonic() >= next_poll:
+                try:
+                    following.step()
+                except BatonError as exc:
+                    log.warning("registry sync failed: %s", exc.message)
+                next_poll = time.monotonic() + poll
     finally:
-        log.info("removing the models from the cluster")
-        undeploy()
+        if ray_connected():
+            undeploy()
+
+
+def ray_connected() -> bool:
+    try:
+        import ray
+    except ImportError:
+        return False
+    return bool(ray.is_initialized())

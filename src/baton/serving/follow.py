@@ -26,6 +26,7 @@ import asyncio
 import collections
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -82,6 +83,25 @@ def _service(client: RegistrySource, decision: Decision, settings: Settings) -> 
     report = client.show(f"{decision.name}@{decision.digest}").get("check_report")
     return ModelService(bundle, ensure_environment(bundle, settings), settings,
                         report if isinstance(report, dict) else None)
+
+
+def choose_live(rows: list[dict[str, Any]], gate: ServeGate,
+                refuse: Callable[[dict[str, Any], BatonError], None]
+                ) -> dict[str, tuple[dict[str, Any], Decision]]:
+    """Per model, the registry row to serve: its signed decision qualifies; in production
+    the newest such decision (only one can be genuine), in staging the latest version.
+    Rows refused by the gate go to ``refuse``."""
+    chosen: dict[str, tuple[dict[str, Any], Decision]] = {}
+    for info in rows:
+        try:
+            decision = gate.verify(info, LIVE)
+        except REFUSALS as exc:
+            refuse(info, exc)
+            continue
+        best = chosen.get(decision.name)
+        if best is None or gate.stage == "staging" or decision.seq > best[1].seq:
+            chosen[decision.name] = (info, decision)
+    return chosen
 
 
 def _is_missing(exc: BatonError) -> bool:
@@ -150,19 +170,7 @@ class RegistryFollower:
 
     def _choose(self, rows: list[dict[str, Any]]) -> dict[str, tuple[dict[str, Any],
                                                                      Decision]]:
-        """Per model, the row to serve: its signed decision qualifies; in production the
-        newest such decision (only one can be genuine), in staging the latest version."""
-        chosen: dict[str, tuple[dict[str, Any], Decision]] = {}
-        for info in rows:
-            try:
-                decision = self.gate.verify(info, LIVE)
-            except REFUSALS as exc:
-                self._refuse(info, LIVE, exc)
-                continue
-            best = chosen.get(decision.name)
-            if best is None or self.stage == "staging" or decision.seq > best[1].seq:
-                chosen[decision.name] = (info, decision)
-        return chosen
+        return choose_live(rows, self.gate, lambda info, exc: self._refuse(info, LIVE, exc))
 
     async def _follow(self, name: str, decision: Decision) -> None:
         live = self.engine.models.get(name)
