@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,8 @@ _PORTS = ("node-manager-port", "object-manager-port", "dashboard-agent-grpc-port
 PORTS_PER_NODE = 1000
 #: What ``ray start`` prints once its node has joined the cluster.
 _STARTED = "Ray runtime started"
+#: Longest temporary folder for Ray: its session folder and sockets add up to 66 bytes.
+_SHORT_ENOUGH = 40
 #: Worker processes of a node listen in the upper part of its block.
 _WORKER_PORTS = (100, PORTS_PER_NODE - 1)
 
@@ -107,12 +110,20 @@ class LocalCluster:
         cmd = [ray, "start", "--block", "--disable-usage-stats", f"--num-cpus={self.cpus}",
                f"--min-worker-port={base + low}",
                f"--max-worker-port={base + high}",
-               f"--temp-dir={self.root / 'ray'}" if index == 0 else "",
+               f"--temp-dir={self.temp_dir()}" if index == 0 else "",
                *ports, *extra]
         with log.open("wb") as out:
             proc = subprocess.Popen([c for c in cmd if c], stdout=out, stderr=subprocess.STDOUT,
                                     env=ray_environment(), start_new_session=True)
         return Node(name, proc, log)
+
+    def temp_dir(self) -> Path:
+        """Ray's session files: under ``root`` when its sockets' paths fit the 107 bytes a
+        Unix socket's path may have, else in a short folder of the system's temporary one."""
+        folder = self.root / "ray"
+        if len(str(folder)) > _SHORT_ENOUGH:
+            folder = Path(tempfile.gettempdir()) / f"baton-ray-{self.base}"
+        return folder
 
     def wait_for_nodes(self, count: int, timeout: float) -> None:
         """Wait until the first ``count`` nodes have said they started (``ray start`` says

@@ -36,6 +36,8 @@ log = logging.getLogger("baton.cluster")
 
 APP = "baton"
 PROXY_LOCATIONS = ("every-node", "head-only")
+#: Ray Serve's own logging: no line per request (Baton's engines log what matters).
+QUIET = {"enable_access_log": False, "log_level": "WARNING"}
 
 
 @dataclass(frozen=True)
@@ -120,12 +122,13 @@ def application(shipments: list[Shipment], workers: dict[str, int | None],
             ray_actor_options={"num_cpus": options.replica_cpus},
             health_check_period_s=2, health_check_timeout_s=30,
             graceful_shutdown_timeout_s=settings.drain_timeout,
-            graceful_shutdown_wait_loop_s=0.5, max_ongoing_requests=64, **scaling,
+            graceful_shutdown_wait_loop_s=0.5, max_ongoing_requests=64,
+            logging_config=QUIET, **scaling,
         )(ModelReplica)
         models[s.name] = deployment.bind(s, settings, workers.get(s.name))
     ingress = serve.deployment(name="ingress", num_replicas=options.ingress_replicas,
                                ray_actor_options={"num_cpus": 0.1},
-                               max_ongoing_requests=256)(Ingress)
+                               max_ongoing_requests=256, logging_config=QUIET)(Ingress)
     return ingress.bind(models, auth, settings.max_body_bytes, APP)
 
 
@@ -183,7 +186,7 @@ def roll_out(shipments: list[Shipment], workers: dict[str, int | None], settings
 
     location = "EveryNode" if options.proxy == "every-node" else "HeadOnly"
     serve.start(http_options={"host": settings.host, "port": settings.port,
-                              "location": location})
+                              "location": location}, logging_config=QUIET)
     _same_listener(settings)
     start_board()
     serve.run(application(shipments, workers, settings, options, auth), name=APP,
