@@ -17,12 +17,14 @@ import logging
 import os
 import time
 from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from baton.deployment import DeploymentSpec, EngineSpec
 from baton.errors import BatonError
 from baton.settings import Settings
+
+if TYPE_CHECKING:
+    from baton.bundle.loader import Bundle
 
 log = logging.getLogger("baton.cluster")
 
@@ -55,8 +57,9 @@ class ModelReplica:
         self.shipment = shipment
         logging.basicConfig(level=settings.log_level.upper(),
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        path = await asyncio.to_thread(unpack, shipment, settings)
-        spec = EngineSpec((DeploymentSpec(str(path), workers=workers),))
+        bundle = await asyncio.to_thread(unpack, shipment, settings)
+        # The verified archive's extracted folder: the engine opens it in place.
+        spec = EngineSpec((DeploymentSpec(str(bundle.path), workers=workers),))
         own = replace(settings, metrics=True)
         self.engine = await asyncio.to_thread(build_engine, spec, own)
         await self.engine.start()
@@ -139,9 +142,11 @@ class ModelReplica:
             await engine.close()
 
 
-def unpack(shipment: Shipment, settings: Settings) -> Path:
-    """The shipped archive under this node's Baton home (written once per digest),
-    verified against the shipment's digest."""
+def unpack(shipment: Shipment, settings: Settings) -> Bundle:
+    """The shipped bundle on this node: its archive kept under the node's Baton home
+    (written once per digest), verified against the shipment's digest and opened."""
+    from baton.serving.opening import open_local
+
     folder = settings.home / "cluster"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{shipment.name}-{shipment.digest.split(':')[-1][:32]}.baton"
@@ -149,10 +154,7 @@ def unpack(shipment: Shipment, settings: Settings) -> Path:
         tmp = path.with_suffix(f".{os.getpid()}.part")
         tmp.write_bytes(shipment.archive)
         tmp.replace(path)
-    from baton.serving.opening import open_local
-
-    open_local(path, settings, expected_digest=shipment.digest)  # verified here, once more
-    return path
+    return open_local(path, settings, expected_digest=shipment.digest)
 
 
 def _node_id() -> str:

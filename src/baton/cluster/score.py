@@ -103,10 +103,11 @@ class ScoringActor:
         where it runs, or ``{"error": ...}``."""
         import ray
 
+        from baton.cluster.replica import unpack
         from baton.serving.opening import env_note, local_service
 
         try:
-            bundle = await asyncio.to_thread(_open, self.shipment, self.settings)
+            bundle = await asyncio.to_thread(unpack, self.shipment, self.settings)
             svc = await asyncio.to_thread(local_service, bundle, self.settings)
             svc.pool.timeout = timeout
             svc.pool.max_queue_rows = max(svc.pool.max_queue_rows, max_queue_rows)
@@ -136,15 +137,6 @@ class ScoringActor:
         workers = sum((peak_rss(w.pid) or 0) for w in pool.workers if w and w.pid) / 2**20
         await pool.close(5.0)
         return {"actor": (peak_rss(os.getpid()) or 0) / 2**20, "workers": workers}
-
-
-def _open(shipment: Shipment, settings: Settings) -> Bundle:
-    """The shipped bundle on this node (its archive kept under the node's Baton home, as a
-    serving replica keeps it), opened against its digest."""
-    from baton.cluster.replica import unpack
-    from baton.serving.opening import open_local
-
-    return open_local(unpack(shipment, settings), settings, expected_digest=shipment.digest)
 
 
 @dataclass

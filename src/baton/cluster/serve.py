@@ -83,8 +83,9 @@ def ship(ref: str, settings: Settings) -> Shipment:
         if path.is_dir():
             archive = Path(tmp) / "bundle.baton"
             build_archive(path, archive)
-        # What the replicas will receive, verified against the bundle's digest here first.
-        open_local(archive, settings, expected_digest=bundle.digest)
+            # What the replicas will receive, verified against the folder's digest first
+            # (an archive given as is was verified when it was opened above).
+            open_local(archive, settings, expected_digest=bundle.digest)
         return Shipment(bundle.name, bundle.version, bundle.digest, archive.read_bytes())
 
 
