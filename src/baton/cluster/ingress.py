@@ -131,22 +131,27 @@ class Ingress:
             return {k: item[k] for k in ("model", "version", "digest", "ready")}
         return list(await asyncio.gather(*(one(h) for h in self.models.values())))
 
+    async def _deployments(self) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+        """This application in Ray Serve's controller's view, and each replica's last post
+        to the board, by replica id."""
+        details, posts = await asyncio.gather(asyncio.to_thread(_serve_details),
+                                              self._posts())
+        return details.get("applications", {}).get(self.app_name, {}), posts
+
     async def describe(self) -> dict[str, Any]:
         """Every replica of this application, by deployment, with its node; a model
         replica's version, readiness and workers as it last posted them."""
-        details, posts = await asyncio.gather(asyncio.to_thread(_serve_details),
-                                              self._posts())
-        app = details.get("applications", {}).get(self.app_name, {})
+        app, posts = await self._deployments()
         deployments = {}
         for name, dep in app.get("deployments", {}).items():
             replicas = []
             for r in dep.get("replicas", []):
                 post = posts.get(str(r.get("replica_id")), {})
-                replicas.append({"replica": r.get("replica_id"), "state": r.get("state"),
-                                 "node": r.get("node_id"), "node_ip": r.get("node_ip"),
-                                 "pid": r.get("pid"), "since": r.get("start_time_s"),
-                                 **{k: post[k] for k in ("version", "ready", "workers")
-                                    if k in post}})
+                row: dict[str, Any] = {**_placed(r), "state": r.get("state"),
+                                       "pid": r.get("pid"), "since": r.get("start_time_s"),
+                                       **{k: post[k] for k in ("version", "ready",
+                                                                "workers") if k in post}}
+                replicas.append(row)
             deployments[name] = {"status": dep.get("status"), "message": dep.get("message"),
                                  "replicas": replicas}
         nodes = sorted({r["node"] for d in deployments.values() for r in d["replicas"]
@@ -158,18 +163,12 @@ class Ingress:
     async def stats(self) -> dict[str, Any]:
         """``/v1/stats`` of the cluster: each running model replica's own entry, with its
         replica id and node (``baton status`` shows a row each)."""
-        details, posts = await asyncio.gather(asyncio.to_thread(_serve_details),
-                                              self._posts())
-        app = details.get("applications", {}).get(self.app_name, {})
-        models: list[dict[str, Any]] = []
-        for dep in app.get("deployments", {}).values():
-            for r in dep.get("replicas", []):
-                post = posts.get(str(r.get("replica_id")))
-                if r.get("state") != "RUNNING" or post is None:
-                    continue
-                for entry in post["stats"]["models"]:
-                    models.append({**entry, "replica": r.get("replica_id"),
-                                   "node": r.get("node_id"), "node_ip": r.get("node_ip")})
+        app, posts = await self._deployments()
+        models = [{**entry, **_placed(r)}
+                  for dep in app.get("deployments", {}).values()
+                  for r in dep.get("replicas", [])
+                  if r.get("state") == "RUNNING" and str(r.get("replica_id")) in posts
+                  for entry in posts[str(r.get("replica_id"))]["stats"]["models"]]
         return {"time": time.time(), "models": models, "streams": [],
                 "prediction_log": None, "cluster": True}
 
@@ -181,6 +180,12 @@ class Ingress:
         except Exception:  # no board (the driver starts it): nothing posted
             return {}
         return posts
+
+
+def _placed(replica: dict[str, Any]) -> dict[str, Any]:
+    """A replica's id and where it runs, as the controller reports them."""
+    return {"replica": replica.get("replica_id"), "node": replica.get("node_id"),
+            "node_ip": replica.get("node_ip")}
 
 
 def _serve_details() -> dict[str, Any]:
