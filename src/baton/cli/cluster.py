@@ -6,11 +6,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from baton.errors import SettingsError
+
+if TYPE_CHECKING:
+    from baton.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -57,7 +60,7 @@ def pop_cluster_options(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def serve_on_ray(bundles: tuple[str, ...], deployment: Path | None, cluster: dict[str, Any],
-                 given: dict[str, Any], settings_of: Callable[[], Any],
+                 given: dict[str, Any], settings: Settings,
                  registry: tuple[str | None, str, float]) -> None:
     """Deploy BUNDLES (or, with a registry, what its stage holds) on the cluster and hold
     them there until SIGTERM or Ctrl-C."""
@@ -80,7 +83,6 @@ def serve_on_ray(bundles: tuple[str, ...], deployment: Path | None, cluster: dic
     if any(d.stream is not None or d.labels is not None for d in specs):
         raise SettingsError("--ray serves requests, not streams: bind streams on engines "
                             "that share the input (docs/streams.md#many-engines-on-one-input)")
-    settings = settings_of()
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     options = ClusterOptions(cluster["ray_address"], cluster["replicas"],
@@ -88,19 +90,15 @@ def serve_on_ray(bundles: tuple[str, ...], deployment: Path | None, cluster: dic
                              cluster["upscale_delay"], cluster["downscale_delay"],
                              proxy=cluster["ray_proxy"])
     tokens = TokenFile(settings.tokens_file) if settings.tokens_file else None
-    follower = None
+    access = None
     auth = IngressAuth(tokens)
     if url:
-        from baton.cluster.follow import ClusterFollower
         from baton.serving.gate import check_stage
         from baton.serving.opening import open_registry
 
         access = open_registry(url, check_stage(stage), settings)
         auth = IngressAuth(tokens, (access.client.url, access.client.tls,
                                     settings.auth_cache_seconds))
-
-        def follower(apply: Callable[[dict[str, Any]], None]) -> ClusterFollower:
-            return ClusterFollower(access.client, access.gate, settings, apply)
 
     def announce(states: dict[str, Any], seconds: float) -> None:
         host = f"[{settings.host}]" if ":" in settings.host else settings.host
@@ -115,4 +113,4 @@ def serve_on_ray(bundles: tuple[str, ...], deployment: Path | None, cluster: dic
             lines.append(f"  Authentication: tokens from {' and '.join(where)}")
         click.echo("\n".join(lines), err=True)
 
-    run(specs, settings, options, auth, announce, follower, poll)
+    run(specs, settings, options, auth, announce, access, poll)

@@ -234,7 +234,7 @@ def serve(bundles: tuple[str, ...], registry_url: str | None, stage: str, poll: 
     if cluster["ray_address"]:
         given = {"registry_url": registry_url, "canary": canary, "shadow": shadow,
                  "input_url": input_url, "labels_url": labels_url, **options}
-        serve_on_ray(bundles, deployment, cluster, given, lambda: _settings(**options),
+        serve_on_ray(bundles, deployment, cluster, given, _settings(**options),
                      (registry_url, stage, poll))
         return
     settings = _settings(**options)

@@ -28,9 +28,9 @@ from baton.errors import BatonError, SettingsError
 from baton.settings import Settings
 
 if TYPE_CHECKING:
-    from baton.cluster.follow import ClusterFollower
     from baton.deployment import DeploymentSpec
     from baton.server.tokens import TokenFile
+    from baton.serving.opening import RegistryAccess
 
 log = logging.getLogger("baton.cluster")
 
@@ -247,10 +247,10 @@ def undeploy() -> None:
 
 def run(deployments: list[DeploymentSpec], settings: Settings, options: ClusterOptions,
         auth: IngressAuth, announce: Callable[[dict[str, Any], float], None],
-        follower: Callable[[Callable[[dict[str, Shipment]], None]], ClusterFollower]
-        | None = None, poll: float = 2.0) -> None:
-    """``baton serve --ray``: deploy (local bundles, or what ``follower`` chooses from a
-    registry), say where, hold until SIGTERM/Ctrl-C, then undeploy."""
+        registry: RegistryAccess | None = None, poll: float = 2.0) -> None:
+    """``baton serve --ray``: deploy (local bundles, or what a registry's stage holds,
+    followed every ``poll`` seconds), say where, hold until SIGTERM/Ctrl-C, then
+    undeploy."""
     started = time.perf_counter()
     stop = False
 
@@ -262,15 +262,17 @@ def run(deployments: list[DeploymentSpec], settings: Settings, options: ClusterO
     signal.signal(signal.SIGINT, _stop)
     following = None
     try:
-        if follower is None:
+        if registry is None:
             states = deploy(deployments, settings, options, auth)
         else:
+            from baton.cluster.follow import ClusterFollower
+
             connect(options.address)
 
             def apply(wanted: dict[str, Shipment]) -> None:
                 roll_out(list(wanted.values()), {}, settings, options, auth)
 
-            following = follower(apply)
+            following = ClusterFollower(registry.client, registry.gate, settings, apply)
             if not following.step():
                 apply({})  # nothing in the stage yet: the ingress alone, ready
             states = wait_running(60)
