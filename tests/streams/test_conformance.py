@@ -39,7 +39,7 @@ async def opened_source(kit: Kit, url: str, grp: str) -> Any:
 
 async def read_n(source: Any, n: int, *, ack: bool, batch: int = 10,
                  patience: float = 20) -> list[Message]:
-    """Read until ``n`` messages came (or ``patience`` seconds passed: then fewer).
+    """Read until ``n`` messages came, never more (or ``patience`` seconds passed: then fewer).
 
     With ``ack``, each batch is acknowledged before the next read, as the pipeline does:
     a broker may hold back more than one batch of unacknowledged messages (AMQP prefetch,
@@ -48,8 +48,9 @@ async def read_n(source: Any, n: int, *, ack: bool, batch: int = 10,
     got: list[Message] = []
     deadline = time.monotonic() + patience
     while len(got) < n and time.monotonic() < deadline:
-        chunk = await source.read(batch, 0.5)
-        assert len(chunk) <= batch, f"read returned {len(chunk)} > max_records={batch}"
+        want = min(batch, n - len(got))  # never past n: a caller counts what it holds
+        chunk = await source.read(want, 0.5)
+        assert len(chunk) <= want, f"read returned {len(chunk)} > max_records={want}"
         if ack:
             await source.ack(chunk)
         got += chunk
