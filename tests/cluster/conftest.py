@@ -1,5 +1,7 @@
 """One real Ray cluster of two nodes (a head and a worker) on this machine, shared by the
-cluster tests; tests that lose a node add their own to it first."""
+cluster tests (and stopped after them: its processes would take CPU from the rest of the
+suite); tests that lose a node add their own to it first. The dashboard's browser
+fixtures, for the dashboard served by a cluster."""
 
 from __future__ import annotations
 
@@ -10,9 +12,16 @@ from pathlib import Path
 import pytest
 
 from baton.cluster.local import LocalCluster, ray_environment
+from tests.dashboard.conftest import (  # noqa: F401  (fixtures)
+    browser,
+    expected_console,
+    page,
+    screenshot_dir,
+    shot,
+)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     """Two nodes; ``BATON_TEST_RAY_BASE`` moves its ports (default 20000) so two checkouts
     can test side by side."""

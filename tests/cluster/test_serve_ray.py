@@ -1,6 +1,7 @@
 """``baton serve --ray`` on a real two-node Ray cluster: replicas on both nodes, the same
-answers and errors as one machine, tokens, every replica in ``baton status``, and a node
-SIGKILLed under load. Versions rolled under load and the autoscaler: test_follow_ray.py.
+answers and errors as one machine, tokens, every replica in ``baton status``, ``/metrics``
+and the dashboard, and a node SIGKILLed under load. Versions rolled under load and the
+autoscaler: test_follow_ray.py.
 
 Each engine is a real ``baton serve --ray`` process (the driver); the tests reach the models
 through Ray Serve's proxy on the head (``--ray-proxy head-only``: two nodes on one machine
@@ -12,16 +13,22 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from baton.cluster.local import LocalCluster
 from tests.conftest import Server, run_baton, stop_process
+from tests.dashboard.test_registry_view import ASKED, give_engine_token
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "penguins" / "bundle"
 ROWS = json.loads((EXAMPLE / "samples" / "input.json").read_text())
@@ -192,6 +199,58 @@ def test_status_shows_every_replica_and_node(engine: Server, baton_env: dict[str
     for e in stats:
         assert e["replica"] in shown.stdout and e["node"][:12] in shown.stdout
     assert "replicas" in shown.stdout
+
+
+def requests_by_place(server: Server) -> Counter[tuple[str, str]]:
+    """Requests answered per (replica, node), as the cluster's ``/metrics`` labels them."""
+    counts: Counter[tuple[str, str]] = Counter()
+    text = server.client.get("/metrics").text
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == "baton_requests_total":
+                counts[(s.labels["replica"], s.labels["node"])] += int(s.value)
+    return counts
+
+
+def test_metrics_and_the_dashboard_show_every_replica(
+        engine: Server, tokens: tuple[Path, dict[str, str]], page: Page,
+        expected_console: list[str], shot: Callable[..., Path]) -> None:
+    """``/metrics`` holds each replica's samples, labelled with its replica and node; the
+    dashboard at ``/ui`` shows the model once, with what its replicas counted together, and
+    a row per replica with its node."""
+    from playwright.sync_api import expect
+
+    running = replicas(engine)
+    places = {(r["replica"], r["node"]) for r in running}
+    before = sum(requests_by_place(engine).values())
+    for _ in range(40):  # Ray spreads them: each replica answers some
+        assert engine.client.post("/v1/models/penguins/predict", json=ROWS[:2]).status_code \
+            == 200
+    wait_for(lambda: set(requests_by_place(engine)) == places
+             and sum(requests_by_place(engine).values()) >= before + 40,
+             "every replica's requests in /metrics", 30)
+    counted = requests_by_place(engine)
+    assert len({node for _, node in counted}) == 2, counted
+
+    expected_console += ASKED  # the page asks for the engine's token first
+    page.goto(f"{engine.url}/ui")
+    give_engine_token(page, tokens[1]["authorization"].split()[1])
+    row = page.get_by_test_id("model-row-penguins")
+    expect(row.get_by_test_id("health")).to_have_text("ready")
+    expect(page.locator("#models-body tr")).to_have_count(1)
+    expect(page.get_by_test_id("replicas-summary")).to_have_text(
+        "2 replicas on 2 nodes of a Ray cluster")
+    for replica, node in places:
+        shown = page.get_by_test_id(f"replica-row-{replica}")
+        expect(shown).to_have_attribute("data-node", node)
+        expect(shown.get_by_test_id("replica-node")).to_contain_text(node[:12])
+    # The model's total is every replica's: what /metrics counted, or more since.
+    total = page.get_by_test_id("figure-total")
+    deadline = time.monotonic() + 30
+    while float(total.get_attribute("data-value") or 0) < sum(counted.values()):
+        assert time.monotonic() < deadline, (total.get_attribute("data-value"), counted)
+        page.wait_for_timeout(250)
+    shot(page, "cluster-dashboard")
 
 
 def test_a_node_lost_under_load(engine: Server, ray_cluster: LocalCluster,

@@ -11,6 +11,7 @@ import httpx
 
 from baton.dashboard import Dashboard
 from baton.dashboard.app import STATIC
+from baton.dashboard.proxy import followed_by
 from tests.conftest import free_port
 
 
@@ -19,7 +20,7 @@ def request(engine: Any, method: str, path: str, **kwargs: Any) -> httpx.Respons
     tests' Playwright keeps a loop in the main thread)."""
 
     async def go() -> httpx.Response:
-        transport = httpx.ASGITransport(app=Dashboard(engine))
+        transport = httpx.ASGITransport(app=Dashboard(lambda: followed_by(engine)))
         async with httpx.AsyncClient(transport=transport, base_url="http://engine") as client:
             return await client.request(method, path, **kwargs)
 

@@ -98,7 +98,7 @@ def serve_on_ray(bundles: tuple[str, ...], deployment: Path | None, cluster: dic
 
         access = open_registry(url, check_stage(stage), settings)
         auth = IngressAuth(tokens, (access.client.url, access.client.tls,
-                                    settings.auth_cache_seconds))
+                                    settings.auth_cache_seconds), stage)
 
     def announce(states: dict[str, Any], seconds: float) -> None:
         host = f"[{settings.host}]" if ":" in settings.host else settings.host

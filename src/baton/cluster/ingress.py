@@ -4,8 +4,10 @@ which authenticates it and forwards it whole to a replica of the model it names.
 Model routes (``/v2/models/NAME/...``, ``/v1/models/NAME/...``) and ``/v2`` are answered by a
 model replica's own engine, so they are byte for byte what one machine answers. The ingress
 answers what concerns the whole cluster: liveness, readiness (every model has a replica that
-serves), the list of models, ``/v1/cluster`` (every replica, its node and its state) and
-``/v1/stats`` (each replica's own figures, from the board: :mod:`baton.cluster.board`).
+serves), the list of models, ``/v1/cluster`` (every replica, its node and its state),
+``/v1/stats`` (each replica's own figures, from the board: :mod:`baton.cluster.board`),
+``/metrics`` (every replica's, labelled with its replica and node:
+:mod:`baton.cluster.exposition`) and the dashboard at ``/ui``, which reads those.
 """
 
 from __future__ import annotations
@@ -17,7 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from baton.cluster.exposition import PLACE, merge
+from baton.cluster.replica import call_asgi
+from baton.dashboard import Dashboard
+from baton.dashboard.proxy import Followed
 from baton.errors import BatonError, ModelNotFound, PayloadTooLarge, RouteNotFound
+from baton.monitor.metrics import CONTENT_TYPE
 from baton.server.app import error_reply
 from baton.server.auth import CHALLENGE, Guard
 from baton.server.routes import Reply
@@ -33,9 +40,7 @@ log = logging.getLogger("baton.cluster")
 #: Seconds the ingress waits for a model's replica to say it is ready.
 READY_TIMEOUT = 5.0
 #: Paths one machine serves but a cluster answers elsewhere (said in the 404).
-ELSEWHERE = {"/metrics": "each replica's figures are in /v1/stats; Ray exports its own "
-                         "metrics per node",
-             "/openapi.json": "the routes are one machine's (docs/http.md); ask an engine "
+ELSEWHERE = {"/openapi.json": "the routes are one machine's (docs/http.md); ask an engine "
                               "serving the same bundles there"}
 
 
@@ -47,6 +52,9 @@ class Ingress:
                  app_name: str) -> None:
         self.models = models
         self.guard = None
+        self.followed = (Followed(auth.registry[0], auth.stage, auth.registry[1])
+                         if auth.registry is not None else None)
+        self.dashboard = Dashboard(lambda: self.followed)
         if auth.on:
             registry = None
             if auth.registry is not None:
@@ -85,8 +93,15 @@ class Ingress:
             return _json(200, await self.describe())
         if path == "/v1/stats":
             return _json(200, await self.stats())
+        if path == "/metrics":
+            return await self.metrics()
         if path in ("/v1/models", "/v2/models"):
-            return _json(200, {"models": await self._list()})
+            listed: dict[str, Any] = {"models": await self._list()}
+            if self.followed is not None:
+                listed["source"] = {"url": self.followed.url, "stage": self.followed.stage}
+            return _json(200, listed)
+        if path == "/ui" or path.startswith("/ui/"):
+            return await self._dashboard(request)
         if len(parts) >= 4 and parts[1] in ("v1", "v2") and parts[2] == "models":
             handle = self.models.get(parts[3])
             if handle is None:
@@ -105,10 +120,16 @@ class Ingress:
         status, headers, out = await handle.handle.remote(
             (scope["method"], path, scope.get("query_string", b""),
              list(scope["headers"]), body))
-        ctype = next((v for k, v in headers if k == b"content-type"), b"application/json")
-        rest = tuple((k, v) for k, v in headers if k not in (b"content-type",
-                                                              b"content-length"))
-        return Reply(status, out, ctype, rest)
+        return _reply(status, headers, out)
+
+    async def _dashboard(self, request: Request) -> Reply:
+        """The pages and assets, and the registry proxy (as one machine serves them)."""
+        scope = request.scope
+        body = await _read(request, self.max_body_bytes) if scope["method"] == "POST" else b""
+        status, headers, out = await call_asgi(self.dashboard, (
+            scope["method"], scope["path"], scope.get("query_string", b""),
+            list(scope["headers"]), body))
+        return _reply(status, headers, out)
 
     async def _ready(self) -> Reply:
         async def one(name: str, handle: Any) -> tuple[str, bool]:
@@ -163,14 +184,25 @@ class Ingress:
     async def stats(self) -> dict[str, Any]:
         """``/v1/stats`` of the cluster: each running model replica's own entry, with its
         replica id and node (``baton status`` shows a row each)."""
-        app, posts = await self._deployments()
-        models = [{**entry, **_placed(r)}
-                  for dep in app.get("deployments", {}).values()
-                  for r in dep.get("replicas", [])
-                  if r.get("state") == "RUNNING" and str(r.get("replica_id")) in posts
-                  for entry in posts[str(r.get("replica_id"))]["stats"]["models"]]
+        models = [{**entry, **place} for place, post in await self._running()
+                  for entry in post["stats"]["models"]]
         return {"time": time.time(), "models": models, "streams": [],
                 "prediction_log": None, "cluster": True}
+
+    async def metrics(self) -> Reply:
+        """``/metrics`` of the cluster: each running model replica's exposition, its samples
+        labelled with its replica and node."""
+        given = [({label: str(place[label]) for label in PLACE}, post.get("exposition", ""))
+                 for place, post in await self._running()]
+        return Reply(200, await asyncio.to_thread(merge, given), CONTENT_TYPE.encode())
+
+    async def _running(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """Each running model replica's place (:func:`_placed`) and its last post."""
+        app, posts = await self._deployments()
+        return [(_placed(r), posts[str(r.get("replica_id"))])
+                for dep in app.get("deployments", {}).values()
+                for r in dep.get("replicas", [])
+                if r.get("state") == "RUNNING" and str(r.get("replica_id")) in posts]
 
     async def _posts(self) -> dict[str, dict[str, Any]]:
         from baton.cluster.board import board
@@ -212,6 +244,13 @@ async def _read(request: Request, limit: int) -> bytes:
                                   details={"limit": limit})
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _reply(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> Reply:
+    """An ASGI answer as a Reply (its content type apart; its length set again)."""
+    ctype = next((v for k, v in headers if k == b"content-type"), b"application/json")
+    rest = tuple((k, v) for k, v in headers if k not in (b"content-type", b"content-length"))
+    return Reply(status, body, ctype, rest)
 
 
 def _json(status: int, body: dict[str, Any]) -> Reply:

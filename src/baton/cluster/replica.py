@@ -83,31 +83,7 @@ class ModelReplica:
 
     async def handle(self, request: Forwarded) -> Answer:
         """Answer one forwarded HTTP request through the engine's own ASGI app."""
-        method, path, query, headers, body = request
-        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-                 "method": method, "path": path, "raw_path": path.encode(),
-                 "query_string": query, "headers": headers, "scheme": "http",
-                 "server": ("127.0.0.1", 0), "client": ("127.0.0.1", 0), "root_path": ""}
-        sent = False
-
-        async def receive() -> dict[str, Any]:
-            nonlocal sent
-            if sent:
-                await asyncio.Event().wait()  # no disconnect: the ingress holds the caller
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        status, out_headers, chunks = 500, [], []
-
-        async def send(message: dict[str, Any]) -> None:
-            nonlocal status, out_headers
-            if message["type"] == "http.response.start":
-                status, out_headers = message["status"], list(message.get("headers", []))
-            elif message["type"] == "http.response.body":
-                chunks.append(message.get("body", b""))
-
-        await self.app(scope, receive, send)
-        return status, out_headers, b"".join(chunks)
+        return await call_asgi(self.app, request)
 
     def describe(self) -> dict[str, Any]:
         """This replica, for ``baton status`` and ``/v1/cluster``: where it runs, what it
@@ -119,7 +95,8 @@ class ModelReplica:
                 "version": self.shipment.version, "digest": self.shipment.digest,
                 "ready": bool(svc and svc.ready), "since": self.started_at,
                 "workers": [w.pid for w in svc.pool.workers if w] if svc else [],
-                "stats": stats}
+                "stats": stats, "exposition": (self.engine.metrics.render().decode()
+                                               if self.engine.metrics is not None else "")}
 
     def ready(self) -> bool:
         svc = self.engine.models.get(self.shipment.name)
@@ -140,6 +117,35 @@ class ModelReplica:
         engine = getattr(self, "engine", None)
         if engine is not None:
             await engine.close()
+
+
+async def call_asgi(app: Any, request: Forwarded) -> Answer:
+    """One whole HTTP request through an ASGI app, in process; its whole answer."""
+    method, path, query, headers, body = request
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": method, "path": path, "raw_path": path.encode(),
+             "query_string": query, "headers": headers, "scheme": "http",
+             "server": ("127.0.0.1", 0), "client": ("127.0.0.1", 0), "root_path": ""}
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            await asyncio.Event().wait()  # no disconnect: the caller holds the connection
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    status, out_headers, chunks = 500, [], []
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status, out_headers
+        if message["type"] == "http.response.start":
+            status, out_headers = message["status"], list(message.get("headers", []))
+        elif message["type"] == "http.response.body":
+            chunks.append(message.get("body", b""))
+
+    await app(scope, receive, send)
+    return status, out_headers, b"".join(chunks)
 
 
 def unpack(shipment: Shipment, settings: Settings) -> Bundle:

@@ -92,10 +92,12 @@ def ship(ref: str, settings: Settings) -> Shipment:
 @dataclass(frozen=True)
 class IngressAuth:
     """Where the ingress finds callers' tokens: a token file (at the same path on every
-    node) and/or the registry the cluster follows (its URL, TLS options, cache seconds)."""
+    node) and/or the registry the cluster follows (its URL, TLS options, cache seconds),
+    and the stage it follows (the dashboard shows it and its registry)."""
 
     tokens: TokenFile | None = None
     registry: tuple[str, dict[str, Any], float] | None = None
+    stage: str | None = None
 
     @property
     def on(self) -> bool:

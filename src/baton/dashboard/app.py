@@ -4,15 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
 from baton.dashboard.proxy import PREFIX as PROXY_PREFIX
-from baton.dashboard.proxy import RegistryProxy, Reply, json_reply
-
-if TYPE_CHECKING:
-    from baton.serving.service import Engine
+from baton.dashboard.proxy import Followed, RegistryProxy, Reply, json_reply
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -33,10 +30,11 @@ _HEADERS = [
 
 
 class Dashboard:
-    """The ASGI callable for paths under ``/ui``; the engine's app hands them over."""
+    """The ASGI callable for paths under ``/ui``; the engine's app (or a cluster's ingress)
+    hands them over. ``followed()`` is the registry the engine follows, if any."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.proxy = RegistryProxy(engine)
+    def __init__(self, followed: Callable[[], Followed | None]) -> None:
+        self.proxy = RegistryProxy(followed)
         self._files: dict[str, tuple[bytes, str]] | None = None  # read on first request
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -52,31 +52,43 @@ def json_reply(status: int, body: dict[str, Any], private: bool = False) -> Repl
     return Reply(status, orjson.dumps(body), private=private)
 
 
+@dataclass(frozen=True)
+class Followed:
+    """The registry an engine follows: its URL, the stage followed, and the engine's own TLS
+    options for it (its CA, its client certificate)."""
+
+    url: str
+    stage: str | None
+    tls: dict[str, Any]
+
+
+def followed_by(engine: Engine) -> Followed | None:
+    """The registry ``engine`` follows, or None when it serves local bundles."""
+    client = getattr(engine.source, "client", None)
+    url = getattr(client, "url", None)
+    if not isinstance(url, str):
+        return None
+    tls = getattr(client, "tls", None)
+    return Followed(url, getattr(engine.source, "stage", None),
+                    tls if isinstance(tls, dict) else {})
+
+
 class RegistryProxy:
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    """``followed()`` says which registry to forward to (None: none, and the page says so)."""
 
-    def registry_url(self) -> str | None:
-        """The registry this engine follows, or None when it serves local bundles."""
-        client = getattr(self.engine.source, "client", None)
-        url = getattr(client, "url", None)
-        return url if isinstance(url, str) else None
-
-    def registry_tls(self) -> dict[str, Any]:
-        """The engine's own TLS options for its registry (its CA, its client certificate)."""
-        tls = getattr(getattr(self.engine.source, "client", None), "tls", None)
-        return tls if isinstance(tls, dict) else {}
+    def __init__(self, followed: Callable[[], Followed | None]) -> None:
+        self.followed = followed
 
     async def handle(self, method: str, rest: str, scope: dict[str, Any],
                      receive: Callable[[], Awaitable[dict[str, Any]]]) -> Reply:
-        url = self.registry_url()
+        followed = self.followed()
         parts = [p for p in rest.split("/") if p]
         if not parts:  # the page asks first whether there is a registry to show
             if method != "GET":
                 return _not_allowed(method, ["GET"])  # the same 405 as any read-only route
-            return json_reply(200, {"url": url, "stage": getattr(self.engine.source, "stage",
-                                                                 None) if url else None})
-        if url is None:
+            return json_reply(200, {"url": followed.url if followed else None,
+                                    "stage": followed.stage if followed else None})
+        if followed is None:
             return json_reply(404, {"error": "this engine does not serve from a registry "
                                     "(start it with --registry to see one here)",
                                     "code": "NO_REGISTRY"})
@@ -91,10 +103,10 @@ class RegistryProxy:
                                     "code": "PAYLOAD_TOO_LARGE", "details": {"limit": MAX_BODY}})
         auth = next((v.decode("latin-1") for k, v in scope["headers"]
                      if k == b"authorization"), None)
-        target = f"{url}/api/v1/{'/'.join(quote(p, safe=':+') for p in parts)}"
+        target = f"{followed.url}/api/v1/{'/'.join(quote(p, safe=':+') for p in parts)}"
         if query:
             target += "?" + urlencode(query)
-        return await _forward(method, target, auth, body, url, self.registry_tls())
+        return await _forward(method, target, auth, body, followed.url, followed.tls)
 
 
 def _match(method: str, parts: list[str]) -> tuple[str, ...] | Reply:

@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from baton.dashboard import Dashboard
+from baton.dashboard.proxy import followed_by
 from baton.errors import BatonError, MethodNotAllowed, RouteNotFound
 from baton.monitor.metrics import CONTENT_TYPE
 from baton.server.auth import CHALLENGE, Guard
@@ -78,7 +79,7 @@ class BatonApp:
         #: The port of the metrics-only listener (0: none).
         self.metrics_port = metrics_port
         self._starting: asyncio.Task[None] | None = None
-        self.dashboard = Dashboard(engine)
+        self.dashboard = Dashboard(lambda: followed_by(engine))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":

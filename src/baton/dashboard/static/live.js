@@ -3,10 +3,12 @@
 // /v2/health/ready, and /metrics for latency histograms. Rates are computed here, from
 // counter deltas between polls. Every served version is a row of its own: the live one
 // (keyed by the model's name) and its canary or shadow candidate ("name:canary",
-// "name:shadow"; see versionKey).
+// "name:shadow"; see versionKey). On a Ray cluster each model replica reports apart: the
+// rows are their sums (cluster.js) and each replica has a row of its own.
 
 import { authFetch } from "./auth.js";
 import { COLORS, LineChart } from "./charts.js";
+import { mergeReplicas, renderReplicas, replicaKey } from "./cluster.js";
 import {
   el, fmtAgo, fmtBytes, fmtPercent, fmtRate, fmtSeconds, fmtWeight, roleLabel, setFigure,
   shortDigest, versionKey, versionLabel,
@@ -63,9 +65,10 @@ async function getReady() {
 const BUCKET_LINE = /^baton_stage_duration_seconds_bucket\{(.*)\}\s+(\S+)/;
 const LABEL = /(\w+)="((?:[^"\\]|\\.)*)"/g;
 
-/** "name@version" -> [[upper bound, cumulative count], ...] for the "total" stage. */
+/** "name@version" -> [[upper bound, cumulative count], ...] for the "total" stage; the
+ * counts of a cluster's replicas (the same buckets, told apart by a replica label) added. */
 export function parseLatencyBuckets(text) {
-  const out = new Map();
+  const counts = new Map();
   for (const line of text.split("\n")) {
     const m = BUCKET_LINE.exec(line);
     if (!m) continue;
@@ -73,10 +76,12 @@ export function parseLatencyBuckets(text) {
     for (const [, k, v] of m[1].matchAll(LABEL)) labels[k] = v.replace(/\\(.)/g, "$1");
     if (labels.stage !== "total") continue;
     const key = `${labels.model}@${labels.version}`;
-    if (!out.has(key)) out.set(key, []);
-    out.get(key).push([labels.le === "+Inf" ? Infinity : Number(labels.le), Number(m[2])]);
+    if (!counts.has(key)) counts.set(key, new Map());
+    const le = labels.le === "+Inf" ? Infinity : Number(labels.le);
+    counts.get(key).set(le, (counts.get(key).get(le) ?? 0) + Number(m[2]));
   }
-  for (const list of out.values()) list.sort((a, b) => a[0] - b[0]);
+  const out = new Map();
+  for (const [key, byBound] of counts) out.set(key, [...byBound].sort((a, b) => a[0] - b[0]));
   return out;
 }
 
@@ -106,7 +111,7 @@ function sampleOf(m, t, buckets) {
   const cpu = new Map();
   let rss = null;
   for (const w of m.workers) {
-    if (w.pid != null && w.cpu_seconds != null) cpu.set(w.pid, w.cpu_seconds);
+    if (w.pid != null && w.cpu_seconds != null) cpu.set(w.key ?? w.pid, w.cpu_seconds);
     if (w.rss_bytes != null) rss = (rss ?? 0) + w.rss_bytes;
   }
   return {
@@ -120,8 +125,7 @@ function sampleOf(m, t, buckets) {
   };
 }
 
-function ingest(m, t, buckets) {
-  const key = versionKey(m);
+function ingest(m, t, buckets, key = versionKey(m)) {
   const sample = sampleOf(m, t, buckets);
   let list = state.samples.get(key) ?? [];
   if (list.length && list[list.length - 1].version !== m.version) list = []; // counters restart
@@ -263,7 +267,8 @@ function renderModels() {
   if (state.source) {
     const s = state.source;
     const failed = Object.entries(s.failed ?? {});
-    src.textContent = `Serving the ${s.stage} stage of a registry (${s.syncs} syncs)` +
+    src.textContent = `Serving the ${s.stage} stage of a registry` +
+      (s.syncs != null ? ` (${s.syncs} syncs)` : "") +
       (s.last_error ? ` — last sync failed: ${s.last_error}` : "") +
       failed.map(([d, why]) => ` — not serving ${shortDigest(d)}: ${why}`).join("");
   } else {
@@ -361,6 +366,7 @@ function renderAll() {
   if (!state.stats) return;
   renderSelect();
   renderModels();
+  renderReplicas(state.stats.replicas, latestPoint);
   renderFigures();
   renderCharts();
   renderErrorBanner();
@@ -380,9 +386,13 @@ async function tick() {
     const [stats, models, ready, metrics] = await Promise.all([
       getJSON("/v1/stats"), getJSON("/v1/models"), getReady(), getMetricsText()]);
     const buckets = metrics ? parseLatencyBuckets(metrics) : null;
+    stats.replicas = stats.cluster ? stats.models : null;
+    if (stats.cluster) stats.models = mergeReplicas(stats.replicas);
     for (const m of stats.models) ingest(m, stats.time, buckets);
+    for (const r of stats.replicas ?? []) ingest(r, stats.time, null, replicaKey(r));
     state.monitor.ingest(stats);
-    const served = new Set(stats.models.map(versionKey));
+    const served = new Set([...stats.models.map(versionKey),
+      ...(stats.replicas ?? []).map(replicaKey)]);
     for (const key of [...state.points.keys()]) {
       if (!served.has(key)) {
         state.points.delete(key);
