@@ -30,10 +30,7 @@ from tests.streams.engines import (
 from tests.streams.kits import RedisKit, suffix
 
 #: Brokers whose consumers share one input; each scheme's connector documents how.
-#: MQTT is left out for now: its three-engine run failed once in a clean-clone suite (one
-#: engine took fewer than 40 records within 120 s) after passing five times alone; its
-#: sharing is tested by tests/streams/test_mqtt.py until that is understood.
-SHARED = ["redis", "nats", "amqp", "kafka"]
+SHARED = ["redis", "nats", "amqp", "kafka", "mqtt"]
 #: Extra options on the input URL of the shared test, per scheme. Redis: a short idle time
 #: before a dead engine's entries are claimed, so that the test need not wait a minute.
 #: Kafka: six partitions, so that each of the three engines (then each survivor) has some.

@@ -77,6 +77,10 @@ class StreamPipeline:
         #: The connected streams, kept to close them (set before they are opened).
         self._ends: _Ends | None = None
         self._running = False
+        #: Every end opened once (the input subscribed): until then the engine is not ready,
+        #: since a broker that deals messages to the subscribers present (MQTT's shared
+        #: subscriptions) would give this engine none of what is published meanwhile.
+        self._opened = False
         self._waiting_for_model: str | None = None
         #: The binding's passwords and tokens: no error text it shows may contain them.
         self._secrets: list[str] = []
@@ -116,6 +120,7 @@ class StreamPipeline:
                            ("dead letter", ends.dead)):
             if part is not None:
                 await self._retry(f"open {name}", part.open)
+        self._opened = True
         log.info("%s: streaming %s -> %s (dead letters: %s)", b.model, redact_url(b.input),
                  redact_url(b.output) if b.output else b.kind, redact_url(b.dead_letter))
         return ends
@@ -336,6 +341,8 @@ class StreamPipeline:
     def unreachable(self) -> str | None:
         """Why a broker step keeps failing (or the stream stopped): /v2/health/ready's 503."""
         error = self.stats.last_error
+        if error is None and not self._opened and not self._stopping.is_set():
+            return f"{redact_url(self.binding.input)}: opening the streams"
         return None if error in (None, self._waiting_for_model) else \
             f"{redact_url(self.binding.input)}: {error}"
 
