@@ -23,6 +23,35 @@ BATON = [sys.executable, "-m", "baton"]
 EXAMPLE = ROOT / "examples" / "penguins" / "bundle"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def image_base_early(request: pytest.FixtureRequest) -> Iterator[None]:
+    """When the session builds container images, their Debian base (debootstrap: the
+    longest step on a fresh machine) is built from the start, in the background, while the
+    tests before tests/deploy and tests/image run; those wait for it (``ensure_base`` takes
+    a lock) rather than build it then. Any failure is theirs to report."""
+    import shutil
+    import threading
+
+    wanted = any(i.nodeid.startswith(("tests/image/", "tests/deploy/test_kubernetes"))
+                 for i in request.session.items)
+    if not wanted or not all(shutil.which(t) for t in ("podman", "debootstrap")):
+        yield
+        return
+    from baton.image.base import ensure_base
+    from tests.image.conftest import HOME
+
+    def build() -> None:
+        try:
+            ensure_base(HOME / "image")
+        except Exception:  # the image tests build it again and say why it fails
+            pass
+
+    thread = threading.Thread(target=build, name="image-base", daemon=True)
+    thread.start()
+    yield
+    thread.join(600)
+
+
 @pytest.fixture(scope="session")
 def baton_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One Baton home per test session: environments are built once and shared."""
