@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from baton.bundle.manifest import (
-    BUILTIN_SKLEARN,
     BundleManifest,
     EnvironmentSpec,
     ModelSpec,
@@ -38,6 +37,7 @@ from baton.contract.infer import MAX_INFERRED_CATEGORIES, infer_fields, infer_te
 from baton.contract.spec import Contract, FieldSpec, TensorSpec
 from baton.errors import BundleError
 from baton.monitor.drift import reference_profile
+from baton.runtime.runners import BUILTIN_ONNX, BUILTIN_SKLEARN
 
 ARTIFACT = "model/model.pkl"
 REFERENCE = "monitoring/reference.json"
@@ -53,13 +53,18 @@ def package(model: Any, sample: Any, *, name: str, version: str = "0.1.0",
             method: str | None = None, sample_rows: int = 20, tolerance: float = 1e-6,
             workers: int = 0, code: Sequence[str | os.PathLike[str]] = (),
             extra_requirements: Iterable[str] = (), max_categories: int = MAX_INFERRED_CATEGORIES,
-            ranges: bool = False, overwrite: bool = False) -> Path:
+            ranges: bool = False, overwrite: bool = False, format: str = "pickle") -> Path:
     """Write a bundle folder for a fitted scikit-learn-compatible model; return its path.
 
     ``sample`` is a pandas DataFrame (a records contract) or a numpy array (a tensor
     contract) shaped like the model's training input. ``code`` lists local modules or
     packages the model's pickle refers to; they are copied into the bundle.
+    ``format="onnx"`` converts the model with skl2onnx instead of pickling it: the bundle
+    runs on the ``onnx`` runner, in an environment of onnxruntime and numpy
+    (:mod:`baton.to_onnx`); its expected outputs stay the original model's.
     """
+    if format not in ("pickle", "onnx"):
+        raise BundleError(f"format must be 'pickle' or 'onnx', not {format!r}")
     method = method or ("predict_proba" if hasattr(model, "predict_proba") else "predict")
     if not callable(getattr(model, method, None)):
         raise BundleError(f"the model has no {method}() method")
@@ -90,9 +95,17 @@ def package(model: Any, sample: Any, *, name: str, version: str = "0.1.0",
         sample_out = {method: result.tolist()}
     contract = Contract("records" if records else "tensors", inputs, outputs)
 
-    blob = pickle.dumps(model, protocol=5)
-    requirements = pinned_requirements(_modules_in_pickle(blob), records=records,
-                                       local=[Path(c) for c in code])
+    if format == "onnx":
+        from baton import to_onnx
+
+        blob, artifact = to_onnx.convert(model, sample), to_onnx.ARTIFACT
+        spec = ModelSpec("onnx", BUILTIN_ONNX, artifact, method)
+        requirements = pinned_requirements(to_onnx.RUNTIME, records=False)
+    else:
+        blob, artifact = pickle.dumps(model, protocol=5), ARTIFACT
+        spec = ModelSpec("python", BUILTIN_SKLEARN, artifact, method)
+        requirements = pinned_requirements(_modules_in_pickle(blob), records=records,
+                                           local=[Path(c) for c in code])
     requirements = _merge(requirements, extra_requirements)
     for pin, why in unreachable_pins(requirements):
         warnings.warn(f"the bundle pins {pin}, which {why}: no package index can provide it, "
@@ -100,7 +113,7 @@ def package(model: Any, sample: Any, *, name: str, version: str = "0.1.0",
                       "(baton serve --wheelhouse DIR)", PackagingWarning, stacklevel=2)
     manifest = BundleManifest(
         name=name, version=version, description=description, owner=owner,
-        model=ModelSpec("python", BUILTIN_SKLEARN, ARTIFACT, method),
+        model=spec,
         environment=EnvironmentSpec(f"{sys.version_info.major}.{sys.version_info.minor}",
                                     tuple(requirements)),
         contract=contract,
@@ -112,8 +125,8 @@ def package(model: Any, sample: Any, *, name: str, version: str = "0.1.0",
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
     try:
-        (tmp / "model").mkdir()
-        (tmp / ARTIFACT).write_bytes(blob)
+        (tmp / artifact).parent.mkdir(parents=True, exist_ok=True)
+        (tmp / artifact).write_bytes(blob)
         (tmp / "samples").mkdir()
         (tmp / "samples/input.json").write_text(_json(sample_in))
         (tmp / "samples/expected.json").write_text(_json(sample_out))

@@ -13,10 +13,9 @@ import tomli_w
 from baton.contract.spec import Contract
 from baton.errors import ContractError, ManifestError
 from baton.runtime.isolation import LEVELS, Isolation
+from baton.runtime.runners import BUILTIN_SKLEARN, RUNNERS
 
 MANIFEST_NAME = "baton.toml"
-BUILTIN_SKLEARN = "builtin:sklearn"
-RUNNERS = ("python",)
 BUILTIN_METRICS = ("accuracy", "mae", "rmse")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
@@ -273,14 +272,19 @@ def _relpath(table: dict[str, Any], dotted: str) -> str:
 
 def _model(m: dict[str, Any]) -> ModelSpec:
     runner = m.get("runner", "python")
-    if runner not in RUNNERS:
+    kind = RUNNERS.get(runner) if isinstance(runner, str) else None
+    if kind is None:
         raise _invalid("model.runner", "one of " + ", ".join(RUNNERS), runner)
-    entry = _text(m, "model.entrypoint")
-    if entry != BUILTIN_SKLEARN and not _ENTRYPOINT.match(entry):
-        raise _invalid("model.entrypoint", f"'{BUILTIN_SKLEARN}' or 'module.path:Class'", entry)
+    entry = (_text(m, "model.entrypoint") if "entrypoint" in m or kind.default_entrypoint is None
+             else kind.default_entrypoint)
+    if entry not in kind.builtins and not (kind.custom and _ENTRYPOINT.match(entry)):
+        allowed = [f"'{b}'" for b in kind.builtins] + (["'module.path:Class'"] if kind.custom
+                                                       else [])
+        raise _invalid("model.entrypoint", f"{' or '.join(allowed)} for runner '{runner}'",
+                       entry)
     artifact = _relpath(m, "model.artifact") if "artifact" in m else None
-    if entry == BUILTIN_SKLEARN and artifact is None:
-        raise ManifestError(f"{MANIFEST_NAME}: model.artifact is required for {BUILTIN_SKLEARN}",
+    if entry in kind.builtins and artifact is None:
+        raise ManifestError(f"{MANIFEST_NAME}: model.artifact is required for {entry}",
                             details={"field": "model.artifact"})
     method = m.get("method", "predict_proba")
     if method not in ("predict", "predict_proba"):

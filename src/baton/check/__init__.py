@@ -33,6 +33,7 @@ from baton.check.report import (
 from baton.check.samples import (
     batch_dependent,
     compare,
+    largest_difference,
     null_record,
     one_row,
     sample_rows,
@@ -160,6 +161,8 @@ class _Running:
             if output_error is not None:
                 raise output_error
         with record_stage(self.report, "sample_mismatch") as s:
+            largest = largest_difference(expected, actual)
+            self.report.measurements["sample_largest_difference"] = largest
             self.report.mismatches = compare(expected, actual, tol)
             if self.report.mismatches:
                 first = self.report.mismatches[0]
@@ -168,7 +171,8 @@ class _Running:
                     f"outputs (tolerance {tol:g}); first: record {first['record']}, field "
                     f"{first['field']!r}: expected {first['expected']!r}, "
                     f"got {first['got']!r}")
-            s.note = f"all outputs within {tol:g}"
+            s.note = f"all outputs within {tol:g}" + (
+                f" (largest difference {largest:.3g})" if largest is not None else "")
         return inputs, actual, tol
 
     async def _single_records(self, inputs: Any, actual: Any, tol: float) -> None:

@@ -87,3 +87,24 @@ def compare(expected: Any, actual: Any, tol: float) -> list[dict[str, Any]]:
             out.append({"record": int(idx[0]), "field": name, "expected": e[tuple(idx)].item(),
                         "got": a[tuple(idx)].item()})
     return out
+
+
+def largest_difference(expected: Any, actual: Any) -> float | None:
+    """The largest absolute difference between an expected and an actual number, over
+    every output (None when no output is numeric): how close a converted model lands."""
+    diffs: list[float] = []
+    if isinstance(expected, list):
+        for e, a in zip(expected, actual, strict=False):
+            diffs += [abs(float(e[k]) - float(a[k])) for k in e
+                      if _numeric(e.get(k)) and _numeric(a.get(k))]
+    else:
+        for name, exp in expected.items():
+            e, a = np.asarray(exp), np.asarray(actual.get(name))
+            if e.shape == a.shape and e.size and e.dtype.kind in "fiu" \
+                    and a.dtype.kind in "fiu":
+                diffs.append(float(np.nanmax(np.abs(e.astype(float) - a.astype(float)))))
+    return max(diffs, default=None)
+
+
+def _numeric(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)

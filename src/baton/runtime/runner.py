@@ -1,11 +1,8 @@
 """Baton's Python runner: hosts one model inside its own environment.
 
-This file runs with the *model's* interpreter (``python -I -B runner.py``) and imports only
-the standard library; numpy and pandas are used when the model's environment has them. It
-speaks the worker protocol (docs/protocol.md) over its standard input and output:
-
-    frame   = uint32 big-endian length of the rest, then
-              uint32 big-endian header length, UTF-8 JSON header, binary payload
+This file runs with the *model's* interpreter (``python -I -B runner.py``), imports only the
+standard library (numpy and pandas when the model's environment has them) and speaks the
+worker protocol (docs/protocol.md) over its standard input and output.
 
 Standard output is claimed for the protocol at start-up: anything the model prints goes to
 standard error instead, so model code can never corrupt the stream.
@@ -123,9 +120,11 @@ class Runner:
             except ImportError:
                 self.pd = None
         entry = spec["entrypoint"]
-        if entry == "builtin:sklearn":
+        if entry in ("builtin:sklearn", "builtin:onnx"):
             path = os.path.join(bundle, spec["artifact"])
             try:
+                if entry == "builtin:onnx":  # the onnx runner: onnx_model.py, beside this
+                    return _beside("onnx_model").OnnxModel(path, self.config)
                 with open(path, "rb") as f:
                     return pickle.load(f)
             except (ImportError, AttributeError) as exc:
@@ -295,16 +294,19 @@ def _arity(fn: Any) -> int:
 
 
 def _json_safe(values: list[Any]) -> list[Any]:
-    out = []
-    for v in values:
-        if isinstance(v, float) and not math.isfinite(v):
-            v = None
-        elif hasattr(v, "item"):
-            v = v.item()
-            if isinstance(v, float) and not math.isfinite(v):
-                v = None
-        out.append(v)
-    return out
+    out = [v.item() if hasattr(v, "item") else v for v in values]
+    return [None if isinstance(v, float) and not math.isfinite(v) else v for v in out]
+
+
+def _beside(name: str) -> Any:
+    """A module in this file's folder, by its path: the model's sys.path never has it."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
+    spec: Any = importlib.util.spec_from_file_location(f"baton_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 #: errno values the sandbox gives a model connecting without network, or writing outside /tmp.

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import psutil
@@ -70,7 +70,7 @@ def interpreter_home(python: Path) -> Path | None:
     return None
 
 
-def command(inner: list[str], *, python: Path, bundle_dir: Path, runner: Path,
+def command(inner: list[str], *, python: Path, bundle_dir: Path, runner: Sequence[Path],
             network: bool) -> list[str]:
     """``inner`` (the worker's own command) run inside the sandbox."""
     args = [bwrap(), "--die-with-parent", "--new-session", "--unshare-all", "--cap-drop", "ALL"]
@@ -87,7 +87,7 @@ def command(inner: list[str], *, python: Path, bundle_dir: Path, runner: Path,
     args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/dev/shm"]
     # After the tmpfs mounts, so that a bundle or environment under /tmp shows through.
     env_dir = python.parent.parent.absolute()
-    shown = [env_dir, bundle_dir.absolute(), runner.absolute()]
+    shown = [env_dir, bundle_dir.absolute(), *(f.absolute() for f in runner)]
     home = interpreter_home(python)
     if home is not None:
         shown.append(home)

@@ -25,13 +25,13 @@ from baton.errors import (
     WorkerLimitExceeded,
     WorkerTimeout,
 )
-from baton.runtime import runner, sandbox
+from baton.runtime import sandbox
 from baton.runtime.isolation import LIMIT_CODES, Isolation
 from baton.runtime.limits import WorkerLimits
 from baton.runtime.protocol import FrameReader, decode_columns, encode_predict, pack_frame
+from baton.runtime.runners import PYTHON, Runner
 
 log = logging.getLogger("baton.worker")
-RUNNER_PATH = Path(runner.__file__)
 #: Signals that come from outside the model (an operator, a supervisor, the OOM killer),
 #: unlike an exit of its own or a fault in its code (SIGSEGV, SIGABRT, SIGBUS, SIGFPE).
 OUTSIDE_SIGNALS = frozenset({signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
@@ -52,15 +52,15 @@ class WorkerSpec:
     threads: int = 1
     #: The sandbox and limits the worker runs under (docs/isolation.md).
     isolation: Isolation = field(default_factory=Isolation)
+    #: The program ``python`` runs (:mod:`baton.runtime.runners`).
+    runner: Runner = PYTHON
 
     def command(self) -> list[str]:
-        # -I: no user site, no PYTHON* variables, no script folder on sys.path (so Baton
-        # itself is never importable); -B: never write bytecode into the bundle.
-        inner = [str(self.python), "-I", "-B", str(RUNNER_PATH)]
+        inner = self.runner.command(self.python)
         if not self.isolation.sandboxed:
             return inner
         return sandbox.command(inner, python=self.python, bundle_dir=self.bundle_dir,
-                               runner=RUNNER_PATH, network=self.isolation.network)
+                               runner=self.runner.files, network=self.isolation.network)
 
 
 class _Pipes(asyncio.SubprocessProtocol):
@@ -168,7 +168,7 @@ class Worker:
         child of bwrap) and put every process of the worker under its limits."""
         if self.leader is None or not (self.spec.isolation.sandboxed or self.limits):
             return
-        pids, self.pid = sandbox.processes(self.leader, RUNNER_PATH)
+        pids, self.pid = sandbox.processes(self.leader, self.spec.runner.script)
         if self.limits is not None:
             self.limits.apply(pids)
 

@@ -31,6 +31,7 @@ from baton.monitor.predlog import PredictionLog, new_ids
 from baton.monitor.quality import QualityTracker, check_metrics, prediction_field
 from baton.runtime.isolation import Isolation
 from baton.runtime.pool import WorkerPool
+from baton.runtime.runners import RUNNERS
 from baton.runtime.worker import WorkerSpec
 from baton.serving import v2
 from baton.serving.defaults import default_timeout
@@ -58,7 +59,8 @@ def worker_spec(bundle: Bundle, env: Environment, settings: Settings) -> WorkerS
               "inputs": m.contract.input_names, "outputs": m.contract.output_names,
               "fields": [s.to_dict() for s in m.contract.inputs]},
         env={"PYTHONUNBUFFERED": "1"}, load_timeout=settings.load_timeout,
-        threads=settings.worker_threads, isolation=isolation(m.isolation, settings))
+        threads=settings.worker_threads, isolation=isolation(m.isolation, settings),
+        runner=RUNNERS[m.model.runner])
 
 
 def isolation(asked: Isolation, settings: Settings) -> Isolation:
