@@ -27,6 +27,7 @@ from baton.streams.base import OutRecord, StreamError, open_sink, open_source
 from tests.conftest import Server, records_contract, run_baton, write_bundle
 from tests.streams.brokers import Tansu, require_service
 from tests.streams.conftest import Aio
+from tests.streams.engines import answers
 from tests.streams.secure import (
     PASSWORD,
     USER,
@@ -326,19 +327,23 @@ def test_an_engine_never_shows_a_stream_password(
 def test_a_refused_stream_names_its_url_but_not_the_password(
         serve: Callable[..., Server], doubler: Path, fleet: Fleet,
         baton_env: dict[str, str]) -> None:
-    """The engine keeps retrying a binding whose broker refuses the password; the error it
-    shows (stats, status, log) names the URL, masked, and the broker's reason."""
+    """The engine keeps retrying a binding whose broker refuses the password, and is not
+    ready meanwhile; the error it shows (stats, readiness, status, log) names the URL,
+    masked, and the broker's reason."""
     redis = fleet.get("redis")
     streams = [f"baton-tls-{uuid.uuid4().hex[:8]}" for _ in range(3)]
     server = serve([doubler], "--input", redis.url(streams[0], password=WRONG),
                    "--output", redis.url(streams[1]), "--dead-letter", redis.url(streams[2]),
-                   env={PASSWORD_ENV: PASSWORD})
+                   env={PASSWORD_ENV: PASSWORD}, ready=False)  # it never is: only live
+    _wait(lambda: answers(server, "/v2/health/live"), "the engine live", server)
 
     def refused() -> bool:
         stats = server.client.get("/v1/models").json()["streams"][0]
         return AUTH_REFUSED["redis"] in (stats.get("last_error") or "")
 
     _wait(refused, "the refusal shown in /v1/models", server)
+    ready = server.client.get("/v2/health/ready")
+    assert ready.status_code == 503 and AUTH_REFUSED["redis"] in ready.text
     shown = _everything_shown(server, baton_env)
     assert WRONG not in shown and PASSWORD not in shown
     assert f"{USER}:***@127.0.0.1:{redis.port}/{streams[0]}" in shown
