@@ -59,14 +59,14 @@ def board() -> Any:
     return ray.get_actor(BOARD, namespace=NAMESPACE)
 
 
-async def post_forever(replica: str, describe: Callable[[], dict[str, Any]]) -> None:
-    """A replica's task: post ``describe()`` to the board every second; a board that is not
+async def post_forever(replica: str, post: Callable[[], dict[str, Any]]) -> None:
+    """A replica's task: send ``post()`` to the board every second; a board that is not
     there (yet, or any more) is looked up again at the next post."""
     actor = None
     while True:
         try:
             actor = actor or board()
-            await asyncio.wait_for(actor.put.remote(replica, describe()), 10)
+            await asyncio.wait_for(actor.put.remote(replica, post()), 10)
         except Exception as exc:  # the board is a convenience: never stop the replica
             log.debug("could not post to the board: %s", exc)
             actor = None

@@ -77,7 +77,7 @@ class ModelReplica:
 
         self.replica_id = serve.get_replica_context().replica_id.unique_id
         self._posting = asyncio.get_running_loop().create_task(
-            post_forever(self.replica_id, self.describe))
+            post_forever(self.replica_id, self.post))
         log.info("%s@%s ready on node %s in %.2fs", shipment.name, shipment.version,
                  _node_id()[:12], time.perf_counter() - started)
 
@@ -86,17 +86,21 @@ class ModelReplica:
         return await call_asgi(self.app, request)
 
     def describe(self) -> dict[str, Any]:
-        """This replica, for ``baton status`` and ``/v1/cluster``: where it runs, what it
-        serves, its workers and its traffic so far."""
+        """This replica: where it runs, what it serves and its workers (``/v1/models``,
+        ``/v1/cluster``)."""
         svc = self.engine.models.get(self.shipment.name)
-        stats = self.engine.stats()
         return {"replica": self.replica_id,
                 "node": _node_id(), "pid": os.getpid(), "model": self.shipment.name,
                 "version": self.shipment.version, "digest": self.shipment.digest,
                 "ready": bool(svc and svc.ready), "since": self.started_at,
-                "workers": [w.pid for w in svc.pool.workers if w] if svc else [],
-                "stats": stats, "exposition": (self.engine.metrics.render().decode()
-                                               if self.engine.metrics is not None else "")}
+                "workers": [w.pid for w in svc.pool.workers if w] if svc else []}
+
+    def post(self) -> dict[str, Any]:
+        """What the replica posts to the board every second: :meth:`describe`, its engine's
+        figures (``/v1/stats``, ``baton status``) and its Prometheus exposition
+        (``/metrics``), rendered only here, never for a request."""
+        exposition = self.engine.metrics.render().decode() if self.engine.metrics else ""
+        return {**self.describe(), "stats": self.engine.stats(), "exposition": exposition}
 
     def ready(self) -> bool:
         svc = self.engine.models.get(self.shipment.name)
