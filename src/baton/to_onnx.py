@@ -50,17 +50,16 @@ def convert(model: Any, sample: Any) -> bytes:
 
 
 def _runs(data: bytes, typed: Any) -> None:
-    """Load the graph in onnxruntime and run it on ``typed`` (raises what it raises)."""
-    import numpy as np
-    import onnxruntime as ort
+    """Run the graph on ``typed`` as the onnx runner will (:class:`OnnxModel`: the same
+    feeds and casts); raises what it raises."""
+    from baton.runtime.onnx_model import OnnxModel
 
-    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    inputs = session.get_inputs()
-    if hasattr(typed, "columns") and len(inputs) > 1:
-        feeds = {i.name: np.asarray(typed[i.name]).reshape(-1, 1) for i in inputs}
-    else:
-        feeds = {inputs[0].name: np.asarray(typed)}
-    session.run(None, feeds)
+    records = hasattr(typed, "columns")
+    names = [str(c) for c in typed.columns] if records else ["input"]
+    inputs = {n: typed[n].to_numpy() for n in names} if records else {"input": typed}
+    config = {"kind": "records" if records else "tensors", "inputs": names,
+              "outputs": ["prediction"], "model": {"method": "predict"}}
+    OnnxModel(data, config).predict(inputs)
 
 
 def _typed(head: Any, width: str) -> Any:

@@ -25,7 +25,9 @@ _DTYPES = {"tensor(float)": "float32", "tensor(double)": "float64",
 
 
 class OnnxModel:
-    def __init__(self, path: str, config: dict[str, Any]) -> None:
+    def __init__(self, path: str | bytes, config: dict[str, Any]) -> None:
+        """``path``: the .onnx file (or the graph's bytes); ``config``: the ``load``
+        message (kind, inputs, outputs, model.method)."""
         import numpy as np
         import onnxruntime as ort
 
