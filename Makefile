@@ -29,9 +29,10 @@ services:
 	scripts/ensure-packages.sh
 	scripts/ensure-services.sh
 
-## The whole test suite against real uv environments, real worker processes, real PostgreSQL.
+## The whole test suite against real uv environments, real worker processes, real PostgreSQL,
+## on two pytest-xdist workers (tests sharing a Ray cluster or podman's store stay on one).
 test: install services
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n 2 --dist loadgroup
 
 lint: install
 	$(VENV)/bin/ruff check src tests bench examples

@@ -23,6 +23,21 @@ BATON = [sys.executable, "-m", "baton"]
 EXAMPLE = ROOT / "examples" / "penguins" / "bundle"
 
 
+# `make test` runs on two pytest-xdist workers (`--dist loadgroup`). Tests that share one
+# machine-wide thing run on one worker, in order: the Ray cluster's fixed ports, podman's
+# image store (builds and prunes).
+XDIST_GROUPS = (("tests/cluster/", "ray"), ("tests/image/", "podman"),
+                ("tests/deploy/test_kubernetes.py", "podman"))
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook turns the marks into node ids
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        group = next((g for prefix, g in XDIST_GROUPS if item.nodeid.startswith(prefix)), None)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def image_base_early(request: pytest.FixtureRequest) -> Iterator[None]:
     """When the session builds container images, their Debian base (debootstrap: the
