@@ -277,8 +277,9 @@ def _model(m: dict[str, Any]) -> ModelSpec:
         raise _invalid("model.runner", "one of " + ", ".join(RUNNERS), runner)
     entry = (_text(m, "model.entrypoint") if "entrypoint" in m or kind.default_entrypoint is None
              else kind.default_entrypoint)
-    if entry not in kind.builtins and not (kind.custom and _ENTRYPOINT.match(entry)):
-        allowed = [f"'{b}'" for b in kind.builtins] + (["'module.path:Class'"] if kind.custom
+    if entry not in kind.builtins and not (kind.custom and re.match(kind.custom_pattern,
+                                                                    entry)):
+        allowed = [f"'{b}'" for b in kind.builtins] + ([f"'{kind.custom_form}'"] if kind.custom
                                                        else [])
         raise _invalid("model.entrypoint", f"{' or '.join(allowed)} for runner '{runner}'",
                        entry)

@@ -17,6 +17,7 @@ HERE = Path(__file__).resolve().parent
 PYTHON_SCRIPT = HERE / "runner.py"
 BUILTIN_SKLEARN = "builtin:sklearn"
 BUILTIN_ONNX = "builtin:onnx"
+BUILTIN_RDS = "builtin:rds"
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,14 @@ class Runner:
     custom: bool = True
     #: The entrypoint of a bundle that names none (None: a bundle must name one).
     default_entrypoint: str | None = None
+    #: What a bundle's own entrypoint looks like: as the manifest's error says it, and
+    #: the pattern it must match.
+    custom_form: str = "module.path:Class"
+    custom_pattern: str = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
+    #: The interpreter's flags before the script.
+    flags: tuple[str, ...] = ("-I", "-B")
+    #: System folders a sandboxed worker must also see (beyond /usr and the libraries).
+    system: tuple[str, ...] = ()
 
     @property
     def files(self) -> tuple[Path, ...]:
@@ -44,8 +53,9 @@ class Runner:
     def command(self, interpreter: Path) -> list[str]:
         """The worker's command: the environment's interpreter running the script. For
         Python, ``-I`` keeps Baton and the user's site out of the model's ``sys.path`` and
-        ``-B`` keeps bytecode out of the bundle."""
-        return [str(interpreter), "-I", "-B", str(self.script)]
+        ``-B`` keeps bytecode out of the bundle; for R, ``--vanilla`` reads no profile or
+        user environment file."""
+        return [str(interpreter), *self.flags, str(self.script)]
 
 
 PYTHON = Runner(
@@ -56,5 +66,11 @@ ONNX = Runner(
     PYTHON_SCRIPT, beside=(HERE / "onnx_model.py",), builtins=(BUILTIN_ONNX,), custom=False,
     default_entrypoint=BUILTIN_ONNX)
 
+R = Runner(
+    "r", "an R object (.rds) and R's predict(), or the bundle's own R function",
+    HERE / "runner.R", builtins=(BUILTIN_RDS,), default_entrypoint=BUILTIN_RDS,
+    custom_form="file.R:function",
+    custom_pattern=r"^(?:[\w-][\w.-]*/)*[\w-][\w.-]*\.[Rr]:[A-Za-z.][\w.]*$", flags=("--vanilla",), system=("/etc/R",))
+
 #: Every runner, by the name a manifest gives.
-RUNNERS: dict[str, Runner] = {r.name: r for r in (PYTHON, ONNX)}
+RUNNERS: dict[str, Runner] = {r.name: r for r in (PYTHON, ONNX, R)}
