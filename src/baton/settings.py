@@ -35,6 +35,9 @@ class Settings:
     wheelhouse: Path | None = None
     #: Install without network access, from uv's cache or ``wheelhouse`` only.
     offline: bool = False
+    #: Folder of R package files (``name_version.tar.gz``, sources or binaries) an R model's
+    #: library is installed from before the system's R packages; never a network repository.
+    r_packages: Path | None = None
     #: Address and port the HTTP server binds to.
     host: str = "127.0.0.1"
     port: int = 8000

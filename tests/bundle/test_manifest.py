@@ -55,6 +55,18 @@ def test_manifest_round_trips_through_its_own_toml(make_bundle: MakeBundle,
     assert BundleManifest.load(other) == m
 
 
+def _r_model(model: dict[str, Any] | None = None,
+             environment: dict[str, Any] | None = None) -> Edit:
+    """The bundle turned into an R model (``runner = "r"``), with ``model`` and
+    ``environment`` replacing what an R model's manifest says."""
+    def edit(d: dict[str, Any]) -> None:
+        d["model"] = {"runner": "r", "artifact": "model.rds", "method": "predict",
+                      **(model or {})}
+        d["environment"] = environment if environment is not None else {
+            "r": "4.2", "requirements": ["randomForest==4.7-1.1"]}
+    return edit
+
+
 def _drop(section: str, key: str) -> Edit:
     return lambda d: d[section].pop(key)
 
@@ -127,6 +139,20 @@ def _builtin_without_artifact(d: dict[str, Any]) -> None:
                  "environment.requirement", "environment.requirement", id="misspelt-env-key"),
     pytest.param(_set("bundle", colour="red"), "bundle.colour", "bundle.colour",
                  id="unknown-bundle-key"),
+    pytest.param(_r_model(environment={"r": "4.2", "python": "3.11"}), "environment.python",
+                 "absent for runner 'r'", id="r-with-python"),
+    pytest.param(_r_model(environment={"requirements": []}), "environment.r",
+                 "lacks required field environment.r", id="r-without-version"),
+    pytest.param(_r_model(environment={"r": "R-4"}), "environment.r",
+                 "R's major.minor version", id="r-bad-version"),
+    pytest.param(_r_model(model={"entrypoint": "score.py:score"}), "model.entrypoint",
+                 "'builtin:rds' or 'file.R:function' for runner 'r'", id="r-python-entrypoint"),
+    pytest.param(_r_model(model={"entrypoint": "../score.R:score"}), "model.entrypoint",
+                 "'file.R:function'", id="r-entrypoint-outside"),
+    pytest.param(_r_model(model={"entrypoint": "builtin:sklearn"}), "model.entrypoint",
+                 "for runner 'r'", id="r-sklearn"),
+    pytest.param(_set("environment", r="4.2"), "environment.r",
+                 "absent for runner 'python'", id="python-with-r"),
     pytest.param(lambda d: d["contract"]["inputs"][0].update(type="double"), "contract",
                  "[contract] is invalid: field 'amount': type must be one of",
                  id="invalid-contract"),
@@ -140,6 +166,22 @@ def test_invalid_manifest_names_the_field(load_edited: Callable[[Edit], BundleMa
     assert err.exit_code == 2
     assert err.details["field"] == field
     assert message in err.message
+
+
+def test_an_r_model_names_its_r_version_and_r_packages(
+        load_edited: Callable[[Edit], BundleManifest], make_bundle: MakeBundle,
+        tmp_path: Path) -> None:
+    m = load_edited(_r_model())
+    assert (m.model.runner, m.model.entrypoint, m.model.artifact) == \
+        ("r", "builtin:rds", "model.rds")  # builtin:rds is the R runner's default
+    assert (m.environment.r, m.environment.python) == ("4.2", "")
+    assert m.environment.requirements == ("randomForest==4.7-1.1",)
+    m.write(tmp_path)
+    written = tomllib.loads((tmp_path / "baton.toml").read_text())
+    assert written["environment"] == {"r": "4.2", "requirements": ["randomForest==4.7-1.1"]}
+    assert BundleManifest.load(tmp_path) == m
+    custom = load_edited(_r_model(model={"entrypoint": "R/score.R:score"}))
+    assert custom.model.entrypoint == "R/score.R:score"
 
 
 def test_unknown_section_is_named(load_edited: Callable[[Edit], BundleManifest]) -> None:

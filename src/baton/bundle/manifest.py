@@ -23,13 +23,14 @@ _ENTRYPOINT = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _PIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9,._-]+\])?==[A-Za-z0-9.+!_-]+"
                   r"(\s*;\s*[^;]+)?$")
 _PYTHON = re.compile(r"^3\.\d{1,2}$")
+_R = re.compile(r"^[1-9]\.\d{1,2}$")
 _SECTIONS = {"bundle", "model", "environment", "contract", "samples", "serving", "monitoring",
              "isolation"}
 #: Keys each section accepts ([contract] checks its own): a misspelt key is an error, not
 #: a silently ignored setting (``requirement = [...]`` would build an empty environment).
 _KEYS = {"bundle": {"name", "version", "description", "owner"},
          "model": {"runner", "entrypoint", "artifact", "method"},
-         "environment": {"python", "requirements"},
+         "environment": {"python", "r", "requirements"},
          "samples": {"input", "expected", "tolerance"},
          "serving": {"workers", "timeout", "max_batch_rows"},
          "monitoring": {"reference", "drift_threshold", "metrics"},
@@ -55,10 +56,13 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class EnvironmentSpec:
-    """The interpreter version and the exact, pinned requirements the model runs with."""
+    """The interpreter version and the exact, pinned requirements the model runs with: a
+    Python version and Python packages, or (``runner = "r"``) an R version and R packages."""
 
     python: str
     requirements: tuple[str, ...]
+    #: R's ``major.minor`` for an R model ("" for every other runner).
+    r: str = ""
 
 
 @dataclass(frozen=True)
@@ -157,8 +161,10 @@ class BundleManifest:
                 _relpath(mon, "monitoring.reference") if "reference" in mon else None,
                 float(_number(mon.get("drift_threshold", 0.2), "monitoring.drift_threshold",
                               lo=0)), tuple(metrics))
-        return cls(name=name, version=version, model=_model(_table(data, "model")),
-                   environment=_environment(_table(data, "environment")), contract=contract,
+        model = _model(_table(data, "model"))
+        return cls(name=name, version=version, model=model,
+                   environment=_environment(_table(data, "environment"), model.runner),
+                   contract=contract,
                    samples=samples, serving=serving,
                    description=str(b.get("description", "")), owner=str(b.get("owner", "")),
                    monitoring=monitoring, isolation=_isolation(data.get("isolation", {})))
@@ -168,8 +174,7 @@ class BundleManifest:
             "bundle": {"name": self.name, "version": self.version,
                        "description": self.description, "owner": self.owner},
             "model": self.model.to_dict(),
-            "environment": {"python": self.environment.python,
-                            "requirements": list(self.environment.requirements)},
+            "environment": _environment_dict(self.environment),
             "serving": {k: v for k, v in (("workers", self.serving.workers),
                                           ("timeout", self.serving.timeout),
                                           ("max_batch_rows", self.serving.max_batch_rows))
@@ -293,20 +298,39 @@ def _model(m: dict[str, Any]) -> ModelSpec:
     return ModelSpec(runner, entry, artifact, method)
 
 
-def _environment(e: dict[str, Any]) -> EnvironmentSpec:
-    python = _text(e, "environment.python")
-    if not _PYTHON.match(python):
-        raise _invalid("environment.python", "a version such as '3.11'", python)
+def _environment_dict(env: EnvironmentSpec) -> dict[str, Any]:
+    out: dict[str, Any] = {"r": env.r} if env.r else {"python": env.python}
+    out["requirements"] = list(env.requirements)
+    return out
+
+
+def _environment(e: dict[str, Any], runner: str) -> EnvironmentSpec:
+    """``python`` for every runner but R's; ``r`` (and no ``python``) for R's."""
+    python = r = ""
+    if runner == "r":
+        r = _text(e, "environment.r")
+        if not _R.match(r):
+            raise _invalid("environment.r", "R's major.minor version, such as '4.2'", r)
+        if "python" in e:
+            raise _invalid("environment.python", "absent for runner 'r' (an R model "
+                           "names its R version in environment.r)", e["python"])
+    else:
+        if "r" in e:
+            raise _invalid("environment.r", "absent for runner " + repr(runner) +
+                           " (environment.r is for runner 'r')", e["r"])
+        python = _text(e, "environment.python")
+        if not _PYTHON.match(python):
+            raise _invalid("environment.python", "a version such as '3.11'", python)
     reqs = e.get("requirements", [])
-    if not isinstance(reqs, list) or not all(isinstance(r, str) for r in reqs):
+    if not isinstance(reqs, list) or not all(isinstance(pin, str) for pin in reqs):
         raise _invalid("environment.requirements", "a list of strings", reqs)
-    unpinned = [r for r in reqs if not _PIN.match(r.strip())]
+    unpinned = [pin for pin in reqs if not _PIN.match(pin.strip())]
     if unpinned:
         raise ManifestError(
             f"{MANIFEST_NAME}: environment.requirements must be exact pins "
             f"(name==version); not pinned: {', '.join(unpinned)}",
             details={"field": "environment.requirements", "unpinned": unpinned})
-    return EnvironmentSpec(python, tuple(r.strip() for r in reqs))
+    return EnvironmentSpec(python, tuple(pin.strip() for pin in reqs), r)
 
 
 def _serving(s: Any) -> ServingSpec:

@@ -17,7 +17,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from baton.bundle.manifest import EnvironmentSpec
@@ -35,10 +36,21 @@ class Environment:
     #: Seconds spent building; 0.0 when it came from the cache.
     build_seconds: float
     cached: bool
+    #: ``python`` (a virtual environment) or ``r`` (an R library: :mod:`baton.env.r`).
+    language: str = "python"
+    #: The program that runs the runner, when it is not the environment's own Python.
+    program: Path | None = None
+    #: Variables a worker of this environment starts with (R's library path).
+    variables: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def python(self) -> Path:
         return self.path / "bin" / "python"
+
+    @property
+    def interpreter(self) -> Path:
+        """What a worker's runner is run with: the environment's Python, or R's Rscript."""
+        return self.program or self.python
 
 
 def lock_key(spec: EnvironmentSpec) -> str:
@@ -65,16 +77,21 @@ class EnvBuilder:
     """Builds and caches environments under ``envs_dir``."""
 
     def __init__(self, envs_dir: Path, *, wheelhouse: Path | None = None,
-                 offline: bool = False) -> None:
+                 offline: bool = False, r_packages: Path | None = None) -> None:
         self.envs_dir = Path(envs_dir)
         self.wheelhouse = wheelhouse
         self.offline = offline
+        self.r_packages = r_packages
 
     def path_for(self, spec: EnvironmentSpec) -> Path:
         return self.envs_dir / lock_key(spec)
 
     def ensure(self, spec: EnvironmentSpec) -> Environment:
         """Return the environment for ``spec``, building it if the cache lacks it."""
+        if spec.r:
+            from baton.env.r import RLibraryBuilder
+
+            return RLibraryBuilder(self.envs_dir, self.r_packages).ensure(spec)
         key = lock_key(spec)
         final = self.envs_dir / key
         if (final / _READY).exists():

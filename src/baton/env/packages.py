@@ -35,11 +35,14 @@ class InstalledPackage:
 
     name: str
     version: str
+    #: ``pypi``, or ``cran`` for an R package (its name as R spells it).
+    ecosystem: str = "pypi"
 
     @property
     def purl(self) -> str:
-        """The package URL (``pkg:pypi/scikit-learn@1.5.2``) an SBOM identifies it by."""
-        return f"pkg:pypi/{self.name}@{quote(self.version, safe='.+!-_')}"
+        """The package URL (``pkg:pypi/scikit-learn@1.5.2``, ``pkg:cran/randomForest@4.7-1.1``)
+        an SBOM identifies it by."""
+        return f"pkg:{self.ecosystem}/{self.name}@{quote(self.version, safe='.+!-_')}"
 
 
 def normalise(name: str) -> str:

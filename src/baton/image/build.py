@@ -67,6 +67,11 @@ def build_image(ref: str, settings: Settings, *, tag: str | None = None,
     started = time.perf_counter()
     opened = open_source(ref, settings, registry)
     bundle, spec = opened.bundle, opened.bundle.manifest.environment
+    if spec.r:
+        raise BatonError(f"{bundle.name} {bundle.version} is an R model: images hold Python "
+                         "models only so far; serve it with `baton serve` on a machine with "
+                         "R (docs/manifest.md)", code="RUNNER_UNSUPPORTED",
+                         details={"field": "model.runner", "runner": "r"})
     if spec.python != PYTHON:
         raise BatonError(f"{bundle.name} {bundle.version} needs Python {spec.python}; the "
                          f"image's Debian base has Python {PYTHON}", code="PYTHON_MISMATCH",

@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 from baton.bundle.loader import Bundle
 from baton.env.builder import Environment
 from baton.env.packages import installed
+from baton.env.r import packages as r_packages
 from baton.errors import BatonError
 from baton.report import sections
 from baton.report.html import render_html
@@ -55,7 +56,8 @@ def build_report(ref: str | Path, settings: Settings, *, source: str | None = No
     bundle = open_local(ref, settings)
     _same_digest(bundle, check_report)
     env = ensure_environment(bundle, settings)
-    packages = installed(env.python)
+    packages = (r_packages(env.path / "library") if env.language == "r"
+                else installed(env.python))
     report: dict[str, Any] = {
         "format": FORMAT, "generated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "identity": sections.identity(bundle, source or str(ref), env),

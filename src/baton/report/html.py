@@ -183,13 +183,14 @@ def _contract(contract: dict[str, Any]) -> str:
 
 
 def _dependencies(deps: dict[str, Any]) -> str:
-    py = deps["python"]
+    language = "R" if "r" in deps else "Python"
+    py = deps[language.lower()]
     rows = [(p["name"], p["pinned"], p["installed"], _status(p["status"] == "same", p["status"]))
             for p in deps["packages"]]
     n = len(deps["differences"])
     return _section(
         "Dependencies", "dependencies",
-        f"<p>Python: packaged with {escape(py['packaged'])}, environment "
+        f"<p>{language}: packaged with {escape(py['packaged'])}, environment "
         f"{escape(py['environment'])} {_status(py['status'] == 'same', py['status'])}. "
         f"{_status(n == 0, f'{n} package(s) differ')} from what the model was packaged "
         "with.</p>",

@@ -43,7 +43,7 @@ def dependencies(bundle: Bundle, env: Environment,
     rows, pinned = [], set()
     for pin in spec.requirements:
         name, _, version = pin.split(";")[0].partition("==")
-        key = normalise(name.split("[")[0].strip())
+        key = name.strip() if spec.r else normalise(name.split("[")[0].strip())
         pinned.add(key)
         got = have.get(key)
         status = "missing" if got is None else "same" if got == version.strip() else "differs"
@@ -51,10 +51,11 @@ def dependencies(bundle: Bundle, env: Environment,
                      "status": status})
     rows += [{"name": p.name, "pinned": None, "installed": p.version, "status": "unpinned"}
              for p in packages if p.name not in pinned]
-    python = _python_version(env)
-    return {"python": {"packaged": spec.python, "environment": python,
-                       "status": "same" if python.startswith(spec.python + ".") or
-                       python == spec.python else "differs"},
+    language, packaged = ("r", spec.r) if spec.r else ("python", spec.python)
+    found = _r_version() if spec.r else _python_version(env)
+    return {language: {"packaged": packaged, "environment": found,
+                       "status": "same" if found.startswith(packaged + ".") or
+                       found == packaged else "differs"},
             "packages": rows,
             "differences": [r for r in rows if r["status"] != "same"]}
 
@@ -71,9 +72,15 @@ def _python_version(env: Environment) -> str:
     return "unknown"
 
 
+def _r_version() -> str:
+    from baton.env.r import r_installation
+
+    return r_installation()[1]
+
+
 def sbom(packages: list[InstalledPackage]) -> dict[str, Any]:
     """What an SBOM of the model's environment lists, summarised: every package URL."""
-    return {"format": "package URLs (pkg:pypi) of the model's environment",
+    return {"format": "package URLs (pkg:pypi, pkg:cran) of the model's environment",
             "count": len(packages),
             "components": [{"name": p.name, "version": p.version, "purl": p.purl}
                            for p in packages]}

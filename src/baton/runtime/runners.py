@@ -70,7 +70,8 @@ R = Runner(
     "r", "an R object (.rds) and R's predict(), or the bundle's own R function",
     HERE / "runner.R", builtins=(BUILTIN_RDS,), default_entrypoint=BUILTIN_RDS,
     custom_form="file.R:function",
-    custom_pattern=r"^(?:[\w-][\w.-]*/)*[\w-][\w.-]*\.[Rr]:[A-Za-z.][\w.]*$", flags=("--vanilla",), system=("/etc/R",))
+    custom_pattern=r"^(?:[\w-][\w.-]*/)*[\w-][\w.-]*\.[Rr]:[A-Za-z.][\w.]*$",
+    flags=("--vanilla",), system=("/etc/R",))
 
 #: Every runner, by the name a manifest gives.
 RUNNERS: dict[str, Runner] = {r.name: r for r in (PYTHON, ONNX, R)}

@@ -71,8 +71,11 @@ def interpreter_home(python: Path) -> Path | None:
 
 
 def command(inner: list[str], *, python: Path, bundle_dir: Path, runner: Sequence[Path],
-            network: bool) -> list[str]:
-    """``inner`` (the worker's own command) run inside the sandbox."""
+            network: bool, env_dir: Path | None = None,
+            system: Sequence[str] = ()) -> list[str]:
+    """``inner`` (the worker's own command) run inside the sandbox: ``python`` is the
+    interpreter, ``env_dir`` the model's environment (by default the one ``python`` is in),
+    ``system`` further system folders the runner's interpreter reads (R's /etc/R)."""
     args = [bwrap(), "--die-with-parent", "--new-session", "--unshare-all", "--cap-drop", "ALL"]
     if network:
         args.append("--share-net")
@@ -82,11 +85,11 @@ def command(inner: list[str], *, python: Path, bundle_dir: Path, runner: Sequenc
             args += ["--symlink", str(path.readlink()), folder]
         elif path.is_dir():
             args += ["--ro-bind", folder, folder]
-    for name in ETC_FILES + (NETWORK_FILES if network else ()):
+    for name in (*ETC_FILES, *system, *(NETWORK_FILES if network else ())):
         args += ["--ro-bind-try", name, name]
     args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/dev/shm"]
     # After the tmpfs mounts, so that a bundle or environment under /tmp shows through.
-    env_dir = python.parent.parent.absolute()
+    env_dir = (env_dir or python.parent.parent).absolute()
     shown = [env_dir, bundle_dir.absolute(), *(f.absolute() for f in runner)]
     home = interpreter_home(python)
     if home is not None:
@@ -125,6 +128,8 @@ def processes(pid: int, runner: Path) -> tuple[list[int], int]:
     model = pid
     for proc in tree:
         with contextlib.suppress(psutil.Error):
-            if str(runner) in proc.cmdline() and proc.name() != "bwrap":
+            # Python runs the script as an argument; R's Rscript as --file=SCRIPT.
+            if any(a in (str(runner), f"--file={runner}") for a in proc.cmdline()) \
+                    and proc.name() != "bwrap":
                 model = proc.pid
     return [p.pid for p in tree], model

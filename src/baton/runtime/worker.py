@@ -42,6 +42,7 @@ class WorkerSpec:
     """Everything needed to start a worker for one model."""
 
     model: str
+    #: The interpreter that runs the runner: the environment's Python, or R's Rscript.
     python: Path
     bundle_dir: Path
     #: The ``load`` message: entrypoint, artifact, method, contract kind, input/output names.
@@ -54,13 +55,16 @@ class WorkerSpec:
     isolation: Isolation = field(default_factory=Isolation)
     #: The program ``python`` runs (:mod:`baton.runtime.runners`).
     runner: Runner = PYTHON
+    #: The model's environment (a sandbox shows it); None: the one ``python`` is in.
+    env_dir: Path | None = None
 
     def command(self) -> list[str]:
         inner = self.runner.command(self.python)
         if not self.isolation.sandboxed:
             return inner
         return sandbox.command(inner, python=self.python, bundle_dir=self.bundle_dir,
-                               runner=self.runner.files, network=self.isolation.network)
+                               runner=self.runner.files, network=self.isolation.network,
+                               env_dir=self.env_dir, system=self.runner.system)
 
 
 class _Pipes(asyncio.SubprocessProtocol):

@@ -54,11 +54,11 @@ class ScoredHook(Protocol):
 def worker_spec(bundle: Bundle, env: Environment, settings: Settings) -> WorkerSpec:
     m = bundle.manifest
     return WorkerSpec(
-        model=m.name, python=env.python, bundle_dir=bundle.path,
+        model=m.name, python=env.interpreter, bundle_dir=bundle.path, env_dir=env.path,
         load={"model": m.model.to_dict(), "kind": m.contract.kind,
               "inputs": m.contract.input_names, "outputs": m.contract.output_names,
               "fields": [s.to_dict() for s in m.contract.inputs]},
-        env={"PYTHONUNBUFFERED": "1"}, load_timeout=settings.load_timeout,
+        env={"PYTHONUNBUFFERED": "1", **env.variables}, load_timeout=settings.load_timeout,
         threads=settings.worker_threads, isolation=isolation(m.isolation, settings),
         runner=RUNNERS[m.model.runner])
 

@@ -38,7 +38,7 @@ class RegistryAccess(NamedTuple):
 def env_builder(settings: Settings) -> EnvBuilder:
     """The environment builder the settings describe (cache, wheelhouse, offline)."""
     return EnvBuilder(settings.envs_dir, wheelhouse=settings.wheelhouse,
-                      offline=settings.offline)
+                      offline=settings.offline, r_packages=settings.r_packages)
 
 
 def open_local(ref: str | Path, settings: Settings,
