@@ -16,12 +16,14 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "baton"
 #: The foundation: every layer may use these, and they use none of the upper ones.
 LOWER = ("errors", "batch", "settings", "contract", "runtime", "bundle", "backoff")
 UPPER = ("serving", "server", "cli", "monitor", "registry", "streams", "dashboard", "check",
-         "scoring", "image", "deploy", "report", "plan", "cluster")
+         "scoring", "image", "deploy", "report", "plan", "cluster", "importers")
 
 #: layer -> the layers it must never import.
 FORBIDDEN: dict[str, tuple[str, ...]] = {
     **{low: UPPER for low in LOWER},
     "monitor": ("serving", "server", "registry", "cli", "dashboard"),
+    # `baton import`: reads another tool's files and runs the model through `serving`.
+    "importers": ("server", "cli", "registry", "dashboard", "streams", "cluster"),
 }
 
 
