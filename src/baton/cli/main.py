@@ -246,6 +246,7 @@ def serve(bundles: tuple[str, ...], registry_url: str | None, stage: str, poll: 
 from baton.cli import deploy as _deploy_commands  # noqa: E402,F401
 from baton.cli import engine_tokens as _engine_token_commands  # noqa: E402,F401
 from baton.cli import image as _image_command  # noqa: E402,F401
+from baton.cli import importer as _import_commands  # noqa: E402,F401
 from baton.cli import plan as _plan_command  # noqa: E402,F401
 from baton.cli import registry as _registry_commands  # noqa: E402,F401  (registers verbs)
 from baton.cli import report as _report_command  # noqa: E402,F401
