@@ -125,7 +125,7 @@ def import_mlflow(source: str | os.PathLike[str], output: str | os.PathLike[str]
     BundleManifest.from_dict(base.to_dict())  # name and version checked before any build
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-")).resolve()
     try:
         _copy_model(model, tmp, notes)
         env = env_builder(settings).ensure(env_spec)

@@ -47,8 +47,8 @@ def probe_sklearn(env: Environment, pickle_path: Path, bundle_dir: Path) -> dict
     """``{"proba": bool, "classes": [...] | None, "type": "module.Class"}`` of the pickled
     model, read by the model environment's own interpreter."""
     try:
-        proc = subprocess.run([str(env.python), "-I", "-c", _PROBE, str(pickle_path),
-                               str(bundle_dir)], capture_output=True, text=True,
+        proc = subprocess.run([str(env.python), "-I", "-c", _PROBE, str(pickle_path.resolve()),
+                               str(bundle_dir.resolve())], capture_output=True, text=True,
                               cwd=bundle_dir, stdin=subprocess.DEVNULL, timeout=300)
     except subprocess.TimeoutExpired:
         raise BundleError(f"unpickling {pickle_path.name} in the model's environment took "
