@@ -97,7 +97,11 @@ def test_top_refreshes_until_interrupted(serve: Callable[..., Server], chaos_bun
     server = serve([chaos_bundle])
     term = Terminal()
     proc = subprocess.Popen([*BATON, "top", "--url", server.url, "--interval", "0.3"],
-                            env={**baton_env, "TERM": "xterm"}, stdin=term.slave,
+                            # The terminal's size, also where the suite's own COLUMNS
+                            # (pytest-xdist's workers have one) would narrow the table
+                            # until its headers are cut to "r…".
+                            env={**baton_env, "TERM": "xterm", "COLUMNS": "250",
+                                 "LINES": "60"}, stdin=term.slave,
                             stdout=term.slave, stderr=term.slave)
     os.close(term.slave)
     try:
