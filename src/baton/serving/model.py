@@ -265,7 +265,8 @@ class ModelService:
 
     def metadata(self) -> dict[str, Any]:
         return {
-            "name": self.name, "versions": [self.version], "platform": "baton-python",
+            "name": self.name, "versions": [self.version],
+            "platform": f"baton-{self.bundle.manifest.model.runner}",  # baton-python, -onnx, -r
             "inputs": [v2.spec_metadata(s) for s in self.contract.inputs],
             "outputs": [v2.spec_metadata(s) for s in self.contract.outputs],
             "parameters": {
