@@ -40,7 +40,7 @@ SAVE = textwrap.dedent('''
     import numpy as np
     import pandas as pd
     from mlflow.models import infer_signature
-    from sklearn.linear_model import LogisticRegression
+    from sklearn.linear_model import LinearRegression, LogisticRegression
 
     out = sys.argv[1]
     X = pd.DataFrame({"age": np.array([23, 45, 31, 52, 37, 29, 61, 44], dtype="int64"),
@@ -50,6 +50,10 @@ SAVE = textwrap.dedent('''
     mlflow.sklearn.save_model(clf, f"{out}/classifier", serialization_format="cloudpickle",
                               signature=infer_signature(X, clf.predict(X)),
                               input_example=X.head(4))
+    A = X.to_numpy(dtype="float64")
+    reg = LinearRegression().fit(A, X["income"].to_numpy() * 2)
+    mlflow.sklearn.save_model(reg, f"{out}/regressor", serialization_format="pickle",
+                              signature=infer_signature(A, reg.predict(A)), input_example=A[:3])
 
 
     class Total(mlflow.pyfunc.PythonModel):
@@ -169,6 +173,23 @@ def test_a_python_model_runs_through_mlflow_in_its_own_environment(
     assert stages["null_record"]["ok"] and "1 nullable field" in stages["null_record"]["note"]
 
 
+def test_a_tensor_signature_becomes_a_tensors_contract(
+        saved: Path, baton_env: dict[str, str], tmp_path: Path) -> None:
+    bundle = tmp_path / "regressor"
+    r = run_baton("import", "mlflow", saved / "regressor", "-o", bundle, env=baton_env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    m = _manifest(bundle)
+    assert m["model"]["entrypoint"] == "builtin:sklearn" and m["model"]["method"] == "predict"
+    assert m["contract"]["kind"] == "tensors"
+    assert m["contract"]["inputs"] == [{"name": "input-0", "datatype": "FP64",
+                                        "shape": [-1, 2]}]
+    assert m["contract"]["outputs"] == [{"name": "predict", "datatype": "FP64",
+                                         "shape": [-1]}]
+    expected = json.loads((bundle / "samples/expected.json").read_text())
+    assert expected["predict"] == pytest.approx([3.0, 6.4, 4.2])
+    assert _check(bundle, baton_env, tmp_path)["passed"] is True
+
+
 def test_a_folder_without_mlmodel_is_refused(baton_env: dict[str, str],
                                              tmp_path: Path) -> None:
     (tmp_path / "notamodel").mkdir()
@@ -219,6 +240,30 @@ def test_what_mlflow_wrote_is_read_without_mlflow(saved: Path) -> None:
     assert custom.flavor == "python_function"
     assert custom.example is not None and custom.example.records is not None
     assert custom.example.records[2] == {"amount": None, "count": 3}  # NaN in MLflow's JSON
+
+
+def test_a_skops_model_goes_through_python_function(tmp_path: Path) -> None:
+    """MLflow 3 saves scikit-learn models as skops by default: builtin:sklearn reads
+    pickles only, so such a model is served by MLflow's own loader."""
+    (tmp_path / "MLmodel").write_text(textwrap.dedent("""\
+        flavors:
+          python_function:
+            loader_module: mlflow.sklearn
+            model_path: model.skops
+            python_version: 3.11.7
+          sklearn:
+            pickled_model: model.skops
+            serialization_format: skops
+        mlflow_version: 3.17.2
+        signature:
+          inputs: '[{"type": "double", "name": "x", "required": true}]'
+          outputs: null
+        """))
+    (tmp_path / "requirements.txt").write_text("mlflow==3.17.2\nskops==0.13.0\n")
+    model = read_model(tmp_path)
+    assert model.flavor == "python_function" and model.requirements_file == "requirements.txt"
+    assert "serialization_format is 'skops'" in model.notes[0]
+    assert model.python == "3.11.7" and model.outputs is None and model.example is None
 
 
 def test_the_nullable_and_integer_decisions() -> None:

@@ -133,7 +133,7 @@ def import_mlflow(source: str | os.PathLike[str], output: str | os.PathLike[str]
         classes: list[Any] | None = None
         if model.flavor == "sklearn":
             probe = probe_sklearn(env, tmp / ARTIFACT, tmp)
-            method, classes = _method(probe, notes)
+            method, classes = _method(probe, kind, notes)
         manifest = _with(base, model=_model_spec(model, method),
                          contract=Contract(kind, inputs, _placeholder(model, kind, method)))
         manifest.write(tmp)
@@ -221,9 +221,10 @@ def _top_requirements(model: MLflowModel, records: bool, notes: list[str]) -> li
                               "mlflow to load", code="MLFLOW_UNPINNED",
                               details={"file": model.requirements_file})
         top.append(f"mlflow-skinny=={version}")
-        notes.append(f"{', '.join(mlflow) or 'mlflow'} locked as mlflow-skinny=={version}: "
-                     "MLflow's pyfunc loader, without the tracking server and UI that the "
-                     "full mlflow package adds")
+        if {name_of(r) for r in mlflow} != {"mlflow-skinny"}:
+            notes.append(f"{', '.join(mlflow) or 'mlflow'} locked as mlflow-skinny=={version}"
+                         ": MLflow's pyfunc loader, without the tracking server and UI that "
+                         "the full mlflow package adds")
     if records and "pandas" not in {name_of(r) for r in top}:
         top.append("pandas")
         notes.append("pandas added (its newest compatible version): the runner hands a "
@@ -260,12 +261,18 @@ def _copy_model(model: MLflowModel, tmp: Path, notes: list[str]) -> None:
             notes.append(f"{code}/{entry.name} copied beside the pickle (the model's own code)")
 
 
-def _method(probe: dict[str, Any], notes: list[str]) -> tuple[str, list[Any] | None]:
-    """predict_proba for a classifier whose labels can name output fields; else predict."""
+def _method(probe: dict[str, Any], kind: str,
+            notes: list[str]) -> tuple[str, list[Any] | None]:
+    """predict_proba for a classifier (on records, one whose labels can name output
+    fields); else predict."""
     classes = probe.get("classes")
     if not probe.get("proba") or classes is None:
         notes.append(f"{probe.get('type')}: no predict_proba, so method predict")
         return "predict", None
+    if kind == "tensors":
+        notes.append(f"{probe.get('type')} is a classifier: method predict_proba (a tensor of "
+                     f"the probabilities of {classes})")
+        return "predict_proba", classes
     simple = all(isinstance(c, str | int) and not isinstance(c, bool)
                  and _SIMPLE.fullmatch(str(c)) for c in classes)
     if not simple or len({type(c) for c in classes}) != 1:
@@ -292,9 +299,10 @@ def _sample_inputs(model: MLflowModel, inputs: tuple[Any, ...]) -> Any:
     if ex is None:
         return None
     if isinstance(inputs[0], TensorSpec):
-        if ex.tensor is None:
-            raise BundleError(f"{ex.file} is a table, but the signature takes a tensor",
-                              code="MLFLOW_EXAMPLE_INVALID", details={"file": ex.file})
+        if not isinstance(ex.tensor, list):
+            raise BundleError(f"{ex.file} is not one array (a list of rows), but the signature "
+                              "takes one tensor", code="MLFLOW_EXAMPLE_INVALID",
+                              details={"file": ex.file})
         return {inputs[0].name: ex.tensor}
     if ex.records is None:
         raise BundleError(f"{ex.file} is not a table, but the signature takes columns",
@@ -315,7 +323,7 @@ def _outputs(model: MLflowModel, kind: str, method: str, classes: list[Any] | No
         ptype = "integer" if isinstance(classes[0], int) else "string"
         specs = [FieldSpec("prediction", ptype, categories=tuple(classes))]
         specs += [FieldSpec(f"proba_{c}", "float", min=0.0, max=1.0) for c in classes]
-        return tuple(specs), "the classifier's classes (predict_proba)"
+        return tuple(specs), "the classifier's classes, by predict_proba"
     declared = output_fields(model.outputs)
     if model.flavor == "sklearn":
         declared = [("prediction", declared[0][1], declared[0][2])] if len(declared) == 1 else []
