@@ -16,11 +16,12 @@ The engine never imports mlflow, nor the model's libraries.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +135,7 @@ def import_mlflow(source: str | os.PathLike[str], output: str | os.PathLike[str]
         if model.flavor == "sklearn":
             probe = probe_sklearn(env, tmp / ARTIFACT, tmp)
             method, classes = _method(probe, kind, notes)
-        manifest = _with(base, model=_model_spec(model, method),
+        manifest = replace(base, model=_model_spec(model, method),
                          contract=Contract(kind, inputs, _placeholder(model, kind, method)))
         manifest.write(tmp)
         sample_in = _sample_inputs(model, inputs)
@@ -155,7 +156,7 @@ def import_mlflow(source: str | os.PathLike[str], output: str | os.PathLike[str]
         else:
             notes.append("no input example: the bundle has no samples, so baton check cannot "
                          "compare the model's answers")
-        manifest = _with(manifest, contract=contract, samples=samples)
+        manifest = replace(manifest, contract=contract, samples=samples)
         BundleManifest.from_dict(manifest.to_dict())
         manifest.write(tmp)
         if target.exists():
@@ -167,12 +168,6 @@ def import_mlflow(source: str | os.PathLike[str], output: str | os.PathLike[str]
     rows = raw.rows if raw is not None else 0
     return ImportResult(target, manifest, model.flavor, decisions, outputs_from, pins, rows,
                         env_note(env), notes)
-
-
-def _with(m: BundleManifest, **changes: Any) -> BundleManifest:
-    from dataclasses import replace
-
-    return replace(m, **changes)
 
 
 def _inputs(model: MLflowModel) -> tuple[Any, tuple[Any, ...], list[Decision]]:
@@ -365,6 +360,4 @@ def _expected(contract: Contract, raw: Batch) -> Any:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    import json
-
     path.write_text(json.dumps(obj, indent=1, allow_nan=False) + "\n")
