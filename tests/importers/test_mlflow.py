@@ -22,9 +22,8 @@ import pytest
 from baton.env.builder import uv_binary
 from baton.errors import BundleError
 from baton.importers.lock import find_python
-from baton.importers.mlmodel import read_model
+from baton.importers.mlmodel import _yaml, read_model
 from baton.importers.schema import records_fields, tensor_input
-from baton.importers.yamlish import loads
 from tests.conftest import run_baton
 
 # Every test of the file on one xdist worker: the MLflow models are saved once.
@@ -292,17 +291,22 @@ def test_the_nullable_and_integer_decisions() -> None:
     assert (tensor.name, tensor.datatype, tensor.shape) == ("input-0", "FP64", (-1, 4))
 
 
-def test_the_yaml_reader_takes_what_pyyaml_writes() -> None:
-    text = ("flavors:\n  python_function:\n    env:\n      conda: conda.yaml\n"
-            "    python_version: 3.10\nsignature:\n"
-            "  inputs: '[{\"type\": \"long\", \"name\": \"age\", \"required\": true}, {\"type\":"
-            " \"double\",\n    \"name\": \"income\"}]'\n  params: null\n"
-            "dependencies:\n- python=3.11.7\n- pip:\n  - mlflow==3.17.2\n  - 'it''s'\n"
-            "quoted: \"a\\tb\\\n  c\"\nempty: {}\n")
-    assert loads(text) == {
+def test_the_yaml_files_are_read_as_plain_data_with_versions_as_text(tmp_path: Path) -> None:
+    (tmp_path / "MLmodel").write_text(
+        "flavors:\n  python_function:\n    env:\n      conda: conda.yaml\n"
+        "    python_version: 3.10\nsignature:\n"
+        "  inputs: '[{\"type\": \"long\", \"name\": \"age\", \"required\": true}]'\n"
+        "  params: null\nmodel_size_bytes: 1234\n"
+        "dependencies:\n- python=3.11.7\n- pip:\n  - mlflow==3.17.2\n  - 'it''s'\n")
+    assert _yaml(tmp_path, "MLmodel") == {
         "flavors": {"python_function": {"env": {"conda": "conda.yaml"},
                                         "python_version": "3.10"}},
-        "signature": {"inputs": '[{"type": "long", "name": "age", "required": true}, '
-                                '{"type": "double", "name": "income"}]', "params": None},
-        "dependencies": ["python=3.11.7", {"pip": ["mlflow==3.17.2", "it's"]}],
-        "quoted": "a\tbc", "empty": {}}
+        "signature": {"inputs": '[{"type": "long", "name": "age", "required": true}]',
+                      "params": None},
+        "model_size_bytes": 1234,
+        "dependencies": ["python=3.11.7", {"pip": ["mlflow==3.17.2", "it's"]}]}
+    # Only plain data: a YAML tag that would build a Python object is refused.
+    (tmp_path / "MLmodel").write_text("flavors: !!python/object/apply:os.system ['true']\n")
+    with pytest.raises(BundleError) as info:
+        _yaml(tmp_path, "MLmodel")
+    assert info.value.code == "MLFLOW_INVALID"

@@ -1,7 +1,9 @@
 """Read an MLflow model directory: ``MLmodel``, its signature, the input example, the
 requirements and the Python version, each refusal naming the file and the field.
 
-Nothing here imports MLflow: the files are YAML and JSON (:mod:`baton.importers.yamlish`).
+Nothing here imports MLflow: the files are YAML (read by PyYAML's safe loader, with every
+number that is not an integer kept as text: ``python_version: 3.10`` is "3.10", not 3.1) and
+JSON.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from baton.errors import BundleError
-from baton.importers.yamlish import YamlError, loads
 
 SUPPORTED_FLAVORS = ("sklearn", "python_function")
 #: The sklearn flavor's formats that Baton's ``builtin:sklearn`` runner reads (a pickle).
@@ -100,6 +103,16 @@ def _bad(path: Path, file: str, where: str, expected: str, got: Any = None,
                        details={"file": file, "field": where})
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader (plain data only, no Python objects), without floats: a version
+    written bare (``3.10``) stays the text it is."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:float"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+
 def _yaml(path: Path, name: str, *, required: bool = False) -> Any:
     file = path / name
     if not file.is_file():
@@ -109,8 +122,8 @@ def _yaml(path: Path, name: str, *, required: bool = False) -> Any:
                               code="MLFLOW_NOT_FOUND", details={"file": name})
         return None
     try:
-        return loads(file.read_text(encoding="utf-8"))
-    except (YamlError, UnicodeDecodeError) as exc:
+        return yaml.load(file.read_text(encoding="utf-8"), Loader=_Loader)  # noqa: S506
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise BundleError(f"{file} cannot be read: {exc}", code="MLFLOW_INVALID",
                           details={"file": name}) from None
 
