@@ -42,8 +42,7 @@ class WorkerSpec:
     """Everything needed to start a worker for one model."""
 
     model: str
-    #: The interpreter that runs the runner: the environment's Python, or R's Rscript.
-    python: Path
+    python: Path  # what runs the runner: the environment's Python, or R's Rscript
     bundle_dir: Path
     #: The ``load`` message: entrypoint, artifact, method, contract kind, input/output names.
     load: dict[str, Any]
@@ -53,9 +52,8 @@ class WorkerSpec:
     threads: int = 1
     #: The sandbox and limits the worker runs under (docs/isolation.md).
     isolation: Isolation = field(default_factory=Isolation)
-    #: The program ``python`` runs (:mod:`baton.runtime.runners`).
+    #: What ``python`` runs (runners.py); the environment a sandbox shows (None: python's).
     runner: Runner = PYTHON
-    #: The model's environment (a sandbox shows it); None: the one ``python`` is in.
     env_dir: Path | None = None
 
     def command(self) -> list[str]:
