@@ -11,8 +11,9 @@ command -v podman >/dev/null || missing+=(podman buildah runc fuse-overlayfs sli
 command -v debootstrap >/dev/null || missing+=(debootstrap)
 # The `sandbox` isolation level of model workers.
 command -v bwrap >/dev/null || missing+=(bubblewrap)
-# R models (`runner = "r"`): R itself, and the R packages the example and the tests pin
-# (CRAN is out of reach: R packages come from Debian's r-cran-*).
+# R models (`runner = "r"`): R itself, the R package the example pins (randomForest), and
+# jsonlite, a system package the tests prove an R model cannot see (CRAN is out of reach:
+# R packages come from Debian's r-cran-*).
 command -v Rscript >/dev/null || missing+=(r-base-core)
 for pkg in jsonlite randomforest; do
   dpkg-query -W -f='${Status}' "r-cran-$pkg" 2>/dev/null | grep -q "ok installed" \
