@@ -5,9 +5,10 @@ Each runner hosts the same model, ``prediction = 2 x + 1`` on a records contract
 drives it over the real protocol in a real process: start and load, a good batch, missing
 values, an empty batch, input the model refuses, a ``metrics`` request, an unknown message,
 a crash and a hang in the middle of a request, and unloading. The runners: Python (a bundle's own
-``module:Class``), ONNX (a scikit-learn regression converted by skl2onnx), and ``doc``, a
-runner written from docs/protocol.md alone (tests/runtime/doc_runner.py). A new runner
-joins by adding a case.
+``module:Class``), ONNX (a scikit-learn regression converted by skl2onnx), R (runner.R: a
+bundle's own ``file.R:function`` with an ``.rds`` artifact, run by ``Rscript``, which must be
+installed), and ``doc``, a runner written from docs/protocol.md alone
+(tests/runtime/doc_runner.py). A new runner joins by adding a case.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import asyncio
 import json
 import math
 import os
+import shutil
 import signal
+import subprocess
 import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -25,11 +28,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+import uvloop
 
 from baton.batch import Batch
 from baton.errors import ModelError, WorkerCrashed, WorkerTimeout
 from baton.runtime.protocol import pack_frame
-from baton.runtime.runners import ONNX, PYTHON, Runner
+from baton.runtime.runners import ONNX, PYTHON, R, Runner
 from baton.runtime.worker import Worker, WorkerSpec
 
 HERE = Path(__file__).resolve().parent
@@ -52,11 +56,21 @@ class Model:
         return {"prediction": self.k["a"] * x + self.k["b"]}
 '''
 
+AFFINE_R = '''
+affine <- function(model, newdata) {
+  # a string column is not numeric: the model refuses it
+  if (!is.numeric(newdata$x)) stop("x must be numeric, got ", class(newdata$x)[1])
+  list(prediction = model$a * newdata$x + model$b)
+}
+'''
+
 
 @dataclass(frozen=True)
 class Case:
     runner: Runner
     model: dict[str, Any]
+    #: The program the runner's script runs with (WorkerSpec.python).
+    interpreter: Path = INTERPRETER
 
 
 def _affine(folder: Path) -> None:
@@ -86,6 +100,17 @@ def onnx(folder: Path) -> Case:
                        "artifact": "model.onnx", "method": "predict"})
 
 
+def r(folder: Path) -> Case:
+    rscript = shutil.which("Rscript")
+    if rscript is None:
+        pytest.fail("R is not installed (no Rscript on PATH): apt-get install r-base-core")
+    subprocess.run([rscript, "--vanilla", "-e", "saveRDS(list(a = 2, b = 1), 'affine.rds')"],
+                   cwd=folder, check=True, timeout=60)
+    (folder / "affine.R").write_text(AFFINE_R)
+    return Case(R, {"runner": "r", "entrypoint": "affine.R:affine", "artifact": "affine.rds",
+                    "method": "predict"}, interpreter=Path(rscript))
+
+
 def doc(folder: Path) -> Case:
     _affine(folder)
     script = HERE / "doc_runner.py"
@@ -94,21 +119,24 @@ def doc(folder: Path) -> Case:
 
 
 CASES: dict[str, Callable[[Path], Case]] = {
-    "python": python_custom, "onnx": onnx, "doc": doc}
+    "python": python_custom, "onnx": onnx, "r": r, "doc": doc}
 
 
 @pytest.fixture(params=list(CASES))
 def spec(request: pytest.FixtureRequest, tmp_path: Path) -> WorkerSpec:
     case = CASES[request.param](tmp_path)
     return WorkerSpec(
-        model=f"affine-{request.param}", python=INTERPRETER, bundle_dir=tmp_path,
+        model=f"affine-{request.param}", python=case.interpreter, bundle_dir=tmp_path,
         load={"model": case.model, "kind": "records", "inputs": ["x"], "outputs": ["prediction"],
               "fields": [{"name": "x", "type": "float", "nullable": True}]},
         runner=case.runner, load_timeout=60)
 
 
 def run(body: Coroutine[Any, Any, None]) -> None:
-    asyncio.run(asyncio.wait_for(body, 120))
+    """On uvloop, as ``baton serve`` runs: its workers' standard streams are socketpairs,
+    not pipes (a runner that opens /dev/stdout by path fails there)."""
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(asyncio.wait_for(body, 120))
 
 
 def batch(values: list[Any]) -> Batch:
