@@ -7,6 +7,10 @@ ONNX runner (onnxruntime and numpy). ``baton check --iterations N`` then gives, 
 start-up to the first prediction (the worker's start and load), 1-row and 100-row latency,
 the worker's memory, and how far the ONNX outputs land from the original's.
 
+The R runner is measured on the example R bundle (examples/iris-r: randomForest, 50 trees,
+on R's iris), beside the same kind of model in Python (scikit-learn's RandomForestClassifier,
+50 trees, on the same 150 rows) on the Python runner.
+
     .venv/bin/python bench/runners.py [--iterations 500]
 """
 
@@ -35,6 +39,26 @@ def models() -> dict[str, tuple[Any, Any]]:
             "gboost": (GradientBoostingClassifier(random_state=0).fit(x, y), x)}
 
 
+def iris_forest(work: Path) -> Path:
+    """R's iris (the example R bundle's data, from its R) and scikit-learn's random forest of
+    the same size, packaged for the Python runner."""
+    import io
+
+    import pandas as pd
+    from sklearn.ensemble import RandomForestClassifier
+
+    import baton
+
+    text = subprocess.run(["Rscript", "--vanilla", "-e", "write.csv(iris, stdout(), "
+                           "row.names = FALSE)"], capture_output=True, text=True,
+                          check=True).stdout
+    iris = pd.read_csv(io.StringIO(text))
+    x, y = iris.drop(columns="Species"), iris["Species"]
+    model = RandomForestClassifier(n_estimators=50, random_state=42).fit(x, y)
+    return baton.package(model, x.iloc[::15], name="iris-rf-python",
+                         path=work / "iris-rf-python")
+
+
 def check(bundle: Path, iterations: int, env: dict[str, str]) -> dict[str, Any]:
     report = bundle.parent / f"{bundle.name}.check.json"
     started = time.perf_counter()
@@ -57,18 +81,22 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-runners-"))
     env = dict(os.environ, BATON_HOME=str(work / "home"), BATON_WORKERS="1")
     rows = []
+    bundles = []
     for name, (model, x) in models().items():
         for fmt, runner in (("pickle", "python"), ("onnx", "onnx")):
-            bundle = baton.package(model, x, name=f"{name}-{runner}", format=fmt,
-                                   path=work / f"{name}-{runner}")
-            check(bundle, 10, env)  # builds the environment: not part of the figures
-            r = check(bundle, args.iterations, env)
-            m = r["measurements"]
-            lat = m["latency"]
-            rows.append((name, runner, m["load_seconds"], lat["rows_1"]["p50_ms"],
-                         lat["rows_1"]["p99_ms"], lat["rows_100"]["p50_ms"],
-                         lat["rows_100"]["p99_ms"], m["memory_mb"]["worker_peak_rss_mb"],
-                         m.get("sample_largest_difference")))
+            bundles.append((name, runner, baton.package(
+                model, x, name=f"{name}-{runner}", format=fmt, path=work / f"{name}-{runner}")))
+    bundles += [("iris-rf", "python", iris_forest(work)),
+                ("iris-rf", "r", ROOT / "examples" / "iris-r" / "bundle")]
+    for name, runner, bundle in bundles:
+        check(bundle, 10, env)  # builds the environment: not part of the figures
+        r = check(bundle, args.iterations, env)
+        m = r["measurements"]
+        lat = m["latency"]
+        rows.append((name, runner, m["load_seconds"], lat["rows_1"]["p50_ms"],
+                     lat["rows_1"]["p99_ms"], lat["rows_100"]["p50_ms"],
+                     lat["rows_100"]["p99_ms"], m["memory_mb"]["worker_peak_rss_mb"],
+                     m.get("sample_largest_difference")))
     print(f"{'model':8} {'runner':7} {'load s':>7} {'1-row p50':>10} {'1-row p99':>10} "
           f"{'100-row p50':>12} {'100-row p99':>12} {'peak RSS MB':>11} {'largest diff':>13}")
     for name, runner, load, p50, p99, p50h, p99h, mem, diff in rows:

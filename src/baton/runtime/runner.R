@@ -5,10 +5,11 @@
 # library, BATON_R_LIBRARY). It speaks the worker protocol (docs/protocol.md) over its
 # standard input and output: length-prefixed frames, each a JSON header and a binary payload.
 #
-# Standard output is for frames only: the protocol writes to its own binary connection on the
-# process's standard output, and everything R prints (print(), cat(), message(), Rprintf) is
-# sunk to standard error. Base R cannot dup2(): what writes to fd 1 itself, a C library's
-# printf() or a command run by system(), is not caught and would corrupt the stream.
+# Standard output is for frames only. Base R cannot dup2(), so the engine starts R with the
+# protocol's output on fd 3 and fd 1 on standard error (runners.py: `BATON_PROTOCOL_FD=3 exec
+# "$@" 3>&1 1>&2`): whatever writes to fd 1, a C library's printf() or a command run by
+# system(), lands in the log. Run by hand, without that, the protocol is on fd 1 and R's own
+# output (print(), cat(), message(), Rprintf) is sunk to standard error.
 #
 # It serves records contracts: the model gets a data.frame of the inputs, in contract order.
 # - `builtin:rds`: the artifact is readRDS()'d; `predict(model, newdata = df)`
@@ -435,12 +436,13 @@ main <- function() {
   quit(save = "no", status = 0L)
 }
 
-# Standard output is the protocol's; R's own output and the model's go to standard error.
-# A pipe opens as /dev/stdout; a socket (the engine's uvloop gives its workers socketpairs)
-# cannot be opened by path, and base R has no other binary connection to fd 1: there, a
-# `cat` that inherits it relays the frames.
-PROTO_OUT <- tryCatch(suppressWarnings(file("/dev/stdout", "wb", raw = TRUE)),
-                      error = function(e) pipe("exec cat", "wb"))
+# The protocol's output descriptor (3 from the engine, see the top). A pipe opens by path; a
+# socket (the engine's uvloop gives its workers socketpairs) cannot, and base R has no other
+# binary connection to a descriptor: there, a `cat` that inherits it relays the frames.
+PROTO_FD <- as.integer(Sys.getenv("BATON_PROTOCOL_FD", "1"))
+PROTO_OUT <- tryCatch(
+  suppressWarnings(file(sprintf("/dev/fd/%d", PROTO_FD), "wb", raw = TRUE)),
+  error = function(e) pipe(sprintf("exec cat >&%d", PROTO_FD), "wb"))
 sink(stderr())
 options(warn = 1L)
 CONFIG <- list()

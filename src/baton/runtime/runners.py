@@ -44,6 +44,9 @@ class Runner:
     flags: tuple[str, ...] = ("-I", "-B")
     #: System folders a sandboxed worker must also see (beyond /usr and the libraries).
     system: tuple[str, ...] = ()
+    #: A shell line the command runs under (``"$@"`` is the interpreter, its flags and the
+    #: script), for a language that cannot move its own descriptors; "": none.
+    shell: str = ""
 
     @property
     def files(self) -> tuple[Path, ...]:
@@ -55,7 +58,8 @@ class Runner:
         Python, ``-I`` keeps Baton and the user's site out of the model's ``sys.path`` and
         ``-B`` keeps bytecode out of the bundle; for R, ``--vanilla`` reads no profile or
         user environment file."""
-        return [str(interpreter), *self.flags, str(self.script)]
+        inner = [str(interpreter), *self.flags, str(self.script)]
+        return ["/bin/sh", "-c", self.shell, self.name, *inner] if self.shell else inner
 
 
 PYTHON = Runner(
@@ -71,7 +75,10 @@ R = Runner(
     HERE / "runner.R", builtins=(BUILTIN_RDS,), default_entrypoint=BUILTIN_RDS,
     custom_form="file.R:function",
     custom_pattern=r"^(?:[\w-][\w.-]*/)*[\w-][\w.-]*\.[Rr]:[A-Za-z.][\w.]*$",
-    flags=("--vanilla",), system=("/etc/R",))
+    flags=("--vanilla",), system=("/etc/R", "/etc/alternatives"),
+    # Base R cannot dup2(): R starts with the protocol's output on fd 3 and fd 1 on standard
+    # error, so what writes to fd 1 (a C library's printf(), system()) reaches the log.
+    shell='BATON_PROTOCOL_FD=3 exec "$@" 3>&1 1>&2')
 
 #: Every runner, by the name a manifest gives.
 RUNNERS: dict[str, Runner] = {r.name: r for r in (PYTHON, ONNX, R)}
