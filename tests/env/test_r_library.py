@@ -12,7 +12,7 @@ import pytest
 
 from baton.bundle.manifest import EnvironmentSpec
 from baton.env.builder import EnvBuilder
-from baton.env.r import description, r_installation
+from baton.env.r import description, packages, r_installation
 from baton.errors import EnvironmentBuildError
 
 
@@ -75,6 +75,8 @@ def test_a_library_from_the_systems_r_packages_holds_exactly_the_pins(
         env={"PATH": "/usr/bin:/bin", **env.variables}, capture_output=True, text=True,
         check=True).stdout.split()
     assert out[0] == str(library) and out[-2:] == ["FALSE", version.replace("-", ".")]
+    # What a report and an SBOM list: the R packages, by their CRAN package URLs.
+    assert [p.purl for p in packages(library)] == [f"pkg:cran/randomForest@{version}"]
     again = EnvBuilder(tmp_path / "envs").ensure(spec)
     assert (again.cached, again.path) == (True, env.path)
 
