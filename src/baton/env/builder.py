@@ -67,6 +67,14 @@ def _normalise(pin: str) -> str:
     return normalise(name) + sep + rest
 
 
+def publish(built: Path, final: Path, spec: EnvironmentSpec) -> None:
+    """Mark the environment built at ``built`` ready and make it ``final`` by one rename."""
+    (built / _READY).write_text("\n".join(spec.requirements) + "\n")
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(built, final)
+
+
 def uv_binary() -> str:
     from uv import find_uv_bin
 
@@ -120,10 +128,7 @@ class EnvBuilder:
                 if self.offline or self.wheelhouse is not None:
                     cmd += ["--offline"]
                 self._run(cmd, spec, stage="dependency_resolution")
-            (tmp / "env" / _READY).write_text("\n".join(spec.requirements) + "\n")
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp / "env", final)
+            publish(tmp / "env", final, spec)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 

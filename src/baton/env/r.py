@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from baton.bundle.manifest import EnvironmentSpec
-from baton.env.builder import Environment
+from baton.env.builder import Environment, publish
 from baton.env.packages import InstalledPackage
 from baton.errors import EnvironmentBuildError
 
@@ -172,10 +172,7 @@ class RLibraryBuilder:
             for path in _install_order(files):
                 self._install(path, library, spec)
             _verify(spec, library)
-            (tmp / "env" / _READY).write_text("\n".join(spec.requirements) + "\n")
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp / "env", final)
+            publish(tmp / "env", final, spec)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
