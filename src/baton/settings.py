@@ -72,6 +72,10 @@ class Settings:
     worker_open_files: int = 0
     worker_processes: int = 0
     log_level: str = "info"
+    #: Log lines as ``text`` or ``json`` (one JSON object per line: baton.logs).
+    log_format: str = "text"
+    #: One log line per HTTP request (method, path, status, duration, model, request id).
+    access_log: bool = False
     #: Expose Prometheus metrics at /metrics (and count every request).
     metrics: bool = True
     #: Share of predictions whose inputs and outputs are logged (0 turns the log off).
@@ -163,6 +167,7 @@ class Settings:
             ("unknown_fields", self.unknown_fields in ("", "reject", "ignore"),
              "'reject' or 'ignore'"),
             ("log_level", self.log_level.lower() in _LOG_LEVELS, ", ".join(_LOG_LEVELS)),
+            ("log_format", self.log_format in ("text", "json"), "'text' or 'json'"),
             ("token_max_days", 0 < self.token_max_days <= 36500, "a number of days in 0..36500"),
             ("auth_cache_seconds", 0 <= self.auth_cache_seconds <= 3600,
              "a number of seconds in 0..3600"),

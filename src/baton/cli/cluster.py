@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -83,8 +82,9 @@ def serve_on_ray(bundles: tuple[str, ...], deployment: Path | None, cluster: dic
     if any(d.stream is not None or d.labels is not None for d in specs):
         raise SettingsError("--ray serves requests, not streams: bind streams on engines "
                             "that share the input (docs/streams.md#many-engines-on-one-input)")
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from baton.logs import configure as configure_logs
+
+    configure_logs(settings.log_level, settings.log_format)
     options = ClusterOptions(cluster["ray_address"], cluster["replicas"],
                              cluster["max_replicas"], cluster["target_ongoing"],
                              cluster["upscale_delay"], cluster["downscale_delay"],

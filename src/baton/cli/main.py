@@ -176,6 +176,12 @@ def check(bundle: Path, report: Path, iterations: int, wheelhouse: Path | None,
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               help="Least severe level of the engine's log lines.",
               show_default="info")
+@click.option("--log-format", type=click.Choice(["text", "json"]),
+              help="Log lines as text, or one JSON object per line (for log pipelines).",
+              show_default="text")
+@click.option("--access-log/--no-access-log", default=None,
+              help="One log line per HTTP request: method, path, status, duration, model, "
+              "version, digest, request id.", show_default="off")
 @click.option("--registry", "registry_url", envvar="BATON_REGISTRY",
               help="Serve from this registry: with no BUNDLES, "
               "every model in --stage, following promotions and rollbacks.")

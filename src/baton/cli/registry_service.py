@@ -84,7 +84,6 @@ def registry_serve(db: str | None, storage: Path | None, key_file: Path | None,
                    tls_cert: Path | None, tls_key: Path | None,
                    tls_client_ca: Path | None) -> None:
     """Serve the registry API (migrating the database first)."""
-    import logging
 
     import uvicorn
 
@@ -94,8 +93,9 @@ def registry_serve(db: str | None, storage: Path | None, key_file: Path | None,
                             token_max_days=token_max_days, tls_cert=tls_cert, tls_key=tls_key,
                             tls_client_ca=tls_client_ca, registry_key_file=key_file)
     tls = _uvicorn_tls(s)
-    logging.basicConfig(level=s.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from baton.logs import configure as configure_logs
+
+    configure_logs(s.log_level, s.log_format)
     scheme = "https" if tls else "http"
     clients = ", client certificates required" if s.tls_client_ca else ""
     click.echo(f"Baton registry at {scheme}://{s.host}:{s.port} (db "

@@ -29,6 +29,7 @@ from baton.deployment import (
     parse_canary,
 )
 from baton.errors import BatonError, SettingsError
+from baton.logs import configure as configure_logs
 from baton.server.auth import Guard
 from baton.server.tls import HttpProtocol, tls_options
 from baton.server.tokens import TokenFile
@@ -97,8 +98,7 @@ def run_server(opts: EngineSpec, settings: Settings) -> None:
 
     from baton.server.app import BatonApp
 
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logs(settings.log_level, settings.log_format)
     started = time.perf_counter()
     # A bad token file or certificate stops serve before anything else (exit 2).
     tokens = TokenFile(settings.tokens_file).load() if settings.tokens_file else None
@@ -135,18 +135,20 @@ def run_server(opts: EngineSpec, settings: Settings) -> None:
             lines.append(f"  Metrics for Prometheus (no token): {scheme}://{host}:"
                          f"{msock.getsockname()[1]}/metrics")
         ready = [s for s in engine.models.values() if s.ready]
-        if not ready:
+        if ready:
+            lines.append("Try:")
+            lines.append("  " + _example_request(ready[0], base, auth))
+        if settings.log_format == "json":  # a log pipeline reads only JSON lines
+            log.info("\n".join(lines))
+        else:
             click.echo("\n".join(lines), err=True)
-            return
-        first = ready[0]
-        lines.append("Try:")
-        lines.append("  " + _example_request(first, base, auth))
-        click.echo("\n".join(lines), err=True)
 
     app = BatonApp(engine, max_body_bytes=settings.max_body_bytes, on_ready=announce,
-                   guard=guard, metrics_port=msock.getsockname()[1] if msock else 0)
+                   guard=guard, metrics_port=msock.getsockname()[1] if msock else 0,
+                   access_log=settings.access_log)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, loop="uvloop",
                             http=HttpProtocol, lifespan="on", access_log=False,
+                            log_config=None,  # uvicorn's lines go through baton.logs
                             log_level=settings.log_level, timeout_graceful_shutdown=int(
                                 settings.drain_timeout), **tls)
     # uvicorn drains, then re-raises the signal it caught; a drained shutdown exits 0.

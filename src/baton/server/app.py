@@ -6,6 +6,11 @@ JSON: ``{"error": message, "code": CODE, "details": ...}`` (``error`` stays a st
 existing V2 clients can read it). A path no route answers is 404; a route asked with
 another method is 405 with ``Allow`` naming the route's methods.
 
+Every answer carries the request's id in ``X-Request-Id`` (the caller's, when it sent a sane
+one, else a new one), and every line logged while the request is handled carries it too
+(:mod:`baton.logs`); with ``access_log``, each request is one line: method, path, status,
+duration, model, version, digest, and the failing stage of an error.
+
 With a :class:`~baton.server.auth.Guard`, every request is admitted (or answered 401, 403
 or 503) before it is routed. A metrics port, when given, is another listener of the same
 server on which only ``GET /metrics`` answers, without a token.
@@ -16,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +30,8 @@ import orjson
 from baton.dashboard import Dashboard
 from baton.dashboard.proxy import followed_by
 from baton.errors import BatonError, MethodNotAllowed, RouteNotFound
+from baton.logs import REQUEST_ID, request_id
+from baton.monitor.errors import error_stage
 from baton.monitor.metrics import CONTENT_TYPE
 from baton.server.auth import CHALLENGE, Guard
 from baton.server.body import Receive, Scope, Send
@@ -32,6 +40,8 @@ from baton.server.routes import Header, Reply, Request, Route, RouteTable
 from baton.serving.service import Engine
 
 log = logging.getLogger("baton.server")
+access = logging.getLogger("baton.access")
+_REQUEST_ID = b"x-request-id"
 
 _INTERNAL = orjson.dumps({"error": "internal error in the engine; see its log",
                           "code": "INTERNAL_ERROR"})
@@ -70,7 +80,7 @@ class BatonApp:
     def __init__(self, engine: Engine, *, max_body_bytes: int,
                  on_ready: Callable[[Engine], None] | None = None,
                  guard: Guard | None = None, metrics_port: int = 0,
-                 routes: RouteTable = ENGINE_ROUTES) -> None:
+                 routes: RouteTable = ENGINE_ROUTES, access_log: bool = False) -> None:
         self.engine = engine
         self.routes = routes
         self.max_body_bytes = max_body_bytes
@@ -78,6 +88,8 @@ class BatonApp:
         self.guard = guard
         #: The port of the metrics-only listener (0: none).
         self.metrics_port = metrics_port
+        #: One log line per request (``baton.access``, INFO).
+        self.access_log = access_log
         self._starting: asyncio.Task[None] | None = None
         self.dashboard = Dashboard(lambda: followed_by(engine))
 
@@ -86,17 +98,22 @@ class BatonApp:
             if self.metrics_port and (scope.get("server") or ("", 0))[1] == self.metrics_port:
                 await self._metrics_only(scope, send)
                 return
-            if self.guard is not None:
-                try:
-                    await self.guard.admit(scope)
-                except BatonError as err:
-                    await _send(send, error_reply(
-                        err, CHALLENGE if err.http_status == 401 else ()))
+            rid = request_id(next((v for k, v in scope["headers"] if k == _REQUEST_ID), None))
+            token = REQUEST_ID.set(rid)
+            try:
+                if self.guard is not None:
+                    try:
+                        await self.guard.admit(scope)
+                    except BatonError as err:
+                        await _send(send, error_reply(
+                            err, CHALLENGE if err.http_status == 401 else ()), rid)
+                        return
+                if scope["path"] == "/ui" or scope["path"].startswith("/ui/"):
+                    await self.dashboard(scope, receive, send)  # the web UI and its proxy
                     return
-            if scope["path"] == "/ui" or scope["path"].startswith("/ui/"):
-                await self.dashboard(scope, receive, send)  # the web UI: pages, registry proxy
-                return
-            await self._http(scope, receive, send)
+                await self._http(scope, receive, send, rid)
+            finally:
+                REQUEST_ID.reset(token)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
 
@@ -127,15 +144,35 @@ class BatonApp:
             self.on_ready(self.engine)
 
     # -- http --------------------------------------------------------------------------
-    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _http(self, scope: Scope, receive: Receive, send: Send, rid: str) -> None:
+        start = time.perf_counter()
+        failed: BatonError | None = None
         try:
             reply = await self._route(scope, receive)
         except BatonError as err:
-            reply = error_reply(err)
+            reply, failed = error_reply(err), err
         except Exception:
             log.exception("internal error on %s %s", scope["method"], scope["path"])
             reply = Reply(500, _INTERNAL)
-        await _send(send, reply)
+        await _send(send, reply, rid)
+        if self.access_log:
+            self._access(scope, reply.status, time.perf_counter() - start, failed)
+
+    def _access(self, scope: Scope, status: int, seconds: float,
+                failed: BatonError | None) -> None:
+        """The request's line: what an operator's log pipeline indexes."""
+        extra: dict[str, object] = {"method": scope["method"], "path": scope["path"],
+                                    "status": status, "duration_ms": round(seconds * 1e3, 3)}
+        match = self.routes.resolve(scope["path"].rstrip("/") or "/")
+        if match is not None and match.name:
+            svc = self.engine.models.get(match.name)
+            extra["model"] = match.name
+            if svc is not None:
+                extra.update(version=svc.version, digest=svc.bundle.digest)
+        if failed is not None:
+            extra["stage"] = error_stage(failed)
+        access.info("%s %s %d %.1fms", scope["method"], scope["path"], status,
+                    seconds * 1e3, extra=extra)
 
     async def _route(self, scope: Scope, receive: Receive) -> Reply:
         method, path = scope["method"], scope["path"].rstrip("/") or "/"
@@ -165,9 +202,10 @@ class BatonApp:
         await _send(send, reply)
 
 
-async def _send(send: Send, reply: Reply) -> None:
-    await send({"type": "http.response.start", "status": reply.status,
-                "headers": [(b"content-type", reply.content_type),
-                            (b"content-length", str(len(reply.body)).encode()),
-                            *reply.headers]})
+async def _send(send: Send, reply: Reply, rid: str = "") -> None:
+    headers = [(b"content-type", reply.content_type),
+               (b"content-length", str(len(reply.body)).encode()), *reply.headers]
+    if rid:
+        headers.append((_REQUEST_ID, rid.encode()))
+    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
     await send({"type": "http.response.body", "body": reply.body})
