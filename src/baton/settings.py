@@ -78,6 +78,11 @@ class Settings:
     access_log: bool = False
     #: Expose Prometheus metrics at /metrics (and count every request).
     metrics: bool = True
+    #: OTLP/HTTP collector that receives OpenTelemetry traces (``http://HOST:4318``);
+    #: empty: tracing off (docs/operations.md#traces; needs ``baton[tracing]``).
+    otlp_endpoint: str = ""
+    #: Share of requests without a sampled caller's ``traceparent`` that are traced.
+    trace_sample: float = 1.0
     #: Share of predictions whose inputs and outputs are logged (0 turns the log off).
     prediction_log_sample: float = 1.0
     #: Days a logged prediction (and its label) is kept.
@@ -168,6 +173,9 @@ class Settings:
              "'reject' or 'ignore'"),
             ("log_level", self.log_level.lower() in _LOG_LEVELS, ", ".join(_LOG_LEVELS)),
             ("log_format", self.log_format in ("text", "json"), "'text' or 'json'"),
+            ("otlp_endpoint", not self.otlp_endpoint or self.otlp_endpoint.startswith(
+                ("http://", "https://")), "an http:// or https:// URL (empty: tracing off)"),
+            ("trace_sample", 0.0 <= self.trace_sample <= 1.0, "a share between 0 and 1"),
             ("token_max_days", 0 < self.token_max_days <= 36500, "a number of days in 0..36500"),
             ("auth_cache_seconds", 0 <= self.auth_cache_seconds <= 3600,
              "a number of seconds in 0..3600"),

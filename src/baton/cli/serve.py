@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from baton import tracing
 from baton.deployment import (
     DeploymentSpec,
     EngineSpec,
@@ -99,6 +100,7 @@ def run_server(opts: EngineSpec, settings: Settings) -> None:
     from baton.server.app import BatonApp
 
     configure_logs(settings.log_level, settings.log_format)
+    tracing.configure(settings)  # tracing asked for without OpenTelemetry: exit 2, here
     started = time.perf_counter()
     # A bad token file or certificate stops serve before anything else (exit 2).
     tokens = TokenFile(settings.tokens_file).load() if settings.tokens_file else None
@@ -163,6 +165,8 @@ def run_server(opts: EngineSpec, settings: Settings) -> None:
     except SystemExit:
         if server.started:
             raise
+    finally:
+        tracing.shutdown()  # the spans still buffered are exported before the exit
     if not server.started:
         raise BatonError(f"the HTTP server could not start on {base} (see the log above: "
                          "is the port in use?)", code="SERVER_START_FAILED")

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from baton import tracing as _tracing
 from baton.backoff import Backoff
 from baton.batch import Batch, concat_batches, split_batch
 from baton.errors import (
@@ -56,6 +57,7 @@ class _Item:
     retried: bool = False
     #: Fails the request when no worker came back in time (armed while none is ready).
     expiry: asyncio.TimerHandle | None = None
+    trace: _tracing.Trace | None = None  # when the request is traced (baton.tracing)
 
 
 @dataclass
@@ -258,7 +260,8 @@ class WorkerPool:
             raise ModelNotReady(f"{self.spec.model}: queue is full "
                                 f"({self._queued_rows} rows waiting)", code="QUEUE_FULL")
         fut: asyncio.Future[Batch] = asyncio.get_running_loop().create_future()
-        self._enqueue(_Item(batch, fut))
+        trace = _tracing.CURRENT.get() if _tracing.ACTIVE is not None else None
+        self._enqueue(_Item(batch, fut, trace=trace))
         self._dispatch()
         return await fut
 
@@ -334,6 +337,8 @@ class WorkerPool:
             if self.on_batch is not None:
                 self.on_batch(merged.rows)
             fut = worker.predict(merged, self.timeout)
+            if _tracing.ACTIVE is not None:  # its callback runs before _done's
+                _tracing.dispatched([it.trace for it in live], worker, merged.rows, fut)
             fut.add_done_callback(functools.partial(self._done, worker, live))
 
     def _done(self, worker: Worker, items: list[_Item], fut: asyncio.Future[Batch]) -> None:

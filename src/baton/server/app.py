@@ -27,6 +27,7 @@ from typing import Any
 
 import orjson
 
+from baton import tracing as _tracing
 from baton.dashboard import Dashboard
 from baton.dashboard.proxy import followed_by
 from baton.errors import BatonError, MethodNotAllowed, RouteNotFound
@@ -146,6 +147,7 @@ class BatonApp:
     # -- http --------------------------------------------------------------------------
     async def _http(self, scope: Scope, receive: Receive, send: Send, rid: str) -> None:
         start = time.perf_counter()
+        trace = self._trace(scope, rid) if _tracing.ACTIVE is not None else None
         failed: BatonError | None = None
         try:
             reply = await self._route(scope, receive)
@@ -155,8 +157,24 @@ class BatonApp:
             log.exception("internal error on %s %s", scope["method"], scope["path"])
             reply = Reply(500, _INTERNAL)
         await _send(send, reply, rid)
+        if trace is not None:
+            trace.end(reply.status, failed)
         if self.access_log:
             self._access(scope, reply.status, time.perf_counter() - start, failed)
+
+    def _trace(self, scope: Scope, rid: str) -> _tracing.Trace | None:
+        """The server span of a request to a model's route, when it is sampled."""
+        assert _tracing.ACTIVE is not None
+        parent = _tracing.ACTIVE.parent(scope["headers"])
+        if parent is None:
+            return None
+        match = self.routes.resolve(scope["path"].rstrip("/") or "/")
+        if match is None or match.route is None or match.family is None:
+            return None
+        route = (f"{match.family.prefix}/{{name}}"
+                 f"{'/versions/{version}' if match.version is not None else ''}"
+                 f"{'/' + match.route.path if match.route.path else ''}")
+        return _tracing.ACTIVE.start(parent, scope, route, rid)
 
     def _access(self, scope: Scope, status: int, seconds: float,
                 failed: BatonError | None) -> None:

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 import orjson
 
+from baton import tracing as _tracing
 from baton.batch import Batch
 from baton.bundle.loader import Bundle
 from baton.contract.spec import Contract, FieldSpec, TensorSpec
@@ -149,6 +150,8 @@ class ModelService:
             got = hook(inputs, outputs, keys)
             if got is not None:
                 ids = got
+        if _tracing.ACTIVE is not None and self.on_scored:
+            _tracing.stage(_tracing.HOOKS)
         return ids if ids is not None else new_ids(inputs.rows)[1]
 
     def _feedback(self) -> Feedback:
@@ -204,14 +207,22 @@ class ModelService:
                 m.output.observe(time.perf_counter() - checked)
         if len(out.columns) != len(self.contract.outputs):  # extra columns never leave
             out.columns = {n: out.columns[n] for n in self.contract.output_names}
+        if _tracing.ACTIVE is not None:
+            _tracing.stage(_tracing.OUTPUT)
         if self.shadow is not None:
-            self.shadow.submit(batch, out)
+            if _tracing.ACTIVE is None:
+                self.shadow.submit(batch, out)
+            else:  # the shadow's own scoring is not this request's
+                _tracing.untraced(self.shadow.submit, batch, out)
         return out
 
     async def _measured(self, endpoint: str, body: bytes,
                         handle: Callable[[bytes], Awaitable[tuple[bytes, int]]]) -> bytes:
         """Run one request, counting it and its failure stage when metrics are on."""
         m = self.metrics
+        if _tracing.ACTIVE is not None and (trace := _tracing.CURRENT.get()) is not None:
+            trace.model(self.name, self.version, self.bundle.digest)
+            handle = trace.wrap(handle, error_stage)
         if m is None:
             return (await handle(body))[0]
         start = time.perf_counter()
@@ -247,6 +258,8 @@ class ModelService:
         batch = self.records.decode(body)
         if self.metrics is not None:
             self.metrics.decode.observe(time.perf_counter() - start)
+        if _tracing.ACTIVE is not None:
+            _tracing.decoded(batch.rows)
         out = await self.predict(batch)
         ids = self.log_predictions(batch, out)
         return orjson.dumps({"model_name": self.name, "model_version": self.version,
@@ -258,6 +271,8 @@ class ModelService:
         batch = v2.decode_request(self.contract, req)
         if self.metrics is not None:
             self.metrics.decode.observe(time.perf_counter() - start)
+        if _tracing.ACTIVE is not None:
+            _tracing.decoded(batch.rows)
         out = await self.predict(batch)
         ids = self.log_predictions(batch, out)
         return v2.encode_response(self.contract, self.name, self.version, req.id, out,

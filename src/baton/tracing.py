@@ -1,0 +1,331 @@
+"""OpenTelemetry traces of the request path, exported over OTLP/HTTP; off unless configured.
+
+A traced HTTP request is one server span (``POST /v2/models/{name}/infer``) that continues
+the caller's W3C ``traceparent``/``tracestate``, with one child span per stage it went
+through: ``decode`` (body and input contract), ``queue wait`` (in the model's queue until
+its batch left), ``worker predict`` (the batch in a worker: its rows, requests, pid and
+slot), ``output check`` and ``scored hooks`` (drift window, prediction log). A batch retried
+one request at a time shows a second ``queue wait`` and ``worker predict``. The stage that
+fails has the error status, ``error.type`` (the error's code) and ``baton.error.stage``.
+
+Stage spans are written after the fact, each from where the previous one ended to now
+(:meth:`Trace.stage`), so they tile the request and cost nothing until a request is traced.
+While tracing is off, :data:`ACTIVE` is None, every hook on the request path is behind one
+``if tracing.ACTIVE is not None`` and nothing of OpenTelemetry is imported; while it is on,
+the request being traced is :data:`CURRENT` (a context variable, so the serving and pool
+code reach it without new arguments). Sampling is parent-based: a caller's traceparent that
+says sampled is traced, one that says not sampled is not, and a request without one is
+traced with probability ``trace_sample``, decided before any span exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import os
+import random
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from urllib.parse import urlsplit
+
+from baton.errors import BatonError, SettingsError
+
+if TYPE_CHECKING:
+    from opentelemetry.context import Context
+    from opentelemetry.trace import Span
+
+    from baton.settings import Settings
+
+log = logging.getLogger("baton.tracing")
+
+#: Stage span names, in the order a request meets them.
+DECODE, QUEUE, WORKER, OUTPUT, HOOKS = ("decode", "queue wait", "worker predict",
+                                        "output check", "scored hooks")
+#: An error's stage (as :func:`baton.monitor.errors.error_stage` names it) -> its span.
+STAGE_SPANS = {"decode": DECODE, "contract": DECODE, "queue": QUEUE, "model": WORKER,
+               "output": OUTPUT}
+INSTALL = "pip install 'baton[tracing]'"
+_TRACEPARENT, _TRACESTATE, _USER_AGENT = b"traceparent", b"tracestate", b"user-agent"
+
+R = TypeVar("R")
+
+
+class WorkerLike(Protocol):
+    """What a worker span says of the worker (:class:`baton.runtime.worker.Worker`)."""
+
+    @property
+    def pid(self) -> int | None: ...
+    @property
+    def slot(self) -> int: ...
+
+
+class Tracing:
+    """The tracer of this process: provider, batch processor and OTLP/HTTP exporter."""
+
+    def __init__(self, endpoint: str, ratio: float, environ: Mapping[str, str]) -> None:
+        from opentelemetry.context import Context
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
+        from opentelemetry.trace import SpanKind, Status, StatusCode, get_current_span
+        from opentelemetry.trace.propagation.tracecontext import (
+            TraceContextTextMapPropagator,
+        )
+
+        from baton import __version__
+
+        self.endpoint, self.ratio = endpoint, ratio
+        # The root decision is taken here (ratio), so the SDK samples every root it is given
+        # and follows a parent's flag; OTEL_RESOURCE_ATTRIBUTES adds to the resource.
+        resource = Resource.create({
+            "service.name": environ.get("OTEL_SERVICE_NAME") or "baton",
+            "service.version": __version__, "service.instance.id": str(uuid.uuid4()),
+            "host.name": socket.gethostname(), "process.pid": os.getpid()})
+        self.provider = TracerProvider(sampler=ParentBased(ALWAYS_ON), resource=resource)
+        self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint)))
+        self.tracer = self.provider.get_tracer("baton", __version__)
+        self._root = Context()
+        self._propagator = TraceContextTextMapPropagator()
+        self._current_span = get_current_span
+        self._server = SpanKind.SERVER
+        self._status, self._error = Status, StatusCode.ERROR
+
+    # -- a request ---------------------------------------------------------------------
+    def parent(self, headers: Sequence[tuple[bytes, bytes]]) -> Context | None:
+        """The context a request's server span starts in, or None when it is not traced:
+        its caller's sampled ``traceparent``, else (none, or an invalid one) a new trace
+        with probability ``ratio``."""
+        traceparent = None
+        for key, value in headers:
+            if key == _TRACEPARENT:
+                traceparent = value.decode("latin-1")
+                break
+        if traceparent is None:
+            return self._root if random.random() < self.ratio else None
+        if len(traceparent) == 55 and traceparent[:3] == "00-" and \
+                traceparent[54] in "02468ace":  # the caller did not sample it: a quick no
+            return None
+        state = [v.decode("latin-1") for k, v in headers if k == _TRACESTATE]
+        ctx = self._propagator.extract({"traceparent": traceparent, "tracestate": state}
+                                       if state else {"traceparent": traceparent})
+        remote = self._current_span(ctx).get_span_context()
+        if not remote.is_valid:
+            return self._root if random.random() < self.ratio else None
+        return ctx if remote.trace_flags.sampled else None
+
+    def start(self, parent: Context, scope: Mapping[str, Any], route: str,
+              request_id: str) -> Trace:
+        """The server span of a request taken for tracing; it is :data:`CURRENT` until
+        :meth:`Trace.end`."""
+        method = scope["method"]
+        attributes: dict[str, Any] = {
+            "http.request.method": method, "http.route": route, "url.path": scope["path"],
+            "url.scheme": scope.get("scheme", "http"), "baton.request_id": request_id,
+            "network.protocol.version": scope.get("http_version", "1.1")}
+        server, client = scope.get("server"), scope.get("client")
+        if server:
+            attributes["server.port"] = server[1]
+        if client:
+            attributes["client.address"] = client[0]
+        for key, value in scope["headers"]:
+            if key == _USER_AGENT:
+                attributes["user_agent.original"] = value.decode("latin-1")
+        now = time.time_ns()
+        span = self.tracer.start_span(f"{method} {route}", parent, self._server, attributes,
+                                      start_time=now)
+        return Trace(self, span, now)
+
+    def failed(self, span: Span, exc: BaseException, stage: str = "") -> None:
+        """Mark ``span`` as the one that failed: status, ``error.type``, an event."""
+        message = exc.message if isinstance(exc, BatonError) else str(exc)
+        code = exc.code if isinstance(exc, BatonError) else type(exc).__name__
+        span.set_status(self._status(self._error, message))
+        span.set_attribute("error.type", code)
+        if stage:
+            span.set_attribute("baton.error.stage", stage)
+        span.add_event("exception", {"exception.type": code, "exception.message": message})
+
+    def shutdown(self) -> None:
+        """Export what is buffered, then stop the exporter's thread."""
+        self.provider.shutdown()
+
+
+class Trace:
+    """One traced request: its server span, and where its last stage span ended."""
+
+    __slots__ = ("tracing", "span", "context", "cursor", "token", "rows", "batch", "last")
+
+    def __init__(self, tracing: Tracing, span: Span, start: int) -> None:
+        from opentelemetry.trace import set_span_in_context
+
+        self.tracing, self.span = tracing, span
+        self.context = set_span_in_context(span)
+        self.cursor = start
+        self.token = CURRENT.set(self)
+        self.rows = 0
+        #: What the batch sent to a worker was (attributes of the worker span).
+        self.batch: dict[str, Any] = {}
+        #: The last stage recorded, and whether it failed.
+        self.last = ("", False)
+
+    def stage(self, name: str, attributes: Mapping[str, Any] | None = None,
+              error: BaseException | None = None, error_stage: str = "") -> None:
+        """A child span from the end of the previous stage to now."""
+        now = time.time_ns()
+        span = self.tracing.tracer.start_span(name, self.context, attributes=attributes,
+                                              start_time=self.cursor)
+        if error is not None:
+            self.tracing.failed(span, error, error_stage)
+        span.end(now)
+        self.cursor = now
+        self.last = (name, error is not None)
+
+    def model(self, name: str, version: str, digest: str) -> None:
+        self.span.set_attributes({"baton.model.name": name, "baton.model.version": version,
+                                  "baton.model.digest": digest})
+
+    def wrap(self, handle: Callable[[bytes], Awaitable[R]],
+             stage_of: Callable[[BatonError], str]) -> Callable[[bytes], Awaitable[R]]:
+        """``handle`` with its failure recorded on the stage it belongs to (the worker
+        span already has it when the model failed)."""
+        async def traced(body: bytes) -> R:
+            try:
+                return await handle(body)
+            except BatonError as exc:
+                stage = stage_of(exc)
+                name = STAGE_SPANS.get(stage, WORKER)
+                if self.last != (name, True):
+                    self.stage(name, None, exc, stage)
+                raise
+        return traced
+
+    def end(self, status: int, failed: BatonError | None) -> None:
+        """End the server span with the answer's status (5xx: an error) and stop being
+        the current trace."""
+        span = self.span
+        span.set_attribute("http.response.status_code", status)
+        if self.rows:
+            span.set_attribute("baton.rows", self.rows)
+        if failed is not None:
+            span.set_attribute("error.type", failed.code)
+        if status >= 500:
+            span.set_status(self.tracing._status(
+                self.tracing._error, failed.message if failed else "internal error"))
+        span.end()
+        CURRENT.reset(self.token)
+
+
+#: The process's tracer; None while tracing is off (the only check the request path makes).
+ACTIVE: Tracing | None = None
+#: The traced request being handled (None: this request is not traced).
+CURRENT: contextvars.ContextVar[Trace | None] = contextvars.ContextVar("baton_trace",
+                                                                      default=None)
+
+
+# -- the request path's hooks, called only behind `if ACTIVE is not None` -------------------
+def stage(name: str) -> None:
+    """Record stage ``name`` of the current request, if it is traced."""
+    trace = CURRENT.get()
+    if trace is not None:
+        trace.stage(name)
+
+
+def decoded(rows: int) -> None:
+    """The request's body is decoded and checked: ``rows`` rows."""
+    trace = CURRENT.get()
+    if trace is not None:
+        trace.rows = rows
+        trace.stage(DECODE, {"baton.rows": rows})
+
+
+def dispatched(traces: Sequence[Trace | None], worker: WorkerLike, rows: int,
+               answer: asyncio.Future[Any]) -> None:
+    """A batch of these requests (``rows`` rows in all) left the queue for ``worker``;
+    ``answer`` is its result, whose worker span is recorded when it comes."""
+    traced = [t for t in traces if t is not None]
+    if not traced:
+        return
+    for trace in traced:
+        trace.batch = {"baton.batch.rows": rows, "baton.batch.requests": len(traces),
+                       "baton.worker.slot": worker.slot, "baton.rows": trace.rows}
+        if worker.pid is not None:
+            trace.batch["baton.worker.pid"] = worker.pid
+        trace.stage(QUEUE, trace.batch)
+
+    def answered(answer: asyncio.Future[Any]) -> None:
+        exc = None if answer.cancelled() else answer.exception()
+        for trace in traced:
+            trace.stage(WORKER, trace.batch, exc, "model")
+
+    answer.add_done_callback(answered)
+
+
+def untraced(call: Callable[..., None], *args: Any) -> None:
+    """``call(*args)`` outside the current trace (a task it starts does not inherit it)."""
+    token = CURRENT.set(None)
+    try:
+        call(*args)
+    finally:
+        CURRENT.reset(token)
+
+
+# -- configuration ------------------------------------------------------------------------
+def endpoint(settings: Settings, environ: Mapping[str, str]) -> tuple[str, str]:
+    """The OTLP/HTTP traces URL and the variable that set it; ("", "") when tracing is off.
+
+    ``BATON_OTLP_ENDPOINT`` first (a bare ``http://host:4318`` gets ``/v1/traces``), then the
+    standard ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` (used as is) and
+    ``OTEL_EXPORTER_OTLP_ENDPOINT`` (``/v1/traces`` appended); ``OTEL_SDK_DISABLED=true``
+    turns tracing off whatever is set."""
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return "", ""
+    if settings.otlp_endpoint:
+        url = settings.otlp_endpoint
+        if urlsplit(url).path in ("", "/"):
+            url = url.rstrip("/") + "/v1/traces"
+        return url, "BATON_OTLP_ENDPOINT"
+    for variable in ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"):
+        url = environ.get(variable, "").strip()
+        if url:
+            if not url.startswith(("http://", "https://")):
+                raise SettingsError(f"{variable}={url!r} is not an http:// or https:// URL "
+                                    "(Baton exports traces over OTLP/HTTP)",
+                                    details={"field": "otlp_endpoint"})
+            if variable == "OTEL_EXPORTER_OTLP_ENDPOINT":
+                url = url.rstrip("/") + "/v1/traces"
+            return url, variable
+    return "", ""
+
+
+def configure(settings: Settings, environ: Mapping[str, str] | None = None) -> Tracing | None:
+    """Turn tracing on when an endpoint is set (see :func:`endpoint`); raise
+    ``INVALID_SETTING`` naming the extra to install when OpenTelemetry is missing."""
+    global ACTIVE
+    environ = os.environ if environ is None else environ
+    url, source = endpoint(settings, environ)
+    if not url:
+        return None
+    try:
+        tracing = Tracing(url, settings.trace_sample, environ)
+    except ImportError as exc:
+        raise SettingsError(f"{source} is set, which turns tracing on, but OpenTelemetry is "
+                            f"not installed ({exc.name} is missing): {INSTALL}",
+                            details={"field": "otlp_endpoint", "install": INSTALL}) from None
+    log.info("tracing on: spans to %s over OTLP/HTTP (set by %s); requests without a "
+             "sampled traceparent traced at %g", url, source, settings.trace_sample)
+    ACTIVE = tracing
+    return tracing
+
+
+def shutdown() -> None:
+    """Flush and stop the exporter (the engine's shutdown); tracing is off afterwards."""
+    global ACTIVE
+    tracing, ACTIVE = ACTIVE, None
+    if tracing is not None:
+        tracing.shutdown()
