@@ -1,0 +1,188 @@
+"""``inference.GRPCInferenceService``: the Open Inference Protocol's six RPCs over the engine.
+
+Each RPC answers as its HTTP route does (:data:`~baton.server.handlers.ENGINE_ROUTES`):
+
+- the token, from the ``authorization: Bearer TOKEN`` metadata, is checked by the same
+  :class:`~baton.server.auth.Guard` against the scope the route table gives the HTTP route
+  (ServerLive and ServerReady are open, the others need ``infer``), before anything else;
+- ModelInfer runs the path of ``ModelService.infer``: the V2 codec's contract check, the
+  version's worker pool (greedy batching with HTTP's requests), the output check, the
+  ``on_scored`` hooks (drift, prediction log) and the request metrics, counted under the
+  endpoint ``grpc`` with the HTTP status the same outcome has;
+- a :class:`~baton.errors.BatonError` becomes the gRPC status of its HTTP status, with
+  ``CODE: message`` as details and the HTTP error body in the ``baton-error-bin`` trailer.
+
+Any other method of the service (Triton's ModelConfig, ModelStatistics...) is UNIMPLEMENTED.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from baton import __version__
+from baton.errors import BatonError, Forbidden, Unauthorized
+from baton.monitor.errors import error_stage
+from baton.server import grpc_codec
+from baton.server import grpc_predict_v2_pb2 as pb
+from baton.server.app import error_body
+from baton.server.auth import ANY, OPEN, Guard, bearer
+from baton.serving import v2
+from baton.serving.service import Engine, ModelService
+
+log = logging.getLogger("baton.server.grpc")
+
+SERVICE = "inference.GRPCInferenceService"
+#: The ``endpoint`` label of gRPC inference requests in the request metrics.
+ENDPOINT = "grpc"
+#: HTTP status -> gRPC status; another 4xx is INVALID_ARGUMENT, another 5xx INTERNAL.
+STATUS = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
+          403: grpc.StatusCode.PERMISSION_DENIED, 404: grpc.StatusCode.NOT_FOUND,
+          413: grpc.StatusCode.RESOURCE_EXHAUSTED, 422: grpc.StatusCode.INVALID_ARGUMENT,
+          501: grpc.StatusCode.UNIMPLEMENTED, 503: grpc.StatusCode.UNAVAILABLE,
+          504: grpc.StatusCode.DEADLINE_EXCEEDED}
+#: Each RPC's HTTP route, whose scope in the route table the RPC needs.
+ROUTES = {"ServerLive": "/v2/health/live", "ServerReady": "/v2/health/ready",
+          "ServerMetadata": "/v2", "ModelMetadata": "/v2/models/NAME",
+          "ModelReady": "/v2/models/NAME/ready", "ModelInfer": "/v2/models/NAME/infer"}
+_EXTENSIONS = ["binary_tensor_data"]  # as GET /v2 says: the server's, whatever the protocol
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def status_of(err: BatonError) -> grpc.StatusCode:
+    found = STATUS.get(err.http_status)
+    if found is not None:
+        return found
+    return grpc.StatusCode.INVALID_ARGUMENT if err.http_status < 500 else \
+        grpc.StatusCode.INTERNAL
+
+
+async def infer(svc: ModelService, msg: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    """ModelInfer on one version: ``ModelService.infer``'s path, with the gRPC codec."""
+    svc = svc.answering()
+    m = svc.metrics
+    start = time.perf_counter()
+    try:
+        req = grpc_codec.to_request(msg)
+        batch = v2.decode_request(svc.contract, req)
+        if m is not None:
+            m.decode.observe(time.perf_counter() - start)
+        out = await svc.predict(batch)
+        resp = grpc_codec.to_response(svc.contract, out, req.outputs,
+                                      raw=bool(msg.raw_input_contents))
+        ids = svc.log_predictions(batch, out)
+    except BatonError as exc:
+        if m is not None:
+            m.error(error_stage(exc), exc.code)
+            m.request(ENDPOINT, exc.http_status, 0, time.perf_counter() - start)
+        raise
+    resp.model_name, resp.model_version, resp.id = svc.name, svc.version, msg.id
+    resp.parameters["prediction_ids"].string_param = ",".join(ids)
+    if m is not None:
+        m.request(ENDPOINT, 200, batch.rows, time.perf_counter() - start)
+    return resp
+
+
+class InferenceService:
+    """The RPCs over one engine; ``guard`` (None: no authentication) as the HTTP app's."""
+
+    def __init__(self, engine: Engine, guard: Guard | None) -> None:
+        self.engine = engine
+        self.guard = guard
+        #: RPC -> the scope its HTTP route needs (the same for any model name or version).
+        self.scopes = {rpc: guard.scope_of(path) for rpc, path in ROUTES.items()} \
+            if guard is not None else {}
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        rpcs: dict[str, tuple[Callable[[Any], Awaitable[Any]], Any]] = {
+            "ServerLive": (self.server_live, pb.ServerLiveRequest),
+            "ServerReady": (self.server_ready, pb.ServerReadyRequest),
+            "ModelReady": (self.model_ready, pb.ModelReadyRequest),
+            "ServerMetadata": (self.server_metadata, pb.ServerMetadataRequest),
+            "ModelMetadata": (self.model_metadata, pb.ModelMetadataRequest),
+            "ModelInfer": (self.model_infer, pb.ModelInferRequest),
+        }
+        return grpc.method_handlers_generic_handler(SERVICE, {
+            name: grpc.unary_unary_rpc_method_handler(
+                self._call(name, fn), request_deserializer=kind.FromString,
+                response_serializer=_serialize)
+            for name, (fn, kind) in rpcs.items()})
+
+    def _call(self, rpc: str, fn: Callable[[Any], Awaitable[Any]]
+              ) -> Callable[[Any, Context], Awaitable[Any]]:
+        """``fn`` behind the guard, its errors as gRPC statuses."""
+        async def call(request: Any, context: Context) -> Any:
+            try:
+                if self.guard is not None:
+                    await self._admit(rpc, context)
+                return await fn(request)
+            except BatonError as err:
+                await context.abort(status_of(err), f"{err.code}: {err.message}",
+                                    (("baton-error-bin", error_body(err)),))
+            except Exception:
+                log.exception("internal error on gRPC %s", rpc)
+                await context.abort(grpc.StatusCode.INTERNAL, "INTERNAL_ERROR: internal "
+                                    "error in the engine; see its log")
+        return call
+
+    async def _admit(self, rpc: str, context: Context) -> None:
+        """What ``Guard.admit`` does for the RPC's HTTP route, the token read from the
+        call's metadata."""
+        assert self.guard is not None
+        needed = self.scopes[rpc]
+        if needed == OPEN:
+            return
+        token = bearer([(key.encode(), value.encode()) for key, value
+                        in context.invocation_metadata() or ()
+                        if key == "authorization" and isinstance(value, str)])
+        if token is None:
+            raise Unauthorized("this engine needs a token: send the metadata "
+                               "'authorization: Bearer TOKEN'")
+        principal = await self.guard.identify(token)
+        if needed != ANY and not principal.allows(needed):
+            raise Forbidden(f"this token ({principal.name}) lacks the {needed!r} scope that "
+                            f"{rpc} needs",
+                            details={"scope": needed, "scopes": sorted(principal.scopes)})
+
+    # -- the RPCs ----------------------------------------------------------------------
+    async def server_live(self, request: pb.ServerLiveRequest) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def server_ready(self, request: pb.ServerReadyRequest) -> pb.ServerReadyResponse:
+        """As ``GET /v2/health/ready``: every model ready, every stream reaching its
+        brokers."""
+        engine = self.engine
+        return pb.ServerReadyResponse(ready=engine.ready and not any(
+            st.unreachable for st in engine.streams))
+
+    async def model_ready(self, request: pb.ModelReadyRequest) -> pb.ModelReadyResponse:
+        svc = self.engine.lookup(request.name, request.version or None)
+        return pb.ModelReadyResponse(ready=svc.ready)
+
+    async def server_metadata(self, request: pb.ServerMetadataRequest
+                              ) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(name="baton", version=__version__,
+                                         extensions=_EXTENSIONS)
+
+    async def model_metadata(self, request: pb.ModelMetadataRequest
+                             ) -> pb.ModelMetadataResponse:
+        meta = self.engine.lookup(request.name, request.version or None).metadata()
+        tensor = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=meta["name"], versions=meta["versions"], platform=meta["platform"],
+            inputs=[tensor(**t) for t in meta["inputs"]],
+            outputs=[tensor(**t) for t in meta["outputs"]])
+
+    async def model_infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        svc = self.engine.get(request.model_name, request.model_version or None)
+        return await infer(svc, request)
+
+
+def _serialize(message: Any) -> bytes:
+    data: bytes = message.SerializeToString()
+    return data
