@@ -132,6 +132,9 @@ class Settings:
     tls_client_ca: Path | None = None
     #: A second port serving only /metrics, without authentication, for Prometheus; 0: none.
     metrics_port: int = 0
+    #: A port serving the Open Inference Protocol over gRPC (same host, TLS and tokens as
+    #: HTTP; needs the ``grpc`` extra); 0: none.
+    grpc_port: int = 0
     #: Limits on what a bundle archive may unpack to, enforced while it is read.
     archive_max_bytes: int = 8 * 1024**3
     archive_max_files: int = 10_000
@@ -180,6 +183,7 @@ class Settings:
             ("auth_cache_seconds", 0 <= self.auth_cache_seconds <= 3600,
              "a number of seconds in 0..3600"),
             ("metrics_port", 0 <= self.metrics_port <= 65535, "a TCP port (0: none)"),
+            ("grpc_port", 0 <= self.grpc_port <= 65535, "a TCP port (0: none)"),
             ("tls_key", (self.tls_cert is None) == (self.tls_key is None),
              "given together with tls_cert (BATON_TLS_CERT)"),
             ("tls_client_ca", self.tls_client_ca is None or self.tls_cert is not None,

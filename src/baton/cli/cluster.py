@@ -42,7 +42,7 @@ cluster_options = [
 #: What ``--ray`` cannot be combined with yet, and why.
 _REFUSED = {"canary": "--canary", "shadow": "--shadow",
             "input_url": "--input", "labels_url": "--labels", "tls_cert": "--tls-cert",
-            "metrics_port": "--metrics-port"}
+            "metrics_port": "--metrics-port", "grpc_port": "--grpc-port"}
 
 
 def with_cluster_options(fn: F) -> F:

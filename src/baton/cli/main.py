@@ -222,6 +222,8 @@ def check(bundle: Path, report: Path, iterations: int, wheelhouse: Path | None,
               help="Require client certificates signed by this CA (PEM).")
 @click.option("--metrics-port", type=int, help="Also serve /metrics, without authentication, "
               "on this port (for Prometheus).")
+@click.option("--grpc-port", type=int, help="Also serve the Open Inference Protocol over "
+              "gRPC on this port (same host, TLS and tokens; needs baton[grpc]).")
 @with_cluster_options
 @with_env_options
 @errors_to_exit

@@ -10,6 +10,7 @@ import gc
 import ipaddress
 import json
 import logging
+import os
 import signal
 import socket
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
+import uvicorn
 
 from baton import tracing
 from baton.deployment import (
@@ -40,6 +42,7 @@ from baton.settings import Settings
 
 if TYPE_CHECKING:
     from baton.registry.client import RegistryClient
+    from baton.server.grpc_server import GrpcEndpoint
 
 log = logging.getLogger("baton.serve")
 _AUTH_HEADER = '-H "authorization: Bearer $BATON_TOKEN" '
@@ -95,8 +98,6 @@ def _labels_option(labels: str, dead_letter: str | None, group: str | None,
 
 
 def run_server(opts: EngineSpec, settings: Settings) -> None:
-    import uvicorn
-
     from baton.server.app import BatonApp
 
     configure_logs(settings.log_level, settings.log_format)
@@ -110,6 +111,7 @@ def run_server(opts: EngineSpec, settings: Settings) -> None:
     sock = _listen(settings.host, settings.port)
     port = sock.getsockname()[1]
     msock = _listen(settings.host, settings.metrics_port) if settings.metrics_port else None
+    grpc_port = _grpc_port(settings, port, msock) if settings.grpc_port else 0
     auth = tokens is not None or opts.registry is not None
     if not auth and _exposed(sock):
         _warn_open(settings.host, port)
@@ -117,6 +119,11 @@ def run_server(opts: EngineSpec, settings: Settings) -> None:
     if engine.predlog is not None:
         engine.predlog.open()  # a store it cannot reach stops serve here, not later
     guard = _guard(tokens, engine, settings) if auth else None
+    grpc = None
+    if grpc_port:
+        from baton.server.grpc_server import GrpcEndpoint  # importable: _grpc_port checked
+
+        grpc = GrpcEndpoint(engine, guard, settings, grpc_port)
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     scheme = "https" if tls else "http"
     base = f"{scheme}://{host}:{port}"
@@ -136,6 +143,9 @@ def run_server(opts: EngineSpec, settings: Settings) -> None:
         if msock is not None:
             lines.append(f"  Metrics for Prometheus (no token): {scheme}://{host}:"
                          f"{msock.getsockname()[1]}/metrics")
+        if grpc is not None:
+            lines.append(f"  gRPC (Open Inference Protocol): {host}:{grpc_port}"
+                         + (" (TLS)" if tls else ""))
         ready = [s for s in engine.models.values() if s.ready]
         if ready:
             lines.append("Try:")
@@ -157,7 +167,7 @@ def run_server(opts: EngineSpec, settings: Settings) -> None:
     signal.signal(signal.SIGTERM, _exit_cleanly)
     signal.signal(signal.SIGINT, _exit_cleanly)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per registry poll
-    server = uvicorn.Server(config)
+    server = EngineServer(config, grpc)
     try:
         # Both listeners belong to one server (one loop, one TLS setting); the app tells
         # them apart by the port a request arrived on.
@@ -170,6 +180,63 @@ def run_server(opts: EngineSpec, settings: Settings) -> None:
     if not server.started:
         raise BatonError(f"the HTTP server could not start on {base} (see the log above: "
                          "is the port in use?)", code="SERVER_START_FAILED")
+
+
+class EngineServer(uvicorn.Server):
+    """uvicorn's server, with the gRPC endpoint (when there is one) on the same event loop:
+    bound before the models start, and stopped, its calls drained, before they close."""
+
+    def __init__(self, config: uvicorn.Config, grpc: GrpcEndpoint | None) -> None:
+        super().__init__(config)
+        self.grpc = grpc
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.grpc is None:
+            await super().startup(sockets)
+            return
+        await self.grpc.start()
+        try:
+            await super().startup(sockets)
+        finally:
+            if not self.started:  # HTTP could not start: neither does gRPC
+                await self.grpc.stop()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.grpc is not None:
+            await self.grpc.stop()
+        await super().shutdown(sockets)
+
+
+def _grpc_port(settings: Settings, port: int, msock: socket.socket | None) -> int:
+    """The gRPC port, checked at start as the HTTP one is: grpcio and a recent enough
+    protobuf installed, the port free (the gRPC server binds it when the HTTP one starts)."""
+    if settings.grpc_port in (port, msock.getsockname()[1] if msock else 0):
+        raise SettingsError(f"--grpc-port {settings.grpc_port} is also the HTTP or the "
+                            "metrics port: give gRPC a port of its own",
+                            details={"field": "grpc_port"})
+    # The engine forks its workers only to exec them: gRPC's fork handlers have nothing to
+    # do there, and log a line at each fork while its threads are busy. Set before it loads.
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+    try:
+        import baton.server.grpc_server  # noqa: F401
+    except ImportError as exc:
+        missing = f"{exc.name} is not installed"
+    except Exception as exc:  # protobuf's VersionError: older than the generated code
+        if type(exc).__name__ != "VersionError":
+            raise
+        missing = str(exc).split(". ")[0]
+    else:
+        probe = _listen(settings.host, settings.grpc_port)
+        try:
+            probe.listen()  # bound is not enough: another bound socket may share the port
+        except OSError as exc:
+            raise BatonError(f"cannot listen on {settings.host}:{settings.grpc_port}: "
+                             f"{exc.strerror or exc}", code="SERVER_START_FAILED") from None
+        finally:
+            probe.close()
+        return settings.grpc_port
+    raise SettingsError(f"--grpc-port needs grpcio and protobuf ({missing}): pip install "
+                        "'baton[grpc]'", code="GRPC_MISSING", details={"field": "grpc_port"})
 
 
 def _guard(tokens: TokenFile | None, engine: Engine, settings: Settings) -> Guard:
