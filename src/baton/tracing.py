@@ -73,7 +73,13 @@ class Tracing:
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
         from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
-        from opentelemetry.trace import SpanKind, Status, StatusCode, get_current_span
+        from opentelemetry.trace import (
+            SpanKind,
+            Status,
+            StatusCode,
+            get_current_span,
+            set_span_in_context,
+        )
         from opentelemetry.trace.propagation.tracecontext import (
             TraceContextTextMapPropagator,
         )
@@ -93,6 +99,7 @@ class Tracing:
         self._root = Context()
         self._propagator = TraceContextTextMapPropagator()
         self._current_span = get_current_span
+        self.in_context = set_span_in_context
         self._server = SpanKind.SERVER
         self._status, self._error = Status, StatusCode.ERROR
 
@@ -126,11 +133,8 @@ class Tracing:
         method = scope["method"]
         attributes: dict[str, Any] = {
             "http.request.method": method, "http.route": route, "url.path": scope["path"],
-            "url.scheme": scope.get("scheme", "http"), "baton.request_id": request_id,
-            "network.protocol.version": scope.get("http_version", "1.1")}
-        server, client = scope.get("server"), scope.get("client")
-        if server:
-            attributes["server.port"] = server[1]
+            "url.scheme": scope.get("scheme", "http"), "baton.request_id": request_id}
+        client = scope.get("client")
         if client:
             attributes["client.address"] = client[0]
         for key, value in scope["headers"]:
@@ -162,10 +166,8 @@ class Trace:
     __slots__ = ("tracing", "span", "context", "cursor", "token", "rows", "batch", "last")
 
     def __init__(self, tracing: Tracing, span: Span, start: int) -> None:
-        from opentelemetry.trace import set_span_in_context
-
         self.tracing, self.span = tracing, span
-        self.context = set_span_in_context(span)
+        self.context = tracing.in_context(span)
         self.cursor = start
         self.token = CURRENT.set(self)
         self.rows = 0
@@ -256,7 +258,7 @@ def dispatched(traces: Sequence[Trace | None], worker: WorkerLike, rows: int,
                        "baton.worker.slot": worker.slot, "baton.rows": trace.rows}
         if worker.pid is not None:
             trace.batch["baton.worker.pid"] = worker.pid
-        trace.stage(QUEUE, trace.batch)
+        trace.stage(QUEUE)
 
     def answered(answer: asyncio.Future[Any]) -> None:
         exc = None if answer.cancelled() else answer.exception()
