@@ -99,6 +99,39 @@ def test_two_sources_of_one_group_share_the_partitions_and_a_late_ack_commits_no
 
     aio.run(body(), timeout=200)
 
+def test_an_ack_does_not_wait_for_the_poll_in_progress(tansu: Tansu, aio: Aio) -> None:
+    """confluent-kafka lets one call at a time use a consumer: a commit from the ack's side
+    would wait for a poll of an idle input to end (the whole read timeout; at the end of a
+    stream, once per batch still to acknowledge). The ack only notes the offsets; the poll
+    thread commits them before its next poll."""
+    async def body() -> None:
+        topic, group = f"baton-in-{uuid.uuid4().hex[:8]}", f"g-{uuid.uuid4().hex[:8]}"
+        source = open_source(f"kafka://127.0.0.1:{tansu.port}/{topic}", group=group)
+        await source.open()
+        await asyncio.to_thread(publish, tansu, topic, 1, 30)
+        held: list[Message] = []
+        deadline = time.monotonic() + 60  # the group join comes first
+        while len(held) < 30 and time.monotonic() < deadline:
+            held += await source.read(100, 0.2)
+        assert len(held) == 30
+        idle = asyncio.create_task(source.read(100, 3.0))  # nothing more: polls for 3 s
+        await asyncio.sleep(0.3)
+        started = time.monotonic()
+        await source.ack(held[:20])
+        took = time.monotonic() - started
+        assert not await idle
+        assert took < 1.0, f"the ack waited {took:.1f}s for the poll in progress"
+        assert await source.read(100, 0.1) == []  # the commit is queued before this poll
+        deadline = time.monotonic() + 10
+        while committed(tansu, topic, group, 1) != [20] and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert committed(tansu, topic, group, 1) == [20]
+        await source.ack(held[20:])
+        await source.close()  # commits the last acks
+        assert committed(tansu, topic, group, 1) == [30]
+
+    aio.run(body(), timeout=120)
+
 
 def test_a_session_timeout_under_a_second_is_a_bad_url() -> None:
     with pytest.raises(StreamError) as err:

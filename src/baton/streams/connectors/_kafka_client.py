@@ -168,6 +168,7 @@ class Held:
         self.first: dict[int, int] = {}  # partition -> the first offset handed out
         self.handed: dict[int, int] = {}  # partition -> the offset after the last handed out
         self.acked: dict[int, int] = {}  # partition -> the offset after the last acknowledged
+        self.sent: dict[int, int] = {}  # partition -> the offset last queued for commit
         self._next = itertools.count()
 
     def assign(self, partitions: list[int]) -> None:
@@ -183,6 +184,7 @@ class Held:
             acked, unacked = {}, 0
             for p in partitions:
                 self.generation.pop(p, None)
+                self.sent.pop(p, None)
                 done, first = self.acked.pop(p, None), self.first.pop(p, None)
                 if done is not None:
                     acked[p] = done
@@ -204,3 +206,9 @@ class Held:
         held = {p: o for (p, g), o in upto.items() if self.generation.get(p) == g}
         self.acked.update(held)
         return held
+
+    def to_commit(self) -> dict[int, int]:
+        """The acks not queued for commit yet, now marked queued. Call under the lock."""
+        due = {p: o for p, o in self.acked.items() if self.sent.get(p, -1) < o}
+        self.sent.update(due)
+        return due

@@ -14,11 +14,14 @@ dead engine's share moves on within seconds (librdkafka's own default is 45 s). 
 slow on Tansu 0.6: about 5 s for the first member, up to about 20 s for the next (two
 rounds of the cooperative protocol); a dead member's partitions moved in about 15 s.
 
-Records are acknowledged per partition: on ack, the source commits the next offset of each
-partition it still holds, and only after the outputs are durable. The commit is queued
-without waiting for the broker (a lost commit only means records delivered again); a failed
-commit, reported back while the source polls, makes the next ack commit synchronously and
-raise if that fails too; close commits the latest acks synchronously, then leaves the group.
+Records are acknowledged per partition, only after the outputs are durable: an ack notes
+the next offset of each partition the source still holds, and the poll thread commits the
+acks noted since its last poll before it polls again, queued without waiting for the
+broker (a lost commit only means records delivered again). Not from the ack's side:
+confluent-kafka lets one call at a time use a consumer, so a commit there would wait for
+the poll in progress, for the whole read timeout when the input is idle. A failed commit,
+reported back while the source polls, makes the next ack commit synchronously and raise if
+that fails too; close commits the latest acks synchronously, then leaves the group.
 Each record carries the generation of its partition's assignment: when a partition is
 revoked, the latest acks of it are committed at once and never again, so an ack that comes
 later (the pipeline was still writing those outputs) commits nothing, even if the partition
@@ -154,6 +157,7 @@ class KafkaSource:
     def _poll(self, max_records: int, timeout: float) -> list[tuple[Any, int]]:
         """Poll (rebalance callbacks run in here, on this thread), then tag each record
         with its partition's generation, while no callback can run."""
+        self._commit_acked()
         first = self.consumer.poll(timeout)
         if first is None:
             return []
@@ -190,20 +194,16 @@ class KafkaSource:
         consumer = self.consumer
         error, self._commit_error = self._commit_error, None
         if error is None:
-            # The outputs are durable already: the commit is queued for the client's thread
-            # (no wait), its result comes back through on_commit while the source polls.
-            # Under the lock, so that a revoke cannot come between the check and the queue.
+            # The outputs are durable already: note the acks (of the partitions still held;
+            # a revoked one's new owner delivers those records again). The poll thread
+            # commits them before its next poll, without waiting for the broker: a call
+            # from this side would wait for the poll in progress (confluent-kafka lets one
+            # call at a time use a consumer), up to the whole read timeout when idle.
             with self._held.lock:
-                held = self._held.still_held(upto)
-                if not held:  # revoked since: the new owner delivers those records again
-                    return
-                try:
-                    consumer.commit(offsets=self._offsets(held), asynchronous=True)
-                    return
-                except Exception as exc:
-                    error = reason(exc)
-        # An earlier commit failed (or this one could not be queued): commit this batch,
-        # which covers the earlier ones, and wait for the broker's answer.
+                self._held.still_held(upto)
+            return
+        # An earlier commit failed (or could not be queued): commit this batch, which
+        # covers the earlier ones, and wait for the broker's answer.
         log.info("a commit on %s failed (%s); committing synchronously", self.url.redacted,
                  error)
         try:
@@ -217,8 +217,22 @@ class KafkaSource:
     def _commit_held(self, consumer: Any, upto: dict[tuple[int, int], int]) -> list[Any]:
         with self._held.lock:  # a revoke waits for this commit, no longer
             held = self._held.still_held(upto)
-            return (consumer.commit(offsets=self._offsets(held), asynchronous=False) or []
+            done = (consumer.commit(offsets=self._offsets(held), asynchronous=False) or []
                     ) if held else []
+            if not any(tp.error is not None for tp in done):
+                self._held.sent.update(held)
+            return done
+
+    def _commit_acked(self) -> None:
+        """On the poll thread, before each poll: queue the commit of what was acknowledged
+        since (no wait; the result comes back through on_commit while polling)."""
+        with self._held.lock:  # on this thread, so no revoke can come in between
+            due = self._held.to_commit()
+        if due:
+            try:
+                self.consumer.commit(offsets=self._offsets(due), asynchronous=True)
+            except Exception as exc:  # the next ack commits synchronously
+                self._commit_error = reason(exc)
 
     async def lag(self) -> int | None:
         """Records after the consumer's position, up to each partition's high watermark."""
