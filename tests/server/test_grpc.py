@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import ssl
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -493,3 +496,37 @@ def test_a_taken_grpc_port_stops_serve_at_once(baton_env: dict[str, str]) -> Non
         result = serve(free_port(), taken)
     assert result.returncode == 1
     assert f"error [SERVER_START_FAILED]: cannot listen on 127.0.0.1:{taken}" in result.stderr
+
+
+def test_a_stop_drains_grpc_calls_in_flight(chaos_bundle: Path, baton_env: dict[str, str]
+                                            ) -> None:
+    s = GrpcServer([chaos_bundle], baton_env, [])
+    s.wait_ready()
+    [worker] = [w["pid"] for w in s.model("chaos")["parameters"]["workers"]]
+    client = tgrpc.InferenceServerClient(s.grpc_url)
+    action, x = tgrpc.InferInput("action", [1], "BYTES"), tgrpc.InferInput("x", [1], "FP64")
+    action.set_data_from_numpy(np.array(["ok"], dtype=object))
+    x.set_data_from_numpy(np.array([4.0]))
+    answers: list[Any] = []
+    os.kill(worker, signal.SIGSTOP)  # the call waits in the worker until SIGCONT
+    try:
+        caller = threading.Thread(target=lambda: answers.append(
+            client.infer("chaos", [action, x]).as_numpy("y")))
+        caller.start()
+        deadline = time.monotonic() + 30
+        while not s.model("chaos")["parameters"]["workers"][0]["in_flight"]:
+            assert time.monotonic() < deadline, "the call never reached the worker"
+            time.sleep(0.05)
+        s.proc.send_signal(signal.SIGTERM)
+        time.sleep(1)
+        late = tgrpc.InferenceServerClient(s.grpc_url)
+        refused(lambda: late.is_server_live(client_timeout=5), grpc.StatusCode.UNAVAILABLE)
+        late.close()
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    caller.join(60)
+    np.testing.assert_array_equal(answers[0], [8.0])
+    assert s.proc.wait(30) == 0
+    client.close()
+    s.client.close()
+    s.log.close()
