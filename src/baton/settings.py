@@ -61,6 +61,9 @@ class Settings:
     drain_timeout: float = 30.0
     #: Threads each worker's numeric libraries may use (OMP, BLAS).
     worker_threads: int = 1
+    #: Fork workers from a per-model template that has imported the model's libraries
+    #: (docs/protocol.md#worker-templates); false: spawn every worker from scratch.
+    worker_template: bool = True
     #: Isolation level of every model's workers, 'process' or 'sandbox'; empty: each
     #: bundle's own. The stricter of this and the bundle's wins (docs/isolation.md).
     isolation: str = ""

@@ -116,6 +116,8 @@ def run_server(opts: EngineSpec, settings: Settings) -> None:
     if not auth and _exposed(sock):
         _warn_open(settings.host, port)
     engine = build_engine(opts, settings)
+    for svc in engine.versions.services():  # the models' imports overlap the rest of ours
+        svc.pool.template.prewarm()
     if engine.predlog is not None:
         engine.predlog.open()  # a store it cannot reach stops serve here, not later
     guard = _guard(tokens, engine, settings) if auth else None

@@ -2,10 +2,7 @@
 
 Requests queue per model. Whenever a worker is free it takes everything queued, up to
 ``max_batch_rows``, as one batch: under load batches grow by themselves, and an idle model
-answers a single request at once, with no timer. Measured in process with 16 callers of
-1-row requests to a logistic regression, greedy batching gave about 35,000 req/s at 0.45 ms
-p50, against about 10,500 req/s at 1.5 ms p50 for a timer (flush at 32 rows or 1 ms) and
-7,600 req/s at 2.1 ms p50 for no batching.
+answers a single request at once, with no timer (docs/protocol.md has the measurements).
 When a merged batch fails inside the model (an exception, or the model exiting or faulting
 on one of its inputs), its requests are retried one by one so that one bad request never
 fails its neighbours.
@@ -17,8 +14,8 @@ worker is ready, because the only one is restarting, requests wait in the queue 
 ``restart_wait`` seconds instead of failing at once. A batch that timed out is not retried:
 the input may be what hangs the model. With ``workers=0`` the pool sizes itself: one
 worker, and a second once the first one's memory shows that it fits
-(:mod:`baton.runtime.sizing`).
-"""
+(:mod:`baton.runtime.sizing`). Workers are forked from the model's template where one
+applies (:mod:`baton.runtime.template`): a restart costs the model's load only."""
 
 from __future__ import annotations
 
@@ -43,6 +40,7 @@ from baton.errors import (
     WorkerError,
 )
 from baton.runtime import sizing
+from baton.runtime.template import PoolTemplate
 from baton.runtime.worker import Worker, WorkerSpec
 
 log = logging.getLogger("baton.pool")
@@ -105,6 +103,7 @@ class WorkerPool:
         self.load_error: BatonError | None = None
         #: Called with the row count of every batch sent to a worker (metrics).
         self.on_batch: Callable[[int], None] | None = None
+        self.template = PoolTemplate(spec)  # prewarm(): started before start(), no loop
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -144,7 +143,7 @@ class WorkerPool:
             self._spawn(slot, 0.0)
 
     async def _start_slot(self, slot: int) -> Worker:
-        worker = Worker(self.spec, slot)
+        worker = Worker(self.spec, slot, self.template.get(self.workers[slot] is not None))
         self.workers[slot] = worker
         await worker.start()
         asyncio.get_running_loop().create_task(self._watch(worker))
@@ -172,7 +171,9 @@ class WorkerPool:
     def _schedule_restart(self, slot: int, err: BaseException | None) -> None:
         if err is not None:
             self._record_failure(slot, str(err))
-        self._spawn(slot, self._backoffs[slot].next())
+        backoff = self._backoffs[slot]  # a slot's first restart, forked, waits for nothing
+        fresh = backoff.base == backoff.first and self.template.enabled
+        self._spawn(slot, backoff.next() * (not fresh))
 
     def _spawn(self, slot: int, delay: float) -> None:
         task = asyncio.get_running_loop().create_task(self._restart(slot, delay))
@@ -184,8 +185,7 @@ class WorkerPool:
         if self._closing:
             return
         if self.workers[slot] is not None:
-            log.warning("%s: restarting worker slot %d after %.1fs", self.spec.model, slot,
-                        delay)
+            log.warning("%s: restarting worker slot %d after %.1fs", self.spec.model, slot, delay)
         try:
             await self._start_slot(slot)
         except BatonError as exc:
@@ -212,6 +212,7 @@ class WorkerPool:
                 log.warning("%s: drain timed out after %.0fs", self.spec.model, drain_timeout)
         self._fail_queue(ModelNotReady(f"{self.spec.model} is shutting down"))
         await asyncio.gather(*(w.stop() for w in self.workers if w is not None))
+        await self.template.close()  # it kills whatever of its workers is left
 
     # -- state -------------------------------------------------------------------------
     @property
@@ -237,6 +238,7 @@ class WorkerPool:
                          "in_flight": w.in_flight if w else 0}
                         for i, w in enumerate(self.workers)],
             "sizing": self.sizing,
+            "template": self.template.describe(),
             "timeout": self.timeout,
             "restarts": self.stats.restarts,
             "retried_requests": self.stats.retried,

@@ -9,8 +9,6 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -26,43 +24,17 @@ from baton.errors import (
     WorkerTimeout,
 )
 from baton.runtime import sandbox
-from baton.runtime.isolation import LIMIT_CODES, Isolation
+from baton.runtime.forked import ForkedTransport
+from baton.runtime.isolation import LIMIT_CODES
 from baton.runtime.limits import WorkerLimits
 from baton.runtime.protocol import FrameReader, decode_columns, encode_predict, pack_frame
-from baton.runtime.runners import PYTHON, Runner
+from baton.runtime.spec import WorkerSpec as WorkerSpec
+from baton.runtime.template import Template, TemplateGone
 
 log = logging.getLogger("baton.worker")
 #: Signals that come from outside the model (an operator, a supervisor, the OOM killer),
 #: unlike an exit of its own or a fault in its code (SIGSEGV, SIGABRT, SIGBUS, SIGFPE).
 OUTSIDE_SIGNALS = frozenset({signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    """Everything needed to start a worker for one model."""
-
-    model: str
-    python: Path  # what runs the runner: the environment's Python, or R's Rscript
-    bundle_dir: Path
-    #: The ``load`` message: entrypoint, artifact, method, contract kind, input/output names.
-    load: dict[str, Any]
-    env: dict[str, str] = field(default_factory=dict)
-    load_timeout: float = 120.0
-    #: Threads the model's numeric libraries may use (OMP, OpenBLAS, MKL).
-    threads: int = 1
-    #: The sandbox and limits the worker runs under (docs/isolation.md).
-    isolation: Isolation = field(default_factory=Isolation)
-    #: What ``python`` runs (runners.py); the environment a sandbox shows (None: python's).
-    runner: Runner = PYTHON
-    env_dir: Path | None = None
-
-    def command(self) -> list[str]:
-        inner = self.runner.command(self.python)
-        if not self.isolation.sandboxed:
-            return inner
-        return sandbox.command(inner, python=self.python, bundle_dir=self.bundle_dir,
-                               runner=self.runner.files, network=self.isolation.network,
-                               env_dir=self.env_dir, system=self.runner.system)
 
 
 class _Pipes(asyncio.SubprocessProtocol):
@@ -86,11 +58,13 @@ class _Pipes(asyncio.SubprocessProtocol):
 
 
 class Worker:
-    """A running worker. ``start()`` spawns and loads; ``predict()`` sends one batch."""
+    """A running worker. ``start()`` spawns (or forks) and loads; ``predict()`` sends one batch."""
 
-    def __init__(self, spec: WorkerSpec, slot: int) -> None:
+    def __init__(self, spec: WorkerSpec, slot: int, template: Template | None = None) -> None:
         self.spec = spec
         self.slot = slot
+        #: Where the worker is forked from (docs/protocol.md#worker-templates); None: spawned.
+        self.template = template
         self.state = "new"
         #: The process running the model (inside a sandbox, bwrap's child): the one to
         #: measure, and the pid shown.
@@ -101,7 +75,7 @@ class Worker:
         self.info: dict[str, Any] = {}
         self.raw = False
         self.exited = asyncio.Event()
-        self._transport: asyncio.SubprocessTransport | None = None
+        self._transport: asyncio.SubprocessTransport | ForkedTransport | None = None
         self._stdin: asyncio.WriteTransport | None = None
         #: Request id -> its answer: a Batch (predict) or a header (metrics).
         self._pending: dict[int, asyncio.Future[Any]] = {}
@@ -119,22 +93,14 @@ class Worker:
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        threads = str(self.spec.threads)
-        env = {**sandbox.environment(os.environ, self.spec.isolation.sandboxed),
-               "OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads,
-               "MKL_NUM_THREADS": threads, **self.spec.env, **self.spec.isolation.runner_env()}
-        env.pop("VIRTUAL_ENV", None)
         self.state = "starting"
         self.started_at = time.monotonic()
         self._control = loop.create_future()
         iso = self.spec.isolation
         try:
-            command = self.spec.command()
             if iso.limited:
                 self.limits = WorkerLimits.prepare(iso, f"{self.spec.model}-{self.slot}")
-            transport, _ = await loop.subprocess_exec(
-                lambda: _Pipes(self), *command, cwd=str(self.spec.bundle_dir),
-                env=env, start_new_session=True)
+            transport = await self._launch(loop)
         except (OSError, WorkerError) as exc:
             self.state = "dead"
             self._release_limits()
@@ -164,6 +130,25 @@ class Worker:
                                           "traceback": err.get("traceback", "")})
         self.info["load_seconds"] = loaded.get("seconds")
         self.state = "ready"
+        log.info("%s#%d: worker %s ready in %.3fs (%s; load %.3fs)", self.spec.model,
+                 self.slot, self.pid, time.monotonic() - self.started_at, "forked by template "
+                 f"{self.template.pid}" if self.template else "spawned",
+                 loaded.get("seconds") or 0.0)
+
+    async def _launch(self, loop: asyncio.AbstractEventLoop
+                      ) -> asyncio.SubprocessTransport | ForkedTransport:
+        """Fork the worker from its template or, without one or when it cannot, spawn it."""
+        if self.template is not None:
+            try:
+                return await self.template.fork(_Pipes(self))
+            except TemplateGone as exc:
+                log.warning("%s#%d: the worker is spawned directly: %s", self.spec.model,
+                            self.slot, exc)
+                self.template = None
+        transport, _ = await loop.subprocess_exec(
+            lambda: _Pipes(self), *self.spec.command(), cwd=str(self.spec.bundle_dir),
+            env=self.spec.environment(), start_new_session=True)
+        return transport
 
     def _contain(self) -> None:
         """Before the model loads: find the process running it (inside the sandbox, a
@@ -200,6 +185,8 @@ class Worker:
                 os.killpg(self.leader, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+            if isinstance(self._transport, ForkedTransport):  # maybe before its setsid()
+                self._transport.kill()
             if self.limits is not None:  # what left the worker's session, too
                 self.limits.kill_all()
 
@@ -333,7 +320,9 @@ class Worker:
         self._release_limits()
         if not self.exit_reason:
             self.exit_reason = (f"killed by signal {signal.Signals(-code).name}"
-                                if code is not None and code < 0 else f"exited with code {code}")
+                                if code is not None and code < 0 else f"exited with code {code}"
+                                if code is not None else "ended; its template, gone, could "
+                                "not say how")
         was = self.state
         self.state = "dead"
         tail = " | ".join(list(self._stderr)[-5:])

@@ -61,7 +61,7 @@ def worker_spec(bundle: Bundle, env: Environment, settings: Settings) -> WorkerS
               "fields": [s.to_dict() for s in m.contract.inputs]},
         env={"PYTHONUNBUFFERED": "1", **env.variables}, load_timeout=settings.load_timeout,
         threads=settings.worker_threads, isolation=isolation(m.isolation, settings),
-        runner=RUNNERS[m.model.runner])
+        runner=RUNNERS[m.model.runner], template=settings.worker_template)
 
 
 def isolation(asked: Isolation, settings: Settings) -> Isolation:
