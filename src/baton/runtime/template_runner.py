@@ -39,7 +39,10 @@ def serve() -> None:
     os.close(null)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    message = json.loads(control.recv(1 << 20) or b"{}")
+    data = control.recv(1 << 20)
+    if not data:  # the engine is gone before it said what to import
+        os._exit(0)
+    message = json.loads(data)
     started = time.perf_counter()
     try:
         warm(message)
@@ -50,7 +53,6 @@ def serve() -> None:
         os._exit(0)
     _send(control, {"op": "warm", "ok": True, "seconds": time.perf_counter() - started,
                     "modules": len(sys.modules)})
-    gc.collect()
     gc.freeze()  # the workers' collector leaves the template's objects (and pages) alone
     _loop(control)
 
@@ -59,6 +61,8 @@ def warm(load: dict[str, Any]) -> None:
     """Import what the model's load will: numpy, pandas for a records contract, and the
     modules of the model itself (a pickle's classes, the entrypoint's module,
     onnxruntime), without keeping the model: each worker loads its own."""
+    if not hasattr(socket, "recv_fds"):
+        raise RuntimeError("a template needs Python 3.9 or later")
     bundle = load["bundle_dir"]
     os.chdir(bundle)
     if bundle not in sys.path:
@@ -121,6 +125,8 @@ def _loop(control: socket.socket) -> None:
                                 "error": f"{type(exc).__name__}: {exc}"})
                 continue
             if pid == 0:
+                signal.set_wakeup_fd(-1)
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                 selector.close()
                 for fd in (wake_r, wake_w):
                     os.close(fd)
@@ -135,8 +141,6 @@ def _loop(control: socket.socket) -> None:
 
 def _become_worker(fds: list[int]) -> None:
     """In the forked child: a session of its own, its own stdio, fresh random state."""
-    signal.set_wakeup_fd(-1)
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     os.setsid()
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
