@@ -10,8 +10,8 @@ fails has the error status, ``error.type`` (the error's code) and ``baton.error.
 
 A traced request is plain data while it runs (:class:`Trace`: each stage from where the
 previous one ended to now, so they tile the request); its spans are made together when it
-ends, which keeps the SDK's code warm for all of them (135 µs a trace instead of spread
-cold over the request).
+ends, back to back, rather than one SDK call between each two stages (bench/README.md,
+"Tracing overhead", for what a trace costs).
 While tracing is off, :data:`ACTIVE` is None, every hook on the request path is behind one
 ``if tracing.ACTIVE is not None`` and nothing of OpenTelemetry is imported; while it is on,
 the request being traced is :data:`CURRENT` (a context variable, so the serving and pool
