@@ -268,6 +268,17 @@ def test_sampling_follows_the_callers_flag(
     assert dropped not in {s.trace_id for s in receiver.spans}
 
 
+def test_spans_still_buffered_are_exported_when_the_engine_stops(
+        serve: Callable[..., Server], chaos_bundle: Path, receiver: Receiver) -> None:
+    """Exports every 10 minutes: only the shutdown's flush can deliver the spans."""
+    server = serve([chaos_bundle], env=_env(receiver, OTEL_BSP_SCHEDULE_DELAY="600000"))
+    header, trace_id, _ = _traceparent()
+    assert _predict(server, [{"action": "ok", "x": 1.0}], traceparent=header).status_code == 200
+    assert receiver.posts == 0
+    assert server.stop() == 0
+    assert len([s for s in receiver.spans if s.trace_id == trace_id]) == 1 + len(STAGES)
+
+
 def test_tracing_is_off_by_default(serve: Callable[..., Server], chaos_bundle: Path,
                                    receiver: Receiver) -> None:
     """No endpoint, no export: an engine with the receiver's address only in a variable it
