@@ -14,7 +14,8 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "baton"
 
 #: The foundation: every layer may use these, and they use none of the upper ones.
-LOWER = ("errors", "batch", "settings", "contract", "runtime", "bundle", "backoff")
+LOWER = ("errors", "batch", "settings", "contract", "runtime", "bundle", "backoff", "logs",
+         "tracing")
 UPPER = ("serving", "server", "cli", "monitor", "registry", "streams", "dashboard", "check",
          "scoring", "image", "deploy", "report", "plan", "cluster", "importers")
 
