@@ -155,9 +155,6 @@ class Template:
         if self._reaped is not None:
             await self._reaped
 
-    def kill(self) -> None:
-        self._gone("killed")
-
     # -- events ------------------------------------------------------------------------
     def _on_control(self) -> None:
         while self._control is not None:
