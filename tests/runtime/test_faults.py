@@ -257,6 +257,9 @@ def test_worker_killed_with_sigkill_under_load_fails_no_request(
     # A slow request holds the worker about to be killed: a request is surely in flight.
     held, result = post_in_thread(server, rec("sleep", 3))
     victim = busy_worker(server)
+    # Frozen until the kill, so that its request is still in flight then however long the
+    # load below takes to start on loaded cores (the model sleeps only 1 s).
+    os.kill(victim, signal.SIGSTOP)
     [other] = [p for p in server.worker_pids("chaos") if p != victim]
     statuses: list[tuple[float, int, str]] = []
     stop = threading.Event()
