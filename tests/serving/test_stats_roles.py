@@ -81,7 +81,9 @@ def test_stats_lists_the_live_version_its_canary_and_its_shadow(
     assert live_m["metrics"]["requests"] == live_m["metrics"]["records"] == answered["1.0.0"]
     assert canary_m["metrics"]["requests"] == answered["2.0.0"]
     assert shadow_m["metrics"]["requests"] == 0
-    assert shadow_m["metrics"]["batch_rows_mean"] == 1.0  # but its worker scored them
+    # ... but its worker scored them: in batches of one row, or of two when two mirrored
+    # copies queued while it was busy (the shadow answers no one, so nothing waits for it).
+    assert 1.0 <= shadow_m["metrics"]["batch_rows_mean"] <= 2.0
 
 
 def test_a_shadow_alone_is_the_live_entrys_traffic(serve: Callable[..., Server],
