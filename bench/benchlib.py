@@ -46,6 +46,24 @@ def source_state() -> dict[str, Any]:
     return {"commit": git("rev-parse", "HEAD"), "uncommitted_changes": dirty}
 
 
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of the process ``pid`` and every process under it (a
+    server and its workers); 0 when it is gone."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

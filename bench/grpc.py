@@ -39,7 +39,7 @@ import psutil  # noqa: E402
 import tritonclient.grpc.aio as grpcclient  # noqa: E402
 import tritonclient.http.aio as httpclient  # noqa: E402
 import uvloop  # noqa: E402
-from benchlib import free_port, machine, source_state, wait_for_quiet  # noqa: E402
+from benchlib import free_port, machine, source_state, tree_cpu, wait_for_quiet  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "build" / "bench"
@@ -109,14 +109,7 @@ class Engine:
 
     def cpu(self) -> float:
         """CPU seconds of the engine and its workers so far."""
-        total = 0.0
-        for p in [self.ps, *self.ps.children(recursive=True)]:
-            try:
-                t = p.cpu_times()
-                total += t.user + t.system
-            except psutil.Error:
-                pass
-        return total
+        return tree_cpu(self.ps.pid)
 
     def workers(self) -> int:
         import httpx

@@ -38,7 +38,7 @@ from typing import Any
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import _busy, free_port, set_autogroup_nice  # noqa: E402
+from benchlib import _busy, free_port, set_autogroup_nice, tree_cpu  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "examples" / "penguins" / "bundle"
@@ -229,29 +229,13 @@ def _busy_cores() -> float:
     return float(_busy(psutil.cpu_times()))
 
 
-def _tree_cpu(pid: int) -> float:
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0.0
-    total = 0.0
-    for p in procs:
-        try:
-            t = p.cpu_times()
-            total += t.user + t.system
-        except psutil.Error:
-            pass
-    return total
-
-
 def measured_run(engine: Engine, rps: float, duration: float) -> dict[str, Any]:
     """One run, with the CPU that the engine, this load generator and everything else on
     the machine used meanwhile (in cores): the other tenants' share explains noisy runs."""
     me = psutil.Process()
-    before = (_busy_cores(), _tree_cpu(engine.proc.pid), sum(me.cpu_times()[:2]))
+    before = (_busy_cores(), tree_cpu(engine.proc.pid), sum(me.cpu_times()[:2]))
     run = asyncio.run(open_loop(engine.port, rps, duration))
-    after = (_busy_cores(), _tree_cpu(engine.proc.pid), sum(me.cpu_times()[:2]))
+    after = (_busy_cores(), tree_cpu(engine.proc.pid), sum(me.cpu_times()[:2]))
     machine, served, driver = ((a - b) / run["seconds"] for a, b in
                                 zip(after, before, strict=True))
     return {**run, "engine_cores": round(served, 2), "generator_cores": round(driver, 2),

@@ -47,7 +47,7 @@ import httpx
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import free_port, machine, set_autogroup_nice  # noqa: E402
+from benchlib import free_port, machine, set_autogroup_nice, tree_cpu  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "build" / "bench"
@@ -110,18 +110,6 @@ def without_tracing(after: Path, into: Path) -> Path:
     return into
 
 
-def cpu(proc: psutil.Process) -> float:
-    """CPU seconds of a server and every process under it (its workers)."""
-    total = 0.0
-    for p in [proc, *proc.children(recursive=True)]:
-        try:
-            t = p.cpu_times()
-            total += t.user + t.system
-        except psutil.NoSuchProcess:
-            pass
-    return total
-
-
 def wrk(port: int, rows: int, seconds: int) -> dict[str, Any]:
     out = subprocess.run(["wrk", "-t1", "-c16", f"-d{seconds}s", "-s",
                           str(WORK / f"post-{rows}.lua"), f"http://127.0.0.1:{port}{URL}"],
@@ -165,9 +153,9 @@ def run_state(state: str, src: Path, receiver: Receiver, duration: int) -> dict[
                                 headers={"content-type": "application/json"})
             assert answer.status_code == 200, answer.text  # a refusal would count as fast
             wrk(port, rows, 2)
-            spans, before = receiver.spans, cpu(proc)
+            spans, before = receiver.spans, tree_cpu(proc.pid)
             r = wrk(port, rows, duration)
-            used = cpu(proc) - before
+            used = tree_cpu(proc.pid) - before
             assert r["status"] == 0 and r["connect"] == 0, r
             seconds = r["duration_us"] / 1e6
             out[str(rows)] = {"rps": r["requests"] / seconds, "p99_ms": r["p99_us"] / 1e3,
