@@ -51,8 +51,7 @@ class _Item:
     batch: Batch
     future: asyncio.Future[Batch]
     solo: bool = False
-    #: Already sent again once after its worker died.
-    retried: bool = False
+    retried: bool = False  # already sent again once after its worker died
     #: Fails the request when no worker came back in time (armed while none is ready).
     expiry: asyncio.TimerHandle | None = None
     trace: _tracing.Trace | None = None  # when the request is traced (baton.tracing)
@@ -63,8 +62,7 @@ class PoolStats:
     restarts: int = 0
     batches: int = 0
     rows: int = 0
-    #: Requests sent again after their worker died, and requests failed after waiting
-    #: ``restart_wait`` for a worker.
+    #: Requests sent again after their worker died; failed after ``restart_wait`` unserved.
     retried: int = 0
     expired: int = 0
     last_failure: dict[str, Any] | None = None
@@ -202,8 +200,10 @@ class WorkerPool:
     async def close(self, drain_timeout: float = 30.0) -> None:
         """Stop taking requests, let queued and in-flight work finish, stop the workers."""
         self._closing = True
-        for task in list(self._restarts):
+        restarts = list(self._restarts)
+        for task in restarts:
             task.cancel()
+        await asyncio.gather(*restarts, return_exceptions=True)  # a starting worker: killed
         if self._queue or self._busy:
             self._drained.clear()
             try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import os
 import signal
@@ -119,10 +120,10 @@ class Worker:
             self._send(pack_frame(orjson.dumps(load)))
             loaded = await self._await_control("loaded")
         except BaseException:
-            self.kill()
+            await self._killed()
             raise
         if not loaded.get("ok"):
-            self.kill()
+            await self._killed()
             err = loaded.get("error", {})
             raise ModelLoadError(f"{self.spec.model}: {err.get('stage', 'load')} failed: "
                                  f"{err.get('message', 'unknown error')}",
@@ -178,6 +179,13 @@ class Worker:
             raise WorkerError(f"{self.spec.model}: expected '{op}' from worker, got {msg}")
         self._control = asyncio.get_running_loop().create_future()
         return msg
+
+    async def _killed(self) -> None:
+        """Kill a worker that did not start, and see it exit (its transport closes then),
+        also when the start was cancelled (a pool closing)."""
+        self.kill()
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(self.exited.wait(), 5)
 
     def kill(self) -> None:
         if self._transport is not None and self.leader is not None and not self.exited.is_set():
