@@ -101,10 +101,10 @@ def _time_kafka_thread() -> None:
     """The Kafka connector runs each client call on a thread of its own: split the time of
     a call into waiting for that thread, running there, and getting back onto the loop."""
     try:
-        from baton.streams.connectors import kafka
+        from baton.streams.connectors._kafka_client import KafkaClient
     except ImportError:
         return
-    original_call = kafka._Client.call
+    original_call = KafkaClient.call
 
     async def call(self: Any, fn: Any, *args: Any, lane: str = "main") -> Any:
         marks: list[float] = []
@@ -128,7 +128,7 @@ def _time_kafka_thread() -> None:
                 CALLS[label] += 1
         return result
 
-    kafka._Client.call = call
+    KafkaClient.call = call  # type: ignore[method-assign]
 
 
 def dump() -> None:
