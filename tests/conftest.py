@@ -127,9 +127,14 @@ class Server:
     """A real `baton serve` process on a free loopback port."""
 
     def __init__(self, bundles: list[Path], env: dict[str, str], args: list[str]) -> None:
+        Path(env["BATON_HOME"]).mkdir(parents=True, exist_ok=True)
+        self._launch = (bundles, env, args)
+        self._start()
+
+    def _start(self) -> None:
+        bundles, env, args = self._launch
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        Path(env["BATON_HOME"]).mkdir(parents=True, exist_ok=True)
         self.log = open(Path(env["BATON_HOME"]) / f"serve-{self.port}.log", "w+")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [*BATON, "serve", *map(str, bundles), "--port", str(self.port), *args],
@@ -139,8 +144,16 @@ class Server:
 
     def wait_ready(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
+        tries = 3
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                # free_port() closes the port it found: on a busy machine (two test workers)
+                # another process can take it before serve binds it. Then, another port.
+                if "Address already in use" in self.output() and (tries := tries - 1):
+                    self.client.close()
+                    self.log.close()
+                    self._start()
+                    continue
                 raise AssertionError(f"baton serve exited early:\n{self.output()}")
             try:
                 if self.client.get("/v2/health/ready").status_code == 200:
