@@ -37,7 +37,7 @@ from baton.monitor.metrics import CONTENT_TYPE
 from baton.server.auth import CHALLENGE, Guard
 from baton.server.body import Receive, Scope, Send
 from baton.server.handlers import ENGINE_ROUTES
-from baton.server.routes import Header, Reply, Request, Route, RouteTable
+from baton.server.routes import Header, Match, Reply, Request, Route, RouteTable
 from baton.serving.service import Engine
 
 log = logging.getLogger("baton.server")
@@ -147,10 +147,11 @@ class BatonApp:
     # -- http --------------------------------------------------------------------------
     async def _http(self, scope: Scope, receive: Receive, send: Send, rid: str) -> None:
         start = time.perf_counter()
-        trace = self._trace(scope, rid) if _tracing.ACTIVE is not None else None
+        match = self.routes.resolve(scope["path"].rstrip("/") or "/")  # once per request
+        trace = self._trace(scope, rid, match) if _tracing.ACTIVE is not None else None
         failed: BatonError | None = None
         try:
-            reply = await self._route(scope, receive)
+            reply = await self._route(scope, receive, match)
         except BatonError as err:
             reply, failed = error_reply(err), err
         except Exception:
@@ -160,15 +161,14 @@ class BatonApp:
         if trace is not None:
             trace.end(reply.status, failed)
         if self.access_log:
-            self._access(scope, reply.status, time.perf_counter() - start, failed)
+            self._access(scope, match, reply.status, time.perf_counter() - start, failed)
 
-    def _trace(self, scope: Scope, rid: str) -> _tracing.Trace | None:
+    def _trace(self, scope: Scope, rid: str, match: Match | None) -> _tracing.Trace | None:
         """The server span of a request to a model's route, when it is sampled."""
         assert _tracing.ACTIVE is not None
         parent = _tracing.ACTIVE.parent(scope["headers"])
         if parent is None:
             return None
-        match = self.routes.resolve(scope["path"].rstrip("/") or "/")
         if match is None or match.route is None or match.family is None:
             return None
         route = (f"{match.family.prefix}/{{name}}"
@@ -176,12 +176,11 @@ class BatonApp:
                  f"{'/' + match.route.path if match.route.path else ''}")
         return _tracing.ACTIVE.start(parent, scope, route, rid)
 
-    def _access(self, scope: Scope, status: int, seconds: float,
+    def _access(self, scope: Scope, match: Match | None, status: int, seconds: float,
                 failed: BatonError | None) -> None:
         """The request's line: what an operator's log pipeline indexes."""
         extra: dict[str, object] = {"method": scope["method"], "path": scope["path"],
                                     "status": status, "duration_ms": round(seconds * 1e3, 3)}
-        match = self.routes.resolve(scope["path"].rstrip("/") or "/")
         if match is not None and match.name:
             svc = self.engine.models.get(match.name)
             extra["model"] = match.name
@@ -192,9 +191,8 @@ class BatonApp:
         access.info("%s %s %d %.1fms", scope["method"], scope["path"], status,
                     seconds * 1e3, extra=extra)
 
-    async def _route(self, scope: Scope, receive: Receive) -> Reply:
+    async def _route(self, scope: Scope, receive: Receive, match: Match | None) -> Reply:
         method, path = scope["method"], scope["path"].rstrip("/") or "/"
-        match = self.routes.resolve(path)
         if match is None:
             return not_found(method, path)
         if match.family is not None and match.family.model_first:
