@@ -165,11 +165,9 @@ class Runner:
                    "seconds": time.perf_counter() - started, "columns": meta}, blob)
 
     def on_metrics(self, header: dict[str, Any]) -> None:
-        """Run the data scientist's metric functions ``fn(y_true, y_pred[, outputs])``.
-
+        """Run the data scientist's metric functions ``fn(y_true, y_pred[, outputs])``:
         ``y_pred`` holds the model's predictions; a function with a third parameter also
-        gets the whole output records (e.g. class probabilities for an AUC).
-        """
+        gets the whole output records (e.g. class probabilities for an AUC)."""
         values: dict[str, float] = {}
         errors: dict[str, str] = {}
         for name in header["functions"]:
@@ -341,10 +339,9 @@ class _StageError(Exception):
 
 
 def cut_lines(text: str, limit: int = 4000) -> str:
-    """``text`` in about ``limit`` characters, cut at line ends, never mid-line: its first
-    line and as many of its last lines as fit (a traceback's start and its exception), with
-    a marker ``... (N lines cut)`` where lines were left out. A single line longer than the
-    room left keeps its start and says how many characters were cut."""
+    """``text`` in about ``limit`` characters cut at line ends: its first line, a marker
+    ``... (N lines cut)``, and as many of its last lines as fit, from one that is not blank
+    (a traceback's start and its exception). A line alone too long keeps its start."""
     if len(text) <= limit:
         return text
     lines = text.splitlines(keepends=True)
@@ -356,6 +353,8 @@ def cut_lines(text: str, limit: int = 4000) -> str:
             break
         tail.append(line)
         used += len(line)
+    while tail and not tail[-1].strip():
+        tail.pop()
     if not tail and len(lines) > 1:  # the last line alone is too long: its start
         tail.append(_cut_line(lines[-1], room - used))
     cut = len(lines) - 1 - len(tail)

@@ -162,6 +162,8 @@ class Template:
                 data = self._control.recv(1 << 16)
             except BlockingIOError:
                 return
+            except ConnectionResetError:  # it ended with a fork unread: what it sent before
+                continue  # is still queued behind the error (its warm failure, say)
             except OSError:
                 data = b""
             if not data:
