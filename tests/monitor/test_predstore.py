@@ -98,6 +98,34 @@ def test_a_local_file_of_the_earlier_schema_keeps_its_predictions_and_labels(
     assert {"prediction_batches", "prediction_keys", "prediction_labels"} <= tables
 
 
+def page_size_and_journal(path: Path) -> tuple[int, str]:
+    with sqlite3.connect(path) as db:
+        return (db.execute("PRAGMA page_size").fetchone()[0],
+                db.execute("PRAGMA journal_mode").fetchone()[0])
+
+
+def test_a_new_local_file_has_large_pages_and_an_earlier_one_keeps_its_own(
+        tmp_path: Path) -> None:
+    """64 KiB pages for a new file (a block's JSON in a few pages, not a hundred); a file
+    made with SQLite's default 4 KiB pages keeps them and goes on logging."""
+    earlier = tmp_path / "earlier.sqlite"
+    with sqlite3.connect(earlier) as db:
+        db.execute("CREATE TABLE unrelated (x)")
+    for path, size in ((tmp_path / "new.sqlite", 65536), (earlier, 4096)):
+        log = PredictionLog(path)
+        log.open()
+        try:
+            rid, ids = new_ids(2)
+            log.record("m", "1", rid, Batch({"x": np.array([1.0, 2.0])}, 2),
+                       Batch({"y": ["a", "b"]}, 2))
+            log.flush_now()
+            assert log.add_labels("m", [(ids[1], "B")]).accepted == [ids[1]]
+            assert log.labelled("m", "1", 10) == [({"y": "b"}, "B")]
+        finally:
+            log.close()
+        assert page_size_and_journal(path) == (size, "wal"), path.name
+
+
 def create_registry_0003_tables(engine: Engine) -> None:
     """The tables the registry's migration 0003 made in earlier releases."""
     old = MetaData()
