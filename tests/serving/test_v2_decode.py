@@ -1,0 +1,89 @@
+"""The V2 tensor decoder's fast path (orjson and numpy for data holding only numbers) gives
+the strict decoder's verdict on every input: the same array, or the same refusal."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import numpy as np
+import pytest
+
+from baton.contract.spec import TensorSpec
+from baton.errors import ContractViolation
+from baton.serving import v2
+
+CASES = [
+    ("FP64", [-1, 2], b"[[1.5, 2], [3e2, -4E-1]]"),
+    ("FP64", [-1], b"[1, 2, 3]"),
+    ("FP32", [-1], b"[1e39, 1.0]"),  # beyond float32: infinity, refused by the contract
+    ("FP64", [-1], b"[1e400]"),
+    ("FP64", [-1], b"[9223372036854775808, 18446744073709551616, 1e30]"),
+    ("FP64", [-1], b"[1.0, true]"),
+    ("FP64", [-1], b'[1.0, "2"]'),
+    ("FP64", [-1], b"[1.0, null]"),
+    ("FP64", [-1], b"[1.0, {}]"),
+    ("FP64", [-1, 2], b"[[1.0, 2.0], [3.0]]"),
+    ("FP64", [-1, 2], b"[[1.0, 2.0], 3.0]"),
+    ("FP64", [-1], b"[1.0, [2.0]]"),
+    ("FP64", [-1], b"[1., 2]"),
+    ("FP64", [-1], b"[]"),
+    ("INT64", [-1], b"[1, -2, 3]"),
+    ("INT64", [-1], b"[1, 2.0]"),
+    ("INT64", [-1], b"[1, 2e1]"),
+    ("INT64", [-1], b"[9223372036854775807, -9223372036854775808]"),
+    ("INT64", [-1], b"[9223372036854775808]"),
+    ("INT64", [-1], b"[18446744073709551616]"),
+    ("INT8", [-1], b"[127, -128]"),
+    ("INT8", [-1], b"[128]"),
+    ("INT8", [-1], b"[-129]"),
+    ("UINT8", [-1], b"[255, 0]"),
+    ("UINT8", [-1], b"[-1]"),
+    ("UINT64", [-1], b"[18446744073709551615]"),
+    ("UINT64", [-1], b"[-1]"),
+    ("INT32", [-1, 2], b"[[1, 2], [3, 4]]"),
+    ("INT32", [-1, 2], b"[[1, 2], [3, false]]"),
+    ("BOOL", [-1], b"[true, false]"),
+]
+
+
+def decoded(datatype: str, shape: list[int], data: bytes) -> Any:
+    spec = TensorSpec(name="x", datatype=datatype, shape=tuple(-1 for _ in shape))
+    try:
+        rows = len(msgspec.json.decode(data))
+    except msgspec.DecodeError:  # malformed: the shape's row count does not matter
+        rows = 2
+    inp = v2.RequestInput(name="x", shape=[rows, *shape[1:]], datatype=datatype,
+                          data=msgspec.Raw(data))
+    try:
+        arr = v2._decode_tensor(spec, inp)
+    except ContractViolation as exc:
+        return ("refused", str(exc), exc.violations)
+    return (arr.dtype.str, arr.shape, arr.tolist())
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")  # 1e39
+@pytest.mark.parametrize(("datatype", "shape", "data"), CASES)
+def test_the_fast_path_gives_the_strict_decoders_verdict(
+        datatype: str, shape: list[int], data: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    fast = decoded(datatype, shape, data)
+    monkeypatch.setattr(v2, "_numbers", lambda raw, want: None)
+    assert fast == decoded(datatype, shape, data)
+
+
+def test_numbers_alone_never_reach_the_strict_decoder(monkeypatch: pytest.MonkeyPatch) -> None:
+    strict: list[bytes] = []
+    real = v2._strict_tensor
+
+    def spy(spec: TensorSpec, raw: bytes, element: type, depth: int) -> np.ndarray:
+        strict.append(raw)
+        return real(spec, raw, element, depth)
+
+    monkeypatch.setattr(v2, "_strict_tensor", spy)
+    for datatype, shape, data in [("FP64", [-1, 2], b"[[1.5, 2], [3e2, -4E-1]]"),
+                                  ("INT8", [-1], b"[127, -128]"),
+                                  ("UINT64", [-1], b"[18446744073709551615]")]:
+        assert decoded(datatype, shape, data)[0] != "refused"
+    assert strict == []
+    decoded("FP64", [-1], b"[1.0, true]")  # a boolean: the strict decoder names it
+    assert strict == [b"[1.0, true]"]
