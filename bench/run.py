@@ -1,9 +1,10 @@
 """Side-by-side benchmark: Baton vs MLServer 1.7.1 vs a thin raw-ASGI floor (see README.md).
 
-One command (``make bench``) trains the model, packages it for each system, starts each
-system as its own server on 127.0.0.1, checks its answers, loads it with wrk using
-identical settings, stops it by PID, then measures Baton's memory, start-up time and a
-cold environment build. Results go to build/bench/results.json (and results.md).
+One command (``make bench``) trains the models (``logreg``: LogisticRegression, ``gbm``:
+GradientBoostingClassifier), packages each for each system, starts each system as its own
+server on 127.0.0.1, checks its answers, loads it with wrk using identical settings, stops
+it by PID, then measures Baton's memory (peak RSS and PSS), start-up time and a cold
+environment build. Results go to build/bench/results.json (and results.md), per model.
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ WORK = ROOT / "build" / "bench"
 BIN = Path(sys.executable).parent
 BATON = BIN / "baton"
 UV = BIN / "uv"
+#: The models a run can measure (``--models``), each fitted on the same make_classification
+#: data with scikit-learn's default settings.
+MODELS = ("logreg", "gbm")
+#: The default model (bench/faults.py and bench/profile.py import these two).
 MODEL_NAME = "logreg"
 INFER_PATH = f"/v2/models/{MODEL_NAME}/infer"
 MLSERVER_VERSION = "1.7.1"
@@ -55,7 +60,13 @@ TARGETS = {
     "rps_1_vs_mlserver": 3.0,        # Baton 1-row req/s >= 3x MLServer
     "p99_1_vs_mlserver": 3.0,        # MLServer p99 / Baton p99 >= 3 (Baton p99 <= 1/3)
     "rows_100_vs_mlserver": 3.0,     # Baton 100-row rows/s >= 3x MLServer
-    "peak_rss_mb": 250.0,            # engine + one worker, during the 1-row run
+    "peak_rss_mb": 250.0,            # sum of VmHWM over Baton's tree, after the 1-row run
+    # issue 15, per model:
+    "rows_100_vs_floor": 1.5,        # Baton 100-row rows/s >= 1.5x the floor's
+    "rps_1_vs_floor": 2.5,           # Baton 1-row req/s >= 2.5x the floor's
+    "p99_1_vs_floor": 1.0,           # Baton 1-row p99 / floor 1-row p99 <= 1
+    "p99_100_vs_floor": 1.0,         # Baton 100-row p99 / floor 100-row p99 <= 1
+    "pss_mb": 200.0,                 # engine + template + worker(s), PSS sum, same moment
     "startup_s": 2.5,                # launch to first prediction, env cached, median of 3
     "cold_build_s": 10.0,            # penguins env from an empty uv cache
 }
@@ -85,34 +96,52 @@ def ensure_wrk() -> str:
     return path
 
 
-def make_model() -> tuple[Any, np.ndarray]:
+def make_models(names: list[str]) -> tuple[dict[str, Any], np.ndarray]:
+    """The named models, each fitted on make_classification(2000, 20, random_state=42)."""
     from sklearn.datasets import make_classification
+    from sklearn.ensemble import GradientBoostingClassifier
     from sklearn.linear_model import LogisticRegression
 
     X, y = make_classification(n_samples=2000, n_features=20, random_state=42)
-    model = LogisticRegression().fit(X, y)
-    return model, X.astype("float64")
+    factories = {"logreg": LogisticRegression,
+                 "gbm": lambda: GradientBoostingClassifier(random_state=42)}
+    return {name: factories[name]().fit(X, y) for name in names}, X.astype("float64")
 
 
-def package_all(model: Any, X: np.ndarray) -> dict[str, Path]:
-    """The Baton bundle, the MLServer model folder and the floor's joblib file."""
+def make_model() -> tuple[Any, np.ndarray]:
+    """The default model, ``logreg`` (bench/faults.py uses it)."""
+    models, X = make_models([MODEL_NAME])
+    return models[MODEL_NAME], X
+
+
+def infer_path(model: str) -> str:
+    return f"/v2/models/{model}/infer"
+
+
+def package_all(models: dict[str, Any], X: np.ndarray) -> dict[str, dict[str, Path]]:
+    """Per model: its Baton bundle, the MLServer model folder (one folder holds every model;
+    MLServer loads them all) and the floor's joblib file."""
     import joblib
 
     import baton
 
-    bundle = baton.package(model, sample=X, name=MODEL_NAME, version="1.0.0",
-                           path=WORK / "logreg-bundle", overwrite=True)
     ml_models = WORK / "mlserver-models"
     if ml_models.exists():
         shutil.rmtree(ml_models)
-    (ml_models / MODEL_NAME).mkdir(parents=True)
-    joblib.dump(model, ml_models / MODEL_NAME / "model.joblib")
-    (ml_models / MODEL_NAME / "model-settings.json").write_text(json.dumps({
-        "name": MODEL_NAME, "implementation": "mlserver_sklearn.SKLearnModel",
-        "parameters": {"uri": "./model.joblib"}}, indent=2) + "\n")
-    floor_model = WORK / "floor-model.joblib"
-    joblib.dump(model, floor_model)
-    return {"bundle": bundle, "mlserver_models": ml_models, "floor_model": floor_model}
+    paths: dict[str, dict[str, Path]] = {}
+    for name, model in models.items():
+        bundle = baton.package(model, sample=X, name=name, version="1.0.0",
+                               path=WORK / f"{name}-bundle", overwrite=True)
+        (ml_models / name).mkdir(parents=True)
+        joblib.dump(model, ml_models / name / "model.joblib")
+        (ml_models / name / "model-settings.json").write_text(json.dumps({
+            "name": name, "implementation": "mlserver_sklearn.SKLearnModel",
+            "parameters": {"uri": "./model.joblib"}}, indent=2) + "\n")
+        floor_model = WORK / f"floor-{name}.joblib"
+        joblib.dump(model, floor_model)
+        paths[name] = {"bundle": bundle, "mlserver_models": ml_models,
+                       "floor_model": floor_model}
+    return paths
 
 
 def ensure_mlserver_env() -> Path:
@@ -144,9 +173,9 @@ def baton_env() -> dict[str, str]:
     return env
 
 
-def ensure_baton_env(bundle: Path) -> dict[str, Any]:
+def ensure_baton_env(bundle: Path, model: str = MODEL_NAME) -> dict[str, Any]:
     """Build (or find cached) the bundle's environment with ``baton check``; return its report."""
-    report = WORK / "logreg-check.json"
+    report = WORK / f"{model}-check.json"
     res = subprocess.run([str(BATON), "check", str(bundle), "--iterations", "10",
                           "--report", str(report)], env=baton_env(), capture_output=True,
                          text=True)
@@ -164,10 +193,11 @@ def make_body(X: np.ndarray, rows: int) -> bytes:
                          "outputs": [{"name": "predict_proba"}]})
 
 
-def post(port: int, body: bytes, timeout: float = 5.0) -> tuple[int, bytes]:
+def post(port: int, body: bytes, timeout: float = 5.0,
+         path: str = INFER_PATH) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        conn.request("POST", INFER_PATH, body=body,
+        conn.request("POST", path, body=body,
                      headers={"content-type": "application/json"})
         resp = conn.getresponse()
         return resp.status, resp.read()
@@ -199,8 +229,9 @@ class Server:
     """A system under test: its own process group, logs to a file, stopped by PID."""
 
     def __init__(self, name: str, cmd: list[str], port: int, env: dict[str, str],
-                 grace: float) -> None:
+                 grace: float, path: str = INFER_PATH) -> None:
         self.name, self.cmd, self.port, self.env, self.grace = name, cmd, port, env, grace
+        self.path = path  # the model's infer route
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = WORK / "logs" / f"{name}.log"
         self.started = 0.0
@@ -225,7 +256,7 @@ class Server:
         deadline = self.started + timeout
         while True:
             try:
-                status, _ = post(self.port, body, timeout=2.0)
+                status, _ = post(self.port, body, timeout=2.0, path=self.path)
                 if status == 200:
                     elapsed = time.perf_counter() - self.started
                     self.remember()
@@ -280,21 +311,43 @@ class Server:
         return root, children
 
     def memory(self) -> dict[str, Any]:
-        """VmHWM (peak RSS) and VmRSS of every process in the tree, in MB."""
+        """VmHWM (peak RSS) and VmRSS (/proc/PID/status), PSS and USS (/proc/PID/smaps_rollup)
+        of every process in the tree, in MB. Baton's tree is engine + worker template + the
+        workers forked from it: the sum of peak RSS counts the pages a worker still shares
+        with the template once in each; PSS counts a page shared by n processes 1/n in each,
+        so the sum of PSS counts it once."""
         procs = []
-        for p in self.tree():
+        root_pid = self.proc.pid if self.proc is not None else None
+        tree = self.tree()
+        for p in tree:
             try:
                 status = Path(f"/proc/{p.pid}/status").read_text()
                 cmd = " ".join(p.cmdline())[:120]
+                ppid = p.ppid()
             except (OSError, psutil.NoSuchProcess):
                 continue
+            try:
+                rollup = Path(f"/proc/{p.pid}/smaps_rollup").read_text()
+            except OSError:  # gone meanwhile, or not ours to read: no PSS for it
+                rollup = ""
             fields = dict(re.findall(r"^(VmHWM|VmRSS):\s+(\d+) kB", status, re.M))
-            procs.append({"pid": p.pid, "cmd": cmd,
+            pss = re.search(r"^Pss:\s+(\d+) kB", rollup, re.M)
+            private = re.findall(r"^Private_(?:Clean|Dirty):\s+(\d+) kB", rollup, re.M)
+            if p.pid == root_pid:
+                role = "main"
+            else:  # Baton: the template has a child (the forked worker), the worker none
+                role = "parent" if any(q.pid != p.pid and _ppid(q) == p.pid
+                                       for q in tree) else "leaf"
+            procs.append({"pid": p.pid, "ppid": ppid, "role": role, "cmd": cmd,
                           "hwm_mb": round(int(fields.get("VmHWM", 0)) / 1024, 1),
-                          "rss_mb": round(int(fields.get("VmRSS", 0)) / 1024, 1)})
+                          "rss_mb": round(int(fields.get("VmRSS", 0)) / 1024, 1),
+                          "pss_mb": round(int(pss.group(1)) / 1024, 1) if pss else None,
+                          # USS: the pages only this process maps (what it alone costs)
+                          "uss_mb": round(sum(map(int, private)) / 1024, 1) if pss else None})
         return {"processes": procs,
                 "peak_rss_mb": round(sum(p["hwm_mb"] for p in procs), 1),
-                "rss_mb": round(sum(p["rss_mb"] for p in procs), 1)}
+                "rss_mb": round(sum(p["rss_mb"] for p in procs), 1),
+                "pss_mb": round(sum(p["pss_mb"] or 0.0 for p in procs), 1)}
 
     def stop(self) -> None:
         """SIGTERM the process group, SIGKILL it after the grace period, then any straggler
@@ -325,15 +378,25 @@ class Server:
         self._known.clear()
 
 
+def _ppid(p: psutil.Process) -> int | None:
+    try:
+        return p.ppid()
+    except psutil.NoSuchProcess:
+        return None
+
+
 #: Niceness of the benchmark, its servers and wrk (set by --nice).
 NICE = 0
 
 
-def make_server(system: str, paths: dict[str, Path], ml_env: Path | None) -> Server:
+def make_server(system: str, paths: dict[str, Path], ml_env: Path | None,
+                model: str = MODEL_NAME) -> Server:
+    """``system`` serving ``model``; ``paths`` are that model's (see package_all)."""
+    path = infer_path(model)
     if system == "baton":
         port = free_port()
-        return Server("baton", [str(BATON), "serve", str(paths["bundle"]), "--port", str(port)],
-                      port, baton_env(), grace=15.0)
+        return Server(f"baton-{model}", [str(BATON), "serve", str(paths["bundle"]), "--port",
+                                         str(port)], port, baton_env(), grace=15.0, path=path)
     if system == "mlserver":
         assert ml_env is not None
         port, grpc, metrics = free_port(), free_port(), free_port()
@@ -341,15 +404,17 @@ def make_server(system: str, paths: dict[str, Path], ml_env: Path | None) -> Ser
                    MLSERVER_GRPC_PORT=str(grpc), MLSERVER_METRICS_PORT=str(metrics),
                    PATH=f"{ml_env / 'bin'}:{os.environ.get('PATH', '')}",
                    VIRTUAL_ENV=str(ml_env))
-        return Server("mlserver", [str(ml_env / "bin" / "mlserver"), "start",
-                                   str(paths["mlserver_models"])], port, env, grace=3.0)
+        return Server(f"mlserver-{model}", [str(ml_env / "bin" / "mlserver"), "start",
+                                            str(paths["mlserver_models"])], port, env,
+                      grace=3.0, path=path)
     if system == "floor":
         port = free_port()
-        env = dict(os.environ, FLOOR_MODEL=str(paths["floor_model"]), FLOOR_NAME=MODEL_NAME)
-        return Server("floor", [str(BIN / "uvicorn"), "floor:app", "--app-dir", str(BENCH),
-                                "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-                                "--loop", "uvloop", "--http", "httptools", "--no-access-log",
-                                "--log-level", "warning"], port, env, grace=5.0)
+        env = dict(os.environ, FLOOR_MODEL=str(paths["floor_model"]), FLOOR_NAME=model)
+        return Server(f"floor-{model}", [str(BIN / "uvicorn"), "floor:app", "--app-dir",
+                                         str(BENCH), "--host", "127.0.0.1", "--port", str(port),
+                                         "--workers", "1", "--loop", "uvloop", "--http",
+                                         "httptools", "--no-access-log", "--log-level",
+                                         "warning"], port, env, grace=5.0, path=path)
     raise ValueError(system)
 
 
@@ -376,18 +441,21 @@ end
 """
 
 
-def write_lua(rows: int, body: bytes) -> Path:
-    body_path = WORK / f"body-{rows}.json"
+def write_lua(rows: int, body: bytes, model: str = MODEL_NAME) -> Path:
+    # The default model's files keep their old names: bench/profile.py, tracing.py and
+    # overhead.sh read body-N.json and post-N.lua.
+    stem = f"{rows}" if model == MODEL_NAME else f"{model}-{rows}"
+    body_path = WORK / f"body-{stem}.json"
     body_path.write_bytes(body)
-    lua = WORK / f"post-{rows}.lua"
+    lua = WORK / f"post-{stem}.lua"
     lua.write_text(LUA.format(body=body_path))
     return lua
 
 
 def run_wrk(wrk: str, port: int, lua: Path, duration: int, threads: int,
-            connections: int) -> dict[str, Any]:
+            connections: int, path: str = INFER_PATH) -> dict[str, Any]:
     cmd = [wrk, f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency",
-           "-s", str(lua), f"http://127.0.0.1:{port}{INFER_PATH}"]
+           "-s", str(lua), f"http://127.0.0.1:{port}{path}"]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -428,12 +496,13 @@ def bench_system(system: str, server: Server, wrk: str, bodies: dict[int, bytes]
     try:
         result["first_prediction_s"] = round(
             server.wait_first_prediction(bodies[min(bodies)]), 3)
-        log(f"{system}: first prediction {result['first_prediction_s']:.2f}s after launch "
+        log(f"{server.name}: first prediction {result['first_prediction_s']:.2f}s after launch "
             f"(pid {server.proc.pid if server.proc else '?'})")
         for rows, body in bodies.items():  # answers must be right before any load
-            why = check_answer(*post(server.port, body), expected[rows])
+            why = check_answer(*post(server.port, body, path=server.path), expected[rows])
             if why:
-                raise RuntimeError(f"{system} answered {rows}-row request wrongly: {why}")
+                raise RuntimeError(f"{server.name} answered {rows}-row request wrongly: "
+                                   f"{why}")
         result["correct"] = True
         for rows in bodies:
             if args.quiet_wait > 0:
@@ -443,10 +512,10 @@ def bench_system(system: str, server: Server, wrk: str, bodies: dict[int, bytes]
                         f"a core) after {quiet['quiet_wait_s']:.0f}s: measuring anyway")
             if args.warmup > 0:
                 run_wrk(wrk, server.port, luas[rows], args.warmup, args.threads,
-                        args.connections)
+                        args.connections, server.path)
             (root0, kids0), sys0 = server.cpu_seconds(), psutil.cpu_times()
             r = run_wrk(wrk, server.port, luas[rows], args.duration, args.threads,
-                        args.connections)
+                        args.connections, server.path)
             root1, kids1 = server.cpu_seconds()
             r["server_cpu_s"] = round(root1 - root0 + kids1 - kids0, 2)
             r["main_process_cpu_pct"] = round(100 * (root1 - root0) / r["seconds"], 1)
@@ -464,14 +533,15 @@ def bench_system(system: str, server: Server, wrk: str, bodies: dict[int, bytes]
             if rows == 1:
                 r["memory"] = server.memory()
             # a last answer after the load: still correct?
-            why = check_answer(*post(server.port, bodies[rows]), expected[rows])
+            why = check_answer(*post(server.port, bodies[rows], path=server.path),
+                               expected[rows])
             r["correct_after"] = why is None
             if why:
                 r["flagged"] = True
                 r["after_error"] = why
             result["sizes"][str(rows)] = r
             flag = "  ** FLAGGED: errors **" if r["flagged"] else ""
-            log(f"{system} {rows:>3} rows: {r['rps']:>9,.0f} req/s  p50 {r['p50_ms']:.2f} ms  "
+            log(f"{server.name} {rows:>3} rows: {r['rps']:>9,.0f} req/s  p50 {r['p50_ms']:.2f} ms  "
                 f"p99 {r['p99_ms']:.2f} ms  errors {r['error_count']}  server CPU "
                 f"{r['server_cpu_pct']:.0f}% ({r['server_cpu_us_per_req']:.0f} us/req)  "
                 f"background CPU {r['background_cpu_pct']:.0f}%{flag}")
@@ -529,7 +599,7 @@ def measure_startup(paths: dict[str, Path], body: bytes, runs: int) -> dict[str,
         finally:
             server.stop()
         log(f"baton start {i + 1}/{runs}: first prediction after {times[-1]:.2f}s")
-    return {"runs_s": times, "median_s": statistics.median(times)}
+    return {"model": MODEL_NAME, "runs_s": times, "median_s": statistics.median(times)}
 
 
 def measure_cold_build() -> dict[str, Any]:
@@ -584,30 +654,153 @@ def compute_ratios(systems: dict[str, Any]) -> dict[str, Any]:
                                                   get("floor", rows, "rps"))
         r[f"p99_{rows}_baton_over_floor"] = ratio(get("baton", rows, "p99_ms"),
                                                   get("floor", rows, "p99_ms"))
+    r["rows_100_baton_over_floor"] = ratio(get("baton", 100, "rows_per_s"),
+                                           get("floor", 100, "rows_per_s"))
     return r
 
 
-def verdicts(ratios: dict[str, Any], extras: dict[str, Any]) -> dict[str, Any]:
-    def at_least(v: float | None, t: float) -> dict[str, Any]:
-        return {"measured": v, "target": f">= {t:g}", "met": None if v is None else v >= t}
+def _at_least(v: float | None, t: float) -> dict[str, Any]:
+    return {"measured": v, "target": f">= {t:g}", "met": None if v is None else v >= t}
 
-    def at_most(v: float | None, t: float) -> dict[str, Any]:
-        return {"measured": v, "target": f"<= {t:g}", "met": None if v is None else v <= t}
 
+def _at_most(v: float | None, t: float) -> dict[str, Any]:
+    return {"measured": v, "target": f"<= {t:g}", "met": None if v is None else v <= t}
+
+
+#: The memory verdicts' names (render_model() explains them below the targets table). Both
+#: sums cover Baton's whole tree: engine + template + every worker (by default a second
+#: worker is started when it fits, so the PSS sum is an upper bound for engine + one worker).
+PEAK_RSS_TARGET = "Baton peak RSS, VmHWM sum: engine + template + worker(s) (MB)"
+PSS_TARGET = "Baton engine + one worker: engine + template + worker(s), PSS sum (MB)"
+
+
+def verdicts(ratios: dict[str, Any], memory: dict[str, Any]) -> dict[str, Any]:
+    """One model's targets: against MLServer, against the floor (issue 15) and memory."""
     return {
-        "1-row req/s, Baton / MLServer": at_least(ratios.get("rps_1_baton_over_mlserver"),
-                                                  TARGETS["rps_1_vs_mlserver"]),
-        "1-row p99, MLServer / Baton": at_least(ratios.get("p99_1_mlserver_over_baton"),
-                                                TARGETS["p99_1_vs_mlserver"]),
-        "100-row rows/s, Baton / MLServer": at_least(
+        "1-row req/s, Baton / MLServer": _at_least(ratios.get("rps_1_baton_over_mlserver"),
+                                                   TARGETS["rps_1_vs_mlserver"]),
+        "1-row p99, MLServer / Baton": _at_least(ratios.get("p99_1_mlserver_over_baton"),
+                                                 TARGETS["p99_1_vs_mlserver"]),
+        "100-row rows/s, Baton / MLServer": _at_least(
             ratios.get("rows_100_baton_over_mlserver"), TARGETS["rows_100_vs_mlserver"]),
-        "Baton peak RSS, engine + worker (MB)": at_most(extras.get("peak_rss_mb"),
-                                                        TARGETS["peak_rss_mb"]),
-        "Baton launch to first prediction (s, median)": at_most(
-            extras.get("startup", {}).get("median_s"), TARGETS["startup_s"]),
-        "penguins env cold build (s)": at_most(extras.get("cold_build", {}).get("build_seconds"),
-                                              TARGETS["cold_build_s"]),
+        "100-row rows/s, Baton / floor": _at_least(ratios.get("rows_100_baton_over_floor"),
+                                                   TARGETS["rows_100_vs_floor"]),
+        "1-row req/s, Baton / floor": _at_least(ratios.get("rps_1_baton_over_floor"),
+                                                TARGETS["rps_1_vs_floor"]),
+        "1-row p99, Baton / floor": _at_most(ratios.get("p99_1_baton_over_floor"),
+                                             TARGETS["p99_1_vs_floor"]),
+        "100-row p99, Baton / floor": _at_most(ratios.get("p99_100_baton_over_floor"),
+                                               TARGETS["p99_100_vs_floor"]),
+        PEAK_RSS_TARGET: _at_most(memory.get("peak_rss_mb"), TARGETS["peak_rss_mb"]),
+        PSS_TARGET: _at_most(memory.get("pss_mb"), TARGETS["pss_mb"]),
     }
+
+
+def run_verdicts(extras: dict[str, Any]) -> dict[str, Any]:
+    """The targets measured once per run (start-up with the logreg bundle, cold build)."""
+    return {
+        "Baton launch to first prediction (s, median)": _at_most(
+            extras.get("startup", {}).get("median_s"), TARGETS["startup_s"]),
+        "penguins env cold build (s)": _at_most(
+            extras.get("cold_build", {}).get("build_seconds"), TARGETS["cold_build_s"]),
+    }
+
+
+def baton_memory(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Baton's memory after the 1-row run, worst round: the largest peak-RSS sum and,
+    separately, the largest PSS sum (each with its round's per-process figures)."""
+    mems = [r["sizes"]["1"]["memory"] for r in runs if "1" in r.get("sizes", {})]
+    if not mems:
+        return {}
+    worst_rss = max(mems, key=lambda m: m["peak_rss_mb"])
+    worst_pss = max(mems, key=lambda m: m["pss_mb"])
+    workers = sorted((p for p in worst_pss["processes"] if p["role"] == "leaf"),
+                     key=lambda p: p["pid"])
+    # Engine + template + the first worker alone: the tree's PSS less what only the other
+    # workers map (their USS); the pages they share with the template stay counted.
+    one = worst_pss["pss_mb"] - sum(p["uss_mb"] or 0.0 for p in workers[1:])
+    return {"peak_rss_mb": worst_rss["peak_rss_mb"], "pss_mb": worst_pss["pss_mb"],
+            "workers": len(workers), "pss_one_worker_mb": round(one, 1),
+            "peak_rss_rounds_mb": [m["peak_rss_mb"] for m in mems],
+            "pss_rounds_mb": [m["pss_mb"] for m in mems],
+            "memory": worst_rss, "memory_pss": worst_pss}
+
+
+BATON_ROLES = {"main": "engine", "parent": "template", "leaf": "worker"}
+
+
+def _targets_table(targets: dict[str, Any]) -> list[str]:
+    lines = ["| target | measured | target | met |", "|---|---:|---:|---|"]
+    for name, v in targets.items():
+        met = {True: "yes", False: "**NO**", None: "not measured"}[v["met"]]
+        meas = "—" if v["measured"] is None else f"{v['measured']:g}"
+        lines.append(f"| {name} | {meas} | {v['target']} | {met} |")
+    return lines
+
+
+def render_model(model: str, res: dict[str, Any]) -> list[str]:
+    lines = [f"### {model}", "",
+             "| system | rows/req | req/s | rows/s | p50 ms | p99 ms | errors | server CPU % "
+             "(main + children) | server CPU µs/req | other CPU % |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for system, sres in res["systems"].items():
+        if "error" in sres:
+            lines.append(f"| {system} | — | FAILED: {sres['error'][:80]} | | | | | | | |")
+        for rows, r in sres.get("sizes", {}).items():
+            err = f"{r['error_count']}" + (" FLAGGED" if r["flagged"] else "")
+            lines.append(f"| {system} | {rows} | {r['rps']:,.0f} | {r['rows_per_s']:,.0f} | "
+                         f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {err} | "
+                         f"{r['server_cpu_pct']:.0f} ({r['main_process_cpu_pct']:.0f} + "
+                         f"{r['child_processes_cpu_pct']:.0f}) | "
+                         f"{r['server_cpu_us_per_req']:.0f} | "
+                         f"{r['background_cpu_pct']:.0f} |")
+    lines += ["", *_targets_table(res["targets"])]
+    r = res["ratios"]
+
+    def x(key: str) -> str:
+        return "—" if r.get(key) is None else f"{r[key]}"
+
+    lines += ["", f"Baton / floor: 1-row req/s {x('rps_1_baton_over_floor')}, p99 "
+              f"{x('p99_1_baton_over_floor')}; 100-row req/s {x('rps_100_baton_over_floor')}, "
+              f"p99 {x('p99_100_baton_over_floor')}."]
+    by_round = res.get("ratios_by_round", [])
+    keys = [("rps_1_baton_over_floor", "1-row req/s Baton/floor"),
+            ("p99_1_baton_over_floor", "1-row p99 Baton/floor"),
+            ("rows_100_baton_over_floor", "100-row rows/s Baton/floor"),
+            ("p99_100_baton_over_floor", "100-row p99 Baton/floor"),
+            ("rps_1_baton_over_mlserver", "1-row req/s Baton/MLServer"),
+            ("p99_1_mlserver_over_baton", "1-row p99 MLServer/Baton"),
+            ("rows_100_baton_over_mlserver", "100-row rows/s Baton/MLServer")]
+    shown = [(k, label) for k, label in keys if any(rr.get(k) is not None for rr in by_round)]
+    if shown:
+        lines.append("Round by round: " + "; ".join(
+            f"{label} {[rr.get(k) for rr in by_round]}" for k, label in shown) + ".")
+    mem = res.get("baton_memory", {})
+    if mem:
+        def procs(m: dict[str, Any], key: str) -> str:
+            return ", ".join(f"{BATON_ROLES.get(p['role'], p['role'])} {p[key]}"
+                             for p in m["processes"])
+
+        lines.append(
+            f"Baton memory right after the 1-row run (worst round): sum of peak RSS (VmHWM) "
+            f"{mem['peak_rss_mb']} MB ({procs(mem['memory'], 'hwm_mb')}); sum of PSS "
+            f"{mem['pss_mb']} MB ({procs(mem['memory_pss'], 'pss_mb')}). Rounds: peak RSS "
+            f"{mem['peak_rss_rounds_mb']}, PSS {mem['pss_rounds_mb']}. Each worker is forked "
+            "from the template, so the pages they share count in each process in the "
+            "peak-RSS sum and once in the PSS sum (a page shared by n processes counts 1/n "
+            "in each): the PSS sum is what Baton's processes cost the machine. "
+            f"Baton started {mem['workers']} worker(s) (by default a second one when it "
+            "fits), all counted in both sums; engine + template + the first worker alone "
+            f"(the PSS sum less the other workers' USS): {mem['pss_one_worker_mb']} MB.")
+    for system, sres in res["systems"].items():
+        m = sres.get("sizes", {}).get("1", {}).get("memory")
+        if m and system != "baton":
+            lines.append(f"{system} memory (all {len(m['processes'])} processes) after the 1-row"
+                         f" run: peak RSS sum {m['peak_rss_mb']} MB, PSS sum {m['pss_mb']} MB.")
+    firsts = {s: sr.get("first_prediction_s") for s, sr in res["systems"].items()}
+    lines.append("Launch to first prediction (load-test starts, median of rounds): "
+                 + ", ".join(f"{s} {v} s" for s, v in firsts.items()) + ".")
+    return lines
 
 
 def render(results: dict[str, Any]) -> str:
@@ -621,59 +814,21 @@ def render(results: dict[str, Any]) -> str:
              f"{results['settings']['warmup_s']:g}s warm-up), same bodies for every system; "
              f"median of {results['settings']['repeat']} round(s); niceness "
              f"{results['settings']['nice']}. 'other CPU' is what the rest of the machine "
-             "used during the run, in % of one core.", "",
-             "| system | rows/req | req/s | rows/s | p50 ms | p99 ms | errors | server CPU % "
-             "(main + children) | server CPU µs/req | other CPU % |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for system, res in results["systems"].items():
-        for rows, r in res.get("sizes", {}).items():
-            err = f"{r['error_count']}" + (" FLAGGED" if r["flagged"] else "")
-            lines.append(f"| {system} | {rows} | {r['rps']:,.0f} | {r['rows_per_s']:,.0f} | "
-                         f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {err} | "
-                         f"{r['server_cpu_pct']:.0f} ({r['main_process_cpu_pct']:.0f} + "
-                         f"{r['child_processes_cpu_pct']:.0f}) | "
-                         f"{r['server_cpu_us_per_req']:.0f} | "
-                         f"{r['background_cpu_pct']:.0f} |")
-    lines += ["", "| target | measured | target | met |", "|---|---:|---:|---|"]
-    for name, v in results["targets"].items():
-        met = {True: "yes", False: "**NO**", None: "not measured"}[v["met"]]
-        meas = "—" if v["measured"] is None else f"{v['measured']:g}"
-        lines.append(f"| {name} | {meas} | {v['target']} | {met} |")
-    r = results["ratios"]
-    def x(key: str) -> str:
-        return "—" if r.get(key) is None else f"{r[key]}"
-
-    lines += ["", f"Baton / floor: 1-row req/s {x('rps_1_baton_over_floor')}, p99 "
-              f"{x('p99_1_baton_over_floor')}; 100-row req/s {x('rps_100_baton_over_floor')}, "
-              f"p99 {x('p99_100_baton_over_floor')}."]
-    by_round = results.get("ratios_by_round", [])
-    if len(by_round) > 1:
-        keys = [("rps_1_baton_over_mlserver", "1-row req/s Baton/MLServer"),
-                ("p99_1_mlserver_over_baton", "1-row p99 MLServer/Baton"),
-                ("rows_100_baton_over_mlserver", "100-row rows/s Baton/MLServer")]
-        lines.append("Same ratios round by round: " + "; ".join(
-            f"{label} {[x.get(k) for x in by_round]}" for k, label in keys) + ".")
+             "used during the run, in % of one core. Models: "
+             + ", ".join(results["models"]) + "."]
+    for model, res in results["models"].items():
+        lines += ["", *render_model(model, res)]
+    lines += ["", "### Once per run", "", *_targets_table(results["targets"])]
     ex = results.get("baton_extras", {})
-    if ex.get("memory"):
-        procs = ", ".join(f"pid {p['pid']} {p['hwm_mb']} MB" for p in ex["memory"]["processes"])
-        lines.append(f"Baton peak RSS (VmHWM) during the 1-row run: "
-                     f"{ex['memory']['peak_rss_mb']} MB ({procs}).")
     if ex.get("startup"):
-        lines.append(f"Baton launch to first prediction: {ex['startup']['runs_s']} s, "
-                     f"median {ex['startup']['median_s']} s.")
+        lines.append("")
+        lines.append(f"Baton launch to first prediction ({ex['startup']['model']} bundle): "
+                     f"{ex['startup']['runs_s']} s, median {ex['startup']['median_s']} s.")
     if ex.get("cold_build"):
         cb = ex["cold_build"]
         lines.append(f"Penguins environment, cold uv cache: build_seconds "
                      f"{cb.get('build_seconds')} s (whole check {cb.get('check_wall_s')} s, "
                      f"exit {cb.get('exit_code')}).")
-    for system, res in results["systems"].items():
-        mem = res.get("sizes", {}).get("1", {}).get("memory")
-        if mem and system != "baton":
-            lines.append(f"{system} peak RSS (VmHWM, all {len(mem['processes'])} processes) "
-                         f"during the 1-row run: {mem['peak_rss_mb']} MB.")
-    firsts = {s: r.get("first_prediction_s") for s, r in results["systems"].items()}
-    lines.append("Launch to first prediction (load-test starts, median of rounds): "
-                 + ", ".join(f"{s} {v} s" for s, v in firsts.items()) + ".")
     return "\n".join(lines)
 
 
@@ -698,6 +853,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="baton,mlserver,floor",
                     help="systems to measure, comma-separated (baton,mlserver,floor)")
     ap.add_argument("--sizes", default="1,100", help="rows per request, comma-separated (1,100)")
+    ap.add_argument("--models", default=",".join(MODELS),
+                    help=f"models to measure, comma-separated ({','.join(MODELS)})")
     ap.add_argument("--repeat", type=int, default=3,
                     help="rounds over every system; the median round is reported (3)")
     ap.add_argument("--quiet-wait", type=float, default=0.0,
@@ -721,6 +878,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"unknown system(s): {', '.join(sorted(unknown))}")
     sizes = sorted({int(s) for s in args.sizes.split(",") if s.strip()})
+    models = list(dict.fromkeys(m.strip() for m in args.models.split(",") if m.strip()))
+    if not models or set(models) - set(MODELS):
+        ap.error(f"--models takes one or more of {', '.join(MODELS)}")
     if args.duration < 1 or args.warmup < 0 or args.repeat < 1:
         ap.error("--duration and --repeat must be >= 1, --warmup >= 0 (whole seconds)")
     if not sizes or min(sizes) < 1:
@@ -733,18 +893,27 @@ def main(argv: list[str] | None = None) -> int:
         NICE = args.nice
     WORK.mkdir(parents=True, exist_ok=True)
     wrk = ensure_wrk()
-    log("training LogisticRegression on make_classification(2000, 20, random_state=42)")
-    model, X = make_model()
-    paths = package_all(model, X)
-    bodies = {n: make_body(X, n) for n in sizes}
-    expected = {n: model.predict_proba(X[:n]) for n in sizes}
-    luas = {n: write_lua(n, bodies[n]) for n in sizes}
+    log(f"training {', '.join(models)} on make_classification(2000, 20, random_state=42)")
+    # The start-up timing uses the logreg bundle, whatever --models says.
+    needed = list(dict.fromkeys([*models, MODEL_NAME] if args.startup_runs > 0 else models))
+    fitted, X = make_models(needed)
+    paths = package_all(fitted, X)
+    bodies = {n: make_body(X, n) for n in sizes}  # the same bytes for every model
+    expected = {m: {n: fitted[m].predict_proba(X[:n]) for n in sizes} for m in models}
+    luas = {m: {n: write_lua(n, bodies[n], m) for n in sizes} for m in models}
 
     ml_env = ensure_mlserver_env() if "mlserver" in systems else None
     if "baton" in systems or args.startup_runs:
-        log("building/finding the bundle's environment with baton check")
-        check = ensure_baton_env(paths["bundle"])
-        log(f"baton check passed: environment {check['measurements']['environment']}")
+        # The prediction log's SQLite file is created by the code under test: a new file
+        # gets 64 KiB pages, while one left by an older engine keeps its 4 KiB pages (SQLite
+        # cannot change a WAL database's page size). So remove it, with its -wal and -shm
+        # files, before the first Baton process of the run.
+        for suffix in ("", "-wal", "-shm"):
+            (WORK / "baton-home" / f"predictions.sqlite{suffix}").unlink(missing_ok=True)
+        for m in needed if "baton" in systems else [MODEL_NAME]:
+            log(f"building/finding the {m} bundle's environment with baton check")
+            check = ensure_baton_env(paths[m]["bundle"], m)
+            log(f"baton check passed: environment {check['measurements']['environment']}")
 
     results: dict[str, Any] = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -755,41 +924,44 @@ def main(argv: list[str] | None = None) -> int:
                      "threads": args.threads, "connections": args.connections,
                      "sizes": sizes, "request": "V2 infer, FP64 [N,20], flat data",
                      "body_bytes": {str(n): len(b) for n, b in bodies.items()}},
-        "systems": {}, "baton_extras": {},
+        "models": {m: {"systems": {}} for m in models}, "baton_extras": {},
     }
     failed = False
-    rounds: dict[str, list[dict[str, Any]]] = {s: [] for s in systems}
+    rounds: dict[str, dict[str, list[dict[str, Any]]]] = {
+        m: {s: [] for s in systems} for m in models}
     for n in range(args.repeat):  # whole rounds, so that noise spreads over every system
-        for system in systems:
-            server = make_server(system, paths, ml_env)
-            log(f"round {n + 1}/{args.repeat}: starting {system} on port {server.port}")
-            try:
-                rounds[system].append(bench_system(system, server, wrk, bodies, expected,
-                                                   luas, args))
-            except Exception as exc:  # noqa: BLE001 - report it and go on with the others
-                failed = True
-                log(f"{system} FAILED: {exc}")
-                rounds[system].append({"error": str(exc), "sizes": {}})
-    for system, runs in rounds.items():
-        results["systems"][system] = merge_rounds(runs)
+        for m in models:
+            for system in systems:
+                server = make_server(system, paths[m], ml_env, m)
+                log(f"round {n + 1}/{args.repeat}: starting {system} ({m}) on port "
+                    f"{server.port}")
+                try:
+                    rounds[m][system].append(bench_system(system, server, wrk, bodies,
+                                                          expected[m], luas[m], args))
+                except Exception as exc:  # noqa: BLE001 - report it and go on with the others
+                    failed = True
+                    log(f"{system} ({m}) FAILED: {exc}")
+                    rounds[m][system].append({"error": str(exc), "sizes": {}})
+    for m in models:
+        res = results["models"][m]
+        for system, runs in rounds[m].items():
+            res["systems"][system] = merge_rounds(runs)
+        res["baton_memory"] = baton_memory(rounds[m].get("baton", []))
+        res["ratios"] = compute_ratios(res["systems"])
+        res["ratios_by_round"] = [compute_ratios({s: rounds[m][s][i] for s in systems})
+                                  for i in range(args.repeat)]
+        res["targets"] = verdicts(res["ratios"], res["baton_memory"])
     extras = results["baton_extras"]
-    mems = [r["sizes"]["1"]["memory"] for r in rounds.get("baton", []) if "1" in r["sizes"]]
-    if mems:
-        worst = max(mems, key=lambda m: m["peak_rss_mb"])  # the largest peak of any round
-        extras["memory"] = worst
-        extras["peak_rss_mb"] = worst["peak_rss_mb"]
     if args.startup_runs > 0:
-        extras["startup"] = measure_startup(paths, bodies[min(sizes)], args.startup_runs)
+        extras["startup"] = measure_startup(paths[MODEL_NAME], bodies[min(sizes)],
+                                            args.startup_runs)
     if not args.no_cold_build:
         log("building examples/penguins/bundle's environment from an empty uv cache")
         extras["cold_build"] = measure_cold_build()
         log(f"cold build: {extras['cold_build']}")
-
-    results["ratios"] = compute_ratios(results["systems"])
-    results["ratios_by_round"] = [compute_ratios({s: rounds[s][i] for s in systems})
-                                  for i in range(args.repeat)]
-    results["targets"] = verdicts(results["ratios"], extras)
-    flagged = [f"{s} {n}" for s, r in results["systems"].items()
+    results["targets"] = run_verdicts(extras)
+    flagged = [f"{m} {s} {n}" for m, res in results["models"].items()
+               for s, r in res["systems"].items()
                for n, x in r.get("sizes", {}).items() if x["flagged"]]
     results["flagged_runs"] = flagged
     args.output.parent.mkdir(parents=True, exist_ok=True)
