@@ -43,7 +43,7 @@ _NP = orjson.OPT_SERIALIZE_NUMPY
 
 def export_records(item: Pending) -> list[OutRecord]:
     """One scored batch as one JSON record per prediction, keyed by prediction id."""
-    model, version, now, rid, keys, inputs, outputs = item
+    model, version, now, rid, keys, inputs, outputs, _ = item
     ins, outs = _rows(inputs), _rows(outputs)
     records = []
     for i in range(inputs.rows):

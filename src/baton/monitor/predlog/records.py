@@ -28,6 +28,9 @@ class Pending(NamedTuple):
     keys: Sequence[str | None] | None
     inputs: Batch
     outputs: Batch
+    #: ``inputs`` and ``outputs`` as the store's JSON, when serving encoded them as it
+    #: sealed the block (None: the writer's thread encodes them).
+    encoded: tuple[str, str] | None = None
 
 
 @dataclass

@@ -174,8 +174,9 @@ class DatabaseStore:
         """One row per block: its columns and stream keys as JSON, keys indexed later."""
         batches = [{"rid": item.rid, "model": item.model, "version": item.version,
                     "time": item.time, "rows": item.inputs.rows,
-                    "inputs": encode_columns(item.inputs).decode(),
-                    "outputs": encode_columns(item.outputs).decode(),
+                    **dict(zip(("inputs", "outputs"), item.encoded or (
+                        encode_columns(item.inputs).decode(),
+                        encode_columns(item.outputs).decode()), strict=True)),
                     "keys": orjson.dumps(item.keys).decode() if item.keys else None,
                     "keyed": not item.keys} for item in items]
         engine = self.engine
