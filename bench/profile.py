@@ -88,13 +88,19 @@ def main() -> int:
         try:
             server.wait_first_prediction(body)
             procs = server.tree()
-            engine, worker = procs[0].pid, procs[1].pid
+            engine = procs[0].pid
+            # Workers forked from a worker template are the engine's grandchildren (the
+            # template, a child, only forks them); spawned ones are its children.
+            forked = [p.pid for p in procs[1:] if p.ppid() != engine]
+            workers = forked or [p.pid for p in procs[1:]]
             load = subprocess.Popen([wrk, "-t1", "-c16", f"-d{args.seconds + 3:g}s", "-s",
                                      str(lua), f"http://127.0.0.1:{server.port}{run.INFER_PATH}"],
                                     stdout=subprocess.PIPE, text=True)
             time.sleep(1.5)
             spies = []
-            for role, pid in (("engine", engine), ("worker", worker)):
+            roles = [("engine", engine)] + [(f"worker{i}" if len(workers) > 1 else "worker",
+                                              pid) for i, pid in enumerate(workers)]
+            for role, pid in roles:
                 out = run.WORK / f"profile-{rows}-{role}.txt"
                 cmd = [str(py_spy), "record", "-p", str(pid), "-d", f"{args.seconds:g}",
                        "-r", "200", "--nonblocking", "--format", "raw", "-o", str(out)]
