@@ -30,7 +30,7 @@ def _json_values(col: Column) -> list[Any]:
 def encode_predict(request_id: int, batch: Batch, raw: bool) -> bytes:
     """A ``predict`` frame; numeric columns travel as raw buffers when the runner allows."""
     metas: list[dict[str, Any]] = []
-    parts: list[bytes] = []
+    parts: list[memoryview] = []
     offset = 0
     for name, col in batch.columns.items():
         arr = col if raw and isinstance(col, np.ndarray) else None
@@ -38,14 +38,15 @@ def encode_predict(request_id: int, batch: Batch, raw: bool) -> bytes:
         if arr is None or datatype is None:
             metas.append({"name": name, "datatype": "JSON", "values": _json_values(col)})
             continue
-        buf = np.ascontiguousarray(arr, dtype=_NATIVE[datatype]).tobytes()
+        buf = memoryview(np.ascontiguousarray(arr, dtype=_NATIVE[datatype])).cast("B")
         metas.append({"name": name, "datatype": datatype, "shape": list(arr.shape),
-                      "offset": offset, "nbytes": len(buf)})
+                      "offset": offset, "nbytes": buf.nbytes})
         parts.append(buf)
-        offset += len(buf)
+        offset += buf.nbytes
     header = orjson.dumps({"op": "predict", "id": request_id, "rows": batch.rows,
                            "columns": metas})
-    # One join builds the frame (see pack_frame): the column buffers are copied once.
+    # One join builds the frame (see pack_frame): the column buffers are copied once,
+    # straight from the arrays (views of them, not copies, until then).
     return b"".join([_LEN.pack(4 + len(header) + offset), _LEN.pack(len(header)), header,
                      *parts])
 
