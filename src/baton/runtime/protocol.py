@@ -38,7 +38,7 @@ def encode_predict(request_id: int, batch: Batch, raw: bool) -> bytes:
         if arr is None or datatype is None:
             metas.append({"name": name, "datatype": "JSON", "values": _json_values(col)})
             continue
-        buf = memoryview(np.ascontiguousarray(arr, dtype=_NATIVE[datatype])).cast("B")
+        buf = np.ascontiguousarray(arr, dtype=_NATIVE[datatype]).data.cast("B")
         metas.append({"name": name, "datatype": datatype, "shape": list(arr.shape),
                       "offset": offset, "nbytes": buf.nbytes})
         parts.append(buf)
