@@ -38,6 +38,7 @@ from baton.streams.records import (
     dead_letter,
     decode_messages,
     output_record,
+    output_records,
 )
 
 log = logging.getLogger("baton.streams")
@@ -233,8 +234,7 @@ class StreamPipeline:
             if m is not None:
                 m.records("stream", out.rows)
             ids = svc.log_predictions(decoded.batch, out, [msg.key for msg in decoded.good])
-            return Scored(svc, [output_record(msg, r, model, pid) for msg, r, pid in
-                                zip(decoded.good, out.to_records(), ids, strict=True)], dead)
+            return Scored(svc, output_records(decoded.good, out, model, ids), dead)
         except (ModelError, WorkerError, ContractViolation) as exc:
             if len(decoded.good) == 1:
                 return Scored(svc, [], [*dead, dead_letter(decoded.good[0], _stage(exc), exc,
