@@ -13,7 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from baton.streams.base import StreamError, StreamURL
+from baton.streams.base import Message, StreamError, StreamURL
 from baton.streams.connectors._support import address, number, probe, reason, stream_error
 
 T = TypeVar("T")
@@ -156,6 +156,15 @@ class KafkaClient:
             main.shutdown(wait=False)
 
 
+class Polled(list[Message]):
+    """The messages of one read, and the next offset of each (partition, generation) in
+    them: what acknowledging the whole read commits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.upto: dict[tuple[int, int], int] = {}
+
+
 class Held:
     """The partitions this engine holds, each with the generation of its assignment, and the
     offsets handed out and acknowledged in each. The client's poll thread (rebalance
@@ -192,13 +201,13 @@ class Held:
                     unacked += self.handed.pop(p) - max(first, done or 0)
             return acked, unacked
 
-    def hand_out(self, partition: int, offset: int) -> int | None:
-        """The generation to tag a record with, None if the partition is no longer held."""
-        generation = self.generation.get(partition)
-        if generation is not None:
-            self.first.setdefault(partition, offset)
-            self.handed[partition] = offset + 1
-        return generation
+    def handed_out(self, first: dict[int, int], upto: dict[tuple[int, int], int]) -> None:
+        """Records were handed out: from ``first`` (partition -> offset) up to ``upto``
+        ((partition, generation) -> next offset), of partitions held. Call under the lock."""
+        for p, offset in first.items():
+            self.first.setdefault(p, offset)
+        for (p, _generation), offset in upto.items():
+            self.handed[p] = offset
 
     def still_held(self, upto: dict[tuple[int, int], int]) -> dict[int, int]:
         """Of ``upto`` ((partition, generation) -> next offset), what this engine may still

@@ -58,19 +58,18 @@ broker; the acks and the rebalance callbacks meet in :class:`Held`, under a lock
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from typing import Any
 
 from baton.streams.base import (
     Message,
     OptionKind,
-    OutRecord,
     StreamURL,
     bad_url,
 )
-from baton.streams.connectors._kafka_client import Held, KafkaClient, kafka_error
+from baton.streams.connectors._kafka_client import Held, KafkaClient, Polled, kafka_error
 from baton.streams.connectors._kafka_client import security_config as security_config
+from baton.streams.connectors._kafka_sink import KafkaSink as KafkaSink
 from baton.streams.connectors._support import number, reason
 from baton.streams.security import PASSWORD_FROM, TLS_FILES, TLS_SWITCH
 
@@ -138,46 +137,55 @@ class KafkaSource:
 
     async def read(self, max_records: int, timeout: float) -> list[Message]:
         try:
-            got = await self.client.call(self._poll, max_records, timeout)
+            messages, failed = await self.client.call(self._poll, max_records, timeout)
         except Exception as exc:
             raise kafka_error("consume", self.url, exc) from None
-        messages, errors = [], []
-        for m, generation in got:
-            if m.error() is None:
-                messages.append(self._message(m, generation))
-            elif m.error().fatal():
+        errors = []
+        for m in failed:
+            if m.error().fatal():
                 raise kafka_error("consume", self.url, str(m.error()))
-            else:
-                errors.append(str(m.error()))
+            errors.append(str(m.error()))
         pending = self.client.take_error()
         if not messages and (errors or pending):  # never drop messages for a transient error
             raise kafka_error("consume", self.url, errors[0] if errors else str(pending))
         return messages
 
-    def _poll(self, max_records: int, timeout: float) -> list[tuple[Any, int]]:
-        """Poll (rebalance callbacks run in here, on this thread), then tag each record
-        with its partition's generation, while no callback can run."""
+    def _poll(self, max_records: int, timeout: float) -> tuple[Polled, list[Any]]:
+        """Poll (rebalance callbacks run in here, on this thread), then make the messages,
+        each tagged with its partition's generation, while no callback can run."""
         self._commit_acked()
         first = self.consumer.poll(timeout)
         if first is None:
-            return []
+            return Polled(), []
         got = [first, *self.consumer.consume(max_records - 1, 0)] if max_records > 1 \
             else [first]
-        tagged = []
         with self._held.lock:
-            for m in got:
-                if m.error() is not None:
-                    tagged.append((m, -1))
-                elif (generation := self._held.hand_out(m.partition(), m.offset())) is not None:
-                    tagged.append((m, generation))  # else revoked meanwhile: not ours now
-        return tagged
+            return self._hand_out(got)
 
-    def _message(self, m: Any, generation: int) -> Message:
-        key = m.key()
-        headers = {k: (v or b"").decode("utf-8", "replace") for k, v in (m.headers() or [])}
-        return Message(key.decode("utf-8", "replace") if key is not None
-                       else f"{m.partition()}-{m.offset()}", m.value() or b"",
-                       (m.partition(), m.offset(), generation), headers)
+    def _hand_out(self, got: list[Any]) -> tuple[Polled, list[Any]]:
+        """The records of a poll as messages, and the error events among them. A record of
+        a partition revoked meanwhile is dropped (not ours now). Call under the lock."""
+        messages, failed = Polled(), []
+        generation, upto, first = self._held.generation, messages.upto, {}
+        append = messages.append
+        for m in got:
+            if m.error() is not None:
+                failed.append(m)
+                continue
+            p = m.partition()
+            g = generation.get(p)
+            if g is None:
+                continue
+            offset, key, headers = m.offset(), m.key(), m.headers()
+            append(Message(key.decode("utf-8", "replace") if key is not None
+                           else f"{p}-{offset}", m.value() or b"", (p, offset, g),
+                           {k: (v or b"").decode("utf-8", "replace") for k, v in headers}
+                           if headers else {}))
+            if (p, g) not in upto:
+                first[p] = offset
+            upto[p, g] = offset + 1  # a partition's records come in order
+        self._held.handed_out(first, upto)
+        return messages, failed
 
     def _offsets(self, upto: dict[int, int]) -> list[Any]:
         from confluent_kafka import TopicPartition
@@ -187,10 +195,14 @@ class KafkaSource:
     async def ack(self, messages: Sequence[Message]) -> None:
         if not messages:
             return
-        upto: dict[tuple[int, int], int] = {}
-        for m in messages:
-            partition, offset, generation = m.position
-            upto[partition, generation] = max(upto.get((partition, generation), -1), offset + 1)
+        if isinstance(messages, Polled):  # a whole read: its offsets are known already
+            upto = messages.upto
+        else:
+            upto = {}
+            for m in messages:
+                partition, offset, generation = m.position
+                upto[partition, generation] = max(upto.get((partition, generation), -1),
+                                                  offset + 1)
         consumer = self.consumer
         error, self._commit_error = self._commit_error, None
         if error is None:
@@ -308,85 +320,6 @@ class KafkaSource:
         await self.client.shutdown(
             (lambda: self._last_commit_and_close(consumer)) if consumer is not None
             else None)
-
-
-class KafkaSink:
-    def __init__(self, url: StreamURL) -> None:
-        self.client = KafkaClient(url)
-        self.url = url
-        # Delivery reports only for failures: a success needs no Python callback (each one
-        # would wait for the GIL on the client's thread), flush() returning 0 says it.
-        self.client.config.update({"enable.idempotence": True, "acks": "all",
-                                   "linger.ms": 2, "delivery.report.only.error": True})
-        self.producer: Any = None
-
-    async def open(self) -> None:
-        from confluent_kafka import Producer
-
-        await self.close()
-        self.producer = self.client.create(Producer)
-        try:
-            await self.client.check_topic(self.producer)
-        except BaseException:
-            await self.close()
-            raise
-
-    async def write(self, records: Sequence[OutRecord]) -> None:
-        if not records:
-            return
-        if self.producer is None:
-            await self.open()
-        try:
-            failures = await self.client.call(self._produce, records)
-        except Exception as exc:
-            failures = [reason(exc)]
-        if failures:
-            # A fresh producer for the retry: after some errors (a fenced or otherwise
-            # fatal idempotent producer) the old one never delivers again.
-            await self.close()
-            raise kafka_error("produce", self.url, failures[0])
-
-    def _produce(self, records: Sequence[OutRecord]) -> list[str]:
-        failures: list[str] = []
-        self.client.take_error()  # an error from before this write says nothing about it
-
-        def delivered(err: Any, _msg: Any) -> None:
-            if err is not None:
-                failures.append(str(err))
-
-        for r in records:
-            while True:
-                try:
-                    self.producer.produce(
-                        self.client.topic, r.value, r.key.encode() if r.key is not None
-                        else None, headers=list(r.headers.items()) or None,
-                        on_delivery=delivered)
-                    break
-                except BufferError:  # the local queue is full: let it drain, then go on
-                    self.producer.poll(0.1)
-        left, why = self._flush()
-        if left and not failures:
-            failures.append(f"{left} record(s) not acknowledged: {why}")
-        if left or failures:
-            # A retry sends these again: drop what is still queued so copies never pile up.
-            self.producer.purge(in_queue=True, in_flight=True)
-            self.producer.flush(0)
-        return failures
-
-    def _flush(self) -> tuple[int, str]:
-        """Wait for every delivery report; stop early once the client reports an error
-        (broker down, connection refused) rather than wait out the whole timeout."""
-        deadline = time.monotonic() + self.client.timeout
-        while (left := self.producer.flush(0.5)) and time.monotonic() < deadline:
-            error = self.client.take_error()
-            if error is not None:
-                return left, error
-        return left, f"no answer within {self.client.timeout:.0f}s"
-
-    async def close(self) -> None:
-        producer, self.producer = self.producer, None
-        await self.client.shutdown((lambda: producer.flush(1)) if producer is not None
-                                   else None)
 
 
 def open_source(url: StreamURL, *, group: str) -> KafkaSource:
