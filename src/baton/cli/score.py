@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import importlib.abc
 import json
 import logging
@@ -246,6 +245,8 @@ def _identity(bundle: Bundle) -> dict[str, str]:
 
 
 def _run(job: ScoreJob, svc: ScoringModel, started: float, quiet: bool) -> ScoreSummary:
+    import asyncio
+
     try:
         import uvloop
 

@@ -6,16 +6,16 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import httpx
-from rich.console import Console, Group
-from rich.live import Live
-from rich.table import Table
 
 from baton.cli.main import errors_to_exit, main
 from baton.errors import BatonError, Forbidden, Unauthorized
+
+if TYPE_CHECKING:  # imported by the commands: `baton serve` starts without httpx and rich
+    import httpx
+    from rich.console import Group
 
 _ENGINE_OPTIONS = [
     click.option("--url", default="http://127.0.0.1:8000", show_default=True,
@@ -35,6 +35,8 @@ def engine_options(fn: Any) -> Any:
 
 
 def engine_client(token: str | None, cacert: Path | None) -> httpx.Client:
+    import httpx
+
     headers = {"authorization": f"Bearer {token}"} if token else {}
     verify: Any = True
     if cacert is not None:
@@ -49,6 +51,8 @@ def engine_client(token: str | None, cacert: Path | None) -> httpx.Client:
 
 
 def fetch(url: str, client: httpx.Client | None = None) -> dict[str, Any]:
+    import httpx
+
     target = url.rstrip("/") + "/v1/stats"
     try:
         resp = (client or httpx).get(target, timeout=5)
@@ -104,6 +108,9 @@ def _key(m: dict[str, Any]) -> tuple[str, str, str, str]:
 
 def render(now: dict[str, Any], before: dict[str, Any] | None) -> Group:
     """One table of models (with rates when ``before`` is given) and one of streams."""
+    from rich.console import Group
+    from rich.table import Table
+
     dt = (now["time"] - before["time"]) if before else 0.0
     prev = {_key(m): m for m in (before or {}).get("models", [])}
     cluster = bool(now.get("cluster"))
@@ -163,6 +170,8 @@ def render(now: dict[str, Any], before: dict[str, Any] | None) -> Group:
 @errors_to_exit
 def status(url: str, token: str | None, cacert: Path | None) -> None:
     """The engine's models, workers, traffic, errors and latency, once."""
+    from rich.console import Console
+
     with engine_client(token, cacert) as client:
         first = fetch(url, client)
         time.sleep(1.0)
@@ -182,6 +191,8 @@ def top(url: str, token: str | None, cacert: Path | None, interval: float) -> No
     # Ctrl-C sets a flag rather than raising KeyboardInterrupt wherever the main thread is
     # (inside rich's locks or an HTTP call, where an exception can leave a lock held and the
     # refresh thread drawing forever): the loop ends at its next step and exits cleanly.
+    from rich.live import Live
+
     stop = threading.Event()
     previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import click
 
 from baton.cli.main import errors_to_exit, main
@@ -25,6 +23,8 @@ from baton.cli.main import errors_to_exit, main
 def replay(dead_letter: str, target: str, stages: tuple[str, ...], limit: int | None,
            group: str) -> None:
     """Re-submit dead letters to the input, once the cause is fixed."""
+    import asyncio
+
     from baton.streams.base import redact_url
     from baton.streams.replay import replay as run
 
