@@ -32,10 +32,13 @@ from baton.runtime.worker import Worker
 from tests.runtime.test_runner_conformance import CASES, XS, YS, batch, run, same, ys
 
 CHAOS = '''
+import gc
 import os
 import time
 
 import numpy as np
+
+IMPORTED_WITH_GC = gc.isenabled()
 
 
 class Model:
@@ -51,6 +54,8 @@ class Model:
             return {"prediction": np.random.random(len(inputs["x"]))}
         if x == 15.0:
             return {"prediction": [float(os.getpid())]}
+        if x == 18.0:  # two rows: the collector when the template imported this, and now
+            return {"prediction": [float(IMPORTED_WITH_GC), float(gc.isenabled())]}
         return {"prediction": 2 * inputs["x"].astype(float) + 1}
 '''
 
@@ -170,6 +175,22 @@ def test_a_hang_is_a_timeout_and_the_forked_worker_is_killed(tmp_path: Path) -> 
             assert "hung" in worker.exit_reason
             assert template.state == "ready"  # the template serves on
         finally:
+            await template.close()
+    run(body())
+
+
+def test_the_template_imports_without_the_collector_and_its_workers_collect(
+        tmp_path: Path) -> None:
+    """The template imports the model's modules with the cyclic collector off (its passes
+    over the growing heap of modules are pure cost there); the workers it forks have it on."""
+    spec = chaos_spec(tmp_path)
+
+    async def body() -> None:
+        template, worker = await forked(spec)
+        try:
+            assert ys(await worker.predict(batch([18.0, 18.0]), 30)) == [0.0, 1.0]
+        finally:
+            await worker.stop(grace=10)
             await template.close()
     run(body())
 
