@@ -22,7 +22,6 @@ traced with probability ``trace_sample``, decided before any span exists.
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import logging
 import os
@@ -36,7 +35,9 @@ from urllib.parse import urlsplit
 
 from baton.errors import BatonError, SettingsError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # asyncio too: `baton serve` imports this module before its event loop's
+    import asyncio
+
     from opentelemetry.context import Context
     from opentelemetry.trace import Span
 

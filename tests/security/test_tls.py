@@ -74,7 +74,7 @@ def test_https_engine_is_reached_with_its_ca_and_refused_without(
     with pytest.raises(httpx.RemoteProtocolError):  # plain http is not answered as http
         httpx.get(f"http://127.0.0.1:{server.port}/v2/health/live")
     # An idle keep-alive TLS client (server.client's pooled connection) does not hold up a
-    # drained stop: uvicorn would wait for its close_notify (see baton.server.tls).
+    # drained stop: uvicorn would wait for its close_notify (see baton.server.tls_shutdown).
     log = Path(server.log.name)
     assert server.stop() == 0
     assert "Waiting for connections to close" not in log.read_text()

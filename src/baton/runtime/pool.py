@@ -74,7 +74,7 @@ class WorkerPool:
     def __init__(self, spec: WorkerSpec, *, workers: int = 1, timeout: float = 30.0,
                  max_batch_rows: int = 256, max_queue_rows: int = 65536,
                  backoff: tuple[float, float] = (0.2, 30.0),
-                 restart_wait: float = 10.0) -> None:
+                 restart_wait: float = 10.0, template: PoolTemplate | None = None) -> None:
         self.spec = spec
         #: ``workers=0``: sized by :func:`sizing.decide` once the first worker is up.
         self.auto = workers == 0
@@ -101,7 +101,7 @@ class WorkerPool:
         self.load_error: BatonError | None = None
         #: Called with the row count of every batch sent to a worker (metrics).
         self.on_batch: Callable[[int], None] | None = None
-        self.template = PoolTemplate(spec)  # prewarm(): started before start(), no loop
+        self.template = template or PoolTemplate(spec)  # given: started ahead, for spec
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:

@@ -155,6 +155,17 @@ class Template:
         if self._reaped is not None:
             await self._reaped
 
+    def discard(self) -> None:
+        """Close it without an event loop. One that has forked nothing is killed and reaped
+        now: it may be importing still, and would read the end of its socket only after."""
+        proc = self.proc
+        if self.state != "dead" and not self.forked and proc is not None \
+                and proc.poll() is None:  # not reaped: its pid is still its own
+            with contextlib.suppress(OSError):
+                os.killpg(proc.pid, signal.SIGKILL)  # its session's group: just itself
+            proc.wait()
+        self._gone("not used")
+
     # -- events ------------------------------------------------------------------------
     def _on_control(self) -> None:
         while self._control is not None:
@@ -306,6 +317,13 @@ class PoolTemplate:
     async def close(self) -> None:
         if self.current is not None:
             await self.current.close()
+
+    def abandon(self) -> None:
+        """Give up a template started for nothing (``baton serve`` failed before its engine
+        started, or the pool is another's), without an event loop: see Template.discard."""
+        self.enabled = False
+        if self.current is not None:
+            self.current.discard()
 
     def describe(self) -> dict[str, Any] | None:
         return self.current.describe() if self.current is not None else None

@@ -4,7 +4,7 @@ It binds the HTTP server's host, takes the same TLS certificate and key (and cli
 authority), the same body limit (as its largest message) and the same guard, and serves
 :class:`~baton.server.grpc_service.InferenceService` over the engine HTTP serves. ``baton
 serve`` starts it before the models start and stops it, draining its calls, before they
-close (:class:`baton.cli.serve.EngineServer`).
+close (:class:`baton.cli.serve_engine.EngineServer`).
 
 This module needs the ``grpc`` extra (grpcio, protobuf): import it only when a gRPC port is
 asked for.

@@ -1,20 +1,12 @@
-"""TLS for the engine's HTTP server: options checked before anything starts, and a
-shutdown that does not wait on idle TLS clients.
+"""TLS for the engine's HTTP server: its options, checked before anything starts.
 
-uvicorn closes an idle keep-alive connection at shutdown with ``transport.close()``; on a
-TLS connection that sends ``close_notify`` and waits up to 30 s for the peer's, which an idle
-client (a connection pool, a load balancer) never sends until it next uses the socket. So
-a drained engine with one idle TLS client took 30 s to stop. :class:`HttpProtocol` aborts
-idle TLS connections instead: nothing is in flight on them, and a busy one still finishes
-its response first.
+Imported by ``baton serve`` before the HTTP stack (uvicorn, and ssl unless TLS is on); the
+protocol that closes idle TLS connections at shutdown is :mod:`baton.server.tls_shutdown`.
 """
 
 from __future__ import annotations
 
-import ssl
 from typing import TYPE_CHECKING, Any
-
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from baton.errors import SettingsError
 
@@ -22,19 +14,12 @@ if TYPE_CHECKING:
     from baton.settings import Settings
 
 
-class HttpProtocol(HttpToolsProtocol):
-    def shutdown(self) -> None:
-        idle = self.cycle is None or self.cycle.response_complete
-        if idle and self.transport.get_extra_info("sslcontext") is not None:
-            self.transport.abort()
-        else:
-            super().shutdown()
-
-
 def tls_options(settings: Settings) -> dict[str, Any]:
     """uvicorn's TLS options, after checking that the files load (exit 2 if not)."""
     if settings.tls_cert is None or settings.tls_key is None:
         return {}
+    import ssl
+
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
         # An encrypted key fails here instead of prompting for a pass phrase.

@@ -8,6 +8,7 @@ entrypoint, a cluster backend) only turns its options into an :class:`EngineSpec
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from baton.monitor.metrics import EngineMetrics
 from baton.monitor.predlog import open_prediction_log
 from baton.serving.gate import CANDIDATE, LIVE, check_stage, local_ref, refuse_local
 from baton.serving.opening import (
+    Opened,
     RegistryAccess,
     env_builder,
     local_service,
@@ -38,13 +40,18 @@ from baton.settings import Settings
 __all__ = ["build_engine"]
 
 
-def build_engine(spec: EngineSpec, settings: Settings) -> Engine:
+def build_engine(spec: EngineSpec, settings: Settings,
+                 opened: Mapping[str, Opened] | None = None) -> Engine:
     """The engine ``spec`` describes, not started. With a registry, everything it serves
-    passes the serve-time gate (:mod:`baton.serving.gate`) first."""
+    passes the serve-time gate (:mod:`baton.serving.gate`) first. ``opened``: local
+    bundles of deployments already opened, by reference (``open_ahead``)."""
     registry = _registry(spec.registry, settings)
     builder = env_builder(settings)
     deployments = list(spec.deployments)
-    services = [_deployed(d, settings, builder, registry) for d in deployments]
+    ahead = dict(opened or {})
+    services = [_deployed(d, settings, builder, registry, ahead) for d in deployments]
+    for unused in ahead.values():  # none, unless a caller opened what is not deployed
+        unused.template.abandon()
     predlog = open_prediction_log(settings)
     engine = Engine(services, settings, EngineMetrics() if settings.metrics else None, predlog)
     for d, svc in zip(deployments, services, strict=True):
@@ -82,12 +89,14 @@ def _registry(spec: RegistrySpec | None, settings: Settings) -> RegistryAccess |
 
 
 def _deployed(d: DeploymentSpec, settings: Settings, builder: EnvBuilder,
-              registry: RegistryAccess | None) -> ModelService:
+              registry: RegistryAccess | None, ahead: dict[str, Opened]) -> ModelService:
     own = settings
     if d.workers:
         own = replace(own, workers=d.workers)
     if d.timeout:
         own = replace(own, timeout=d.timeout)
+    if registry is None and d.bundle in ahead:  # a bundle deployed twice: opened again
+        return ahead.pop(d.bundle).service(own)
     return _open(d.bundle, own, builder, registry, LIVE, "bundle")
 
 

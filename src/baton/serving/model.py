@@ -30,14 +30,13 @@ from baton.monitor.feedback import Feedback, LabelsOutcome
 from baton.monitor.metrics import EngineMetrics, ModelMetrics
 from baton.monitor.predlog import PredictionLog, new_ids
 from baton.monitor.quality import QualityTracker, check_metrics, prediction_field
-from baton.runtime.isolation import Isolation
 from baton.runtime.pool import WorkerPool
-from baton.runtime.runners import RUNNERS
-from baton.runtime.worker import WorkerSpec
+from baton.runtime.template import PoolTemplate
 from baton.serving import v2
 from baton.serving.defaults import default_timeout
 from baton.serving.samples import call, load_samples, request_body
 from baton.serving.traffic import Shadow
+from baton.serving.workers import worker_spec
 from baton.settings import Settings
 
 log = logging.getLogger("baton.serving")
@@ -52,33 +51,15 @@ class ScoredHook(Protocol):
     def __call__(self, inputs: Batch, outputs: Batch, keys: Keys, /) -> list[str] | None: ...
 
 
-def worker_spec(bundle: Bundle, env: Environment, settings: Settings) -> WorkerSpec:
-    m = bundle.manifest
-    return WorkerSpec(
-        model=m.name, python=env.interpreter, bundle_dir=bundle.path, env_dir=env.path,
-        load={"model": m.model.to_dict(), "kind": m.contract.kind,
-              "inputs": m.contract.input_names, "outputs": m.contract.output_names,
-              "fields": [s.to_dict() for s in m.contract.inputs]},
-        env={"PYTHONUNBUFFERED": "1", **env.variables}, load_timeout=settings.load_timeout,
-        threads=settings.worker_threads, isolation=isolation(m.isolation, settings),
-        runner=RUNNERS[m.model.runner], template=settings.worker_template)
-
-
-def isolation(asked: Isolation, settings: Settings) -> Isolation:
-    """What the bundle asks for and what the operator sets, the stricter on every point."""
-    return asked.stricter(Isolation(
-        level=settings.isolation or "process", network=settings.model_network,
-        memory_mb=settings.worker_memory_mb, cpus=settings.worker_cpus,
-        open_files=settings.worker_open_files, processes=settings.worker_processes))
-
-
 class ModelService:
     """A bundle being served: contract checks on both sides of its worker pool."""
 
     def __init__(self, bundle: Bundle, env: Environment, settings: Settings,
-                 check_report: dict[str, Any] | None = None) -> None:
+                 check_report: dict[str, Any] | None = None,
+                 template: PoolTemplate | None = None) -> None:
         """``check_report``: a ``baton check`` report of this bundle (the registry's), to
-        derive the timeout from when nothing sets one (see :mod:`baton.serving.defaults`).
+        derive the timeout from when nothing sets one (see :mod:`baton.serving.defaults`);
+        ``template``: the worker template already started for it (``open_ahead``).
         Raises ``METRIC_NOT_APPLICABLE`` for a declared metric the model cannot yield."""
         m = bundle.manifest
         check_metrics(m.contract, m.monitoring.metrics)
@@ -95,11 +76,16 @@ class ModelService:
         self.timeout_from = "setting" if timeout else ""
         if not timeout:
             timeout, self.timeout_from = default_timeout(bundle, check_report)
+        spec = worker_spec(bundle, env, settings)
+        if template is not None and template.spec != spec:  # started for other settings
+            template.abandon()
+            template = None
         self.pool = WorkerPool(
-            worker_spec(bundle, env, settings),
+            spec,
             workers=settings.workers or m.serving.workers,  # 0: sized by measured memory
             timeout=timeout, max_batch_rows=m.serving.max_batch_rows,
-            max_queue_rows=settings.max_queue_rows, restart_wait=settings.restart_wait)
+            max_queue_rows=settings.max_queue_rows, restart_wait=settings.restart_wait,
+            template=template)
         #: The version replacing this one; requests that reach a closing pool go there.
         self.successor: ModelService | None = None
         #: A candidate version receiving a copy of this version's traffic.

@@ -18,12 +18,14 @@ from baton.bundle.archive import ArchiveLimits
 from baton.bundle.loader import Bundle, open_bundle
 from baton.env.builder import EnvBuilder, Environment
 from baton.errors import BatonError
+from baton.runtime.template import PoolTemplate
 from baton.serving.gate import CANDIDATE, ServeGate, pinned_key
-from baton.serving.service import ModelService
+from baton.serving.workers import worker_spec
 from baton.settings import Settings
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the engine's modules: open_ahead runs before they are imported
     from baton.registry.client import RegistryClient
+    from baton.serving.service import ModelService
 
 log = logging.getLogger("baton.serve")
 
@@ -64,10 +66,44 @@ def env_note(env: Environment) -> str:
 def local_service(bundle: Bundle, settings: Settings,
                   builder: EnvBuilder | None = None) -> ModelService:
     """``bundle``'s service with its environment ready (not started); logs what it serves."""
+    from baton.serving.service import ModelService
+
+    return ModelService(bundle, _environment(bundle, settings, builder), settings)
+
+
+def _environment(bundle: Bundle, settings: Settings, builder: EnvBuilder | None) -> Environment:
     env = ensure_environment(bundle, settings, builder)
     log.info("%s %s %s…  environment %s (%s)", bundle.name, bundle.version,
              bundle.digest[:19], env.key[:12], env_note(env))
-    return ModelService(bundle, env, settings)
+    return env
+
+
+class Opened(NamedTuple):
+    """A local bundle opened ahead of the engine: verified, its environment ready, and its
+    worker template (when its workers fork from one) already importing its libraries."""
+
+    bundle: Bundle
+    env: Environment
+    template: PoolTemplate
+
+    def service(self, settings: Settings) -> ModelService:
+        """The bundle's service (not started), its pool holding the template."""
+        from baton.serving.service import ModelService
+
+        return ModelService(self.bundle, self.env, settings, template=self.template)
+
+
+def open_ahead(ref: str | Path, settings: Settings,
+               builder: EnvBuilder | None = None) -> Opened:
+    """What :func:`local_service` does up to the service, then the template's start:
+    ``baton serve`` calls it before it imports the engine, so that the model's imports (the
+    longest part of its start) run beside the engine's own. The bundle is verified first:
+    the template runs the model's code (it unpickles the artifact)."""
+    bundle = open_local(ref, settings)
+    env = _environment(bundle, settings, builder)
+    template = PoolTemplate(worker_spec(bundle, env, settings))
+    template.prewarm()
+    return Opened(bundle, env, template)
 
 
 def open_service(ref: str, settings: Settings, *, registry: str | None = None) -> ModelService:

@@ -17,9 +17,10 @@ from baton.monitor.alerts import AlertSender, DriftWatch
 from baton.monitor.metrics import EngineMetrics
 from baton.monitor.predlog import PredictionLog
 from baton.monitor.stats import render_stats
-from baton.serving.model import ModelService, worker_spec
+from baton.serving.model import ModelService
 from baton.serving.observe import EngineObserver
 from baton.serving.versions import VersionTable
+from baton.serving.workers import worker_spec
 from baton.settings import Settings
 
 __all__ = ["Engine", "ModelService", "ModelSource", "StreamTask", "worker_spec"]
