@@ -58,6 +58,8 @@ def install() -> None:
     P._predict = _timed_async("predict (engine -> worker -> engine)", P._predict)
     pipeline.decode_messages = _timed("decode + contract checks", pipeline.decode_messages)
     pipeline.output_record = _timed("output records (orjson)", pipeline.output_record)
+    if hasattr(pipeline, "output_records"):  # since a1ec83e: a whole batch at a time
+        pipeline.output_records = _timed("output records (orjson)", pipeline.output_records)
     service.ModelService.log_predictions = _timed("prediction log (enqueue)",
                                                   service.ModelService.log_predictions)
     original_retry = P._retry
