@@ -21,6 +21,11 @@ class Batch:
     columns: dict[str, Column]
     rows: int
 
+    def nbytes(self) -> int:
+        """Bytes its arrays hold; a list column counts 8 bytes a value."""
+        return sum(c.nbytes if isinstance(c, np.ndarray) else 8 * len(c)
+                   for c in self.columns.values())
+
     def slice(self, start: int, stop: int) -> Batch:
         return Batch({k: v[start:stop] for k, v in self.columns.items()}, stop - start)
 

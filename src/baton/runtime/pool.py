@@ -1,11 +1,11 @@
 """A pool of workers for one model: greedy batching, crash and hang recovery, draining.
 
 Requests queue per model. Whenever a worker is free it takes everything queued, up to
-``max_batch_rows``, as one batch: under load batches grow by themselves, and an idle model
-answers a single request at once, with no timer (docs/protocol.md has the measurements).
-When a merged batch fails inside the model (an exception, or the model exiting or faulting
-on one of its inputs), its requests are retried one by one so that one bad request never
-fails its neighbours.
+``max_batch_rows`` rows and ``max_batch_bytes`` of arrays (a larger request goes alone), as
+one batch: under load batches grow by themselves, and an idle model answers a single
+request at once, with no timer (docs/protocol.md has the measurements). When a merged batch
+fails inside the model (an exception, or the model exiting or faulting on one of its
+inputs), its requests are retried one by one: one bad request never fails its neighbours.
 
 Worker faults stay out of sight where that is safe. A model is a pure function of its
 input, so the requests of a batch whose worker was killed from outside (not by its own exit
@@ -72,7 +72,8 @@ class PoolStats:
 
 class WorkerPool:
     def __init__(self, spec: WorkerSpec, *, workers: int = 1, timeout: float = 30.0,
-                 max_batch_rows: int = 256, max_queue_rows: int = 65536,
+                 max_batch_rows: int = 256, max_batch_bytes: int = 8 << 20,
+                 max_queue_rows: int = 65536,
                  backoff: tuple[float, float] = (0.2, 30.0),
                  restart_wait: float = 10.0, template: PoolTemplate | None = None) -> None:
         self.spec = spec
@@ -83,7 +84,7 @@ class WorkerPool:
         self.sizing: dict[str, Any] = {"workers": workers, "decided_by": "setting"}
         self.timeout = timeout
         self.restart_wait = restart_wait
-        self.max_batch_rows = max_batch_rows
+        self.max_batch_rows, self.max_batch_bytes = max_batch_rows, max_batch_bytes
         self.max_queue_rows = max_queue_rows
         self.backoff = backoff
         self.stats = PoolStats()
@@ -128,8 +129,7 @@ class WorkerPool:
         return Backoff(first, cap)
 
     def _size_itself(self, worker: Worker) -> None:
-        """Decide from the first worker's measured memory whether a second one fits; if so,
-        start it in the background (the model is ready already)."""
+        """From the first worker's memory: whether a second fits; if so, start it."""
         self.sizing = sizing.decide(worker.memory(), self.spec.threads)
         log.info("%s: %d worker(s): one uses %.0f MB, %.0f MB available, %d CPUs",
                  self.spec.model, self.sizing["workers"], self.sizing["worker_mb"],
@@ -321,12 +321,13 @@ class WorkerPool:
             if worker.state != "ready":
                 continue
             items = [self._queue.popleft()]
-            rows = items[0].batch.rows
+            rows, size = items[0].batch.rows, items[0].batch.nbytes()
             while (self._queue and not items[0].solo and not self._queue[0].solo
-                   and rows + self._queue[0].batch.rows <= self.max_batch_rows):
+                   and rows + self._queue[0].batch.rows <= self.max_batch_rows
+                   and size + self._queue[0].batch.nbytes() <= self.max_batch_bytes):
                 nxt = self._queue.popleft()
                 items.append(nxt)
-                rows += nxt.batch.rows
+                rows, size = rows + nxt.batch.rows, size + nxt.batch.nbytes()
             self._queued_rows -= rows
             for it in items:
                 self._disarm(it)
@@ -362,8 +363,7 @@ class WorkerPool:
         elif len(items) > 1 and (isinstance(exc, ModelError) or
                                  isinstance(exc, WorkerCrashed) and not self._closing):
             # The model raised, exited or faulted on one of several merged requests: which
-            # one is unknown, so each goes again alone, and only the one that fails alone
-            # fails.
+            # one is unknown, so each goes again alone; only one that fails alone fails.
             self._again_alone(items)
         else:
             for it in items:
