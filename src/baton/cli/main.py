@@ -42,10 +42,12 @@ def errors_to_exit(fn: F) -> F:
 
 def _settings(**overrides: Any) -> Settings:
     from baton.settings import Settings
-    from baton.streams.base import check_settings
 
     settings = Settings.from_env(**overrides)
-    check_settings(settings)  # stream URLs: the streams package knows the schemes
+    if settings.prediction_log_sink:  # a stream URL: the streams package knows the schemes
+        from baton.streams.base import check_settings
+
+        check_settings(settings)
     return settings
 
 

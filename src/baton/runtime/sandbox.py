@@ -16,8 +16,6 @@ import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import psutil
-
 from baton.errors import WorkerError
 
 #: System folders bound read-only when present (symlinks such as /lib -> usr/lib are kept
@@ -121,6 +119,8 @@ def returncode(code: int | None) -> int | None:
 def processes(pid: int, runner: Path) -> tuple[list[int], int]:
     """Every process of the worker started as ``pid`` (bwrap and what it started, or just
     the runner), and the one running ``runner``: the model's process."""
+    import psutil  # here: a worker's spec (this module) is made before psutil is needed
+
     try:
         tree = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
     except psutil.Error:

@@ -13,7 +13,6 @@ or dies, is replaced by spawning workers directly (docs/protocol.md says when).
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import contextlib
 import fcntl
@@ -24,13 +23,17 @@ import signal
 import socket
 import subprocess
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from baton.errors import WorkerTimeout
-from baton.runtime.forked import ForkedTransport
 from baton.runtime.spec import WorkerSpec
+
+if TYPE_CHECKING:  # imported where used: `baton serve` spawns templates before its loop
+    import asyncio
+
+    from baton.runtime.forked import ForkedTransport
 
 log = logging.getLogger("baton.worker")
 _IDS = itertools.count(1)
@@ -96,6 +99,8 @@ class Template:
 
     def _attach(self) -> asyncio.AbstractEventLoop:
         """Read the template's messages and log in the running loop (from the first fork)."""
+        import asyncio
+
         loop = asyncio.get_running_loop()
         if self._loop is None and self._control is not None and self._stderr is not None:
             self._loop = loop
@@ -109,6 +114,10 @@ class Template:
         """A new worker, forked once the template has warmed up, its pipes read by
         ``protocol`` as a subprocess transport's are. Raises TemplateGone when the template
         cannot fork it, WorkerTimeout when it gave no answer within the load timeout."""
+        import asyncio
+
+        from baton.runtime.forked import ForkedTransport
+
         loop = self._attach()
         control = self._control
         if self.state == "dead" or control is None:
@@ -264,6 +273,8 @@ class Template:
             child.orphaned()
         proc = self.proc
         if proc is not None and self._reaped is None:
+            import asyncio
+
             with contextlib.suppress(RuntimeError):  # no loop: the process exits on EOF
                 self._reaped = asyncio.get_running_loop().run_in_executor(None, _reap, proc)
 
