@@ -317,6 +317,36 @@ def test_without_the_setting_workers_are_spawned(tmp_path: Path) -> None:
     run(body())
 
 
+@pytest.mark.parametrize("forks", [False, True], ids=["spawned", "forked"])
+@pytest.mark.parametrize("turns", [1, 2, 3, 5, 8])
+def test_a_start_cancelled_while_its_process_launches_kills_it(
+        tmp_path: Path, forks: bool, turns: int) -> None:
+    """A pool closing cancels a restart wherever it is; cancelled while the process was
+    being launched, the start still kills what the launch started and sees it exit (it
+    leaked a transport that outlived the loop: tests/runtime/test_template.py, CI)."""
+    spec = make_spec(tmp_path)
+
+    async def body() -> None:
+        template = Template(spec) if forks else None
+        if template is not None:
+            template.spawn()
+        worker = Worker(spec, 0, template)
+        try:
+            starting = asyncio.ensure_future(worker.start())
+            for _ in range(turns):  # a few turns of the loop: the launch under way
+                await asyncio.sleep(0)
+            starting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await starting
+            if worker.pid is not None:  # the launch started a process: it is gone
+                assert worker.exited.is_set(), worker.last_output
+                await gone(worker.pid)
+        finally:
+            if template is not None:
+                await template.close()
+    run(body())
+
+
 ENGINE = '''
 import asyncio, json, sys
 from pathlib import Path

@@ -40,3 +40,16 @@ def decide(worker_bytes: int, threads: int) -> dict[str, Any]:
     return {"workers": auto_worker_count(worker_bytes, available, cpus, threads),
             "decided_by": "memory", "worker_mb": round(worker_bytes / 2**20, 1),
             "available_mb": round(available / 2**20), "cpus": cpus}
+
+
+def peak_rss(pid: int) -> int | None:
+    """The peak resident set of process ``pid`` in bytes (Linux's VmHWM), or None where it
+    cannot be read (the process is gone, or no /proc)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None

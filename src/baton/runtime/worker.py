@@ -29,6 +29,7 @@ from baton.runtime.forked import ForkedTransport
 from baton.runtime.isolation import LIMIT_CODES
 from baton.runtime.limits import WorkerLimits
 from baton.runtime.protocol import FrameReader, decode_columns, encode_predict, pack_frame
+from baton.runtime.sizing import peak_rss as peak_rss  # where callers have found it
 from baton.runtime.spec import WorkerSpec as WorkerSpec
 from baton.runtime.template import Template, TemplateGone
 
@@ -101,16 +102,20 @@ class Worker:
         try:
             if iso.limited:
                 self.limits = WorkerLimits.prepare(iso, f"{self.spec.model}-{self.slot}")
-            transport = await self._launch(loop)
+            launching = asyncio.ensure_future(self._launch(loop))
+            transport = await asyncio.shield(launching)  # a process, once started, is ours
         except (OSError, WorkerError) as exc:
             self.state = "dead"
             self._release_limits()
             if isinstance(exc, WorkerError):
                 raise
             raise WorkerError(f"{self.spec.model}: cannot start worker: {exc}") from None
-        self._transport = transport
-        self._stdin = transport.get_pipe_transport(0)  # type: ignore[assignment]
-        self.pid = self.leader = transport.get_pid()
+        except asyncio.CancelledError:  # a pool closing: kill what the launch started
+            with contextlib.suppress(BaseException):
+                self._attach(await launching)
+                await self._killed()
+            raise
+        self._attach(transport)
         try:
             hello = await self._await_control("hello")
             self.info = hello
@@ -135,6 +140,11 @@ class Worker:
                  self.slot, self.pid, time.monotonic() - self.started_at, "forked by template "
                  f"{self.template.pid}" if self.template else "spawned",
                  loaded.get("seconds") or 0.0)
+
+    def _attach(self, transport: asyncio.SubprocessTransport | ForkedTransport) -> None:
+        self._transport = transport
+        self._stdin = transport.get_pipe_transport(0)  # type: ignore[assignment]
+        self.pid = self.leader = transport.get_pid()
 
     async def _launch(self, loop: asyncio.AbstractEventLoop
                       ) -> asyncio.SubprocessTransport | ForkedTransport:
@@ -381,17 +391,3 @@ class Worker:
         except psutil.Error:
             return 0
         return max(rss, peak_rss(pid) or 0)
-
-
-def peak_rss(pid: int) -> int | None:
-    """The peak resident set of process ``pid`` in bytes (Linux's VmHWM), or None where it
-    cannot be read (the process is gone, or no /proc)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    return None
-
