@@ -29,6 +29,8 @@ _PORTS = ("node-manager-port", "object-manager-port", "dashboard-agent-grpc-port
 PORTS_PER_NODE = 1000
 #: What ``ray start`` prints once its node has joined the cluster.
 _STARTED = "Ray runtime started"
+#: What ``ray start`` says when its node did not register in its fixed 30 s.
+_GAVE_UP = "timed out during startup"
 #: Longest temporary folder for Ray: its session folder and sockets add up to 66 bytes.
 _SHORT_ENOUGH = 40
 #: Worker processes of a node listen in the upper part of its block.
@@ -91,11 +93,22 @@ class LocalCluster:
         return self
 
     def add_node(self, timeout: float = 120.0) -> Node:
-        """One more worker node, waited for until the head counts it."""
+        """One more worker node, waited for until the head counts it. Started once more if
+        Ray gave up on it: ``ray start`` allows a raylet a fixed 30 s to register, which a
+        loaded machine may not give it (seen under a test run on two busy cores)."""
         i = len(self.nodes)
         node = self._start_node(f"worker{i}", i, [f"--address={self.address}"])
         self.nodes.append(node)
-        self.wait_for_nodes(len(self.nodes), timeout)
+        try:
+            self.wait_for_nodes(len(self.nodes), timeout)
+        except BatonError:
+            if node.proc.poll() is None or _GAVE_UP not in node.log.read_text(errors="replace"):
+                raise
+            self.nodes.pop()
+            node.kill()  # its process group: what it left running
+            node = self._start_node(f"worker{i}", i, [f"--address={self.address}"])
+            self.nodes.append(node)
+            self.wait_for_nodes(len(self.nodes), timeout)
         return node
 
     def _start_node(self, name: str, index: int, extra: list[str]) -> Node:
