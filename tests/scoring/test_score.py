@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from baton.runtime.sizing import usable_cpus
 from tests.conftest import run_baton
 from tests.scoring.conftest import (
     expected_y,
@@ -224,6 +225,18 @@ def test_a_model_failure_dead_letters_only_its_rows(scorer_bundle: Path,
     scored = read_csv_rows(tmp_path / "out.csv")
     assert [int(s["row"]) for s in scored] == [i for i in range(64) if i not in dead]
     assert report["workers"] == 2 and report["scored"] == 60
+
+
+def test_a_job_leaves_a_cpu_to_its_own_process_when_it_sizes_its_workers(
+        scorer_bundle: Path, baton_env: dict[str, str], tmp_path: Path) -> None:
+    """Unset, a job's workers are sized as serve's are, but with one CPU kept for the job's
+    own process (it reads, checks and writes all along): two workers only from 3 CPUs."""
+    inp = write_csv(tmp_path / "in.csv", good_rows(64))
+    self_sized = {**baton_env, "BATON_WORKERS": "0"}  # the tests' default is one
+    r, report = score(scorer_bundle, inp, tmp_path / "out.csv", self_sized)
+    assert r.returncode == 0, r.stderr
+    assert report["workers"] == (2 if usable_cpus() >= 3 else 1), report
+    assert report["scored"] == 64
 
 
 # -- Chunking and order -------------------------------------------------------------------------

@@ -85,7 +85,7 @@ class WorkerPool:
         self.timeout = timeout
         self.restart_wait = restart_wait
         self.max_batch_rows, self.max_batch_bytes = max_batch_rows, max_batch_bytes
-        self.max_queue_rows = max_queue_rows
+        self.max_queue_rows, self.reserved_cpus = max_queue_rows, 0  # CPUs its caller uses
         self.backoff = backoff
         self.stats = PoolStats()
         self.workers: list[Worker | None] = [None] * workers
@@ -129,8 +129,8 @@ class WorkerPool:
         return Backoff(first, cap)
 
     def _size_itself(self, worker: Worker) -> None:
-        """From the first worker's memory: whether a second fits; if so, start it."""
-        self.sizing = sizing.decide(worker.memory(), self.spec.threads)
+        """From the first worker: whether a second fits; if so, start it."""
+        self.sizing = sizing.decide(worker.memory(), self.spec.threads, self.reserved_cpus)
         log.info("%s: %d worker(s): one uses %.0f MB, %.0f MB available, %d CPUs",
                  self.spec.model, self.sizing["workers"], self.sizing["worker_mb"],
                  self.sizing["available_mb"], self.sizing["cpus"])

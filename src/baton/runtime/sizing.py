@@ -33,11 +33,13 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def decide(worker_bytes: int, threads: int) -> dict[str, Any]:
+def decide(worker_bytes: int, threads: int, reserved_cpus: int = 0) -> dict[str, Any]:
     """The decision for a worker measured at ``worker_bytes``, on this machine now, with
-    what it was made from (``GET /v2/models/NAME`` shows it as ``parameters.sizing``)."""
+    what it was made from (``GET /v2/models/NAME`` shows it as ``parameters.sizing``).
+    ``reserved_cpus``: CPUs the caller keeps busy itself (a scoring job's front process)."""
     available, cpus = int(psutil.virtual_memory().available), usable_cpus()
-    return {"workers": auto_worker_count(worker_bytes, available, cpus, threads),
+    return {"workers": auto_worker_count(worker_bytes, available, cpus - reserved_cpus,
+                                         threads),
             "decided_by": "memory", "worker_mb": round(worker_bytes / 2**20, 1),
             "available_mb": round(available / 2**20), "cpus": cpus}
 

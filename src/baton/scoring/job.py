@@ -192,6 +192,9 @@ class ScoreJob:
         pool.max_queue_rows = max(pool.max_queue_rows, self.chunk_rows * (pool.size + 1))
         pool.timeout = self.spec.timeout or max(
             pool.timeout, pool.timeout * self.chunk_rows / max(pool.max_batch_rows, 1))
+        # This process reads, checks and writes all along: a second worker only where a
+        # CPU is left for it (on 2 CPUs it scored no faster and held 150 MB more).
+        pool.reserved_cpus = 1
         ok = False
         try:
             await asyncio.gather(pool.start(), asyncio.to_thread(_warm_up_arrow))
