@@ -322,12 +322,13 @@ class WorkerPool:
                 continue
             items = [self._queue.popleft()]
             rows, size = items[0].batch.rows, items[0].batch.nbytes()
-            while (self._queue and not items[0].solo and not self._queue[0].solo
-                   and rows + self._queue[0].batch.rows <= self.max_batch_rows
-                   and size + self._queue[0].batch.nbytes() <= self.max_batch_bytes):
-                nxt = self._queue.popleft()
-                items.append(nxt)
-                rows, size = rows + nxt.batch.rows, size + nxt.batch.nbytes()
+            while self._queue and not items[0].solo and not self._queue[0].solo:
+                nxt = self._queue[0].batch
+                grown = (rows + nxt.rows, size + nxt.nbytes())
+                if grown[0] > self.max_batch_rows or grown[1] > self.max_batch_bytes:
+                    break
+                items.append(self._queue.popleft())
+                rows, size = grown
             self._queued_rows -= rows
             for it in items:
                 self._disarm(it)
@@ -362,8 +363,7 @@ class WorkerPool:
             self._again_alone(items, retried=True)  # answered nowhere: once more
         elif len(items) > 1 and (isinstance(exc, ModelError) or
                                  isinstance(exc, WorkerCrashed) and not self._closing):
-            # The model raised, exited or faulted on one of several merged requests: which
-            # one is unknown, so each goes again alone; only one that fails alone fails.
+            # One of several merged requests failed it, which one is unknown: each again alone.
             self._again_alone(items)
         else:
             for it in items:

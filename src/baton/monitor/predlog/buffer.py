@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from baton.batch import Batch, concat_batches
-from baton.monitor.predlog.records import Pending, encode_columns, new_ids
+from baton.monitor.predlog.records import Pending, encode_pair, new_ids
 
 #: Most rows gathered into one logged block (one row in the store).
 BLOCK_ROWS = 1024
@@ -61,8 +61,7 @@ class _Block:
         with no log; bench/README.md#the-prediction-logs-cost)."""
         inputs, outputs = concat_batches(self.inputs), concat_batches(self.outputs)
         return Pending(model, version, self.time, self.rid, self.keys if self.keyed else None,
-                       inputs, outputs, (encode_columns(inputs).decode(),
-                                         encode_columns(outputs).decode()))
+                       inputs, outputs, encode_pair(inputs, outputs))
 
 
 def _shape(batch: Batch) -> tuple[Any, ...]:

@@ -32,6 +32,10 @@ class Pending(NamedTuple):
     #: sealed the block (None: the writer's thread encodes them).
     encoded: tuple[str, str] | None = None
 
+    def stored_json(self) -> tuple[str, str]:
+        """``inputs`` and ``outputs`` as the store's JSON text."""
+        return self.encoded or encode_pair(self.inputs, self.outputs)
+
 
 @dataclass
 class FeedbackResult:
@@ -83,6 +87,11 @@ def labelled_pairs(rows: Sequence[tuple[str, int, str]],
 def encode_columns(batch: Batch) -> bytes:
     """A batch's columns as one JSON object of lists (NaN becomes null)."""
     return orjson.dumps(batch.columns, option=_NP)
+
+
+def encode_pair(inputs: Batch, outputs: Batch) -> tuple[str, str]:
+    """A scored batch's inputs and outputs as the store's JSON text."""
+    return encode_columns(inputs).decode(), encode_columns(outputs).decode()
 
 
 def new_ids(n: int) -> tuple[str, list[str]]:

@@ -27,7 +27,6 @@ from baton.monitor.predlog.keys import index_keys, upsert
 from baton.monitor.predlog.records import (
     FeedbackResult,
     Pending,
-    encode_columns,
     first_line,
     labelled_pairs,
 )
@@ -172,13 +171,7 @@ class DatabaseStore:
     # -- writes (the log's writer) -----------------------------------------------------
     def write(self, items: Sequence[Pending]) -> None:
         """One row per block: its columns and stream keys as JSON, keys indexed later."""
-        batches = [{"rid": item.rid, "model": item.model, "version": item.version,
-                    "time": item.time, "rows": item.inputs.rows,
-                    **dict(zip(("inputs", "outputs"), item.encoded or (
-                        encode_columns(item.inputs).decode(),
-                        encode_columns(item.outputs).decode()), strict=True)),
-                    "keys": orjson.dumps(item.keys).decode() if item.keys else None,
-                    "keyed": not item.keys} for item in items]
+        batches = [_row(item) for item in items]
         engine = self.engine
         with engine.begin() as conn:
             conn.execute(upsert(engine, B).on_conflict_do_nothing(index_elements=["rid"]),
@@ -286,3 +279,11 @@ def _locate(engine: sa.Engine, conn: sa.Connection, model: str,
                 .where(K.c.model == model, K.c.key.in_(chunk), B.c.model == model)):
             found[key] = (rid, idx, version)
     return found
+
+
+def _row(item: Pending) -> dict[str, Any]:
+    inputs, outputs = item.stored_json()
+    return {"rid": item.rid, "model": item.model, "version": item.version, "time": item.time,
+            "rows": item.inputs.rows, "inputs": inputs, "outputs": outputs,
+            "keys": orjson.dumps(item.keys).decode() if item.keys else None,
+            "keyed": not item.keys}
