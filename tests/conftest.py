@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import textwrap
 import time
 from collections.abc import Callable, Iterator
@@ -82,6 +85,20 @@ def baton_env(baton_home: Path) -> dict[str, str]:
                BATON_WORKERS="1")
     env.pop("VIRTUAL_ENV", None)
     return env
+
+
+def tamper(archive: Path, old: bytes, new: bytes, member: str = "model/predict.py") -> None:
+    """Rebuild a .baton archive with one file's bytes changed and its index left as it was
+    (what an attacker who rewrites a bundle in transit would send)."""
+    out = io.BytesIO()
+    with tarfile.open(archive, "r:gz") as src, tarfile.open(fileobj=out, mode="w") as dst:
+        for info in src:
+            data = src.extractfile(info).read()  # type: ignore[union-attr]
+            if info.name == member:
+                data = data.replace(old, new)
+                info.size = len(data)
+            dst.addfile(info, io.BytesIO(data))
+    archive.write_bytes(gzip.compress(out.getvalue()))
 
 
 def run_baton(*args: str | Path, env: dict[str, str], timeout: float = 300,

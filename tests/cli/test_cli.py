@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import gzip
-import io
 import json
-import tarfile
 from pathlib import Path
 
 from tests.cli.conftest import check, edit
-from tests.conftest import run_baton
+from tests.conftest import run_baton, tamper
 
 
 def test_help_and_version(baton_env: dict[str, str]) -> None:
@@ -129,15 +126,7 @@ def test_tampered_archive_is_refused(scaffolded: Path, tmp_path: Path,
                                      baton_env: dict[str, str]) -> None:
     run_baton("build", scaffolded, "-o", tmp_path, env=baton_env)
     archive = tmp_path / "demo-0.1.0.baton"
-    out = io.BytesIO()
-    with tarfile.open(archive, "r:gz") as src, tarfile.open(fileobj=out, mode="w") as dst:
-        for member in src:
-            data = src.extractfile(member).read()  # type: ignore[union-attr]
-            if member.name == "model/predict.py":
-                data = data.replace(b"0.5", b"0.9")
-                member.size = len(data)
-            dst.addfile(member, io.BytesIO(data))
-    archive.write_bytes(gzip.compress(out.getvalue()))
+    tamper(archive, b"0.5", b"0.9")
     r = run_baton("extract", archive, tmp_path / "x", env=baton_env)
     assert r.returncode == 2
     assert "DIGEST_MISMATCH" in r.stderr and "model/predict.py" in r.stderr

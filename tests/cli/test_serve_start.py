@@ -9,19 +9,23 @@ template, which of the engine's modules were imported by then.
 
 from __future__ import annotations
 
-import gzip
-import io
 import json
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 
 import httpx
 import psutil
 
-from tests.conftest import CHAOS_CONTRACT, free_port, run_baton, stop_process, write_bundle
+from tests.conftest import (
+    CHAOS_CONTRACT,
+    free_port,
+    run_baton,
+    stop_process,
+    tamper,
+    write_bundle,
+)
 
 #: Modules that only the engine imports (server stack, request path, numeric code).
 ENGINE_MODULES = ("baton.cli.serve_engine", "baton.serving.service", "baton.server.app",
@@ -91,15 +95,7 @@ def test_a_tampered_archive_starts_no_template(chaos_bundle: Path, baton_env: di
     """Verification comes first: the archive is refused and none of its code ran."""
     assert run_baton("build", chaos_bundle, "-o", tmp_path, env=baton_env).returncode == 0
     [archive] = tmp_path.glob("*.baton")
-    out = io.BytesIO()
-    with tarfile.open(archive, "r:gz") as src, tarfile.open(fileobj=out, mode="w") as dst:
-        for member in src:
-            data = src.extractfile(member).read()  # type: ignore[union-attr]
-            if member.name == "model/predict.py":
-                data = data.replace(b"x * 2", b"x * 3")
-                member.size = len(data)
-            dst.addfile(member, io.BytesIO(data))
-    archive.write_bytes(gzip.compress(out.getvalue()))
+    tamper(archive, b"x * 2", b"x * 3")
     record = tmp_path / "templates.jsonl"
     proc = probe(record, archive, "--port", str(free_port()), env=baton_env)
     assert proc.wait(120) == 2

@@ -3,10 +3,7 @@ never writes what it cannot verify."""
 
 from __future__ import annotations
 
-import gzip
-import io
 import os
-import tarfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,21 +16,14 @@ from baton.errors import BatonError
 from baton.registry.blobs import BlobStore
 from baton.registry.client import RegistryClient, RegistryError
 from baton.registry.service import Registry
+from tests.conftest import tamper
 
 from .conftest import ApiServer, MakeArchive, actor, assert_error, unique
 
 
 def rewrite_one_file(archive: Path) -> None:
     """Rebuild the tar with model/predict.py changed and the index left as it was."""
-    out = io.BytesIO()
-    with tarfile.open(archive, "r:gz") as src, tarfile.open(fileobj=out, mode="w") as dst:
-        for member in src:
-            data = src.extractfile(member).read()  # type: ignore[union-attr]
-            if member.name == "model/predict.py":
-                data = data.replace(b"self.scale = 1000.0", b"self.scale = 10.0")
-                member.size = len(data)
-            dst.addfile(member, io.BytesIO(data))
-    archive.write_bytes(gzip.compress(out.getvalue()))
+    tamper(archive, b"self.scale = 1000.0", b"self.scale = 10.0")
 
 
 def flip_bytes(archive: Path) -> None:
