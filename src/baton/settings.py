@@ -20,6 +20,8 @@ from baton.errors import SettingsError
 
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 _PREDICTION_LOG_STORES = ("local", "registry")
+#: Settings that hold a stream URL, checked by the streams package (which knows the schemes).
+STREAM_URL_SETTINGS = ("prediction_log_sink",)
 
 
 def _default_home() -> Path:
@@ -206,6 +208,10 @@ class Settings:
                                     f"{expected}, got {getattr(self, name)!r}",
                                     details={"field": name})
         self._check_prediction_log()
+
+    def stream_urls(self) -> dict[str, str]:
+        """The stream URLs set among these settings, by setting name."""
+        return {n: getattr(self, n) for n in STREAM_URL_SETTINGS if getattr(self, n)}
 
     def _check_prediction_log(self) -> None:
         """The registry store needs a SQLite or PostgreSQL registry database (shown without

@@ -44,7 +44,7 @@ def _settings(**overrides: Any) -> Settings:
     from baton.settings import Settings
 
     settings = Settings.from_env(**overrides)
-    if settings.prediction_log_sink:  # a stream URL: the streams package knows the schemes
+    if settings.stream_urls():  # the streams package knows the schemes: imported for them
         from baton.streams.base import check_settings
 
         check_settings(settings)

@@ -188,10 +188,10 @@ def check_url(raw: str, *, setting: str) -> None:
 
 
 def check_settings(settings: Settings) -> None:
-    """The stream URLs among an operator's settings (``prediction_log_sink``), checked by
+    """The stream URLs among an operator's settings (``Settings.stream_urls``), checked by
     every command right after it reads its settings: settings know no stream schemes."""
-    if settings.prediction_log_sink:
-        check_url(settings.prediction_log_sink, setting="prediction_log_sink")
+    for name, url in settings.stream_urls().items():
+        check_url(url, setting=name)
 
 
 def url_secrets(raw: str) -> list[str]:
