@@ -282,3 +282,28 @@ def test_an_isolation_the_manifest_cannot_mean_is_refused_naming_the_field(
                             "[isolation]\nmemory_mb = -1\n")
     with pytest.raises(ManifestError, match=r"isolation.memory_mb must be an integer >= 0"):
         BundleManifest.load(bundle)
+
+
+def test_at_exit_the_engine_ends_what_is_left_in_its_groups_and_removes_them(
+        tmp_path: Path) -> None:
+    """A worker's child still running (or still exiting) as the engine stops would keep
+    its group; the engine's exit ends it and removes every group it made."""
+    import subprocess
+
+    from baton.runtime.isolation import Isolation
+
+    worker = limits.WorkerLimits.prepare(Isolation(memory_mb=300, processes=8), "left")
+    assert set(worker.groups) == {"memory", "pids"}, "the memory and pids groups are needed"
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        worker.apply([child.pid])
+        assert not worker.remove()  # a group holding a process cannot be removed
+        own = {folder.parent for folder in worker.groups.values()}
+        limits._remove_own()
+        assert child.wait(timeout=10) == -9
+        assert [str(f) for f in own if f.exists()] == []
+    finally:
+        child.kill()
+        child.wait()
+    again = limits.WorkerLimits.prepare(Isolation(memory_mb=300), "again")
+    assert again.remove()

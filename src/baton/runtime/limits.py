@@ -139,9 +139,7 @@ class WorkerLimits:
         """End every process left in the worker's groups (children it started that
         outlived it, or left their session)."""
         for folder in self.groups.values():
-            for pid in _members(folder):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
+            _kill_members(folder)
 
     def release(self) -> None:
         """End what is left in the worker's groups and remove them: now, or (in the running
@@ -189,14 +187,27 @@ def _own_folder(parent: Path) -> Path:
                 _remove_tree(stale)
         folder.mkdir(exist_ok=True)
         if not _OWN:
+            atexit.unregister(_remove_own)  # once, also when made again
             atexit.register(_remove_own)
         _OWN.add(folder)
     return folder
 
 
-def _remove_own() -> None:
-    for folder in _OWN:
-        _remove_tree(folder)
+def _remove_own(deadline: float = 5.0) -> None:
+    """At exit: end what is left in the engine's worker groups (a worker's children still
+    exiting as the engine stops) and remove the groups once the kernel has let the
+    processes go, for at most ``deadline`` seconds."""
+    ends = time.monotonic() + deadline
+    while True:
+        for folder in list(_OWN):
+            for group in (folder, *(p for p in folder.rglob("*") if p.is_dir())):
+                _kill_members(group)
+            _remove_tree(folder)
+            if not folder.exists():
+                _OWN.discard(folder)  # made again if a worker starts after this
+        if not _OWN or time.monotonic() > ends:
+            return
+        time.sleep(0.02)
 
 
 def _remove_tree(folder: Path) -> None:
@@ -229,6 +240,12 @@ def _members(folder: Path) -> list[int]:
         return [int(p) for p in (folder / "cgroup.procs").read_text().split()]
     except (OSError, ValueError):
         return []
+
+
+def _kill_members(folder: Path) -> None:
+    for pid in _members(folder):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _counter(path: Path, field: str) -> int:
