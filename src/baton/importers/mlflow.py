@@ -30,6 +30,7 @@ from baton.bundle.manifest import BundleManifest, EnvironmentSpec, ModelSpec, Sa
 from baton.contract.spec import Contract, FieldSpec, TensorSpec
 from baton.contract.validate import check_outputs
 from baton.errors import BundleError, ContractViolation
+from baton.importers.guard import inside
 from baton.importers.lock import MLFLOW, find_python, lock, name_of
 from baton.importers.mlmodel import MLflowModel, read_model
 from baton.importers.running import (
@@ -239,7 +240,8 @@ def _copy_model(model: MLflowModel, tmp: Path, notes: list[str]) -> None:
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         (tmp / f"{MODULE}.py").write_text(WRAPPER)
         return
-    pickled = model.path / str(model.conf["pickled_model"])
+    pickled = inside(model.path, model.conf["pickled_model"], "MLmodel",
+                     "flavors.sklearn.pickled_model")
     if not pickled.is_file():
         raise BundleError(f"{model.path / 'MLmodel'}: flavors.sklearn.pickled_model names "
                           f"{pickled.name}, which is not in the folder", code="MLFLOW_INVALID",
@@ -247,7 +249,8 @@ def _copy_model(model: MLflowModel, tmp: Path, notes: list[str]) -> None:
     (tmp / "model").mkdir()
     shutil.copy2(pickled, tmp / ARTIFACT)
     code = model.conf.get("code")
-    if isinstance(code, str) and (model.path / code).is_dir():
+    if isinstance(code, str) and inside(model.path, code, "MLmodel",
+                                        "flavors.sklearn.code").is_dir():
         for entry in sorted((model.path / code).iterdir()):
             if entry.name in ("model", "samples", "baton.toml", "__pycache__"):
                 continue

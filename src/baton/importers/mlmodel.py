@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from baton.errors import BundleError
+from baton.importers.guard import check_paths, check_tree
 
 SUPPORTED_FLAVORS = ("sklearn", "python_function")
 #: The sklearn flavor's formats that Baton's ``builtin:sklearn`` runner reads (a pickle).
@@ -72,9 +73,11 @@ def read_model(path: Path) -> MLflowModel:
     if not path.is_dir():
         raise BundleError(f"{path} is not a directory: give the folder MLflow saved the model "
                           "in (the one holding MLmodel)", code="MLFLOW_NOT_FOUND")
+    check_tree(path)
     mlmodel = _yaml(path, "MLmodel", required=True)
     if not isinstance(mlmodel, dict):
         raise _bad(path, "MLmodel", "the file", "a YAML mapping")
+    check_paths(path, mlmodel)
     flavors = mlmodel.get("flavors")
     if not isinstance(flavors, dict) or not flavors:
         raise _bad(path, "MLmodel", "flavors", "a mapping of at least one flavor")
