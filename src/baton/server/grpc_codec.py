@@ -39,6 +39,12 @@ _HELD = {"bool_contents": np.bool_, "int_contents": np.int32, "int64_contents": 
          "uint_contents": np.uint32, "uint64_contents": np.uint64,
          "fp32_contents": np.float32, "fp64_contents": np.float64}
 _LENGTH = struct.Struct("<I")
+#: The most dimensions an input may have: numpy 1's limit (numpy 2's is 64), which every
+#: worker's numpy can hold; past numpy's own, reshaping raised and the answer was INTERNAL.
+MAX_DIMS = 32
+#: More elements than a gRPC message (under 2 GiB, a byte or more per element) can carry;
+#: a shape past it with a zero size holds nothing, but numpy cannot even make it.
+MAX_ELEMENTS = 2**31 - 1
 
 
 class NullOutput(BatonError):
@@ -62,9 +68,7 @@ def to_request(msg: pb.ModelInferRequest) -> v2.BinaryRequest:
     inputs, parts = [], {}
     for i, tensor in enumerate(msg.inputs):
         name, shape = tensor.name, list(tensor.shape)
-        if any(d < 0 for d in shape):
-            raise RequestError(f"input {name!r}: shape {shape} has a negative size",
-                               details={"field": f"inputs.{name}.shape"})
+        _check_shape(name, shape)
         if raw:
             if tensor.HasField("contents"):
                 raise RequestError(f"input {name!r} has contents, but the request sends "
@@ -76,6 +80,22 @@ def to_request(msg: pb.ModelInferRequest) -> v2.BinaryRequest:
         inputs.append(v2.RequestInput(name, shape, tensor.datatype))
     return v2.BinaryRequest(inputs=inputs, id=msg.id or None, outputs=_outputs(msg),
                             parts=parts)
+
+
+def _check_shape(name: str, shape: list[int]) -> None:
+    """A shape numpy can make, whose elements a message could carry (the values' count
+    against the shape is checked where they are decoded)."""
+    where = {"field": f"inputs.{name}.shape"}
+    if len(shape) > MAX_DIMS:  # before the shape is shown: it may be megabytes long
+        raise RequestError(f"input {name!r}: shape has {len(shape)} dimensions, more than "
+                           f"{MAX_DIMS}", details=where)
+    if any(d < 0 for d in shape):
+        raise RequestError(f"input {name!r}: shape {shape} has a negative size",
+                           details=where)
+    if math.prod(d or 1 for d in shape) > MAX_ELEMENTS:
+        raise RequestError(f"input {name!r}: shape {shape} is too large: its non-zero sizes "
+                           f"multiply to more than {MAX_ELEMENTS}, more elements than a "
+                           "message can carry", details=where)
 
 
 def _typed_bytes(tensor: pb.ModelInferRequest.InferInputTensor, shape: list[int]) -> bytes:
@@ -110,16 +130,32 @@ def _typed_bytes(tensor: pb.ModelInferRequest.InferInputTensor, shape: list[int]
 
 
 def _outputs(msg: pb.ModelInferRequest) -> list[v2.RequestOutput] | None:
-    """The outputs asked for (None: all). ``binary_data``, an HTTP parameter, is ignored;
-    any other output parameter (``classification``...) is refused, as over HTTP."""
+    """The outputs asked for (None: all). ``binary_data`` and ``binary_data_output``, HTTP
+    parameters, have no effect but must be true or false, as over HTTP (which refused
+    ``"yes"`` where gRPC took it); any other output parameter is refused, as over HTTP."""
+    _boolean(msg.parameters, "binary_data_output", "parameters.binary_data_output")
     if not msg.outputs:
         return None
     for out in msg.outputs:
         for key in out.parameters:
             if key != "binary_data":
-                raise RequestError(f"output {out.name!r}: parameter {key!r} is not supported",
+                raise RequestError(f"output {out.name!r}: parameter {key!r} is not supported "
+                                   "(only binary_data)",
                                    details={"field": f"outputs.{out.name}.parameters.{key}"})
+        _boolean(out.parameters, "binary_data", f"output {out.name!r}: binary_data",
+                 f"outputs.{out.name}.parameters.binary_data")
     return [v2.RequestOutput(out.name) for out in msg.outputs]
+
+
+def _boolean(params: Any, key: str, what: str, field: str | None = None) -> None:
+    """Refuse ``params[key]`` when present and not a ``bool_param``."""
+    if key not in params:
+        return
+    kind = params[key].WhichOneof("parameter_choice")
+    if kind != "bool_param":
+        got = repr(getattr(params[key], kind)) if kind is not None else "no value"
+        raise RequestError(f"{what} must be true or false, got {got}",
+                           details={"field": field or what})
 
 
 def to_response(contract: Contract, out: Batch, wanted: list[v2.RequestOutput] | None, *,
