@@ -9,6 +9,7 @@ chaos bundle that fails to load (a model that is never ready), with a 1 MB messa
 
 from __future__ import annotations
 
+import json
 import shutil
 import struct
 import time
@@ -224,6 +225,31 @@ def test_metadata_of_an_unknown_model_is_not_found(stub: Any) -> None:
         assert caught.value.code() == grpc.StatusCode.NOT_FOUND
         assert caught.value.details().startswith("MODEL_NOT_FOUND: no model named ")
     assert not stub.ModelReady(service_pb2.ModelReadyRequest(name="chaos"), timeout=30).ready
+
+
+@pytest.mark.parametrize(("where", "long", "start"), [
+    ("model_name", "n" * 200_000, "MODEL_NOT_FOUND: no model named nnn"),
+    ("input", "é" * 100_000, "CONTRACT_VIOLATION: input contract violated: unknown input"),
+    ("output", "%" * 200_000, "BAD_REQUEST: requested output '%%%")],
+    ids=["model_name", "input", "output"])  # a test id goes in the environment: keep it short
+def test_a_long_name_is_refused_in_a_short_message(stub: Any, where: str, long: str,
+                                                   start: str) -> None:
+    """An error echoes the names a client sent: clipped, it still reaches the client (the
+    whole name made trailers past gRPC's 16 KiB, and the client got "Stream removed")."""
+    req = rows()
+    if where == "model_name":
+        req.model_name = long
+    elif where == "input":
+        req.inputs[0].name = long
+    else:
+        req.outputs.add(name=long)
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.ModelInfer(req, timeout=30)
+    err = caught.value
+    assert err.details().startswith(start) and err.details().endswith("..."), err
+    assert len(err.details().encode()) <= 2048
+    body = json.loads(dict(err.trailing_metadata())["baton-error-bin"])
+    assert body["error"].endswith("...") and len(body["error"].encode()) <= 768
 
 
 def test_no_malformed_request_costs_a_worker(server: GrpcServer, stub: Any) -> None:

@@ -20,9 +20,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from itertools import accumulate
 from typing import Any
 
 import grpc
+import orjson
 
 from baton import __version__
 from baton.errors import BatonError, Forbidden, Unauthorized
@@ -50,6 +52,12 @@ ROUTES = {"ServerLive": "/v2/health/live", "ServerReady": "/v2/health/ready",
           "ServerMetadata": "/v2", "ModelMetadata": "/v2/models/NAME",
           "ModelReady": "/v2/models/NAME/ready", "ModelInfer": "/v2/models/NAME/infer"}
 _EXTENSIONS = ["binary_tensor_data"]  # as GET /v2 says: the server's, whatever the protocol
+#: The most bytes of an error's status message (as gRPC percent-encodes it) and of its
+#: ``baton-error-bin`` trailer (before base64): clients drop a call whose metadata passes
+#: 8 KiB at random, and past 16 KiB always ("Stream removed", RESOURCE_EXHAUSTED, no
+#: error), and a message echoes the names a client sent, of any length.
+MAX_MESSAGE = 2048
+MAX_TRAILER = 3072
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -122,8 +130,9 @@ class InferenceService:
                     await self._admit(rpc, context)
                 return await fn(request)
             except BatonError as err:
-                await context.abort(status_of(err), f"{err.code}: {err.message}",
-                                    (("baton-error-bin", error_body(err)),))
+                await context.abort(status_of(err),
+                                    clipped(f"{err.code}: {err.message}", MAX_MESSAGE),
+                                    (("baton-error-bin", _trailer(err)),))
             except Exception:
                 log.exception("internal error on gRPC %s", rpc)
                 await context.abort(grpc.StatusCode.INTERNAL, "INTERNAL_ERROR: internal "
@@ -181,6 +190,25 @@ class InferenceService:
     async def model_infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         svc = self.engine.get(request.model_name, request.model_version or None)
         return await infer(svc, request)
+
+
+def clipped(text: str, limit: int) -> str:
+    """``text``, cut to ``limit`` bytes as a status message travels (percent-encoded
+    outside printable ASCII)."""
+    costs = [1 if " " <= ch <= "~" and ch != "%" else 3 * len(ch.encode("utf-8", "replace"))
+             for ch in text]
+    if sum(costs) <= limit:
+        return text
+    end = next(i for i, spent in enumerate(accumulate(costs)) if spent > limit - 3)
+    return text[:end] + "..."
+
+
+def _trailer(err: BatonError) -> bytes:
+    """The HTTP error body; past :data:`MAX_TRAILER`, its message clipped and no details."""
+    body = error_body(err)
+    if len(body) <= MAX_TRAILER:
+        return body
+    return orjson.dumps({"error": clipped(err.message, MAX_TRAILER // 4), "code": err.code})
 
 
 def _serialize(message: Any) -> bytes:
