@@ -122,3 +122,18 @@ def test_a_path_in_mlmodel_leading_out_of_the_directory_is_refused(
     src = model_dir(tmp_path, MLMODEL.replace(line, added))
     err = refused(src, "MLFLOW_UNSAFE_PATH", "MLmodel", field, "leads out of the model")
     assert err.details == {"file": "MLmodel", "field": field}
+
+
+@pytest.mark.parametrize("version", ['"3.17.2\\n--index-url http://127.0.0.1:9/simple"',
+                                     '"3.17.2 ; python_version > \'3\' -r /etc/passwd"',
+                                     "[3, 17]"])
+def test_an_mlflow_version_that_is_not_a_version_is_refused(tmp_path: Path,
+                                                            version: str) -> None:
+    """A python_function model whose requirements pin no mlflow is locked with
+    mlflow-skinny==<mlflow_version>: a newline there wrote an option line
+    (--index-url, -r) into the lock's requirements, and uv fetched from that index."""
+    text = MLMODEL.replace("mlflow_version: 3.17.2", f"mlflow_version: {version}")
+    src = model_dir(tmp_path, text.replace("      sklearn:\n", "      other:\n"))
+    (src / "requirements.txt").write_text("scikit-learn==1.9.1\n")
+    err = refused(src, "MLFLOW_INVALID", "MLmodel: mlflow_version must be a version")
+    assert err.details == {"file": "MLmodel", "field": "mlflow_version"}

@@ -25,6 +25,7 @@ SUPPORTED_FLAVORS = ("sklearn", "python_function")
 PICKLED = ("pickle", "cloudpickle")
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[A-Za-z0-9,._ -]*\])?\s*==\s*"
                   r"([A-Za-z0-9.+!_-]+)\s*(;.*)?$")
+_VERSION = re.compile(r"[A-Za-z0-9.+!_-]{1,64}")
 _SIGNATURE_HOWTO = ("save the model with a signature: signature=mlflow.models.infer_signature("
                     "X, model.predict(X)) in mlflow.<flavor>.save_model or log_model")
 
@@ -94,9 +95,12 @@ def read_model(path: Path) -> MLflowModel:
     reqs, req_file = _requirements(path)
     python, python_from = _python(path, flavors)
     version = mlmodel.get("mlflow_version")
+    if version is not None and not (isinstance(version, str) and _VERSION.fullmatch(version)):
+        raise _bad(path, "MLmodel", "mlflow_version", "a version such as 3.17.2 (it is "
+                   "pinned in the lock as mlflow-skinny==<version>)", version)
     return MLflowModel(path, flavor, conf, tuple(flavors), inputs, outputs, example, reqs,
                        req_file, python, python_from,
-                       version if isinstance(version, str) else None, notes)
+                       version, notes)
 
 
 def _bad(path: Path, file: str, where: str, expected: str, got: Any = None,
