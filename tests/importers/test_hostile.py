@@ -5,6 +5,7 @@ locked, built or run. Hand-written directories: no MLflow is needed."""
 
 from __future__ import annotations
 
+import json
 import os
 import textwrap
 from pathlib import Path
@@ -137,3 +138,126 @@ def test_an_mlflow_version_that_is_not_a_version_is_refused(tmp_path: Path,
     (src / "requirements.txt").write_text("scikit-learn==1.9.1\n")
     err = refused(src, "MLFLOW_INVALID", "MLmodel: mlflow_version must be a version")
     assert err.details == {"file": "MLmodel", "field": "mlflow_version"}
+
+
+#: A billion laughs: nine levels of ten aliases, small as text, 10**9 strings once walked.
+LAUGHS = "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 9))
+SIGNATURE = '  inputs: \'[{"type": "double", "name": "x", "required": true}]\''
+
+
+@pytest.mark.parametrize(("file", "text", "words"), [
+    ("MLmodel", LAUGHS + MLMODEL.replace(SIGNATURE, "  inputs: *a8"),
+     ["signature.inputs must be a JSON list"]),
+    ("MLmodel", LAUGHS + MLMODEL.replace("serialization_format: cloudpickle",
+                                         "serialization_format: *a8")
+     .replace("    pickled_model: model.pkl\n", ""), ["serialization_format"]),
+    ("python_env.yaml", LAUGHS + "python: *a8\n", ["python must be a Python version"]),
+    ("conda.yaml", LAUGHS + "dependencies:\n- pip: *a8\n", ["dependencies.pip must list"]),
+], ids=["signature", "serialization_format", "python", "pip"])
+def test_yaml_full_of_aliases_is_refused_without_being_walked(
+        tmp_path: Path, file: str, text: str, words: list[str]) -> None:
+    """PyYAML builds the aliases as shared objects; the errors (and a note) quoted the
+    value with repr(), and conda.yaml's pip list was str()-ed: a walk of 10**9 strings
+    that ran out of time or memory. The value is now quoted cut short."""
+    src = model_dir(tmp_path)
+    (src / file).write_text(text)
+    if file == "conda.yaml":
+        (src / "requirements.txt").unlink()
+    if file == "MLmodel" and "serialization_format" in words:
+        model = read_model(src)  # served through python_function, with a note
+        assert len(model.notes[0]) < 400 and "serialization_format is [[[" in model.notes[0]
+        return
+    err = refused(src, "MLFLOW_INVALID", file, *words)
+    assert len(err.message) < 600
+
+
+@pytest.mark.parametrize("file", ["MLmodel", "conda.yaml", "python_env.yaml"])
+def test_yaml_nested_too_deeply_is_refused(tmp_path: Path, file: str) -> None:
+    """Before: a RecursionError traceback from PyYAML's composer."""
+    src = model_dir(tmp_path)
+    deep = "deep: " + "[" * 5000 + "]" * 5000 + "\n"
+    (src / file).write_text((MLMODEL if file == "MLmodel" else "") + deep)
+    refused(src, "MLFLOW_INVALID", f"{file} cannot be read: nested too deeply")
+
+
+@pytest.mark.parametrize(("file", "size"), [("MLmodel", 5 << 20),
+                                            ("requirements.txt", 5 << 20),
+                                            ("input_example.json", 17 << 20)])
+def test_a_huge_file_is_refused_unread(tmp_path: Path, file: str, size: int) -> None:
+    """Before: read whole and parsed (an input example of any size became the samples)."""
+    src = model_dir(tmp_path)
+    if file == "input_example.json":
+        (src / file).write_text('{"x": [' + "1.0, " * (size // 5) + "1.0]}")
+    else:
+        with open(src / file, "a") as f:
+            f.write("# padding\n" * (size // 10))
+    err = refused(src, "MLFLOW_INVALID", file, "MiB")
+    assert err.details["file"] == file
+
+
+def test_flavor_names_must_be_text(tmp_path: Path) -> None:
+    """Before: a TypeError traceback from joining the flavor names into the refusal."""
+    src = model_dir(tmp_path, "flavors:\n  1: {}\n  2: {}\n")
+    refused(src, "MLFLOW_INVALID", "MLmodel: flavors must be a mapping of flavor names")
+
+
+def test_requirements_that_are_not_utf8_are_refused(tmp_path: Path) -> None:
+    """Before: a UnicodeDecodeError traceback."""
+    src = model_dir(tmp_path)
+    (src / "requirements.txt").write_bytes(b"scikit-learn==1.9.1\n\xff\xfe\n")
+    refused(src, "MLFLOW_INVALID", "requirements.txt cannot be read")
+
+
+@pytest.mark.parametrize(("inputs", "words"), [
+    ('[{"type": ["double"], "name": "x"}]', "column 'x' is of MLflow type ['double']"),
+    ('[{"type": {"t": 1}, "name": "x"}]', "of MLflow type {'t': 1}"),
+    ('[{"type": "tensor", "tensor-spec": {"dtype": ["float64"], "shape": [-1]}}]',
+     "tensor dtype ['float64']"),
+    ('[{"type": "tensor", "tensor-spec": {"dtype": "float64", "shape": [true, 2]}}]',
+     "tensor shape [True, 2] is not a list of sizes"),
+])
+def test_signature_columns_of_the_wrong_types_are_refused(inputs: str, words: str) -> None:
+    """Before: a TypeError traceback (an unhashable type looked up in a dict), or a shape
+    of True."""
+    from baton.importers.schema import records_fields, tensor_input
+
+    cols = json.loads(inputs)
+    with pytest.raises(BundleError) as info:
+        tensor_input(cols) if cols[0]["type"] == "tensor" else records_fields(cols, None)
+    assert info.value.code == "MLFLOW_UNSUPPORTED" and words in info.value.message
+    assert info.value.details["field"] == "signature.inputs[0]"
+
+
+def test_signature_outputs_of_the_wrong_types_are_read_from_the_model_instead() -> None:
+    """Before: AttributeError / TypeError tracebacks; an output spec that cannot be read
+    leaves the outputs to what the model returns, as for a signature without outputs."""
+    from baton.importers.schema import output_fields
+
+    assert output_fields([{"type": "tensor", "tensor-spec": ["float64"]}]) == []
+    assert output_fields([{"type": "tensor", "tensor-spec": {"dtype": "float64",
+                                                             "shape": 3}}]) == []
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ("[" * 100000 + "]" * 100000, "nested too deeply"),
+    ('{"x": [1.0, Infinity]}', "Infinity is not a number a JSON sample can hold"),
+    ('{"x": [1.0, -Infinity]}', "-Infinity is not a number"),
+    ('{"x": [1.0, 1e999]}', "1e999 is out of a float's range"),
+    ('{"columns": [["x"]], "data": [[1.0]]}', "'columns' must be distinct names"),
+    ('{"columns": ["x", "x"], "data": [[1.0, 2.0]]}', "'columns' must be distinct names"),
+    ('{"columns": [1], "data": [[1.0]]}', "'columns' must be distinct names"),
+    (b"\xff\xfe{}", "cannot be read"),
+])
+def test_a_malformed_input_example_is_refused(tmp_path: Path, text: str | bytes,
+                                              words: str) -> None:
+    """Before: a RecursionError or TypeError traceback; Infinity read as a float (the
+    worker's request carried it as null, and samples/input.json could not be written); a
+    repeated column kept its last value only, silently."""
+    src = model_dir(tmp_path)
+    if isinstance(text, bytes):
+        (src / "input_example.json").write_bytes(text)
+    else:
+        (src / "input_example.json").write_text(text)
+    err = refused(src, "MLFLOW_INVALID", "input_example.json", words)
+    assert err.details["file"] == "input_example.json"

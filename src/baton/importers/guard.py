@@ -32,12 +32,14 @@ PATH_FIELDS = ("pickled_model", "data", "code", "model_path", "python_model",
 
 _repr = reprlib.Repr()
 _repr.maxstring = _repr.maxother = 80
-_repr.maxlevel = 3
+_repr.maxlevel = 2
+_repr.maxlist = _repr.maxtuple = _repr.maxdict = _repr.maxset = 4
 
 
 def short(value: Any) -> str:
     """``repr(value)`` cut short: bounded however large or aliased the value is."""
-    return _repr.repr(value)
+    text = _repr.repr(value)
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def unsafe(file: str, why: str, path: Path | str) -> BundleError:

@@ -8,7 +8,6 @@ JSON.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -18,7 +17,14 @@ from typing import Any
 import yaml
 
 from baton.errors import BundleError
-from baton.importers.guard import check_paths, check_tree
+from baton.importers.guard import (
+    MAX_EXAMPLE,
+    check_paths,
+    check_tree,
+    load_json,
+    read_text,
+    short,
+)
 
 SUPPORTED_FLAVORS = ("sklearn", "python_function")
 #: The sklearn flavor's formats that Baton's ``builtin:sklearn`` runner reads (a pickle).
@@ -82,6 +88,9 @@ def read_model(path: Path) -> MLflowModel:
     flavors = mlmodel.get("flavors")
     if not isinstance(flavors, dict) or not flavors:
         raise _bad(path, "MLmodel", "flavors", "a mapping of at least one flavor")
+    if not all(isinstance(f, str) for f in flavors):
+        raise _bad(path, "MLmodel", "flavors", "a mapping of flavor names (text)",
+                   [f for f in flavors if not isinstance(f, str)])
     notes: list[str] = []
     flavor = _flavor(path, flavors, notes)
     conf = flavors[flavor] if isinstance(flavors[flavor], dict) else {}
@@ -105,7 +114,7 @@ def read_model(path: Path) -> MLflowModel:
 
 def _bad(path: Path, file: str, where: str, expected: str, got: Any = None,
          code: str = "MLFLOW_INVALID") -> BundleError:
-    tail = f", got {got!r}" if got is not None else ""
+    tail = f", got {short(got)}" if got is not None else ""
     return BundleError(f"{path / file}: {where} must be {expected}{tail}", code=code,
                        details={"file": file, "field": where})
 
@@ -128,10 +137,14 @@ def _yaml(path: Path, name: str, *, required: bool = False) -> Any:
                               f"writes MLmodel beside the model's files)",
                               code="MLFLOW_NOT_FOUND", details={"file": name})
         return None
+    text = read_text(file, name)
     try:
-        return yaml.load(file.read_text(encoding="utf-8"), Loader=_Loader)  # noqa: S506
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506
+    except yaml.YAMLError as exc:
         raise BundleError(f"{file} cannot be read: {exc}", code="MLFLOW_INVALID",
+                          details={"file": name}) from None
+    except RecursionError:
+        raise BundleError(f"{file} cannot be read: nested too deeply", code="MLFLOW_INVALID",
                           details={"file": name}) from None
 
 
@@ -142,7 +155,7 @@ def _flavor(path: Path, flavors: dict[str, Any], notes: list[str]) -> str:
         if fmt in PICKLED and isinstance(sk.get("pickled_model"), str):
             return "sklearn"
         if "python_function" in flavors:
-            notes.append(f"flavors.sklearn.serialization_format is {fmt!r}: Baton's "
+            notes.append(f"flavors.sklearn.serialization_format is {short(fmt)}: Baton's "
                          "builtin:sklearn runner reads pickles only, so the model is served "
                          "through its python_function flavor (MLflow's own loader, with "
                          "mlflow in the environment)")
@@ -177,7 +190,7 @@ def _signature(path: Path, sig: Any) -> tuple[list[dict[str, Any]] | None,
             sides.append(None)
             continue
         try:
-            value = json.loads(text) if isinstance(text, str) else None
+            value = load_json(text) if isinstance(text, str) else None
         except ValueError as exc:
             raise _bad(path, "MLmodel", f"signature.{side}", "MLflow's schema JSON",
                        str(exc)) from None
@@ -207,11 +220,14 @@ def read_example(path: Path, info: Any) -> Example | None:
                               f"{file.suffix}); save the example as a DataFrame or a dict",
                               code="MLFLOW_UNSUPPORTED", details={"file": name})
         try:
-            data = json.loads(file.read_text(encoding="utf-8"))  # MLflow writes NaN bare
-        except (ValueError, UnicodeDecodeError) as exc:
+            data = load_json(read_text(file, name, MAX_EXAMPLE))
+            return _example(data, name, path)
+        except ValueError as exc:
             raise BundleError(f"{file} is not JSON: {exc}", code="MLFLOW_INVALID",
                               details={"file": name}) from None
-        return _example(data, name, path)
+        except RecursionError:
+            raise BundleError(f"{file}: nested too deeply", code="MLFLOW_INVALID",
+                              details={"file": name}) from None
     return None
 
 
@@ -228,6 +244,10 @@ def _example(data: Any, name: str, path: Path) -> Example:
             and isinstance(data.get("data"), list):
         cols = data["columns"]
         rows = data["data"]
+        if not all(isinstance(c, str) for c in cols) or len(set(cols)) != len(cols):
+            raise BundleError(f"{path / name}: 'columns' must be distinct names (text), got "
+                              f"{short(cols)}", code="MLFLOW_INVALID",
+                              details={"file": name, "field": "columns"})
         if not all(isinstance(r, list) and len(r) == len(cols) for r in rows):
             raise BundleError(f"{path / name}: every row of 'data' must have one value per "
                               "column", code="MLFLOW_INVALID", details={"file": name})
@@ -267,11 +287,11 @@ def _requirements(path: Path) -> tuple[list[str], str]:
     """requirements.txt's lines (else conda.yaml's pip list), each an exact pin."""
     file = path / "requirements.txt"
     if file.is_file():
-        lines = file.read_text(encoding="utf-8").splitlines()
+        lines = read_text(file, "requirements.txt").splitlines()
         source = "requirements.txt"
     else:
         conda = _yaml(path, "conda.yaml")
-        pip = _conda_pip(conda)
+        pip = _conda_pip(conda, path)
         if pip is None:
             raise BundleError(f"no requirements.txt (nor a pip list in conda.yaml) in {path}: "
                               "MLflow writes one beside MLmodel; the model's libraries and "
@@ -298,12 +318,19 @@ def _requirements(path: Path) -> tuple[list[str], str]:
     return out, source
 
 
-def _conda_pip(conda: Any) -> list[str] | None:
+def _conda_pip(conda: Any, path: Path) -> list[str] | None:
     if not isinstance(conda, dict) or not isinstance(conda.get("dependencies"), list):
         return None
     for dep in conda["dependencies"]:
         if isinstance(dep, dict) and isinstance(dep.get("pip"), list):
-            return [str(p) for p in dep["pip"]]
+            odd = [p for p in dep["pip"] if not isinstance(p, str)]
+            if odd:
+                raise BundleError(f"{path / 'conda.yaml'}: dependencies.pip must list "
+                                  f"requirements as text (name==version), got "
+                                  f"{short(odd[0])}",
+                                  code="MLFLOW_INVALID", details={"file": "conda.yaml",
+                                                                  "field": "dependencies.pip"})
+            return list(dep["pip"])
     return None
 
 
@@ -324,7 +351,7 @@ def _python(path: Path, flavors: dict[str, Any]) -> tuple[str, str]:
             continue
         if not isinstance(value, str) or not re.match(r"^3\.\d{1,2}(\.\d+)?$", value):
             raise BundleError(f"{path / where.split(':')[0]}: {where.split(': ')[1]} must be "
-                              f"a Python version such as 3.11.7, got {value!r}",
+                              f"a Python version such as 3.11.7, got {short(value)}",
                               code="MLFLOW_INVALID", details={"file": where.split(":")[0]})
         return value, where
     raise BundleError(f"{path}: no Python version recorded (python_env.yaml: python, "

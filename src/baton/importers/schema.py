@@ -26,6 +26,7 @@ from typing import Any
 
 from baton.contract.spec import FieldSpec, TensorSpec
 from baton.errors import BundleError
+from baton.importers.guard import short
 
 #: MLflow column type -> (Baton field type, the model's pandas dtype).
 COLUMN_TYPES: dict[str, tuple[str, str | None]] = {
@@ -61,10 +62,11 @@ def records_fields(columns: list[dict[str, Any]], example: list[dict[str, Any]] 
         if not isinstance(name, str) or not name:
             raise _refuse(file, where, "the column has no name: Baton's records contract "
                           "names every field (save the model with a DataFrame example)")
-        if mtype not in COLUMN_TYPES:
+        if not isinstance(mtype, str) or mtype not in COLUMN_TYPES:
             why = _REFUSED.get(str(mtype), "Baton's records contracts take double, float, "
                                "long, integer, boolean and string columns")
-            raise _refuse(file, where, f"column {name!r} is of MLflow type {mtype!r}: {why}")
+            raise _refuse(file, where, f"column {name!r} is of MLflow type "
+                          f"{short(mtype)}: {why}")
         ftype, dtype = COLUMN_TYPES[mtype]
         required = col.get("required", True) is not False
         nulls = _null_rows(example, name)
@@ -137,11 +139,12 @@ def tensor_input(specs: list[dict[str, Any]], file: str = "MLmodel") -> TensorSp
     t = spec.get("tensor-spec") if spec.get("type") == "tensor" else None
     dtype = t.get("dtype") if isinstance(t, dict) else None
     shape = t.get("shape") if isinstance(t, dict) else None
-    if dtype not in TENSOR_TYPES:
-        raise _refuse(file, "signature.inputs[0]", f"tensor dtype {dtype!r} has no Open "
+    if not isinstance(dtype, str) or dtype not in TENSOR_TYPES:
+        raise _refuse(file, "signature.inputs[0]", f"tensor dtype {short(dtype)} has no Open "
                       f"Inference Protocol datatype here ({', '.join(TENSOR_TYPES)})")
-    if not isinstance(shape, list) or not shape or not all(isinstance(d, int) for d in shape):
-        raise _refuse(file, "signature.inputs[0]", f"tensor shape {shape!r} is not a list of "
+    if not isinstance(shape, list) or not shape or not all(
+            isinstance(d, int) and not isinstance(d, bool) for d in shape):
+        raise _refuse(file, "signature.inputs[0]", f"tensor shape {short(shape)} is not a list of "
                       "sizes")
     name = spec.get("name") if isinstance(spec.get("name"), str) else "input-0"
     return TensorSpec(str(name), TENSOR_TYPES[dtype], tuple(d if d > 0 else -1 for d in shape))
@@ -161,10 +164,11 @@ def output_fields(columns: list[dict[str, Any]] | None) -> list[tuple[str, str |
     for i, col in enumerate(columns):
         name = col.get("name") if isinstance(col.get("name"), str) else None
         if col.get("type") == "tensor":
-            t = col.get("tensor-spec") or {}
-            shape = t.get("shape") or []
-            if len(columns) != 1 or len(shape) != 1:
+            t = col.get("tensor-spec")
+            shape = t.get("shape") if isinstance(t, dict) else None
+            if len(columns) != 1 or not isinstance(shape, list) or len(shape) != 1:
                 return []
+            assert isinstance(t, dict)
             dt = str(t.get("dtype", ""))
             kind = ("float" if dt.startswith("float") else "integer" if "int" in dt
                     else "boolean" if dt == "bool" else "string" if dt in ("str", "object")
