@@ -228,8 +228,11 @@ def test_binary_data_without_the_header_is_refused(server: Server) -> None:
 @pytest.mark.parametrize(("data", "words"), [
     (strings(b"ok")[:3], "element 0 is cut short"),
     (strings(b"ok")[:5], "element 0 declares 2 bytes but only 1 remain"),
-    (strings(b"ok") + struct.pack("<I", 9) + b"ok", "element 1 declares 9 bytes"),
-    (strings(b"ok", b"ok"), "holds 2 BYTES elements"),
+    (struct.pack("<I", 9) + b"ok", "element 0 declares 9 bytes but only 2 remain"),
+    (struct.pack("<I", 2**32 - 1) + b"ok", "element 0 declares 4294967295 bytes"),
+    (strings(b"ok", b"ok"), "holds more than 1 BYTES elements, the number its shape needs"),
+    # a million empty elements for a shape of one: refused at the second, none decoded
+    (strings(*[b""] * 1_000_000), "holds more than 1 BYTES elements"),
 ])
 def test_malformed_bytes_elements(server: Server, data: bytes, words: str) -> None:
     header = {"inputs": [

@@ -87,3 +87,30 @@ def test_numbers_alone_never_reach_the_strict_decoder(monkeypatch: pytest.Monkey
     assert strict == []
     decoded("FP64", [-1], b"[1.0, true]")  # a boolean: the strict decoder names it
     assert strict == [b"[1.0, true]"]
+
+
+@pytest.mark.parametrize("shape, message", [
+    ([1] * 65, "input 'x': shape has 65 dimensions, more than 32"),
+    ([1] * 33, "input 'x': shape has 33 dimensions, more than 32"),
+    ([0, 2**62], r"input 'x': shape \[0, 4611686018427387904\] is too large"),
+    ([2**62, 0], r"input 'x': shape \[4611686018427387904, 0\] is too large"),
+    ([2**40, 2**40], r"is too large: its non-zero sizes multiply to more than 2147483647"),
+    ([3, -1], r"input 'x': shape \[3, -1\] has a negative size"),
+])
+def test_a_shape_numpy_cannot_make_is_refused_naming_the_input(
+        shape: list[int], message: str) -> None:
+    """Before: the shape reached numpy's reshape, which raised (HTTP 500)."""
+    from baton.errors import RequestError
+
+    body = msgspec.json.encode({"inputs": [{"name": "x", "shape": shape, "datatype": "FP64",
+                                            "data": []}]})
+    with pytest.raises(RequestError, match=message) as err:
+        v2.parse_request(body)
+    assert err.value.code == "BAD_REQUEST"
+    assert err.value.details == {"field": "inputs.x.shape"}
+
+
+def test_the_largest_shapes_allowed_still_decode() -> None:
+    req = v2.parse_request(msgspec.json.encode({"inputs": [
+        {"name": "x", "shape": [1] * 31 + [2], "datatype": "FP64", "data": [1.0, 2.0]}]}))
+    assert req.inputs[0].shape == [1] * 31 + [2]

@@ -26,7 +26,7 @@ from baton.batch import Batch, Column
 from baton.contract.spec import TENSOR_DATATYPES, Contract, TensorSpec
 from baton.errors import BatonError, RequestError
 from baton.server import grpc_predict_v2_pb2 as pb
-from baton.serving import binary, v2
+from baton.serving import binary, shapes, v2
 
 #: Datatype -> the field of InferTensorContents that holds its values (FP16: raw only).
 CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents",
@@ -39,12 +39,6 @@ _HELD = {"bool_contents": np.bool_, "int_contents": np.int32, "int64_contents": 
          "uint_contents": np.uint32, "uint64_contents": np.uint64,
          "fp32_contents": np.float32, "fp64_contents": np.float64}
 _LENGTH = struct.Struct("<I")
-#: The most dimensions an input may have: numpy 1's limit (numpy 2's is 64), which every
-#: worker's numpy can hold; past numpy's own, reshaping raised and the answer was INTERNAL.
-MAX_DIMS = 32
-#: More elements than a gRPC message (under 2 GiB, a byte or more per element) can carry;
-#: a shape past it with a zero size holds nothing, but numpy cannot even make it.
-MAX_ELEMENTS = 2**31 - 1
 
 
 class NullOutput(BatonError):
@@ -68,7 +62,7 @@ def to_request(msg: pb.ModelInferRequest) -> v2.BinaryRequest:
     inputs, parts = [], {}
     for i, tensor in enumerate(msg.inputs):
         name, shape = tensor.name, list(tensor.shape)
-        _check_shape(name, shape)
+        shapes.check_shape(name, shape)
         if raw:
             if tensor.HasField("contents"):
                 raise RequestError(f"input {name!r} has contents, but the request sends "
@@ -80,22 +74,6 @@ def to_request(msg: pb.ModelInferRequest) -> v2.BinaryRequest:
         inputs.append(v2.RequestInput(name, shape, tensor.datatype))
     return v2.BinaryRequest(inputs=inputs, id=msg.id or None, outputs=_outputs(msg),
                             parts=parts)
-
-
-def _check_shape(name: str, shape: list[int]) -> None:
-    """A shape numpy can make, whose elements a message could carry (the values' count
-    against the shape is checked where they are decoded)."""
-    where = {"field": f"inputs.{name}.shape"}
-    if len(shape) > MAX_DIMS:  # before the shape is shown: it may be megabytes long
-        raise RequestError(f"input {name!r}: shape has {len(shape)} dimensions, more than "
-                           f"{MAX_DIMS}", details=where)
-    if any(d < 0 for d in shape):
-        raise RequestError(f"input {name!r}: shape {shape} has a negative size",
-                           details=where)
-    if math.prod(d or 1 for d in shape) > MAX_ELEMENTS:
-        raise RequestError(f"input {name!r}: shape {shape} is too large: its non-zero sizes "
-                           f"multiply to more than {MAX_ELEMENTS}, more elements than a "
-                           "message can carry", details=where)
 
 
 def _typed_bytes(tensor: pb.ModelInferRequest.InferInputTensor, shape: list[int]) -> bytes:

@@ -103,6 +103,9 @@ def _text_elements(name: str, part: memoryview, count: int) -> list[str]:
     out: list[str] = []
     pos, end = 0, len(part)
     while pos < end:
+        if len(out) == count:  # stop here: a body of tiny elements would make millions
+            raise RequestError(f"input {name!r} holds more than {count} BYTES elements, "
+                               f"the number its shape needs", details={"field": f"inputs.{name}"})
         if pos + 4 > end:
             raise RequestError(f"input {name!r}: BYTES element {len(out)} is cut short: its "
                                "4-byte length runs past the data",

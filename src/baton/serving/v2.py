@@ -21,7 +21,7 @@ from baton.batch import Batch, Column
 from baton.contract.spec import TENSOR_DATATYPES, Contract, FieldSpec, TensorSpec
 from baton.contract.validate import decode_field_column, tensor_problem
 from baton.errors import ContractViolation, RequestError
-from baton.serving import binary
+from baton.serving import binary, shapes
 
 _FIELD_DATATYPE = {"float": "FP64", "integer": "INT64", "boolean": "BOOL", "string": "BYTES"}
 _ELEMENT: dict[str, Any] = {"BOOL": bool, "BYTES": str}
@@ -95,9 +95,7 @@ def parse_request(body: bytes) -> InferenceRequest:
                            details={"field": "inputs"})
     sized = []
     for inp in req.inputs:
-        if any(d < 0 for d in inp.shape):
-            raise RequestError(f"input {inp.name!r}: shape {inp.shape} has a negative size",
-                               details={"field": f"inputs.{inp.name}.shape"})
+        shapes.check_shape(inp.name, inp.shape)
         size = inp.parameters.get("binary_data_size") if inp.parameters else None
         if size is None and not inp.data:
             raise RequestError(f"input {inp.name!r} has no 'data' (nor, with the binary "
