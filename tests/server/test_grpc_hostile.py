@@ -175,7 +175,8 @@ CASES: list[tuple[str, Callable[[], Request], grpc.StatusCode, str]] = [
      grpc.StatusCode.INVALID_ARGUMENT, "BAD_REQUEST: input 'x' is BOOL: its values belong in "
      "contents.bool_contents, not contents.fp32_contents"),
     ("a duplicate input", edit(rows, lambda r: r.inputs.append(r.inputs[0])),
-     grpc.StatusCode.INVALID_ARGUMENT, "BAD_REQUEST: inputs repeat a name"),
+     grpc.StatusCode.INVALID_ARGUMENT,
+     "BAD_REQUEST: inputs repeat a name: 'x' is given more than once"),
     ("an unknown model", edit(rows, lambda r: setattr(r, "model_name", "nope")),
      grpc.StatusCode.NOT_FOUND, "MODEL_NOT_FOUND: no model named nope"),
     ("an unknown version", edit(rows, lambda r: setattr(r, "model_version", "9")),

@@ -114,3 +114,18 @@ def test_the_largest_shapes_allowed_still_decode() -> None:
     req = v2.parse_request(msgspec.json.encode({"inputs": [
         {"name": "x", "shape": [1] * 31 + [2], "datatype": "FP64", "data": [1.0, 2.0]}]}))
     assert req.inputs[0].shape == [1] * 31 + [2]
+
+
+def test_an_input_given_twice_is_refused_by_its_name() -> None:
+    from baton.contract.spec import Contract, FieldSpec
+    from baton.errors import RequestError
+
+    contract = Contract("records", (FieldSpec("a", "float"), FieldSpec("b", "float")),
+                        (FieldSpec("y", "float"),))
+    one = {"name": "b", "shape": [1], "datatype": "FP64", "data": [1.0]}
+    req = v2.parse_request(msgspec.json.encode({"inputs": [
+        {**one, "name": "a"}, one, one]}))
+    with pytest.raises(RequestError, match="inputs repeat a name: 'b' is given more than "
+                       "once") as err:
+        v2.decode_request(contract, req)
+    assert err.value.details == {"field": "inputs.b"}

@@ -141,9 +141,12 @@ def _output_selection(req: InferenceRequest) -> OutputSelection:
 def decode_request(contract: Contract, req: InferenceRequest) -> Batch:
     """The checked batch of a parsed request (its requested outputs checked too, so that a
     request the answer would refuse never costs model time)."""
-    by_name = {inp.name: inp for inp in req.inputs}
-    if len(by_name) != len(req.inputs):
-        raise RequestError("inputs repeat a name", details={"field": "inputs"})
+    by_name: dict[str, RequestInput] = {}
+    for inp in req.inputs:
+        if inp.name in by_name:
+            raise RequestError(f"inputs repeat a name: {inp.name!r} is given more than once",
+                               details={"field": f"inputs.{inp.name}"})
+        by_name[inp.name] = inp
     unknown_out = sorted({o.name for o in req.outputs or ()} - set(contract.output_names))
     if unknown_out:
         raise RequestError(f"requested output {unknown_out[0]!r} does not exist; outputs are "
