@@ -261,3 +261,50 @@ def test_a_malformed_input_example_is_refused(tmp_path: Path, text: str | bytes,
         (src / "input_example.json").write_text(text)
     err = refused(src, "MLFLOW_INVALID", "input_example.json", words)
     assert err.details["file"] == "input_example.json"
+
+
+def _import(src: Path, output: Path, tmp_path: Path) -> BundleError:
+    """import_mlflow's refusal; the model names Python 3.99, so an import that got past
+    the checks of --output would stop at PYTHON_UNAVAILABLE, before any lock or build."""
+    from baton.importers.mlflow import import_mlflow
+    from baton.settings import Settings
+
+    with pytest.raises(BundleError) as info:
+        import_mlflow(src, output, Settings(home=tmp_path / "home"))
+    return info.value
+
+
+@pytest.mark.parametrize("where", ["model", "model/bundle", "model/sub/bundle"])
+def test_an_output_inside_the_model_directory_is_refused(tmp_path: Path, where: str) -> None:
+    """Before: the temporary bundle folder was made beside --output, inside the model
+    directory, and a python_function model's copy of that directory copied it into itself
+    (or, for --output equal to DIR, TARGET_EXISTS said only that it is not empty)."""
+    src = model_dir(tmp_path, MLMODEL.replace("3.11.7", "3.99"))
+    err = _import(src, tmp_path / where, tmp_path)
+    assert err.code == "TARGET_INSIDE_MODEL" and "inside the model directory" in err.message
+    assert sorted(p.name for p in src.iterdir()) == ["MLmodel", "model.pkl",
+                                                     "requirements.txt"]
+
+
+@pytest.mark.parametrize("kind", ["to an empty folder", "dangling"])
+def test_an_output_that_is_a_symbolic_link_is_refused(tmp_path: Path, kind: str) -> None:
+    """Before: accepted (exists() follows the link), and after the whole build the
+    bundle's move failed with a NotADirectoryError traceback."""
+    src = model_dir(tmp_path, MLMODEL.replace("3.11.7", "3.99"))
+    elsewhere = tmp_path / "elsewhere"
+    if kind == "to an empty folder":
+        elsewhere.mkdir()
+    os.symlink(elsewhere, tmp_path / "out")
+    err = _import(src, tmp_path / "out", tmp_path)
+    assert err.code == "TARGET_EXISTS" and "is a symbolic link" in err.message
+
+
+def test_an_output_that_is_a_file_and_a_source_that_is_not_a_folder(tmp_path: Path) -> None:
+    src = model_dir(tmp_path, MLMODEL.replace("3.11.7", "3.99"))
+    (tmp_path / "file").write_text("mine")
+    err = _import(src, tmp_path / "file", tmp_path)
+    assert err.code == "TARGET_EXISTS" and (tmp_path / "file").read_text() == "mine"
+    for missing in (src / "MLmodel", tmp_path / "nowhere"):
+        err = _import(missing, tmp_path / "b", tmp_path)
+        assert err.code == "MLFLOW_NOT_FOUND" and "is not a directory" in err.message
+    assert _import(src, tmp_path / "b", tmp_path).code == "PYTHON_UNAVAILABLE"

@@ -108,8 +108,7 @@ def import_mlflow(source: str | os.PathLike[str], output: str | os.PathLike[str]
     folder); build its environment and score its example there."""
     model = read_model(Path(source))
     target = Path(output)
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise BundleError(f"{target} exists and is not an empty folder", code="TARGET_EXISTS")
+    _check_target(target, model.path)
     name = name or (_NAME.sub("-", Path(source).resolve().name.lower()).strip("-._")
                     or "model")
     kind, inputs, decisions = _inputs(model)
@@ -169,6 +168,22 @@ def import_mlflow(source: str | os.PathLike[str], output: str | os.PathLike[str]
     rows = raw.rows if raw is not None else 0
     return ImportResult(target, manifest, model.flavor, decisions, outputs_from, pins, rows,
                         env_note(env), notes)
+
+
+def _check_target(target: Path, source: Path) -> None:
+    """``--output`` is a new or empty folder, not a link, and outside the model directory
+    (whose whole content a python_function bundle copies)."""
+    if target.is_symlink():
+        raise BundleError(f"{target} is a symbolic link (to {os.readlink(target)}): give the "
+                          "folder itself as --output", code="TARGET_EXISTS",
+                          details={"output": str(target)})
+    where, model = target.resolve(), source.resolve()
+    if where == model or model in where.parents:
+        raise BundleError(f"--output {target} is inside the model directory {source}: the "
+                          "bundle copies from there; write it elsewhere",
+                          code="TARGET_INSIDE_MODEL", details={"output": str(target)})
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise BundleError(f"{target} exists and is not an empty folder", code="TARGET_EXISTS")
 
 
 def _inputs(model: MLflowModel) -> tuple[Any, tuple[Any, ...], list[Decision]]:
