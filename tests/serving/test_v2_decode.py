@@ -129,3 +129,17 @@ def test_an_input_given_twice_is_refused_by_its_name() -> None:
                        "once") as err:
         v2.decode_request(contract, req)
     assert err.value.details == {"field": "inputs.b"}
+
+
+@pytest.mark.parametrize("shape", [[], [2, 2], [2, 1, 1]])
+def test_a_records_input_of_another_shape_than_one_column_is_refused(
+        shape: list[int]) -> None:
+    """A shape of [] was counted as 0 rows: 'has 1 values, other inputs have 0'."""
+    from baton.contract.spec import Contract, FieldSpec
+
+    contract = Contract("records", (FieldSpec("w", "float"),), (FieldSpec("y", "float"),))
+    req = v2.parse_request(msgspec.json.encode({"inputs": [
+        {"name": "w", "shape": shape, "datatype": "FP64", "data": [1.0]}]}))
+    with pytest.raises(ContractViolation, match="input 'w' must be one column") as err:
+        v2.decode_request(contract, req)
+    assert err.value.violations[0]["expected"] == "shape [n] or [n, 1]"

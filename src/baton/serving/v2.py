@@ -172,7 +172,7 @@ def decode_request(contract: Contract, req: InferenceRequest) -> Batch:
             n = col.shape[0]
         else:
             n = math.prod(inp.shape) if inp.shape else 0
-            if len(inp.shape) > 2 or (len(inp.shape) == 2 and inp.shape[1] != 1):
+            if len(inp.shape) not in (1, 2) or (len(inp.shape) == 2 and inp.shape[1] != 1):
                 raise _violation(spec.name, "shape [n] or [n, 1]", inp.shape,
                                  f"input {spec.name!r} must be one column")
             _check_datatype(spec.name, inp.datatype, field_datatype(spec))
