@@ -308,3 +308,35 @@ def test_an_output_that_is_a_file_and_a_source_that_is_not_a_folder(tmp_path: Pa
         err = _import(missing, tmp_path / "b", tmp_path)
         assert err.code == "MLFLOW_NOT_FOUND" and "is not a directory" in err.message
     assert _import(src, tmp_path / "b", tmp_path).code == "PYTHON_UNAVAILABLE"
+
+
+@pytest.mark.parametrize("line", [
+    "--index-url http://127.0.0.1:9/simple", "--extra-index-url http://127.0.0.1:9/simple",
+    "--trusted-host evil.example", "-i http://127.0.0.1:9/simple", "-r /etc/passwd",
+    "-c other.txt", "-e git+https://evil.example/x.git#egg=x", "--find-links /tmp",
+    "x @ https://evil.example/x-1.0-py3-none-any.whl", "./local/pkg", "/abs/pkg.whl",
+    "file:///etc/passwd", "x==1.0 --hash=sha256:00", "x==1.0\t--index-url http://h",
+    "git+https://evil.example/x.git",
+])
+@pytest.mark.parametrize("file", ["requirements.txt", "conda.yaml"])
+def test_requirement_lines_that_are_options_urls_or_paths_are_refused(
+        tmp_path: Path, line: str, file: str) -> None:
+    """Nothing but name==version reaches uv pip compile: an option line would send the
+    lock to another index or make it read another file."""
+    src = model_dir(tmp_path)
+    if file == "conda.yaml":
+        (src / "requirements.txt").unlink()
+        (src / file).write_text(f"dependencies:\n- pip:\n  - scikit-learn==1.9.1\n"
+                                f"  - {json.dumps(line)}\n")
+    else:
+        (src / file).write_text(f"scikit-learn==1.9.1\n{line}\n")
+    err = refused(src, "MLFLOW_UNPINNED", file, repr(line))
+    assert err.details == {"file": file, "line": line}
+
+
+def test_a_python_version_with_a_trailing_newline_is_refused(tmp_path: Path) -> None:
+    """Before: '3.11.7\\n' passed the check ($ matches before a final newline) and went to
+    uv as --python-version."""
+    src = model_dir(tmp_path, MLMODEL.replace("python_version: 3.11.7",
+                                              'python_version: "3.11.7\\n"'))
+    refused(src, "MLFLOW_INVALID", "python_version must be a Python version")

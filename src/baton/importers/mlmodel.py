@@ -349,7 +349,7 @@ def _python(path: Path, flavors: dict[str, Any]) -> tuple[str, str]:
     for value, where in candidates:
         if value is None:
             continue
-        if not isinstance(value, str) or not re.match(r"^3\.\d{1,2}(\.\d+)?$", value):
+        if not isinstance(value, str) or not re.fullmatch(r"3\.\d{1,2}(\.\d+)?", value):
             raise BundleError(f"{path / where.split(':')[0]}: {where.split(': ')[1]} must be "
                               f"a Python version such as 3.11.7, got {short(value)}",
                               code="MLFLOW_INVALID", details={"file": where.split(":")[0]})
