@@ -46,6 +46,8 @@ if TYPE_CHECKING:  # asyncio too: `baton serve` imports this module before its e
 log = logging.getLogger("baton.tracing")
 
 #: Stage span names, in the order a request meets them.
+#: The Open Inference Protocol's gRPC service, as a traced call's span names it.
+GRPC_SERVICE = "inference.GRPCInferenceService"
 DECODE, QUEUE, WORKER, OUTPUT, HOOKS = ("decode", "queue wait", "worker predict",
                                         "output check", "scored hooks")
 #: An error's stage (as :func:`baton.monitor.errors.error_stage` names it) -> its span.
@@ -144,6 +146,18 @@ class Tracing:
                 attributes["user_agent.original"] = value.decode("latin-1")
         return Trace(self, parent, f"{method} {route}", attributes)
 
+    def start_rpc(self, parent: Context, method: str, peer: str | None,
+                  request_id: str) -> Trace:
+        """A gRPC call taken for tracing (OpenTelemetry's RPC conventions)."""
+        attributes: dict[str, Any] = {
+            "rpc.system": "grpc", "rpc.service": GRPC_SERVICE, "rpc.method": method,
+            "baton.request_id": request_id}
+        if peer:  # "ipv4:127.0.0.1:5000", "ipv6:[::1]:5000", "unix:/path"
+            kind, _, where = peer.partition(":")
+            attributes["client.address"] = where.rsplit(":", 1)[0].strip("[]") \
+                if kind in ("ipv4", "ipv6") else where or peer
+        return Trace(self, parent, f"{GRPC_SERVICE}/{method}", attributes)
+
     def record(self, trace: Trace, end: int) -> None:
         """The request's spans, made at once when it ends (the SDK's code and data stay
         warm in the caches for all six, instead of going cold between stages)."""
@@ -210,25 +224,33 @@ class Trace:
 
     def wrap(self, handle: Callable[[bytes], Awaitable[R]],
              stage_of: Callable[[BatonError], str]) -> Callable[[bytes], Awaitable[R]]:
-        """``handle`` with its failure recorded on the stage it belongs to (the worker
-        span already has it when the model failed)."""
+        """``handle`` with its failure recorded on the stage it belongs to."""
         async def traced(body: bytes) -> R:
             try:
                 return await handle(body)
             except BatonError as exc:
-                stage = stage_of(exc)
-                name = STAGE_SPANS.get(stage, WORKER)
-                last = self.stages[-1] if self.stages else None
-                if last is None or last[0] != name or last[4] is None:
-                    self.stage(name, None, exc, stage)
+                self.fail_at(exc, stage_of(exc))
                 raise
         return traced
 
-    def end(self, status: int, failed: BatonError | None) -> None:
-        """The answer's status (5xx: an error): make the spans, stop being current."""
+    def fail_at(self, exc: BatonError, stage: str) -> None:
+        """Record ``exc`` on the span of the stage it belongs to (the worker span already
+        has it when the model failed)."""
+        name = STAGE_SPANS.get(stage, WORKER)
+        last = self.stages[-1] if self.stages else None
+        if last is None or last[0] != name or last[4] is None:
+            self.stage(name, None, exc, stage)
+
+    def end(self, status: int, failed: BatonError | None, grpc_code: int | None = None
+            ) -> None:
+        """The answer's status as HTTP would give it (5xx: an error), and a gRPC call's
+        own code: make the spans, stop being current."""
         CURRENT.reset(self.token)
         attributes = self.attributes
-        attributes["http.response.status_code"] = status
+        if grpc_code is None:
+            attributes["http.response.status_code"] = status
+        else:
+            attributes["rpc.grpc.status_code"] = grpc_code
         if self.rows:
             attributes["baton.rows"] = self.rows
         if failed is not None:

@@ -268,6 +268,71 @@ def test_sampling_follows_the_callers_flag(
     assert dropped not in {s.trace_id for s in receiver.spans}
 
 
+def test_a_grpc_model_infer_is_traced_as_http_is(
+        serve: Callable[..., Server], chaos_bundle: Path, receiver: Receiver) -> None:
+    """ModelInfer continues the caller's traceparent (gRPC metadata) through the same
+    stages; a model error marks the worker span and the call's gRPC code."""
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    from tests.conftest import free_port
+
+    port = free_port()
+    server = serve([chaos_bundle], "--grpc-port", str(port), env=_env(receiver))
+    digest = server.model("chaos")["parameters"]["digest"]
+
+    def infer(action: str, **metadata: str) -> grpc.RpcError | None:
+        request = service_pb2.ModelInferRequest(model_name="chaos", inputs=[
+            service_pb2.ModelInferRequest.InferInputTensor(
+                name="action", datatype="BYTES", shape=[1],
+                contents=service_pb2.InferTensorContents(bytes_contents=[action.encode()])),
+            service_pb2.ModelInferRequest.InferInputTensor(
+                name="x", datatype="FP64", shape=[1],
+                contents=service_pb2.InferTensorContents(fp64_contents=[1.0]))])
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            try:
+                stub.ModelInfer(request, metadata=tuple(metadata.items()), timeout=30)
+            except grpc.RpcError as exc:
+                return exc
+        return None
+
+    header, trace_id, caller = _traceparent()
+    assert infer("ok", traceparent=header, tracestate="vendor=abc",
+                 **{"x-request-id": "ord-8"}) is None
+    root, *stages = receiver.trace(trace_id, 1 + len(STAGES))
+    assert (root.kind, root.parent, root.name, root.trace_state) == (
+        SERVER, caller, "inference.GRPCInferenceService/ModelInfer", "vendor=abc")
+    assert {k: root.attributes.get(k) for k in (
+        "rpc.system", "rpc.service", "rpc.method", "rpc.grpc.status_code", "client.address",
+        "baton.model.name", "baton.model.digest", "baton.rows", "baton.request_id")} == {
+        "rpc.system": "grpc", "rpc.service": "inference.GRPCInferenceService",
+        "rpc.method": "ModelInfer", "rpc.grpc.status_code": 0, "client.address": "127.0.0.1",
+        "baton.model.name": "chaos", "baton.model.digest": digest, "baton.rows": 1,
+        "baton.request_id": "ord-8"}
+    assert "http.response.status_code" not in root.attributes
+    assert [s.name for s in stages] == STAGES
+    assert all(s.parent == root.span_id for s in stages)
+
+    header, failing, _ = _traceparent()
+    error = infer("raise", traceparent=header)
+    assert error is not None and error.code() == grpc.StatusCode.INTERNAL
+    root, decode, queue, worker = receiver.trace(failing, 4)
+    assert (worker.status, worker.attributes["error.type"]) == (ERROR, "MODEL_ERROR")
+    assert (root.status, root.attributes["error.type"],
+            root.attributes["rpc.grpc.status_code"]) == (ERROR, "MODEL_ERROR", 13)
+
+    # Only inference is traced, as over HTTP; an unsampled caller is not.
+    unsampled, dropped, _ = _traceparent(sampled=False)
+    assert infer("ok", traceparent=unsampled) is None
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        service_pb2_grpc.GRPCInferenceServiceStub(channel).ServerLive(
+            service_pb2.ServerLiveRequest(), metadata=(("traceparent", _traceparent()[0]),))
+    assert server.stop() == 0  # what the engine still held is exported as it stops
+    grpc_traces = {s.trace_id for s in receiver.spans if "rpc.system" in s.attributes}
+    assert grpc_traces == {trace_id, failing}  # (the HTTP metadata request has its own)
+
+
 def test_spans_still_buffered_are_exported_when_the_engine_stops(
         serve: Callable[..., Server], chaos_bundle: Path, receiver: Receiver) -> None:
     """Exports every 10 minutes: only the shutdown's flush can deliver the spans."""

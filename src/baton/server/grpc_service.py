@@ -27,7 +27,9 @@ import grpc
 import orjson
 
 from baton import __version__
+from baton import tracing as _tracing
 from baton.errors import BatonError, Forbidden, Unauthorized
+from baton.logs import request_id
 from baton.monitor.errors import error_stage
 from baton.server import grpc_codec
 from baton.server import grpc_predict_v2_pb2 as pb
@@ -74,17 +76,24 @@ async def infer(svc: ModelService, msg: pb.ModelInferRequest) -> pb.ModelInferRe
     """ModelInfer on one version: ``ModelService.infer``'s path, with the gRPC codec."""
     svc = svc.answering()
     m = svc.metrics
+    trace = _tracing.CURRENT.get() if _tracing.ACTIVE is not None else None
+    if trace is not None:
+        trace.model(svc.name, svc.version, svc.bundle.digest)
     start = time.perf_counter()
     try:
         req = grpc_codec.to_request(msg)
         batch = v2.decode_request(svc.contract, req)
         if m is not None:
             m.decode.observe(time.perf_counter() - start)
+        if trace is not None:
+            _tracing.decoded(batch.rows)
         out = await svc.predict(batch)
         resp = grpc_codec.to_response(svc.contract, out, req.outputs,
                                       raw=bool(msg.raw_input_contents))
         ids = svc.log_predictions(batch, out)
     except BatonError as exc:
+        if trace is not None:
+            trace.fail_at(exc, error_stage(exc))
         if m is not None:
             m.error(error_stage(exc), exc.code)
             m.request(ENDPOINT, exc.http_status, 0, time.perf_counter() - start)
@@ -125,18 +134,25 @@ class InferenceService:
               ) -> Callable[[Any, Context], Awaitable[Any]]:
         """``fn`` behind the guard, its errors as gRPC statuses."""
         async def call(request: Any, context: Context) -> Any:
+            trace = _trace(rpc, context) if _tracing.ACTIVE is not None else None
+            status, failed, code = 500, None, grpc.StatusCode.INTERNAL
             try:
                 if self.guard is not None:
                     await self._admit(rpc, context)
-                return await fn(request)
+                result = await fn(request)
+                status, code = 200, grpc.StatusCode.OK
+                return result
             except BatonError as err:
-                await context.abort(status_of(err),
-                                    clipped(f"{err.code}: {err.message}", MAX_MESSAGE),
+                status, failed, code = err.http_status, err, status_of(err)
+                await context.abort(code, clipped(f"{err.code}: {err.message}", MAX_MESSAGE),
                                     (("baton-error-bin", _trailer(err)),))
             except Exception:
                 log.exception("internal error on gRPC %s", rpc)
                 await context.abort(grpc.StatusCode.INTERNAL, "INTERNAL_ERROR: internal "
                                     "error in the engine; see its log")
+            finally:
+                if trace is not None:
+                    trace.end(status, failed, code.value[0])
         return call
 
     async def _admit(self, rpc: str, context: Context) -> None:
@@ -190,6 +206,21 @@ class InferenceService:
     async def model_infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         svc = self.engine.get(request.model_name, request.model_version or None)
         return await infer(svc, request)
+
+
+def _trace(rpc: str, context: Context) -> _tracing.Trace | None:
+    """The server span of a ModelInfer call, when it is sampled (as over HTTP, only
+    inference is traced); its request id is the caller's ``x-request-id``, else new."""
+    assert _tracing.ACTIVE is not None
+    if rpc != "ModelInfer":
+        return None
+    metadata = [(k.encode("latin-1"), v.encode("latin-1")) for k, v
+                in context.invocation_metadata() or () if isinstance(v, str)]
+    parent = _tracing.ACTIVE.parent(metadata)
+    if parent is None:
+        return None
+    rid = request_id(next((v for k, v in metadata if k == b"x-request-id"), None))
+    return _tracing.ACTIVE.start_rpc(parent, rpc, context.peer(), rid)
 
 
 def clipped(text: str, limit: int) -> str:
