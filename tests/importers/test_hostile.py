@@ -340,3 +340,13 @@ def test_a_python_version_with_a_trailing_newline_is_refused(tmp_path: Path) -> 
     src = model_dir(tmp_path, MLMODEL.replace("python_version: 3.11.7",
                                               'python_version: "3.11.7\\n"'))
     refused(src, "MLFLOW_INVALID", "python_version must be a Python version")
+
+
+@pytest.mark.parametrize("text", ['{"columns": ["x"], "data": []}', '{"x": []}',
+                                  '{"dataframe_split": {"columns": ["x"], "data": []}}',
+                                  '{"inputs": []}'])
+def test_an_input_example_of_no_rows_is_refused(tmp_path: Path, text: str) -> None:
+    """Before: read as an example of zero rows, the samples of the bundle to be."""
+    src = model_dir(tmp_path)
+    (src / "input_example.json").write_text(text)
+    refused(src, "MLFLOW_INVALID", "input_example.json: the input example has no rows")

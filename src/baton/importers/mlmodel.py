@@ -221,7 +221,12 @@ def read_example(path: Path, info: Any) -> Example | None:
                               code="MLFLOW_UNSUPPORTED", details={"file": name})
         try:
             data = load_json(read_text(file, name, MAX_EXAMPLE))
-            return _example(data, name, path)
+            example = _example(data, name, path)
+            if example.records == [] or example.tensor == []:
+                raise BundleError(f"{file}: the input example has no rows: save it with at "
+                                  "least one, or without an example", code="MLFLOW_INVALID",
+                                  details={"file": name})
+            return example
         except ValueError as exc:
             raise BundleError(f"{file} is not JSON: {exc}", code="MLFLOW_INVALID",
                               details={"file": name}) from None
