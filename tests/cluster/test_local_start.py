@@ -1,5 +1,6 @@
 """A worker node that Ray gave up on while it started (``ray start`` allows a raylet a
-fixed 30 s to register) is started once more; any other failure is reported at once. Ray
+fixed 30 s to register) is started again, on ports of its own, up to START_TRIES times;
+any other failure is reported at once. Ray
 cannot be made to give up on demand, so the nodes here are stand-in processes that print
 what ``ray start`` prints."""
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from baton.cluster.local import LocalCluster, Node
+from baton.cluster.local import START_TRIES, LocalCluster, Node
 from baton.errors import BatonError
 
 STARTED = "echo 'Ray runtime started.'; exec sleep 60"
@@ -49,18 +50,26 @@ def scripted(cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch,
     return started
 
 
-def test_a_node_ray_gave_up_on_is_started_once_more(
+def test_a_node_ray_gave_up_on_is_started_again_on_ports_of_its_own(
         cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> None:
-    started = scripted(cluster, monkeypatch, [GAVE_UP, STARTED])
+    started = scripted(cluster, monkeypatch, [GAVE_UP, GAVE_UP, STARTED])
     node = cluster.add_node(timeout=60)
-    assert node is started[1] and cluster.nodes == [cluster.nodes[0], node]
-    assert started[0].proc.poll() == 1 and node.proc.poll() is None
+    assert node is started[2] and cluster.nodes == [cluster.nodes[0], node]
+    assert [n.name for n in started] == ["worker1", "worker2", "worker3"]
+    assert all(n.proc.poll() == 1 for n in started[:2]) and node.proc.poll() is None
+    # A node that replaces a lost one does not take its ports either.
+    cluster.nodes.remove(node)
+    node.kill()
+    scripted(cluster, monkeypatch, [STARTED])
+    assert cluster.add_node(timeout=60).name == "worker4"
 
 
-@pytest.mark.parametrize("scripts", [[OTHER], [GAVE_UP, GAVE_UP]], ids=["other", "twice"])
-def test_another_failure_or_a_second_give_up_is_reported(
+@pytest.mark.parametrize("scripts", [[OTHER], [GAVE_UP, OTHER], [GAVE_UP] * START_TRIES],
+                         ids=["other", "then-other", "every-try"])
+def test_another_failure_or_giving_up_every_try_is_reported(
         cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch, scripts: list[str]) -> None:
     started = scripted(cluster, monkeypatch, scripts)
-    with pytest.raises(BatonError, match="Ray node worker1 exited") as failed:
+    with pytest.raises(BatonError, match=f"Ray node worker{len(scripts)} exited") as failed:
         cluster.add_node(timeout=60)
     assert failed.value.code == "RAY_START_FAILED" and len(started) == len(scripts)
+    assert cluster.nodes[1:] == [started[-1]]  # the one that failed, for its log

@@ -31,6 +31,8 @@ PORTS_PER_NODE = 1000
 _STARTED = "Ray runtime started"
 #: What ``ray start`` says when its node did not register in its fixed 30 s.
 _GAVE_UP = "timed out during startup"
+#: Starts of a worker node while Ray gives up on it (each gets Ray's 30 s).
+START_TRIES = 3
 #: Longest temporary folder for Ray: its session folder and sockets add up to 66 bytes.
 _SHORT_ENOUGH = 40
 #: Worker processes of a node listen in the upper part of its block.
@@ -75,6 +77,9 @@ class LocalCluster:
     base: int = 20000
     cpus: int = 2
     nodes: list[Node] = field(default_factory=list)
+    #: The highest node index (port block) a worker node has had: a node that replaces one
+    #: gets a block of its own, never the ports of one that was lost or gave up.
+    last_index: int = 0
 
     @property
     def address(self) -> str:
@@ -93,23 +98,25 @@ class LocalCluster:
         return self
 
     def add_node(self, timeout: float = 120.0) -> Node:
-        """One more worker node, waited for until the head counts it. Started once more if
-        Ray gave up on it: ``ray start`` allows a raylet a fixed 30 s to register, which a
-        loaded machine may not give it (seen under a test run on two busy cores)."""
-        i = len(self.nodes)
-        node = self._start_node(f"worker{i}", i, [f"--address={self.address}"])
-        self.nodes.append(node)
-        try:
-            self.wait_for_nodes(len(self.nodes), timeout)
-        except BatonError:
-            if node.proc.poll() is None or _GAVE_UP not in node.log.read_text(errors="replace"):
-                raise
-            self.nodes.pop()
-            node.kill()  # its process group: what it left running
+        """One more worker node, waited for until the head counts it. Started again, up to
+        :data:`START_TRIES` times in all, while Ray gives up on it: ``ray start`` allows a
+        raylet a fixed 30 s to register, which a loaded machine may not give it (seen
+        under test runs on two busy cores, once twice in a row)."""
+        for attempt in range(1, START_TRIES + 1):
+            self.last_index = i = max(self.last_index + 1, len(self.nodes))
             node = self._start_node(f"worker{i}", i, [f"--address={self.address}"])
             self.nodes.append(node)
-            self.wait_for_nodes(len(self.nodes), timeout)
-        return node
+            try:
+                self.wait_for_nodes(len(self.nodes), timeout)
+                return node
+            except BatonError:
+                gave_up = node.proc.poll() is not None and \
+                    _GAVE_UP in node.log.read_text(errors="replace")
+                if not gave_up or attempt == START_TRIES:
+                    raise
+                self.nodes.pop()
+                node.kill()  # its process group: what it left running
+        raise AssertionError("unreachable")
 
     def _start_node(self, name: str, index: int, extra: list[str]) -> Node:
         ray = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
