@@ -53,7 +53,9 @@ json_unescape <- function(s) {
 }
 
 json_scalars <- function(t) {
-  # Scalar tokens to one vector: character, numeric or logical (a mixed array: a list).
+  # Scalar tokens to one vector: character, numeric or logical (a mixed array: a list). R's
+  # strings cannot hold U+0000: a string with \u0000 is kept in attribute "nul" (positions),
+  # and the column that holds one is refused (input_frame), never passed on without it.
   str <- startsWith(t, '"')
   nul <- t == "null"
   lgl <- t == "true" | t == "false"
@@ -61,8 +63,11 @@ json_scalars <- function(t) {
   if (all(str | nul)) {
     s <- substr(t, 2L, nchar(t) - 1L)
     esc <- str & grepl("\\", s, fixed = TRUE)
+    nul <- esc & grepl("(?<!\\\\)(?:\\\\\\\\)*\\\\u0000", s, perl = TRUE)
     s[esc] <- vapply(s[esc], json_unescape, "", USE.NAMES = FALSE)
-    return(ifelse(str, s, NA_character_))
+    out <- ifelse(str, s, NA_character_)
+    if (any(nul)) attr(out, "nul") <- which(nul)
+    return(out)
   }
   if (!any(str | lgl)) return(suppressWarnings(as.numeric(t)))  # "null" -> NA
   lapply(t, json_scalars)
@@ -219,9 +224,19 @@ input_frame <- function(h, payload) {
   # typed by its field.
   cols <- list()
   for (m in h$columns) {
+    nul <- attr(m$values, "nul")
+    if (length(nul)) stop("input '", m$name, "' record ", nul[1] - 1L, ": the string holds ",
+                          "the character U+0000, which R's strings cannot hold")
     cols[[m$name]] <- if (m$datatype == "JSON") m$values else read_raw(payload, m)
   }
-  for (f in CONFIG$fields) cols[[f$name]] <- as_field(cols[[f$name]], f)
+  for (f in CONFIG$fields) {
+    v <- cols[[f$name]]
+    far <- if (is.numeric(v) && identical(f$type, "integer")) which(abs(v) >= 2^53) else NULL
+    if (length(far)) stop("input '", f$name, "' record ", far[1] - 1L, ": the integer ",
+                          format(v[far[1]], digits = 17L), " is past 2^53 - 1, the largest ",
+                          "R's numbers hold exactly")
+    cols[[f$name]] <- as_field(v, f)
+  }
   data.frame(cols[as.character(CONFIG$inputs)], stringsAsFactors = FALSE, check.names = FALSE)
 }
 
@@ -235,6 +250,7 @@ encode_columns <- function(outputs) {
     name <- names(outputs)[k]
     v <- outputs[[k]]
     if (is.factor(v)) v <- as.character(v)
+    if (is.null(v)) stop("output '", name, "' is NULL: the model returned no values for it")
     if (!is.atomic(v)) stop("output '", name, "' is not a vector of values")
     v <- as.vector(v)
     if (is.numeric(v)) {

@@ -1,0 +1,95 @@
+"""runner.R against hostile or sloppy input and models: strings that test its hand-written
+JSON reader and writer, values R cannot hold, and models that return nothing. Each case runs
+the real runner under the engine's own :class:`~baton.runtime.worker.Worker` and ``Rscript``;
+a refusal is an answer naming the input (or output) and the reason, and the worker serves on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import uvloop
+
+from baton.batch import Batch
+from baton.errors import ModelError
+from baton.runtime.runners import R
+from baton.runtime.worker import Worker, WorkerSpec
+
+MODELS = """
+echo <- function(newdata) list(prediction = newdata$s)
+count <- function(newdata) list(prediction = as.character(newdata$n))
+nothing <- function(newdata) NULL
+"""
+#: Strings that a JSON reader or writer gets wrong when it mishandles escapes or encodings.
+AWKWARD = ['say "hi"', "back\\slash", "\\", '\\"', "\\u0041", "new\nline\r\n", "tab\t",
+           "ctl\x01\x1b\x1f\x7f", "é日本語", "😀 and 𝄞", "\u2028\u2029", "", None,
+           "x" * 200_000]
+
+
+def spec(tmp: Path, function: str, field: dict[str, Any]) -> WorkerSpec:
+    rscript = shutil.which("Rscript")
+    assert rscript is not None, "R is missing: apt-get install r-base-core"
+    (tmp / "models.R").write_text(MODELS)
+    return WorkerSpec(
+        model=function, python=Path(rscript), bundle_dir=tmp, runner=R, load_timeout=60,
+        load={"model": {"runner": "r", "entrypoint": f"models.R:{function}",
+                        "method": "predict"},
+              "kind": "records", "inputs": [field["name"]], "outputs": ["prediction"],
+              "fields": [field]})
+
+
+def serve(worker_spec: WorkerSpec, body: Callable[[Worker], Awaitable[None]]) -> None:
+    async def run() -> None:
+        worker = Worker(worker_spec, 0)
+        await worker.start()
+        assert worker.state == "ready", worker.last_output
+        try:
+            await body(worker)
+        finally:
+            await worker.stop(grace=10)
+    uvloop.run(asyncio.wait_for(run(), 120))
+
+
+def test_awkward_strings_come_back_exactly(tmp_path: Path) -> None:
+    async def body(worker: Worker) -> None:
+        got = await worker.predict(Batch({"s": list(AWKWARD)}, len(AWKWARD)), 60)
+        assert list(got.columns["prediction"]) == AWKWARD
+    serve(spec(tmp_path, "echo", {"name": "s", "type": "string", "nullable": True}), body)
+
+
+def test_a_string_with_nul_is_refused_not_cut(tmp_path: Path) -> None:
+    """R's strings cannot hold U+0000: "a\\0b" reached the model as "ab"."""
+    async def body(worker: Worker) -> None:
+        with pytest.raises(ModelError, match=r"input 's' record 1: the string holds the "
+                                             r"character U\+0000"):
+            await worker.predict(Batch({"s": ["fine", "a\x00b", "c"]}, 3), 30)
+        got = await worker.predict(Batch({"s": ["\\u0000", "\\\\u0000"]}, 2), 30)
+        assert list(got.columns["prediction"]) == ["\\u0000", "\\\\u0000"]  # text, not NUL
+    serve(spec(tmp_path, "echo", {"name": "s", "type": "string"}), body)
+
+
+def test_an_integer_r_cannot_hold_exactly_is_refused(tmp_path: Path) -> None:
+    """Past 2^53 a double is not exact: 2^53 + 1 reached the model as 2^53."""
+    async def body(worker: Worker) -> None:
+        for column in (np.array([1, 2**53 + 1], dtype=np.int64), [1, -(2**60)]):
+            with pytest.raises(ModelError, match=r"input 'n' record 1: the integer .* is past "
+                                                 r"2\^53 - 1"):
+                await worker.predict(Batch({"n": column}, 2), 30)
+        got = await worker.predict(Batch({"n": np.array([2**53 - 1, -7], np.int64)}, 2), 30)
+        assert list(got.columns["prediction"]) == ["9007199254740991", "-7"]
+    serve(spec(tmp_path, "count", {"name": "n", "type": "integer"}), body)
+
+
+def test_a_model_returning_null_is_named(tmp_path: Path) -> None:
+    async def body(worker: Worker) -> None:
+        with pytest.raises(ModelError, match="output 'prediction' is NULL: the model returned "
+                                             "no values"):
+            await worker.predict(Batch({"s": ["a"]}, 1), 30)
+        assert worker.state == "ready"
+    serve(spec(tmp_path, "nothing", {"name": "s", "type": "string"}), body)
