@@ -7,6 +7,7 @@ a refusal is an answer naming the input (or output) and the reason, and the work
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -93,3 +94,40 @@ def test_a_model_returning_null_is_named(tmp_path: Path) -> None:
             await worker.predict(Batch({"s": ["a"]}, 1), 30)
         assert worker.state == "ready"
     serve(spec(tmp_path, "nothing", {"name": "s", "type": "string"}), body)
+
+
+def test_an_r_pin_that_is_not_a_package_name_and_version_is_refused_before_use(
+        tmp_path: Path) -> None:
+    """The manifest takes Python's pins (extras, markers). ``pkga[b]==1.0`` was a glob
+    pattern in BATON_R_PACKAGES, so ``pkgab_1.0.tar.gz``, another package, was installed (its
+    code run) for it; a marker became part of the version. Now each is named, and nothing is
+    looked up or installed."""
+    import subprocess
+
+    from baton.bundle.manifest import EnvironmentSpec
+    from baton.env.builder import EnvBuilder
+    from baton.env.r import r_installation
+    from baton.errors import EnvironmentBuildError
+
+    files, marker = tmp_path / "r-packages", tmp_path / "installed"
+    src = files / "src" / "pkgab"
+    (src / "R").mkdir(parents=True)
+    (src / "DESCRIPTION").write_text(
+        "Package: pkgab\nVersion: 1.0\nTitle: T\nDescription: A test.\nLicense: MIT\n"
+        "Author: B\nMaintainer: B <b@example.com>\n")
+    (src / "NAMESPACE").write_text("")
+    (src / "R" / "a.R").write_text(f"writeLines('ran', {str(marker)!r})\n")
+    subprocess.run(["R", "CMD", "build", "--no-build-vignettes", "--no-manual", str(src)],
+                   cwd=files, check=True, capture_output=True, timeout=120)
+    r = r_installation()[1].rsplit(".", 1)[0]
+    builder = EnvBuilder(tmp_path / "envs", r_packages=files)
+    odd = ("pkga[b]==1.0", 'pkgab==1.0; python_version > "3"', "pkgab==1.*", ".pkg==1.0")
+    for pin in odd:
+        with pytest.raises(EnvironmentBuildError, match=r"not R package pins .*: "
+                                                        + re.escape(repr(pin))) as info:
+            builder.ensure(EnvironmentSpec("", (pin,), r))
+        assert info.value.details["failures"] == [{"requirement": pin,
+                                                   "reason": "not an R package pin"}]
+    assert not marker.exists()
+    builder.ensure(EnvironmentSpec("", ("pkgab==1.0",), r))  # the real pin installs it
+    assert marker.exists()

@@ -22,6 +22,7 @@ import fcntl
 import functools
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tarfile
@@ -44,6 +45,12 @@ BASE = frozenset({"R", "base", "compiler", "datasets", "graphics", "grDevices", 
 #: The variables that put a library on R's path; the engine's own are replaced.
 _LIB_VARIABLES = ("R_LIBS", "R_LIBS_SITE", "R_LIBS_USER")
 _INSTALL = "apt-get install r-base-core (R 4.2 on Debian 12)"
+#: R's rules (Writing R Extensions, 1.1.1): a package's name is letters, digits and '.',
+#: starts with a letter and does not end with '.'; its version is two or more integers
+#: joined by '.' or '-'. The manifest's pins are Python's (extras, markers): an R pin is
+#: held to these before its name or version becomes a path or a glob pattern.
+_R_NAME = re.compile(r"[A-Za-z][A-Za-z0-9.]*[A-Za-z0-9]")
+_R_VERSION = re.compile(r"[0-9]+(?:[.-][0-9]+)+")
 
 
 @functools.cache
@@ -116,8 +123,24 @@ def r_key(spec: EnvironmentSpec) -> str:
 
 
 def pins(spec: EnvironmentSpec) -> dict[str, str]:
-    return {name.strip(): version.strip() for name, _, version in
-            (p.partition("==") for p in spec.requirements)}
+    """name -> version of each pin; an error naming every pin that is not an R package's
+    name and version (``pkg[extra]==1.0``, ``pkg==1.0; python_version>"3"``, ``pkg==1.*``)."""
+    found, bad = {}, []
+    for pin in spec.requirements:
+        name, _, version = (part.strip() for part in pin.partition("=="))
+        if _R_NAME.fullmatch(name) and _R_VERSION.fullmatch(version):
+            found[name] = version
+        else:
+            bad.append(pin)
+    if bad:
+        raise EnvironmentBuildError(
+            "environment.requirements: not R package pins (name==version, a name of letters, "
+            "digits and '.', a version such as 4.7-1.1, no extras or markers): "
+            + ", ".join(repr(b) for b in bad),
+            details={"stage": "dependency_resolution", "field": "environment.requirements",
+                     "failures": [{"requirement": b, "reason": "not an R package pin"}
+                                  for b in bad]})
+    return found
 
 
 class RLibraryBuilder:
@@ -129,6 +152,7 @@ class RLibraryBuilder:
         self.packages = packages
 
     def ensure(self, spec: EnvironmentSpec) -> Environment:
+        pins(spec)  # before any pin becomes a path or a pattern
         rscript, version, _ = r_installation()
         if version.rsplit(".", 1)[0] != spec.r and version != spec.r:
             raise EnvironmentBuildError(
