@@ -26,6 +26,12 @@ MODELS = """
 echo <- function(newdata) list(prediction = newdata$s)
 count <- function(newdata) list(prediction = as.character(newdata$n))
 nothing <- function(newdata) NULL
+garbled <- function(newdata) list(prediction = c("fine", rawToChar(as.raw(c(0x61, 0xff)))))
+latin1 <- function(newdata) {
+  x <- rawToChar(as.raw(c(0x63, 0x61, 0x66, 0xe9)))
+  Encoding(x) <- "latin1"
+  list(prediction = c(x, rawToChar(as.raw(c(0x63, 0x61, 0x66, 0xc3, 0xa9)))))
+}
 """
 #: Strings that a JSON reader or writer gets wrong when it mishandles escapes or encodings.
 AWKWARD = ['say "hi"', "back\\slash", "\\", '\\"', "\\u0041", "new\nline\r\n", "tab\t",
@@ -131,3 +137,21 @@ def test_an_r_pin_that_is_not_a_package_name_and_version_is_refused_before_use(
     assert not marker.exists()
     builder.ensure(EnvironmentSpec("", ("pkgab==1.0",), r))  # the real pin installs it
     assert marker.exists()
+
+
+def test_output_text_is_utf8_or_refused_never_rewritten(tmp_path: Path) -> None:
+    """Bytes that are not UTF-8 came back as the text "a<ff>" (R's notation for the byte),
+    an answer the model never gave; a string marked latin1 and unmarked UTF-8 bytes are
+    text, sent as UTF-8."""
+    field = {"name": "s", "type": "string"}
+
+    async def garbled(worker: Worker) -> None:
+        with pytest.raises(ModelError, match="output 'prediction' record 1 is not valid "
+                                             "UTF-8 text"):
+            await worker.predict(Batch({"s": ["a", "b"]}, 2), 30)
+    serve(spec(tmp_path, "garbled", field), garbled)
+
+    async def latin1(worker: Worker) -> None:
+        got = await worker.predict(Batch({"s": ["a", "b"]}, 2), 30)
+        assert list(got.columns["prediction"]) == ["café", "café"]
+    serve(spec(tmp_path, "latin1", field), latin1)

@@ -253,6 +253,14 @@ encode_columns <- function(outputs) {
     if (is.null(v)) stop("output '", name, "' is NULL: the model returned no values for it")
     if (!is.atomic(v)) stop("output '", name, "' is not a vector of values")
     v <- as.vector(v)
+    if (is.character(v)) {  # a declared encoding to UTF-8; unmarked bytes must be UTF-8
+      native <- Encoding(v) == "unknown"
+      bad <- which(native & !validUTF8(v))
+      if (length(bad)) stop("output '", name, "' record ", bad[1] - 1L, " is not valid ",
+                            "UTF-8 text (mark its encoding with Encoding(), or iconv() it)")
+      Encoding(v)[native] <- "UTF-8"
+      v <- enc2utf8(v)
+    }
     if (is.numeric(v)) {
       buf <- writeBin(ifelse(is.na(v), NaN, as.double(v)), raw(), size = 8L, endian = "little")
     } else if (is.logical(v) && !anyNA(v)) {
