@@ -258,7 +258,7 @@ encode_columns <- function(outputs) {
       bad <- which(native & !validUTF8(v))
       if (length(bad)) stop("output '", name, "' record ", bad[1] - 1L, " is not valid ",
                             "UTF-8 text (mark its encoding with Encoding(), or iconv() it)")
-      Encoding(v)[native] <- "UTF-8"
+      if (any(native)) Encoding(v)[native] <- "UTF-8"
       v <- enc2utf8(v)
     }
     if (is.numeric(v)) {
