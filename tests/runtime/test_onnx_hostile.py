@@ -139,10 +139,12 @@ def test_inputs_that_cannot_take_the_contract_are_refused_at_load(
 def test_a_graph_with_a_batch_of_one_serves_a_batch_of_a_hundred(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    model = load(tmp_path, identity(shape=[1, 3]), records(["a", "b", "c"]))
+    model = load(tmp_path, identity(shape=[1, 3]), {"kind": "tensors", "inputs": ["t"],
+                                                     "outputs": ["y"],
+                                                     "model": {"method": "predict"}})
     x = np.arange(300.0).reshape(100, 3)
-    got = model.predict({"a": x[:, 0], "b": x[:, 1], "c": x[:, 2]})
-    assert got["prediction"].shape == (100, 3) and got["prediction"].tolist() == x.tolist()
+    got = model.predict({"t": x})
+    assert got["y"].shape == (100, 3) and got["y"].tolist() == x.tolist()
 
 
 def test_values_an_input_type_cannot_hold_are_refused_by_record(
@@ -226,3 +228,20 @@ def test_a_worker_whose_model_reads_outside_the_bundle_says_why(tmp_path: Path) 
             await worker.stop(grace=10)
         assert worker.state != "ready"
     uvloop.run(asyncio.wait_for(body(), 120))
+
+
+def test_outputs_the_contract_cannot_hold_are_named(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A [rows, 3] output went to a records field as three values a record; predict_proba on
+    a graph without probabilities failed every request with the engine's 'model output lacks
+    proba_a'."""
+    monkeypatch.chdir(tmp_path)
+    wide = load(tmp_path, identity(shape=[None, 3]), records(["a", "b", "c"]))
+    with pytest.raises(TypeError, match=r"the ONNX output 'y' has shape \[2, 3\]: the field "
+                                        r"'prediction' takes one value a record"):
+        wide.predict({"a": np.ones(2), "b": np.ones(2), "c": np.ones(2)})
+    with pytest.raises(ValueError, match=r"method 'predict_proba' fills proba_a, proba_b "
+                                         r"from an output named probabilities or "
+                                         r"output_probability; the graph's outputs are y"):
+        load(tmp_path, identity(), records(["x"], "predict_proba",
+                                           ["prediction", "proba_a", "proba_b"]))

@@ -65,6 +65,12 @@ class OnnxModel:
         self.outputs = config["outputs"]
         self.method = config["model"].get("method", "predict")
         self._check_inputs(where)
+        probas = [n for n in self.outputs if n.startswith("proba_")]
+        if self.method == "predict_proba" and self.kind == "records" and probas and \
+                not any(n in self.output_names for n in _PROBAS):
+            raise ValueError(f"{where}: method 'predict_proba' fills {', '.join(probas)} from "
+                             f"an output named {' or '.join(_PROBAS)}; the graph's outputs "
+                             f"are {', '.join(self.output_names)}")
         #: A graph whose batch dimension is fixed at 1 gets one row at a time.
         firsts = [_fixed(i.shape[0]) for i in self.inputs if i.shape]
         self.one_row = bool(firsts) and all(d == 1 for d in firsts)
@@ -176,13 +182,16 @@ class OnnxModel:
             if "prediction" in self.outputs and label is not None:
                 out["prediction"] = np.asarray(label).ravel()
             return out
-        chosen = label if label is not None else results[self.output_names[0]]
-        if isinstance(chosen, list):
-            raise TypeError("the ONNX graph's output is a sequence or map, not a tensor; "
+        name = next((n for n in _LABELS if n in results), self.output_names[0])
+        if not isinstance(results[name], np.ndarray):
+            raise TypeError(f"the ONNX output {name!r} is a sequence or map, not a tensor; "
                             "method 'predict' returns its label or its one tensor")
-        value = np.asarray(chosen)
+        value = results[name]
         if value.ndim == 2 and value.shape[1] == 1:  # a regressor's [rows, 1]
             value = value[:, 0]
+        if self.kind == "records" and value.ndim != 1:
+            raise TypeError(f"the ONNX output {name!r} has shape {list(value.shape)}: the "
+                            f"field {self.outputs[0]!r} takes one value a record")
         return {self.outputs[0]: value}
 
 
