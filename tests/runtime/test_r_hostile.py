@@ -155,3 +155,27 @@ def test_output_text_is_utf8_or_refused_never_rewritten(tmp_path: Path) -> None:
         got = await worker.predict(Batch({"s": ["a", "b"]}, 2), 30)
         assert list(got.columns["prediction"]) == ["café", "café"]
     serve(spec(tmp_path, "latin1", field), latin1)
+
+
+def test_predict_proba_on_a_model_without_class_probabilities_says_so(tmp_path: Path) -> None:
+    """loess's predict() takes type = "prob" into its `...` and answers a vector: this was
+    "attempt to set an attribute on NULL" (no class names, so no prediction)."""
+    import subprocess
+
+    rscript = shutil.which("Rscript")
+    assert rscript is not None
+    subprocess.run([rscript, "--vanilla", "-e", "saveRDS(loess(dist ~ speed, cars), 'm.rds')"],
+                   cwd=tmp_path, check=True, timeout=60, capture_output=True)
+    worker_spec = WorkerSpec(
+        model="loess", python=Path(rscript), bundle_dir=tmp_path, runner=R, load_timeout=60,
+        load={"model": {"runner": "r", "entrypoint": "builtin:rds", "artifact": "m.rds",
+                        "method": "predict_proba"},
+              "kind": "records", "inputs": ["speed"], "outputs": ["prediction", "proba_a"],
+              "fields": [{"name": "speed", "type": "float"}]})
+
+    async def body(worker: Worker) -> None:
+        with pytest.raises(ModelError, match=r'predict\(model, newdata, type = "prob"\) '
+                                             r"returned numeric without column names, not a "
+                                             r"matrix of probabilities"):
+            await worker.predict(Batch({"speed": np.array([10.0, 12.0])}, 2), 30)
+    serve(worker_spec, body)

@@ -393,7 +393,12 @@ predict_columns <- function(h, payload) {
   if (!identical(CONFIG$model$method, "predict_proba")) {
     return(list(prediction = unwrap(predict(MODEL$object, newdata = df))))
   }
-  p <- as.matrix(unwrap(predict(MODEL$object, newdata = df, type = "prob")))
+  got <- unwrap(predict(MODEL$object, newdata = df, type = "prob"))
+  p <- as.matrix(got)
+  if (!is.numeric(p) || is.null(colnames(p))) stop(
+    "predict(model, newdata, type = \"prob\") returned ", class(got)[1],
+    if (is.numeric(p)) " without column names" else " of ", if (!is.numeric(p)) typeof(p),
+    ", not a matrix of probabilities with a column named after each class")
   out <- list(prediction = colnames(p)[max.col(p, ties.method = "first")])
   for (j in seq_len(ncol(p))) out[[paste0("proba_", colnames(p)[j])]] <- as.numeric(p[, j])
   out
