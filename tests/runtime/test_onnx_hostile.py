@@ -145,6 +145,7 @@ def test_a_graph_with_a_batch_of_one_serves_a_batch_of_a_hundred(
     x = np.arange(300.0).reshape(100, 3)
     got = model.predict({"t": x})
     assert got["y"].shape == (100, 3) and got["y"].tolist() == x.tolist()
+    assert model.predict({"t": np.zeros((0, 3))})["y"].shape == (0,)  # was an IndexError
 
 
 def test_values_an_input_type_cannot_hold_are_refused_by_record(

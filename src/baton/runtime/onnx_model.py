@@ -106,6 +106,8 @@ class OnnxModel:
         rows = len(next(iter(feeds.values())))
         if not self.one_row or rows == 1:
             return self._outputs(self._run(feeds))
+        if rows == 0:  # nothing to run a graph of one row on
+            return {name: self.np.empty(0) for name in self.outputs}
         parts = [self._run({k: v[r:r + 1] for k, v in feeds.items()}) for r in range(rows)]
         return self._outputs({k: self.np.concatenate([p[k] for p in parts])
                               if not isinstance(parts[0][k], list)
