@@ -144,6 +144,55 @@ def test_a_worker_that_faults_on_a_request_is_not_given_a_second_worker_to_kill(
     assert params["retried_requests"] == 0 and params["restarts"] == 2
 
 
+GARBLE_CODE = '''
+import gc, struct
+
+FRAMES = {-1: struct.pack(">II", 8, 4) + b"nope",       # a header that is not JSON
+          -2: struct.pack(">II", 7, 3) + b"[1]",        # JSON, but not an object
+          -3: struct.pack(">II", 6, 9) + b"{}",         # a header longer than its frame
+          -4: struct.pack(">I", 2**31)}                 # a frame past any answer's size
+
+class Model:
+    def predict(self, inputs):
+        frame = FRAMES.get(inputs["x"][0])
+        if frame is not None:  # what a model that finds the runner's channel can write
+            runner = next(o for o in gc.get_objects() if type(o).__name__ == "Runner")
+            runner.out.write(frame)
+            runner.out.flush()
+        return {"y": list(inputs["x"])}
+'''
+
+
+def test_a_worker_that_breaks_the_protocol_is_stopped_and_replaced(
+        serve: Callable[..., Server], tmp_path: Path) -> None:
+    """Before: the frame's error escaped the pipe's callback, the engine stopped reading
+    the worker, and the request waited for its timeout (or the engine held whatever size
+    the frame declared)."""
+    from tests.conftest import records_contract, write_bundle
+
+    bundle = write_bundle(tmp_path / "garble", name="garble", code=GARBLE_CODE,
+                          contract=records_contract({"x": "float"}, {"y": "float"}))
+    server = serve([bundle])
+    for x, why in ((-1, "JSONDecodeError"), (-2, "header is a JSON list"),
+                   (-3, "declares a header of 9"), (-4, "more than a frame may have")):
+        [pid] = server.worker_pids("garble")
+        resp = server.client.post("/v1/models/garble/predict", json=[{"x": x}], timeout=60)
+        assert resp.status_code == 503, resp.text
+        body = resp.json()
+        assert body["code"] == "WORKER_CRASHED", body
+        assert "broke the worker protocol" in body["error"] and why in body["error"], body
+        wait_until(lambda: ok_garble(server), what="a replacement worker answering")
+        params = server.model("garble")["parameters"]
+        assert "broke the worker protocol" in params["last_failure"]["reason"]
+        assert server.worker_pids("garble") != [pid]
+    assert server.model("garble")["parameters"]["retried_requests"] == 0
+
+
+def ok_garble(server: Server) -> bool:
+    resp = server.client.post("/v1/models/garble/predict", json=[{"x": 2.0}])
+    return resp.status_code == 200 and resp.json()["predictions"] == [{"y": 2.0}]
+
+
 def test_a_request_in_flight_on_a_worker_killed_from_outside_is_answered_by_another(
         serve: Callable[..., Server], chaos_bundle: Path) -> None:
     server = serve([chaos_bundle], "--workers", "2")

@@ -1,4 +1,5 @@
-"""The engine's side of the worker protocol: batches to frames and frames to batches.
+"""The engine's side of the worker protocol: batches to frames and frames to batches, and
+the pipes of a worker process (:class:`WorkerPipes`).
 
 The framing and the datatype table are the runner's own (``runner.py``), so both sides of
 the wire read one definition. See docs/protocol.md.
@@ -6,8 +7,9 @@ the wire read one definition. See docs/protocol.md.
 
 from __future__ import annotations
 
+import asyncio
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -16,7 +18,15 @@ from baton.batch import Batch, Column
 from baton.errors import ModelError
 from baton.runtime.runner import _LEN, PROTOCOL_VERSION, RAW_DTYPES, pack_frame
 
-__all__ = ["PROTOCOL_VERSION", "FrameReader", "decode_columns", "encode_predict", "pack_frame"]
+if TYPE_CHECKING:
+    from baton.runtime.worker import Worker
+
+__all__ = ["PROTOCOL_VERSION", "FrameReader", "WorkerPipes", "decode_columns",
+           "encode_predict", "pack_frame"]
+
+#: The most bytes a worker's frame may declare: past it the worker is taken to be writing
+#: something else than the protocol, not a batch's answer, and the engine stops reading.
+MAX_FRAME = 1 << 30
 
 _DTYPE_TO_DATATYPE = {np.dtype(v): k for k, v in RAW_DTYPES.items()}
 _NATIVE = {k: np.dtype(v) for k, v in RAW_DTYPES.items()}
@@ -80,11 +90,45 @@ class FrameReader:
         frames = []
         while len(buf) >= 4:
             (size,) = _LEN.unpack_from(buf)
+            if size > MAX_FRAME:  # before waiting for it: it would be held whole
+                raise ValueError(f"a frame declares {size} bytes, more than a frame may have "
+                                 f"({MAX_FRAME})")
             if len(buf) < 4 + size:
                 break
-            (hlen,) = _LEN.unpack_from(buf, 4)
+            (hlen,) = _LEN.unpack_from(buf, 4) if size >= 4 else (size,)
+            if hlen > size - 4:  # (a frame of under 4 bytes has no room for its header's)
+                raise ValueError(f"a frame of {size} bytes declares a header of {hlen}")
             header = orjson.loads(bytes(buf[8:8 + hlen]))
+            if not isinstance(header, dict):
+                raise ValueError(f"a frame's header is a JSON {type(header).__name__}, "
+                                 "not an object")
             payload = bytes(buf[8 + hlen:4 + size])
             del buf[:4 + size]
             frames.append((header, payload))
         return frames
+
+
+class WorkerPipes(asyncio.SubprocessProtocol):
+    """A worker process's pipes: frames from its protocol channel (fd 1), lines from its
+    standard error, its exit."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.reader = FrameReader()
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        if fd != 1:
+            self.worker._on_stderr(data)
+        elif self.worker.protocol_error is None:  # after a broken frame, nothing is read
+            try:
+                for header, payload in self.reader.feed(data):
+                    self.worker._on_frame(header, payload)
+            except Exception as exc:
+                self.worker.broke_protocol(exc)
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        if fd in (0, 1) and self.worker.state == "ready":
+            self.worker.state = "exiting"  # its pipes are gone: send it nothing more
+
+    def process_exited(self) -> None:
+        self.worker._on_exit()

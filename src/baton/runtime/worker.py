@@ -28,7 +28,7 @@ from baton.runtime import sandbox
 from baton.runtime.forked import ForkedTransport
 from baton.runtime.isolation import LIMIT_CODES
 from baton.runtime.limits import WorkerLimits
-from baton.runtime.protocol import FrameReader, decode_columns, encode_predict, pack_frame
+from baton.runtime.protocol import WorkerPipes, decode_columns, encode_predict, pack_frame
 from baton.runtime.sizing import peak_rss as peak_rss  # where callers have found it
 from baton.runtime.spec import WorkerSpec as WorkerSpec
 from baton.runtime.template import Template, TemplateGone
@@ -37,26 +37,6 @@ log = logging.getLogger("baton.worker")
 #: Signals that come from outside the model (an operator, a supervisor, the OOM killer),
 #: unlike an exit of its own or a fault in its code (SIGSEGV, SIGABRT, SIGBUS, SIGFPE).
 OUTSIDE_SIGNALS = frozenset({signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
-
-
-class _Pipes(asyncio.SubprocessProtocol):
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
-        self.reader = FrameReader()
-
-    def pipe_data_received(self, fd: int, data: bytes) -> None:
-        if fd == 1:
-            for header, payload in self.reader.feed(data):
-                self.worker._on_frame(header, payload)
-        else:
-            self.worker._on_stderr(data)
-
-    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
-        if fd in (0, 1) and self.worker.state == "ready":
-            self.worker.state = "exiting"  # its pipes are gone: send it nothing more
-
-    def process_exited(self) -> None:
-        self.worker._on_exit()
 
 
 class Worker:
@@ -87,6 +67,8 @@ class Worker:
         self._stderr = collections.deque[str](maxlen=40)
         self._partial = b""
         self.exit_reason = ""
+        #: What the worker sent that the protocol cannot mean, if it did (it was stopped).
+        self.protocol_error: str | None = None
         #: The error code of a limit that stopped the worker (MEMORY_LIMIT...), if one did.
         self.limit_hit = ""
         self.returncode: int | None = None
@@ -151,13 +133,13 @@ class Worker:
         """Fork the worker from its template or, without one or when it cannot, spawn it."""
         if self.template is not None:
             try:
-                return await self.template.fork(_Pipes(self))
+                return await self.template.fork(WorkerPipes(self))
             except TemplateGone as exc:
                 log.warning("%s#%d: the worker is spawned directly: %s", self.spec.model,
                             self.slot, exc)
                 self.template = None
         transport, _ = await loop.subprocess_exec(
-            lambda: _Pipes(self), *self.spec.command(), cwd=str(self.spec.bundle_dir),
+            lambda: WorkerPipes(self), *self.spec.command(), cwd=str(self.spec.bundle_dir),
             env=self.spec.environment(), start_new_session=True)
         return transport
 
@@ -207,6 +189,14 @@ class Worker:
                 self._transport.kill()
             if self.limits is not None:  # what left the worker's session, too
                 self.limits.kill_all()
+
+    def broke_protocol(self, exc: Exception) -> None:
+        """The worker sent a frame the protocol cannot mean (a model writing to the
+        runner's channel): it is stopped, its requests fail as in a crash, it is replaced."""
+        self.protocol_error = f"{type(exc).__name__}: {exc}"[:300]
+        self.exit_reason = f"broke the worker protocol ({self.protocol_error}) and was stopped"
+        log.error("%s#%d: worker %s %s", self.spec.model, self.slot, self.pid, self.exit_reason)
+        self.kill()
 
     async def stop(self, grace: float = 5.0) -> None:
         """Ask the worker to exit; kill it if it has not after ``grace`` seconds."""
@@ -374,7 +364,7 @@ class Worker:
         """Whether the process died of a signal sent from outside (see OUTSIDE_SIGNALS)."""
         code = self.returncode
         return (code is not None and code < 0 and -code in OUTSIDE_SIGNALS
-                and not self.limit_hit)
+                and not self.limit_hit and self.protocol_error is None)
 
     @property
     def last_output(self) -> list[str]:
