@@ -1,4 +1,5 @@
-"""Which stage an error belongs to: decode, contract, queue, model or output."""
+"""Which stage an error belongs to: decode, contract, queue, model or output (or, for an
+error of the engine itself, :data:`INTERNAL`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ from baton.errors import (
     PayloadTooLarge,
     RequestError,
 )
+
+#: The stage and code an error of the engine itself is counted under (the caller got a 500).
+INTERNAL = ("internal", "INTERNAL_ERROR")
 
 
 def error_stage(exc: BatonError) -> str:

@@ -30,7 +30,9 @@ if TYPE_CHECKING:
     from baton.monitor.predlog import PredictionLog
 
 #: Error stages, in the order a request meets them.
-STAGES = ("decode", "contract", "queue", "model", "output")
+#: ``internal``: an error in the engine itself (a 500 ``INTERNAL_ERROR``), not the request's
+#: or the model's.
+STAGES = ("decode", "contract", "queue", "model", "output", "internal")
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                     2.5, 5.0, 10.0)
 _ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384)

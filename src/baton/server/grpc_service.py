@@ -30,7 +30,7 @@ from baton import __version__
 from baton import tracing as _tracing
 from baton.errors import BatonError, Forbidden, Unauthorized
 from baton.logs import request_id
-from baton.monitor.errors import error_stage
+from baton.monitor.errors import INTERNAL, error_stage
 from baton.server import grpc_codec
 from baton.server import grpc_predict_v2_pb2 as pb
 from baton.server.app import error_body
@@ -97,6 +97,11 @@ async def infer(svc: ModelService, msg: pb.ModelInferRequest) -> pb.ModelInferRe
         if m is not None:
             m.error(error_stage(exc), exc.code)
             m.request(ENDPOINT, exc.http_status, 0, time.perf_counter() - start)
+        raise
+    except Exception:  # the engine's own fault: INTERNAL for the caller, counted here
+        if m is not None:
+            m.error(INTERNAL[0], INTERNAL[1])
+            m.request(ENDPOINT, 500, 0, time.perf_counter() - start)
         raise
     resp.model_name, resp.model_version, resp.id = svc.name, svc.version, msg.id
     resp.parameters["prediction_ids"].string_param = ",".join(ids)

@@ -25,7 +25,7 @@ from baton.contract.validate import RecordsDecoder, check_outputs
 from baton.env.builder import Environment
 from baton.errors import BatonError, RequestError
 from baton.monitor.drift import DriftMonitor
-from baton.monitor.errors import error_stage
+from baton.monitor.errors import INTERNAL, error_stage
 from baton.monitor.feedback import Feedback, LabelsOutcome
 from baton.monitor.metrics import EngineMetrics, ModelMetrics
 from baton.monitor.predlog import PredictionLog, new_ids
@@ -217,6 +217,10 @@ class ModelService:
         except BatonError as exc:
             m.error(error_stage(exc), exc.code)
             m.request(endpoint, exc.http_status, 0, time.perf_counter() - start)
+            raise
+        except Exception:  # the engine's own fault: the caller gets a 500, counted here
+            m.error(INTERNAL[0], INTERNAL[1])
+            m.request(endpoint, 500, 0, time.perf_counter() - start)
             raise
         m.request(endpoint, 200, rows, time.perf_counter() - start)
         return result
