@@ -56,6 +56,7 @@ STAGE_SPANS = {"decode": DECODE, "contract": DECODE, "queue": QUEUE, "model": WO
 INSTALL = "pip install 'baton[tracing]'"
 _TRACEPARENT, _TRACESTATE, _USER_AGENT = b"traceparent", b"tracestate", b"user-agent"
 
+B = TypeVar("B")
 R = TypeVar("R")
 
 
@@ -222,10 +223,10 @@ class Trace:
         self.attributes.update({"baton.model.name": name, "baton.model.version": version,
                                 "baton.model.digest": digest})
 
-    def wrap(self, handle: Callable[[bytes], Awaitable[R]],
-             stage_of: Callable[[BatonError], str]) -> Callable[[bytes], Awaitable[R]]:
+    def wrap(self, handle: Callable[[B], Awaitable[R]],
+             stage_of: Callable[[BatonError], str]) -> Callable[[B], Awaitable[R]]:
         """``handle`` with its failure recorded on the stage it belongs to."""
-        async def traced(body: bytes) -> R:
+        async def traced(body: B) -> R:
             try:
                 return await handle(body)
             except BatonError as exc:

@@ -44,7 +44,7 @@ async def broken(*args: Any) -> Any:
 
 def test_an_engine_error_over_http_is_counted_as_a_500(svc: ModelService) -> None:
     with pytest.raises(RuntimeError, match="a bug in the engine"):
-        asyncio.run(svc._measured("infer", b"{}", broken))
+        asyncio.run(svc.measured("infer", b"{}", broken))
     requests, errors, by_stage = counted(svc, "infer")
     assert (requests, errors, by_stage["internal"]) == (1, 1, 1)
 

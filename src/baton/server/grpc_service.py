@@ -30,7 +30,6 @@ from baton import __version__
 from baton import tracing as _tracing
 from baton.errors import BatonError, Forbidden, Unauthorized
 from baton.logs import request_id
-from baton.monitor.errors import INTERNAL, error_stage
 from baton.server import grpc_codec
 from baton.server import grpc_predict_v2_pb2 as pb
 from baton.server.app import error_body
@@ -73,41 +72,27 @@ def status_of(err: BatonError) -> grpc.StatusCode:
 
 
 async def infer(svc: ModelService, msg: pb.ModelInferRequest) -> pb.ModelInferResponse:
-    """ModelInfer on one version: ``ModelService.infer``'s path, with the gRPC codec."""
+    """ModelInfer on one version: ``ModelService.infer``'s path (its metrics and trace by
+    ``ModelService.measured``), with the gRPC codec."""
     svc = svc.answering()
-    m = svc.metrics
-    trace = _tracing.CURRENT.get() if _tracing.ACTIVE is not None else None
-    if trace is not None:
-        trace.model(svc.name, svc.version, svc.bundle.digest)
-    start = time.perf_counter()
-    try:
+
+    async def handle(msg: pb.ModelInferRequest) -> tuple[pb.ModelInferResponse, int]:
+        start = time.perf_counter()
         req = grpc_codec.to_request(msg)
         batch = v2.decode_request(svc.contract, req)
-        if m is not None:
-            m.decode.observe(time.perf_counter() - start)
-        if trace is not None:
+        if svc.metrics is not None:
+            svc.metrics.decode.observe(time.perf_counter() - start)
+        if _tracing.ACTIVE is not None:
             _tracing.decoded(batch.rows)
         out = await svc.predict(batch)
         resp = grpc_codec.to_response(svc.contract, out, req.outputs,
                                       raw=bool(msg.raw_input_contents))
         ids = svc.log_predictions(batch, out)
-    except BatonError as exc:
-        if trace is not None:
-            trace.fail_at(exc, error_stage(exc))
-        if m is not None:
-            m.error(error_stage(exc), exc.code)
-            m.request(ENDPOINT, exc.http_status, 0, time.perf_counter() - start)
-        raise
-    except Exception:  # the engine's own fault: INTERNAL for the caller, counted here
-        if m is not None:
-            m.error(INTERNAL[0], INTERNAL[1])
-            m.request(ENDPOINT, 500, 0, time.perf_counter() - start)
-        raise
-    resp.model_name, resp.model_version, resp.id = svc.name, svc.version, msg.id
-    resp.parameters["prediction_ids"].string_param = ",".join(ids)
-    if m is not None:
-        m.request(ENDPOINT, 200, batch.rows, time.perf_counter() - start)
-    return resp
+        resp.model_name, resp.model_version, resp.id = svc.name, svc.version, msg.id
+        resp.parameters["prediction_ids"].string_param = ",".join(ids)
+        return resp, batch.rows
+
+    return await svc.measured(ENDPOINT, msg, handle)
 
 
 class InferenceService:

@@ -12,7 +12,7 @@ import collections
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import orjson
@@ -38,6 +38,9 @@ from baton.serving.samples import call, load_samples, request_body
 from baton.serving.traffic import Shadow
 from baton.serving.workers import worker_spec
 from baton.settings import Settings
+
+B = TypeVar("B")
+R = TypeVar("R")
 
 log = logging.getLogger("baton.serving")
 
@@ -202,9 +205,10 @@ class ModelService:
                 _tracing.untraced(self.shadow.submit, batch, out)
         return out
 
-    async def _measured(self, endpoint: str, body: bytes,
-                        handle: Callable[[bytes], Awaitable[tuple[bytes, int]]]) -> bytes:
-        """Run one request, counting it and its failure stage when metrics are on."""
+    async def measured(self, endpoint: str, body: B,
+                       handle: Callable[[B], Awaitable[tuple[R, int]]]) -> R:
+        """Run one request (an HTTP body, a gRPC message), counting it and its failure
+        stage when metrics are on and recording it on its trace when it is traced."""
         m = self.metrics
         if _tracing.ACTIVE is not None and (trace := _tracing.CURRENT.get()) is not None:
             trace.model(self.name, self.version, self.bundle.digest)
@@ -233,11 +237,11 @@ class ModelService:
 
     async def predict_records(self, body: bytes) -> bytes:
         svc = self.answering()
-        return await svc._measured("predict", body, svc._predict_records)
+        return await svc.measured("predict", body, svc._predict_records)
 
     async def infer(self, body: bytes) -> bytes:
         svc = self.answering()
-        return await svc._measured("infer", body, svc._infer)
+        return await svc.measured("infer", body, svc._infer)
 
     async def _predict_records(self, body: bytes) -> tuple[bytes, int]:
         if self.records is None:
