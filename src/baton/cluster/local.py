@@ -102,7 +102,9 @@ class LocalCluster:
         :data:`START_TRIES` times in all, while Ray gives up on it: ``ray start`` allows a
         raylet a fixed 30 s to register, which a loaded machine may not give it (seen
         under test runs on two busy cores, once twice in a row)."""
-        for attempt in range(1, START_TRIES + 1):
+        tries = 0
+        while True:
+            tries += 1
             self.last_index = i = max(self.last_index + 1, len(self.nodes))
             node = self._start_node(f"worker{i}", i, [f"--address={self.address}"])
             self.nodes.append(node)
@@ -112,11 +114,10 @@ class LocalCluster:
             except BatonError:
                 gave_up = node.proc.poll() is not None and \
                     _GAVE_UP in node.log.read_text(errors="replace")
-                if not gave_up or attempt == START_TRIES:
+                if not gave_up or tries == START_TRIES:
                     raise
                 self.nodes.pop()
                 node.kill()  # its process group: what it left running
-        raise AssertionError("unreachable")
 
     def _start_node(self, name: str, index: int, extra: list[str]) -> Node:
         ray = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")

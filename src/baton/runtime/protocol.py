@@ -95,8 +95,10 @@ class FrameReader:
                                  f"({MAX_FRAME})")
             if len(buf) < 4 + size:
                 break
-            (hlen,) = _LEN.unpack_from(buf, 4) if size >= 4 else (size,)
-            if hlen > size - 4:  # (a frame of under 4 bytes has no room for its header's)
+            if size < 4:
+                raise ValueError(f"a frame of {size} bytes has no room for its header's length")
+            (hlen,) = _LEN.unpack_from(buf, 4)
+            if hlen > size - 4:
                 raise ValueError(f"a frame of {size} bytes declares a header of {hlen}")
             header = orjson.loads(bytes(buf[8:8 + hlen]))
             if not isinstance(header, dict):
